@@ -1,0 +1,200 @@
+//! An order-preserving JSON object whose values stay raw.
+//!
+//! The gateway rewrites a handful of top-level fields of a chat request (`model`,
+//! `stream_options`, alias defaults) but must pass everything else through unchanged, and requests
+//! can be megabytes of conversation and base64 images. Parsing into `serde_json::Value` would
+//! allocate a node per JSON value; [`RawObject`] keeps each top-level value as a borrowed slice of
+//! the input, so a rewrite costs one validating scan plus one copy.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::de::{self, Deserializer, MapAccess, Visitor};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+/// A JSON object as an ordered list of `(key, raw value)` pairs.
+#[derive(Debug, Clone, Default)]
+pub struct RawObject<'a> {
+    fields: Vec<(Cow<'a, str>, Cow<'a, RawValue>)>,
+}
+
+/// Why a body could not be read as a JSON object.
+#[derive(Debug)]
+pub enum ParseError {
+    /// Not valid JSON; carries serde_json's message (line/column).
+    Syntax(String),
+    /// Valid JSON but not an object.
+    NotAnObject,
+}
+
+impl fmt::Display for ParseError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ParseError::Syntax(m) => write!(f, "{m}"),
+            ParseError::NotAnObject => write!(f, "the request body must be a JSON object"),
+        }
+    }
+}
+
+impl<'a> RawObject<'a> {
+    /// Parses and validates `input`; values borrow from it.
+    pub fn parse(input: &'a [u8]) -> Result<Self, ParseError> {
+        let mut de = serde_json::Deserializer::from_slice(input);
+        let obj = match RawObject::deserialize(&mut de) {
+            Ok(o) => o,
+            Err(e) if e.is_data() => return Err(ParseError::NotAnObject),
+            Err(e) => return Err(ParseError::Syntax(e.to_string())),
+        };
+        de.end().map_err(|e| ParseError::Syntax(e.to_string()))?;
+        Ok(obj)
+    }
+
+    pub fn get(&self, key: &str) -> Option<&RawValue> {
+        self.fields
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_ref())
+    }
+
+    /// Deserializes one field; `Ok(None)` when it is absent or `null`.
+    pub fn get_as<T: Deserialize<'a>>(&'a self, key: &str) -> Result<Option<T>, serde_json::Error> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(v) if v.get() == "null" => Ok(None),
+            Some(v) => serde_json::from_str(v.get()).map(Some),
+        }
+    }
+
+    pub fn contains(&self, key: &str) -> bool {
+        self.get(key).is_some()
+    }
+
+    /// Sets `key` to a raw JSON value, replacing it in place or appending it.
+    pub fn set_raw(&mut self, key: &str, value: Box<RawValue>) {
+        match self.fields.iter_mut().find(|(k, _)| k == key) {
+            Some((_, v)) => *v = Cow::Owned(value),
+            None => self
+                .fields
+                .push((Cow::Owned(key.to_string()), Cow::Owned(value))),
+        }
+    }
+
+    /// Sets `key` to any serializable value.
+    pub fn set<T: serde::Serialize + ?Sized>(&mut self, key: &str, value: &T) {
+        let raw = serde_json::value::to_raw_value(value).expect("value serializes");
+        self.set_raw(key, raw);
+    }
+
+    pub fn remove(&mut self, key: &str) -> bool {
+        let before = self.fields.len();
+        self.fields.retain(|(k, _)| k != key);
+        before != self.fields.len()
+    }
+
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        self.fields.iter().map(|(k, _)| k.as_ref())
+    }
+
+    /// Serializes the object, values byte-for-byte as they were parsed or set.
+    pub fn to_vec(&self) -> Vec<u8> {
+        let size: usize = self
+            .fields
+            .iter()
+            .map(|(k, v)| k.len() + v.get().len() + 4)
+            .sum();
+        let mut out = Vec::with_capacity(size + 2);
+        out.push(b'{');
+        for (i, (k, v)) in self.fields.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            serde_json::to_writer(&mut out, k.as_ref()).expect("string serializes");
+            out.push(b':');
+            out.extend_from_slice(v.get().as_bytes());
+        }
+        out.push(b'}');
+        out
+    }
+}
+
+impl<'de> Deserialize<'de> for RawObject<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RawObject<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut fields = Vec::with_capacity(map.size_hint().unwrap_or(8));
+                while let Some(key) = map.next_key::<Key<'de>>()? {
+                    let value: &'de RawValue = map.next_value()?;
+                    fields.push((key.0, Cow::Borrowed(value)));
+                }
+                Ok(RawObject { fields })
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+/// A key that borrows from the input unless it contains escapes.
+struct Key<'a>(Cow<'a, str>);
+
+impl<'de> Deserialize<'de> for Key<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string key")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Key(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Key(Cow::Owned(v.to_string())))
+            }
+            fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
+                Ok(Key(Cow::Owned(v)))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_is_byte_exact_for_untouched_values() {
+        let src = br#"{"model":"openai/gpt-4o","messages":[{"role":"user","content":"h\u00e9 \"x\""}],"n":1,"we\"ird":{"a":[1,2.50]}}"#;
+        let obj = RawObject::parse(src).unwrap();
+        assert_eq!(obj.to_vec(), src.to_vec());
+    }
+
+    #[test]
+    fn set_replaces_in_place_and_appends() {
+        let mut obj = RawObject::parse(br#"{"model":"a/b","stream":true}"#).unwrap();
+        obj.set("model", "b");
+        obj.set("stream_options", &serde_json::json!({"include_usage": true}));
+        assert_eq!(
+            String::from_utf8(obj.to_vec()).unwrap(),
+            r#"{"model":"b","stream":true,"stream_options":{"include_usage":true}}"#
+        );
+        assert_eq!(obj.get_as::<String>("model").unwrap().as_deref(), Some("b"));
+        assert_eq!(obj.get_as::<bool>("stream").unwrap(), Some(true));
+        assert!(obj.remove("stream"));
+        assert!(!obj.contains("stream"));
+    }
+
+    #[test]
+    fn errors() {
+        assert!(matches!(RawObject::parse(b"[1]"), Err(ParseError::NotAnObject)));
+        assert!(matches!(RawObject::parse(b"{\"a\":"), Err(ParseError::Syntax(_))));
+        assert!(matches!(RawObject::parse(b"{} x"), Err(ParseError::Syntax(_))));
+        assert!(matches!(RawObject::parse(b""), Err(ParseError::Syntax(_))));
+    }
+}

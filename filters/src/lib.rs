@@ -1,0 +1,15 @@
+//! Pure, I/O-free transforms for LLM wire formats.
+//!
+//! Nothing in this crate performs I/O or depends on an async runtime: every type is fed bytes and
+//! returns bytes or values, so the same code runs in the proxy, in tests and in benchmarks.
+
+pub mod json_object;
+pub mod openai;
+pub mod sse;
+pub mod stream_relay;
+pub mod usage;
+
+pub use json_object::RawObject;
+pub use sse::{SseDecoder, SseEvent};
+pub use stream_relay::OpenAiStreamRelay;
+pub use usage::Usage;

@@ -1,0 +1,176 @@
+//! Relays an OpenAI-compatible SSE stream to the client, event by event.
+//!
+//! Events are forwarded with their exact bytes. The relay only intervenes where the gateway has a
+//! promise to keep:
+//! - usage is recorded from whichever chunk carries it;
+//! - the usage-only chunk is removed when the gateway injected `stream_options.include_usage`
+//!   on the client's behalf (the client did not ask for it, and strict clients choke on an
+//!   empty `choices`);
+//! - exactly one `data: [DONE]` reaches the client: duplicates and anything after it are dropped,
+//!   and one is added when the upstream ended without it;
+//! - a stream the upstream broke off ends with an OpenAI error event, then `[DONE]`, never a
+//!   silent truncation.
+
+use bytes::BytesMut;
+
+use crate::openai::ErrorEnvelope;
+use crate::sse::{self, EventTooLarge, SseDecoder, SseEvent};
+use crate::usage::{self, Usage};
+
+/// How the upstream stream ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StreamEnd {
+    /// The upstream finished its response normally.
+    Clean,
+    /// The upstream failed mid-stream (reset, timeout, protocol error).
+    Failed { message: String, code: &'static str },
+}
+
+#[derive(Debug)]
+pub struct OpenAiStreamRelay {
+    decoder: SseDecoder,
+    strip_usage_only: bool,
+    done_sent: bool,
+    usage: Option<Usage>,
+    events: u64,
+}
+
+impl OpenAiStreamRelay {
+    /// `strip_usage_only`: drop the usage-only chunk (set when the gateway injected
+    /// `include_usage`). `max_event_bytes`: largest single event accepted (0 = unlimited).
+    pub fn new(strip_usage_only: bool, max_event_bytes: usize) -> Self {
+        Self {
+            decoder: SseDecoder::with_limit(max_event_bytes),
+            strip_usage_only,
+            done_sent: false,
+            usage: None,
+            events: 0,
+        }
+    }
+
+    /// Feeds one upstream chunk; whatever should reach the client is appended to `out`.
+    pub fn feed(&mut self, chunk: &[u8], out: &mut BytesMut) -> Result<(), EventTooLarge> {
+        self.decoder.push(chunk)?;
+        while let Some(ev) = self.decoder.next_event() {
+            self.handle(ev, out, false);
+        }
+        Ok(())
+    }
+
+    /// Ends the stream, appending the closing bytes (error event and/or `[DONE]`) to `out`.
+    pub fn finish(&mut self, end: StreamEnd, out: &mut BytesMut) {
+        match &end {
+            StreamEnd::Clean => {
+                if let Some(tail) = self.decoder.finish() {
+                    self.handle(tail, out, true);
+                }
+            }
+            StreamEnd::Failed { message, code } => {
+                // A partial trailing event is a fragment of a broken stream: drop it.
+                while let Some(ev) = self.decoder.next_event() {
+                    self.handle(ev, out, false);
+                }
+                if !self.done_sent {
+                    let err = ErrorEnvelope::new(message.as_str(), "api_error", None, Some(code));
+                    sse::encode_data(&err.to_bytes(), out);
+                }
+            }
+        }
+        if !self.done_sent {
+            out.extend_from_slice(sse::DONE);
+            self.done_sent = true;
+        }
+    }
+
+    fn handle(&mut self, ev: SseEvent, out: &mut BytesMut, unterminated: bool) {
+        if self.done_sent {
+            return;
+        }
+        if ev.is_done() {
+            self.done_sent = true;
+            out.extend_from_slice(sse::DONE);
+            return;
+        }
+        if let Some(data) = &ev.data {
+            self.events += 1;
+            if let Some(cu) = usage::from_chunk(data) {
+                self.usage = Some(cu.usage);
+                if cu.usage_only && self.strip_usage_only {
+                    return;
+                }
+            }
+        }
+        out.extend_from_slice(&ev.raw);
+        if unterminated && ev.data.is_some() {
+            out.extend_from_slice(b"\n\n");
+        }
+    }
+
+    /// The last usage the stream reported.
+    pub fn usage(&self) -> Option<&Usage> {
+        self.usage.as_ref()
+    }
+
+    pub fn done_sent(&self) -> bool {
+        self.done_sent
+    }
+
+    /// Number of data events seen.
+    pub fn events(&self) -> u64 {
+        self.events
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CHUNK: &str = "data: {\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"hi\"}}],\"usage\":null}\n\n";
+    const USAGE: &str = "data: {\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"choices\":[],\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":2,\"total_tokens\":7}}\n\n";
+
+    fn run(strip: bool, input: &str, end: StreamEnd) -> (String, OpenAiStreamRelay) {
+        let mut r = OpenAiStreamRelay::new(strip, 0);
+        let mut out = BytesMut::new();
+        r.feed(input.as_bytes(), &mut out).unwrap();
+        r.finish(end, &mut out);
+        (String::from_utf8(out.to_vec()).unwrap(), r)
+    }
+
+    #[test]
+    fn passes_through_byte_exact_and_keeps_usage_when_asked() {
+        let input = format!("{CHUNK}{USAGE}data: [DONE]\n\n");
+        let (out, r) = run(false, &input, StreamEnd::Clean);
+        assert_eq!(out, input);
+        assert_eq!(r.usage().unwrap().total_tokens, 7);
+    }
+
+    #[test]
+    fn strips_injected_usage_chunk_but_records_it() {
+        let input = format!("{CHUNK}{USAGE}data: [DONE]\n\n");
+        let (out, r) = run(true, &input, StreamEnd::Clean);
+        assert_eq!(out, format!("{CHUNK}data: [DONE]\n\n"));
+        assert_eq!(r.usage().unwrap().prompt_tokens, 5);
+    }
+
+    #[test]
+    fn exactly_one_done() {
+        let input = format!("{CHUNK}data: [DONE]\n\ndata: [DONE]\n\n{CHUNK}");
+        let (out, _) = run(false, &input, StreamEnd::Clean);
+        assert_eq!(out, format!("{CHUNK}data: [DONE]\n\n"));
+        let (out, _) = run(false, CHUNK, StreamEnd::Clean);
+        assert_eq!(out, format!("{CHUNK}data: [DONE]\n\n"));
+        let (out, _) = run(false, &format!("{CHUNK}data: [DONE]"), StreamEnd::Clean);
+        assert_eq!(out, format!("{CHUNK}data: [DONE]\n\n"));
+    }
+
+    #[test]
+    fn failure_ends_with_error_event_then_done() {
+        let input = format!("{CHUNK}data: {{\"id\":\"trunc");
+        let end = StreamEnd::Failed { message: "upstream closed".into(), code: "upstream_stream_error" };
+        let (out, _) = run(false, &input, end);
+        assert_eq!(
+            out,
+            format!("{CHUNK}data: {{\"error\":{{\"message\":\"upstream closed\",\"type\":\"api_error\",\"param\":null,\"code\":\"upstream_stream_error\"}}}}\n\ndata: [DONE]\n\n")
+        );
+    }
+}

@@ -1,0 +1,133 @@
+//! Token usage: the OpenAI `usage` object and cheap extraction from response bodies and stream
+//! chunks.
+
+use serde::de::IgnoredAny;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// OpenAI's `usage` object. Unknown fields (provider extensions) are preserved.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Usage {
+    #[serde(default)]
+    pub prompt_tokens: u64,
+    #[serde(default)]
+    pub completion_tokens: u64,
+    #[serde(default)]
+    pub total_tokens: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt_tokens_details: Option<PromptTokensDetails>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion_tokens_details: Option<CompletionTokensDetails>,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PromptTokensDetails {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cached_tokens: Option<u64>,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct CompletionTokensDetails {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reasoning_tokens: Option<u64>,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+impl Usage {
+    /// Adds another round's usage (used when one client request spans several upstream calls).
+    pub fn add(&mut self, other: &Usage) {
+        self.prompt_tokens += other.prompt_tokens;
+        self.completion_tokens += other.completion_tokens;
+        self.total_tokens += other.total_tokens;
+        if let Some(o) = other.prompt_tokens_details.as_ref().and_then(|d| d.cached_tokens) {
+            let d = self.prompt_tokens_details.get_or_insert_with(Default::default);
+            *d.cached_tokens.get_or_insert(0) += o;
+        }
+    }
+}
+
+/// Only the fields a relay needs from a response body or stream chunk; everything else is skipped
+/// without being materialised, which keeps this cheap on every chunk.
+#[derive(Deserialize)]
+struct Probe {
+    #[serde(default)]
+    usage: Option<Usage>,
+    #[serde(default)]
+    choices: Option<Vec<IgnoredAny>>,
+}
+
+/// What one stream chunk says about usage.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChunkUsage {
+    pub usage: Usage,
+    /// The chunk carries usage and no choices: the extra chunk OpenAI sends for
+    /// `stream_options.include_usage`.
+    pub usage_only: bool,
+}
+
+/// Usage from a non-streaming response body (`None` if absent or the body is not JSON).
+pub fn from_response_body(body: &[u8]) -> Option<Usage> {
+    serde_json::from_slice::<Probe>(body).ok()?.usage
+}
+
+/// Usage carried by one `chat.completion.chunk` payload, if any.
+pub fn from_chunk(data: &[u8]) -> Option<ChunkUsage> {
+    // Most chunks carry no usage at all; skip the parse unless the key is present.
+    memchr::memmem::find(data, b"\"usage\"")?;
+    let probe: Probe = serde_json::from_slice(data).ok()?;
+    let usage = probe.usage?;
+    Some(ChunkUsage {
+        usage,
+        usage_only: probe.choices.is_none_or(|c| c.is_empty()),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn body_usage_with_details_and_unknown_fields() {
+        let u = from_response_body(
+            br#"{"id":"x","choices":[],"usage":{"prompt_tokens":3,"completion_tokens":4,"total_tokens":7,
+            "prompt_tokens_details":{"cached_tokens":2,"audio_tokens":0},"queue_time":0.1}}"#,
+        )
+        .unwrap();
+        assert_eq!((u.prompt_tokens, u.completion_tokens, u.total_tokens), (3, 4, 7));
+        assert_eq!(u.prompt_tokens_details.as_ref().unwrap().cached_tokens, Some(2));
+        assert!(u.extra.contains_key("queue_time"));
+        let back = serde_json::to_value(&u).unwrap();
+        assert_eq!(back["prompt_tokens_details"]["audio_tokens"], 0);
+    }
+
+    #[test]
+    fn chunk_usage_kinds() {
+        assert_eq!(from_chunk(br#"{"choices":[{"delta":{}}]}"#), None);
+        assert_eq!(from_chunk(br#"{"choices":[{"delta":{}}],"usage":null}"#), None);
+        let only = from_chunk(br#"{"choices":[],"usage":{"prompt_tokens":1,"completion_tokens":2,"total_tokens":3}}"#).unwrap();
+        assert!(only.usage_only);
+        assert_eq!(only.usage.total_tokens, 3);
+        let inline = from_chunk(br#"{"choices":[{"delta":{"content":"a"}}],"usage":{"prompt_tokens":1,"completion_tokens":1,"total_tokens":2}}"#).unwrap();
+        assert!(!inline.usage_only);
+    }
+
+    #[test]
+    fn add_sums_rounds() {
+        let mut a = Usage { prompt_tokens: 1, completion_tokens: 2, total_tokens: 3, ..Default::default() };
+        let b = Usage {
+            prompt_tokens: 10,
+            completion_tokens: 20,
+            total_tokens: 30,
+            prompt_tokens_details: Some(PromptTokensDetails { cached_tokens: Some(5), ..Default::default() }),
+            ..Default::default()
+        };
+        a.add(&b);
+        assert_eq!((a.prompt_tokens, a.completion_tokens, a.total_tokens), (11, 22, 33));
+        assert_eq!(a.prompt_tokens_details.unwrap().cached_tokens, Some(5));
+    }
+}
