@@ -1,1 +1,140 @@
-fn main() {}
+//! inference-gateway: one OpenAI-compatible front door to every LLM provider, on Pingora.
+
+mod config;
+mod errors;
+mod handlers;
+mod providers;
+mod proxy;
+mod resolver;
+mod routing;
+mod upstream;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::Parser;
+use log::{info, warn};
+use pingora::server::configuration::{Opt, ServerConf};
+use pingora::server::Server;
+use pingora::services::background::background_service;
+
+use crate::config::{Config, Environment};
+use crate::providers::Providers;
+use crate::proxy::Gateway;
+
+/// Command line. Everything else is configuration (TOML file, then environment).
+#[derive(Parser, Debug)]
+#[command(name = "inference-gateway", version, about)]
+struct Cli {
+    /// Configuration file (TOML). Default: conf/gateway.toml when it exists, else built-in defaults.
+    #[arg(short = 'c', long = "conf")]
+    conf: Option<PathBuf>,
+    /// Validate the configuration and exit.
+    #[arg(short = 't', long = "test")]
+    test: bool,
+    /// Run in the background (daemon).
+    #[arg(short = 'd', long = "daemon")]
+    daemon: bool,
+    /// Take over the listening sockets of a running instance (graceful upgrade).
+    #[arg(short = 'u', long = "upgrade")]
+    upgrade: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let cfg = match Config::load(cli.conf.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("inference-gateway: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logging(&cfg);
+    let providers = match Providers::from_config(&cfg) {
+        Ok(p) => Arc::new(p),
+        Err(e) => {
+            eprintln!("inference-gateway: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if cli.test {
+        println!("configuration OK");
+        return ExitCode::SUCCESS;
+    }
+    run(cli, cfg, providers)
+}
+
+fn init_logging(cfg: &Config) {
+    let default = match cfg.environment {
+        Environment::Development => "debug,pingora=info",
+        Environment::Production => "info",
+    };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default))
+        .format_timestamp_millis()
+        .init();
+}
+
+fn run(cli: Cli, cfg: Config, providers: Arc<Providers>) -> ExitCode {
+    let cfg = Arc::new(cfg);
+    let opt = Opt {
+        upgrade: cli.upgrade,
+        daemon: cli.daemon,
+        nocapture: false,
+        test: false,
+        conf: None,
+    };
+    let threads = match cfg.server.threads {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    let conf = ServerConf {
+        threads,
+        daemon: cli.daemon,
+        pid_file: "/tmp/inference-gateway.pid".into(),
+        upgrade_sock: "/tmp/inference-gateway-upgrade.sock".into(),
+        upstream_keepalive_pool_size: cfg.client.max_idle_conns.max(1),
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(opt, conf);
+    server.bootstrap();
+
+    let gateway = Gateway::new(cfg.clone(), providers.clone());
+    let mut proxy =
+        pingora::proxy::http_proxy_service_with_name(&server.configuration, gateway, "gateway");
+    let addr = cfg.listen_addr();
+    match (&cfg.server.tls_cert_path, &cfg.server.tls_key_path) {
+        (Some(cert), Some(key)) => {
+            if let Err(e) = proxy.add_tls(&addr, &cert.to_string_lossy(), &key.to_string_lossy()) {
+                eprintln!("inference-gateway: TLS setup failed: {e}");
+                return ExitCode::from(2);
+            }
+        }
+        _ => proxy.add_tcp(&addr),
+    }
+    server.add_service(proxy);
+    server.add_service(background_service(
+        "dns",
+        resolver::DnsRefresher {
+            providers: providers.clone(),
+            interval: cfg.client.dns_refresh_interval.get(),
+            lookup_timeout: cfg.client.connect_timeout.get(),
+        },
+    ));
+
+    let configured: Vec<&str> = providers
+        .iter()
+        .filter(|p| p.configured)
+        .map(|p| p.name.as_str())
+        .collect();
+    info!(
+        "inference-gateway {} listening on {addr}{} with {threads} threads; configured providers: [{}]",
+        env!("CARGO_PKG_VERSION"),
+        if cfg.server.tls_cert_path.is_some() { " (TLS)" } else { "" },
+        configured.join(", ")
+    );
+    if !matches!(cfg.server.host.as_str(), "127.0.0.1" | "::1" | "localhost") {
+        warn!("listening on {} without client authentication: anyone who can reach this port can use the configured provider keys", cfg.server.host);
+    }
+    server.run_forever()
+}

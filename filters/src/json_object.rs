@@ -179,7 +179,10 @@ mod tests {
     fn set_replaces_in_place_and_appends() {
         let mut obj = RawObject::parse(br#"{"model":"a/b","stream":true}"#).unwrap();
         obj.set("model", "b");
-        obj.set("stream_options", &serde_json::json!({"include_usage": true}));
+        obj.set(
+            "stream_options",
+            &serde_json::json!({"include_usage": true}),
+        );
         assert_eq!(
             String::from_utf8(obj.to_vec()).unwrap(),
             r#"{"model":"b","stream":true,"stream_options":{"include_usage":true}}"#
@@ -192,9 +195,18 @@ mod tests {
 
     #[test]
     fn errors() {
-        assert!(matches!(RawObject::parse(b"[1]"), Err(ParseError::NotAnObject)));
-        assert!(matches!(RawObject::parse(b"{\"a\":"), Err(ParseError::Syntax(_))));
-        assert!(matches!(RawObject::parse(b"{} x"), Err(ParseError::Syntax(_))));
+        assert!(matches!(
+            RawObject::parse(b"[1]"),
+            Err(ParseError::NotAnObject)
+        ));
+        assert!(matches!(
+            RawObject::parse(b"{\"a\":"),
+            Err(ParseError::Syntax(_))
+        ));
+        assert!(matches!(
+            RawObject::parse(b"{} x"),
+            Err(ParseError::Syntax(_))
+        ));
         assert!(matches!(RawObject::parse(b""), Err(ParseError::Syntax(_))));
     }
 }

@@ -195,7 +195,12 @@ pub struct ErrorBody {
 }
 
 impl ErrorEnvelope {
-    pub fn new(message: impl Into<String>, kind: &str, param: Option<&str>, code: Option<&str>) -> Self {
+    pub fn new(
+        message: impl Into<String>,
+        kind: &str,
+        param: Option<&str>,
+        code: Option<&str>,
+    ) -> Self {
         Self {
             error: ErrorBody {
                 message: message.into(),
@@ -215,6 +220,7 @@ impl ErrorEnvelope {
     pub fn is_envelope(body: &[u8]) -> bool {
         #[derive(Deserialize)]
         struct Probe {
+            #[allow(dead_code)]
             error: ProbeInner,
         }
         #[derive(Deserialize)]
@@ -255,7 +261,9 @@ mod tests {
 
     #[test]
     fn envelope_detection() {
-        assert!(ErrorEnvelope::is_envelope(br#"{"error":{"message":"x","type":"y"}}"#));
+        assert!(ErrorEnvelope::is_envelope(
+            br#"{"error":{"message":"x","type":"y"}}"#
+        ));
         assert!(!ErrorEnvelope::is_envelope(br#"{"error":"x"}"#));
         assert!(!ErrorEnvelope::is_envelope(b"<html>"));
         let e = ErrorEnvelope::new("m", "invalid_request_error", Some("model"), None);

@@ -166,7 +166,10 @@ mod tests {
     #[test]
     fn failure_ends_with_error_event_then_done() {
         let input = format!("{CHUNK}data: {{\"id\":\"trunc");
-        let end = StreamEnd::Failed { message: "upstream closed".into(), code: "upstream_stream_error" };
+        let end = StreamEnd::Failed {
+            message: "upstream closed".into(),
+            code: "upstream_stream_error",
+        };
         let (out, _) = run(false, &input, end);
         assert_eq!(
             out,

@@ -44,8 +44,14 @@ impl Usage {
         self.prompt_tokens += other.prompt_tokens;
         self.completion_tokens += other.completion_tokens;
         self.total_tokens += other.total_tokens;
-        if let Some(o) = other.prompt_tokens_details.as_ref().and_then(|d| d.cached_tokens) {
-            let d = self.prompt_tokens_details.get_or_insert_with(Default::default);
+        if let Some(o) = other
+            .prompt_tokens_details
+            .as_ref()
+            .and_then(|d| d.cached_tokens)
+        {
+            let d = self
+                .prompt_tokens_details
+                .get_or_insert_with(Default::default);
             *d.cached_tokens.get_or_insert(0) += o;
         }
     }
@@ -98,8 +104,14 @@ mod tests {
             "prompt_tokens_details":{"cached_tokens":2,"audio_tokens":0},"queue_time":0.1}}"#,
         )
         .unwrap();
-        assert_eq!((u.prompt_tokens, u.completion_tokens, u.total_tokens), (3, 4, 7));
-        assert_eq!(u.prompt_tokens_details.as_ref().unwrap().cached_tokens, Some(2));
+        assert_eq!(
+            (u.prompt_tokens, u.completion_tokens, u.total_tokens),
+            (3, 4, 7)
+        );
+        assert_eq!(
+            u.prompt_tokens_details.as_ref().unwrap().cached_tokens,
+            Some(2)
+        );
         assert!(u.extra.contains_key("queue_time"));
         let back = serde_json::to_value(&u).unwrap();
         assert_eq!(back["prompt_tokens_details"]["audio_tokens"], 0);
@@ -108,8 +120,14 @@ mod tests {
     #[test]
     fn chunk_usage_kinds() {
         assert_eq!(from_chunk(br#"{"choices":[{"delta":{}}]}"#), None);
-        assert_eq!(from_chunk(br#"{"choices":[{"delta":{}}],"usage":null}"#), None);
-        let only = from_chunk(br#"{"choices":[],"usage":{"prompt_tokens":1,"completion_tokens":2,"total_tokens":3}}"#).unwrap();
+        assert_eq!(
+            from_chunk(br#"{"choices":[{"delta":{}}],"usage":null}"#),
+            None
+        );
+        let only = from_chunk(
+            br#"{"choices":[],"usage":{"prompt_tokens":1,"completion_tokens":2,"total_tokens":3}}"#,
+        )
+        .unwrap();
         assert!(only.usage_only);
         assert_eq!(only.usage.total_tokens, 3);
         let inline = from_chunk(br#"{"choices":[{"delta":{"content":"a"}}],"usage":{"prompt_tokens":1,"completion_tokens":1,"total_tokens":2}}"#).unwrap();
@@ -118,16 +136,27 @@ mod tests {
 
     #[test]
     fn add_sums_rounds() {
-        let mut a = Usage { prompt_tokens: 1, completion_tokens: 2, total_tokens: 3, ..Default::default() };
+        let mut a = Usage {
+            prompt_tokens: 1,
+            completion_tokens: 2,
+            total_tokens: 3,
+            ..Default::default()
+        };
         let b = Usage {
             prompt_tokens: 10,
             completion_tokens: 20,
             total_tokens: 30,
-            prompt_tokens_details: Some(PromptTokensDetails { cached_tokens: Some(5), ..Default::default() }),
+            prompt_tokens_details: Some(PromptTokensDetails {
+                cached_tokens: Some(5),
+                ..Default::default()
+            }),
             ..Default::default()
         };
         a.add(&b);
-        assert_eq!((a.prompt_tokens, a.completion_tokens, a.total_tokens), (11, 22, 33));
+        assert_eq!(
+            (a.prompt_tokens, a.completion_tokens, a.total_tokens),
+            (11, 22, 33)
+        );
         assert_eq!(a.prompt_tokens_details.unwrap().cached_tokens, Some(5));
     }
 }

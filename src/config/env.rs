@@ -1,0 +1,172 @@
+//! Environment overrides, with the Go gateway's variable names (see docs/CONFIGURATION in README).
+
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use super::providers::{builtin_ids, env_prefix};
+use super::{Config, ConfigError, Environment, HumanDuration, Secret};
+
+type GetEnv<'a> = &'a dyn Fn(&str) -> Option<String>;
+
+fn get(getenv: GetEnv, key: &str) -> Option<String> {
+    getenv(key).filter(|v| !v.trim().is_empty())
+}
+
+fn parse<T: FromStr>(getenv: GetEnv, key: &str) -> Result<Option<T>, ConfigError>
+where
+    T::Err: std::fmt::Display,
+{
+    match get(getenv, key) {
+        None => Ok(None),
+        Some(v) => v
+            .trim()
+            .parse()
+            .map(Some)
+            .map_err(|e| ConfigError(format!("{key}={v:?}: {e}"))),
+    }
+}
+
+fn duration(getenv: GetEnv, key: &str) -> Result<Option<HumanDuration>, ConfigError> {
+    match get(getenv, key) {
+        None => Ok(None),
+        Some(v) => HumanDuration::parse(&v)
+            .map(Some)
+            .map_err(|e| ConfigError(format!("{key}: {e}"))),
+    }
+}
+
+/// A boolean from `<NAME>_ENABLE` or `<NAME>_ENABLED` (both spellings are in use).
+pub fn flag(getenv: GetEnv, name: &str) -> Result<Option<bool>, ConfigError> {
+    for key in [format!("{name}_ENABLE"), format!("{name}_ENABLED")] {
+        if let Some(v) = get(getenv, &key) {
+            return parse_bool(&v)
+                .map(Some)
+                .ok_or_else(|| ConfigError(format!("{key}={v:?}: expected true or false")));
+        }
+    }
+    Ok(None)
+}
+
+fn parse_bool(v: &str) -> Option<bool> {
+    match v.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Some(true),
+        "0" | "false" | "no" | "off" => Some(false),
+        _ => None,
+    }
+}
+
+fn list(getenv: GetEnv, key: &str) -> Option<Vec<String>> {
+    getenv(key).map(|v| {
+        v.split(',')
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect()
+    })
+}
+
+macro_rules! set {
+    ($target:expr, $value:expr) => {
+        if let Some(v) = $value {
+            $target = v;
+        }
+    };
+}
+
+pub(super) fn apply(cfg: &mut Config, getenv: GetEnv) -> Result<(), ConfigError> {
+    if let Some(v) = get(getenv, "ENVIRONMENT") {
+        cfg.environment = match v.to_ascii_lowercase().as_str() {
+            "production" | "prod" => Environment::Production,
+            "development" | "dev" => Environment::Development,
+            _ => {
+                return Err(ConfigError(format!(
+                    "ENVIRONMENT={v:?}: expected production or development"
+                )))
+            }
+        };
+    }
+
+    let s = &mut cfg.server;
+    set!(s.host, get(getenv, "SERVER_HOST"));
+    set!(s.port, parse(getenv, "SERVER_PORT")?);
+    set!(s.read_timeout, duration(getenv, "SERVER_READ_TIMEOUT")?);
+    set!(s.write_timeout, duration(getenv, "SERVER_WRITE_TIMEOUT")?);
+    set!(s.idle_timeout, duration(getenv, "SERVER_IDLE_TIMEOUT")?);
+    set!(
+        s.max_request_body_size,
+        parse(getenv, "SERVER_MAX_REQUEST_BODY_SIZE")?
+    );
+    set!(s.threads, parse(getenv, "SERVER_THREADS")?);
+    if let Some(p) = get(getenv, "SERVER_TLS_CERT_PATH") {
+        s.tls_cert_path = Some(PathBuf::from(p));
+    }
+    if let Some(p) = get(getenv, "SERVER_TLS_KEY_PATH") {
+        s.tls_key_path = Some(PathBuf::from(p));
+    }
+
+    let c = &mut cfg.client;
+    set!(
+        c.connect_timeout,
+        duration(getenv, "CLIENT_CONNECT_TIMEOUT")?
+    );
+    // The Go gateway's CLIENT_TIMEOUT bounded the whole request, which cut long streams; here it
+    // bounds the wait for the response headers only.
+    set!(c.first_byte_timeout, duration(getenv, "CLIENT_TIMEOUT")?);
+    set!(
+        c.first_byte_timeout,
+        duration(getenv, "CLIENT_RESPONSE_HEADER_TIMEOUT")?
+    );
+    set!(
+        c.stream_idle_timeout,
+        duration(getenv, "CLIENT_STREAM_IDLE_TIMEOUT")?
+    );
+    set!(c.max_idle_conns, parse(getenv, "CLIENT_MAX_IDLE_CONNS")?);
+    set!(
+        c.idle_conn_timeout,
+        duration(getenv, "CLIENT_IDLE_CONN_TIMEOUT")?
+    );
+    set!(c.tls_min_version, get(getenv, "CLIENT_TLS_MIN_VERSION"));
+    set!(c.models_timeout, duration(getenv, "CLIENT_MODELS_TIMEOUT")?);
+    set!(
+        c.dns_refresh_interval,
+        duration(getenv, "CLIENT_DNS_REFRESH_INTERVAL")?
+    );
+    set!(
+        c.max_response_body_size,
+        parse(getenv, "CLIENT_MAX_RESPONSE_BODY_SIZE")?
+    );
+
+    set!(cfg.models.allowed, list(getenv, "ALLOWED_MODELS"));
+    set!(cfg.models.disallowed, list(getenv, "DISALLOWED_MODELS"));
+
+    // Built-in providers and every provider named in the TOML can be set from the environment.
+    let names: Vec<String> = builtin_ids()
+        .map(str::to_string)
+        .chain(cfg.providers.keys().cloned())
+        .collect();
+    for name in names {
+        let prefix = env_prefix(&name);
+        let url = get(getenv, &format!("{prefix}_API_URL"));
+        let key = get(getenv, &format!("{prefix}_API_KEY"));
+        let key_file = get(getenv, &format!("{prefix}_API_KEY_FILE"));
+        let enabled = flag(getenv, &prefix)?;
+        if url.is_none() && key.is_none() && key_file.is_none() && enabled.is_none() {
+            continue;
+        }
+        let p = cfg.providers.entry(name).or_default();
+        p.configured = true;
+        if let Some(u) = url {
+            p.url = Some(u.trim().to_string());
+        }
+        if let Some(k) = key {
+            p.api_key = Some(Secret::new(k.trim()));
+        }
+        if let Some(f) = key_file {
+            p.api_key_file = Some(PathBuf::from(f));
+            p.api_key = None;
+        }
+        if let Some(e) = enabled {
+            p.enabled = Some(e);
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,335 @@
+//! Configuration: one internal type, filled from built-in defaults, then the TOML file, then the
+//! environment (the Go gateway's variable names), then validated once at start.
+//!
+//! Parsing is strict: an unknown TOML key or an invalid value stops the process with a message
+//! that names the key, so a typo never silently falls back to a default.
+
+mod duration;
+mod env;
+pub mod providers;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+pub use duration::HumanDuration;
+pub use providers::{AuthStyle, ProviderConfig};
+
+/// A secret (API key). Never printed: `Debug` and `Display` redact it.
+#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Secret(s.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.is_empty() {
+            "\"\""
+        } else {
+            "\"<redacted>\""
+        })
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// `production` or `development` (development logs at debug level).
+    pub environment: Environment,
+    pub server: ServerConfig,
+    pub client: ClientConfig,
+    pub models: ModelsConfig,
+    /// Built-in providers (by id) and custom providers (any other name).
+    pub providers: BTreeMap<String, ProviderConfig>,
+    /// `alias -> provider/model` with optional default parameters and system prompt prefix.
+    pub aliases: BTreeMap<String, AliasConfig>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Environment {
+    #[default]
+    Production,
+    Development,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    pub host: String,
+    pub port: u16,
+    /// Longest wait for the next bytes of a client request (headers or body).
+    pub read_timeout: HumanDuration,
+    /// Longest wait for one write to the client to make progress (per write, so long streams
+    /// are never cut).
+    pub write_timeout: HumanDuration,
+    /// How long an idle keep-alive client connection is kept.
+    pub idle_timeout: HumanDuration,
+    /// Largest accepted request body in bytes; larger bodies get 413.
+    pub max_request_body_size: usize,
+    pub tls_cert_path: Option<PathBuf>,
+    pub tls_key_path: Option<PathBuf>,
+    /// Worker threads for the proxy service (0 = number of CPUs).
+    pub threads: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            host: "0.0.0.0".into(),
+            port: 8080,
+            read_timeout: HumanDuration::secs(30),
+            write_timeout: HumanDuration::secs(30),
+            idle_timeout: HumanDuration::secs(120),
+            max_request_body_size: 10 * 1024 * 1024,
+            tls_cert_path: None,
+            tls_key_path: None,
+            threads: 0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClientConfig {
+    /// TCP + TLS connect timeout to an upstream.
+    pub connect_timeout: HumanDuration,
+    /// Time from sending the request to the upstream's response headers (`CLIENT_TIMEOUT`).
+    /// Reasoning models may think for minutes before the first byte.
+    pub first_byte_timeout: HumanDuration,
+    /// Longest silence between two chunks of an upstream response. A stream that keeps
+    /// producing is never cut, however long it runs.
+    pub stream_idle_timeout: HumanDuration,
+    /// Idle upstream connections kept for reuse (`CLIENT_MAX_IDLE_CONNS`).
+    pub max_idle_conns: usize,
+    /// How long an idle upstream connection is kept (`CLIENT_IDLE_CONN_TIMEOUT`).
+    pub idle_conn_timeout: HumanDuration,
+    /// Minimum TLS version to upstreams: only `TLS12` (rustls never negotiates below 1.2).
+    pub tls_min_version: String,
+    /// Timeout for each provider's model list in `GET /v1/models`.
+    pub models_timeout: HumanDuration,
+    /// How often upstream host names are re-resolved.
+    pub dns_refresh_interval: HumanDuration,
+    /// Largest non-streaming upstream response body accepted, in bytes.
+    pub max_response_body_size: usize,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        Self {
+            connect_timeout: HumanDuration::secs(10),
+            first_byte_timeout: HumanDuration::secs(600),
+            stream_idle_timeout: HumanDuration::secs(300),
+            max_idle_conns: 128,
+            idle_conn_timeout: HumanDuration::secs(90),
+            tls_min_version: "TLS12".into(),
+            models_timeout: HumanDuration::secs(5),
+            dns_refresh_interval: HumanDuration::secs(30),
+            max_response_body_size: 64 * 1024 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelsConfig {
+    /// If non-empty, only these models may be used (`ALLOWED_MODELS`).
+    pub allowed: Vec<String>,
+    /// These models may never be used (`DISALLOWED_MODELS`).
+    pub disallowed: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AliasConfig {
+    /// `provider/model` the alias stands for.
+    pub target: String,
+    /// Parameters added to the request when the client did not set them.
+    #[serde(default)]
+    pub defaults: serde_json::Map<String, serde_json::Value>,
+    /// Text put in front of the system prompt (a system message is added if there is none).
+    #[serde(default)]
+    pub system_prompt_prefix: Option<String>,
+}
+
+/// A configuration error, naming the key or variable at fault.
+#[derive(Debug)]
+pub struct ConfigError(pub String);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            environment: Environment::Production,
+            server: ServerConfig::default(),
+            client: ClientConfig::default(),
+            models: ModelsConfig::default(),
+            providers: BTreeMap::new(),
+            aliases: BTreeMap::new(),
+        }
+    }
+}
+
+/// The default config file, used when `-c` is not given and it exists.
+pub const DEFAULT_PATH: &str = "conf/gateway.toml";
+
+impl Config {
+    /// Loads the configuration: `path` (or [`DEFAULT_PATH`] when present), then the environment.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        Self::load_with_env(path, &|k| std::env::var(k).ok())
+    }
+
+    /// As [`load`](Self::load) with an explicit environment (for tests).
+    pub fn load_with_env(
+        path: Option<&Path>,
+        getenv: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let text = match path {
+            Some(p) => Some(std::fs::read_to_string(p).map_err(|e| {
+                ConfigError(format!("cannot read config file {}: {e}", p.display()))
+            })?),
+            None if Path::new(DEFAULT_PATH).exists() => Some(
+                std::fs::read_to_string(DEFAULT_PATH)
+                    .map_err(|e| ConfigError(format!("cannot read {DEFAULT_PATH}: {e}")))?,
+            ),
+            None => None,
+        };
+        let mut cfg = match text {
+            Some(t) => Self::from_toml(&t)?,
+            None => Config::default(),
+        };
+        for p in cfg.providers.values_mut() {
+            p.configured = true;
+        }
+        env::apply(&mut cfg, getenv)?;
+        providers::merge_builtins(&mut cfg.providers)?;
+        providers::load_key_files(&mut cfg.providers)?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError(format!("invalid configuration: {e}")))
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.server.max_request_body_size == 0 {
+            return Err(ConfigError(
+                "server.max_request_body_size (SERVER_MAX_REQUEST_BODY_SIZE) must be > 0".into(),
+            ));
+        }
+        if self.server.host.parse::<std::net::IpAddr>().is_err() && self.server.host != "localhost"
+        {
+            return Err(ConfigError(format!(
+                "server.host (SERVER_HOST): {:?} is not an IP address",
+                self.server.host
+            )));
+        }
+        match (&self.server.tls_cert_path, &self.server.tls_key_path) {
+            (Some(_), None) | (None, Some(_)) => {
+                return Err(ConfigError(
+                    "server.tls_cert_path and server.tls_key_path must be set together".into(),
+                ))
+            }
+            (Some(c), Some(k)) => {
+                for (key, p) in [("server.tls_cert_path", c), ("server.tls_key_path", k)] {
+                    if !p.exists() {
+                        return Err(ConfigError(format!(
+                            "{key}: {} does not exist",
+                            p.display()
+                        )));
+                    }
+                }
+            }
+            _ => {}
+        }
+        if !self.client.tls_min_version.eq_ignore_ascii_case("TLS12")
+            && self.client.tls_min_version != "1.2"
+        {
+            return Err(ConfigError(format!(
+                "client.tls_min_version (CLIENT_TLS_MIN_VERSION): {:?} is not supported; \
+                 only TLS12 (rustls never negotiates below TLS 1.2)",
+                self.client.tls_min_version
+            )));
+        }
+        for (name, p) in &self.providers {
+            p.validate(name)?;
+        }
+        for (alias, a) in &self.aliases {
+            let Some((provider, model)) = a.target.split_once('/') else {
+                return Err(ConfigError(format!(
+                    "aliases.{alias}.target: {:?} must be provider/model",
+                    a.target
+                )));
+            };
+            if model.is_empty() || !self.providers.contains_key(provider) {
+                return Err(ConfigError(format!(
+                    "aliases.{alias}.target: unknown provider {provider:?} in {:?}",
+                    a.target
+                )));
+            }
+            if self.providers.contains_key(alias.as_str()) {
+                return Err(ConfigError(format!(
+                    "aliases.{alias}: an alias may not have a provider's name"
+                )));
+            }
+            for k in ["model", "messages", "stream"] {
+                if a.defaults.contains_key(k) {
+                    return Err(ConfigError(format!(
+                        "aliases.{alias}.defaults.{k}: this field cannot have a default"
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn listen_addr(&self) -> String {
+        let host = if self.server.host == "localhost" {
+            "127.0.0.1"
+        } else {
+            &self.server.host
+        };
+        if host.contains(':') {
+            format!("[{host}]:{}", self.server.port)
+        } else {
+            format!("{host}:{}", self.server.port)
+        }
+    }
+}
+
+impl HumanDuration {
+    pub fn get(&self) -> Duration {
+        self.0
+    }
+}
+
+#[cfg(test)]
+mod tests;
+
+/// Completes a TOML-only config the way [`Config::load`] does, without touching the environment.
+#[cfg(test)]
+pub fn providers_for_tests(cfg: &mut Config) {
+    providers::merge_builtins(&mut cfg.providers).unwrap();
+}

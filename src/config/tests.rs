@@ -1,0 +1,163 @@
+use std::collections::HashMap;
+use std::path::Path;
+
+use super::*;
+
+fn load(toml_text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+    let dir = std::env::temp_dir().join(format!("igw-cfg-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("gateway.toml");
+    std::fs::write(&path, toml_text).unwrap();
+    let env: HashMap<String, String> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let r = Config::load_with_env(Some(&path), &|k| env.get(k).cloned());
+    std::fs::remove_dir_all(&dir).ok();
+    r
+}
+
+#[test]
+fn defaults_include_every_builtin_provider() {
+    let cfg = load("", &[]).unwrap();
+    assert_eq!(cfg.server.port, 8080);
+    assert_eq!(cfg.server.max_request_body_size, 10 * 1024 * 1024);
+    for id in [
+        "openai",
+        "anthropic",
+        "groq",
+        "cohere",
+        "ollama",
+        "cloudflare",
+        "deepseek",
+        "google",
+        "mistral",
+    ] {
+        assert!(cfg.providers.contains_key(id), "{id}");
+        assert!(!cfg.providers[id].configured, "{id}");
+    }
+    let a = &cfg.providers["anthropic"];
+    assert_eq!(a.auth_style(), AuthStyle::Header("x-api-key".into()));
+    assert_eq!(a.headers["anthropic-version"], "2023-06-01");
+    assert_eq!(
+        cfg.providers["cohere"].chat_path.as_deref(),
+        Some("/compatibility/v1/chat/completions")
+    );
+    assert_eq!(cfg.providers["ollama"].auth_style(), AuthStyle::None);
+}
+
+#[test]
+fn env_overrides_toml() {
+    let cfg = load(
+        "[server]\nport = 9000\nread_timeout = \"10s\"\n[providers.openai]\napi_key = \"from-toml\"\n",
+        &[("SERVER_PORT", "9100"), ("OPENAI_API_KEY", "from-env"), ("GROQ_API_URL", "http://127.0.0.1:1/v1/"),
+          ("ALLOWED_MODELS", "a, b ,"), ("CLIENT_TIMEOUT", "2m"), ("MISTRAL_ENABLED", "false")],
+    )
+    .unwrap();
+    assert_eq!(cfg.server.port, 9100);
+    assert_eq!(cfg.server.read_timeout.get(), Duration::from_secs(10));
+    assert_eq!(
+        cfg.providers["openai"].api_key.as_ref().unwrap().expose(),
+        "from-env"
+    );
+    assert_eq!(cfg.providers["groq"].url(), "http://127.0.0.1:1/v1");
+    assert!(cfg.providers["groq"].configured);
+    assert_eq!(cfg.models.allowed, vec!["a", "b"]);
+    assert_eq!(
+        cfg.client.first_byte_timeout.get(),
+        Duration::from_secs(120)
+    );
+    assert!(!cfg.providers.contains_key("mistral"));
+}
+
+#[test]
+fn both_enable_spellings() {
+    let e: HashMap<&str, &str> = [("X_ENABLE", "true"), ("Y_ENABLED", "0")].into();
+    let g = |k: &str| e.get(k).map(|v| v.to_string());
+    assert_eq!(env::flag(&g, "X").unwrap(), Some(true));
+    assert_eq!(env::flag(&g, "Y").unwrap(), Some(false));
+    assert_eq!(env::flag(&g, "Z").unwrap(), None);
+    let bad: HashMap<&str, &str> = [("X_ENABLE", "maybe")].into();
+    let g = |k: &str| bad.get(k).map(|v| v.to_string());
+    assert!(env::flag(&g, "X").unwrap_err().0.contains("X_ENABLE"));
+}
+
+#[test]
+fn errors_name_the_key() {
+    let cases: &[(&str, &[(&str, &str)], &str)] = &[
+        ("[server]\nprot = 1\n", &[], "prot"),
+        ("[server]\nread_timeout = 30\n", &[], "read_timeout"),
+        ("[server]\nread_timeout = \"soon\"\n", &[], "read_timeout"),
+        ("", &[("SERVER_PORT", "http")], "SERVER_PORT"),
+        ("", &[("SERVER_READ_TIMEOUT", "30")], "SERVER_READ_TIMEOUT"),
+        (
+            "[providers.vllm]\nauth = \"none\"\n",
+            &[],
+            "providers.vllm.url",
+        ),
+        (
+            "[providers.vllm]\nurl = \"ftp://x\"\n",
+            &[],
+            "providers.vllm.url",
+        ),
+        (
+            "[providers.openai]\nurl = \"https://x\"\ntypo = 1\n",
+            &[],
+            "typo",
+        ),
+        (
+            "[aliases.fast]\ntarget = \"nope/model\"\n",
+            &[],
+            "aliases.fast.target",
+        ),
+        (
+            "[aliases.fast]\ntarget = \"openai/gpt-4o\"\n[aliases.fast.defaults]\nmodel = \"x\"\n",
+            &[],
+            "aliases.fast.defaults.model",
+        ),
+        (
+            "",
+            &[("CLIENT_TLS_MIN_VERSION", "TLS13")],
+            "CLIENT_TLS_MIN_VERSION",
+        ),
+        ("", &[("ENVIRONMENT", "staging")], "ENVIRONMENT"),
+    ];
+    for (toml_text, env, key) in cases {
+        let err = load(toml_text, env).expect_err(key).0;
+        assert!(err.contains(key), "error {err:?} should name {key}");
+    }
+}
+
+#[test]
+fn custom_provider_and_key_file() {
+    let dir = std::env::temp_dir().join(format!("igw-key-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let key = dir.join("key");
+    std::fs::write(&key, "sk-file\n").unwrap();
+    let cfg = load(
+        &format!(
+            "[providers.my-vllm]\nurl = \"http://10.0.0.1:8000/v1\"\nauth = \"api-key\"\napi_key_file = {:?}\n\
+             query = {{ api-version = \"2024-02-01\" }}\n[aliases.fast]\ntarget = \"my-vllm/llama\"\n\
+             system_prompt_prefix = \"Be brief.\"\n[aliases.fast.defaults]\ntemperature = 0.2\n",
+            key.display().to_string()
+        ),
+        &[],
+    )
+    .unwrap();
+    let p = &cfg.providers["my-vllm"];
+    assert_eq!(p.api_key.as_ref().unwrap().expose(), "sk-file");
+    assert_eq!(p.auth_style(), AuthStyle::Header("api-key".into()));
+    assert_eq!(p.chat_path.as_deref(), Some("/chat/completions"));
+    assert!(p.configured);
+    assert_eq!(cfg.aliases["fast"].defaults["temperature"], 0.2);
+    // Secrets never show in debug output.
+    let dbg = format!("{cfg:?}");
+    assert!(!dbg.contains("sk-file"), "{dbg}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn shipped_config_file_is_valid() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("conf/gateway.toml");
+    Config::load_with_env(Some(&path), &|_| None).unwrap();
+}

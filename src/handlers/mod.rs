@@ -1,0 +1,4 @@
+//! Handlers for the endpoints the gateway answers itself.
+
+pub mod llm;
+pub mod models;

@@ -1,0 +1,195 @@
+//! `GET /v1/models`: every configured provider's models, fetched concurrently, ids prefixed with
+//! `provider/`, plus the configured aliases. A provider that fails or is slow is skipped (and
+//! logged), never failing the whole list.
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use filters::openai::{Model, ModelList};
+use http::{HeaderValue, Method};
+use log::warn;
+use pingora::proxy::Session;
+use serde::Deserialize;
+
+use crate::errors::ApiError;
+use crate::providers::Provider;
+use crate::proxy::{respond, Gateway, RequestCtx};
+use crate::upstream::UpstreamRequest;
+
+pub async fn handle(gw: &Gateway, session: &mut Session, ctx: &mut RequestCtx) {
+    let wanted = session.req_header().uri.query().and_then(|q| {
+        q.split('&')
+            .find_map(|kv| kv.strip_prefix("provider="))
+            .map(str::to_string)
+    });
+    let providers: Vec<Arc<Provider>> = match &wanted {
+        Some(name) => match gw.providers.get(name) {
+            Some(p) => vec![p.clone()],
+            None => {
+                let err = ApiError::bad_request(format!("Unknown provider {name:?} in ?provider="))
+                    .param("provider")
+                    .code("unknown_provider");
+                return respond::error(session, ctx, &err).await;
+            }
+        },
+        None => gw
+            .providers
+            .iter()
+            .filter(|p| p.configured && !p.missing_key())
+            .cloned()
+            .collect(),
+    };
+    let fetches = providers.iter().map(|p| fetch(gw, p, &ctx.request_id));
+    let results = futures::future::join_all(fetches).await;
+    let mut data = Vec::new();
+    for (p, r) in providers.iter().zip(results) {
+        match r {
+            Ok(models) => data.extend(models),
+            Err(e) => warn!("models: skipping provider {}: {e}", p.name),
+        }
+    }
+    if wanted.is_none() {
+        let now = unix_now();
+        for (alias, a) in gw.router.aliases() {
+            let provider = a.target.split_once('/').map_or("", |(p, _)| p);
+            data.push(Model {
+                id: alias.clone(),
+                object: "model".into(),
+                created: now,
+                owned_by: provider.to_string(),
+                served_by: provider.to_string(),
+            });
+        }
+    }
+    let list = ModelList {
+        object: "list".into(),
+        data,
+    };
+    let body = Bytes::from(serde_json::to_vec(&list).expect("model list serializes"));
+    let _ = respond::json(session, ctx, 200, body).await;
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+async fn fetch(gw: &Gateway, p: &Provider, request_id: &str) -> Result<Vec<Model>, String> {
+    let path = p.path_and_query(&p.models_path, None);
+    let headers = [(
+        http::header::ACCEPT,
+        HeaderValue::from_static("application/json"),
+    )];
+    let req = UpstreamRequest {
+        method: Method::GET,
+        path: &path,
+        headers: &headers,
+        body: Bytes::new(),
+        request_id,
+    };
+    let limit = gw.cfg.client.models_timeout.get();
+    let work = async {
+        let mut resp = gw
+            .client
+            .send(p, &req)
+            .await
+            .map_err(|e| e.message(&p.name))?;
+        let status = resp.status();
+        let body = resp
+            .read_all(8 << 20)
+            .await
+            .map_err(|e| e.message(&p.name))?;
+        gw.client.release(resp).await;
+        if !(200..300).contains(&status) {
+            return Err(format!("HTTP {status}"));
+        }
+        parse_models(&p.name, &body)
+    };
+    tokio::time::timeout(limit, work)
+        .await
+        .map_err(|_| format!("no answer within {limit:?}"))?
+}
+
+#[derive(Deserialize)]
+struct AnyList {
+    #[serde(default)]
+    data: Option<Vec<Entry>>,
+    #[serde(default)]
+    models: Option<Vec<Entry>>,
+    #[serde(default)]
+    result: Option<Vec<Entry>>,
+}
+
+#[derive(Deserialize)]
+struct Entry {
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    created: Option<u64>,
+    #[serde(default)]
+    owned_by: Option<String>,
+}
+
+/// Reads OpenAI's `{"data":[{"id"}]}` and the native shapes some providers use for their list
+/// (`{"models":[{"name"}]}` for Cohere and Gemini, `{"result":[{"name"}]}` for Cloudflare).
+pub fn parse_models(provider: &str, body: &[u8]) -> Result<Vec<Model>, String> {
+    let list: AnyList =
+        serde_json::from_slice(body).map_err(|e| format!("invalid model list: {e}"))?;
+    let entries = list
+        .data
+        .or(list.models)
+        .or(list.result)
+        .unwrap_or_default();
+    let now = unix_now();
+    Ok(entries
+        .into_iter()
+        .filter_map(|e| {
+            let id = e.id.or(e.name)?;
+            let id = id.strip_prefix("models/").unwrap_or(&id).to_string();
+            Some(Model {
+                id: format!("{provider}/{id}"),
+                object: "model".into(),
+                created: e.created.unwrap_or(now),
+                owned_by: e.owned_by.unwrap_or_else(|| provider.to_string()),
+                served_by: provider.to_string(),
+            })
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_provider_shapes() {
+        let m = parse_models(
+            "openai",
+            br#"{"object":"list","data":[{"id":"gpt-4o","created":1,"owned_by":"system"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            (
+                m[0].id.as_str(),
+                m[0].created,
+                m[0].owned_by.as_str(),
+                m[0].served_by.as_str()
+            ),
+            ("openai/gpt-4o", 1, "system", "openai")
+        );
+        let m = parse_models(
+            "google",
+            br#"{"models":[{"name":"models/gemini-2.0-flash"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(m[0].id, "google/gemini-2.0-flash");
+        let m = parse_models("cloudflare", br#"{"result":[{"name":"@cf/meta/llama"}]}"#).unwrap();
+        assert_eq!(m[0].id, "cloudflare/@cf/meta/llama");
+        assert!(parse_models("x", b"<html>").is_err());
+        assert!(parse_models("x", b"{}").unwrap().is_empty());
+    }
+}

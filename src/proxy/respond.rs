@@ -1,0 +1,52 @@
+//! Writing gateway-originated responses to the client.
+
+use bytes::Bytes;
+use pingora::http::ResponseHeader;
+use pingora::proxy::Session;
+
+use crate::errors::ApiError;
+use crate::proxy::RequestCtx;
+
+/// A response header with the gateway's standard headers.
+pub fn header(status: u16, content_type: &str, ctx: &RequestCtx) -> ResponseHeader {
+    let mut h = ResponseHeader::build(status, Some(6)).expect("valid status");
+    let _ = h.insert_header(http::header::CONTENT_TYPE, content_type);
+    let _ = h.insert_header("x-request-id", ctx.request_id.as_str());
+    h
+}
+
+/// Writes a complete response with a body of known length. Errors mean the client is gone.
+pub async fn full(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    mut h: ResponseHeader,
+    body: Bytes,
+) -> pingora::Result<()> {
+    let _ = h.insert_header(http::header::CONTENT_LENGTH, body.len());
+    ctx.status = h.status.as_u16();
+    ctx.bytes_out = body.len();
+    session.write_response_header(Box::new(h), false).await?;
+    session.write_response_body(Some(body), true).await
+}
+
+pub async fn json(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    status: u16,
+    body: Bytes,
+) -> pingora::Result<()> {
+    let h = header(status, "application/json", ctx);
+    full(session, ctx, h, body).await
+}
+
+/// Writes an error in OpenAI's envelope (always `application/json`, even for stream requests).
+pub async fn error(session: &mut Session, ctx: &mut RequestCtx, err: &ApiError) {
+    ctx.error = Some(err.code.unwrap_or("error"));
+    if err.status == 413 || err.status == 408 || err.status == 400 && !session.is_body_done() {
+        // The unread rest of the request body would be parsed as the next request.
+        session.set_keepalive(None);
+    }
+    if let Err(e) = json(session, ctx, err.status, err.body()).await {
+        log::debug!("client gone while sending error: {e}");
+    }
+}

@@ -1,0 +1,313 @@
+//! The gateway's own upstream HTTP client, on Pingora's connector (same TLS, pool and peers as the
+//! proxy path).
+//!
+//! LLM endpoints need the whole request body before choosing an upstream (the model is inside
+//! it), may call several upstreams per client request (fallbacks, MCP rounds) and decide on
+//! retries after seeing a status. See docs/ARCHITECTURE.md for why this is a client and not the
+//! proxy loop.
+
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http::{HeaderName, HeaderValue, Method};
+use pingora::connectors::http::Connector;
+use pingora::connectors::ConnectorOptions;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::protocols::http::client::HttpSession;
+use pingora::upstreams::peer::HttpPeer;
+
+use crate::config::ClientConfig;
+use crate::providers::Provider;
+use crate::resolver;
+
+/// Why an upstream call failed before or while reading its response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UpstreamError {
+    /// DNS, TCP or TLS failure: nothing was sent.
+    Connect(String),
+    /// No response headers within the first-byte timeout.
+    FirstByteTimeout,
+    /// No body bytes within the idle timeout.
+    IdleTimeout,
+    /// The connection failed after the request was sent.
+    Io(String),
+    /// A non-streaming body larger than allowed.
+    TooLarge,
+}
+
+impl UpstreamError {
+    /// Status the client gets when this happens before any response byte was sent.
+    pub fn status(&self) -> u16 {
+        match self {
+            UpstreamError::FirstByteTimeout | UpstreamError::IdleTimeout => 504,
+            _ => 502,
+        }
+    }
+
+    /// Machine-readable `code` for the error envelope.
+    pub fn code(&self) -> &'static str {
+        match self {
+            UpstreamError::Connect(_) => "upstream_connect_error",
+            UpstreamError::FirstByteTimeout => "upstream_timeout",
+            UpstreamError::IdleTimeout => "upstream_idle_timeout",
+            UpstreamError::Io(_) => "upstream_error",
+            UpstreamError::TooLarge => "upstream_response_too_large",
+        }
+    }
+
+    pub fn message(&self, provider: &str) -> String {
+        match self {
+            UpstreamError::Connect(e) => format!("could not connect to provider {provider}: {e}"),
+            UpstreamError::FirstByteTimeout => {
+                format!("provider {provider} did not answer within the first-byte timeout")
+            }
+            UpstreamError::IdleTimeout => {
+                format!("provider {provider} stopped sending data (idle timeout)")
+            }
+            UpstreamError::Io(e) => format!("connection to provider {provider} failed: {e}"),
+            UpstreamError::TooLarge => {
+                format!("provider {provider} sent a response that is too large")
+            }
+        }
+    }
+}
+
+pub struct UpstreamClient {
+    connector: Connector,
+    cfg: ClientConfig,
+}
+
+/// A request to send upstream.
+pub struct UpstreamRequest<'a> {
+    pub method: Method,
+    /// Path and query, as sent on the request line.
+    pub path: &'a str,
+    /// Extra headers (the provider's auth and configured headers are added automatically).
+    pub headers: &'a [(HeaderName, HeaderValue)],
+    pub body: Bytes,
+    pub request_id: &'a str,
+}
+
+/// An upstream response whose headers have arrived; the body is read with
+/// [`read_chunk`](UpstreamResponse::read_chunk).
+pub struct UpstreamResponse {
+    session: HttpSession,
+    peer: HttpPeer,
+    idle_timeout: Duration,
+    pub addr: std::net::SocketAddr,
+}
+
+impl UpstreamClient {
+    pub fn new(cfg: &ClientConfig) -> Self {
+        let mut opts = ConnectorOptions::new(cfg.max_idle_conns.max(1));
+        opts.keepalive_pool_size = cfg.max_idle_conns.max(1);
+        UpstreamClient {
+            connector: Connector::new(Some(opts)),
+            cfg: cfg.clone(),
+        }
+    }
+
+    /// A peer for `provider` (TLS with SNI and verification for https).
+    pub async fn peer(&self, provider: &Provider) -> Result<HttpPeer, UpstreamError> {
+        let addr = resolver::resolve(provider, self.cfg.connect_timeout.get())
+            .await
+            .map_err(UpstreamError::Connect)?;
+        Ok(self.peer_for(provider, addr))
+    }
+
+    pub fn peer_for(&self, provider: &Provider, addr: std::net::SocketAddr) -> HttpPeer {
+        let mut peer = HttpPeer::new(addr, provider.tls, provider.host.clone());
+        let o = &mut peer.options;
+        o.connection_timeout = Some(self.cfg.connect_timeout.get());
+        o.total_connection_timeout = Some(self.cfg.connect_timeout.get());
+        o.idle_timeout = Some(self.cfg.idle_conn_timeout.get());
+        // Timeouts of reads are applied per phase below (first byte vs. idle gap).
+        o.read_timeout = None;
+        o.write_timeout = Some(self.cfg.connect_timeout.get().max(Duration::from_secs(30)));
+        o.verify_cert = true;
+        o.verify_hostname = true;
+        peer
+    }
+
+    /// Builds the upstream request header: provider path, Host, auth, configured headers,
+    /// request id. Nothing from the caller is copied unless passed in `extra`.
+    pub fn request_header(
+        provider: &Provider,
+        req: &UpstreamRequest<'_>,
+    ) -> Result<RequestHeader, UpstreamError> {
+        let mut h = RequestHeader::build(
+            req.method.clone(),
+            req.path.as_bytes(),
+            Some(8 + req.headers.len()),
+        )
+        .map_err(|e| UpstreamError::Connect(format!("invalid upstream request: {e}")))?;
+        let _ = h.insert_header(http::header::HOST, provider.authority.as_str());
+        if let Some((name, value)) = provider.auth_header() {
+            let _ = h.insert_header(name, value.clone());
+        }
+        for (k, v) in &provider.headers {
+            let _ = h.insert_header(k.clone(), v.clone());
+        }
+        for (k, v) in req.headers {
+            let _ = h.insert_header(k.clone(), v.clone());
+        }
+        let _ = h.insert_header("x-request-id", req.request_id);
+        if req.method != Method::GET || !req.body.is_empty() {
+            let _ = h.insert_header(http::header::CONTENT_LENGTH, req.body.len());
+        }
+        Ok(h)
+    }
+
+    /// Sends the request and waits for the response headers.
+    ///
+    /// A pooled connection the upstream already closed fails on first use; that case (reused
+    /// connection, nothing received) is retried once on a fresh connection.
+    pub async fn send(
+        &self,
+        provider: &Provider,
+        req: &UpstreamRequest<'_>,
+    ) -> Result<UpstreamResponse, UpstreamError> {
+        let addr = resolver::resolve(provider, self.cfg.connect_timeout.get())
+            .await
+            .map_err(UpstreamError::Connect)?;
+        let peer = self.peer_for(provider, addr);
+        let header = Self::request_header(provider, req)?;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let (mut session, reused) = self
+                .connector
+                .get_http_session(&peer)
+                .await
+                .map_err(|e| UpstreamError::Connect(e.to_string()))?;
+            match self.exchange(&mut session, &header, &req.body).await {
+                Ok(()) => {
+                    return Ok(UpstreamResponse {
+                        session,
+                        addr,
+                        peer,
+                        idle_timeout: self.cfg.stream_idle_timeout.get(),
+                    })
+                }
+                Err(e)
+                    if reused && attempt == 1 && !matches!(e, UpstreamError::FirstByteTimeout) =>
+                {
+                    log::debug!(
+                        "stale pooled connection to {}: {e:?}; retrying",
+                        provider.name
+                    );
+                    continue;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    async fn exchange(
+        &self,
+        session: &mut HttpSession,
+        header: &RequestHeader,
+        body: &Bytes,
+    ) -> Result<(), UpstreamError> {
+        session
+            .write_request_header(Box::new(header.clone()))
+            .await
+            .map_err(|e| UpstreamError::Io(e.to_string()))?;
+        if !body.is_empty() {
+            session
+                .write_request_body(body.clone(), true)
+                .await
+                .map_err(|e| UpstreamError::Io(e.to_string()))?;
+        }
+        session
+            .finish_request_body()
+            .await
+            .map_err(|e| UpstreamError::Io(e.to_string()))?;
+        match tokio::time::timeout(
+            self.cfg.first_byte_timeout.get(),
+            session.read_response_header(),
+        )
+        .await
+        {
+            Err(_) => Err(UpstreamError::FirstByteTimeout),
+            Ok(Err(e)) => Err(UpstreamError::Io(e.to_string())),
+            Ok(Ok(())) => Ok(()),
+        }
+    }
+
+    /// Returns a fully read response's connection to the pool.
+    pub async fn release(&self, mut resp: UpstreamResponse) {
+        if resp.session.response_done() {
+            let idle = Some(self.cfg.idle_conn_timeout.get());
+            self.connector
+                .release_http_session(resp.session, &resp.peer, idle)
+                .await;
+        } else {
+            resp.session.shutdown().await;
+        }
+    }
+}
+
+impl UpstreamResponse {
+    pub fn header(&self) -> &ResponseHeader {
+        self.session
+            .response_header()
+            .expect("response header was read")
+    }
+
+    pub fn status(&self) -> u16 {
+        self.header().status.as_u16()
+    }
+
+    pub fn header_str(&self, name: &str) -> Option<&str> {
+        self.header()
+            .headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+    }
+
+    pub fn is_event_stream(&self) -> bool {
+        self.header_str("content-type").is_some_and(|c| {
+            c.trim_start()
+                .to_ascii_lowercase()
+                .starts_with("text/event-stream")
+        })
+    }
+
+    /// The next body chunk; `None` at the end. Fails if the upstream is silent longer than the
+    /// idle timeout.
+    pub async fn read_chunk(&mut self) -> Result<Option<Bytes>, UpstreamError> {
+        match tokio::time::timeout(self.idle_timeout, self.session.read_response_body()).await {
+            Err(_) => Err(UpstreamError::IdleTimeout),
+            Ok(Err(e)) => Err(UpstreamError::Io(e.to_string())),
+            Ok(Ok(b)) => Ok(b),
+        }
+    }
+
+    /// Reads the whole body (non-streaming responses), up to `limit` bytes.
+    pub async fn read_all(&mut self, limit: usize) -> Result<Bytes, UpstreamError> {
+        let mut first: Option<Bytes> = None;
+        let mut buf = BytesMut::new();
+        while let Some(chunk) = self.read_chunk().await? {
+            if first.is_none() && buf.is_empty() {
+                first = Some(chunk);
+                continue;
+            }
+            if let Some(f) = first.take() {
+                buf.extend_from_slice(&f);
+            }
+            if buf.len() + chunk.len() > limit {
+                return Err(UpstreamError::TooLarge);
+            }
+            buf.extend_from_slice(&chunk);
+        }
+        let out = match first {
+            Some(f) => f,
+            None => buf.freeze(),
+        };
+        if out.len() > limit {
+            return Err(UpstreamError::TooLarge);
+        }
+        Ok(out)
+    }
+}
