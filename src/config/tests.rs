@@ -84,7 +84,8 @@ fn both_enable_spellings() {
 
 #[test]
 fn errors_name_the_key() {
-    let cases: &[(&str, &[(&str, &str)], &str)] = &[
+    type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str);
+    let cases: &[Case] = &[
         ("[server]\nprot = 1\n", &[], "prot"),
         ("[server]\nread_timeout = 30\n", &[], "read_timeout"),
         ("[server]\nread_timeout = \"soon\"\n", &[], "read_timeout"),

@@ -1,0 +1,39 @@
+# inference-gateway: the two commands the README starts with are `make run` and `make test`.
+CARGO ?= cargo
+ARGS ?=
+
+.PHONY: run build release test lint fmt bench deps clean
+
+## Build (release) and run the gateway with zero configuration on :8080.
+run: release
+	./target/release/inference-gateway $(ARGS)
+
+release:
+	@scripts/deps.sh build
+	$(CARGO) build --release --locked
+
+build:
+	@scripts/deps.sh build
+	$(CARGO) build --locked
+
+## Every test (unit, black-box, SDK compatibility), then format and lint checks.
+test:
+	@scripts/deps.sh test
+	$(CARGO) test --workspace --locked
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+## Load measurement against a mock upstream (needs wrk; see docs/PERFORMANCE.md).
+bench: release
+	$(CARGO) build --release --locked --example mock_upstream
+	benches/load.sh
+
+clean:
+	$(CARGO) clean

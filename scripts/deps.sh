@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Installs what building and testing need on a fresh Debian/Ubuntu machine with Rust:
+#   build: a C compiler and cmake (pingora-core builds zlib-ng with cmake)
+#   test:  python3 + the official `openai` SDK (compatibility test)
+# Usage: scripts/deps.sh build|test
+set -euo pipefail
+what="${1:-build}"
+
+sudo_cmd=""
+if [ "$(id -u)" != "0" ]; then sudo_cmd="sudo"; fi
+
+missing=()
+command -v cmake >/dev/null 2>&1 || missing+=(cmake)
+command -v cc >/dev/null 2>&1 || missing+=(build-essential)
+command -v make >/dev/null 2>&1 || missing+=(make)
+if [ "$what" = "test" ]; then
+  command -v python3 >/dev/null 2>&1 || missing+=(python3)
+  python3 -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)
+fi
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "deps: installing ${missing[*]}"
+  $sudo_cmd apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+if [ "$what" = "test" ]; then
+  if ! python3 -c "import openai" >/dev/null 2>&1; then
+    echo "deps: installing the openai Python SDK"
+    python3 -m pip install -q --disable-pip-version-check "openai>=1.40" 2>/dev/null \
+      || python3 -m pip install -q --disable-pip-version-check --break-system-packages "openai>=1.40"
+  fi
+  python3 -c "import openai; print('deps: openai SDK', openai.__version__)"
+fi

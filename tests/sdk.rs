@@ -1,0 +1,77 @@
+//! Compatibility with the official `openai` Python SDK (installed from PyPI by `make test`).
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+use serde_json::{json, Value};
+
+fn tool_call_response() -> String {
+    json!({"id":"chatcmpl-t","object":"chat.completion","created":1,"model":"tools",
+        "choices":[{"index":0,"finish_reason":"tool_calls","message":{"role":"assistant","content":null,
+            "tool_calls":[{"id":"call_1","type":"function","function":{"name":"get_weather","arguments":"{\"city\":\"Paris\"}"}}]}}],
+        "usage":{"prompt_tokens":20,"completion_tokens":10,"total_tokens":30}})
+    .to_string()
+}
+
+fn tool_call_stream() -> String {
+    let chunk = |delta: Value, finish: Value| {
+        format!(
+            "data: {}\n\n",
+            json!({"id":"chatcmpl-t","object":"chat.completion.chunk","created":1,"model":"tools",
+                "choices":[{"index":0,"delta":delta,"finish_reason":finish}]})
+        )
+    };
+    let mut s = chunk(json!({"role":"assistant","content":null,"tool_calls":[{"index":0,"id":"call_1","type":"function","function":{"name":"get_weather","arguments":""}}]}), Value::Null);
+    for part in ["{\"ci", "ty\": \"Pa", "ris\"}"] {
+        s += &chunk(json!({"tool_calls":[{"index":0,"function":{"arguments":part}}]}), Value::Null);
+    }
+    s += &chunk(json!({}), json!("tool_calls"));
+    s += "data: {\"id\":\"chatcmpl-t\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"tools\",\"choices\":[],\"usage\":{\"prompt_tokens\":20,\"completion_tokens\":10,\"total_tokens\":30}}\n\n";
+    s + "data: [DONE]\n\n"
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn official_openai_python_sdk() {
+    let check = Command::new("python3").args(["-c", "import openai"]).output().expect("python3 is needed");
+    assert!(
+        check.status.success(),
+        "the openai Python package is missing: run `make test` (it installs it) or `pip install openai`"
+    );
+    let up = MockUpstream::start(|req| {
+        if req.path == "/v1/models" {
+            return json_response(200, r#"{"object":"list","data":[{"id":"gpt-4o","object":"model","created":1,"owned_by":"openai"},{"id":"tools","object":"model","created":1,"owned_by":"openai"}]}"#);
+        }
+        if req.path == "/v1/embeddings" {
+            return json_response(200, r#"{"object":"list","data":[{"object":"embedding","index":0,"embedding":[0.25,-0.5]}],"model":"text-embedding-3-small","usage":{"prompt_tokens":1,"total_tokens":1}}"#);
+        }
+        let body = req.json();
+        let stream = body["stream"] == true;
+        match body["model"].as_str().unwrap_or("") {
+            "limited" => vec![Step::Write(http_response(429, &[("content-type", "application/json")],
+                br#"{"error":{"message":"Rate limit reached","type":"requests","param":null,"code":"rate_limit_exceeded"}}"#))],
+            "tools" if stream => sse_steps(tool_call_stream().as_bytes(), &[100, 300], Duration::from_millis(1)),
+            "tools" => json_response(200, &tool_call_response()),
+            m if stream => sse_steps(chat_stream(m, &["Hello", ", ", "world!"], true).as_bytes(), &[50], Duration::from_millis(1)),
+            m => json_response(200, &chat_completion(m, "hello")),
+        }
+    })
+    .await;
+    let gw = GatewayProcess::start(&provider_env(&[("openai", up.url("/v1"))]), None);
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/openai_compat.py");
+    let url = gw.url("");
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new("python3").arg(script).env("GATEWAY_URL", url).output().expect("run python3")
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    println!("{stdout}");
+    assert!(out.status.success(), "SDK checks failed:\n{stdout}\n{stderr}\ngateway log:\n{}", gw.log_text());
+    assert!(stdout.contains("all SDK checks passed"));
+    // The caller's key never reached the provider.
+    assert!(up.requests().iter().all(|r| r.header("authorization") == Some("Bearer sk-openai-test")));
+}
