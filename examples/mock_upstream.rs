@@ -67,7 +67,10 @@ async fn serve(mut s: TcpStream, plain: &'static [u8], sse: &'static [u8]) {
         }
         let body = &buf[head_end..head_end + len];
         let wants_stream = body.windows(13).any(|w| w == b"\"stream\":true");
-        if s.write_all(if wants_stream { sse } else { plain }).await.is_err() {
+        if s.write_all(if wants_stream { sse } else { plain })
+            .await
+            .is_err()
+        {
             return;
         }
         buf.drain(..head_end + len);
@@ -76,7 +79,10 @@ async fn serve(mut s: TcpStream, plain: &'static [u8], sse: &'static [u8]) {
 
 #[tokio::main]
 async fn main() {
-    let port: u16 = std::env::args().nth(1).and_then(|p| p.parse().ok()).unwrap_or(9000);
+    let port: u16 = std::env::args()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(9000);
     let plain: &'static [u8] = Box::leak(completion().into_boxed_slice());
     let sse: &'static [u8] = Box::leak(stream().into_boxed_slice());
     let l = TcpListener::bind(("127.0.0.1", port)).await.expect("bind");

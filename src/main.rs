@@ -5,6 +5,7 @@ mod errors;
 mod handlers;
 mod providers;
 mod proxy;
+mod request_id;
 mod resolver;
 mod routing;
 mod upstream;

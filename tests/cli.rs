@@ -19,13 +19,18 @@ fn run(args: &[&str], env: &[(&str, &str)], toml: Option<&str>) -> (i32, String)
     }
     let out = cmd.output().unwrap();
     std::fs::remove_dir_all(&dir).ok();
-    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     (out.status.code().unwrap_or(-1), text)
 }
 
 #[test]
 fn test_flag_accepts_valid_config_and_never_prints_secrets() {
-    let (code, out) = run(&["-t"], &[("OPENAI_API_KEY", "sk-very-secret")], Some("[server]\nport = 9999\n"));
+    let (code, out) = run(
+        &["-t"],
+        &[("OPENAI_API_KEY", "sk-very-secret")],
+        Some("[server]\nport = 9999\n"),
+    );
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("configuration OK"));
     assert!(!out.contains("sk-very-secret"));
@@ -39,10 +44,18 @@ fn invalid_configuration_names_the_key() {
     type Case<'a> = (&'a [(&'a str, &'a str)], Option<&'a str>, &'a str);
     let cases: &[Case] = &[
         (&[], Some("[server]\nportt = 1\n"), "portt"),
-        (&[], Some("[client]\nconnect_timeout = \"ten\"\n"), "connect_timeout"),
+        (
+            &[],
+            Some("[client]\nconnect_timeout = \"ten\"\n"),
+            "connect_timeout",
+        ),
         (&[("SERVER_PORT", "99999")], None, "SERVER_PORT"),
         (&[("GROQ_API_URL", "groq.com")], None, "GROQ_API_URL"),
-        (&[("SERVER_MAX_REQUEST_BODY_SIZE", "lots")], None, "SERVER_MAX_REQUEST_BODY_SIZE"),
+        (
+            &[("SERVER_MAX_REQUEST_BODY_SIZE", "lots")],
+            None,
+            "SERVER_MAX_REQUEST_BODY_SIZE",
+        ),
     ];
     for (env, toml, key) in cases {
         let (code, out) = run(&["-t"], env, *toml);

@@ -24,9 +24,15 @@ fn tool_call_stream() -> String {
                 "choices":[{"index":0,"delta":delta,"finish_reason":finish}]})
         )
     };
-    let mut s = chunk(json!({"role":"assistant","content":null,"tool_calls":[{"index":0,"id":"call_1","type":"function","function":{"name":"get_weather","arguments":""}}]}), Value::Null);
+    let mut s = chunk(
+        json!({"role":"assistant","content":null,"tool_calls":[{"index":0,"id":"call_1","type":"function","function":{"name":"get_weather","arguments":""}}]}),
+        Value::Null,
+    );
     for part in ["{\"ci", "ty\": \"Pa", "ris\"}"] {
-        s += &chunk(json!({"tool_calls":[{"index":0,"function":{"arguments":part}}]}), Value::Null);
+        s += &chunk(
+            json!({"tool_calls":[{"index":0,"function":{"arguments":part}}]}),
+            Value::Null,
+        );
     }
     s += &chunk(json!({}), json!("tool_calls"));
     s += "data: {\"id\":\"chatcmpl-t\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"tools\",\"choices\":[],\"usage\":{\"prompt_tokens\":20,\"completion_tokens\":10,\"total_tokens\":30}}\n\n";
@@ -35,7 +41,10 @@ fn tool_call_stream() -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn official_openai_python_sdk() {
-    let check = Command::new("python3").args(["-c", "import openai"]).output().expect("python3 is needed");
+    let check = Command::new("python3")
+        .args(["-c", "import openai"])
+        .output()
+        .expect("python3 is needed");
     assert!(
         check.status.success(),
         "the openai Python package is missing: run `make test` (it installs it) or `pip install openai`"
@@ -63,15 +72,26 @@ async fn official_openai_python_sdk() {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/openai_compat.py");
     let url = gw.url("");
     let out = tokio::task::spawn_blocking(move || {
-        Command::new("python3").arg(script).env("GATEWAY_URL", url).output().expect("run python3")
+        Command::new("python3")
+            .arg(script)
+            .env("GATEWAY_URL", url)
+            .output()
+            .expect("run python3")
     })
     .await
     .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     println!("{stdout}");
-    assert!(out.status.success(), "SDK checks failed:\n{stdout}\n{stderr}\ngateway log:\n{}", gw.log_text());
+    assert!(
+        out.status.success(),
+        "SDK checks failed:\n{stdout}\n{stderr}\ngateway log:\n{}",
+        gw.log_text()
+    );
     assert!(stdout.contains("all SDK checks passed"));
     // The caller's key never reached the provider.
-    assert!(up.requests().iter().all(|r| r.header("authorization") == Some("Bearer sk-openai-test")));
+    assert!(up
+        .requests()
+        .iter()
+        .all(|r| r.header("authorization") == Some("Bearer sk-openai-test")));
 }

@@ -81,16 +81,13 @@ const CALLER_CREDENTIALS: &[&str] = &[
 ];
 
 fn request_id(session: &Session) -> String {
-    let given = session
-        .req_header()
-        .headers
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()));
-    match given {
-        Some(v) => v.to_string(),
-        None => uuid::Uuid::new_v4().simple().to_string(),
-    }
+    crate::request_id::from_header(
+        session
+            .req_header()
+            .headers
+            .get("x-request-id")
+            .map(|v| v.as_bytes()),
+    )
 }
 
 #[async_trait]
