@@ -10,7 +10,8 @@ MOCK_PORT=19000; GW_PORT=19080
 env -i PATH="$PATH" RUST_LOG=warn SERVER_HOST=127.0.0.1 SERVER_PORT="$GW_PORT" SERVER_THREADS="${GW_THREADS:-1}" \
   OPENAI_API_URL="http://127.0.0.1:$MOCK_PORT/v1" OPENAI_API_KEY=sk-bench \
   ./target/release/inference-gateway 2>/tmp/igw-bench.log & GW=$!
-trap 'kill $MOCK $GW 2>/dev/null || true' EXIT
+# SIGINT: Pingora's SIGTERM waits out the whole grace period.
+trap 'kill $MOCK 2>/dev/null; kill -INT $GW 2>/dev/null || true' EXIT
 for _ in $(seq 50); do curl -sf "http://127.0.0.1:$GW_PORT/health" >/dev/null && break; sleep 0.1; done
 
 # A ~1 KB chat request.
