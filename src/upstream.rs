@@ -101,6 +101,10 @@ impl UpstreamClient {
     pub fn new(cfg: &ClientConfig) -> Self {
         let mut opts = ConnectorOptions::new(cfg.max_idle_conns.max(1));
         opts.keepalive_pool_size = cfg.max_idle_conns.max(1);
+        opts.ca_file = cfg
+            .ca_file
+            .as_ref()
+            .map(|p| p.to_string_lossy().into_owned());
         UpstreamClient {
             connector: Connector::new(Some(opts)),
             cfg: cfg.clone(),

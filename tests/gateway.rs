@@ -924,3 +924,62 @@ async fn stale_pooled_connection_is_retried_transparently() {
     }
     assert_eq!(up.count(), 5);
 }
+
+// ----------------------------------------------------------------------------- TLS upstreams
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tls_upstream_gets_sni_and_its_certificate_is_verified() {
+    let pki = test_pki("localhost");
+    let up = TlsMock::start(
+        &pki,
+        r#"{"id":"x","object":"chat.completion","created":1,"model":"m","choices":[]}"#,
+    )
+    .await;
+    let url = format!("https://localhost:{}/v1", up.addr.port());
+    let dir = temp_dir("ca");
+    let ca = dir.join("ca.pem");
+    std::fs::write(&ca, &pki.ca_pem).unwrap();
+
+    // Trusted CA: the call succeeds and the upstream saw the host name as SNI.
+    let mut env = provider_env(&[("openai", url.clone())]);
+    env.push(("CLIENT_CA_FILE", ca.display().to_string()));
+    let gw = GatewayProcess::start(&env, None);
+    let r = raw_request(
+        gw.addr(),
+        "POST",
+        "/v1/chat/completions",
+        &[],
+        &chat_body("openai/m"),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}\n{}", r.text(), gw.log_text());
+    assert_eq!(
+        up.sni.lock().unwrap().first().cloned(),
+        Some(Some("localhost".to_string()))
+    );
+    assert_eq!(
+        up.requests.lock().unwrap()[0].header("host"),
+        Some(format!("localhost:{}", up.addr.port()).as_str())
+    );
+    drop(gw);
+
+    // System store only: the test CA is unknown, so verification must fail (no request sent).
+    let before = up.requests.lock().unwrap().len();
+    let gw = GatewayProcess::start(&provider_env(&[("openai", url)]), None);
+    let r = raw_request(
+        gw.addr(),
+        "POST",
+        "/v1/chat/completions",
+        &[],
+        &chat_body("openai/m"),
+    )
+    .await;
+    assert_eq!(r.status, 502, "{}", r.text());
+    assert_eq!(r.json()["error"]["code"], "upstream_connect_error");
+    assert_eq!(
+        up.requests.lock().unwrap().len(),
+        before,
+        "nothing sent to an unverified upstream"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}

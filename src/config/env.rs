@@ -134,6 +134,9 @@ pub(super) fn apply(cfg: &mut Config, getenv: GetEnv) -> Result<(), ConfigError>
         c.max_response_body_size,
         parse(getenv, "CLIENT_MAX_RESPONSE_BODY_SIZE")?
     );
+    if let Some(p) = get(getenv, "CLIENT_CA_FILE") {
+        c.ca_file = Some(PathBuf::from(p));
+    }
 
     set!(cfg.models.allowed, list(getenv, "ALLOWED_MODELS"));
     set!(cfg.models.disallowed, list(getenv, "DISALLOWED_MODELS"));

@@ -126,6 +126,9 @@ pub struct ClientConfig {
     pub dns_refresh_interval: HumanDuration,
     /// Largest non-streaming upstream response body accepted, in bytes.
     pub max_response_body_size: usize,
+    /// PEM bundle of CAs trusted for upstream TLS, replacing the system store (for providers
+    /// behind an internal CA). Unset: the system store (`SSL_CERT_FILE` honoured).
+    pub ca_file: Option<PathBuf>,
 }
 
 impl Default for ClientConfig {
@@ -140,6 +143,7 @@ impl Default for ClientConfig {
             models_timeout: HumanDuration::secs(5),
             dns_refresh_interval: HumanDuration::secs(30),
             max_response_body_size: 64 * 1024 * 1024,
+            ca_file: None,
         }
     }
 }
@@ -272,6 +276,14 @@ impl Config {
                  only TLS12 (rustls never negotiates below TLS 1.2)",
                 self.client.tls_min_version
             )));
+        }
+        if let Some(ca) = &self.client.ca_file {
+            if !ca.is_file() {
+                return Err(ConfigError(format!(
+                    "client.ca_file (CLIENT_CA_FILE): {} is not a file",
+                    ca.display()
+                )));
+            }
         }
         for (name, p) in &self.providers {
             p.validate(name)?;

@@ -259,7 +259,10 @@ async fn serve_conn(mut sock: TcpStream, handler: Handler, log: Arc<Mutex<Vec<Re
     }
 }
 
-async fn read_request(sock: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Recorded> {
+async fn read_request<S: tokio::io::AsyncRead + Unpin>(
+    sock: &mut S,
+    buf: &mut Vec<u8>,
+) -> Option<Recorded> {
     let head_end = loop {
         if let Some(i) = find(buf, b"\r\n\r\n") {
             break i;
@@ -545,4 +548,96 @@ pub fn provider_env(pairs: &[(&str, String)]) -> Vec<(&'static str, String)> {
 
 fn leak(s: String) -> &'static str {
     Box::leak(s.into_boxed_str())
+}
+
+// ---------------------------------------------------------------------------------------------
+// TLS mock upstream
+// ---------------------------------------------------------------------------------------------
+
+/// A test CA and a leaf certificate for `host` signed by it.
+pub struct TestPki {
+    pub ca_pem: String,
+    pub leaf_der: Vec<u8>,
+    pub key_der: Vec<u8>,
+}
+
+pub fn test_pki(host: &str) -> TestPki {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let leaf_key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec![host.to_string()])
+        .unwrap()
+        .signed_by(&leaf_key, &ca, &ca_key)
+        .unwrap();
+    TestPki {
+        ca_pem: ca.pem(),
+        leaf_der: leaf.der().to_vec(),
+        key_der: leaf_key.serialize_der(),
+    }
+}
+
+pub struct TlsMock {
+    pub addr: SocketAddr,
+    /// SNI names clients sent, one per handshake.
+    pub sni: Arc<Mutex<Vec<Option<String>>>>,
+    pub requests: Arc<Mutex<Vec<Recorded>>>,
+}
+
+impl TlsMock {
+    /// Answers every request with `body` (200, JSON).
+    pub async fn start(pki: &TestPki, body: &'static str) -> TlsMock {
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let cfg = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![CertificateDer::from(pki.leaf_der.clone())],
+                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(pki.key_der.clone())),
+            )
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let sni = Arc::new(Mutex::new(Vec::new()));
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let (s2, r2) = (sni.clone(), requests.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((sock, _)) = listener.accept().await else {
+                    return;
+                };
+                let (acceptor, s2, r2) = (acceptor.clone(), s2.clone(), r2.clone());
+                tokio::spawn(async move {
+                    let Ok(mut tls) = acceptor.accept(sock).await else {
+                        return;
+                    };
+                    s2.lock()
+                        .unwrap()
+                        .push(tls.get_ref().1.server_name().map(str::to_string));
+                    let mut buf = Vec::new();
+                    while let Some(req) = read_request(&mut tls, &mut buf).await {
+                        r2.lock().unwrap().push(req);
+                        let resp = http_response(
+                            200,
+                            &[("content-type", "application/json")],
+                            body.as_bytes(),
+                        );
+                        if tls.write_all(&resp).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        TlsMock {
+            addr,
+            sni,
+            requests,
+        }
+    }
 }
