@@ -1,0 +1,701 @@
+//! Anthropic Messages API (`POST /v1/messages`, `x-api-key`, `anthropic-version`).
+
+use bytes::BytesMut;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+
+use super::chunks::ChunkWriter;
+use super::{
+    arguments_object, content_text, finish_dropped, image_url, parse_data_url, stop_list,
+    NativeRequest, OpenAiResponse, RequestOptions, StreamTranslator, TranslateError,
+};
+use crate::openai::{
+    ChatCompletion, ChatCompletionRequest, ChatMessage, Choice, FunctionCall, ToolCall,
+};
+use crate::sse::{EventTooLarge, SseDecoder};
+use crate::stream_relay::StreamEnd;
+use crate::usage::{CompletionTokensDetails, PromptTokensDetails, Usage};
+
+/// Request fields Anthropic accepts as they are (native extensions a client may send).
+const NATIVE_PASSTHROUGH: &[&str] = &["top_k", "thinking", "service_tier"];
+/// OpenAI fields consumed by the translation itself.
+const CONSUMED: &[&str] = &["user", "parallel_tool_calls", "n", "stream_options"];
+
+#[derive(Serialize)]
+struct MessagesRequest<'a> {
+    model: &'a str,
+    max_tokens: u64,
+    messages: Vec<Message>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    system: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    temperature: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    top_p: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stop_sequences: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stream: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tools: Option<Vec<Value>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_choice: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    metadata: Option<Value>,
+    #[serde(flatten)]
+    native: Map<String, Value>,
+}
+
+#[derive(Serialize, Debug)]
+struct Message {
+    role: &'static str,
+    content: Vec<Value>,
+}
+
+pub fn translate_request(
+    req: &ChatCompletionRequest,
+    opts: &RequestOptions,
+) -> Result<NativeRequest, TranslateError> {
+    let mut dropped = Vec::new();
+    let mut system_blocks: Vec<Value> = Vec::new();
+    let mut messages: Vec<Message> = Vec::new();
+    let mut push = |role: &'static str, blocks: Vec<Value>| {
+        if blocks.is_empty() {
+            return;
+        }
+        // Anthropic requires alternating roles: merge consecutive turns of the same role
+        // (consecutive tool results become one user turn).
+        match messages.last_mut() {
+            Some(last) if last.role == role => last.content.extend(blocks),
+            _ => messages.push(Message {
+                role,
+                content: blocks,
+            }),
+        }
+    };
+    for (i, m) in req.messages.iter().enumerate() {
+        match m.role.as_str() {
+            "system" | "developer" => system_blocks.extend(text_blocks(m.content.as_ref())),
+            "user" => push("user", user_blocks(m.content.as_ref(), i)?),
+            "assistant" => {
+                let mut blocks = Vec::new();
+                if let Some(r) = m.extra.get("reasoning_content").and_then(Value::as_str) {
+                    // Thinking can only be replayed with its signature; without one it is dropped.
+                    if let Some(sig) = m.extra.get("reasoning_signature").and_then(Value::as_str) {
+                        blocks.push(json!({"type": "thinking", "thinking": r, "signature": sig}));
+                    }
+                }
+                blocks.extend(text_blocks(m.content.as_ref()));
+                for tc in m.tool_calls.iter().flatten() {
+                    let f = tc.function.as_ref();
+                    blocks.push(json!({
+                        "type": "tool_use",
+                        "id": tc.id.clone().unwrap_or_else(|| format!("toolu_{i}")),
+                        "name": f.and_then(|f| f.name.clone()).unwrap_or_default(),
+                        "input": arguments_object(f.and_then(|f| f.arguments.as_deref())),
+                    }));
+                }
+                push("assistant", blocks);
+            }
+            "tool" | "function" => {
+                let id = m
+                    .tool_call_id
+                    .clone()
+                    .or_else(|| m.name.clone())
+                    .ok_or_else(|| {
+                        TranslateError::new(
+                            format!("messages[{i}]: tool message without tool_call_id"),
+                            Some("messages"),
+                        )
+                    })?;
+                let mut block = json!({"type": "tool_result", "tool_use_id": id, "content": content_text(m.content.as_ref())});
+                if m.extra.get("is_error") == Some(&Value::Bool(true)) {
+                    block["is_error"] = Value::Bool(true);
+                }
+                push("user", vec![block]);
+            }
+            other => {
+                return Err(TranslateError::new(
+                    format!("messages[{i}]: unsupported role {other:?}"),
+                    Some("messages"),
+                ))
+            }
+        }
+    }
+    if messages.is_empty() {
+        return Err(TranslateError::new(
+            "messages must contain at least one user or assistant message",
+            Some("messages"),
+        ));
+    }
+
+    let system = if system_blocks.is_empty() {
+        None
+    } else if system_blocks
+        .iter()
+        .all(|b| b.get("cache_control").is_none())
+    {
+        let text: Vec<&str> = system_blocks
+            .iter()
+            .filter_map(|b| b["text"].as_str())
+            .collect();
+        Some(Value::String(text.join("\n\n")))
+    } else {
+        Some(Value::Array(system_blocks))
+    };
+
+    let tools = req.tools.as_ref().map(|tools| {
+        tools
+            .iter()
+            .filter_map(|t| t.function.as_ref())
+            .map(|f| {
+                let mut tool = json!({
+                    "name": f.name,
+                    "input_schema": f.parameters.clone().unwrap_or_else(|| json!({"type": "object", "properties": {}})),
+                });
+                if let Some(d) = &f.description {
+                    tool["description"] = Value::String(d.clone());
+                }
+                if let Some(cc) = f.extra.get("cache_control") {
+                    tool["cache_control"] = cc.clone();
+                }
+                tool
+            })
+            .collect::<Vec<_>>()
+    });
+    let mut tool_choice = match &req.tool_choice {
+        None => None,
+        Some(Value::String(s)) => match s.as_str() {
+            "auto" => Some(json!({"type": "auto"})),
+            "none" => Some(json!({"type": "none"})),
+            "required" => Some(json!({"type": "any"})),
+            other => {
+                return Err(TranslateError::new(
+                    format!("unsupported tool_choice {other:?}"),
+                    Some("tool_choice"),
+                ))
+            }
+        },
+        Some(v) => match v.pointer("/function/name").and_then(Value::as_str) {
+            Some(name) => Some(json!({"type": "tool", "name": name})),
+            None => {
+                return Err(TranslateError::new(
+                    "tool_choice object needs function.name",
+                    Some("tool_choice"),
+                ))
+            }
+        },
+    };
+    if req.extra.get("parallel_tool_calls") == Some(&Value::Bool(false)) && tools.is_some() {
+        let tc = tool_choice.get_or_insert_with(|| json!({"type": "auto"}));
+        if tc["type"] != "none" {
+            tc["disable_parallel_tool_use"] = Value::Bool(true);
+        }
+    }
+    let metadata = req
+        .extra
+        .get("user")
+        .and_then(Value::as_str)
+        .map(|u| json!({ "user_id": u }));
+
+    let mut native = Map::new();
+    for (k, v) in &req.extra {
+        if NATIVE_PASSTHROUGH.contains(&k.as_str()) {
+            native.insert(k.clone(), v.clone());
+        } else if k == "n" && v.as_u64().is_some_and(|n| n > 1) {
+            dropped.push("n".to_string());
+        } else if !CONSUMED.contains(&k.as_str()) {
+            dropped.push(k.clone());
+        }
+    }
+    let body = MessagesRequest {
+        model: &req.model,
+        max_tokens: req
+            .max_completion_tokens
+            .or(req.max_tokens)
+            .unwrap_or(opts.default_max_tokens),
+        messages,
+        system,
+        temperature: req.temperature,
+        top_p: req.top_p,
+        stop_sequences: stop_list(req.stop.as_ref()),
+        stream: req.stream.filter(|s| *s),
+        tools,
+        tool_choice,
+        metadata,
+        native,
+    };
+    Ok(NativeRequest {
+        body: serde_json::to_vec(&body).expect("request serializes"),
+        stream: req.stream.unwrap_or(false),
+        dropped: finish_dropped(dropped),
+    })
+}
+
+/// Text content as text blocks (keeping `cache_control` on parts that carry it).
+fn text_blocks(content: Option<&Value>) -> Vec<Value> {
+    match content {
+        Some(Value::String(s)) if !s.is_empty() => vec![json!({"type": "text", "text": s})],
+        Some(Value::Array(parts)) => parts
+            .iter()
+            .filter_map(|p| {
+                let text = p.get("text")?.as_str()?;
+                let mut b = json!({"type": "text", "text": text});
+                if let Some(cc) = p.get("cache_control") {
+                    b["cache_control"] = cc.clone();
+                }
+                Some(b)
+            })
+            .collect(),
+        _ => vec![],
+    }
+}
+
+fn user_blocks(content: Option<&Value>, i: usize) -> Result<Vec<Value>, TranslateError> {
+    let Some(Value::Array(parts)) = content else {
+        return Ok(text_blocks(content));
+    };
+    let mut blocks = Vec::with_capacity(parts.len());
+    for p in parts {
+        match p.get("type").and_then(Value::as_str) {
+            Some("text") => blocks.extend(text_blocks(Some(&Value::Array(vec![p.clone()])))),
+            Some("image_url") => {
+                let url = image_url(p).ok_or_else(|| {
+                    TranslateError::new(
+                        format!("messages[{i}]: image_url part without url"),
+                        Some("messages"),
+                    )
+                })?;
+                let source = match parse_data_url(url) {
+                    Some((mime, data)) => {
+                        json!({"type": "base64", "media_type": mime, "data": data})
+                    }
+                    None => json!({"type": "url", "url": url}),
+                };
+                let mut b = json!({"type": "image", "source": source});
+                if let Some(cc) = p.get("cache_control") {
+                    b["cache_control"] = cc.clone();
+                }
+                blocks.push(b);
+            }
+            other => {
+                return Err(TranslateError::new(
+                    format!(
+                        "messages[{i}]: content part type {other:?} is not supported by Anthropic"
+                    ),
+                    Some("messages"),
+                ))
+            }
+        }
+    }
+    Ok(blocks)
+}
+
+// ---- responses -------------------------------------------------------------------------------
+
+#[derive(Deserialize, Default, Debug, Clone)]
+struct NativeUsage {
+    #[serde(default)]
+    input_tokens: Option<u64>,
+    #[serde(default)]
+    output_tokens: Option<u64>,
+    #[serde(default)]
+    cache_creation_input_tokens: Option<u64>,
+    #[serde(default)]
+    cache_read_input_tokens: Option<u64>,
+}
+
+impl NativeUsage {
+    /// Later events carry cumulative values; fields they omit keep their earlier value.
+    fn merge(&mut self, other: &NativeUsage) {
+        if other.input_tokens.is_some() {
+            self.input_tokens = other.input_tokens;
+        }
+        if other.output_tokens.is_some() {
+            self.output_tokens = other.output_tokens;
+        }
+        if other.cache_creation_input_tokens.is_some() {
+            self.cache_creation_input_tokens = other.cache_creation_input_tokens;
+        }
+        if other.cache_read_input_tokens.is_some() {
+            self.cache_read_input_tokens = other.cache_read_input_tokens;
+        }
+    }
+
+    /// OpenAI's `prompt_tokens` includes cached tokens; Anthropic's `input_tokens` does not.
+    fn to_openai(&self) -> Usage {
+        let read = self.cache_read_input_tokens.unwrap_or(0);
+        let prompt =
+            self.input_tokens.unwrap_or(0) + read + self.cache_creation_input_tokens.unwrap_or(0);
+        let completion = self.output_tokens.unwrap_or(0);
+        let mut extra = Map::new();
+        if let Some(c) = self.cache_creation_input_tokens {
+            extra.insert("cache_creation_input_tokens".into(), c.into());
+        }
+        Usage {
+            prompt_tokens: prompt,
+            completion_tokens: completion,
+            total_tokens: prompt + completion,
+            prompt_tokens_details: Some(PromptTokensDetails {
+                cached_tokens: Some(read),
+                ..Default::default()
+            }),
+            completion_tokens_details: None::<CompletionTokensDetails>,
+            extra,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum Block {
+    Text {
+        text: String,
+    },
+    Thinking {
+        thinking: String,
+        #[serde(default)]
+        signature: Option<String>,
+    },
+    ToolUse {
+        id: String,
+        name: String,
+        #[serde(default)]
+        input: Value,
+    },
+    #[serde(other)]
+    Other,
+}
+
+#[derive(Deserialize)]
+struct MessagesResponse {
+    id: String,
+    #[serde(default)]
+    model: Option<String>,
+    #[serde(default)]
+    content: Vec<Block>,
+    #[serde(default)]
+    stop_reason: Option<String>,
+    #[serde(default)]
+    usage: NativeUsage,
+}
+
+pub fn finish_reason(stop_reason: Option<&str>) -> &'static str {
+    match stop_reason {
+        Some("max_tokens") | Some("model_context_window_exceeded") => "length",
+        Some("tool_use") => "tool_calls",
+        Some("refusal") => "content_filter",
+        _ => "stop", // end_turn, stop_sequence, pause_turn
+    }
+}
+
+pub fn translate_response(
+    body: &[u8],
+    model: &str,
+    created: u64,
+) -> Result<OpenAiResponse, TranslateError> {
+    let r: MessagesResponse = serde_json::from_slice(body)
+        .map_err(|e| TranslateError::new(format!("invalid Anthropic response: {e}"), None))?;
+    let mut text = String::new();
+    let mut reasoning = String::new();
+    let mut signature = None;
+    let mut tool_calls = Vec::new();
+    for b in r.content {
+        match b {
+            Block::Text { text: t } => text.push_str(&t),
+            Block::Thinking {
+                thinking,
+                signature: s,
+            } => {
+                reasoning.push_str(&thinking);
+                signature = s.or(signature);
+            }
+            Block::ToolUse { id, name, input } => tool_calls.push(ToolCall {
+                id: Some(id),
+                kind: Some("function".into()),
+                function: Some(FunctionCall {
+                    name: Some(name),
+                    arguments: Some(input.to_string()),
+                }),
+                ..Default::default()
+            }),
+            Block::Other => {}
+        }
+    }
+    let mut extra = Map::new();
+    if !reasoning.is_empty() {
+        extra.insert("reasoning_content".into(), Value::String(reasoning));
+        if let Some(s) = signature {
+            extra.insert("reasoning_signature".into(), Value::String(s));
+        }
+    }
+    let usage = r.usage.to_openai();
+    let message = ChatMessage {
+        role: "assistant".into(),
+        content: Some(if text.is_empty() && !tool_calls.is_empty() {
+            Value::Null
+        } else {
+            Value::String(text)
+        }),
+        tool_calls: (!tool_calls.is_empty()).then_some(tool_calls),
+        extra,
+        ..Default::default()
+    };
+    let out = ChatCompletion {
+        id: r.id,
+        object: "chat.completion".into(),
+        created,
+        model: r.model.unwrap_or_else(|| model.to_string()),
+        choices: vec![Choice {
+            index: 0,
+            message,
+            finish_reason: Some(finish_reason(r.stop_reason.as_deref()).into()),
+            extra: Map::new(),
+        }],
+        usage: Some(usage.clone()),
+        extra: Map::new(),
+    };
+    Ok(OpenAiResponse {
+        body: serde_json::to_vec(&out).expect("response serializes"),
+        usage: Some(usage),
+    })
+}
+
+// ---- streams ---------------------------------------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum Event {
+    MessageStart {
+        message: StartMessage,
+    },
+    ContentBlockStart {
+        index: u32,
+        content_block: StartBlock,
+    },
+    ContentBlockDelta {
+        index: u32,
+        delta: Delta,
+    },
+    ContentBlockStop {},
+    MessageDelta {
+        #[serde(default)]
+        delta: MessageDeltaBody,
+        #[serde(default)]
+        usage: Option<NativeUsage>,
+    },
+    MessageStop {},
+    Ping {},
+    Error {
+        error: ErrorBody,
+    },
+    #[serde(other)]
+    Other,
+}
+
+#[derive(Deserialize)]
+struct StartMessage {
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
+    model: Option<String>,
+    #[serde(default)]
+    usage: Option<NativeUsage>,
+}
+
+#[derive(Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum StartBlock {
+    Text {
+        #[serde(default)]
+        text: String,
+    },
+    ToolUse {
+        id: String,
+        name: String,
+    },
+    Thinking {
+        #[serde(default)]
+        thinking: String,
+    },
+    #[serde(other)]
+    Other,
+}
+
+#[derive(Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum Delta {
+    TextDelta {
+        text: String,
+    },
+    InputJsonDelta {
+        partial_json: String,
+    },
+    ThinkingDelta {
+        thinking: String,
+    },
+    #[serde(other)]
+    Other,
+}
+
+#[derive(Deserialize, Default)]
+struct MessageDeltaBody {
+    #[serde(default)]
+    stop_reason: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct ErrorBody {
+    #[serde(rename = "type", default)]
+    kind: Option<String>,
+    #[serde(default)]
+    message: String,
+}
+
+/// Anthropic SSE -> OpenAI chunks.
+pub struct StreamState {
+    decoder: SseDecoder,
+    w: ChunkWriter,
+    native_usage: NativeUsage,
+    usage: Option<Usage>,
+    /// Anthropic content block index -> OpenAI tool call index.
+    tool_index: Vec<(u32, u32)>,
+    tools: u32,
+    stop_reason: Option<String>,
+    finished: bool,
+}
+
+impl StreamState {
+    pub fn new(model: &str, created: u64, include_usage: bool, max_event_bytes: usize) -> Self {
+        StreamState {
+            decoder: SseDecoder::with_limit(max_event_bytes),
+            w: ChunkWriter::new("", model, created, include_usage),
+            native_usage: NativeUsage::default(),
+            usage: None,
+            tool_index: Vec::new(),
+            tools: 0,
+            stop_reason: None,
+            finished: false,
+        }
+    }
+
+    fn handle(&mut self, data: &[u8], out: &mut BytesMut) {
+        let Ok(ev) = serde_json::from_slice::<Event>(data) else {
+            return; // not an event we understand (future event types are skipped)
+        };
+        match ev {
+            Event::MessageStart { message } => {
+                if let Some(id) = message.id {
+                    self.w.id = id;
+                }
+                if let Some(m) = message.model {
+                    self.w.model = m;
+                }
+                if let Some(u) = message.usage {
+                    self.native_usage.merge(&u);
+                    self.usage = Some(self.native_usage.to_openai());
+                }
+                self.w.role(out);
+            }
+            Event::ContentBlockStart {
+                index,
+                content_block,
+            } => match content_block {
+                StartBlock::Text { text } => self.w.content(&text, out),
+                StartBlock::Thinking { thinking } => self.w.reasoning(&thinking, out),
+                StartBlock::ToolUse { id, name } => {
+                    let ti = self.tools;
+                    self.tools += 1;
+                    self.tool_index.push((index, ti));
+                    self.w.tool_call_start(ti, &id, &name, out);
+                }
+                StartBlock::Other => {}
+            },
+            Event::ContentBlockDelta { index, delta } => match delta {
+                Delta::TextDelta { text } => self.w.content(&text, out),
+                Delta::ThinkingDelta { thinking } => self.w.reasoning(&thinking, out),
+                Delta::InputJsonDelta { partial_json } => {
+                    if let Some(&(_, ti)) = self.tool_index.iter().find(|(b, _)| *b == index) {
+                        self.w.tool_call_args(ti, &partial_json, out);
+                    }
+                }
+                Delta::Other => {}
+            },
+            Event::MessageDelta { delta, usage } => {
+                if let Some(u) = usage {
+                    self.native_usage.merge(&u);
+                    self.usage = Some(self.native_usage.to_openai());
+                }
+                if delta.stop_reason.is_some() {
+                    self.stop_reason = delta.stop_reason;
+                    self.w
+                        .finish(finish_reason(self.stop_reason.as_deref()), out);
+                    self.finished = true;
+                }
+            }
+            Event::MessageStop {} => {
+                if !self.finished {
+                    self.w
+                        .finish(finish_reason(self.stop_reason.as_deref()), out);
+                    self.finished = true;
+                }
+                let usage = self.usage.clone();
+                self.w.end(usage.as_ref(), out);
+            }
+            Event::Ping {} => {
+                if !self.w.is_done() {
+                    out.extend_from_slice(b": ping\n\n");
+                }
+            }
+            Event::Error { error } => {
+                let code = error.kind.unwrap_or_else(|| "api_error".into());
+                let kind = if code == "overloaded_error" || code == "api_error" {
+                    "api_error"
+                } else {
+                    "invalid_request_error"
+                };
+                self.w.error(&error.message, kind, Some(&code), out);
+            }
+            Event::ContentBlockStop {} | Event::Other => {}
+        }
+    }
+}
+
+impl StreamTranslator for StreamState {
+    fn feed(&mut self, chunk: &[u8], out: &mut BytesMut) -> Result<(), EventTooLarge> {
+        self.decoder.push(chunk)?;
+        while let Some(ev) = self.decoder.next_event() {
+            if let Some(data) = ev.data {
+                self.handle(&data, out);
+            }
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self, end: StreamEnd, out: &mut BytesMut) {
+        if let (StreamEnd::Clean, Some(ev)) = (&end, self.decoder.finish()) {
+            if let Some(data) = ev.data {
+                self.handle(&data, out);
+            }
+        }
+        if self.w.is_done() {
+            return;
+        }
+        match end {
+            // A clean end without message_stop is a truncated stream.
+            StreamEnd::Clean => self.w.error(
+                "the provider ended the stream before message_stop",
+                "api_error",
+                Some("upstream_stream_error"),
+                out,
+            ),
+            StreamEnd::Failed { message, code } => {
+                self.w.error(&message, "api_error", Some(code), out)
+            }
+        }
+    }
+
+    fn usage(&self) -> Option<&Usage> {
+        self.usage.as_ref()
+    }
+}

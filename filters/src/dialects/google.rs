@@ -1,0 +1,672 @@
+//! Google Gemini (`models/{model}:generateContent`, `:streamGenerateContent?alt=sse`,
+//! `x-goog-api-key`).
+
+use bytes::BytesMut;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+
+use super::chunks::ChunkWriter;
+use super::{
+    arguments_object, content_text, finish_dropped, image_url, parse_data_url, stop_list,
+    NativeRequest, OpenAiResponse, RequestOptions, StreamTranslator, TranslateError,
+};
+use crate::openai::{
+    ChatCompletion, ChatCompletionRequest, ChatMessage, Choice, FunctionCall, ToolCall,
+};
+use crate::sse::{EventTooLarge, SseDecoder};
+use crate::stream_relay::StreamEnd;
+use crate::usage::{CompletionTokensDetails, PromptTokensDetails, Usage};
+
+/// Native request fields passed through unchanged (snake_case accepted as OpenAI clients write it).
+const NATIVE_PASSTHROUGH: &[(&str, &str)] = &[
+    ("safetySettings", "safetySettings"),
+    ("safety_settings", "safetySettings"),
+    ("cachedContent", "cachedContent"),
+    ("cached_content", "cachedContent"),
+];
+const CONSUMED: &[&str] = &[
+    "n",
+    "seed",
+    "presence_penalty",
+    "frequency_penalty",
+    "response_format",
+    "top_k",
+    "parallel_tool_calls",
+    "stream_options",
+    "user",
+    "reasoning_effort",
+];
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct GenerateRequest {
+    contents: Vec<Content>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    system_instruction: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tools: Option<Vec<Value>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_config: Option<Value>,
+    #[serde(skip_serializing_if = "Map::is_empty")]
+    generation_config: Map<String, Value>,
+    #[serde(flatten)]
+    native: Map<String, Value>,
+}
+
+#[derive(Serialize, Debug)]
+struct Content {
+    role: &'static str,
+    parts: Vec<Value>,
+}
+
+/// The native path for a model: `/models/{model}:generateContent` or the SSE stream variant.
+pub fn path(model: &str, stream: bool) -> String {
+    let model = model.strip_prefix("models/").unwrap_or(model);
+    if stream {
+        format!("/models/{model}:streamGenerateContent?alt=sse")
+    } else {
+        format!("/models/{model}:generateContent")
+    }
+}
+
+pub fn translate_request(
+    req: &ChatCompletionRequest,
+    _opts: &RequestOptions,
+) -> Result<NativeRequest, TranslateError> {
+    let mut dropped = Vec::new();
+    let mut system_parts: Vec<Value> = Vec::new();
+    let mut contents: Vec<Content> = Vec::new();
+    // functionResponse needs the function's name; tool messages only carry the call id.
+    let mut call_names: Vec<(String, String)> = Vec::new();
+    let mut push = |role: &'static str, parts: Vec<Value>| {
+        if parts.is_empty() {
+            return;
+        }
+        match contents.last_mut() {
+            Some(last) if last.role == role => last.parts.extend(parts),
+            _ => contents.push(Content { role, parts }),
+        }
+    };
+    for (i, m) in req.messages.iter().enumerate() {
+        match m.role.as_str() {
+            "system" | "developer" => {
+                let t = content_text(m.content.as_ref());
+                if !t.is_empty() {
+                    system_parts.push(json!({ "text": t }));
+                }
+            }
+            "user" => push("user", user_parts(m.content.as_ref(), i)?),
+            "assistant" => {
+                let mut parts = Vec::new();
+                let t = content_text(m.content.as_ref());
+                if !t.is_empty() {
+                    parts.push(json!({ "text": t }));
+                }
+                for tc in m.tool_calls.iter().flatten() {
+                    let f = tc.function.as_ref();
+                    let name = f.and_then(|f| f.name.clone()).unwrap_or_default();
+                    if let Some(id) = &tc.id {
+                        call_names.push((id.clone(), name.clone()));
+                    }
+                    parts.push(json!({"functionCall": {
+                        "name": name,
+                        "args": arguments_object(f.and_then(|f| f.arguments.as_deref())),
+                    }}));
+                }
+                push("model", parts);
+            }
+            "tool" | "function" => {
+                let name = m
+                    .name
+                    .clone()
+                    .or_else(|| {
+                        let id = m.tool_call_id.as_deref()?;
+                        call_names.iter().find(|(c, _)| c == id).map(|(_, n)| n.clone())
+                    })
+                    .ok_or_else(|| {
+                        TranslateError::new(
+                            format!("messages[{i}]: tool message whose tool_call_id matches no earlier tool call"),
+                            Some("messages"),
+                        )
+                    })?;
+                let text = content_text(m.content.as_ref());
+                // The response must be an object: JSON objects pass as they are, anything else
+                // is wrapped.
+                let response = match serde_json::from_str::<Value>(&text) {
+                    Ok(v @ Value::Object(_)) => v,
+                    _ => json!({ "content": text }),
+                };
+                push(
+                    "user",
+                    vec![json!({"functionResponse": {"name": name, "response": response}})],
+                );
+            }
+            other => {
+                return Err(TranslateError::new(
+                    format!("messages[{i}]: unsupported role {other:?}"),
+                    Some("messages"),
+                ))
+            }
+        }
+    }
+    if contents.is_empty() {
+        return Err(TranslateError::new(
+            "messages must contain at least one user or assistant message",
+            Some("messages"),
+        ));
+    }
+
+    let tools = req.tools.as_ref().map(|tools| {
+        let decls: Vec<Value> = tools
+            .iter()
+            .filter_map(|t| t.function.as_ref())
+            .map(|f| {
+                let mut d = json!({ "name": f.name });
+                if let Some(desc) = &f.description {
+                    d["description"] = Value::String(desc.clone());
+                }
+                if let Some(p) = &f.parameters {
+                    d["parametersJsonSchema"] = p.clone();
+                }
+                d
+            })
+            .collect();
+        vec![json!({ "functionDeclarations": decls })]
+    });
+    let tool_config = match &req.tool_choice {
+        None => None,
+        Some(Value::String(s)) => match s.as_str() {
+            "auto" => Some(json!({"functionCallingConfig": {"mode": "AUTO"}})),
+            "none" => Some(json!({"functionCallingConfig": {"mode": "NONE"}})),
+            "required" => Some(json!({"functionCallingConfig": {"mode": "ANY"}})),
+            other => {
+                return Err(TranslateError::new(
+                    format!("unsupported tool_choice {other:?}"),
+                    Some("tool_choice"),
+                ))
+            }
+        },
+        Some(v) => match v.pointer("/function/name").and_then(Value::as_str) {
+            Some(name) => Some(
+                json!({"functionCallingConfig": {"mode": "ANY", "allowedFunctionNames": [name]}}),
+            ),
+            None => {
+                return Err(TranslateError::new(
+                    "tool_choice object needs function.name",
+                    Some("tool_choice"),
+                ))
+            }
+        },
+    };
+
+    let mut gc = Map::new();
+    let mut set = |k: &str, v: Option<Value>| {
+        if let Some(v) = v {
+            gc.insert(k.to_string(), v);
+        }
+    };
+    set("temperature", req.temperature.map(Value::from));
+    set("topP", req.top_p.map(Value::from));
+    set(
+        "maxOutputTokens",
+        req.max_completion_tokens
+            .or(req.max_tokens)
+            .map(Value::from),
+    );
+    set(
+        "stopSequences",
+        stop_list(req.stop.as_ref()).map(Value::from),
+    );
+    let x = &req.extra;
+    set("topK", x.get("top_k").cloned());
+    set("seed", x.get("seed").cloned());
+    set("presencePenalty", x.get("presence_penalty").cloned());
+    set("frequencyPenalty", x.get("frequency_penalty").cloned());
+    match x.get("response_format") {
+        Some(rf) if rf["type"] == "json_object" => {
+            set("responseMimeType", Some("application/json".into()))
+        }
+        Some(rf) if rf["type"] == "json_schema" => {
+            set("responseMimeType", Some("application/json".into()));
+            set(
+                "responseJsonSchema",
+                rf.pointer("/json_schema/schema").cloned(),
+            );
+        }
+        _ => {}
+    }
+    if let Some(effort) = x.get("reasoning_effort").and_then(Value::as_str) {
+        let budget = match effort {
+            "minimal" | "none" => 0,
+            "low" => 1024,
+            "medium" => 8192,
+            _ => 24576,
+        };
+        set(
+            "thinkingConfig",
+            Some(json!({"thinkingBudget": budget, "includeThoughts": true})),
+        );
+    }
+
+    let mut native = Map::new();
+    for (k, v) in x {
+        if let Some((_, native_name)) = NATIVE_PASSTHROUGH.iter().find(|(n, _)| n == k) {
+            native.insert(native_name.to_string(), v.clone());
+        } else if k == "generationConfig" || k == "generation_config" {
+            // Native generation settings the client sent explicitly win.
+            if let Value::Object(m) = v {
+                for (gk, gv) in m {
+                    gc.insert(gk.clone(), gv.clone());
+                }
+            }
+        } else if k == "n" && v.as_u64().is_some_and(|n| n > 1) {
+            dropped.push(k.clone()); // only the first candidate would be returned
+        } else if k == "parallel_tool_calls" && v == &Value::Bool(false) {
+            dropped.push(k.clone()); // Gemini has no switch for it
+        } else if k == "user" {
+            dropped.push(k.clone());
+        } else if !CONSUMED.contains(&k.as_str()) {
+            dropped.push(k.clone());
+        }
+    }
+    let body = GenerateRequest {
+        contents,
+        system_instruction: (!system_parts.is_empty()).then(|| json!({ "parts": system_parts })),
+        tools,
+        tool_config,
+        generation_config: gc,
+        native,
+    };
+    Ok(NativeRequest {
+        body: serde_json::to_vec(&body).expect("request serializes"),
+        stream: req.stream.unwrap_or(false),
+        dropped: finish_dropped(dropped),
+    })
+}
+
+fn user_parts(content: Option<&Value>, i: usize) -> Result<Vec<Value>, TranslateError> {
+    let Some(Value::Array(parts)) = content else {
+        let t = content_text(content);
+        return Ok(if t.is_empty() {
+            vec![]
+        } else {
+            vec![json!({ "text": t })]
+        });
+    };
+    let mut out = Vec::with_capacity(parts.len());
+    for p in parts {
+        match p.get("type").and_then(Value::as_str) {
+            Some("text") => {
+                out.push(json!({ "text": p.get("text").and_then(Value::as_str).unwrap_or("") }))
+            }
+            Some("image_url") => {
+                let url = image_url(p).ok_or_else(|| {
+                    TranslateError::new(
+                        format!("messages[{i}]: image_url part without url"),
+                        Some("messages"),
+                    )
+                })?;
+                out.push(match parse_data_url(url) {
+                    Some((mime, data)) => json!({"inlineData": {"mimeType": mime, "data": data}}),
+                    None => json!({"fileData": {"mimeType": mime_from_url(url), "fileUri": url}}),
+                });
+            }
+            other => {
+                return Err(TranslateError::new(
+                    format!(
+                        "messages[{i}]: content part type {other:?} is not supported by Gemini"
+                    ),
+                    Some("messages"),
+                ))
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn mime_from_url(url: &str) -> &'static str {
+    let path = url
+        .split(['?', '#'])
+        .next()
+        .unwrap_or(url)
+        .to_ascii_lowercase();
+    match path.rsplit('.').next() {
+        Some("png") => "image/png",
+        Some("gif") => "image/gif",
+        Some("webp") => "image/webp",
+        Some("heic") => "image/heic",
+        _ => "image/jpeg",
+    }
+}
+
+// ---- responses -------------------------------------------------------------------------------
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct GenerateResponse {
+    #[serde(default)]
+    candidates: Vec<Candidate>,
+    #[serde(default)]
+    usage_metadata: Option<UsageMetadata>,
+    #[serde(default)]
+    model_version: Option<String>,
+    #[serde(default)]
+    response_id: Option<String>,
+    #[serde(default)]
+    prompt_feedback: Option<PromptFeedback>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct Candidate {
+    #[serde(default)]
+    content: Option<CandidateContent>,
+    #[serde(default)]
+    finish_reason: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+struct CandidateContent {
+    #[serde(default)]
+    parts: Vec<Part>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct Part {
+    #[serde(default)]
+    text: Option<String>,
+    #[serde(default)]
+    thought: Option<bool>,
+    #[serde(default)]
+    function_call: Option<NativeFunctionCall>,
+}
+
+#[derive(Deserialize)]
+struct NativeFunctionCall {
+    #[serde(default)]
+    id: Option<String>,
+    name: String,
+    #[serde(default)]
+    args: Value,
+}
+
+#[derive(Deserialize, Default, Clone)]
+#[serde(rename_all = "camelCase")]
+struct UsageMetadata {
+    #[serde(default)]
+    prompt_token_count: u64,
+    #[serde(default)]
+    candidates_token_count: u64,
+    #[serde(default)]
+    total_token_count: u64,
+    #[serde(default)]
+    cached_content_token_count: Option<u64>,
+    #[serde(default)]
+    thoughts_token_count: Option<u64>,
+}
+
+impl UsageMetadata {
+    fn to_openai(&self) -> Usage {
+        let thoughts = self.thoughts_token_count.unwrap_or(0);
+        let completion = self.candidates_token_count + thoughts;
+        Usage {
+            prompt_tokens: self.prompt_token_count,
+            completion_tokens: completion,
+            total_tokens: self
+                .total_token_count
+                .max(self.prompt_token_count + completion),
+            prompt_tokens_details: Some(PromptTokensDetails {
+                cached_tokens: Some(self.cached_content_token_count.unwrap_or(0)),
+                ..Default::default()
+            }),
+            completion_tokens_details: self.thoughts_token_count.map(|t| CompletionTokensDetails {
+                reasoning_tokens: Some(t),
+                ..Default::default()
+            }),
+            extra: Map::new(),
+        }
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct PromptFeedback {
+    #[serde(default)]
+    block_reason: Option<String>,
+}
+
+pub fn finish_reason(reason: Option<&str>, has_tool_calls: bool) -> &'static str {
+    match reason {
+        Some("MAX_TOKENS") => "length",
+        Some(
+            "SAFETY" | "RECITATION" | "BLOCKLIST" | "PROHIBITED_CONTENT" | "SPII" | "IMAGE_SAFETY",
+        ) => "content_filter",
+        _ if has_tool_calls => "tool_calls",
+        _ => "stop",
+    }
+}
+
+fn call_id(id: Option<String>, index: usize) -> String {
+    id.unwrap_or_else(|| format!("call_{index}"))
+}
+
+pub fn translate_response(
+    body: &[u8],
+    model: &str,
+    created: u64,
+) -> Result<OpenAiResponse, TranslateError> {
+    let r: GenerateResponse = serde_json::from_slice(body)
+        .map_err(|e| TranslateError::new(format!("invalid Gemini response: {e}"), None))?;
+    let blocked = r
+        .prompt_feedback
+        .as_ref()
+        .and_then(|p| p.block_reason.clone());
+    let cand = r.candidates.into_iter().next().unwrap_or_default();
+    let mut text = String::new();
+    let mut reasoning = String::new();
+    let mut tool_calls = Vec::new();
+    for p in cand.content.map(|c| c.parts).unwrap_or_default() {
+        if let Some(fc) = p.function_call {
+            let id = call_id(fc.id, tool_calls.len());
+            tool_calls.push(ToolCall {
+                id: Some(id),
+                kind: Some("function".into()),
+                function: Some(FunctionCall {
+                    name: Some(fc.name),
+                    arguments: Some(fc.args.to_string()),
+                }),
+                ..Default::default()
+            });
+        } else if let Some(t) = p.text {
+            if p.thought == Some(true) {
+                reasoning.push_str(&t);
+            } else {
+                text.push_str(&t);
+            }
+        }
+    }
+    let finish = if blocked.is_some() {
+        "content_filter"
+    } else {
+        finish_reason(cand.finish_reason.as_deref(), !tool_calls.is_empty())
+    };
+    let mut extra = Map::new();
+    if !reasoning.is_empty() {
+        extra.insert("reasoning_content".into(), Value::String(reasoning));
+    }
+    let usage = r.usage_metadata.map(|u| u.to_openai());
+    let out = ChatCompletion {
+        id: r
+            .response_id
+            .unwrap_or_else(|| format!("chatcmpl-gemini-{created}")),
+        object: "chat.completion".into(),
+        created,
+        model: r.model_version.unwrap_or_else(|| model.to_string()),
+        choices: vec![Choice {
+            index: 0,
+            message: ChatMessage {
+                role: "assistant".into(),
+                content: Some(if text.is_empty() && !tool_calls.is_empty() {
+                    Value::Null
+                } else {
+                    Value::String(text)
+                }),
+                tool_calls: (!tool_calls.is_empty()).then_some(tool_calls),
+                extra,
+                ..Default::default()
+            },
+            finish_reason: Some(finish.into()),
+            extra: Map::new(),
+        }],
+        usage: usage.clone(),
+        extra: Map::new(),
+    };
+    Ok(OpenAiResponse {
+        body: serde_json::to_vec(&out).expect("response serializes"),
+        usage,
+    })
+}
+
+// ---- streams ---------------------------------------------------------------------------------
+
+#[derive(Deserialize)]
+struct StreamError {
+    error: StreamErrorBody,
+}
+
+#[derive(Deserialize)]
+struct StreamErrorBody {
+    #[serde(default)]
+    message: String,
+    #[serde(default)]
+    status: Option<String>,
+}
+
+/// Gemini SSE (each event a whole `GenerateContentResponse`) -> OpenAI chunks.
+pub struct StreamState {
+    decoder: SseDecoder,
+    w: ChunkWriter,
+    usage: Option<Usage>,
+    tools: u32,
+    finish: Option<&'static str>,
+    id_set: bool,
+}
+
+impl StreamState {
+    pub fn new(model: &str, created: u64, include_usage: bool, max_event_bytes: usize) -> Self {
+        StreamState {
+            decoder: SseDecoder::with_limit(max_event_bytes),
+            w: ChunkWriter::new(
+                format!("chatcmpl-gemini-{created}"),
+                model,
+                created,
+                include_usage,
+            ),
+            usage: None,
+            tools: 0,
+            finish: None,
+            id_set: false,
+        }
+    }
+
+    fn handle(&mut self, data: &[u8], out: &mut BytesMut) {
+        if let Ok(e) = serde_json::from_slice::<StreamError>(data) {
+            let code = e.error.status.map(|s| s.to_ascii_lowercase());
+            self.w.error(
+                &e.error.message,
+                "api_error",
+                code.as_deref().or(Some("upstream_error")),
+                out,
+            );
+            return;
+        }
+        let Ok(r) = serde_json::from_slice::<GenerateResponse>(data) else {
+            return;
+        };
+        if !self.id_set {
+            self.id_set = true;
+            if let Some(id) = r.response_id {
+                self.w.id = id;
+            }
+            if let Some(m) = r.model_version {
+                self.w.model = m;
+            }
+        }
+        self.w.role(out);
+        if let Some(u) = &r.usage_metadata {
+            self.usage = Some(u.to_openai());
+        }
+        if r.prompt_feedback
+            .as_ref()
+            .and_then(|p| p.block_reason.as_ref())
+            .is_some()
+        {
+            self.finish = Some("content_filter");
+        }
+        for cand in r.candidates {
+            for p in cand.content.map(|c| c.parts).unwrap_or_default() {
+                if let Some(fc) = p.function_call {
+                    let ti = self.tools;
+                    self.tools += 1;
+                    self.w
+                        .tool_call_start(ti, &call_id(fc.id, ti as usize), &fc.name, out);
+                    self.w.tool_call_args(ti, &fc.args.to_string(), out);
+                } else if let Some(t) = p.text {
+                    if p.thought == Some(true) {
+                        self.w.reasoning(&t, out);
+                    } else {
+                        self.w.content(&t, out);
+                    }
+                }
+            }
+            if let Some(f) = cand.finish_reason {
+                self.finish = Some(finish_reason(Some(&f), self.tools > 0));
+            }
+        }
+    }
+}
+
+impl StreamTranslator for StreamState {
+    fn feed(&mut self, chunk: &[u8], out: &mut BytesMut) -> Result<(), EventTooLarge> {
+        self.decoder.push(chunk)?;
+        while let Some(ev) = self.decoder.next_event() {
+            if let Some(data) = ev.data {
+                self.handle(&data, out);
+            }
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self, end: StreamEnd, out: &mut BytesMut) {
+        if let (StreamEnd::Clean, Some(ev)) = (&end, self.decoder.finish()) {
+            if let Some(data) = ev.data {
+                self.handle(&data, out);
+            }
+        }
+        if self.w.is_done() {
+            return;
+        }
+        match (end, self.finish) {
+            // Gemini has no end-of-stream event: a clean end after a finishReason is the end.
+            (StreamEnd::Clean, Some(f)) => {
+                self.w.finish(f, out);
+                let usage = self.usage.clone();
+                self.w.end(usage.as_ref(), out);
+            }
+            (StreamEnd::Clean, None) => self.w.error(
+                "the provider ended the stream without a finishReason",
+                "api_error",
+                Some("upstream_stream_error"),
+                out,
+            ),
+            (StreamEnd::Failed { message, code }, _) => {
+                self.w.error(&message, "api_error", Some(code), out)
+            }
+        }
+    }
+
+    fn usage(&self) -> Option<&Usage> {
+        self.usage.as_ref()
+    }
+}

@@ -1,0 +1,337 @@
+//! Native provider dialects behind the OpenAI Chat Completions API.
+//!
+//! Each dialect module has three pure parts: request translation (OpenAI -> native), response
+//! translation (native -> OpenAI `chat.completion`) and a stateful stream translator (native SSE
+//! bytes in arbitrary chunks -> OpenAI `chat.completion.chunk` events, `[DONE]` exactly once).
+//! Parameters a dialect cannot express are dropped and listed so the gateway can report them.
+
+pub mod anthropic;
+pub mod chunks;
+pub mod cohere;
+pub mod google;
+
+use bytes::BytesMut;
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::openai::{error_type_for_status, ChatCompletionRequest, ErrorEnvelope};
+use crate::sse::EventTooLarge;
+use crate::stream_relay::{OpenAiStreamRelay, StreamEnd};
+use crate::usage::Usage;
+
+/// The API a provider speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Dialect {
+    /// OpenAI Chat Completions (and every OpenAI-compatible server).
+    #[default]
+    Openai,
+    /// Anthropic Messages (`POST /v1/messages`).
+    Anthropic,
+    /// Google Gemini (`generateContent` / `streamGenerateContent?alt=sse`).
+    Google,
+    /// Cohere v2 chat (`POST /v2/chat`).
+    Cohere,
+}
+
+impl Dialect {
+    pub fn parse(s: &str) -> Option<Dialect> {
+        match s.to_ascii_lowercase().as_str() {
+            "openai" => Some(Dialect::Openai),
+            "anthropic" => Some(Dialect::Anthropic),
+            "google" | "gemini" => Some(Dialect::Google),
+            "cohere" => Some(Dialect::Cohere),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Dialect::Openai => "openai",
+            Dialect::Anthropic => "anthropic",
+            Dialect::Google => "google",
+            Dialect::Cohere => "cohere",
+        }
+    }
+}
+
+/// Settings the request translation needs from configuration.
+#[derive(Debug, Clone)]
+pub struct RequestOptions {
+    /// `max_tokens` for APIs that require it (Anthropic) when the client sent none.
+    pub default_max_tokens: u64,
+}
+
+impl Default for RequestOptions {
+    fn default() -> Self {
+        RequestOptions {
+            default_max_tokens: 4096,
+        }
+    }
+}
+
+/// A translated request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NativeRequest {
+    pub body: Vec<u8>,
+    pub stream: bool,
+    /// Request parameters the target API cannot express (dropped, sorted).
+    pub dropped: Vec<String>,
+}
+
+/// A request that cannot be translated (invalid for the target API).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TranslateError {
+    pub message: String,
+    pub param: Option<&'static str>,
+}
+
+impl TranslateError {
+    pub fn new(message: impl Into<String>, param: Option<&'static str>) -> Self {
+        TranslateError {
+            message: message.into(),
+            param,
+        }
+    }
+}
+
+/// A translated non-streaming response.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OpenAiResponse {
+    pub body: Vec<u8>,
+    pub usage: Option<Usage>,
+}
+
+/// Turns a stream of native bytes into OpenAI SSE bytes.
+pub trait StreamTranslator: Send {
+    /// Feeds one chunk of the upstream body; output is appended to `out`.
+    fn feed(&mut self, chunk: &[u8], out: &mut BytesMut) -> Result<(), EventTooLarge>;
+    /// Ends the stream; always leaves exactly one `[DONE]` behind it.
+    fn finish(&mut self, end: StreamEnd, out: &mut BytesMut);
+    /// Usage as reported so far (cumulative).
+    fn usage(&self) -> Option<&Usage>;
+}
+
+impl StreamTranslator for OpenAiStreamRelay {
+    fn feed(&mut self, chunk: &[u8], out: &mut BytesMut) -> Result<(), EventTooLarge> {
+        OpenAiStreamRelay::feed(self, chunk, out)
+    }
+    fn finish(&mut self, end: StreamEnd, out: &mut BytesMut) {
+        OpenAiStreamRelay::finish(self, end, out)
+    }
+    fn usage(&self) -> Option<&Usage> {
+        OpenAiStreamRelay::usage(self)
+    }
+}
+
+/// Translates an OpenAI chat request into `dialect`'s native body. `model` is the upstream model.
+pub fn translate_request(
+    dialect: Dialect,
+    req: &ChatCompletionRequest,
+    opts: &RequestOptions,
+) -> Result<NativeRequest, TranslateError> {
+    match dialect {
+        Dialect::Openai => Ok(NativeRequest {
+            body: serde_json::to_vec(req).expect("request serializes"),
+            stream: req.stream.unwrap_or(false),
+            dropped: vec![],
+        }),
+        Dialect::Anthropic => anthropic::translate_request(req, opts),
+        Dialect::Google => google::translate_request(req, opts),
+        Dialect::Cohere => cohere::translate_request(req, opts),
+    }
+}
+
+/// Translates a native non-streaming response body into an OpenAI `chat.completion`.
+pub fn translate_response(
+    dialect: Dialect,
+    body: &[u8],
+    model: &str,
+    created: u64,
+) -> Result<OpenAiResponse, TranslateError> {
+    match dialect {
+        Dialect::Openai => Ok(OpenAiResponse {
+            body: body.to_vec(),
+            usage: crate::usage::from_response_body(body),
+        }),
+        Dialect::Anthropic => anthropic::translate_response(body, model, created),
+        Dialect::Google => google::translate_response(body, model, created),
+        Dialect::Cohere => cohere::translate_response(body, model, created),
+    }
+}
+
+/// A stream translator for `dialect`. `include_usage`: the client asked for the usage chunk.
+/// `max_event_bytes` bounds a single SSE event (0 = unlimited).
+pub fn stream_translator(
+    dialect: Dialect,
+    model: &str,
+    created: u64,
+    include_usage: bool,
+    max_event_bytes: usize,
+) -> Box<dyn StreamTranslator> {
+    match dialect {
+        Dialect::Openai => Box::new(OpenAiStreamRelay::new(!include_usage, max_event_bytes)),
+        Dialect::Anthropic => Box::new(anthropic::StreamState::new(
+            model,
+            created,
+            include_usage,
+            max_event_bytes,
+        )),
+        Dialect::Google => Box::new(google::StreamState::new(
+            model,
+            created,
+            include_usage,
+            max_event_bytes,
+        )),
+        Dialect::Cohere => Box::new(cohere::StreamState::new(
+            model,
+            created,
+            include_usage,
+            max_event_bytes,
+        )),
+    }
+}
+
+/// Maps a native error body to OpenAI's envelope (status kept by the caller).
+pub fn translate_error(dialect: Dialect, status: u16, provider: &str, body: &[u8]) -> Vec<u8> {
+    #[derive(Deserialize)]
+    struct Anthropic {
+        error: AnthropicInner,
+    }
+    #[derive(Deserialize)]
+    struct AnthropicInner {
+        #[serde(rename = "type", default)]
+        kind: Option<String>,
+        message: String,
+    }
+    #[derive(Deserialize)]
+    struct Google {
+        error: GoogleInner,
+    }
+    #[derive(Deserialize)]
+    struct GoogleInner {
+        message: String,
+        #[serde(default)]
+        status: Option<String>,
+    }
+    #[derive(Deserialize)]
+    struct Cohere {
+        message: String,
+    }
+    let kind = error_type_for_status(status);
+    let (message, code) = match dialect {
+        Dialect::Anthropic => match serde_json::from_slice::<Anthropic>(body) {
+            Ok(e) => (e.error.message, e.error.kind),
+            Err(_) => (fallback_message(provider, status, body), None),
+        },
+        Dialect::Google => match serde_json::from_slice::<Google>(body) {
+            Ok(e) => (e.error.message, e.error.status),
+            Err(_) => (fallback_message(provider, status, body), None),
+        },
+        Dialect::Cohere => match serde_json::from_slice::<Cohere>(body) {
+            Ok(e) => (e.message, None),
+            Err(_) => (fallback_message(provider, status, body), None),
+        },
+        Dialect::Openai => {
+            if ErrorEnvelope::is_envelope(body) {
+                return body.to_vec();
+            }
+            (fallback_message(provider, status, body), None)
+        }
+    };
+    let code = code.map(|c| c.to_ascii_lowercase());
+    ErrorEnvelope::new(
+        message,
+        kind,
+        None,
+        code.as_deref().or(Some("upstream_error")),
+    )
+    .to_bytes()
+}
+
+fn fallback_message(provider: &str, status: u16, body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(body);
+    let text = text.trim();
+    if text.is_empty() {
+        return format!("provider {provider} returned HTTP {status}");
+    }
+    let mut t: String = text.chars().take(2000).collect();
+    if t.len() < text.len() {
+        t.push_str("...");
+    }
+    format!("provider {provider} returned HTTP {status}: {t}")
+}
+
+// ---- helpers shared by the dialects ------------------------------------------------------
+
+/// The text of an OpenAI message `content`: a string, or the `text` parts of an array joined.
+pub(crate) fn content_text(content: Option<&Value>) -> String {
+    match content {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Array(parts)) => parts
+            .iter()
+            .filter_map(|p| p.get("text").and_then(Value::as_str))
+            .collect::<Vec<_>>()
+            .join(""),
+        _ => String::new(),
+    }
+}
+
+/// `data:<mime>;base64,<data>` -> (mime, data).
+pub(crate) fn parse_data_url(url: &str) -> Option<(&str, &str)> {
+    let rest = url.strip_prefix("data:")?;
+    let (meta, data) = rest.split_once(',')?;
+    let mime = meta.strip_suffix(";base64")?;
+    Some((
+        if mime.is_empty() {
+            "application/octet-stream"
+        } else {
+            mime
+        },
+        data,
+    ))
+}
+
+/// The image URL of an OpenAI `image_url` content part.
+pub(crate) fn image_url(part: &Value) -> Option<&str> {
+    match part.get("image_url")? {
+        Value::String(s) => Some(s),
+        v => v.get("url")?.as_str(),
+    }
+}
+
+/// Tool call arguments (a JSON string) as an object; invalid or non-object JSON becomes `{}`
+/// with the raw text kept under `"_raw"` so nothing is lost silently.
+pub(crate) fn arguments_object(args: Option<&str>) -> Value {
+    let raw = args.unwrap_or("").trim();
+    if raw.is_empty() {
+        return Value::Object(Default::default());
+    }
+    match serde_json::from_str::<Value>(raw) {
+        Ok(v @ Value::Object(_)) => v,
+        _ => serde_json::json!({ "_raw": raw }),
+    }
+}
+
+/// `stop`: a string or an array of strings.
+pub(crate) fn stop_list(stop: Option<&Value>) -> Option<Vec<String>> {
+    match stop? {
+        Value::String(s) => Some(vec![s.clone()]),
+        Value::Array(a) => Some(
+            a.iter()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect(),
+        ),
+        _ => None,
+    }
+}
+
+/// Sorted, de-duplicated list of dropped parameters.
+pub(crate) fn finish_dropped(mut d: Vec<String>) -> Vec<String> {
+    d.sort();
+    d.dedup();
+    d
+}
+
+#[cfg(test)]
+mod tests;

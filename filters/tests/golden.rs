@@ -1,0 +1,225 @@
+//! Golden tests for the dialect translations.
+//!
+//! - `golden/requests/<case>.json` (OpenAI request) -> `<case>.<dialect>.json`
+//!   (`{"body": native body, "dropped": [...]}` or `{"error": message}`).
+//! - `golden/<dialect>/<case>.response.json` (native) -> `<case>.response.openai.json`.
+//! - `golden/<dialect>/<case>.stream.sse` (native SSE) -> `<case>.stream.openai.sse`, checked
+//!   whole, byte by byte, and split in two at every byte (the output must never change).
+//!
+//! `UPDATE_GOLDEN=1 cargo test -p filters --test golden` rewrites the expected files; review the
+//! diff before committing.
+
+use std::path::{Path, PathBuf};
+
+use bytes::BytesMut;
+use filters::dialects::{self, Dialect, RequestOptions};
+use filters::openai::ChatCompletionRequest;
+use filters::stream_relay::StreamEnd;
+use serde_json::{json, Value};
+
+const CREATED: u64 = 1_700_000_000;
+const DIALECTS: [Dialect; 3] = [Dialect::Anthropic, Dialect::Google, Dialect::Cohere];
+
+fn dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden")
+}
+
+fn update() -> bool {
+    std::env::var("UPDATE_GOLDEN").is_ok()
+}
+
+fn files(sub: &str, suffix: &str) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir().join(sub))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().ends_with(suffix))
+        .collect();
+    v.sort();
+    assert!(!v.is_empty(), "no {suffix} fixtures in {sub}");
+    v
+}
+
+fn check_json(expected_path: &Path, got: Value) {
+    if update() {
+        std::fs::write(
+            expected_path,
+            serde_json::to_string_pretty(&got).unwrap() + "\n",
+        )
+        .unwrap();
+        return;
+    }
+    let text = std::fs::read_to_string(expected_path).unwrap_or_else(|_| {
+        panic!(
+            "missing {} (run with UPDATE_GOLDEN=1)",
+            expected_path.display()
+        )
+    });
+    let want: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(got, want, "{}", expected_path.display());
+}
+
+fn check_text(expected_path: &Path, got: &str) {
+    if update() {
+        std::fs::write(expected_path, got).unwrap();
+        return;
+    }
+    let want = std::fs::read_to_string(expected_path).unwrap_or_else(|_| {
+        panic!(
+            "missing {} (run with UPDATE_GOLDEN=1)",
+            expected_path.display()
+        )
+    });
+    assert_eq!(got, want, "{}", expected_path.display());
+}
+
+#[test]
+fn requests() {
+    for input in files("requests", ".json")
+        .into_iter()
+        .filter(|p| p.file_stem().unwrap().to_str().unwrap().split('.').count() == 1)
+    {
+        let req: ChatCompletionRequest =
+            serde_json::from_slice(&std::fs::read(&input).unwrap()).unwrap();
+        for d in DIALECTS {
+            let got = match dialects::translate_request(
+                d,
+                &req,
+                &RequestOptions {
+                    default_max_tokens: 1024,
+                },
+            ) {
+                Ok(n) => {
+                    assert_eq!(n.stream, req.stream.unwrap_or(false));
+                    json!({"body": serde_json::from_slice::<Value>(&n.body).unwrap(), "dropped": n.dropped})
+                }
+                Err(e) => json!({"error": e.message, "param": e.param}),
+            };
+            let stem = input.file_stem().unwrap().to_str().unwrap();
+            check_json(
+                &input.with_file_name(format!("{stem}.{}.json", d.name())),
+                got,
+            );
+        }
+    }
+}
+
+#[test]
+fn responses() {
+    for d in DIALECTS {
+        for input in files(d.name(), ".response.json") {
+            let got = dialects::translate_response(
+                d,
+                &std::fs::read(&input).unwrap(),
+                "requested-model",
+                CREATED,
+            )
+            .expect("translates");
+            let body: Value = serde_json::from_slice(&got.body).unwrap();
+            assert_eq!(
+                got.usage.as_ref().map(|u| u.total_tokens),
+                body["usage"]["total_tokens"].as_u64()
+            );
+            let name = input
+                .file_name()
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .replace(".response.json", ".response.openai.json");
+            check_json(&input.with_file_name(name), body);
+        }
+    }
+}
+
+fn translate_stream(d: Dialect, chunks: &[&[u8]], include_usage: bool) -> String {
+    let mut t = dialects::stream_translator(d, "requested-model", CREATED, include_usage, 1 << 20);
+    let mut out = BytesMut::new();
+    for c in chunks {
+        t.feed(c, &mut out).unwrap();
+    }
+    t.finish(StreamEnd::Clean, &mut out);
+    String::from_utf8(out.to_vec()).expect("translated stream is UTF-8")
+}
+
+#[test]
+fn streams_and_every_split() {
+    for d in DIALECTS {
+        for input in files(d.name(), ".stream.sse") {
+            let raw = std::fs::read(&input).unwrap();
+            let got = translate_stream(d, &[&raw], true);
+            let name = input
+                .file_name()
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .replace(".stream.sse", ".stream.openai.sse");
+            check_text(&input.with_file_name(name), &got);
+            assert_eq!(
+                got.matches("data: [DONE]").count(),
+                1,
+                "{}",
+                input.display()
+            );
+            // Every chunk is valid JSON in OpenAI's chunk (or error) shape.
+            for ev in got.split("\n\n").filter(|e| e.starts_with("data: {")) {
+                let v: Value = serde_json::from_str(&ev[6..]).unwrap();
+                assert!(
+                    v.get("error").is_some() || v["object"] == "chat.completion.chunk",
+                    "{ev}"
+                );
+            }
+            // Property: any split of the upstream bytes gives the same output.
+            let bytes: Vec<&[u8]> = raw.chunks(1).collect();
+            assert_eq!(
+                translate_stream(d, &bytes, true),
+                got,
+                "byte by byte: {}",
+                input.display()
+            );
+            for at in 0..=raw.len() {
+                let (a, b) = raw.split_at(at);
+                assert_eq!(
+                    translate_stream(d, &[a, b], true),
+                    got,
+                    "split at {at}: {}",
+                    input.display()
+                );
+            }
+            // Without include_usage there is no usage-only chunk, and nothing else changes.
+            let plain = translate_stream(d, &[&raw], false);
+            let usage_chunks: Vec<&str> = got
+                .split("\n\n")
+                .filter(|e| e.contains("\"choices\":[]"))
+                .collect();
+            let mut expect = got.clone();
+            for u in &usage_chunks {
+                expect = expect.replace(&format!("{u}\n\n"), "");
+            }
+            assert_eq!(plain, expect, "{}", input.display());
+        }
+    }
+}
+
+#[test]
+fn truncated_streams_end_with_error_and_done() {
+    for d in DIALECTS {
+        for input in files(d.name(), ".stream.sse") {
+            let raw = std::fs::read(&input).unwrap();
+            let mut t = dialects::stream_translator(d, "m", CREATED, true, 0);
+            let mut out = BytesMut::new();
+            t.feed(&raw[..raw.len() / 2], &mut out).unwrap();
+            t.finish(
+                StreamEnd::Failed {
+                    message: "reset".into(),
+                    code: "upstream_error",
+                },
+                &mut out,
+            );
+            let text = String::from_utf8(out.to_vec()).unwrap();
+            assert!(text.ends_with("data: [DONE]\n\n"), "{}", input.display());
+            assert_eq!(text.matches("[DONE]").count(), 1);
+            if !text.contains("\"error\"") {
+                panic!("no error event for a truncated stream: {}", input.display());
+            }
+        }
+    }
+}
