@@ -202,9 +202,8 @@ pub fn translate_request(
     for (k, v) in &req.extra {
         if NATIVE_PASSTHROUGH.contains(&k.as_str()) {
             native.insert(k.clone(), v.clone());
-        } else if k == "n" && v.as_u64().is_some_and(|n| n > 1) {
-            dropped.push("n".to_string());
-        } else if !CONSUMED.contains(&k.as_str()) {
+        } else if (k == "n" && v.as_u64().is_some_and(|n| n > 1)) || !CONSUMED.contains(&k.as_str())
+        {
             dropped.push(k.clone());
         }
     }
@@ -475,7 +474,7 @@ enum Event {
     },
     ContentBlockDelta {
         index: u32,
-        delta: Delta,
+        delta: BlockChange,
     },
     ContentBlockStop {},
     MessageDelta {
@@ -524,7 +523,7 @@ enum StartBlock {
 
 #[derive(Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
-enum Delta {
+enum BlockChange {
     TextDelta {
         text: String,
     },
@@ -612,14 +611,14 @@ impl StreamState {
                 StartBlock::Other => {}
             },
             Event::ContentBlockDelta { index, delta } => match delta {
-                Delta::TextDelta { text } => self.w.content(&text, out),
-                Delta::ThinkingDelta { thinking } => self.w.reasoning(&thinking, out),
-                Delta::InputJsonDelta { partial_json } => {
+                BlockChange::TextDelta { text } => self.w.content(&text, out),
+                BlockChange::ThinkingDelta { thinking } => self.w.reasoning(&thinking, out),
+                BlockChange::InputJsonDelta { partial_json } => {
                     if let Some(&(_, ti)) = self.tool_index.iter().find(|(b, _)| *b == index) {
                         self.w.tool_call_args(ti, &partial_json, out);
                     }
                 }
-                Delta::Other => {}
+                BlockChange::Other => {}
             },
             Event::MessageDelta { delta, usage } => {
                 if let Some(u) = usage {

@@ -195,9 +195,8 @@ pub fn translate_request(
             native.insert(k.clone(), t);
         } else if NATIVE_PASSTHROUGH.contains(&k.as_str()) {
             native.insert(k.clone(), v.clone());
-        } else if k == "n" && v.as_u64().is_some_and(|n| n > 1) {
-            dropped.push(k.clone());
-        } else if !CONSUMED.contains(&k.as_str()) {
+        } else if (k == "n" && v.as_u64().is_some_and(|n| n > 1)) || !CONSUMED.contains(&k.as_str())
+        {
             dropped.push(k.clone());
         }
     }

@@ -259,13 +259,12 @@ pub fn translate_request(
                     gc.insert(gk.clone(), gv.clone());
                 }
             }
-        } else if k == "n" && v.as_u64().is_some_and(|n| n > 1) {
-            dropped.push(k.clone()); // only the first candidate would be returned
-        } else if k == "parallel_tool_calls" && v == &Value::Bool(false) {
-            dropped.push(k.clone()); // Gemini has no switch for it
-        } else if k == "user" {
-            dropped.push(k.clone());
-        } else if !CONSUMED.contains(&k.as_str()) {
+        } else if (k == "n" && v.as_u64().is_some_and(|n| n > 1))
+            || (k == "parallel_tool_calls" && v == &Value::Bool(false))
+            || !CONSUMED.contains(&k.as_str())
+        {
+            // n > 1: only the first candidate would be returned; Gemini has no switch for
+            // parallel tool calls; `user` has no equivalent.
             dropped.push(k.clone());
         }
     }
