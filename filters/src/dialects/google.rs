@@ -33,7 +33,6 @@ const CONSUMED: &[&str] = &[
     "top_k",
     "parallel_tool_calls",
     "stream_options",
-    "user",
     "reasoning_effort",
 ];
 
