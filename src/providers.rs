@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 
+use filters::dialects::Dialect;
 use http::{HeaderName, HeaderValue};
 
 use crate::config::{AuthStyle, Config, ConfigError, Secret};
@@ -32,6 +33,9 @@ pub struct Provider {
     pub models_path: String,
     /// Configured by the user (listed by `GET /v1/models`).
     pub configured: bool,
+    /// API spoken on the chat endpoint.
+    pub dialect: Dialect,
+    pub default_max_tokens: u64,
     /// Last resolved address of `host:port`.
     addr: RwLock<Option<SocketAddr>>,
 }
@@ -109,6 +113,12 @@ impl Provider {
             embeddings_path: p.embeddings_path.clone().unwrap_or_default(),
             models_path: p.models_path.clone().unwrap_or_default(),
             configured: p.configured,
+            dialect: p
+                .dialect
+                .as_deref()
+                .and_then(Dialect::parse)
+                .unwrap_or_default(),
+            default_max_tokens: p.default_max_tokens.unwrap_or(4096),
         })
     }
 

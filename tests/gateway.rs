@@ -214,25 +214,6 @@ async fn non_stream_relay_is_byte_exact_and_strips_caller_credentials() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn anthropic_compat_endpoint_gets_its_own_auth_headers() {
-    let up = openai_mock().await;
-    let gw = GatewayProcess::start(&provider_env(&[("anthropic", up.url("/v1"))]), None);
-    let r = raw_request(
-        gw.addr(),
-        "POST",
-        "/v1/chat/completions",
-        &[("authorization", "Bearer caller")],
-        &chat_body("anthropic/claude-sonnet-4"),
-    )
-    .await;
-    assert_eq!(r.status, 200);
-    let got = up.last();
-    assert_eq!(got.header("x-api-key"), Some("sk-anthropic-test"));
-    assert_eq!(got.header("anthropic-version"), Some("2023-06-01"));
-    assert_eq!(got.header("authorization"), None);
-}
-
-#[tokio::test(flavor = "multi_thread")]
 async fn stream_relay_is_byte_exact_apart_from_injected_usage() {
     let with_usage = chat_stream("gpt-4o", &["Hel", "lo ", "w\u{f6}rld \u{1f600}"], true);
     let upstream = with_usage.clone();

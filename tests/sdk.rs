@@ -68,7 +68,35 @@ async fn official_openai_python_sdk() {
         }
     })
     .await;
-    let gw = GatewayProcess::start(&provider_env(&[("openai", up.url("/v1"))]), None);
+    let fixture = |name: &str| {
+        std::fs::read(format!(
+            "{}/filters/tests/golden/anthropic/{name}",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .unwrap()
+    };
+    let (text, stream) = (
+        fixture("text.response.json"),
+        fixture("tool_use.stream.sse"),
+    );
+    let anthropic = MockUpstream::start(move |req| {
+        if req.method == "GET" {
+            return json_response(200, r#"{"data":[],"has_more":false}"#);
+        }
+        if req.json()["stream"] == true {
+            sse_steps(&stream, &[200, 900, 1500], Duration::from_millis(1))
+        } else {
+            json_response(200, std::str::from_utf8(&text).unwrap())
+        }
+    })
+    .await;
+    let gw = GatewayProcess::start(
+        &provider_env(&[
+            ("openai", up.url("/v1")),
+            ("anthropic", anthropic.url("/v1")),
+        ]),
+        None,
+    );
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/openai_compat.py");
     let url = gw.url("");
     let out = tokio::task::spawn_blocking(move || {

@@ -152,7 +152,13 @@ pub(super) fn apply(cfg: &mut Config, getenv: GetEnv) -> Result<(), ConfigError>
         let key = get(getenv, &format!("{prefix}_API_KEY"));
         let key_file = get(getenv, &format!("{prefix}_API_KEY_FILE"));
         let enabled = flag(getenv, &prefix)?;
-        if url.is_none() && key.is_none() && key_file.is_none() && enabled.is_none() {
+        let dialect = get(getenv, &format!("{prefix}_DIALECT"));
+        if url.is_none()
+            && key.is_none()
+            && key_file.is_none()
+            && enabled.is_none()
+            && dialect.is_none()
+        {
             continue;
         }
         let p = cfg.providers.entry(name).or_default();
@@ -169,6 +175,9 @@ pub(super) fn apply(cfg: &mut Config, getenv: GetEnv) -> Result<(), ConfigError>
         }
         if let Some(e) = enabled {
             p.enabled = Some(e);
+        }
+        if let Some(d) = dialect {
+            p.dialect = Some(d.trim().to_string());
         }
     }
     Ok(())

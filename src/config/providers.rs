@@ -5,6 +5,8 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
+use filters::dialects::Dialect;
+
 use super::{ConfigError, Secret};
 
 /// How the provider's API key is sent.
@@ -41,6 +43,11 @@ pub struct ProviderConfig {
     pub completions_path: Option<String>,
     pub embeddings_path: Option<String>,
     pub models_path: Option<String>,
+    /// API spoken on the chat endpoint: `openai`, `anthropic`, `google` or `cohere`.
+    /// Built-in anthropic, google and cohere default to their native API.
+    pub dialect: Option<String>,
+    /// `max_tokens` sent to APIs that require one (Anthropic) when the client sets none.
+    pub default_max_tokens: Option<u64>,
     /// `false` removes the provider entirely.
     pub enabled: Option<bool>,
     /// Set when the user configured this provider (TOML section or environment variable);
@@ -112,12 +119,15 @@ impl ProviderConfig {
             }
         }
         for (k, p) in [
-            ("chat_path", &self.chat_path),
+            (
+                "chat_path",
+                &self.chat_path.as_ref().filter(|p| !p.is_empty()).cloned(),
+            ),
             ("completions_path", &self.completions_path),
             ("embeddings_path", &self.embeddings_path),
             ("models_path", &self.models_path),
         ] {
-            if let Some(p) = p {
+            if let Some(p) = p.as_ref() {
                 if !p.starts_with('/') {
                     return Err(ConfigError(format!(
                         "providers.{name}.{k}: {p:?} must start with /"
@@ -149,89 +159,195 @@ pub fn env_prefix(name: &str) -> String {
     name.to_ascii_uppercase().replace('-', "_")
 }
 
-struct Builtin {
-    id: &'static str,
+/// How a provider is reached in one dialect.
+struct Endpoints {
     url: &'static str,
     auth: &'static str,
-    headers: &'static [(&'static str, &'static str)],
-    /// Prefix of the OpenAI-compatible API under `url` (chat, completions, embeddings).
-    compat_prefix: &'static str,
-    models_path: &'static str,
+    chat: &'static str,
+    completions: &'static str,
+    embeddings: &'static str,
+    models: &'static str,
 }
 
-/// The built-in providers, with the Go gateway's defaults.
+const fn openai_at(
+    url: &'static str,
+    auth: &'static str,
+    prefix_chat: &'static str,
+    prefix_completions: &'static str,
+    prefix_embeddings: &'static str,
+    models: &'static str,
+) -> Endpoints {
+    Endpoints {
+        url,
+        auth,
+        chat: prefix_chat,
+        completions: prefix_completions,
+        embeddings: prefix_embeddings,
+        models,
+    }
+}
+
+struct Builtin {
+    id: &'static str,
+    headers: &'static [(&'static str, &'static str)],
+    /// The OpenAI-compatible endpoints (the Go gateway's defaults).
+    compat: Endpoints,
+    /// The native API, for providers whose default dialect is native.
+    native: Option<(Dialect, Endpoints)>,
+}
+
+const OPENAI_PATHS: (&str, &str, &str) = ("/chat/completions", "/completions", "/embeddings");
+
+/// The built-in providers.
 const BUILTINS: &[Builtin] = &[
     Builtin {
         id: "openai",
-        url: "https://api.openai.com/v1",
-        auth: "bearer",
         headers: &[],
-        compat_prefix: "",
-        models_path: "/models",
+        compat: openai_at(
+            "https://api.openai.com/v1",
+            "bearer",
+            OPENAI_PATHS.0,
+            OPENAI_PATHS.1,
+            OPENAI_PATHS.2,
+            "/models",
+        ),
+        native: None,
     },
     Builtin {
         id: "anthropic",
-        url: "https://api.anthropic.com/v1",
-        auth: "x-api-key",
         headers: &[("anthropic-version", "2023-06-01")],
-        compat_prefix: "",
-        models_path: "/models",
+        compat: openai_at(
+            "https://api.anthropic.com/v1",
+            "x-api-key",
+            OPENAI_PATHS.0,
+            OPENAI_PATHS.1,
+            OPENAI_PATHS.2,
+            "/models",
+        ),
+        native: Some((
+            Dialect::Anthropic,
+            Endpoints {
+                url: "https://api.anthropic.com/v1",
+                auth: "x-api-key",
+                chat: "/messages",
+                completions: "/completions",
+                embeddings: "/embeddings",
+                models: "/models",
+            },
+        )),
     },
     Builtin {
         id: "groq",
-        url: "https://api.groq.com/openai/v1",
-        auth: "bearer",
         headers: &[],
-        compat_prefix: "",
-        models_path: "/models",
+        compat: openai_at(
+            "https://api.groq.com/openai/v1",
+            "bearer",
+            OPENAI_PATHS.0,
+            OPENAI_PATHS.1,
+            OPENAI_PATHS.2,
+            "/models",
+        ),
+        native: None,
     },
     Builtin {
         id: "cohere",
-        url: "https://api.cohere.ai",
-        auth: "bearer",
         headers: &[],
-        compat_prefix: "/compatibility/v1",
-        models_path: "/v1/models",
+        compat: openai_at(
+            "https://api.cohere.ai",
+            "bearer",
+            "/compatibility/v1/chat/completions",
+            "/compatibility/v1/completions",
+            "/compatibility/v1/embeddings",
+            "/v1/models",
+        ),
+        native: Some((
+            Dialect::Cohere,
+            Endpoints {
+                url: "https://api.cohere.ai",
+                auth: "bearer",
+                chat: "/v2/chat",
+                completions: "/compatibility/v1/completions",
+                embeddings: "/compatibility/v1/embeddings",
+                models: "/v1/models",
+            },
+        )),
     },
     Builtin {
         id: "ollama",
-        url: "http://ollama:8080/v1",
-        auth: "none",
         headers: &[],
-        compat_prefix: "",
-        models_path: "/models",
+        compat: openai_at(
+            "http://ollama:8080/v1",
+            "none",
+            OPENAI_PATHS.0,
+            OPENAI_PATHS.1,
+            OPENAI_PATHS.2,
+            "/models",
+        ),
+        native: None,
     },
     Builtin {
         id: "cloudflare",
-        url: "https://api.cloudflare.com/client/v4/accounts/{ACCOUNT_ID}/ai",
-        auth: "bearer",
         headers: &[],
-        compat_prefix: "/v1",
-        models_path: "/models/search",
+        compat: openai_at(
+            "https://api.cloudflare.com/client/v4/accounts/{ACCOUNT_ID}/ai",
+            "bearer",
+            "/v1/chat/completions",
+            "/v1/completions",
+            "/v1/embeddings",
+            "/models/search",
+        ),
+        native: None,
     },
     Builtin {
         id: "deepseek",
-        url: "https://api.deepseek.com",
-        auth: "bearer",
         headers: &[],
-        compat_prefix: "",
-        models_path: "/models",
+        compat: openai_at(
+            "https://api.deepseek.com",
+            "bearer",
+            OPENAI_PATHS.0,
+            OPENAI_PATHS.1,
+            OPENAI_PATHS.2,
+            "/models",
+        ),
+        native: None,
     },
     Builtin {
         id: "google",
-        url: "https://generativelanguage.googleapis.com/v1beta/openai",
-        auth: "bearer",
         headers: &[],
-        compat_prefix: "",
-        models_path: "/models",
+        compat: openai_at(
+            "https://generativelanguage.googleapis.com/v1beta/openai",
+            "bearer",
+            OPENAI_PATHS.0,
+            OPENAI_PATHS.1,
+            OPENAI_PATHS.2,
+            "/models",
+        ),
+        // Chat paths are per model (`/models/{model}:generateContent`); embeddings use the
+        // OpenAI-compatible endpoint under the same base.
+        native: Some((
+            Dialect::Google,
+            Endpoints {
+                url: "https://generativelanguage.googleapis.com/v1beta",
+                auth: "x-goog-api-key",
+                chat: "",
+                completions: "/openai/completions",
+                embeddings: "/openai/embeddings",
+                models: "/models",
+            },
+        )),
     },
     Builtin {
         id: "mistral",
-        url: "https://api.mistral.ai/v1",
-        auth: "bearer",
         headers: &[],
-        compat_prefix: "",
-        models_path: "/models",
+        compat: openai_at(
+            "https://api.mistral.ai/v1",
+            "bearer",
+            OPENAI_PATHS.0,
+            OPENAI_PATHS.1,
+            OPENAI_PATHS.2,
+            "/models",
+        ),
+        native: None,
     },
 ];
 
@@ -240,32 +356,83 @@ pub fn builtin_ids() -> impl Iterator<Item = &'static str> {
     BUILTINS.iter().map(|b| b.id)
 }
 
+fn set_dialect(p: &mut ProviderConfig, name: &str) -> Result<Dialect, ConfigError> {
+    match p.dialect.as_deref() {
+        None => Ok(Dialect::Openai),
+        Some(d) => Dialect::parse(d).ok_or_else(|| {
+            ConfigError(format!(
+                "providers.{name}.dialect ({}_DIALECT): {d:?} is not openai, anthropic, google or cohere",
+                env_prefix(name)
+            ))
+        }),
+    }
+}
+
 /// Fills every unset field of built-in providers from the table, adds the built-ins the user did
-/// not mention, fills custom providers' OpenAI defaults, and drops disabled providers.
+/// not mention, fills custom providers' defaults for their dialect, and drops disabled providers.
 pub(super) fn merge_builtins(
     providers: &mut BTreeMap<String, ProviderConfig>,
 ) -> Result<(), ConfigError> {
     for b in BUILTINS {
         let p = providers.entry(b.id.to_string()).or_default();
-        p.url.get_or_insert_with(|| b.url.to_string());
-        p.auth.get_or_insert_with(|| b.auth.to_string());
+        // A Go-era URL pointing at Google's OpenAI-compatible endpoint keeps meaning that.
+        if b.id == "google"
+            && p.dialect.is_none()
+            && p.url
+                .as_deref()
+                .is_some_and(|u| u.trim_end_matches('/').ends_with("/openai"))
+        {
+            p.dialect = Some("openai".into());
+        }
+        let native = b.native.as_ref();
+        let wanted = match p.dialect.as_deref() {
+            None => native.map_or(Dialect::Openai, |(d, _)| *d),
+            Some(_) => set_dialect(p, b.id)?,
+        };
+        let e = match native {
+            Some((d, e)) if *d == wanted => e,
+            Some((d, _)) if wanted != Dialect::Openai => {
+                return Err(ConfigError(format!(
+                    "providers.{}.dialect: {} speaks {} or openai, not {}",
+                    b.id,
+                    b.id,
+                    d.name(),
+                    wanted.name()
+                )))
+            }
+            None if wanted != Dialect::Openai => {
+                return Err(ConfigError(format!(
+                    "providers.{}.dialect: {} only has an OpenAI-compatible API",
+                    b.id, b.id
+                )))
+            }
+            _ => &b.compat,
+        };
+        p.dialect = Some(wanted.name().to_string());
+        p.url.get_or_insert_with(|| e.url.to_string());
+        p.auth.get_or_insert_with(|| e.auth.to_string());
         for (h, v) in b.headers {
             p.headers
                 .entry(h.to_string())
                 .or_insert_with(|| v.to_string());
         }
-        p.chat_path
-            .get_or_insert_with(|| format!("{}/chat/completions", b.compat_prefix));
+        p.chat_path.get_or_insert_with(|| e.chat.to_string());
         p.completions_path
-            .get_or_insert_with(|| format!("{}/completions", b.compat_prefix));
+            .get_or_insert_with(|| e.completions.to_string());
         p.embeddings_path
-            .get_or_insert_with(|| format!("{}/embeddings", b.compat_prefix));
-        p.models_path
-            .get_or_insert_with(|| b.models_path.to_string());
+            .get_or_insert_with(|| e.embeddings.to_string());
+        p.models_path.get_or_insert_with(|| e.models.to_string());
     }
-    for p in providers.values_mut() {
-        p.chat_path
-            .get_or_insert_with(|| "/chat/completions".into());
+    for (name, p) in providers.iter_mut() {
+        let d = set_dialect(p, name)?;
+        p.dialect = Some(d.name().to_string());
+        let chat = match d {
+            Dialect::Openai => "/chat/completions",
+            Dialect::Anthropic => "/messages",
+            Dialect::Cohere => "/v2/chat",
+            Dialect::Google => "",
+        };
+        p.chat_path.get_or_insert_with(|| chat.into());
         p.completions_path
             .get_or_insert_with(|| "/completions".into());
         p.embeddings_path

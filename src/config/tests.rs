@@ -41,8 +41,22 @@ fn defaults_include_every_builtin_provider() {
     assert_eq!(a.headers["anthropic-version"], "2023-06-01");
     assert_eq!(
         cfg.providers["cohere"].chat_path.as_deref(),
-        Some("/compatibility/v1/chat/completions")
+        Some("/v2/chat")
     );
+    assert_eq!(cfg.providers["cohere"].dialect.as_deref(), Some("cohere"));
+    assert_eq!(
+        cfg.providers["anthropic"].chat_path.as_deref(),
+        Some("/messages")
+    );
+    assert_eq!(
+        cfg.providers["google"].url(),
+        "https://generativelanguage.googleapis.com/v1beta"
+    );
+    assert_eq!(
+        cfg.providers["google"].auth_style(),
+        AuthStyle::Header("x-goog-api-key".into())
+    );
+    assert_eq!(cfg.providers["openai"].dialect.as_deref(), Some("openai"));
     assert_eq!(cfg.providers["ollama"].auth_style(), AuthStyle::None);
 }
 
@@ -161,4 +175,61 @@ fn custom_provider_and_key_file() {
 fn shipped_config_file_is_valid() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("conf/gateway.toml");
     Config::load_with_env(Some(&path), &|_| None).unwrap();
+}
+
+#[test]
+fn dialects_switch_to_compatible_endpoints() {
+    let cfg = load(
+        "[providers.cohere]\ndialect = \"openai\"\n",
+        &[("GOOGLE_DIALECT", "openai")],
+    )
+    .unwrap();
+    let c = &cfg.providers["cohere"];
+    assert_eq!(
+        c.chat_path.as_deref(),
+        Some("/compatibility/v1/chat/completions")
+    );
+    let g = &cfg.providers["google"];
+    assert_eq!(
+        g.url(),
+        "https://generativelanguage.googleapis.com/v1beta/openai"
+    );
+    assert_eq!(g.auth_style(), AuthStyle::Bearer);
+    assert_eq!(g.chat_path.as_deref(), Some("/chat/completions"));
+    // A Go-era GOOGLE_API_URL pointing at the compatible endpoint keeps working.
+    let cfg = load(
+        "",
+        &[(
+            "GOOGLE_API_URL",
+            "https://generativelanguage.googleapis.com/v1beta/openai/",
+        )],
+    )
+    .unwrap();
+    assert_eq!(cfg.providers["google"].dialect.as_deref(), Some("openai"));
+    // Custom providers may speak a native dialect.
+    let cfg = load("[providers.claude-proxy]\nurl = \"http://10.0.0.1/v1\"\ndialect = \"anthropic\"\nauth = \"x-api-key\"\n", &[]).unwrap();
+    assert_eq!(
+        cfg.providers["claude-proxy"].chat_path.as_deref(),
+        Some("/messages")
+    );
+    for (toml_text, env, key) in [
+        (
+            "[providers.groq]\ndialect = \"anthropic\"\n",
+            vec![],
+            "providers.groq.dialect",
+        ),
+        (
+            "",
+            vec![("ANTHROPIC_DIALECT", "klingon")],
+            "ANTHROPIC_DIALECT",
+        ),
+        (
+            "[providers.google]\ndialect = \"cohere\"\n",
+            vec![],
+            "providers.google.dialect",
+        ),
+    ] {
+        let err = load(toml_text, &env).unwrap_err().0;
+        assert!(err.contains(key), "{err}");
+    }
 }

@@ -2,7 +2,9 @@
 //! rewrite the few fields the gateway owns, call the provider, relay the answer.
 
 use bytes::{Bytes, BytesMut};
+use filters::dialects::{self, Dialect, RequestOptions, StreamTranslator};
 use filters::json_object::{ParseError, RawObject};
+use filters::openai::ChatCompletionRequest;
 use filters::stream_relay::{OpenAiStreamRelay, StreamEnd};
 use filters::usage;
 use http::{HeaderName, HeaderValue, Method};
@@ -27,7 +29,7 @@ impl Endpoint {
     }
 }
 
-/// What the rewrite decided about the response.
+/// The rewritten OpenAI request.
 struct Prepared {
     body: Bytes,
     stream: bool,
@@ -80,16 +82,29 @@ async fn run(
         .code("provider_not_configured"));
     }
 
-    let prepared = prepare(&mut obj, &route, ep)?;
+    let native = ep == Endpoint::Chat && provider.dialect != Dialect::Openai;
+    let prepared = prepare(&mut obj, &route, ep, !native)?;
     drop(obj);
-
-    let path = match ep {
-        Endpoint::Chat => &provider.chat_path,
-        Endpoint::Completions => &provider.completions_path,
-        Endpoint::Embeddings => &provider.embeddings_path,
+    let plan = if native {
+        plan_native(&route, prepared)?
+    } else {
+        let path = match ep {
+            Endpoint::Chat => &provider.chat_path,
+            Endpoint::Completions => &provider.completions_path,
+            Endpoint::Embeddings => &provider.embeddings_path,
+        };
+        Plan {
+            dialect: Dialect::Openai,
+            path: provider.path_and_query(path, None),
+            body: prepared.body,
+            stream: prepared.stream,
+            strip_usage_chunk: prepared.strip_usage_chunk,
+            client_include_usage: !prepared.strip_usage_chunk,
+            dropped: Vec::new(),
+        }
     };
-    let path = provider.path_and_query(path, None);
-    let accept = if prepared.stream {
+
+    let accept = if plan.stream {
         "text/event-stream"
     } else {
         "application/json"
@@ -112,9 +127,9 @@ async fn run(
     ];
     let req = UpstreamRequest {
         method: Method::POST,
-        path: &path,
+        path: &plan.path,
         headers: &headers,
-        body: prepared.body,
+        body: plan.body.clone(),
         request_id: &ctx.request_id,
     };
 
@@ -134,13 +149,68 @@ async fn run(
     ctx.upstream_addr = Some(resp.addr);
     let status = resp.status();
     if !(200..300).contains(&status) {
-        return relay_error(gw, session, ctx, &provider.name, resp).await;
+        return relay_error(gw, session, ctx, &provider.name, plan.dialect, resp).await;
     }
-    if prepared.stream && resp.is_event_stream() {
-        relay_stream(gw, session, ctx, resp, &route, prepared.strip_usage_chunk).await;
+    if plan.stream && resp.is_event_stream() {
+        relay_stream(gw, session, ctx, resp, &route, &plan).await;
         return Ok(());
     }
-    relay_whole(gw, session, ctx, resp, &route).await
+    relay_whole(gw, session, ctx, resp, &route, &plan).await
+}
+
+/// Everything decided about the upstream call before it is made.
+struct Plan {
+    dialect: Dialect,
+    path: String,
+    body: Bytes,
+    stream: bool,
+    /// OpenAI dialect: the gateway injected `include_usage`; hide the usage-only chunk.
+    strip_usage_chunk: bool,
+    /// The client asked for the usage-only chunk.
+    client_include_usage: bool,
+    /// Parameters the target API cannot express.
+    dropped: Vec<String>,
+}
+
+/// Translates the (already rewritten) OpenAI body into the provider's native request.
+fn plan_native(route: &Route<'_>, prepared: Prepared) -> Result<Plan, ApiError> {
+    let provider = &route.provider;
+    let req: ChatCompletionRequest = serde_json::from_slice(&prepared.body).map_err(|e| {
+        ApiError::bad_request(format!("Invalid chat completion request: {e}"))
+            .code("invalid_request")
+    })?;
+    let client_include_usage = req
+        .stream_options
+        .as_ref()
+        .and_then(|o| o.include_usage)
+        .unwrap_or(false);
+    let opts = RequestOptions {
+        default_max_tokens: provider.default_max_tokens,
+    };
+    let native = dialects::translate_request(provider.dialect, &req, &opts).map_err(|e| {
+        let mut err = ApiError::bad_request(e.message).code("unsupported_request");
+        err.param = e.param;
+        err
+    })?;
+    let path = match provider.dialect {
+        Dialect::Google => {
+            let p = dialects::google::path(&route.upstream_model, native.stream);
+            let (endpoint, query) = p
+                .split_once('?')
+                .map_or((p.as_str(), None), |(a, b)| (a, Some(b)));
+            provider.path_and_query(endpoint, query)
+        }
+        _ => provider.path_and_query(&provider.chat_path, None),
+    };
+    Ok(Plan {
+        dialect: provider.dialect,
+        path,
+        body: Bytes::from(native.body),
+        stream: native.stream,
+        strip_usage_chunk: false,
+        client_include_usage,
+        dropped: native.dropped,
+    })
 }
 
 fn query_param(session: &Session, name: &str) -> Option<String> {
@@ -153,7 +223,12 @@ fn query_param(session: &Session, name: &str) -> Option<String> {
 
 /// Rewrites the request body for the upstream: the routed model name, alias defaults and system
 /// prompt prefix, and `stream_options.include_usage` so usage is never missing from a stream.
-fn prepare(obj: &mut RawObject<'_>, route: &Route<'_>, ep: Endpoint) -> Result<Prepared, ApiError> {
+fn prepare(
+    obj: &mut RawObject<'_>,
+    route: &Route<'_>,
+    ep: Endpoint,
+    inject_usage: bool,
+) -> Result<Prepared, ApiError> {
     obj.set("model", &route.upstream_model);
     if let Some(alias) = route.alias {
         for (k, v) in &alias.defaults {
@@ -174,7 +249,7 @@ fn prepare(obj: &mut RawObject<'_>, route: &Route<'_>, ep: Endpoint) -> Result<P
         false
     };
     let mut strip_usage_chunk = false;
-    if stream {
+    if stream && inject_usage {
         let mut opts: Map<String, Value> = obj
             .get_as("stream_options")
             .map_err(|_| {
@@ -222,6 +297,7 @@ async fn relay_error(
     session: &mut Session,
     ctx: &mut RequestCtx,
     provider: &str,
+    dialect: Dialect,
     mut resp: UpstreamResponse,
 ) -> Result<(), ApiError> {
     let status = resp.status();
@@ -240,47 +316,81 @@ async fn relay_error(
     }
     gw.client.release(resp).await;
     ctx.error = Some("upstream_error");
-    let body = errors::wrap_upstream_error(status, provider, &body);
+    let body = match dialect {
+        Dialect::Openai => errors::wrap_upstream_error(status, provider, &body),
+        d => Bytes::from(dialects::translate_error(d, status, provider, &body)),
+    };
     let _ = respond::full(session, ctx, h, body).await;
     Ok(())
 }
 
-fn gateway_headers(h: &mut pingora::http::ResponseHeader, route: &Route<'_>) {
+fn gateway_headers(h: &mut pingora::http::ResponseHeader, route: &Route<'_>, plan: &Plan) {
     let _ = h.insert_header("x-gateway-provider", route.provider.name.as_str());
+    if !plan.dropped.is_empty() {
+        let _ = h.insert_header("x-gateway-dropped-params", plan.dropped.join(","));
+    }
     if let Ok(v) = HeaderValue::from_str(&route.upstream_model) {
         let _ = h.insert_header(HeaderName::from_static("x-gateway-model"), v);
     }
 }
 
-/// Non-streaming success: relay the body byte-for-byte and record its usage.
+/// Non-streaming success: relay the body byte-for-byte (OpenAI dialect) or translated, and
+/// record its usage.
 async fn relay_whole(
     gw: &Gateway,
     session: &mut Session,
     ctx: &mut RequestCtx,
     mut resp: UpstreamResponse,
     route: &Route<'_>,
+    plan: &Plan,
 ) -> Result<(), ApiError> {
     let provider = &route.provider.name;
-    let body = resp
+    let raw = resp
         .read_all(gw.cfg.client.max_response_body_size)
         .await
         .map_err(|e| ApiError::new(e.status(), e.message(provider)).code(e.code()))?;
-    if let Some(u) = usage::from_response_body(&body) {
-        ctx.prompt_tokens = Some(u.prompt_tokens);
-        ctx.completion_tokens = Some(u.completion_tokens);
-    }
     let content_type = resp
         .header_str("content-type")
         .unwrap_or("application/json")
         .to_string();
     let status = resp.status();
     gw.client.release(resp).await;
+    let (body, usage, content_type) = match plan.dialect {
+        Dialect::Openai => {
+            let usage = usage::from_response_body(&raw);
+            (raw, usage, content_type)
+        }
+        d => {
+            let t = dialects::translate_response(d, &raw, &route.upstream_model, unix_now())
+                .map_err(|e| {
+                    ApiError::new(
+                        502,
+                        format!(
+                            "provider {provider} sent a response the gateway cannot read: {}",
+                            e.message
+                        ),
+                    )
+                    .code("upstream_invalid_response")
+                })?;
+            (Bytes::from(t.body), t.usage, "application/json".to_string())
+        }
+    };
+    if let Some(u) = usage {
+        ctx.prompt_tokens = Some(u.prompt_tokens);
+        ctx.completion_tokens = Some(u.completion_tokens);
+    }
     let mut h = respond::header(status, &content_type, ctx);
-    gateway_headers(&mut h, route);
+    gateway_headers(&mut h, route, plan);
     if respond::full(session, ctx, h, body).await.is_err() {
         ctx.client_gone = true;
     }
     Ok(())
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// Streaming success: relay SSE events as they arrive, never buffering the response.
@@ -290,13 +400,13 @@ async fn relay_stream(
     ctx: &mut RequestCtx,
     mut resp: UpstreamResponse,
     route: &Route<'_>,
-    strip_usage_chunk: bool,
+    plan: &Plan,
 ) {
     let provider = route.provider.name.as_str();
     let mut h = respond::header(200, "text/event-stream", ctx);
     let _ = h.insert_header(http::header::CACHE_CONTROL, "no-cache");
     let _ = h.insert_header("x-accel-buffering", "no");
-    gateway_headers(&mut h, route);
+    gateway_headers(&mut h, route, plan);
     if !session.is_http2() {
         let _ = h.insert_header(http::header::TRANSFER_ENCODING, "chunked");
     }
@@ -309,7 +419,17 @@ async fn relay_stream(
         ctx.client_gone = true;
         return;
     }
-    let mut relay = OpenAiStreamRelay::new(strip_usage_chunk, gw.cfg.client.max_response_body_size);
+    let max_event = gw.cfg.client.max_response_body_size;
+    let mut relay: Box<dyn StreamTranslator> = match plan.dialect {
+        Dialect::Openai => Box::new(OpenAiStreamRelay::new(plan.strip_usage_chunk, max_event)),
+        d => dialects::stream_translator(
+            d,
+            &route.upstream_model,
+            unix_now(),
+            plan.client_include_usage,
+            max_event,
+        ),
+    };
     let mut out = BytesMut::with_capacity(4096);
     let mut clean = false;
     loop {

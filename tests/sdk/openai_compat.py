@@ -123,6 +123,41 @@ def errors():
         pass
 
 
+def native_anthropic():
+    # The gateway translates OpenAI <-> Anthropic Messages; the SDK must not notice.
+    r = client.chat.completions.create(
+        model="anthropic/claude-sonnet-4-20250514", messages=[{"role": "user", "content": "hi"}]
+    )
+    assert r.choices[0].message.content == "Hello! How can I help?", r
+    assert r.usage.prompt_tokens_details.cached_tokens == 2000, r.usage
+    s = client.chat.completions.create(
+        model="anthropic/claude-sonnet-4-20250514",
+        messages=[{"role": "user", "content": "weather and time in Paris?"}],
+        tools=TOOLS,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    calls, finish, usage, reasoning = {}, None, None, ""
+    for c in s:
+        if c.usage:
+            usage = c.usage
+        if not c.choices:
+            continue
+        d = c.choices[0].delta
+        reasoning += getattr(d, "reasoning_content", None) or (d.model_extra or {}).get("reasoning_content") or ""
+        for t in d.tool_calls or []:
+            entry = calls.setdefault(t.index, {"name": "", "args": ""})
+            entry["name"] += t.function.name or ""
+            entry["args"] += t.function.arguments or ""
+        finish = c.choices[0].finish_reason or finish
+    assert finish == "tool_calls", finish
+    assert [calls[i]["name"] for i in sorted(calls)] == ["get_weather", "get_time"], calls
+    assert json.loads(calls[0]["args"]) == {"city": "Paris"}, calls
+    assert json.loads(calls[1]["args"]) == {"tz": "Europe/Paris"}, calls
+    assert reasoning == "I need the weather and the time.", reasoning
+    assert usage.completion_tokens == 89, usage
+
+
 for name, fn in [
     ("chat", chat),
     ("stream", stream),
@@ -132,6 +167,7 @@ for name, fn in [
     ("models", models),
     ("embeddings", embeddings),
     ("errors", errors),
+    ("native_anthropic", native_anthropic),
 ]:
     check(name, fn)
 print("all SDK checks passed")

@@ -371,7 +371,7 @@ struct MessagesResponse {
     id: String,
     #[serde(default)]
     model: Option<String>,
-    #[serde(default)]
+    /// Required: a body without it is not a Messages response (e.g. a misconfigured dialect).
     content: Vec<Block>,
     #[serde(default)]
     stop_reason: Option<String>,

@@ -329,7 +329,7 @@ struct ChatResponse {
     id: Option<String>,
     #[serde(default)]
     finish_reason: Option<String>,
-    #[serde(default)]
+    /// Required: a body without it is not a v2 chat response.
     message: NativeMessage,
     #[serde(default)]
     usage: Option<NativeUsage>,

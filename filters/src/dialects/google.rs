@@ -456,6 +456,12 @@ pub fn translate_response(
 ) -> Result<OpenAiResponse, TranslateError> {
     let r: GenerateResponse = serde_json::from_slice(body)
         .map_err(|e| TranslateError::new(format!("invalid Gemini response: {e}"), None))?;
+    if r.candidates.is_empty() && r.prompt_feedback.is_none() {
+        return Err(TranslateError::new(
+            "invalid Gemini response: no candidates and no promptFeedback",
+            None,
+        ));
+    }
     let blocked = r
         .prompt_feedback
         .as_ref()
