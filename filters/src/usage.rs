@@ -83,13 +83,28 @@ pub fn from_response_body(body: &[u8]) -> Option<Usage> {
 
 /// Usage carried by one `chat.completion.chunk` payload, if any.
 pub fn from_chunk(data: &[u8]) -> Option<ChunkUsage> {
-    // Most chunks carry no usage at all; skip the parse unless the key is present.
-    memchr::memmem::find(data, b"\"usage\"")?;
+    // Most chunks carry no usage, or `"usage":null` (every chunk once `include_usage` is on):
+    // skip the parse unless some `"usage"` key has a non-null value. Inside JSON strings the
+    // quotes would be escaped, so every unescaped match is a key.
+    if !has_non_null_usage(data) {
+        return None;
+    }
     let probe: Probe = serde_json::from_slice(data).ok()?;
     let usage = probe.usage?;
     Some(ChunkUsage {
         usage,
         usage_only: probe.choices.is_none_or(|c| c.is_empty()),
+    })
+}
+
+fn has_non_null_usage(data: &[u8]) -> bool {
+    memchr::memmem::find_iter(data, b"\"usage\"").any(|at| {
+        let rest = &data[at + 7..];
+        let mut i = 0;
+        while i < rest.len() && (rest[i].is_ascii_whitespace() || rest[i] == b':') {
+            i += 1;
+        }
+        !rest[i..].starts_with(b"null")
     })
 }
 
@@ -158,5 +173,23 @@ mod tests {
             (11, 22, 33)
         );
         assert_eq!(a.prompt_tokens_details.unwrap().cached_tokens, Some(5));
+    }
+
+    #[test]
+    fn null_usage_fast_path() {
+        assert_eq!(
+            from_chunk(br#"{"choices":[{"delta":{}}],"usage" : null }"#),
+            None
+        );
+        assert_eq!(
+            from_chunk(br#"{"choices":[{"delta":{"content":"say \"usage\": 1"}}]}"#),
+            None
+        );
+        let spaced = from_chunk(
+            br#"{"choices":[], "usage" : {"prompt_tokens":1,"completion_tokens":1,"total_tokens":2}}"#,
+        )
+        .unwrap();
+        assert_eq!(spaced.usage.total_tokens, 2);
+        assert!(spaced.usage_only);
     }
 }
