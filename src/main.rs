@@ -1,8 +1,10 @@
 //! inference-gateway: one OpenAI-compatible front door to every LLM provider, on Pingora.
 
+mod access_log;
 mod config;
 mod errors;
 mod handlers;
+mod metrics;
 mod providers;
 mod proxy;
 mod request_id;
@@ -20,7 +22,7 @@ use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::Server;
 use pingora::services::background::background_service;
 
-use crate::config::{Config, Environment};
+use crate::config::Config;
 use crate::providers::Providers;
 use crate::proxy::Gateway;
 
@@ -51,7 +53,10 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    init_logging(&cfg);
+    if let Err(e) = access_log::init_logging(&cfg) {
+        eprintln!("inference-gateway: {e}");
+        return ExitCode::from(2);
+    }
     let providers = match Providers::from_config(&cfg) {
         Ok(p) => Arc::new(p),
         Err(e) => {
@@ -64,16 +69,6 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     run(cli, cfg, providers)
-}
-
-fn init_logging(cfg: &Config) {
-    let default = match cfg.environment {
-        Environment::Development => "debug,pingora=info",
-        Environment::Production => "info",
-    };
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default))
-        .format_timestamp_millis()
-        .init();
 }
 
 fn run(cli: Cli, cfg: Config, providers: Arc<Providers>) -> ExitCode {
@@ -100,7 +95,24 @@ fn run(cli: Cli, cfg: Config, providers: Arc<Providers>) -> ExitCode {
     let mut server = Server::new_with_opt_and_conf(opt, conf);
     server.bootstrap();
 
-    let gateway = Gateway::new(cfg.clone(), providers.clone());
+    let metrics = cfg.telemetry.enable.then(metrics::Metrics::new);
+    if let Some(m) = &metrics {
+        let host = cfg.telemetry.metrics_host.as_deref().unwrap_or(&cfg.server.host);
+        let host = if host == "localhost" { "127.0.0.1" } else { host };
+        let addr = if host.contains(':') {
+            format!("[{host}]:{}", cfg.telemetry.metrics_port)
+        } else {
+            format!("{host}:{}", cfg.telemetry.metrics_port)
+        };
+        let mut svc = pingora::services::listening::Service::new(
+            "metrics".to_string(),
+            pingora::apps::http_app::HttpServer::new_app(metrics::MetricsApp(m.clone())),
+        );
+        svc.add_tcp(&addr);
+        server.add_service(svc);
+        info!("metrics on http://{addr}/metrics");
+    }
+    let gateway = Gateway::new(cfg.clone(), providers.clone(), metrics);
     let mut proxy =
         pingora::proxy::http_proxy_service_with_name(&server.configuration, gateway, "gateway");
     let addr = cfg.listen_addr();

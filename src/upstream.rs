@@ -44,6 +44,17 @@ impl UpstreamError {
         }
     }
 
+    /// The `reason` label of `llm_upstream_failures_total`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            UpstreamError::Connect(_) => "connect",
+            UpstreamError::FirstByteTimeout => "timeout",
+            UpstreamError::IdleTimeout => "idle_timeout",
+            UpstreamError::Io(_) => "io",
+            UpstreamError::TooLarge => "too_large",
+        }
+    }
+
     /// Machine-readable `code` for the error envelope.
     pub fn code(&self) -> &'static str {
         match self {
@@ -95,6 +106,8 @@ pub struct UpstreamResponse {
     peer: HttpPeer,
     idle_timeout: Duration,
     pub addr: std::net::SocketAddr,
+    /// Stale pooled connections retried before this response.
+    pub retries: u32,
 }
 
 impl UpstreamClient {
@@ -191,6 +204,7 @@ impl UpstreamClient {
                         addr,
                         peer,
                         idle_timeout: self.cfg.stream_idle_timeout.get(),
+                        retries: attempt - 1,
                     })
                 }
                 Err(e)

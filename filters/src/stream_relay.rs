@@ -15,7 +15,7 @@ use bytes::BytesMut;
 
 use crate::openai::ErrorEnvelope;
 use crate::sse::{self, EventTooLarge, SseDecoder, SseEvent};
-use crate::usage::{self, Usage};
+use crate::usage::{self, StreamStats, Usage};
 
 /// How the upstream stream ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,6 +33,7 @@ pub struct OpenAiStreamRelay {
     done_sent: bool,
     usage: Option<Usage>,
     events: u64,
+    stats: StreamStats,
 }
 
 impl OpenAiStreamRelay {
@@ -45,6 +46,7 @@ impl OpenAiStreamRelay {
             done_sent: false,
             usage: None,
             events: 0,
+            stats: StreamStats::default(),
         }
     }
 
@@ -93,6 +95,7 @@ impl OpenAiStreamRelay {
         }
         if let Some(data) = &ev.data {
             self.events += 1;
+            self.stats.observe_chunk(data);
             if let Some(cu) = usage::from_chunk(data) {
                 self.usage = Some(cu.usage);
                 if cu.usage_only && self.strip_usage_only {
@@ -113,6 +116,11 @@ impl OpenAiStreamRelay {
 
     pub fn done_sent(&self) -> bool {
         self.done_sent
+    }
+
+    /// Tool calls and text seen so far.
+    pub fn stats(&self) -> &StreamStats {
+        &self.stats
     }
 
     /// Number of data events seen.

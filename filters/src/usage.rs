@@ -97,6 +97,107 @@ pub fn from_chunk(data: &[u8]) -> Option<ChunkUsage> {
     })
 }
 
+/// What a relay saw of a stream besides usage: the tool calls the model made and how much text
+/// it produced (for the usage estimate when a stream ends without a usage report).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StreamStats {
+    /// Names of the tool calls the model started, in order.
+    pub tool_calls: Vec<String>,
+    /// Bytes of generated text (content and reasoning), as UTF-8.
+    pub text_bytes: u64,
+}
+
+impl StreamStats {
+    /// Completion tokens estimated from the text: one token per 4 bytes, rounded up (the usual
+    /// rule of thumb for English with BPE tokenizers). Used only when no usage was reported.
+    pub fn estimated_completion_tokens(&self) -> u64 {
+        self.text_bytes.div_ceil(4)
+    }
+
+    /// Records the text and tool-call names of one OpenAI chunk payload. Cheap when the chunk has
+    /// neither: two substring searches.
+    pub fn observe_chunk(&mut self, data: &[u8]) {
+        for key in [&b"\"content\":"[..], &b"\"reasoning_content\":"[..]] {
+            for at in memchr::memmem::find_iter(data, key) {
+                self.text_bytes += json_string_len(&data[at + key.len()..]) as u64;
+            }
+        }
+        if memchr::memmem::find(data, b"\"tool_calls\"").is_some() {
+            #[derive(Deserialize)]
+            struct P {
+                #[serde(default)]
+                choices: Vec<C>,
+            }
+            #[derive(Deserialize)]
+            struct C {
+                #[serde(default)]
+                delta: Option<M>,
+                #[serde(default)]
+                message: Option<M>,
+            }
+            #[derive(Deserialize)]
+            struct M {
+                #[serde(default)]
+                tool_calls: Option<Vec<T>>,
+            }
+            #[derive(Deserialize)]
+            struct T {
+                #[serde(default)]
+                function: Option<F>,
+            }
+            #[derive(Deserialize)]
+            struct F {
+                #[serde(default)]
+                name: Option<String>,
+            }
+            if let Ok(p) = serde_json::from_slice::<P>(data) {
+                for c in p.choices {
+                    for t in c.delta.or(c.message).and_then(|m| m.tool_calls).unwrap_or_default() {
+                        if let Some(n) = t.function.and_then(|f| f.name).filter(|n| !n.is_empty()) {
+                            self.tool_calls.push(n);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Length in bytes of the JSON string starting at `s` (after optional whitespace), escapes
+/// counted as one byte each; 0 if `s` does not start with a string.
+fn json_string_len(s: &[u8]) -> usize {
+    let mut i = 0;
+    while i < s.len() && s[i].is_ascii_whitespace() {
+        i += 1;
+    }
+    if s.get(i) != Some(&b'"') {
+        return 0;
+    }
+    i += 1;
+    let start = i;
+    let mut escapes = 0;
+    while i < s.len() {
+        match s[i] {
+            b'"' => return i - start - escapes,
+            b'\\' => {
+                // `\n` is one character; `\uXXXX` roughly one as well.
+                let skip = if s.get(i + 1) == Some(&b'u') { 5 } else { 1 };
+                escapes += skip;
+                i += skip + 1;
+            }
+            _ => i += 1,
+        }
+    }
+    0
+}
+
+/// Tool-call names in a non-streaming `chat.completion` body.
+pub fn tool_calls_from_body(body: &[u8]) -> Vec<String> {
+    let mut s = StreamStats::default();
+    s.observe_chunk(body);
+    s.tool_calls
+}
+
 fn has_non_null_usage(data: &[u8]) -> bool {
     memchr::memmem::find_iter(data, b"\"usage\"").any(|at| {
         let rest = &data[at + 7..];
@@ -191,5 +292,23 @@ mod tests {
         .unwrap();
         assert_eq!(spaced.usage.total_tokens, 2);
         assert!(spaced.usage_only);
+    }
+
+    #[test]
+    fn stream_stats() {
+        let mut s = StreamStats::default();
+        s.observe_chunk(br#"{"choices":[{"delta":{"content":"h\u00e9llo \"x\""}}]}"#);
+        assert_eq!(s.text_bytes, 9);
+        s.observe_chunk(br#"{"choices":[{"delta":{"content":null}}]}"#);
+        s.observe_chunk(br#"{"choices":[{"delta":{"reasoning_content":"abcd"}}]}"#);
+        assert_eq!(s.text_bytes, 13);
+        assert_eq!(s.estimated_completion_tokens(), 4);
+        s.observe_chunk(br#"{"choices":[{"delta":{"tool_calls":[{"index":0,"id":"c","function":{"name":"get_weather","arguments":""}}]}}]}"#);
+        s.observe_chunk(br#"{"choices":[{"delta":{"tool_calls":[{"index":0,"function":{"arguments":"{}"}}]}}]}"#);
+        assert_eq!(s.tool_calls, vec!["get_weather"]);
+        assert_eq!(
+            tool_calls_from_body(br#"{"choices":[{"message":{"role":"assistant","content":null,"tool_calls":[{"id":"a","type":"function","function":{"name":"f1","arguments":"{}"}},{"id":"b","type":"function","function":{"name":"f2","arguments":"{}"}}]}}]}"#),
+            vec!["f1", "f2"]
+        );
     }
 }

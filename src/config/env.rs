@@ -138,6 +138,27 @@ pub(super) fn apply(cfg: &mut Config, getenv: GetEnv) -> Result<(), ConfigError>
         c.ca_file = Some(PathBuf::from(p));
     }
 
+    if let Some(e) = flag(getenv, "TELEMETRY")? {
+        cfg.telemetry.enable = e;
+    }
+    set!(cfg.telemetry.metrics_port, parse(getenv, "TELEMETRY_METRICS_PORT")?);
+    if let Some(h) = get(getenv, "TELEMETRY_METRICS_HOST") {
+        cfg.telemetry.metrics_host = Some(h);
+    }
+    if let Some(l) = get(getenv, "LOG_LEVEL") {
+        cfg.log.level = Some(l.trim().to_string());
+    }
+    if let Some(f) = get(getenv, "LOG_FORMAT") {
+        cfg.log.format = Some(match f.trim().to_ascii_lowercase().as_str() {
+            "json" => super::LogFormat::Json,
+            "text" => super::LogFormat::Text,
+            _ => return Err(ConfigError(format!("LOG_FORMAT={f:?}: expected json or text"))),
+        });
+    }
+    if let Some(f) = get(getenv, "LOG_FILE") {
+        cfg.log.file = Some(PathBuf::from(f));
+    }
+
     set!(cfg.models.allowed, list(getenv, "ALLOWED_MODELS"));
     set!(cfg.models.disallowed, list(getenv, "DISALLOWED_MODELS"));
 

@@ -57,6 +57,60 @@ pub struct Config {
     pub providers: BTreeMap<String, ProviderConfig>,
     /// `alias -> provider/model` with optional default parameters and system prompt prefix.
     pub aliases: BTreeMap<String, AliasConfig>,
+    pub telemetry: TelemetryConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetryConfig {
+    /// Serve Prometheus metrics (`TELEMETRY_ENABLE`).
+    pub enable: bool,
+    /// Port of the metrics listener (`TELEMETRY_METRICS_PORT`); path `/metrics`.
+    pub metrics_port: u16,
+    /// Address of the metrics listener (`TELEMETRY_METRICS_HOST`); default: `server.host`.
+    pub metrics_host: Option<String>,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self { enable: false, metrics_port: 9464, metrics_host: None }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Json,
+    Text,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `error`, `warn`, `info`, `debug`, `trace` (`LOG_LEVEL`); default info (debug in
+    /// development). `RUST_LOG` overrides it with per-module filters.
+    pub level: Option<String>,
+    /// `json` or `text` (`LOG_FORMAT`); default json in production, text in development.
+    pub format: Option<LogFormat>,
+    /// Append logs to this file instead of stderr (`LOG_FILE`).
+    pub file: Option<PathBuf>,
+}
+
+impl Config {
+    pub fn log_format(&self) -> LogFormat {
+        self.log.format.unwrap_or(match self.environment {
+            Environment::Production => LogFormat::Json,
+            Environment::Development => LogFormat::Text,
+        })
+    }
+
+    pub fn log_level(&self) -> &str {
+        self.log.level.as_deref().unwrap_or(match self.environment {
+            Environment::Production => "info",
+            Environment::Development => "debug",
+        })
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -191,6 +245,8 @@ impl Default for Config {
             models: ModelsConfig::default(),
             providers: BTreeMap::new(),
             aliases: BTreeMap::new(),
+            telemetry: TelemetryConfig::default(),
+            log: LogConfig::default(),
         }
     }
 }
@@ -276,6 +332,18 @@ impl Config {
                  only TLS12 (rustls never negotiates below TLS 1.2)",
                 self.client.tls_min_version
             )));
+        }
+        if let Some(l) = &self.log.level {
+            if !matches!(l.to_ascii_lowercase().as_str(), "error" | "warn" | "info" | "debug" | "trace" | "off") {
+                return Err(ConfigError(format!(
+                    "log.level (LOG_LEVEL): {l:?} is not error, warn, info, debug, trace or off"
+                )));
+            }
+        }
+        if self.telemetry.enable && self.telemetry.metrics_port == self.server.port {
+            return Err(ConfigError(
+                "telemetry.metrics_port (TELEMETRY_METRICS_PORT) must differ from server.port".into(),
+            ));
         }
         if let Some(ca) = &self.client.ca_file {
             if !ca.is_file() {

@@ -15,6 +15,7 @@ use crate::errors::{self, ApiError};
 use crate::proxy::{body, respond, Gateway, RequestCtx};
 use crate::routing::Route;
 use crate::upstream::{UpstreamError, UpstreamRequest, UpstreamResponse};
+use std::time::Instant;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Endpoint {
@@ -51,6 +52,12 @@ async fn run(
     ep: Endpoint,
 ) -> Result<(), ApiError> {
     let raw = body::read_limited(session, gw.cfg.server.max_request_body_size).await?;
+    ctx.bytes_in = raw.len();
+    if gw.cfg.environment == crate::config::Environment::Development {
+        // Development only: production never logs bodies.
+        let end = raw.len().min(1024);
+        ctx.body_sample = Some(String::from_utf8_lossy(&raw[..end]).into_owned());
+    }
     let mut obj = RawObject::parse(&raw).map_err(|e| match e {
         ParseError::NotAnObject => ApiError::bad_request(e.to_string()).code("invalid_json"),
         ParseError::Syntax(m) => ApiError::bad_request(format!(
@@ -73,6 +80,7 @@ async fn run(
     let route = gw.router.route(&model, provider_param.as_deref())?;
     let provider = route.provider.clone();
     ctx.provider = Some(provider.name.clone());
+    ctx.upstream_model = Some(route.upstream_model.clone());
     if provider.missing_key() {
         return Err(ApiError::bad_request(format!(
             "Provider {} has no API key configured (set {}_API_KEY)",
@@ -135,20 +143,32 @@ async fn run(
 
     // Wait for the upstream while watching the client: if it hangs up, the upstream call is
     // dropped (its connection closed) instead of generating tokens nobody reads.
+    ctx.upstream_attempted = true;
+    let waited = Instant::now();
     let sent = tokio::select! {
         r = gw.client.send(&provider, &req) => r,
         _ = session.as_downstream_mut().read_body_or_idle(true) => {
+            ctx.upstream_wait += waited.elapsed();
             ctx.client_gone = true;
             ctx.error = Some("client_disconnected");
             return Ok(());
         }
     };
-    let resp =
-        sent.map_err(|e| ApiError::new(e.status(), e.message(&provider.name)).code(e.code()))?;
+    ctx.upstream_wait += waited.elapsed();
+    let resp = sent.map_err(|e| {
+        ctx.upstream_failure = Some(e.reason());
+        ApiError::new(e.status(), e.message(&provider.name)).code(e.code())
+    })?;
 
     ctx.upstream_addr = Some(resp.addr);
+    ctx.upstream_retries = resp.retries;
     let status = resp.status();
     if !(200..300).contains(&status) {
+        ctx.upstream_failure = Some(match status {
+            429 => "status_429",
+            500..=599 => "status_5xx",
+            _ => "status_4xx",
+        });
         return relay_error(gw, session, ctx, &provider.name, plan.dialect, resp).await;
     }
     if plan.stream && resp.is_event_stream() {
@@ -302,7 +322,10 @@ async fn relay_error(
 ) -> Result<(), ApiError> {
     let status = resp.status();
     let limit = gw.cfg.client.max_response_body_size.min(1 << 20);
-    let body = match resp.read_all(limit).await {
+    let waited = Instant::now();
+    let read = resp.read_all(limit).await;
+    ctx.upstream_wait += waited.elapsed();
+    let body = match read {
         Ok(b) => b,
         Err(UpstreamError::TooLarge) => Bytes::new(),
         Err(e) => return Err(ApiError::new(e.status(), e.message(provider)).code(e.code())),
@@ -345,10 +368,13 @@ async fn relay_whole(
     plan: &Plan,
 ) -> Result<(), ApiError> {
     let provider = &route.provider.name;
-    let raw = resp
-        .read_all(gw.cfg.client.max_response_body_size)
-        .await
-        .map_err(|e| ApiError::new(e.status(), e.message(provider)).code(e.code()))?;
+    let waited = Instant::now();
+    let read = resp.read_all(gw.cfg.client.max_response_body_size).await;
+    ctx.upstream_wait += waited.elapsed();
+    let raw = read.map_err(|e| {
+        ctx.upstream_failure = Some(e.reason());
+        ApiError::new(e.status(), e.message(provider)).code(e.code())
+    })?;
     let content_type = resp
         .header_str("content-type")
         .unwrap_or("application/json")
@@ -363,6 +389,7 @@ async fn relay_whole(
         d => {
             let t = dialects::translate_response(d, &raw, &route.upstream_model, unix_now())
                 .map_err(|e| {
+                    ctx.upstream_failure = Some("invalid_response");
                     ApiError::new(
                         502,
                         format!(
@@ -375,10 +402,8 @@ async fn relay_whole(
             (Bytes::from(t.body), t.usage, "application/json".to_string())
         }
     };
-    if let Some(u) = usage {
-        ctx.prompt_tokens = Some(u.prompt_tokens);
-        ctx.completion_tokens = Some(u.completion_tokens);
-    }
+    ctx.usage = usage;
+    ctx.tool_calls = usage::tool_calls_from_body(&body);
     let mut h = respond::header(status, &content_type, ctx);
     gateway_headers(&mut h, route, plan);
     if respond::full(session, ctx, h, body).await.is_err() {
@@ -430,30 +455,49 @@ async fn relay_stream(
             max_event,
         ),
     };
+    let metrics = gw.metrics.as_deref();
+    let model = route.upstream_model.as_str();
+    // Per-stream handles, resolved once: the per-chunk cost is one histogram observe.
+    let itl = metrics.map(|m| m.inter_token_latency.with_label_values(&[provider, model]));
+    let active = metrics.map(|m| m.active_streams.with_label_values(&[provider]));
+    if let Some(a) = &active {
+        a.inc();
+    }
     let mut out = BytesMut::with_capacity(4096);
     let mut clean = false;
+    let mut first_write: Option<Instant> = None;
+    let mut last_write = Instant::now();
     loop {
+        let waited = Instant::now();
         let next = tokio::select! {
             r = resp.read_chunk() => r,
             _ = session.as_downstream_mut().read_body_or_idle(true) => {
                 // Client hung up: drop the upstream connection so generation stops.
+                ctx.upstream_wait += waited.elapsed();
                 ctx.client_gone = true;
                 break;
             }
         };
+        ctx.upstream_wait += waited.elapsed();
         let end = match next {
             Ok(Some(chunk)) => match relay.feed(&chunk, &mut out) {
                 Ok(()) => None,
-                Err(_) => Some(StreamEnd::Failed {
-                    message: format!("provider {provider} sent an oversized stream event"),
-                    code: "upstream_stream_error",
-                }),
+                Err(_) => {
+                    ctx.upstream_failure = Some("oversized_event");
+                    Some(StreamEnd::Failed {
+                        message: format!("provider {provider} sent an oversized stream event"),
+                        code: "upstream_stream_error",
+                    })
+                }
             },
             Ok(None) => Some(StreamEnd::Clean),
-            Err(e) => Some(StreamEnd::Failed {
-                message: e.message(provider),
-                code: e.code(),
-            }),
+            Err(e) => {
+                ctx.upstream_failure = Some(match e {
+                    UpstreamError::IdleTimeout => "stream_idle_timeout",
+                    _ => "stream_interrupted",
+                });
+                Some(StreamEnd::Failed { message: e.message(provider), code: e.code() })
+            }
         };
         let last = end.is_some();
         if let Some(end) = end {
@@ -466,6 +510,19 @@ async fn relay_stream(
         if !out.is_empty() || last {
             let data = out.split().freeze();
             ctx.bytes_out += data.len();
+            let now = Instant::now();
+            match first_write {
+                None => {
+                    first_write = Some(now);
+                    ctx.ttft = Some(now - ctx.start);
+                }
+                Some(_) => {
+                    if let Some(h) = &itl {
+                        h.observe((now - last_write).as_secs_f64() * 1000.0);
+                    }
+                }
+            }
+            last_write = now;
             if session.write_response_body(Some(data), last).await.is_err() {
                 ctx.client_gone = true;
                 break;
@@ -475,9 +532,20 @@ async fn relay_stream(
             break;
         }
     }
-    if let Some(u) = relay.usage() {
-        ctx.prompt_tokens = Some(u.prompt_tokens);
-        ctx.completion_tokens = Some(u.completion_tokens);
+    if let Some(a) = &active {
+        a.dec();
+    }
+    ctx.generation = first_write.map(|f| last_write - f);
+    ctx.usage = relay.usage().cloned();
+    let stats = relay.stats();
+    ctx.tool_calls = stats.tool_calls.clone();
+    if ctx.usage.is_none() {
+        // The stream ended (disconnect, failure, or a provider without stream usage) before any
+        // usage report: record an estimate rather than nothing (see README "Metrics").
+        ctx.estimated_usage = Some((
+            (ctx.bytes_in as u64).div_ceil(4),
+            stats.estimated_completion_tokens(),
+        ));
     }
     if ctx.client_gone {
         ctx.error = Some("client_disconnected");

@@ -7,6 +7,7 @@
 //!   stream both ways, and the filters below only pick the peer and swap credentials.
 
 pub mod body;
+mod record;
 pub mod respond;
 
 use std::sync::Arc;
@@ -21,7 +22,9 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorType, Result};
 
-use crate::config::Config;
+use crate::config::{Config, LogFormat};
+use crate::metrics::Metrics;
+use filters::usage::Usage;
 use crate::errors::ApiError;
 use crate::handlers::{self, llm::Endpoint};
 use crate::providers::{Provider, Providers};
@@ -34,32 +37,59 @@ pub struct Gateway {
     pub providers: Arc<Providers>,
     pub router: Router,
     pub client: UpstreamClient,
+    /// Present when telemetry is enabled.
+    pub metrics: Option<Arc<Metrics>>,
+    log_format: LogFormat,
 }
 
 impl Gateway {
-    pub fn new(cfg: Arc<Config>, providers: Arc<Providers>) -> Self {
+    pub fn new(cfg: Arc<Config>, providers: Arc<Providers>, metrics: Option<Arc<Metrics>>) -> Self {
         Gateway {
             router: Router::new(&cfg, providers.clone()),
             client: UpstreamClient::new(&cfg.client),
             providers,
+            metrics,
+            log_format: cfg.log_format(),
             cfg,
         }
     }
 }
 
-/// Per-request state; also what the access log line is made of.
+/// Per-request state, and the one record metrics, the access log and (later) limits are made of.
 pub struct RequestCtx {
     pub request_id: String,
     pub start: Instant,
+    /// Bounded label for the endpoint (`/v1/chat/completions`, `/proxy/{provider}`, `other`).
+    pub route: &'static str,
     pub provider: Option<String>,
+    /// Model as the client named it.
     pub model: Option<String>,
+    /// Model as sent to the provider.
+    pub upstream_model: Option<String>,
     pub status: u16,
+    pub bytes_in: usize,
     pub bytes_out: usize,
-    pub prompt_tokens: Option<u64>,
-    pub completion_tokens: Option<u64>,
+    /// Usage as reported by the provider.
+    pub usage: Option<Usage>,
+    /// (prompt, completion) estimate when a stream ended without a usage report.
+    pub estimated_usage: Option<(u64, u64)>,
+    /// Tool calls the model returned.
+    pub tool_calls: Vec<String>,
+    /// Request start to the first streamed event.
+    pub ttft: Option<std::time::Duration>,
+    /// First streamed event to the end of the stream.
+    pub generation: Option<std::time::Duration>,
+    /// Time spent waiting for the provider (headers and body reads).
+    pub upstream_wait: std::time::Duration,
+    pub upstream_attempted: bool,
+    /// Why the provider request failed, if it did (`connect`, `timeout`, `status_5xx`, ...).
+    pub upstream_failure: Option<&'static str>,
+    pub upstream_retries: u32,
     pub error: Option<&'static str>,
     pub client_gone: bool,
     pub upstream_addr: Option<std::net::SocketAddr>,
+    /// Development only: the start of the request body, for the access log.
+    pub body_sample: Option<String>,
     /// Set for `/proxy/{provider}/...` requests that go through the proxy loop.
     passthrough: Option<Passthrough>,
     body_seen: usize,
@@ -98,15 +128,26 @@ impl ProxyHttp for Gateway {
         RequestCtx {
             request_id: String::new(),
             start: Instant::now(),
+            route: "other",
             provider: None,
             model: None,
+            upstream_model: None,
             status: 0,
+            bytes_in: 0,
             bytes_out: 0,
-            prompt_tokens: None,
-            completion_tokens: None,
+            usage: None,
+            estimated_usage: None,
+            tool_calls: Vec::new(),
+            ttft: None,
+            generation: None,
+            upstream_wait: std::time::Duration::ZERO,
+            upstream_attempted: false,
+            upstream_failure: None,
+            upstream_retries: 0,
             error: None,
             client_gone: false,
             upstream_addr: None,
+            body_sample: None,
             passthrough: None,
             body_seen: 0,
         }
@@ -129,6 +170,15 @@ impl ProxyHttp for Gateway {
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         let method = session.req_header().method.clone();
         let path = session.req_header().uri.path().to_string();
+        ctx.route = match path.as_str() {
+            "/health" => "/health",
+            "/v1/chat/completions" => "/v1/chat/completions",
+            "/v1/completions" => "/v1/completions",
+            "/v1/embeddings" => "/v1/embeddings",
+            "/v1/models" => "/v1/models",
+            p if p.starts_with("/proxy/") => "/proxy/{provider}",
+            _ => "other",
+        };
         let answered = match (method, path.as_str()) {
             (Method::GET | Method::HEAD, "/health") => {
                 let _ = respond::json(session, ctx, 200, Bytes::from_static(br#"{"status":"ok"}"#))
@@ -306,24 +356,48 @@ impl ProxyHttp for Gateway {
         if ctx.status == 0 {
             ctx.status = session.response_written().map_or(0, |r| r.status.as_u16());
         }
-        let req = session.req_header();
-        info!(
-            target: "access",
-            "request_id={} method={} path={} status={} provider={} upstream={} model={} prompt_tokens={} completion_tokens={} duration_ms={} bytes_out={} error={}{}",
-            ctx.request_id,
-            req.method,
-            req.uri.path(),
-            ctx.status,
-            ctx.provider.as_deref().unwrap_or("-"),
-            ctx.upstream_addr.map_or("-".into(), |a| a.to_string()),
-            ctx.model.as_deref().unwrap_or("-"),
-            ctx.prompt_tokens.map_or("-".into(), |t| t.to_string()),
-            ctx.completion_tokens.map_or("-".into(), |t| t.to_string()),
-            ctx.start.elapsed().as_millis(),
-            ctx.bytes_out.max(session.body_bytes_sent()),
-            ctx.error.unwrap_or("-"),
-            if ctx.client_gone { " client_disconnected=true" } else { "" },
-        );
+        if ctx.passthrough.is_some() {
+            ctx.bytes_in = session.body_bytes_read();
+            ctx.bytes_out = session.body_bytes_sent();
+        }
+        if let Some(m) = &self.metrics {
+            crate::proxy::record::metrics(m, session, ctx);
+        }
+        if log::log_enabled!(target: "access", log::Level::Info) {
+            let req = session.req_header();
+            let (prompt, completion, estimated) = match (&ctx.usage, ctx.estimated_usage) {
+                (Some(u), _) => (Some(u.prompt_tokens), Some(u.completion_tokens), false),
+                (None, Some((p, c))) => (Some(p), Some(c), true),
+                (None, None) => (None, None, false),
+            };
+            let record = crate::access_log::AccessRecord {
+                time: crate::access_log::AccessRecord::now(),
+                level: "info",
+                kind: "access",
+                request_id: &ctx.request_id,
+                method: req.method.as_str(),
+                path: req.uri.path(),
+                status: ctx.status,
+                provider: ctx.provider.as_deref(),
+                model: ctx.model.as_deref(),
+                upstream_model: ctx.upstream_model.as_deref(),
+                upstream: ctx.upstream_addr.map(|a| a.to_string()),
+                key_id: None,
+                prompt_tokens: prompt,
+                completion_tokens: completion,
+                usage_estimated: estimated,
+                ttft_ms: ctx.ttft.map(|d| d.as_secs_f64() * 1000.0),
+                duration_ms: ctx.start.elapsed().as_secs_f64() * 1000.0,
+                upstream_ms: ctx.upstream_wait.as_secs_f64() * 1000.0,
+                bytes_in: ctx.bytes_in,
+                bytes_out: ctx.bytes_out,
+                error: ctx.error,
+                client_disconnected: ctx.client_gone,
+                tool_calls: &ctx.tool_calls,
+                request_body: ctx.body_sample.as_deref(),
+            };
+            info!(target: "access", "{}", record.render(self.log_format));
+        }
         if let Some(e) = e {
             if !ctx.client_gone {
                 warn!("request {} failed: {e}", ctx.request_id);

@@ -53,7 +53,7 @@ impl GatewayProcess {
         let mut cmd = Command::new(bin());
         cmd.env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("RUST_LOG", "info")
+            .env("LOG_FORMAT", "text")
             .env("SERVER_HOST", "127.0.0.1")
             .env("SERVER_PORT", port.to_string())
             .env("SERVER_THREADS", "2")

@@ -8,7 +8,7 @@ use serde_json::Value;
 
 use crate::openai::ErrorEnvelope;
 use crate::sse;
-use crate::usage::Usage;
+use crate::usage::{StreamStats, Usage};
 
 #[derive(Debug)]
 pub struct ChunkWriter {
@@ -19,6 +19,8 @@ pub struct ChunkWriter {
     include_usage: bool,
     role_sent: bool,
     done: bool,
+    /// Tool calls and text written so far.
+    pub stats: StreamStats,
 }
 
 #[derive(Serialize)]
@@ -53,6 +55,7 @@ impl ChunkWriter {
             include_usage,
             role_sent: false,
             done: false,
+            stats: StreamStats::default(),
         }
     }
 
@@ -98,6 +101,7 @@ impl ChunkWriter {
             return;
         }
         self.role(out);
+        self.stats.text_bytes += text.len() as u64;
         self.write(&serde_json::json!({ "content": text }), None, out);
     }
 
@@ -106,12 +110,14 @@ impl ChunkWriter {
             return;
         }
         self.role(out);
+        self.stats.text_bytes += text.len() as u64;
         self.write(&serde_json::json!({ "reasoning_content": text }), None, out);
     }
 
     /// Opens tool call `index` (id, name, empty arguments).
     pub fn tool_call_start(&mut self, index: u32, id: &str, name: &str, out: &mut BytesMut) {
         self.role(out);
+        self.stats.tool_calls.push(name.to_string());
         let delta = serde_json::json!({"tool_calls": [{"index": index, "id": id, "type": "function",
             "function": {"name": name, "arguments": ""}}]});
         self.write(&delta, None, out);
@@ -121,6 +127,7 @@ impl ChunkWriter {
         if args.is_empty() {
             return;
         }
+        self.stats.text_bytes += args.len() as u64;
         self.role(out);
         let delta =
             serde_json::json!({"tool_calls": [{"index": index, "function": {"arguments": args}}]});

@@ -673,4 +673,8 @@ impl StreamTranslator for StreamState {
     fn usage(&self) -> Option<&Usage> {
         self.usage.as_ref()
     }
+
+    fn stats(&self) -> &crate::usage::StreamStats {
+        &self.w.stats
+    }
 }

@@ -17,7 +17,7 @@ use serde_json::Value;
 use crate::openai::{error_type_for_status, ChatCompletionRequest, ErrorEnvelope};
 use crate::sse::EventTooLarge;
 use crate::stream_relay::{OpenAiStreamRelay, StreamEnd};
-use crate::usage::Usage;
+use crate::usage::{StreamStats, Usage};
 
 /// The API a provider speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -110,6 +110,8 @@ pub trait StreamTranslator: Send {
     fn finish(&mut self, end: StreamEnd, out: &mut BytesMut);
     /// Usage as reported so far (cumulative).
     fn usage(&self) -> Option<&Usage>;
+    /// Tool calls and generated text so far (metrics, and the usage estimate on disconnect).
+    fn stats(&self) -> &StreamStats;
 }
 
 impl StreamTranslator for OpenAiStreamRelay {
@@ -121,6 +123,9 @@ impl StreamTranslator for OpenAiStreamRelay {
     }
     fn usage(&self) -> Option<&Usage> {
         OpenAiStreamRelay::usage(self)
+    }
+    fn stats(&self) -> &StreamStats {
+        OpenAiStreamRelay::stats(self)
     }
 }
 

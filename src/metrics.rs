@@ -1,0 +1,158 @@
+//! Prometheus metrics: the Go gateway's metric names, labels and buckets (dashboards built for it
+//! keep working), plus what an LLM gateway operator needs beyond them.
+//!
+//! Everything is recorded from one per-request record (`RequestCtx`) in `logging()`, except the
+//! per-chunk inter-token latency and the active-streams gauge, which the stream loop updates.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use http::Response;
+use pingora::apps::http_app::ServeHttp;
+use pingora::protocols::http::ServerSession;
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// The seed's buckets for durations in milliseconds.
+const MS_BUCKETS: &[f64] = &[
+    1.0, 5.0, 10.0, 25.0, 50.0, 75.0, 100.0, 250.0, 500.0, 750.0, 1000.0, 2500.0, 5000.0, 7500.0,
+    10000.0,
+];
+/// Finer buckets for time the gateway itself spends (milliseconds).
+const OVERHEAD_BUCKETS: &[f64] = &[0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0];
+const TPS_BUCKETS: &[f64] = &[1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2500.0];
+const BYTES_BUCKETS: &[f64] = &[
+    256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0, 4194304.0, 16777216.0,
+];
+
+pub const REQUEST_LABELS: &[&str] = &["provider", "request_method", "request_path", "status_code"];
+const TOKEN_LABELS: &[&str] = &["provider", "model"];
+const TOOL_LABELS: &[&str] = &["provider", "model", "tool_type", "tool_name"];
+
+pub struct Metrics {
+    pub registry: Registry,
+    pub requests: IntCounterVec,
+    pub responses: IntCounterVec,
+    pub request_duration: HistogramVec,
+    pub prompt_tokens: IntCounterVec,
+    pub completion_tokens: IntCounterVec,
+    pub total_tokens: IntCounterVec,
+    pub estimated_prompt_tokens: IntCounterVec,
+    pub estimated_completion_tokens: IntCounterVec,
+    pub tool_calls: IntCounterVec,
+    // Success/failure/duration apply to tool calls the gateway executes itself (the MCP loop);
+    // tool calls returned to clients are counted in `tool_calls` only.
+    #[allow(dead_code)]
+    pub tool_calls_success: IntCounterVec,
+    #[allow(dead_code)]
+    pub tool_calls_failure: IntCounterVec,
+    #[allow(dead_code)]
+    pub tool_call_duration: HistogramVec,
+    pub ttft: HistogramVec,
+    pub inter_token_latency: HistogramVec,
+    pub output_tokens_per_second: HistogramVec,
+    pub active_streams: IntGaugeVec,
+    pub upstream_attempts: IntCounterVec,
+    pub upstream_failures: IntCounterVec,
+    pub upstream_retries: IntCounterVec,
+    pub gateway_overhead: HistogramVec,
+    pub request_body_bytes: HistogramVec,
+    pub response_body_bytes: HistogramVec,
+}
+
+fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+    r.register(Box::new(c.clone())).expect("unique metric");
+    c
+}
+
+fn histogram(r: &Registry, name: &str, help: &str, labels: &[&str], buckets: &[f64]) -> HistogramVec {
+    let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets.to_vec()), labels)
+        .expect("valid metric");
+    r.register(Box::new(h.clone())).expect("unique metric");
+    h
+}
+
+impl Metrics {
+    pub fn new() -> Arc<Metrics> {
+        let r = Registry::new();
+        let active_streams = IntGaugeVec::new(
+            Opts::new("llm_active_streams", "Streaming responses in progress"),
+            &["provider"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(active_streams.clone())).expect("unique metric");
+        Arc::new(Metrics {
+            requests: counter(&r, "llm_requests_total", "Requests received", REQUEST_LABELS),
+            responses: counter(&r, "llm_responses_total", "Responses sent", REQUEST_LABELS),
+            request_duration: histogram(&r, "llm_request_duration", "Request duration in milliseconds", REQUEST_LABELS, MS_BUCKETS),
+            prompt_tokens: counter(&r, "llm_usage_prompt_tokens_total", "Prompt tokens reported by providers", TOKEN_LABELS),
+            completion_tokens: counter(&r, "llm_usage_completion_tokens_total", "Completion tokens reported by providers", TOKEN_LABELS),
+            total_tokens: counter(&r, "llm_usage_total_tokens_total", "Total tokens reported by providers", TOKEN_LABELS),
+            estimated_prompt_tokens: counter(&r, "llm_usage_prompt_tokens_estimated_total",
+                "Prompt tokens estimated (request bytes / 4) for streams that ended without a usage report", &["provider", "model", "estimated"]),
+            estimated_completion_tokens: counter(&r, "llm_usage_completion_tokens_estimated_total",
+                "Completion tokens estimated (streamed text bytes / 4) for streams that ended without a usage report", &["provider", "model", "estimated"]),
+            tool_calls: counter(&r, "llm_tool_calls_total", "Tool calls made by models", TOOL_LABELS),
+            tool_calls_success: counter(&r, "llm_tool_calls_success_total", "Tool calls executed by the gateway that succeeded", TOOL_LABELS),
+            tool_calls_failure: counter(&r, "llm_tool_calls_failure_total", "Tool calls executed by the gateway that failed",
+                &["provider", "model", "tool_type", "tool_name", "error_type"]),
+            tool_call_duration: histogram(&r, "llm_tool_call_duration", "Duration of tool calls executed by the gateway in milliseconds", TOOL_LABELS, MS_BUCKETS),
+            ttft: histogram(&r, "llm_time_to_first_token_milliseconds", "Time from request to the first streamed event", TOKEN_LABELS, MS_BUCKETS),
+            inter_token_latency: histogram(&r, "llm_inter_token_latency_milliseconds", "Gap between consecutive streamed writes", TOKEN_LABELS, MS_BUCKETS),
+            output_tokens_per_second: histogram(&r, "llm_output_tokens_per_second", "Completion tokens per second of generation", TOKEN_LABELS, TPS_BUCKETS),
+            active_streams,
+            upstream_attempts: counter(&r, "llm_upstream_attempts_total", "Requests sent to providers", &["provider"]),
+            upstream_failures: counter(&r, "llm_upstream_failures_total", "Failed provider requests by reason", &["provider", "reason"]),
+            upstream_retries: counter(&r, "llm_upstream_retries_total", "Provider requests retried by reason", &["provider", "reason"]),
+            gateway_overhead: histogram(&r, "llm_gateway_overhead_milliseconds",
+                "Request time not spent waiting for the provider", &["request_path"], OVERHEAD_BUCKETS),
+            request_body_bytes: histogram(&r, "llm_request_body_bytes", "Request body size", &["request_path"], BYTES_BUCKETS),
+            response_body_bytes: histogram(&r, "llm_response_body_bytes", "Response body size", &["request_path"], BYTES_BUCKETS),
+            registry: r,
+        })
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(16 * 1024);
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("text encoding cannot fail");
+        out
+    }
+}
+
+/// `tool_type` label: `mcp` for the gateway's MCP tools, else `standard_tool_use`.
+pub fn tool_type(name: &str) -> &'static str {
+    if name.starts_with("mcp_") {
+        "mcp"
+    } else {
+        "standard_tool_use"
+    }
+}
+
+/// Serves `GET /metrics` (and `/` for convenience) on the telemetry port.
+pub struct MetricsApp(pub Arc<Metrics>);
+
+#[async_trait]
+impl ServeHttp for MetricsApp {
+    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let path = session.req_header().uri.path();
+        if path != "/metrics" && path != "/" {
+            return Response::builder()
+                .status(404)
+                .header("content-type", "text/plain")
+                .body(b"not found; metrics are at /metrics\n".to_vec())
+                .expect("valid response");
+        }
+        let body = self.0.render();
+        Response::builder()
+            .status(200)
+            .header("content-type", "text/plain; version=0.0.4; charset=utf-8")
+            .header("content-length", body.len())
+            .body(body)
+            .expect("valid response")
+    }
+}

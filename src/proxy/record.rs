@@ -1,0 +1,73 @@
+//! Turns the finished per-request record into metric updates (called once, from `logging`).
+
+use pingora::proxy::Session;
+
+use crate::metrics::{tool_type, Metrics};
+use crate::proxy::RequestCtx;
+
+pub fn metrics(m: &Metrics, session: &Session, ctx: &RequestCtx) {
+    let provider = ctx.provider.as_deref().unwrap_or("");
+    let method = session.req_header().method.as_str();
+    let status = ctx.status.to_string();
+    let labels = [provider, method, ctx.route, status.as_str()];
+    m.requests.with_label_values(&labels).inc();
+    if !ctx.client_gone || ctx.status != 0 {
+        m.responses.with_label_values(&labels).inc();
+    }
+    let elapsed = ctx.start.elapsed();
+    m.request_duration
+        .with_label_values(&labels)
+        .observe(elapsed.as_secs_f64() * 1000.0);
+    let overhead = elapsed.saturating_sub(ctx.upstream_wait);
+    m.gateway_overhead
+        .with_label_values(&[ctx.route])
+        .observe(overhead.as_secs_f64() * 1000.0);
+    m.request_body_bytes.with_label_values(&[ctx.route]).observe(ctx.bytes_in as f64);
+    m.response_body_bytes.with_label_values(&[ctx.route]).observe(ctx.bytes_out as f64);
+
+    if ctx.upstream_attempted {
+        m.upstream_attempts.with_label_values(&[provider]).inc();
+        if ctx.upstream_retries > 0 {
+            m.upstream_retries
+                .with_label_values(&[provider, "stale_connection"])
+                .inc_by(u64::from(ctx.upstream_retries));
+        }
+        if let Some(reason) = ctx.upstream_failure {
+            m.upstream_failures.with_label_values(&[provider, reason]).inc();
+        }
+    }
+
+    let model = ctx.upstream_model.as_deref().or(ctx.model.as_deref()).unwrap_or("");
+    let tm = [provider, model];
+    let completion = match (&ctx.usage, ctx.estimated_usage) {
+        (Some(u), _) => {
+            m.prompt_tokens.with_label_values(&tm).inc_by(u.prompt_tokens);
+            m.completion_tokens.with_label_values(&tm).inc_by(u.completion_tokens);
+            m.total_tokens.with_label_values(&tm).inc_by(u.total_tokens);
+            Some(u.completion_tokens)
+        }
+        (None, Some((p, c))) => {
+            m.estimated_prompt_tokens.with_label_values(&[provider, model, "true"]).inc_by(p);
+            m.estimated_completion_tokens.with_label_values(&[provider, model, "true"]).inc_by(c);
+            Some(c)
+        }
+        (None, None) => None,
+    };
+    if let Some(t) = ctx.ttft {
+        m.ttft.with_label_values(&tm).observe(t.as_secs_f64() * 1000.0);
+    }
+    // Generation speed: streams from the first event to the end; otherwise the whole call.
+    let gen_time = ctx.generation.unwrap_or(ctx.upstream_wait);
+    if let Some(c) = completion.filter(|c| *c > 0) {
+        if gen_time.as_secs_f64() > 0.0 {
+            m.output_tokens_per_second
+                .with_label_values(&tm)
+                .observe(c as f64 / gen_time.as_secs_f64());
+        }
+    }
+    for name in &ctx.tool_calls {
+        m.tool_calls
+            .with_label_values(&[provider, model, tool_type(name), name])
+            .inc();
+    }
+}
