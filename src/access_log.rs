@@ -114,12 +114,23 @@ pub fn init_logging(cfg: &Config) -> Result<(), String> {
                     target: record.target(),
                     message: record.args().to_string(),
                 };
-                writeln!(buf, "{}", serde_json::to_string(&line).expect("line serializes"))
+                writeln!(
+                    buf,
+                    "{}",
+                    serde_json::to_string(&line).expect("line serializes")
+                )
             });
         }
         LogFormat::Text => {
             b.format(|buf, record| {
-                writeln!(buf, "[{} {} {}] {}", AccessRecord::now(), record.level(), record.target(), record.args())
+                writeln!(
+                    buf,
+                    "[{} {} {}] {}",
+                    AccessRecord::now(),
+                    record.level(),
+                    record.target(),
+                    record.args()
+                )
             });
         }
     }

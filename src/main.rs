@@ -97,8 +97,16 @@ fn run(cli: Cli, cfg: Config, providers: Arc<Providers>) -> ExitCode {
 
     let metrics = cfg.telemetry.enable.then(metrics::Metrics::new);
     if let Some(m) = &metrics {
-        let host = cfg.telemetry.metrics_host.as_deref().unwrap_or(&cfg.server.host);
-        let host = if host == "localhost" { "127.0.0.1" } else { host };
+        let host = cfg
+            .telemetry
+            .metrics_host
+            .as_deref()
+            .unwrap_or(&cfg.server.host);
+        let host = if host == "localhost" {
+            "127.0.0.1"
+        } else {
+            host
+        };
         let addr = if host.contains(':') {
             format!("[{host}]:{}", cfg.telemetry.metrics_port)
         } else {

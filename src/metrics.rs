@@ -19,9 +19,18 @@ const MS_BUCKETS: &[f64] = &[
     1.0, 5.0, 10.0, 25.0, 50.0, 75.0, 100.0, 250.0, 500.0, 750.0, 1000.0, 2500.0, 5000.0, 7500.0,
     10000.0,
 ];
-/// Finer buckets for time the gateway itself spends (milliseconds).
-const OVERHEAD_BUCKETS: &[f64] = &[0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0];
-const TPS_BUCKETS: &[f64] = &[1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2500.0];
+// Metrics beyond the seed use base units (seconds), as Prometheus conventions and promtool ask.
+const TTFT_BUCKETS: &[f64] = &[
+    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+const ITL_BUCKETS: &[f64] = &[0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5];
+/// Time the gateway itself spends per request.
+const OVERHEAD_BUCKETS: &[f64] = &[
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+];
+const TPS_BUCKETS: &[f64] = &[
+    1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2500.0,
+];
 const BYTES_BUCKETS: &[f64] = &[
     256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0, 4194304.0, 16777216.0,
 ];
@@ -67,9 +76,18 @@ fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterV
     c
 }
 
-fn histogram(r: &Registry, name: &str, help: &str, labels: &[&str], buckets: &[f64]) -> HistogramVec {
-    let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets.to_vec()), labels)
-        .expect("valid metric");
+fn histogram(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+    buckets: &[f64],
+) -> HistogramVec {
+    let h = HistogramVec::new(
+        HistogramOpts::new(name, help).buckets(buckets.to_vec()),
+        labels,
+    )
+    .expect("valid metric");
     r.register(Box::new(h.clone())).expect("unique metric");
     h
 }
@@ -82,7 +100,8 @@ impl Metrics {
             &["provider"],
         )
         .expect("valid metric");
-        r.register(Box::new(active_streams.clone())).expect("unique metric");
+        r.register(Box::new(active_streams.clone()))
+            .expect("unique metric");
         Arc::new(Metrics {
             requests: counter(&r, "llm_requests_total", "Requests received", REQUEST_LABELS),
             responses: counter(&r, "llm_responses_total", "Responses sent", REQUEST_LABELS),
@@ -99,14 +118,14 @@ impl Metrics {
             tool_calls_failure: counter(&r, "llm_tool_calls_failure_total", "Tool calls executed by the gateway that failed",
                 &["provider", "model", "tool_type", "tool_name", "error_type"]),
             tool_call_duration: histogram(&r, "llm_tool_call_duration", "Duration of tool calls executed by the gateway in milliseconds", TOOL_LABELS, MS_BUCKETS),
-            ttft: histogram(&r, "llm_time_to_first_token_milliseconds", "Time from request to the first streamed event", TOKEN_LABELS, MS_BUCKETS),
-            inter_token_latency: histogram(&r, "llm_inter_token_latency_milliseconds", "Gap between consecutive streamed writes", TOKEN_LABELS, MS_BUCKETS),
+            ttft: histogram(&r, "llm_time_to_first_token_seconds", "Time from request to the first streamed event", TOKEN_LABELS, TTFT_BUCKETS),
+            inter_token_latency: histogram(&r, "llm_inter_token_latency_seconds", "Gap between consecutive streamed writes", TOKEN_LABELS, ITL_BUCKETS),
             output_tokens_per_second: histogram(&r, "llm_output_tokens_per_second", "Completion tokens per second of generation", TOKEN_LABELS, TPS_BUCKETS),
             active_streams,
             upstream_attempts: counter(&r, "llm_upstream_attempts_total", "Requests sent to providers", &["provider"]),
             upstream_failures: counter(&r, "llm_upstream_failures_total", "Failed provider requests by reason", &["provider", "reason"]),
             upstream_retries: counter(&r, "llm_upstream_retries_total", "Provider requests retried by reason", &["provider", "reason"]),
-            gateway_overhead: histogram(&r, "llm_gateway_overhead_milliseconds",
+            gateway_overhead: histogram(&r, "llm_gateway_overhead_seconds",
                 "Request time not spent waiting for the provider", &["request_path"], OVERHEAD_BUCKETS),
             request_body_bytes: histogram(&r, "llm_request_body_bytes", "Request body size", &["request_path"], BYTES_BUCKETS),
             response_body_bytes: histogram(&r, "llm_response_body_bytes", "Response body size", &["request_path"], BYTES_BUCKETS),

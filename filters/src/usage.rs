@@ -152,7 +152,12 @@ impl StreamStats {
             }
             if let Ok(p) = serde_json::from_slice::<P>(data) {
                 for c in p.choices {
-                    for t in c.delta.or(c.message).and_then(|m| m.tool_calls).unwrap_or_default() {
+                    for t in c
+                        .delta
+                        .or(c.message)
+                        .and_then(|m| m.tool_calls)
+                        .unwrap_or_default()
+                    {
                         if let Some(n) = t.function.and_then(|f| f.name).filter(|n| !n.is_empty()) {
                             self.tool_calls.push(n);
                         }

@@ -141,7 +141,10 @@ pub(super) fn apply(cfg: &mut Config, getenv: GetEnv) -> Result<(), ConfigError>
     if let Some(e) = flag(getenv, "TELEMETRY")? {
         cfg.telemetry.enable = e;
     }
-    set!(cfg.telemetry.metrics_port, parse(getenv, "TELEMETRY_METRICS_PORT")?);
+    set!(
+        cfg.telemetry.metrics_port,
+        parse(getenv, "TELEMETRY_METRICS_PORT")?
+    );
     if let Some(h) = get(getenv, "TELEMETRY_METRICS_HOST") {
         cfg.telemetry.metrics_host = Some(h);
     }
@@ -152,7 +155,11 @@ pub(super) fn apply(cfg: &mut Config, getenv: GetEnv) -> Result<(), ConfigError>
         cfg.log.format = Some(match f.trim().to_ascii_lowercase().as_str() {
             "json" => super::LogFormat::Json,
             "text" => super::LogFormat::Text,
-            _ => return Err(ConfigError(format!("LOG_FORMAT={f:?}: expected json or text"))),
+            _ => {
+                return Err(ConfigError(format!(
+                    "LOG_FORMAT={f:?}: expected json or text"
+                )))
+            }
         });
     }
     if let Some(f) = get(getenv, "LOG_FILE") {

@@ -74,7 +74,11 @@ pub struct TelemetryConfig {
 
 impl Default for TelemetryConfig {
     fn default() -> Self {
-        Self { enable: false, metrics_port: 9464, metrics_host: None }
+        Self {
+            enable: false,
+            metrics_port: 9464,
+            metrics_host: None,
+        }
     }
 }
 
@@ -334,7 +338,10 @@ impl Config {
             )));
         }
         if let Some(l) = &self.log.level {
-            if !matches!(l.to_ascii_lowercase().as_str(), "error" | "warn" | "info" | "debug" | "trace" | "off") {
+            if !matches!(
+                l.to_ascii_lowercase().as_str(),
+                "error" | "warn" | "info" | "debug" | "trace" | "off"
+            ) {
                 return Err(ConfigError(format!(
                     "log.level (LOG_LEVEL): {l:?} is not error, warn, info, debug, trace or off"
                 )));
@@ -342,7 +349,8 @@ impl Config {
         }
         if self.telemetry.enable && self.telemetry.metrics_port == self.server.port {
             return Err(ConfigError(
-                "telemetry.metrics_port (TELEMETRY_METRICS_PORT) must differ from server.port".into(),
+                "telemetry.metrics_port (TELEMETRY_METRICS_PORT) must differ from server.port"
+                    .into(),
             ));
         }
         if let Some(ca) = &self.client.ca_file {

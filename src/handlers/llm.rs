@@ -496,7 +496,10 @@ async fn relay_stream(
                     UpstreamError::IdleTimeout => "stream_idle_timeout",
                     _ => "stream_interrupted",
                 });
-                Some(StreamEnd::Failed { message: e.message(provider), code: e.code() })
+                Some(StreamEnd::Failed {
+                    message: e.message(provider),
+                    code: e.code(),
+                })
             }
         };
         let last = end.is_some();
@@ -518,7 +521,7 @@ async fn relay_stream(
                 }
                 Some(_) => {
                     if let Some(h) = &itl {
-                        h.observe((now - last_write).as_secs_f64() * 1000.0);
+                        h.observe((now - last_write).as_secs_f64());
                     }
                 }
             }

@@ -23,13 +23,13 @@ use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorType, Result};
 
 use crate::config::{Config, LogFormat};
-use crate::metrics::Metrics;
-use filters::usage::Usage;
 use crate::errors::ApiError;
 use crate::handlers::{self, llm::Endpoint};
+use crate::metrics::Metrics;
 use crate::providers::{Provider, Providers};
 use crate::routing::Router;
 use crate::upstream::UpstreamClient;
+use filters::usage::Usage;
 
 /// Shared, immutable state of a running gateway.
 pub struct Gateway {

@@ -21,9 +21,13 @@ pub fn metrics(m: &Metrics, session: &Session, ctx: &RequestCtx) {
     let overhead = elapsed.saturating_sub(ctx.upstream_wait);
     m.gateway_overhead
         .with_label_values(&[ctx.route])
-        .observe(overhead.as_secs_f64() * 1000.0);
-    m.request_body_bytes.with_label_values(&[ctx.route]).observe(ctx.bytes_in as f64);
-    m.response_body_bytes.with_label_values(&[ctx.route]).observe(ctx.bytes_out as f64);
+        .observe(overhead.as_secs_f64());
+    m.request_body_bytes
+        .with_label_values(&[ctx.route])
+        .observe(ctx.bytes_in as f64);
+    m.response_body_bytes
+        .with_label_values(&[ctx.route])
+        .observe(ctx.bytes_out as f64);
 
     if ctx.upstream_attempted {
         m.upstream_attempts.with_label_values(&[provider]).inc();
@@ -33,28 +37,42 @@ pub fn metrics(m: &Metrics, session: &Session, ctx: &RequestCtx) {
                 .inc_by(u64::from(ctx.upstream_retries));
         }
         if let Some(reason) = ctx.upstream_failure {
-            m.upstream_failures.with_label_values(&[provider, reason]).inc();
+            m.upstream_failures
+                .with_label_values(&[provider, reason])
+                .inc();
         }
     }
 
-    let model = ctx.upstream_model.as_deref().or(ctx.model.as_deref()).unwrap_or("");
+    let model = ctx
+        .upstream_model
+        .as_deref()
+        .or(ctx.model.as_deref())
+        .unwrap_or("");
     let tm = [provider, model];
     let completion = match (&ctx.usage, ctx.estimated_usage) {
         (Some(u), _) => {
-            m.prompt_tokens.with_label_values(&tm).inc_by(u.prompt_tokens);
-            m.completion_tokens.with_label_values(&tm).inc_by(u.completion_tokens);
+            m.prompt_tokens
+                .with_label_values(&tm)
+                .inc_by(u.prompt_tokens);
+            m.completion_tokens
+                .with_label_values(&tm)
+                .inc_by(u.completion_tokens);
             m.total_tokens.with_label_values(&tm).inc_by(u.total_tokens);
             Some(u.completion_tokens)
         }
         (None, Some((p, c))) => {
-            m.estimated_prompt_tokens.with_label_values(&[provider, model, "true"]).inc_by(p);
-            m.estimated_completion_tokens.with_label_values(&[provider, model, "true"]).inc_by(c);
+            m.estimated_prompt_tokens
+                .with_label_values(&[provider, model, "true"])
+                .inc_by(p);
+            m.estimated_completion_tokens
+                .with_label_values(&[provider, model, "true"])
+                .inc_by(c);
             Some(c)
         }
         (None, None) => None,
     };
     if let Some(t) = ctx.ttft {
-        m.ttft.with_label_values(&tm).observe(t.as_secs_f64() * 1000.0);
+        m.ttft.with_label_values(&tm).observe(t.as_secs_f64());
     }
     // Generation speed: streams from the first event to the end; otherwise the whole call.
     let gen_time = ctx.generation.unwrap_or(ctx.upstream_wait);
