@@ -2,7 +2,8 @@
 # Installs what building and testing need on a fresh Debian/Ubuntu machine with Rust:
 #   build: a C compiler and cmake (pingora-core builds zlib-ng with cmake)
 #   test:  python3 + the official `openai` SDK (compatibility test), promtool (Debian package
-#          `prometheus`) to validate the metrics exposition
+#          `prometheus`) to validate the metrics exposition, systemd-analyze (package `systemd`)
+#          to verify the unit file
 # Usage: scripts/deps.sh build|test
 set -euo pipefail
 what="${1:-build}"
@@ -18,6 +19,7 @@ if [ "$what" = "test" ]; then
   command -v python3 >/dev/null 2>&1 || missing+=(python3)
   python3 -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)
   command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+  command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
 fi
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "deps: installing ${missing[*]}"

@@ -2,6 +2,7 @@
 
 mod access_log;
 mod config;
+mod drain;
 mod errors;
 mod handlers;
 mod metrics;
@@ -84,16 +85,25 @@ fn run(cli: Cli, cfg: Config, providers: Arc<Providers>) -> ExitCode {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
     };
+    let s = &cfg.server;
     let conf = ServerConf {
         threads,
         daemon: cli.daemon,
-        pid_file: "/tmp/inference-gateway.pid".into(),
-        upgrade_sock: "/tmp/inference-gateway-upgrade.sock".into(),
+        pid_file: s.pid_file.to_string_lossy().into_owned(),
+        upgrade_sock: s.upgrade_sock.to_string_lossy().into_owned(),
+        grace_period_seconds: Some(s.grace_period.get().as_secs().max(1)),
+        graceful_shutdown_timeout_seconds: Some(s.graceful_shutdown_timeout.get().as_secs()),
+        // A daemon's parent returns only once the new process serves: a broken binary or
+        // config fails `systemctl reload` instead of leaving nothing listening.
+        daemon_wait_for_ready: true,
         upstream_keepalive_pool_size: cfg.client.max_idle_conns.max(1),
         ..ServerConf::default()
     };
     let mut server = Server::new_with_opt_and_conf(opt, conf);
-    server.bootstrap();
+    // Bootstrap (which receives the listening sockets during an upgrade) runs as a service so it
+    // happens after daemonizing; the daemon then tells its parent it is ready (see
+    // `daemon_wait_for_ready`). Listening services start once it is done.
+    let bootstrap = server.bootstrap_as_a_service();
 
     let metrics = cfg.telemetry.enable.then(metrics::Metrics::new);
     if let Some(m) = &metrics {
@@ -117,7 +127,7 @@ fn run(cli: Cli, cfg: Config, providers: Arc<Providers>) -> ExitCode {
             pingora::apps::http_app::HttpServer::new_app(metrics::MetricsApp(m.clone())),
         );
         svc.add_tcp(&addr);
-        server.add_service(svc);
+        server.add_service(svc).add_dependency(&bootstrap);
         info!("metrics on http://{addr}/metrics");
     }
     let gateway = Gateway::new(cfg.clone(), providers.clone(), metrics);
@@ -126,14 +136,25 @@ fn run(cli: Cli, cfg: Config, providers: Arc<Providers>) -> ExitCode {
     let addr = cfg.listen_addr();
     match (&cfg.server.tls_cert_path, &cfg.server.tls_key_path) {
         (Some(cert), Some(key)) => {
-            if let Err(e) = proxy.add_tls(&addr, &cert.to_string_lossy(), &key.to_string_lossy()) {
-                eprintln!("inference-gateway: TLS setup failed: {e}");
-                return ExitCode::from(2);
-            }
+            // Certificates are read when the process starts, so an upgrade (`-u`) picks up
+            // renewed files.
+            let mut tls = match pingora::listeners::tls::TlsSettings::intermediate(
+                &cert.to_string_lossy(),
+                &key.to_string_lossy(),
+            ) {
+                Ok(t) => t,
+                Err(e) => {
+                    eprintln!("inference-gateway: TLS setup failed: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            tls.enable_h2();
+            proxy.add_tls_with_settings(&addr, None, tls);
         }
         _ => proxy.add_tcp(&addr),
     }
-    server.add_service(proxy);
+    server.add_service(proxy).add_dependency(&bootstrap);
+    server.add_service(background_service("drain", drain::DrainService));
     server.add_service(background_service(
         "dns",
         resolver::DnsRefresher {

@@ -96,6 +96,17 @@ pub(super) fn apply(cfg: &mut Config, getenv: GetEnv) -> Result<(), ConfigError>
         parse(getenv, "SERVER_MAX_REQUEST_BODY_SIZE")?
     );
     set!(s.threads, parse(getenv, "SERVER_THREADS")?);
+    set!(s.grace_period, duration(getenv, "SERVER_GRACE_PERIOD")?);
+    set!(
+        s.graceful_shutdown_timeout,
+        duration(getenv, "SERVER_GRACEFUL_SHUTDOWN_TIMEOUT")?
+    );
+    if let Some(p) = get(getenv, "SERVER_PID_FILE") {
+        s.pid_file = PathBuf::from(p);
+    }
+    if let Some(p) = get(getenv, "SERVER_UPGRADE_SOCK") {
+        s.upgrade_sock = PathBuf::from(p);
+    }
     if let Some(p) = get(getenv, "SERVER_TLS_CERT_PATH") {
         s.tls_cert_path = Some(PathBuf::from(p));
     }

@@ -143,6 +143,15 @@ pub struct ServerConfig {
     pub tls_key_path: Option<PathBuf>,
     /// Worker threads for the proxy service (0 = number of CPUs).
     pub threads: usize,
+    /// PID file (absolute path), written in daemon mode and used by systemd.
+    pub pid_file: PathBuf,
+    /// Unix socket (absolute path) over which a new process (`-u`) takes the listening sockets.
+    pub upgrade_sock: PathBuf,
+    /// After SIGTERM or an upgrade, in-flight requests may run this long; the process exits as
+    /// soon as the last one ends. Long enough for the longest stream you serve.
+    pub grace_period: HumanDuration,
+    /// After the grace period, time allowed for the runtimes to stop.
+    pub graceful_shutdown_timeout: HumanDuration,
 }
 
 impl Default for ServerConfig {
@@ -157,6 +166,10 @@ impl Default for ServerConfig {
             tls_cert_path: None,
             tls_key_path: None,
             threads: 0,
+            pid_file: PathBuf::from("/tmp/inference-gateway.pid"),
+            upgrade_sock: PathBuf::from("/tmp/inference-gateway-upgrade.sock"),
+            grace_period: HumanDuration::secs(3600),
+            graceful_shutdown_timeout: HumanDuration::secs(10),
         }
     }
 }
@@ -325,6 +338,19 @@ impl Config {
                         )));
                     }
                 }
+                // Load them now: a bad certificate must fail `-t` and the start, not panic the
+                // listener later (and never after an upgrade took the sockets).
+                let loaded = pingora::tls::load_certs_and_key_files(
+                    &c.to_string_lossy(),
+                    &k.to_string_lossy(),
+                );
+                if !matches!(loaded, Ok(Some((ref certs, _))) if !certs.is_empty()) {
+                    return Err(ConfigError(format!(
+                        "server.tls_cert_path/server.tls_key_path: cannot load a certificate and key from {} and {}",
+                        c.display(),
+                        k.display()
+                    )));
+                }
             }
             _ => {}
         }
@@ -336,6 +362,20 @@ impl Config {
                  only TLS12 (rustls never negotiates below TLS 1.2)",
                 self.client.tls_min_version
             )));
+        }
+        for (key, p) in [
+            ("server.pid_file (SERVER_PID_FILE)", &self.server.pid_file),
+            (
+                "server.upgrade_sock (SERVER_UPGRADE_SOCK)",
+                &self.server.upgrade_sock,
+            ),
+        ] {
+            if !p.is_absolute() {
+                return Err(ConfigError(format!(
+                    "{key}: {} must be an absolute path",
+                    p.display()
+                )));
+            }
         }
         if let Some(l) = &self.log.level {
             if !matches!(

@@ -93,6 +93,8 @@ pub struct RequestCtx {
     /// Set for `/proxy/{provider}/...` requests that go through the proxy loop.
     passthrough: Option<Passthrough>,
     body_seen: usize,
+    /// Counts this request as in flight until the context is dropped.
+    _in_flight: crate::drain::InFlight,
 }
 
 struct Passthrough {
@@ -150,6 +152,7 @@ impl ProxyHttp for Gateway {
             body_sample: None,
             passthrough: None,
             body_seen: 0,
+            _in_flight: crate::drain::InFlight::start(),
         }
     }
 
@@ -163,7 +166,12 @@ impl ProxyHttp for Gateway {
         let s = &self.cfg.server;
         session.set_read_timeout(Some(s.read_timeout.get()));
         session.set_write_timeout(Some(s.write_timeout.get()));
-        session.set_keepalive(Some(s.idle_timeout.get().as_secs()));
+        if crate::drain::draining() {
+            // Send clients to the new process (or away) instead of keeping them here.
+            session.set_keepalive(None);
+        } else {
+            session.set_keepalive(Some(s.idle_timeout.get().as_secs()));
+        }
         Ok(())
     }
 
@@ -181,8 +189,13 @@ impl ProxyHttp for Gateway {
         };
         let answered = match (method, path.as_str()) {
             (Method::GET | Method::HEAD, "/health") => {
-                let _ = respond::json(session, ctx, 200, Bytes::from_static(br#"{"status":"ok"}"#))
-                    .await;
+                // Draining: tell load balancers to stop sending, while in-flight work finishes.
+                let (status, body): (u16, &'static [u8]) = if crate::drain::draining() {
+                    (503, br#"{"status":"draining"}"#)
+                } else {
+                    (200, br#"{"status":"ok"}"#)
+                };
+                let _ = respond::json(session, ctx, status, Bytes::from_static(body)).await;
                 true
             }
             (Method::POST, "/v1/chat/completions") => {

@@ -57,6 +57,8 @@ impl GatewayProcess {
             .env("SERVER_HOST", "127.0.0.1")
             .env("SERVER_PORT", port.to_string())
             .env("SERVER_THREADS", "2")
+            .env("SERVER_UPGRADE_SOCK", dir.join("upgrade.sock"))
+            .env("SERVER_PID_FILE", dir.join("gateway.pid"))
             .current_dir(&dir)
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(dir.join("stdout.log")).unwrap())
@@ -78,6 +80,45 @@ impl GatewayProcess {
         };
         g.wait_ready();
         g
+    }
+
+    /// As [`start`](Self::start) for a TLS listener (ready once it accepts TCP).
+    pub fn start_tls(env: &[(&str, String)]) -> GatewayProcess {
+        let dir = temp_dir("gw");
+        let port = free_port();
+        let log = dir.join("gateway.log");
+        let mut cmd = Command::new(bin());
+        cmd.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("LOG_FORMAT", "text")
+            .env("SERVER_HOST", "127.0.0.1")
+            .env("SERVER_PORT", port.to_string())
+            .env("SERVER_UPGRADE_SOCK", dir.join("upgrade.sock"))
+            .env("SERVER_PID_FILE", dir.join("gateway.pid"))
+            .current_dir(&dir)
+            .stdin(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("start gateway");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while StdStream::connect(("127.0.0.1", port)).is_err() {
+            if let Some(s) = child.try_wait().unwrap() {
+                panic!(
+                    "gateway exited ({s}): {}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+            }
+            assert!(Instant::now() < deadline, "TLS gateway not listening");
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        GatewayProcess {
+            child,
+            port,
+            dir,
+            log,
+        }
     }
 
     fn wait_ready(&mut self) {
@@ -457,6 +498,37 @@ impl RawResponse {
     }
 }
 
+/// Like [`raw_request`], but a refused or reset connection is an `Err` instead of a panic.
+pub async fn try_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: &[u8],
+) -> Result<RawResponse, String> {
+    let mut s = TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nhost: gw\r\nconnection: close\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes())
+        .await
+        .map_err(|e| format!("write: {e}"))?;
+    s.write_all(body).await.map_err(|e| format!("write: {e}"))?;
+    let mut out = Vec::new();
+    s.read_to_end(&mut out)
+        .await
+        .map_err(|e| format!("read: {e}"))?;
+    if find(&out, b"\r\n\r\n").is_none() {
+        return Err(format!(
+            "incomplete response: {:?}",
+            String::from_utf8_lossy(&out)
+        ));
+    }
+    Ok(parse_response(&out))
+}
+
 /// Sends one request with `Connection: close` and reads the whole (de-chunked) response.
 pub async fn raw_request(
     addr: SocketAddr,
@@ -557,6 +629,8 @@ fn leak(s: String) -> &'static str {
 /// A test CA and a leaf certificate for `host` signed by it.
 pub struct TestPki {
     pub ca_pem: String,
+    pub leaf_pem: String,
+    pub key_pem: String,
     pub leaf_der: Vec<u8>,
     pub key_der: Vec<u8>,
 }
@@ -574,6 +648,8 @@ pub fn test_pki(host: &str) -> TestPki {
         .unwrap();
     TestPki {
         ca_pem: ca.pem(),
+        leaf_pem: leaf.pem(),
+        key_pem: leaf_key.serialize_pem(),
         leaf_der: leaf.der().to_vec(),
         key_der: leaf_key.serialize_der(),
     }

@@ -1,0 +1,33 @@
+# syntax=docker/dockerfile:1
+# Multi-stage build: compile with the Rust toolchain, run on debian-slim as a non-root user.
+#   docker build -t inference-gateway .
+#   docker run --rm -p 8080:8080 -e OPENAI_API_KEY=sk-... inference-gateway
+
+FROM rust:1-bookworm AS build
+# pingora-core builds zlib-ng with cmake.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends cmake \
+ && rm -rf /var/lib/apt/lists/*
+WORKDIR /src
+COPY . .
+RUN cargo build --release --locked --bin inference-gateway
+
+FROM debian:bookworm-slim
+# ca-certificates: TLS to providers; curl: the HEALTHCHECK.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends ca-certificates curl \
+ && rm -rf /var/lib/apt/lists/* \
+ && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin gateway
+COPY --from=build /src/target/release/inference-gateway /usr/local/bin/inference-gateway
+COPY conf/gateway.toml /etc/inference-gateway/gateway.toml
+USER 10001:10001
+ENV SERVER_HOST=0.0.0.0 \
+    SERVER_PORT=8080 \
+    SERVER_PID_FILE=/tmp/inference-gateway.pid \
+    SERVER_UPGRADE_SOCK=/tmp/inference-gateway-upgrade.sock
+EXPOSE 8080 9464
+HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 \
+  CMD curl -fsS http://127.0.0.1:8080/health || exit 1
+STOPSIGNAL SIGTERM
+ENTRYPOINT ["/usr/local/bin/inference-gateway"]
+CMD ["-c", "/etc/inference-gateway/gateway.toml"]

@@ -1,0 +1,69 @@
+//! Graceful drain: count in-flight requests, and once Pingora starts shutting down (SIGTERM, or
+//! SIGQUIT during an upgrade) exit as soon as the last one has finished.
+//!
+//! Pingora alone would sleep out the whole grace period even with nothing in flight (and a
+//! grace period long enough for streams is long), or cut streams when it ends. Here the grace
+//! period is only the upper bound.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use log::info;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+
+static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
+static DRAINING: AtomicBool = AtomicBool::new(false);
+
+/// Held by every request from its start to its access log line.
+#[derive(Debug)]
+pub struct InFlight(());
+
+impl InFlight {
+    pub fn start() -> InFlight {
+        IN_FLIGHT.fetch_add(1, Ordering::SeqCst);
+        InFlight(())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        IN_FLIGHT.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+pub fn in_flight() -> usize {
+    IN_FLIGHT.load(Ordering::SeqCst)
+}
+
+/// True once shutdown has begun: `/health` answers 503 and connections are not kept alive.
+pub fn draining() -> bool {
+    DRAINING.load(Ordering::Relaxed)
+}
+
+/// Watches for shutdown, then exits the process when nothing is in flight.
+pub struct DrainService;
+
+#[async_trait]
+impl BackgroundService for DrainService {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        while !*shutdown.borrow() {
+            if shutdown.changed().await.is_err() {
+                return;
+            }
+        }
+        DRAINING.store(true, Ordering::SeqCst);
+        info!("draining: {} request(s) in flight", in_flight());
+        loop {
+            if in_flight() == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // Let the last responses leave the socket buffers.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        info!("drained: exiting");
+        std::process::exit(0);
+    }
+}
