@@ -1,0 +1,344 @@
+//! End-to-end load bench: `cargo bench --bench load`.
+//!
+//! Self-contained. The bench binary runs itself three times in different roles:
+//! - `mock`: a fast OpenAI-compatible upstream (benches/support/mock.rs);
+//! - `bare`: a bare Pingora pass-through proxy (a `ProxyHttp` that only picks the peer: the
+//!   physical limit of our architecture);
+//! - the driver (default): starts the mock, the bare proxy and the gateway (the release binary
+//!   Cargo built for this bench), then drives each with the same keep-alive HTTP/1.1 load
+//!   generator at a fixed concurrency for a fixed time, and prints RPS, p50, p99 and each
+//!   process's peak RSS. Ratios against the bare proxy and the mock are printed, and the results
+//!   are written as JSON to `target/bench/` for comparison across commits.
+//!
+//! Settings: BENCH_CONCURRENCY (32), BENCH_SECONDS (5), BENCH_GATEWAY_THREADS (1).
+
+#[path = "support/mock.rs"]
+mod mock;
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use pingora::prelude::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+fn main() {
+    // `cargo bench` passes `--bench`; any other argument is ignored.
+    match std::env::var("BENCH_ROLE").as_deref() {
+        Ok("mock") => run_mock(),
+        Ok("bare") => run_bare(),
+        _ => drive(),
+    }
+}
+
+fn env_num(key: &str, default: u64) -> u64 {
+    std::env::var(key).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+// ---------------------------------------------------------------------------------- roles
+
+fn run_mock() {
+    let port: u16 = env_num("BENCH_PORT", 0) as u16;
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    rt.block_on(async move {
+        let l = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+        mock::run(l).await;
+    });
+}
+
+struct Bare {
+    upstream: SocketAddr,
+}
+
+#[async_trait]
+impl ProxyHttp for Bare {
+    type CTX = ();
+    fn new_ctx(&self) {}
+    async fn upstream_peer(&self, _s: &mut Session, _c: &mut ()) -> Result<Box<HttpPeer>> {
+        Ok(Box::new(HttpPeer::new(self.upstream, false, String::new())))
+    }
+}
+
+fn run_bare() {
+    let port = env_num("BENCH_PORT", 0);
+    let upstream: SocketAddr = std::env::var("BENCH_UPSTREAM").unwrap().parse().unwrap();
+    let conf = pingora::server::configuration::ServerConf {
+        threads: env_num("BENCH_GATEWAY_THREADS", 1) as usize,
+        pid_file: format!("/tmp/igw-bench-bare-{port}.pid"),
+        upgrade_sock: format!("/tmp/igw-bench-bare-{port}.sock"),
+        ..Default::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+    let mut svc = pingora::proxy::http_proxy_service(&server.configuration, Bare { upstream });
+    svc.add_tcp(&format!("127.0.0.1:{port}"));
+    server.add_service(svc);
+    server.run_forever();
+}
+
+// ---------------------------------------------------------------------------------- driver
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+struct Proc {
+    name: &'static str,
+    child: Child,
+    port: u16,
+}
+
+impl Proc {
+    fn peak_rss_kb(&self) -> u64 {
+        std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .ok()
+            .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).map(str::to_string))
+            .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn spawn_role(name: &'static str, role: &str, env: &[(&str, String)]) -> Proc {
+    let port = free_port();
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    cmd.env("BENCH_ROLE", role).env("BENCH_PORT", port.to_string()).stdout(Stdio::null()).stderr(Stdio::null());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let child = cmd.spawn().unwrap();
+    wait_listening(port);
+    Proc { name, child, port }
+}
+
+fn spawn_gateway(upstream: u16, threads: u64, telemetry: bool) -> Proc {
+    let port = free_port();
+    let dir = std::env::temp_dir();
+    let child = Command::new(env!("CARGO_BIN_EXE_inference-gateway"))
+        .env_clear()
+        .env("SERVER_HOST", "127.0.0.1")
+        .env("SERVER_PORT", port.to_string())
+        .env("SERVER_THREADS", threads.to_string())
+        .env("SERVER_PID_FILE", dir.join(format!("igw-bench-{port}.pid")))
+        .env("SERVER_UPGRADE_SOCK", dir.join(format!("igw-bench-{port}.sock")))
+        .env("LOG_LEVEL", "warn")
+        .env("TELEMETRY_ENABLE", telemetry.to_string())
+        .env("TELEMETRY_METRICS_PORT", free_port().to_string())
+        .env("OPENAI_API_URL", format!("http://127.0.0.1:{upstream}/v1"))
+        .env("OPENAI_API_KEY", "sk-bench")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_listening(port);
+    Proc { name: if telemetry { "gateway+metrics" } else { "gateway" }, child, port }
+}
+
+fn wait_listening(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "port {port} never listened");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(100));
+}
+
+#[derive(Clone, Copy)]
+struct Scenario {
+    name: &'static str,
+    body_bytes: usize,
+    stream: bool,
+}
+
+const SCENARIOS: [Scenario; 3] = [
+    Scenario { name: "non-stream 1 KB", body_bytes: 1024, stream: false },
+    Scenario { name: "non-stream 100 KB", body_bytes: 100 * 1024, stream: false },
+    Scenario { name: "stream 200 chunks", body_bytes: 1024, stream: true },
+];
+
+fn request_bytes(s: Scenario) -> Vec<u8> {
+    let overhead = 90;
+    let filler = "w".repeat(s.body_bytes.saturating_sub(overhead));
+    let body = format!(
+        r#"{{"model":"openai/gpt-4o","messages":[{{"role":"user","content":"{filler}"}}],"stream":{}}}"#,
+        s.stream
+    );
+    let mut r = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: bench\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    r.extend_from_slice(body.as_bytes());
+    r
+}
+
+#[derive(Default)]
+struct Stats {
+    latencies_us: Vec<u64>,
+    ttft_us: Vec<u64>,
+    errors: u64,
+}
+
+/// Reads one HTTP/1.1 response (Content-Length or chunked). Returns the time the first body
+/// byte arrived.
+async fn read_response(s: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Result<Instant> {
+    buf.clear();
+    let mut tmp = [0u8; 16 * 1024];
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        let n = s.read(&mut tmp).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        buf.extend_from_slice(&tmp[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+    if !head.starts_with("http/1.1 200") {
+        return Err(std::io::Error::other(head.lines().next().unwrap_or("").to_string()));
+    }
+    let mut first_body = (buf.len() > head_end).then(Instant::now);
+    if let Some(cl) = head.lines().find_map(|l| l.strip_prefix("content-length:")) {
+        let total = head_end + cl.trim().parse::<usize>().unwrap();
+        while buf.len() < total {
+            let n = s.read(&mut tmp).await?;
+            if n == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            first_body.get_or_insert_with(Instant::now);
+            buf.extend_from_slice(&tmp[..n]);
+        }
+    } else {
+        // Chunked: done at the terminating zero-size chunk.
+        while !buf.ends_with(b"\r\n0\r\n\r\n") && !buf[head_end..].starts_with(b"0\r\n\r\n") {
+            let n = s.read(&mut tmp).await?;
+            if n == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            first_body.get_or_insert_with(Instant::now);
+            buf.extend_from_slice(&tmp[..n]);
+        }
+    }
+    Ok(first_body.unwrap_or_else(Instant::now))
+}
+
+async fn load(port: u16, scenario: Scenario, concurrency: u64, seconds: u64) -> (Stats, f64) {
+    let req: Arc<Vec<u8>> = Arc::new(request_bytes(scenario));
+    let stop = Arc::new(AtomicBool::new(false));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let (req, stop) = (req.clone(), stop.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut st = Stats::default();
+            let mut buf = Vec::with_capacity(64 * 1024);
+            let mut conn: Option<TcpStream> = None;
+            while !stop.load(Ordering::Relaxed) {
+                if conn.is_none() {
+                    match TcpStream::connect(("127.0.0.1", port)).await {
+                        Ok(c) => {
+                            c.set_nodelay(true).unwrap();
+                            conn = Some(c);
+                        }
+                        Err(_) => {
+                            st.errors += 1;
+                            continue;
+                        }
+                    }
+                }
+                let c = conn.as_mut().unwrap();
+                let t = Instant::now();
+                let ok = match c.write_all(&req).await {
+                    Ok(()) => read_response(c, &mut buf).await,
+                    Err(e) => Err(e),
+                };
+                match ok {
+                    Ok(first) => {
+                        st.latencies_us.push(t.elapsed().as_micros() as u64);
+                        st.ttft_us.push((first - t).as_micros() as u64);
+                    }
+                    Err(_) => {
+                        st.errors += 1;
+                        conn = None;
+                    }
+                }
+            }
+            st
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut all = Stats::default();
+    for t in tasks {
+        let s = t.await.unwrap();
+        all.latencies_us.extend(s.latencies_us);
+        all.ttft_us.extend(s.ttft_us);
+        all.errors += s.errors;
+    }
+    (all, start.elapsed().as_secs_f64())
+}
+
+fn pct(v: &mut [u64], p: f64) -> u64 {
+    if v.is_empty() {
+        return 0;
+    }
+    v.sort_unstable();
+    v[((v.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn drive() {
+    let concurrency = env_num("BENCH_CONCURRENCY", 32);
+    let seconds = env_num("BENCH_SECONDS", 5);
+    let threads = env_num("BENCH_GATEWAY_THREADS", 1);
+    let mock = spawn_role("mock (direct)", "mock", &[]);
+    let upstream = format!("127.0.0.1:{}", mock.port);
+    let bare = spawn_role("bare pingora", "bare", &[("BENCH_UPSTREAM", upstream), ("BENCH_GATEWAY_THREADS", threads.to_string())]);
+    let gateway = spawn_gateway(mock.port, threads, false);
+    let gateway_metrics = spawn_gateway(mock.port, threads, true);
+    let targets = [&mock, &bare, &gateway, &gateway_metrics];
+
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    println!("concurrency {concurrency}, {seconds} s per cell, proxies with {threads} worker thread(s), one load-generator thread\n");
+    println!("{:<20} {:<18} {:>10} {:>9} {:>9} {:>10} {:>10} {:>7} {:>9}", "scenario", "target", "RPS", "p50 us", "p99 us", "TTFT p50", "TTFT p99", "errors", "RSS MB");
+    let mut results = Vec::new();
+    for scenario in SCENARIOS {
+        let mut rps_of = std::collections::HashMap::new();
+        for t in targets {
+            let (mut st, secs) = rt.block_on(load(t.port, scenario, concurrency, seconds));
+            let rps = st.latencies_us.len() as f64 / secs;
+            let (p50, p99) = (pct(&mut st.latencies_us, 0.5), pct(&mut st.latencies_us, 0.99));
+            let (t50, t99) = (pct(&mut st.ttft_us, 0.5), pct(&mut st.ttft_us, 0.99));
+            let rss = t.peak_rss_kb() as f64 / 1024.0;
+            println!("{:<20} {:<18} {:>10.0} {:>9} {:>9} {:>10} {:>10} {:>7} {:>9.1}", scenario.name, t.name, rps, p50, p99, t50, t99, st.errors, rss);
+            rps_of.insert(t.name, rps);
+            results.push(serde_json::json!({"scenario": scenario.name, "target": t.name, "rps": rps, "p50_us": p50, "p99_us": p99,
+                "ttft_p50_us": t50, "ttft_p99_us": t99, "errors": st.errors, "peak_rss_mb": rss}));
+        }
+        let g = rps_of["gateway"];
+        println!(
+            "{:<20} gateway/bare = {:.2}, gateway/mock = {:.2}, gateway+metrics/gateway = {:.2}\n",
+            "",
+            g / rps_of["bare pingora"],
+            g / rps_of["mock (direct)"],
+            rps_of["gateway+metrics"] / g
+        );
+    }
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench");
+    std::fs::create_dir_all(&dir).unwrap();
+    let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let path = dir.join(format!("load-{stamp}.json"));
+    let doc = serde_json::json!({"concurrency": concurrency, "seconds": seconds, "threads": threads, "results": results});
+    std::fs::write(&path, serde_json::to_string_pretty(&doc).unwrap()).unwrap();
+    println!("results written to {}", path.display());
+}
