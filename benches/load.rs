@@ -36,16 +36,25 @@ fn main() {
 }
 
 fn env_num(key: &str, default: u64) -> u64 {
-    std::env::var(key).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(key)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 // ---------------------------------------------------------------------------------- roles
 
 fn run_mock() {
     let port: u16 = env_num("BENCH_PORT", 0) as u16;
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async move {
-        let l = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+        let l = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .unwrap();
         mock::run(l).await;
     });
 }
@@ -83,7 +92,11 @@ fn run_bare() {
 // ---------------------------------------------------------------------------------- driver
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 struct Proc {
@@ -96,7 +109,11 @@ impl Proc {
     fn peak_rss_kb(&self) -> u64 {
         std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
             .ok()
-            .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).map(str::to_string))
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("VmHWM:"))
+                    .map(str::to_string)
+            })
             .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
             .unwrap_or(0)
     }
@@ -112,7 +129,10 @@ impl Drop for Proc {
 fn spawn_role(name: &'static str, role: &str, env: &[(&str, String)]) -> Proc {
     let port = free_port();
     let mut cmd = Command::new(std::env::current_exe().unwrap());
-    cmd.env("BENCH_ROLE", role).env("BENCH_PORT", port.to_string()).stdout(Stdio::null()).stderr(Stdio::null());
+    cmd.env("BENCH_ROLE", role)
+        .env("BENCH_PORT", port.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -130,7 +150,10 @@ fn spawn_gateway(upstream: u16, threads: u64, telemetry: bool) -> Proc {
         .env("SERVER_PORT", port.to_string())
         .env("SERVER_THREADS", threads.to_string())
         .env("SERVER_PID_FILE", dir.join(format!("igw-bench-{port}.pid")))
-        .env("SERVER_UPGRADE_SOCK", dir.join(format!("igw-bench-{port}.sock")))
+        .env(
+            "SERVER_UPGRADE_SOCK",
+            dir.join(format!("igw-bench-{port}.sock")),
+        )
         .env("LOG_LEVEL", "warn")
         .env("TELEMETRY_ENABLE", telemetry.to_string())
         .env("TELEMETRY_METRICS_PORT", free_port().to_string())
@@ -141,7 +164,15 @@ fn spawn_gateway(upstream: u16, threads: u64, telemetry: bool) -> Proc {
         .spawn()
         .unwrap();
     wait_listening(port);
-    Proc { name: if telemetry { "gateway+metrics" } else { "gateway" }, child, port }
+    Proc {
+        name: if telemetry {
+            "gateway+metrics"
+        } else {
+            "gateway"
+        },
+        child,
+        port,
+    }
 }
 
 fn wait_listening(port: u16) {
@@ -161,9 +192,21 @@ struct Scenario {
 }
 
 const SCENARIOS: [Scenario; 3] = [
-    Scenario { name: "non-stream 1 KB", body_bytes: 1024, stream: false },
-    Scenario { name: "non-stream 100 KB", body_bytes: 100 * 1024, stream: false },
-    Scenario { name: "stream 200 chunks", body_bytes: 1024, stream: true },
+    Scenario {
+        name: "non-stream 1 KB",
+        body_bytes: 1024,
+        stream: false,
+    },
+    Scenario {
+        name: "non-stream 100 KB",
+        body_bytes: 100 * 1024,
+        stream: false,
+    },
+    Scenario {
+        name: "stream 200 chunks",
+        body_bytes: 1024,
+        stream: true,
+    },
 ];
 
 fn request_bytes(s: Scenario) -> Vec<u8> {
@@ -206,7 +249,9 @@ async fn read_response(s: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Result<
     };
     let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
     if !head.starts_with("http/1.1 200") {
-        return Err(std::io::Error::other(head.lines().next().unwrap_or("").to_string()));
+        return Err(std::io::Error::other(
+            head.lines().next().unwrap_or("").to_string(),
+        ));
     }
     let mut first_body = (buf.len() > head_end).then(Instant::now);
     if let Some(cl) = head.lines().find_map(|l| l.strip_prefix("content-length:")) {
@@ -303,24 +348,44 @@ fn drive() {
     let threads = env_num("BENCH_GATEWAY_THREADS", 1);
     let mock = spawn_role("mock (direct)", "mock", &[]);
     let upstream = format!("127.0.0.1:{}", mock.port);
-    let bare = spawn_role("bare pingora", "bare", &[("BENCH_UPSTREAM", upstream), ("BENCH_GATEWAY_THREADS", threads.to_string())]);
+    let bare = spawn_role(
+        "bare pingora",
+        "bare",
+        &[
+            ("BENCH_UPSTREAM", upstream),
+            ("BENCH_GATEWAY_THREADS", threads.to_string()),
+        ],
+    );
     let gateway = spawn_gateway(mock.port, threads, false);
     let gateway_metrics = spawn_gateway(mock.port, threads, true);
     let targets = [&mock, &bare, &gateway, &gateway_metrics];
 
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
     println!("concurrency {concurrency}, {seconds} s per cell, proxies with {threads} worker thread(s), one load-generator thread\n");
-    println!("{:<20} {:<18} {:>10} {:>9} {:>9} {:>10} {:>10} {:>7} {:>9}", "scenario", "target", "RPS", "p50 us", "p99 us", "TTFT p50", "TTFT p99", "errors", "RSS MB");
+    println!(
+        "{:<20} {:<18} {:>10} {:>9} {:>9} {:>10} {:>10} {:>7} {:>9}",
+        "scenario", "target", "RPS", "p50 us", "p99 us", "TTFT p50", "TTFT p99", "errors", "RSS MB"
+    );
     let mut results = Vec::new();
     for scenario in SCENARIOS {
         let mut rps_of = std::collections::HashMap::new();
         for t in targets {
             let (mut st, secs) = rt.block_on(load(t.port, scenario, concurrency, seconds));
             let rps = st.latencies_us.len() as f64 / secs;
-            let (p50, p99) = (pct(&mut st.latencies_us, 0.5), pct(&mut st.latencies_us, 0.99));
+            let (p50, p99) = (
+                pct(&mut st.latencies_us, 0.5),
+                pct(&mut st.latencies_us, 0.99),
+            );
             let (t50, t99) = (pct(&mut st.ttft_us, 0.5), pct(&mut st.ttft_us, 0.99));
             let rss = t.peak_rss_kb() as f64 / 1024.0;
-            println!("{:<20} {:<18} {:>10.0} {:>9} {:>9} {:>10} {:>10} {:>7} {:>9.1}", scenario.name, t.name, rps, p50, p99, t50, t99, st.errors, rss);
+            println!(
+                "{:<20} {:<18} {:>10.0} {:>9} {:>9} {:>10} {:>10} {:>7} {:>9.1}",
+                scenario.name, t.name, rps, p50, p99, t50, t99, st.errors, rss
+            );
             rps_of.insert(t.name, rps);
             results.push(serde_json::json!({"scenario": scenario.name, "target": t.name, "rps": rps, "p50_us": p50, "p99_us": p99,
                 "ttft_p50_us": t50, "ttft_p99_us": t99, "errors": st.errors, "peak_rss_mb": rss}));
@@ -336,7 +401,10 @@ fn drive() {
     }
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench");
     std::fs::create_dir_all(&dir).unwrap();
-    let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
     let path = dir.join(format!("load-{stamp}.json"));
     let doc = serde_json::json!({"concurrency": concurrency, "seconds": seconds, "threads": threads, "results": results});
     std::fs::write(&path, serde_json::to_string_pretty(&doc).unwrap()).unwrap();

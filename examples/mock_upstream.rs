@@ -8,8 +8,13 @@ mod mock;
 
 #[tokio::main]
 async fn main() {
-    let port: u16 = std::env::args().nth(1).and_then(|p| p.parse().ok()).unwrap_or(9000);
-    let l = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.expect("bind");
+    let port: u16 = std::env::args()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(9000);
+    let l = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .expect("bind");
     eprintln!("mock upstream on 127.0.0.1:{port}");
     mock::run(l).await;
 }

@@ -197,6 +197,7 @@ impl UpstreamClient {
                 .get_http_session(&peer)
                 .await
                 .map_err(|e| UpstreamError::Connect(e.to_string()))?;
+            let sent_at = std::time::Instant::now();
             match self.exchange(&mut session, &header, &req.body).await {
                 Ok(()) => {
                     return Ok(UpstreamResponse {
@@ -207,8 +208,14 @@ impl UpstreamClient {
                         retries: attempt - 1,
                     })
                 }
-                Err(e)
-                    if reused && attempt == 1 && !matches!(e, UpstreamError::FirstByteTimeout) =>
+                // A pooled connection the upstream already closed fails at once, before anything
+                // was processed: only then is the request re-sent (a POST that may have run,
+                // e.g. reset after minutes of generation, is never repeated).
+                Err((e, stale))
+                    if reused
+                        && attempt == 1
+                        && stale
+                        && sent_at.elapsed() < Duration::from_secs(1) =>
                 {
                     log::debug!(
                         "stale pooled connection to {}: {e:?}; retrying",
@@ -216,40 +223,48 @@ impl UpstreamClient {
                     );
                     continue;
                 }
-                Err(e) => return Err(e),
+                Err((e, _)) => return Err(e),
             }
         }
     }
 
+    /// Sends the request and reads the final response head. The error's flag says whether the
+    /// connection looked stale (failed while writing, or closed before any response byte).
     async fn exchange(
         &self,
         session: &mut HttpSession,
         header: &RequestHeader,
         body: &Bytes,
-    ) -> Result<(), UpstreamError> {
+    ) -> Result<(), (UpstreamError, bool)> {
+        let write_err = |e: Box<pingora::Error>| (UpstreamError::Io(e.to_string()), true);
         session
             .write_request_header(Box::new(header.clone()))
             .await
-            .map_err(|e| UpstreamError::Io(e.to_string()))?;
+            .map_err(write_err)?;
         if !body.is_empty() {
             session
                 .write_request_body(body.clone(), true)
                 .await
-                .map_err(|e| UpstreamError::Io(e.to_string()))?;
+                .map_err(write_err)?;
         }
-        session
-            .finish_request_body()
-            .await
-            .map_err(|e| UpstreamError::Io(e.to_string()))?;
-        match tokio::time::timeout(
-            self.cfg.first_byte_timeout.get(),
-            session.read_response_header(),
-        )
-        .await
-        {
-            Err(_) => Err(UpstreamError::FirstByteTimeout),
-            Ok(Err(e)) => Err(UpstreamError::Io(e.to_string())),
-            Ok(Ok(())) => Ok(()),
+        session.finish_request_body().await.map_err(write_err)?;
+        let deadline = tokio::time::Instant::now() + self.cfg.first_byte_timeout.get();
+        loop {
+            match tokio::time::timeout_at(deadline, session.read_response_header()).await {
+                Err(_) => return Err((UpstreamError::FirstByteTimeout, false)),
+                Ok(Err(e)) => {
+                    let stale = matches!(e.etype(), pingora::ErrorType::ConnectionClosed);
+                    return Err((UpstreamError::Io(e.to_string()), stale));
+                }
+                Ok(Ok(())) => {
+                    // Skip interim responses (100 Continue, 103 Early Hints): the answer follows.
+                    let status = session.response_header().map_or(0, |h| h.status.as_u16());
+                    if (100..200).contains(&status) && status != 101 {
+                        continue;
+                    }
+                    return Ok(());
+                }
+            }
         }
     }
 

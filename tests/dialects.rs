@@ -322,6 +322,13 @@ async fn native_stream_cut_mid_way_ends_with_error_and_done() {
     assert!(text.contains("\"error\""), "{text}");
     assert!(text.ends_with("data: [DONE]\n\n"));
     assert_eq!(text.matches("[DONE]").count(), 1);
+    // message_start's output_tokens (1) is a placeholder: a cut stream is estimated, not undercounted.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(
+        gw.log_text().contains("usage_estimated=true"),
+        "{}",
+        gw.log_text()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -339,6 +346,28 @@ async fn untranslatable_request_is_a_clear_400() {
     .await;
     assert_eq!(r.status, 400);
     assert_eq!(r.json()["error"]["param"], "messages");
+    // The model is part of Gemini's URL path: nothing but a model name may go there.
+    for model in [
+        "gemini-2.0-flash:countTokens?x=",
+        "models/gemini-2.0-flash",
+        "../x",
+        "a b",
+    ] {
+        let req = json!({"model": format!("google/{model}"), "messages": [{"role": "user", "content": "x"}]});
+        let r = raw_request(
+            gw.addr(),
+            "POST",
+            "/v1/chat/completions",
+            &[],
+            req.to_string().as_bytes(),
+        )
+        .await;
+        assert_eq!(
+            (r.status, r.json()["error"]["code"].clone()),
+            (400, json!("invalid_model")),
+            "{model}"
+        );
+    }
     assert_eq!(up.count(), 0);
 }
 

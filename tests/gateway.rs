@@ -964,3 +964,61 @@ async fn tls_upstream_gets_sni_and_its_certificate_is_verified() {
     );
     std::fs::remove_dir_all(&dir).ok();
 }
+
+// ----------------------------------------------------------------------------- review fixes
+
+#[tokio::test(flavor = "multi_thread")]
+async fn duplicate_keys_are_refused_so_checks_see_what_upstreams_run() {
+    let up = openai_mock().await;
+    let mut env = provider_env(&[("openai", up.url("/v1"))]);
+    env.push(("DISALLOWED_MODELS", "gpt-4.5-preview".into()));
+    let gw = GatewayProcess::start(&env, None);
+    let body = br#"{"model":"openai/gpt-4o-mini","messages":[],"model":"openai/gpt-4.5-preview"}"#;
+    let r = raw_request(gw.addr(), "POST", "/v1/chat/completions", &[], body).await;
+    assert_eq!(r.status, 400);
+    assert!(r.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("duplicate key"));
+    assert_eq!(up.count(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn interim_1xx_responses_are_skipped() {
+    let up = MockUpstream::start(|_| {
+        let mut steps = vec![Step::Write(
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </x>\r\n\r\n".to_vec(),
+        )];
+        steps.extend(json_response(200, &chat_completion("m", "after 1xx")));
+        steps
+    })
+    .await;
+    let gw = GatewayProcess::start(&provider_env(&[("openai", up.url("/v1"))]), None);
+    let r = raw_request(
+        gw.addr(),
+        "POST",
+        "/v1/chat/completions",
+        &[],
+        &chat_body("openai/m"),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["choices"][0]["message"]["content"], "after 1xx");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn proxy_paths_cannot_climb_out_of_the_base_path() {
+    let up = openai_mock().await;
+    let gw = GatewayProcess::start(&provider_env(&[("openai", up.url("/v1"))]), None);
+    for path in [
+        "/proxy/openai/../admin",
+        "/proxy/openai/a/./b",
+        "/proxy/openai/%2E%2E/x",
+        "/proxy/openai/x/%2e%2e",
+    ] {
+        let r = raw_request(gw.addr(), "GET", path, &[], b"").await;
+        assert_eq!(r.status, 400, "{path}");
+        assert_eq!(r.json()["error"]["code"], "invalid_path");
+    }
+    assert_eq!(up.count(), 0);
+}

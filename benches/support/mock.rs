@@ -79,7 +79,6 @@ pub async fn serve(mut s: TcpStream, plain: &'static [u8], sse: &'static [u8]) {
     }
 }
 
-
 /// Accepts connections on `listener` forever.
 pub async fn run(listener: TcpListener) {
     let plain: &'static [u8] = Box::leak(completion().into_boxed_slice());

@@ -47,6 +47,13 @@ impl<'a> RawObject<'a> {
             Err(e) => return Err(ParseError::Syntax(e.to_string())),
         };
         de.end().map_err(|e| ParseError::Syntax(e.to_string()))?;
+        // Parsers disagree on duplicate keys (first wins here, last wins in Python, Go and most
+        // upstreams): refuse them, so what the gateway checks is what the provider runs.
+        for (i, (k, _)) in obj.fields.iter().enumerate() {
+            if obj.fields[..i].iter().any(|(prev, _)| prev == k) {
+                return Err(ParseError::Syntax(format!("duplicate key {k:?}")));
+            }
+        }
         Ok(obj)
     }
 
@@ -208,5 +215,9 @@ mod tests {
             Err(ParseError::Syntax(_))
         ));
         assert!(matches!(RawObject::parse(b""), Err(ParseError::Syntax(_))));
+        match RawObject::parse(br#"{"model":"a","stream":false,"model":"b"}"#) {
+            Err(ParseError::Syntax(m)) => assert!(m.contains("duplicate key \"model\""), "{m}"),
+            other => panic!("{other:?}"),
+        }
     }
 }

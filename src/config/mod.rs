@@ -377,6 +377,55 @@ impl Config {
                 )));
             }
         }
+        let positive = [
+            (
+                "server.read_timeout (SERVER_READ_TIMEOUT)",
+                self.server.read_timeout,
+            ),
+            (
+                "server.write_timeout (SERVER_WRITE_TIMEOUT)",
+                self.server.write_timeout,
+            ),
+            (
+                "server.idle_timeout (SERVER_IDLE_TIMEOUT)",
+                self.server.idle_timeout,
+            ),
+            (
+                "server.grace_period (SERVER_GRACE_PERIOD)",
+                self.server.grace_period,
+            ),
+            (
+                "client.connect_timeout (CLIENT_CONNECT_TIMEOUT)",
+                self.client.connect_timeout,
+            ),
+            (
+                "client.first_byte_timeout (CLIENT_TIMEOUT)",
+                self.client.first_byte_timeout,
+            ),
+            (
+                "client.stream_idle_timeout (CLIENT_STREAM_IDLE_TIMEOUT)",
+                self.client.stream_idle_timeout,
+            ),
+            (
+                "client.idle_conn_timeout (CLIENT_IDLE_CONN_TIMEOUT)",
+                self.client.idle_conn_timeout,
+            ),
+            (
+                "client.models_timeout (CLIENT_MODELS_TIMEOUT)",
+                self.client.models_timeout,
+            ),
+            (
+                "client.dns_refresh_interval (CLIENT_DNS_REFRESH_INTERVAL)",
+                self.client.dns_refresh_interval,
+            ),
+        ];
+        for (key, d) in positive {
+            if d.get().is_zero() {
+                return Err(ConfigError(format!(
+                    "{key}: must be greater than 0 (a zero timeout would fail every request)"
+                )));
+            }
+        }
         if let Some(l) = &self.log.level {
             if !matches!(
                 l.to_ascii_lowercase().as_str(),

@@ -136,6 +136,12 @@ fn errors_name_the_key() {
             "CLIENT_TLS_MIN_VERSION",
         ),
         ("", &[("ENVIRONMENT", "staging")], "ENVIRONMENT"),
+        ("", &[("CLIENT_TIMEOUT", "0")], "CLIENT_TIMEOUT"),
+        (
+            "[client]\nstream_idle_timeout = \"0s\"\n",
+            &[],
+            "stream_idle_timeout",
+        ),
     ];
     for (toml_text, env, key) in cases {
         let err = load(toml_text, env).expect_err(key).0;

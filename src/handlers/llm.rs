@@ -151,6 +151,8 @@ async fn run(
             ctx.upstream_wait += waited.elapsed();
             ctx.client_gone = true;
             ctx.error = Some("client_disconnected");
+            // The idle probe may have consumed a byte of a pipelined request: never reuse.
+            session.set_keepalive(None);
             return Ok(());
         }
     };
@@ -214,6 +216,22 @@ fn plan_native(route: &Route<'_>, prepared: Prepared) -> Result<Plan, ApiError> 
     })?;
     let path = match provider.dialect {
         Dialect::Google => {
+            // The model becomes part of the URL path: allow only model-name characters, so a
+            // name cannot change the method (`x:countTokens?`) or slip past the model lists
+            // (`models/...`).
+            let m = &route.upstream_model;
+            if !m
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+                || m.contains("..")
+            {
+                return Err(ApiError::bad_request(format!(
+                    "Invalid model name {m:?} for provider {}: letters, digits, '-', '_' and '.' only",
+                    provider.name
+                ))
+                .param("model")
+                .code("invalid_model"));
+            }
             let p = dialects::google::path(&route.upstream_model, native.stream);
             let (endpoint, query) = p
                 .split_once('?')

@@ -437,6 +437,19 @@ impl Gateway {
             respond::error(session, ctx, &err).await;
             return true;
         }
+        // Dot-segments could climb out of the provider's base path (e.g. Cloudflare's
+        // `/accounts/{id}/ai`) with the provider's credentials.
+        let lower = path.to_ascii_lowercase();
+        if lower
+            .split('/')
+            .any(|seg| seg == ".." || seg == "." || seg.contains("%2e"))
+        {
+            let err =
+                ApiError::bad_request("Path segments '.' and '..' are not allowed in /proxy paths")
+                    .code("invalid_path");
+            respond::error(session, ctx, &err).await;
+            return true;
+        }
         let endpoint = format!("/{path}");
         let path = provider.path_and_query(&endpoint, uri.query());
         ctx.provider = Some(provider.name.clone());

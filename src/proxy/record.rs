@@ -1,5 +1,9 @@
 //! Turns the finished per-request record into metric updates (called once, from `logging`).
 
+use std::collections::HashSet;
+use std::sync::Mutex;
+
+use once_cell::sync::Lazy;
 use pingora::proxy::Session;
 
 use crate::metrics::{tool_type, Metrics};
@@ -43,11 +47,13 @@ pub fn metrics(m: &Metrics, session: &Session, ctx: &RequestCtx) {
         }
     }
 
-    let model = ctx
-        .upstream_model
-        .as_deref()
-        .or(ctx.model.as_deref())
-        .unwrap_or("");
+    let model = bounded(
+        &MODELS,
+        ctx.upstream_model
+            .as_deref()
+            .or(ctx.model.as_deref())
+            .unwrap_or(""),
+    );
     let tm = [provider, model];
     let completion = match (&ctx.usage, ctx.estimated_usage) {
         (Some(u), _) => {
@@ -84,8 +90,27 @@ pub fn metrics(m: &Metrics, session: &Session, ctx: &RequestCtx) {
         }
     }
     for name in &ctx.tool_calls {
+        let name = bounded(&TOOLS, name);
         m.tool_calls
             .with_label_values(&[provider, model, tool_type(name), name])
             .inc();
     }
+}
+
+/// Model names and tool names come from clients and models: past this many distinct values a
+/// label becomes `other`, so a client cannot grow the metrics without bound.
+const MAX_LABEL_VALUES: usize = 1000;
+static MODELS: Lazy<Mutex<HashSet<String>>> = Lazy::new(Default::default);
+static TOOLS: Lazy<Mutex<HashSet<String>>> = Lazy::new(Default::default);
+
+fn bounded<'a>(seen: &Mutex<HashSet<String>>, value: &'a str) -> &'a str {
+    let mut seen = seen.lock().expect("label set");
+    if seen.contains(value) {
+        return value;
+    }
+    if seen.len() < MAX_LABEL_VALUES {
+        seen.insert(value.to_string());
+        return value;
+    }
+    "other"
 }

@@ -590,9 +590,10 @@ impl StreamState {
                 if let Some(m) = message.model {
                     self.w.model = m;
                 }
+                // Not reported as usage yet: `output_tokens` here is a placeholder (1). A stream
+                // that ends before `message_delta` gets an estimate instead of an undercount.
                 if let Some(u) = message.usage {
                     self.native_usage.merge(&u);
-                    self.usage = Some(self.native_usage.to_openai());
                 }
                 self.w.role(out);
             }
