@@ -1,6 +1,9 @@
 //! Token usage: the OpenAI `usage` object and cheap extraction from response bodies and stream
 //! chunks.
 
+use std::sync::LazyLock;
+
+use memchr::memmem::Finder;
 use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -117,12 +120,13 @@ impl StreamStats {
     /// Records the text and tool-call names of one OpenAI chunk payload. Cheap when the chunk has
     /// neither: two substring searches.
     pub fn observe_chunk(&mut self, data: &[u8]) {
-        for key in [&b"\"content\":"[..], &b"\"reasoning_content\":"[..]] {
-            for at in memchr::memmem::find_iter(data, key) {
-                self.text_bytes += json_string_len(&data[at + key.len()..]) as u64;
+        for key in [&*CONTENT_KEY, &*REASONING_KEY] {
+            let len = key.needle().len();
+            for at in key.find_iter(data) {
+                self.text_bytes += json_string_len(&data[at + len..]) as u64;
             }
         }
-        if memchr::memmem::find(data, b"\"tool_calls\"").is_some() {
+        if TOOL_CALLS_KEY.find(data).is_some() {
             #[derive(Deserialize)]
             struct P {
                 #[serde(default)]
@@ -203,8 +207,15 @@ pub fn tool_calls_from_body(body: &[u8]) -> Vec<String> {
     s.tool_calls
 }
 
+// Substring searchers are built once: building one costs more than searching a chunk.
+static USAGE_KEY: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"usage\""));
+static CONTENT_KEY: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"content\":"));
+static REASONING_KEY: LazyLock<Finder<'static>> =
+    LazyLock::new(|| Finder::new(b"\"reasoning_content\":"));
+static TOOL_CALLS_KEY: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"tool_calls\""));
+
 fn has_non_null_usage(data: &[u8]) -> bool {
-    memchr::memmem::find_iter(data, b"\"usage\"").any(|at| {
+    USAGE_KEY.find_iter(data).any(|at| {
         let rest = &data[at + 7..];
         let mut i = 0;
         while i < rest.len() && (rest[i].is_ascii_whitespace() || rest[i] == b':') {
