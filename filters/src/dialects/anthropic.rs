@@ -7,13 +7,12 @@ use serde_json::{json, Map, Value};
 use super::chunks::ChunkWriter;
 use super::{
     arguments_object, content_text, finish_dropped, image_url, parse_data_url, stop_list,
-    NativeRequest, OpenAiResponse, RequestOptions, StreamTranslator, TranslateError,
+    NativeEvents, NativeRequest, OpenAiResponse, RequestOptions, TranslateError,
 };
 use crate::openai::{
     ChatCompletion, ChatCompletionRequest, ChatMessage, Choice, FunctionCall, ToolCall,
 };
-use crate::sse::{EventTooLarge, SseDecoder};
-use crate::stream_relay::StreamEnd;
+use crate::sse::SseDecoder;
 use crate::usage::{CompletionTokensDetails, PromptTokensDetails, Usage};
 
 /// Request fields Anthropic accepts as they are (native extensions a client may send).
@@ -661,45 +660,28 @@ impl StreamState {
     }
 }
 
-impl StreamTranslator for StreamState {
-    fn feed(&mut self, chunk: &[u8], out: &mut BytesMut) -> Result<(), EventTooLarge> {
-        self.decoder.push(chunk)?;
-        while let Some(ev) = self.decoder.next_event() {
-            if let Some(data) = ev.data {
-                self.handle(&data, out);
-            }
-        }
-        Ok(())
+impl NativeEvents for StreamState {
+    fn decoder(&mut self) -> &mut SseDecoder {
+        &mut self.decoder
     }
 
-    fn finish(&mut self, end: StreamEnd, out: &mut BytesMut) {
-        if let (StreamEnd::Clean, Some(ev)) = (&end, self.decoder.finish()) {
-            if let Some(data) = ev.data {
-                self.handle(&data, out);
-            }
-        }
-        if self.w.is_done() {
-            return;
-        }
-        match end {
-            // A clean end without message_stop is a truncated stream.
-            StreamEnd::Clean => self.w.error(
-                "the provider ended the stream before message_stop",
-                "api_error",
-                Some("upstream_stream_error"),
-                out,
-            ),
-            StreamEnd::Failed { message, code } => {
-                self.w.error(&message, "api_error", Some(code), out)
-            }
-        }
+    fn writer(&mut self) -> &mut ChunkWriter {
+        &mut self.w
+    }
+
+    fn writer_ref(&self) -> &ChunkWriter {
+        &self.w
+    }
+
+    fn handle(&mut self, data: &[u8], out: &mut BytesMut) {
+        StreamState::handle(self, data, out)
+    }
+
+    fn truncated_message(&self) -> &'static str {
+        "the provider ended the stream before message_stop"
     }
 
     fn usage(&self) -> Option<&Usage> {
         self.usage.as_ref()
-    }
-
-    fn stats(&self) -> &crate::usage::StreamStats {
-        &self.w.stats
     }
 }

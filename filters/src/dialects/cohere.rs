@@ -6,14 +6,13 @@ use serde_json::{json, Map, Value};
 
 use super::chunks::ChunkWriter;
 use super::{
-    content_text, finish_dropped, image_url, stop_list, NativeRequest, OpenAiResponse,
-    RequestOptions, StreamTranslator, TranslateError,
+    content_text, finish_dropped, image_url, stop_list, NativeEvents, NativeRequest,
+    OpenAiResponse, RequestOptions, TranslateError,
 };
 use crate::openai::{
     ChatCompletion, ChatCompletionRequest, ChatMessage, Choice, FunctionCall, ToolCall,
 };
-use crate::sse::{EventTooLarge, SseDecoder};
-use crate::stream_relay::StreamEnd;
+use crate::sse::{SseDecoder, SseEvent};
 use crate::usage::Usage;
 
 /// Native fields passed through unchanged.
@@ -542,47 +541,33 @@ fn data_index(data: &[u8]) -> Option<u32> {
     serde_json::from_slice::<Idx>(data).ok()?.index
 }
 
-impl StreamTranslator for StreamState {
-    fn feed(&mut self, chunk: &[u8], out: &mut BytesMut) -> Result<(), EventTooLarge> {
-        self.decoder.push(chunk)?;
-        while let Some(ev) = self.decoder.next_event() {
-            // A trailing `[DONE]` (some deployments send one) carries nothing to translate.
-            if let Some(d) = ev.data.as_ref().filter(|_| !ev.is_done()) {
-                self.handle(d, out);
-            }
-        }
-        Ok(())
+impl NativeEvents for StreamState {
+    fn decoder(&mut self) -> &mut SseDecoder {
+        &mut self.decoder
     }
 
-    fn finish(&mut self, end: StreamEnd, out: &mut BytesMut) {
-        if let (StreamEnd::Clean, Some(ev)) = (&end, self.decoder.finish()) {
-            if !ev.is_done() {
-                if let Some(data) = &ev.data {
-                    self.handle(data, out);
-                }
-            }
-        }
-        if self.w.is_done() {
-            return;
-        }
-        match end {
-            StreamEnd::Clean => self.w.error(
-                "the provider ended the stream before message-end",
-                "api_error",
-                Some("upstream_stream_error"),
-                out,
-            ),
-            StreamEnd::Failed { message, code } => {
-                self.w.error(&message, "api_error", Some(code), out)
-            }
-        }
+    fn writer(&mut self) -> &mut ChunkWriter {
+        &mut self.w
+    }
+
+    fn writer_ref(&self) -> &ChunkWriter {
+        &self.w
+    }
+
+    fn handle(&mut self, data: &[u8], out: &mut BytesMut) {
+        StreamState::handle(self, data, out)
+    }
+
+    fn truncated_message(&self) -> &'static str {
+        "the provider ended the stream before message-end"
+    }
+
+    fn skip(ev: &SseEvent) -> bool {
+        // A trailing `[DONE]` (some deployments send one) carries nothing to translate.
+        ev.is_done()
     }
 
     fn usage(&self) -> Option<&Usage> {
         self.usage.as_ref()
-    }
-
-    fn stats(&self) -> &crate::usage::StreamStats {
-        &self.w.stats
     }
 }

@@ -8,13 +8,12 @@ use serde_json::{json, Map, Value};
 use super::chunks::ChunkWriter;
 use super::{
     arguments_object, content_text, finish_dropped, image_url, parse_data_url, stop_list,
-    NativeRequest, OpenAiResponse, RequestOptions, StreamTranslator, TranslateError,
+    NativeEvents, NativeRequest, OpenAiResponse, RequestOptions, TranslateError,
 };
 use crate::openai::{
     ChatCompletion, ChatCompletionRequest, ChatMessage, Choice, FunctionCall, ToolCall,
 };
-use crate::sse::{EventTooLarge, SseDecoder};
-use crate::stream_relay::StreamEnd;
+use crate::sse::SseDecoder;
 use crate::usage::{CompletionTokensDetails, PromptTokensDetails, Usage};
 
 /// Native request fields passed through unchanged (snake_case accepted as OpenAI clients write it).
@@ -631,50 +630,37 @@ impl StreamState {
     }
 }
 
-impl StreamTranslator for StreamState {
-    fn feed(&mut self, chunk: &[u8], out: &mut BytesMut) -> Result<(), EventTooLarge> {
-        self.decoder.push(chunk)?;
-        while let Some(ev) = self.decoder.next_event() {
-            if let Some(data) = ev.data {
-                self.handle(&data, out);
-            }
-        }
-        Ok(())
+impl NativeEvents for StreamState {
+    fn decoder(&mut self) -> &mut SseDecoder {
+        &mut self.decoder
     }
 
-    fn finish(&mut self, end: StreamEnd, out: &mut BytesMut) {
-        if let (StreamEnd::Clean, Some(ev)) = (&end, self.decoder.finish()) {
-            if let Some(data) = ev.data {
-                self.handle(&data, out);
-            }
-        }
-        if self.w.is_done() {
-            return;
-        }
-        match (end, self.finish) {
-            // Gemini has no end-of-stream event: a clean end after a finishReason is the end.
-            (StreamEnd::Clean, Some(f)) => {
-                self.w.finish(f, out);
-                let usage = self.usage.clone();
-                self.w.end(usage.as_ref(), out);
-            }
-            (StreamEnd::Clean, None) => self.w.error(
-                "the provider ended the stream without a finishReason",
-                "api_error",
-                Some("upstream_stream_error"),
-                out,
-            ),
-            (StreamEnd::Failed { message, code }, _) => {
-                self.w.error(&message, "api_error", Some(code), out)
-            }
-        }
+    fn writer(&mut self) -> &mut ChunkWriter {
+        &mut self.w
+    }
+
+    fn writer_ref(&self) -> &ChunkWriter {
+        &self.w
+    }
+
+    fn handle(&mut self, data: &[u8], out: &mut BytesMut) {
+        StreamState::handle(self, data, out)
+    }
+
+    fn clean_end(&mut self, out: &mut BytesMut) -> bool {
+        // Gemini has no end-of-stream event: a clean end after a finishReason is the end.
+        let Some(f) = self.finish else { return false };
+        self.w.finish(f, out);
+        let usage = self.usage.clone();
+        self.w.end(usage.as_ref(), out);
+        true
+    }
+
+    fn truncated_message(&self) -> &'static str {
+        "the provider ended the stream without a finishReason"
     }
 
     fn usage(&self) -> Option<&Usage> {
         self.usage.as_ref()
-    }
-
-    fn stats(&self) -> &crate::usage::StreamStats {
-        &self.w.stats
     }
 }

@@ -15,7 +15,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::openai::{error_type_for_status, ChatCompletionRequest, ErrorEnvelope};
-use crate::sse::EventTooLarge;
+use crate::sse::{EventTooLarge, SseDecoder, SseEvent};
 use crate::stream_relay::{OpenAiStreamRelay, StreamEnd};
 use crate::usage::{StreamStats, Usage};
 
@@ -126,6 +126,78 @@ impl StreamTranslator for OpenAiStreamRelay {
     }
     fn stats(&self) -> &StreamStats {
         OpenAiStreamRelay::stats(self)
+    }
+}
+
+/// The per-event part of a native stream translator. `feed` and `finish` (SSE framing, the
+/// unterminated tail, and ending a broken stream with an error and one `[DONE]`) are shared by
+/// every dialect through the blanket `StreamTranslator` impl below.
+pub(crate) trait NativeEvents: Send {
+    fn decoder(&mut self) -> &mut SseDecoder;
+    fn writer(&mut self) -> &mut chunks::ChunkWriter;
+    fn writer_ref(&self) -> &chunks::ChunkWriter;
+    /// Translates one event's data.
+    fn handle(&mut self, data: &[u8], out: &mut BytesMut);
+    /// The upstream ended cleanly but the translator has not finished: complete the stream
+    /// (true) or leave it to be reported as truncated (false).
+    fn clean_end(&mut self, _out: &mut BytesMut) -> bool {
+        false
+    }
+    /// Why a clean end without the dialect's end event is a broken stream.
+    fn truncated_message(&self) -> &'static str;
+    /// Events to ignore entirely.
+    fn skip(_ev: &SseEvent) -> bool {
+        false
+    }
+    fn usage(&self) -> Option<&Usage>;
+}
+
+impl<E: NativeEvents> StreamTranslator for E {
+    fn feed(&mut self, chunk: &[u8], out: &mut BytesMut) -> Result<(), EventTooLarge> {
+        self.decoder().push(chunk)?;
+        while let Some(ev) = self.decoder().next_event() {
+            if E::skip(&ev) {
+                continue;
+            }
+            if let Some(data) = ev.data {
+                self.handle(&data, out);
+            }
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self, end: StreamEnd, out: &mut BytesMut) {
+        if end == StreamEnd::Clean {
+            // The last event may lack its blank line; a failed stream's fragment is dropped.
+            if let Some(ev) = self.decoder().finish().filter(|ev| !E::skip(ev)) {
+                if let Some(data) = ev.data {
+                    self.handle(&data, out);
+                }
+            }
+        }
+        if self.writer_ref().is_done() {
+            return;
+        }
+        match end {
+            StreamEnd::Clean => {
+                if !self.clean_end(out) {
+                    let message = self.truncated_message();
+                    self.writer()
+                        .error(message, "api_error", Some("upstream_stream_error"), out);
+                }
+            }
+            StreamEnd::Failed { message, code } => {
+                self.writer().error(&message, "api_error", Some(code), out)
+            }
+        }
+    }
+
+    fn usage(&self) -> Option<&Usage> {
+        NativeEvents::usage(self)
+    }
+
+    fn stats(&self) -> &StreamStats {
+        &self.writer_ref().stats
     }
 }
 
