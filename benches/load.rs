@@ -11,6 +11,13 @@
 //!   are written as JSON to `target/bench/` for comparison across commits.
 //!
 //! Settings: BENCH_CONCURRENCY (32), BENCH_SECONDS (5), BENCH_GATEWAY_THREADS (1).
+//!
+//! Other modes (`BENCH_MODE`):
+//! - `soak`: non-stream 1 KB load on the gateway for BENCH_SOAK_SECONDS (60) or until
+//!   BENCH_SOAK_REQUESTS (1,000,000), RSS sampled every second: start, peak, end (memory must
+//!   plateau);
+//! - `scale`: BENCH_STREAMS (5,000) concurrent streams held open, each trickling one chunk per
+//!   second for BENCH_STREAM_SECONDS (10); reports the gateway's peak RSS and CPU time.
 
 #[path = "support/mock.rs"]
 mod mock;
@@ -31,7 +38,11 @@ fn main() {
     match std::env::var("BENCH_ROLE").as_deref() {
         Ok("mock") => run_mock(),
         Ok("bare") => run_bare(),
-        _ => drive(),
+        _ => match std::env::var("BENCH_MODE").as_deref() {
+            Ok("soak") => soak(),
+            Ok("scale") => scale(),
+            _ => drive(),
+        },
     }
 }
 
@@ -107,15 +118,30 @@ struct Proc {
 
 impl Proc {
     fn peak_rss_kb(&self) -> u64 {
+        self.status_kb("VmHWM:")
+    }
+
+    fn rss_kb(&self) -> u64 {
+        self.status_kb("VmRSS:")
+    }
+
+    fn status_kb(&self, key: &str) -> u64 {
         std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
             .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find(|l| l.starts_with("VmHWM:"))
-                    .map(str::to_string)
-            })
+            .and_then(|s| s.lines().find(|l| l.starts_with(key)).map(str::to_string))
             .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
             .unwrap_or(0)
+    }
+
+    /// User + system CPU time so far, in seconds.
+    fn cpu_seconds(&self) -> f64 {
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
+        let after = stat.rsplit_once(") ").map_or("", |(_, a)| a);
+        let f: Vec<&str> = after.split_whitespace().collect();
+        let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+        // utime and stime (fields 14 and 15 of /proc/pid/stat), counted after the comm field.
+        (ticks(11) + ticks(12)) / 100.0
     }
 }
 
@@ -409,4 +435,141 @@ fn drive() {
     let doc = serde_json::json!({"concurrency": concurrency, "seconds": seconds, "threads": threads, "results": results});
     std::fs::write(&path, serde_json::to_string_pretty(&doc).unwrap()).unwrap();
     println!("results written to {}", path.display());
+}
+
+// ---------------------------------------------------------------------------------- soak
+
+fn soak() {
+    let seconds = env_num("BENCH_SOAK_SECONDS", 60);
+    let max_requests = env_num("BENCH_SOAK_REQUESTS", 1_000_000);
+    let concurrency = env_num("BENCH_CONCURRENCY", 32);
+    let mock = spawn_role("mock (direct)", "mock", &[]);
+    let gateway = spawn_gateway(mock.port, env_num("BENCH_GATEWAY_THREADS", 1), true);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let start_rss = gateway.rss_kb();
+    let started = Instant::now();
+    let mut samples = vec![start_rss];
+    let mut total = 0u64;
+    let mut errors = 0u64;
+    println!("soak: gateway (metrics on), non-stream 1 KB, concurrency {concurrency}, up to {seconds} s or {max_requests} requests");
+    while started.elapsed() < Duration::from_secs(seconds) && total < max_requests {
+        let (st, _) = rt.block_on(load(gateway.port, SCENARIOS[0], concurrency, 1));
+        total += st.latencies_us.len() as u64;
+        errors += st.errors;
+        samples.push(gateway.rss_kb());
+    }
+    let peak = samples.iter().max().copied().unwrap_or(0);
+    let end = *samples.last().unwrap();
+    let mb = |kb: u64| kb as f64 / 1024.0;
+    println!(
+        "requests {total}, errors {errors}, {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
+    println!(
+        "RSS start {:.1} MB, peak {:.1} MB, end {:.1} MB",
+        mb(start_rss),
+        mb(peak),
+        mb(end)
+    );
+    let curve: Vec<String> = samples.iter().step_by(10).map(|kb| format!("{:.1}", mb(*kb))).collect();
+    println!("RSS every 10 s (MB): {}", curve.join(" "));
+    // Plateau: compare the last third of the run with its own start.
+    let third = &samples[samples.len() * 2 / 3..];
+    let growth = (*third.last().unwrap() as f64 / third[0].max(1) as f64 - 1.0) * 100.0;
+    println!("RSS change over the last third of the run: {growth:+.1}%");
+}
+
+// ---------------------------------------------------------------------------------- scale
+
+fn scale() {
+    let mock = spawn_role("mock (direct)", "mock", &[]);
+    let threads = env_num("BENCH_GATEWAY_THREADS", 1);
+    // The bare proxy first: what Pingora itself costs per stream.
+    let bare = spawn_role(
+        "bare pingora",
+        "bare",
+        &[
+            ("BENCH_UPSTREAM", format!("127.0.0.1:{}", mock.port)),
+            ("BENCH_GATEWAY_THREADS", threads.to_string()),
+        ],
+    );
+    scale_one(&bare);
+    drop(bare);
+    let gateway = spawn_gateway(mock.port, threads, false);
+    scale_one(&gateway);
+}
+
+fn scale_one(gateway: &Proc) {
+    let streams = env_num("BENCH_STREAMS", 5000);
+    let chunks = env_num("BENCH_STREAM_SECONDS", 10);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let idle_rss = gateway.rss_kb();
+    let cpu_before = gateway.cpu_seconds();
+    println!(
+        "scale: {streams} concurrent streams through {}, one chunk per second for {chunks} s",
+        gateway.name
+    );
+    let body = format!(
+        r#"{{"model":"openai/gpt-4o","messages":[{{"role":"user","content":"hi"}}],"stream":true,"trickle":{chunks}}}"#
+    );
+    let req = Arc::new(
+        format!("POST /v1/chat/completions HTTP/1.1\r\nhost: bench\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}", body.len())
+            .into_bytes(),
+    );
+    let port = gateway.port;
+    let started = Instant::now();
+    let (ok, failed, peak) = rt.block_on(async {
+        let mut tasks = Vec::with_capacity(streams as usize);
+        for _ in 0..streams {
+            let req = req.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut s = TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+                s.write_all(&req).await.ok()?;
+                let mut buf = Vec::with_capacity(4096);
+                let mut tmp = [0u8; 4096];
+                // Read until the chunked body's terminator.
+                loop {
+                    let n = s.read(&mut tmp).await.ok()?;
+                    if n == 0 {
+                        return None;
+                    }
+                    buf.extend_from_slice(&tmp[..n]);
+                    if buf.ends_with(b"0\r\n\r\n") {
+                        return Some(String::from_utf8_lossy(&buf).contains("[DONE]"));
+                    }
+                }
+            }));
+        }
+        let mut peak = 0;
+        while tasks.iter().any(|t| !t.is_finished()) {
+            peak = peak.max(gateway.rss_kb());
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        let (mut ok, mut failed) = (0, 0);
+        for t in tasks {
+            match t.await.unwrap() {
+                Some(true) => ok += 1,
+                _ => failed += 1,
+            }
+        }
+        (ok, failed, peak)
+    });
+    let cpu = gateway.cpu_seconds() - cpu_before;
+    let secs = started.elapsed().as_secs_f64();
+    println!("streams completed {ok}, failed {failed}, in {secs:.1} s");
+    println!(
+        "{} RSS idle {:.1} MB, peak {:.1} MB; CPU {cpu:.2} s ({:.1}% of one core)",
+        gateway.name,
+        idle_rss as f64 / 1024.0,
+        peak as f64 / 1024.0,
+        cpu / secs * 100.0
+    );
 }

@@ -69,6 +69,14 @@ pub async fn serve(mut s: TcpStream, plain: &'static [u8], sse: &'static [u8]) {
         }
         let body = &buf[head_end..head_end + len];
         let wants_stream = body.windows(13).any(|w| w == b"\"stream\":true");
+        // `"trickle":N`: a slow stream of N chunks, one per second (idle-connection scale tests).
+        if let Some(n) = trickle_chunks(body) {
+            buf.drain(..head_end + len);
+            if trickle(&mut s, n).await.is_err() {
+                return;
+            }
+            continue;
+        }
         if s.write_all(if wants_stream { sse } else { plain })
             .await
             .is_err()
@@ -88,4 +96,31 @@ pub async fn run(listener: TcpListener) {
             tokio::spawn(serve(s, plain, sse));
         }
     }
+}
+
+fn trickle_chunks(body: &[u8]) -> Option<u32> {
+    let key = b"\"trickle\":";
+    let at = body.windows(key.len()).position(|w| w == key)? + key.len();
+    let digits: Vec<u8> = body[at..]
+        .iter()
+        .copied()
+        .take_while(u8::is_ascii_digit)
+        .collect();
+    std::str::from_utf8(&digits).ok()?.parse().ok()
+}
+
+async fn trickle(s: &mut TcpStream, n: u32) -> std::io::Result<()> {
+    s.write_all(
+        b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n",
+    )
+    .await?;
+    for i in 0..n {
+        let event = format!("data: {{\"id\":\"t\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"m\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"tick{i} \"}},\"finish_reason\":null}}]}}\n\n");
+        s.write_all(format!("{:x}\r\n{event}\r\n", event.len()).as_bytes())
+            .await?;
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
+    let done = "data: [DONE]\n\n";
+    s.write_all(format!("{:x}\r\n{done}\r\n0\r\n\r\n", done.len()).as_bytes())
+        .await
 }
