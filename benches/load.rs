@@ -475,7 +475,11 @@ fn soak() {
         mb(peak),
         mb(end)
     );
-    let curve: Vec<String> = samples.iter().step_by(10).map(|kb| format!("{:.1}", mb(*kb))).collect();
+    let curve: Vec<String> = samples
+        .iter()
+        .step_by(10)
+        .map(|kb| format!("{:.1}", mb(*kb)))
+        .collect();
     println!("RSS every 10 s (MB): {}", curve.join(" "));
     // Plateau: compare the last third of the run with its own start.
     let third = &samples[samples.len() * 2 / 3..];
