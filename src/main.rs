@@ -2,6 +2,7 @@
 
 mod access_log;
 mod config;
+mod daemon_ready;
 mod drain;
 mod errors;
 mod handlers;
@@ -104,6 +105,15 @@ fn run(cli: Cli, cfg: Config, providers: Arc<Providers>) -> ExitCode {
     // happens after daemonizing; the daemon then tells its parent it is ready (see
     // `daemon_wait_for_ready`). Listening services start once it is done.
     let bootstrap = server.bootstrap_as_a_service();
+    if cli.daemon {
+        let gate = server.add_service(background_service(
+            "parent-ready",
+            daemon_ready::ParentListening {
+                parent: std::process::id(),
+            },
+        ));
+        bootstrap.add_dependency(&gate);
+    }
 
     let metrics = cfg.telemetry.enable.then(metrics::Metrics::new);
     if let Some(m) = &metrics {
