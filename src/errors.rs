@@ -47,30 +47,3 @@ impl ApiError {
         .into()
     }
 }
-
-/// Wraps an upstream error body in the envelope unless it already is one.
-pub fn wrap_upstream_error(status: u16, provider: &str, body: &[u8]) -> Bytes {
-    if ErrorEnvelope::is_envelope(body) {
-        return Bytes::copy_from_slice(body);
-    }
-    // Keep what the provider said, as text, so nothing useful is lost.
-    let text = String::from_utf8_lossy(body);
-    let text = text.trim();
-    let detail = if text.is_empty() {
-        String::new()
-    } else {
-        let mut t: String = text.chars().take(2000).collect();
-        if t.len() < text.len() {
-            t.push_str("...");
-        }
-        format!(": {t}")
-    };
-    ErrorEnvelope::new(
-        format!("provider {provider} returned HTTP {status}{detail}"),
-        error_type_for_status(status),
-        None,
-        Some("upstream_error"),
-    )
-    .to_bytes()
-    .into()
-}

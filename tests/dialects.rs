@@ -93,14 +93,7 @@ async fn anthropic_native() {
     // Streamed thinking + parallel tool calls with arguments split across deltas.
     let req = json!({"model": "anthropic/claude-sonnet-4-20250514", "stream": true,
         "stream_options": {"include_usage": true}, "messages": [{"role": "user", "content": "Weather?"}]});
-    let r = raw_request(
-        gw.addr(),
-        "POST",
-        "/v1/chat/completions",
-        &[],
-        req.to_string().as_bytes(),
-    )
-    .await;
+    let r = post_chat(gw.addr(), req.to_string().as_bytes()).await;
     assert_eq!(r.headers["content-type"], "text/event-stream");
     let text = r.text();
     assert_eq!(
@@ -127,14 +120,7 @@ async fn anthropic_native() {
 
     // Provider errors keep their status, in OpenAI's envelope.
     let req = json!({"model": "anthropic/broken", "messages": [{"role": "user", "content": "x"}]});
-    let r = raw_request(
-        gw.addr(),
-        "POST",
-        "/v1/chat/completions",
-        &[],
-        req.to_string().as_bytes(),
-    )
-    .await;
+    let r = post_chat(gw.addr(), req.to_string().as_bytes()).await;
     assert_eq!(r.status, 400);
     assert_eq!(
         r.json()["error"]["message"],
@@ -150,11 +136,8 @@ async fn anthropic_can_use_its_openai_compatible_endpoint() {
     let mut env = provider_env(&[("anthropic", up.url("/v1"))]);
     env.push(("ANTHROPIC_DIALECT", "openai".into()));
     let gw = GatewayProcess::start(&env, None);
-    let r = raw_request(
+    let r = post_chat(
         gw.addr(),
-        "POST",
-        "/v1/chat/completions",
-        &[],
         json!({"model":"anthropic/claude","messages":[{"role":"user","content":"x"}]})
             .to_string()
             .as_bytes(),
@@ -181,14 +164,7 @@ async fn gemini_native() {
     let gw = GatewayProcess::start(&provider_env(&[("google", up.url("/v1beta"))]), None);
     let req = json!({"model": "google/gemini-2.0-flash", "messages": [{"role": "user", "content": "Weather?"}],
         "tools": [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]});
-    let r = raw_request(
-        gw.addr(),
-        "POST",
-        "/v1/chat/completions",
-        &[],
-        req.to_string().as_bytes(),
-    )
-    .await;
+    let r = post_chat(gw.addr(), req.to_string().as_bytes()).await;
     assert_eq!(r.status, 200, "{}", r.text());
     let v = r.json();
     assert_eq!(v["choices"][0]["finish_reason"], "tool_calls");
@@ -203,14 +179,7 @@ async fn gemini_native() {
     assert_eq!(got.json()["contents"][0]["parts"][0]["text"], "Weather?");
 
     let req = json!({"model": "google/gemini-2.0-flash", "stream": true, "messages": [{"role": "user", "content": "Hi"}]});
-    let r = raw_request(
-        gw.addr(),
-        "POST",
-        "/v1/chat/completions",
-        &[],
-        req.to_string().as_bytes(),
-    )
-    .await;
+    let r = post_chat(gw.addr(), req.to_string().as_bytes()).await;
     assert_eq!(
         up.last().path,
         "/v1beta/models/gemini-2.0-flash:streamGenerateContent?alt=sse"
@@ -230,14 +199,7 @@ async fn gemini_native() {
         .contains("prompt_tokens=8 completion_tokens=5"));
 
     let req = json!({"model": "google/bad-model", "messages": [{"role": "user", "content": "Hi"}]});
-    let r = raw_request(
-        gw.addr(),
-        "POST",
-        "/v1/chat/completions",
-        &[],
-        req.to_string().as_bytes(),
-    )
-    .await;
+    let r = post_chat(gw.addr(), req.to_string().as_bytes()).await;
     assert_eq!(r.status, 404);
     assert_eq!(r.json()["error"]["code"], "not_found");
 }
@@ -256,7 +218,7 @@ async fn cohere_native() {
     })
     .await;
     let gw = GatewayProcess::start(&provider_env(&[("cohere", up.url(""))]), None);
-    let r = raw_request(gw.addr(), "POST", "/v1/chat/completions", &[], json!({"model":"cohere/command-a-03-2025","messages":[{"role":"user","content":"What is an LLM?"}]}).to_string().as_bytes()).await;
+    let r = post_chat(gw.addr(), json!({"model":"cohere/command-a-03-2025","messages":[{"role":"user","content":"What is an LLM?"}]}).to_string().as_bytes()).await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(
         r.json()["choices"][0]["message"]["content"],
@@ -269,7 +231,7 @@ async fn cohere_native() {
         Some("Bearer sk-cohere-test")
     );
 
-    let r = raw_request(gw.addr(), "POST", "/v1/chat/completions", &[], json!({"model":"cohere/command-a-03-2025","stream":true,"messages":[{"role":"user","content":"Weather?"}]}).to_string().as_bytes()).await;
+    let r = post_chat(gw.addr(), json!({"model":"cohere/command-a-03-2025","stream":true,"messages":[{"role":"user","content":"Weather?"}]}).to_string().as_bytes()).await;
     let evs = events(&r.text());
     let calls: Vec<&Value> = evs
         .iter()
@@ -308,11 +270,8 @@ async fn native_stream_cut_mid_way_ends_with_error_and_done() {
     })
     .await;
     let gw = GatewayProcess::start(&provider_env(&[("anthropic", up.url("/v1"))]), None);
-    let r = raw_request(
+    let r = post_chat(
         gw.addr(),
-        "POST",
-        "/v1/chat/completions",
-        &[],
         json!({"model":"anthropic/c","stream":true,"messages":[{"role":"user","content":"x"}]})
             .to_string()
             .as_bytes(),
@@ -336,14 +295,7 @@ async fn untranslatable_request_is_a_clear_400() {
     let up = MockUpstream::start(|_| json_response(200, "{}")).await;
     let gw = GatewayProcess::start(&provider_env(&[("google", up.url("/v1beta"))]), None);
     let req = json!({"model": "google/gemini-2.0-flash", "messages": [{"role": "user", "content": "x"}, {"role": "tool", "tool_call_id": "nope", "content": "1"}]});
-    let r = raw_request(
-        gw.addr(),
-        "POST",
-        "/v1/chat/completions",
-        &[],
-        req.to_string().as_bytes(),
-    )
-    .await;
+    let r = post_chat(gw.addr(), req.to_string().as_bytes()).await;
     assert_eq!(r.status, 400);
     assert_eq!(r.json()["error"]["param"], "messages");
     // The model is part of Gemini's URL path: nothing but a model name may go there.
@@ -354,14 +306,7 @@ async fn untranslatable_request_is_a_clear_400() {
         "a b",
     ] {
         let req = json!({"model": format!("google/{model}"), "messages": [{"role": "user", "content": "x"}]});
-        let r = raw_request(
-            gw.addr(),
-            "POST",
-            "/v1/chat/completions",
-            &[],
-            req.to_string().as_bytes(),
-        )
-        .await;
+        let r = post_chat(gw.addr(), req.to_string().as_bytes()).await;
         assert_eq!(
             (r.status, r.json()["error"]["code"].clone()),
             (400, json!("invalid_model")),
@@ -411,4 +356,21 @@ async fn models_from_native_lists() {
         Some("sk-google-test")
     );
     assert_eq!(cohere.last().path, "/v1/models");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn native_request_that_is_not_a_chat_request_is_400() {
+    let up = MockUpstream::start(|_| json_response(200, "{}")).await;
+    let gw = GatewayProcess::start(&provider_env(&[("anthropic", up.url("/v1"))]), None);
+    let r = post_chat(
+        gw.addr(),
+        br#"{"model":"anthropic/claude","messages":"hi"}"#,
+    )
+    .await;
+    assert_eq!(
+        (r.status, r.json()["error"]["code"].clone()),
+        (400, json!("invalid_request"))
+    );
+    assert_eq!(r.json()["error"]["type"], "invalid_request_error");
+    assert_eq!(up.count(), 0);
 }

@@ -158,11 +158,7 @@ async fn allow_list_applies_to_aliases() {
     let gw = GatewayProcess::start(&env, Some(toml));
     let st = |m: &'static str| {
         let addr = gw.addr();
-        async move {
-            raw_request(addr, "POST", "/v1/chat/completions", &[], &chat_body(m))
-                .await
-                .status
-        }
+        async move { post_chat(addr, &chat_body(m)).await.status }
     };
     assert_eq!(st("openai/gpt-4o").await, 200);
     assert_eq!(st("gpt-4o").await, 400);
@@ -225,14 +221,7 @@ async fn stream_relay_is_byte_exact_apart_from_injected_usage() {
 
     // Client asked for usage itself: byte-exact, usage chunk included, request untouched.
     let body = json!({"model":"openai/gpt-4o","messages":[],"stream":true,"stream_options":{"include_usage":true}});
-    let r = raw_request(
-        gw.addr(),
-        "POST",
-        "/v1/chat/completions",
-        &[],
-        body.to_string().as_bytes(),
-    )
-    .await;
+    let r = post_chat(gw.addr(), body.to_string().as_bytes()).await;
     assert_eq!(r.status, 200);
     assert_eq!(r.headers["content-type"], "text/event-stream");
     assert_eq!(r.text(), with_usage);
@@ -244,14 +233,7 @@ async fn stream_relay_is_byte_exact_apart_from_injected_usage() {
     // Client did not ask: the gateway injects include_usage upstream and removes the usage-only
     // chunk from what the client sees; everything else is byte-identical.
     let body = json!({"model":"openai/gpt-4o","messages":[],"stream":true});
-    let r = raw_request(
-        gw.addr(),
-        "POST",
-        "/v1/chat/completions",
-        &[],
-        body.to_string().as_bytes(),
-    )
-    .await;
+    let r = post_chat(gw.addr(), body.to_string().as_bytes()).await;
     assert_eq!(
         up.last().json()["stream_options"],
         json!({"include_usage": true})
@@ -289,14 +271,7 @@ async fn sse_split_at_every_byte_boundary() {
     let req = json!({"model":"openai/m","messages":[],"stream":true,"stream_options":{"include_usage":true}}).to_string();
     for at in 0..=expected.len() {
         split.store(at, std::sync::atomic::Ordering::SeqCst);
-        let r = raw_request(
-            gw.addr(),
-            "POST",
-            "/v1/chat/completions",
-            &[],
-            req.as_bytes(),
-        )
-        .await;
+        let r = post_chat(gw.addr(), req.as_bytes()).await;
         assert_eq!(r.text(), expected, "split at byte {at}");
     }
 }
@@ -309,14 +284,7 @@ async fn stream_byte_by_byte_utf8() {
     let up = MockUpstream::start(move |_| sse_steps(b2.as_bytes(), &splits, Duration::ZERO)).await;
     let gw = GatewayProcess::start(&provider_env(&[("openai", up.url("/v1"))]), None);
     let req = json!({"model":"openai/m","messages":[],"stream":true,"stream_options":{"include_usage":false}}).to_string();
-    let r = raw_request(
-        gw.addr(),
-        "POST",
-        "/v1/chat/completions",
-        &[],
-        req.as_bytes(),
-    )
-    .await;
+    let r = post_chat(gw.addr(), req.as_bytes()).await;
     assert_eq!(r.text(), body);
 }
 
@@ -334,14 +302,7 @@ async fn stream_without_done_or_with_two_gets_exactly_one() {
     let gw = GatewayProcess::start(&provider_env(&[("openai", up.url("/v1"))]), None);
     let req = json!({"model":"openai/m","messages":[],"stream":true}).to_string();
     for _ in 0..2 {
-        let r = raw_request(
-            gw.addr(),
-            "POST",
-            "/v1/chat/completions",
-            &[],
-            req.as_bytes(),
-        )
-        .await;
+        let r = post_chat(gw.addr(), req.as_bytes()).await;
         assert_eq!(r.text(), format!("{no_done}data: [DONE]\n\n"));
     }
 }
@@ -362,14 +323,7 @@ async fn upstream_closing_mid_stream_ends_with_error_event_and_done() {
     .await;
     let gw = GatewayProcess::start(&provider_env(&[("openai", up.url("/v1"))]), None);
     let req = json!({"model":"openai/m","messages":[],"stream":true}).to_string();
-    let r = raw_request(
-        gw.addr(),
-        "POST",
-        "/v1/chat/completions",
-        &[],
-        req.as_bytes(),
-    )
-    .await;
+    let r = post_chat(gw.addr(), req.as_bytes()).await;
     assert_eq!(r.status, 200);
     let text = r.text();
     let events: Vec<&str> = text.split("\n\n").filter(|e| !e.is_empty()).collect();
@@ -437,16 +391,7 @@ async fn client_disconnect_while_waiting_for_first_byte_closes_upstream() {
     let up = MockUpstream::start(|_| vec![Step::Sleep(Duration::from_secs(30)), Step::Close]).await;
     let gw = GatewayProcess::start(&provider_env(&[("openai", up.url("/v1"))]), None);
     let addr = gw.addr();
-    let task = tokio::spawn(async move {
-        raw_request(
-            addr,
-            "POST",
-            "/v1/chat/completions",
-            &[],
-            &chat_body("openai/m"),
-        )
-        .await
-    });
+    let task = tokio::spawn(async move { post_chat(addr, &chat_body("openai/m")).await });
     let deadline = std::time::Instant::now() + Duration::from_secs(3);
     while up.count() == 0 && std::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -478,14 +423,7 @@ async fn upstream_errors_pass_through_in_the_envelope() {
         json!({"model": format!("openai/{m}"), "messages": [], "stream": true}).to_string()
     };
 
-    let r = raw_request(
-        gw.addr(),
-        "POST",
-        "/v1/chat/completions",
-        &[],
-        stream_req("limited").as_bytes(),
-    )
-    .await;
+    let r = post_chat(gw.addr(), stream_req("limited").as_bytes()).await;
     assert_eq!(r.status, 429);
     assert_eq!(
         r.headers["content-type"], "application/json",
@@ -495,14 +433,7 @@ async fn upstream_errors_pass_through_in_the_envelope() {
     assert_eq!(r.headers["x-ratelimit-remaining-requests"], "0");
     assert_eq!(r.json()["error"]["code"], "rate_limit_exceeded");
 
-    let r = raw_request(
-        gw.addr(),
-        "POST",
-        "/v1/chat/completions",
-        &[],
-        &chat_body("openai/broken"),
-    )
-    .await;
+    let r = post_chat(gw.addr(), &chat_body("openai/broken")).await;
     assert_eq!(r.status, 500);
     let e = r.json();
     assert_eq!(e["error"]["type"], "api_error");
@@ -523,25 +454,11 @@ async fn connect_failure_is_502_and_slow_first_byte_is_504() {
     ]);
     env.push(("CLIENT_TIMEOUT", "300ms".into()));
     let gw = GatewayProcess::start(&env, None);
-    let r = raw_request(
-        gw.addr(),
-        "POST",
-        "/v1/chat/completions",
-        &[],
-        &chat_body("openai/m"),
-    )
-    .await;
+    let r = post_chat(gw.addr(), &chat_body("openai/m")).await;
     assert_eq!(r.status, 502);
     assert_eq!(r.json()["error"]["code"], "upstream_connect_error");
     let t = std::time::Instant::now();
-    let r = raw_request(
-        gw.addr(),
-        "POST",
-        "/v1/chat/completions",
-        &[],
-        &chat_body("groq/m"),
-    )
-    .await;
+    let r = post_chat(gw.addr(), &chat_body("groq/m")).await;
     assert_eq!(r.status, 504);
     assert_eq!(r.json()["error"]["code"], "upstream_timeout");
     assert!(t.elapsed() < Duration::from_secs(3));
@@ -578,25 +495,11 @@ async fn stream_idle_timeout_ends_stream_but_long_healthy_streams_survive() {
     let req = |m: &str| {
         json!({"model": format!("openai/{m}"), "messages": [], "stream": true}).to_string()
     };
-    let r = raw_request(
-        gw.addr(),
-        "POST",
-        "/v1/chat/completions",
-        &[],
-        req("healthy").as_bytes(),
-    )
-    .await;
+    let r = post_chat(gw.addr(), req("healthy").as_bytes()).await;
     let text = r.text();
     assert_eq!(text.matches("\"content\"").count(), 30, "{text}");
     assert!(text.ends_with("data: [DONE]\n\n") && !text.contains("error"));
-    let r = raw_request(
-        gw.addr(),
-        "POST",
-        "/v1/chat/completions",
-        &[],
-        req("stall").as_bytes(),
-    )
-    .await;
+    let r = post_chat(gw.addr(), req("stall").as_bytes()).await;
     let text = r.text();
     assert_eq!(text.matches("\"content\"").count(), 3);
     assert!(text.contains("upstream_idle_timeout"), "{text}");
@@ -614,13 +517,13 @@ async fn malformed_and_oversized_requests() {
         b"{\"model\": 5}",
         b"{\"model\":\"openai/x\",\"stream\":\"yes\"}",
     ] {
-        let r = raw_request(gw.addr(), "POST", "/v1/chat/completions", &[], bad).await;
+        let r = post_chat(gw.addr(), bad).await;
         assert_eq!(r.status, 400, "{}", String::from_utf8_lossy(bad));
         assert_eq!(r.json()["error"]["type"], "invalid_request_error");
     }
     // 11 MiB with Content-Length: refused before reading it.
     let big = vec![b' '; 11 * 1024 * 1024];
-    let r = raw_request(gw.addr(), "POST", "/v1/chat/completions", &[], &big).await;
+    let r = post_chat(gw.addr(), &big).await;
     assert_eq!(r.status, 413);
     assert_eq!(r.json()["error"]["code"], "request_too_large");
     // 11 MiB chunked: refused once the limit is crossed.
@@ -653,14 +556,7 @@ async fn large_bodies_reach_the_upstream_intact() {
         let body =
             json!({"model": "openai/gpt-4o", "messages": [{"role": "user", "content": filler}]})
                 .to_string();
-        let r = raw_request(
-            gw.addr(),
-            "POST",
-            "/v1/chat/completions",
-            &[],
-            body.as_bytes(),
-        )
-        .await;
+        let r = post_chat(gw.addr(), body.as_bytes()).await;
         assert_eq!(r.status, 200, "{size}");
         let got = up.last();
         assert_eq!(got.body.len(), body.len() - "openai/".len(), "{size}");
@@ -785,14 +681,7 @@ async fn custom_provider_with_header_auth_and_query() {
         up.url("/v1")
     );
     let gw = GatewayProcess::start(&[], Some(&toml));
-    let r = raw_request(
-        gw.addr(),
-        "POST",
-        "/v1/chat/completions",
-        &[],
-        &chat_body("azure/gpt-4o"),
-    )
-    .await;
+    let r = post_chat(gw.addr(), &chat_body("azure/gpt-4o")).await;
     assert_eq!(r.status, 200, "{}", r.text());
     let got = up.last();
     assert_eq!(
@@ -863,14 +752,7 @@ async fn upstream_connections_are_reused() {
     let up = openai_mock().await;
     let gw = GatewayProcess::start(&provider_env(&[("openai", up.url("/v1"))]), None);
     for _ in 0..20 {
-        let r = raw_request(
-            gw.addr(),
-            "POST",
-            "/v1/chat/completions",
-            &[],
-            &chat_body("openai/m"),
-        )
-        .await;
+        let r = post_chat(gw.addr(), &chat_body("openai/m")).await;
         assert_eq!(r.status, 200);
     }
     assert_eq!(up.count(), 20);
@@ -892,14 +774,7 @@ async fn stale_pooled_connection_is_retried_transparently() {
     .await;
     let gw = GatewayProcess::start(&provider_env(&[("openai", up.url("/v1"))]), None);
     for _ in 0..5 {
-        let r = raw_request(
-            gw.addr(),
-            "POST",
-            "/v1/chat/completions",
-            &[],
-            &chat_body("openai/m"),
-        )
-        .await;
+        let r = post_chat(gw.addr(), &chat_body("openai/m")).await;
         assert_eq!(r.status, 200);
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -925,14 +800,7 @@ async fn tls_upstream_gets_sni_and_its_certificate_is_verified() {
     let mut env = provider_env(&[("openai", url.clone())]);
     env.push(("CLIENT_CA_FILE", ca.display().to_string()));
     let gw = GatewayProcess::start(&env, None);
-    let r = raw_request(
-        gw.addr(),
-        "POST",
-        "/v1/chat/completions",
-        &[],
-        &chat_body("openai/m"),
-    )
-    .await;
+    let r = post_chat(gw.addr(), &chat_body("openai/m")).await;
     assert_eq!(r.status, 200, "{}\n{}", r.text(), gw.log_text());
     assert_eq!(
         up.sni.lock().unwrap().first().cloned(),
@@ -947,14 +815,7 @@ async fn tls_upstream_gets_sni_and_its_certificate_is_verified() {
     // System store only: the test CA is unknown, so verification must fail (no request sent).
     let before = up.requests.lock().unwrap().len();
     let gw = GatewayProcess::start(&provider_env(&[("openai", url)]), None);
-    let r = raw_request(
-        gw.addr(),
-        "POST",
-        "/v1/chat/completions",
-        &[],
-        &chat_body("openai/m"),
-    )
-    .await;
+    let r = post_chat(gw.addr(), &chat_body("openai/m")).await;
     assert_eq!(r.status, 502, "{}", r.text());
     assert_eq!(r.json()["error"]["code"], "upstream_connect_error");
     assert_eq!(
@@ -974,7 +835,7 @@ async fn duplicate_keys_are_refused_so_checks_see_what_upstreams_run() {
     env.push(("DISALLOWED_MODELS", "gpt-4.5-preview".into()));
     let gw = GatewayProcess::start(&env, None);
     let body = br#"{"model":"openai/gpt-4o-mini","messages":[],"model":"openai/gpt-4.5-preview"}"#;
-    let r = raw_request(gw.addr(), "POST", "/v1/chat/completions", &[], body).await;
+    let r = post_chat(gw.addr(), body).await;
     assert_eq!(r.status, 400);
     assert!(r.json()["error"]["message"]
         .as_str()
@@ -994,14 +855,7 @@ async fn interim_1xx_responses_are_skipped() {
     })
     .await;
     let gw = GatewayProcess::start(&provider_env(&[("openai", up.url("/v1"))]), None);
-    let r = raw_request(
-        gw.addr(),
-        "POST",
-        "/v1/chat/completions",
-        &[],
-        &chat_body("openai/m"),
-    )
-    .await;
+    let r = post_chat(gw.addr(), &chat_body("openai/m")).await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["choices"][0]["message"]["content"], "after 1xx");
 }
@@ -1020,5 +874,36 @@ async fn proxy_paths_cannot_climb_out_of_the_base_path() {
         assert_eq!(r.status, 400, "{path}");
         assert_eq!(r.json()["error"]["code"], "invalid_path");
     }
+    assert_eq!(up.count(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stalled_body_is_408_and_bad_stream_options_is_400() {
+    let up = openai_mock().await;
+    let mut env = provider_env(&[("openai", up.url("/v1"))]);
+    env.push(("SERVER_READ_TIMEOUT", "300ms".into()));
+    let gw = GatewayProcess::start(&env, None);
+    let r = post_chat(
+        gw.addr(),
+        br#"{"model":"openai/m","messages":[],"stream":true,"stream_options":true}"#,
+    )
+    .await;
+    assert_eq!(
+        (r.status, r.json()["error"]["param"].clone()),
+        (400, json!("stream_options"))
+    );
+    // Promise 100 bytes, send 10, then stall.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
+    s.write_all(
+        b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n{\"model\":",
+    )
+    .await
+    .unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+    let r = parse_response(&out);
+    assert_eq!(r.status, 408);
+    assert_eq!(r.json()["error"]["code"], "request_timeout");
     assert_eq!(up.count(), 0);
 }

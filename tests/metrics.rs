@@ -96,48 +96,23 @@ async fn metrics_after_every_kind_of_request() {
     };
 
     assert_eq!(
-        raw_request(
-            gw.addr(),
-            "POST",
-            "/v1/chat/completions",
-            &[],
-            chat("plain", false).as_bytes()
-        )
-        .await
-        .status,
+        post_chat(gw.addr(), chat("plain", false).as_bytes())
+            .await
+            .status,
         200
     );
-    let r = raw_request(
-        gw.addr(),
-        "POST",
-        "/v1/chat/completions",
-        &[],
-        chat("stream", true).as_bytes(),
-    )
-    .await;
+    let r = post_chat(gw.addr(), chat("stream", true).as_bytes()).await;
     assert!(r.text().ends_with("data: [DONE]\n\n"));
     assert_eq!(
-        raw_request(
-            gw.addr(),
-            "POST",
-            "/v1/chat/completions",
-            &[],
-            chat("limited", false).as_bytes()
-        )
-        .await
-        .status,
+        post_chat(gw.addr(), chat("limited", false).as_bytes())
+            .await
+            .status,
         429
     );
     assert_eq!(
-        raw_request(
-            gw.addr(),
-            "POST",
-            "/v1/chat/completions",
-            &[],
-            chat("tools", false).as_bytes()
-        )
-        .await
-        .status,
+        post_chat(gw.addr(), chat("tools", false).as_bytes())
+            .await
+            .status,
         200
     );
     // Disconnect after the three tokens.
@@ -389,18 +364,7 @@ async fn telemetry_is_off_by_default_and_development_logs_truncated_bodies() {
     let gw = GatewayProcess::start(&env, None);
     let long = "y".repeat(5000);
     let body = json!({"model":"openai/m","messages":[{"role":"user","content": long}]}).to_string();
-    assert_eq!(
-        raw_request(
-            gw.addr(),
-            "POST",
-            "/v1/chat/completions",
-            &[],
-            body.as_bytes()
-        )
-        .await
-        .status,
-        200
-    );
+    assert_eq!(post_chat(gw.addr(), body.as_bytes()).await.status, 200);
     assert!(
         std::net::TcpStream::connect(("127.0.0.1", mport)).is_err(),
         "no metrics listener unless enabled"

@@ -118,11 +118,8 @@ async fn wait_for_model(addr: std::net::SocketAddr, model: &str) {
 }
 
 async fn model_served(addr: std::net::SocketAddr) -> String {
-    let r = raw_request(
+    let r = post_chat(
         addr,
-        "POST",
-        "/v1/chat/completions",
-        &[],
         json!({"model":"current","messages":[{"role":"user","content":"x"}]})
             .to_string()
             .as_bytes(),
@@ -203,9 +200,7 @@ async fn zero_downtime_upgrades_and_sigterm_drain() {
     // A long stream that starts on the first process and must survive both upgrades.
     let stream = tokio::spawn(async move {
         let body = json!({"model":"openai/slow","messages":[],"stream":true}).to_string();
-        raw_request(addr, "POST", "/v1/chat/completions", &[], body.as_bytes())
-            .await
-            .text()
+        post_chat(addr, body.as_bytes()).await.text()
     });
     tokio::time::sleep(Duration::from_millis(500)).await;
 
@@ -264,9 +259,7 @@ async fn zero_downtime_upgrades_and_sigterm_drain() {
     // SIGTERM drains: the in-flight stream finishes, /health reports draining, then exit.
     let stream = tokio::spawn(async move {
         let body = json!({"model":"openai/slow","messages":[],"stream":true}).to_string();
-        raw_request(addr, "POST", "/v1/chat/completions", &[], body.as_bytes())
-            .await
-            .text()
+        post_chat(addr, body.as_bytes()).await.text()
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(unsafe_kill(p3, 15));
@@ -315,11 +308,8 @@ async fn sigterm_stops_new_connections_at_once_and_finishes_in_flight_ones() {
     let n = keep.read(&mut buf).await.unwrap();
     assert!(String::from_utf8_lossy(&buf[..n]).contains("\"ok\""));
     let stream = tokio::spawn(async move {
-        raw_request(
+        post_chat(
             addr,
-            "POST",
-            "/v1/chat/completions",
-            &[],
             json!({"model":"openai/m","messages":[],"stream":true})
                 .to_string()
                 .as_bytes(),

@@ -82,11 +82,6 @@ impl SseDecoder {
         Ok(())
     }
 
-    /// Bytes buffered but not yet returned as an event.
-    pub fn pending(&self) -> usize {
-        self.buf.len()
-    }
-
     /// The next complete event, if one is buffered.
     pub fn next_event(&mut self) -> Option<SseEvent> {
         match find_event_end(&self.buf, self.scanned, false) {

@@ -32,7 +32,6 @@ pub struct OpenAiStreamRelay {
     strip_usage_only: bool,
     done_sent: bool,
     usage: Option<Usage>,
-    events: u64,
     stats: StreamStats,
 }
 
@@ -45,7 +44,6 @@ impl OpenAiStreamRelay {
             strip_usage_only,
             done_sent: false,
             usage: None,
-            events: 0,
             stats: StreamStats::default(),
         }
     }
@@ -94,7 +92,6 @@ impl OpenAiStreamRelay {
             return;
         }
         if let Some(data) = &ev.data {
-            self.events += 1;
             self.stats.observe_chunk(data);
             if let Some(cu) = usage::from_chunk(data) {
                 self.usage = Some(cu.usage);
@@ -114,18 +111,9 @@ impl OpenAiStreamRelay {
         self.usage.as_ref()
     }
 
-    pub fn done_sent(&self) -> bool {
-        self.done_sent
-    }
-
     /// Tool calls and text seen so far.
     pub fn stats(&self) -> &StreamStats {
         &self.stats
-    }
-
-    /// Number of data events seen.
-    pub fn events(&self) -> u64 {
-        self.events
     }
 }
 

@@ -1,6 +1,8 @@
 //! `/v1/chat/completions`, `/v1/completions`, `/v1/embeddings`: read the body, route on its model,
 //! rewrite the few fields the gateway owns, call the provider, relay the answer.
 
+use std::time::Instant;
+
 use bytes::{Bytes, BytesMut};
 use filters::dialects::{self, Dialect, RequestOptions, StreamTranslator};
 use filters::json_object::{ParseError, RawObject};
@@ -11,11 +13,10 @@ use http::{HeaderName, HeaderValue, Method};
 use pingora::proxy::Session;
 use serde_json::{Map, Value};
 
-use crate::errors::{self, ApiError};
+use crate::errors::ApiError;
 use crate::proxy::{body, respond, Gateway, RequestCtx};
 use crate::routing::Route;
 use crate::upstream::{UpstreamError, UpstreamRequest, UpstreamResponse};
-use std::time::Instant;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Endpoint {
@@ -357,10 +358,8 @@ async fn relay_error(
     }
     gw.client.release(resp).await;
     ctx.error = Some("upstream_error");
-    let body = match dialect {
-        Dialect::Openai => errors::wrap_upstream_error(status, provider, &body),
-        d => Bytes::from(dialects::translate_error(d, status, provider, &body)),
-    };
+    // OpenAI-style bodies pass unchanged; native and non-JSON ones are mapped to the envelope.
+    let body = Bytes::from(dialects::translate_error(dialect, status, provider, &body));
     let _ = respond::full(session, ctx, h, body).await;
     Ok(())
 }

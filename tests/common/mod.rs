@@ -47,6 +47,27 @@ impl GatewayProcess {
     /// Starts the gateway with a clean environment (nothing leaks in from the developer's shell)
     /// plus `env`, and `toml` as its config file if given; waits until `/health` answers.
     pub fn start(env: &[(&str, String)], toml: Option<&str>) -> GatewayProcess {
+        let mut g = Self::spawn(env, toml);
+        g.wait_ready();
+        g
+    }
+
+    /// As [`start`](Self::start) for a TLS listener (ready once it accepts TCP).
+    pub fn start_tls(env: &[(&str, String)]) -> GatewayProcess {
+        let mut g = Self::spawn(env, None);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while StdStream::connect(("127.0.0.1", g.port)).is_err() {
+            if let Some(s) = g.child.try_wait().unwrap() {
+                panic!("gateway exited ({s}): {}", g.log_text());
+            }
+            assert!(Instant::now() < deadline, "TLS gateway not listening");
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        g
+    }
+
+    /// Starts the binary with a clean environment plus `env`, on a free port, in its own dir.
+    fn spawn(env: &[(&str, String)], toml: Option<&str>) -> GatewayProcess {
         let dir = temp_dir("gw");
         let port = free_port();
         let log = dir.join("gateway.log");
@@ -72,47 +93,6 @@ impl GatewayProcess {
             cmd.arg("-c").arg(&p);
         }
         let child = cmd.spawn().expect("start gateway");
-        let mut g = GatewayProcess {
-            child,
-            port,
-            dir,
-            log,
-        };
-        g.wait_ready();
-        g
-    }
-
-    /// As [`start`](Self::start) for a TLS listener (ready once it accepts TCP).
-    pub fn start_tls(env: &[(&str, String)]) -> GatewayProcess {
-        let dir = temp_dir("gw");
-        let port = free_port();
-        let log = dir.join("gateway.log");
-        let mut cmd = Command::new(bin());
-        cmd.env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("LOG_FORMAT", "text")
-            .env("SERVER_HOST", "127.0.0.1")
-            .env("SERVER_PORT", port.to_string())
-            .env("SERVER_UPGRADE_SOCK", dir.join("upgrade.sock"))
-            .env("SERVER_PID_FILE", dir.join("gateway.pid"))
-            .current_dir(&dir)
-            .stdin(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap());
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let mut child = cmd.spawn().expect("start gateway");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while StdStream::connect(("127.0.0.1", port)).is_err() {
-            if let Some(s) = child.try_wait().unwrap() {
-                panic!(
-                    "gateway exited ({s}): {}",
-                    std::fs::read_to_string(&log).unwrap_or_default()
-                );
-            }
-            assert!(Instant::now() < deadline, "TLS gateway not listening");
-            std::thread::sleep(Duration::from_millis(25));
-        }
         GatewayProcess {
             child,
             port,
@@ -527,6 +507,11 @@ pub async fn try_request(
         ));
     }
     Ok(parse_response(&out))
+}
+
+/// `POST /v1/chat/completions` with `body`, no extra headers (the most common test request).
+pub async fn post_chat(addr: SocketAddr, body: &[u8]) -> RawResponse {
+    raw_request(addr, "POST", "/v1/chat/completions", &[], body).await
 }
 
 /// Sends one request with `Connection: close` and reads the whole (de-chunked) response.
