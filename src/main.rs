@@ -6,6 +6,7 @@ mod daemon_ready;
 mod drain;
 mod errors;
 mod handlers;
+mod mcp;
 mod metrics;
 mod providers;
 mod proxy;
@@ -140,7 +141,27 @@ fn run(cli: Cli, cfg: Config, providers: Arc<Providers>) -> ExitCode {
         server.add_service(svc).add_dependency(&bootstrap);
         info!("metrics on http://{addr}/metrics");
     }
-    let gateway = Gateway::new(cfg.clone(), providers.clone(), metrics);
+    // The MCP client (reqwest) is built without its own crypto provider: use ring, as Pingora.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mcp = (!cfg.mcp.servers.is_empty()).then(|| mcp::McpHub::new(&cfg.mcp, metrics.clone()));
+    if let Some(hub) = &mcp {
+        server
+            .add_service(background_service(
+                "mcp",
+                mcp::connection::McpService { hub: hub.clone() },
+            ))
+            .add_dependency(&bootstrap);
+        info!(
+            "MCP: {} servers, tool loop {}",
+            hub.servers.len(),
+            if cfg.mcp.enable {
+                "enabled"
+            } else {
+                "disabled (MCP_ENABLE)"
+            }
+        );
+    }
+    let gateway = Gateway::new(cfg.clone(), providers.clone(), metrics, mcp);
     let mut proxy =
         pingora::proxy::http_proxy_service_with_name(&server.configuration, gateway, "gateway");
     let addr = cfg.listen_addr();

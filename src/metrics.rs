@@ -52,12 +52,13 @@ pub struct Metrics {
     pub tool_calls: IntCounterVec,
     // Success/failure/duration apply to tool calls the gateway executes itself (the MCP loop);
     // tool calls returned to clients are counted in `tool_calls` only.
-    #[allow(dead_code)]
     pub tool_calls_success: IntCounterVec,
-    #[allow(dead_code)]
     pub tool_calls_failure: IntCounterVec,
-    #[allow(dead_code)]
     pub tool_call_duration: HistogramVec,
+    /// 1 while the MCP server is connected.
+    pub mcp_server_up: IntGaugeVec,
+    /// Tools the MCP server offers (after include/exclude).
+    pub mcp_tools: IntGaugeVec,
     pub ttft: HistogramVec,
     pub inter_token_latency: HistogramVec,
     pub output_tokens_per_second: HistogramVec,
@@ -102,6 +103,19 @@ impl Metrics {
         .expect("valid metric");
         r.register(Box::new(active_streams.clone()))
             .expect("unique metric");
+        let gauge = |name: &str, help: &str| {
+            let g = IntGaugeVec::new(Opts::new(name, help), &["server"]).expect("valid metric");
+            r.register(Box::new(g.clone())).expect("unique metric");
+            g
+        };
+        let mcp_server_up = gauge(
+            "llm_mcp_server_up",
+            "1 while the MCP server is connected, else 0",
+        );
+        let mcp_tools = gauge(
+            "llm_mcp_tools",
+            "Tools offered by the MCP server (after include/exclude)",
+        );
         Arc::new(Metrics {
             requests: counter(&r, "llm_requests_total", "Requests received", REQUEST_LABELS),
             responses: counter(&r, "llm_responses_total", "Responses sent", REQUEST_LABELS),
@@ -122,6 +136,8 @@ impl Metrics {
             inter_token_latency: histogram(&r, "llm_inter_token_latency_seconds", "Gap between consecutive streamed writes", TOKEN_LABELS, ITL_BUCKETS),
             output_tokens_per_second: histogram(&r, "llm_output_tokens_per_second", "Completion tokens per second of generation", TOKEN_LABELS, TPS_BUCKETS),
             active_streams,
+            mcp_server_up,
+            mcp_tools,
             upstream_attempts: counter(&r, "llm_upstream_attempts_total", "Requests sent to providers", &["provider"]),
             upstream_failures: counter(&r, "llm_upstream_failures_total", "Failed provider requests by reason", &["provider", "reason"]),
             upstream_retries: counter(&r, "llm_upstream_retries_total", "Provider requests retried by reason", &["provider", "reason"]),

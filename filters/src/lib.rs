@@ -8,6 +8,7 @@ pub mod json_object;
 pub mod openai;
 pub mod sse;
 pub mod stream_relay;
+pub mod tool_loop;
 pub mod usage;
 
 pub use json_object::RawObject;

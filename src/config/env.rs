@@ -180,6 +180,8 @@ pub(super) fn apply(cfg: &mut Config, getenv: GetEnv) -> Result<(), ConfigError>
     set!(cfg.models.allowed, list(getenv, "ALLOWED_MODELS"));
     set!(cfg.models.disallowed, list(getenv, "DISALLOWED_MODELS"));
 
+    apply_mcp(&mut cfg.mcp, getenv)?;
+
     // Built-in providers and every provider named in the TOML can be set from the environment.
     let names: Vec<String> = builtin_ids()
         .map(str::to_string)
@@ -220,4 +222,53 @@ pub(super) fn apply(cfg: &mut Config, getenv: GetEnv) -> Result<(), ConfigError>
         }
     }
     Ok(())
+}
+
+/// `MCP_*`: the Go gateway's names. `MCP_SERVERS` adds URL servers after those of the TOML.
+fn apply_mcp(m: &mut super::McpConfig, getenv: GetEnv) -> Result<(), ConfigError> {
+    set!(m.enable, flag(getenv, "MCP")?);
+    set!(m.expose, bool_var(getenv, "MCP_EXPOSE")?);
+    set!(m.client_timeout, duration(getenv, "MCP_CLIENT_TIMEOUT")?);
+    set!(m.request_timeout, duration(getenv, "MCP_REQUEST_TIMEOUT")?);
+    set!(m.max_retries, parse(getenv, "MCP_MAX_RETRIES")?);
+    set!(m.initial_backoff, duration(getenv, "MCP_INITIAL_BACKOFF")?);
+    set!(m.retry_interval, duration(getenv, "MCP_RETRY_INTERVAL")?);
+    set!(
+        m.enable_reconnect,
+        bool_var(getenv, "MCP_ENABLE_RECONNECT")?
+    );
+    set!(
+        m.reconnect_interval,
+        duration(getenv, "MCP_RECONNECT_INTERVAL")?
+    );
+    set!(m.polling_enable, flag(getenv, "MCP_POLLING")?);
+    set!(
+        m.polling_interval,
+        duration(getenv, "MCP_POLLING_INTERVAL")?
+    );
+    set!(m.max_iterations, parse(getenv, "MCP_MAX_ITERATIONS")?);
+    set!(m.include_tools, list(getenv, "MCP_INCLUDE_TOOLS"));
+    set!(m.exclude_tools, list(getenv, "MCP_EXCLUDE_TOOLS"));
+    if let Some(urls) = list(getenv, "MCP_SERVERS") {
+        for u in urls {
+            if !m
+                .servers
+                .iter()
+                .any(|s| s.url.as_deref() == Some(u.as_str()))
+            {
+                m.servers.push(super::McpServerConfig::from_url(&u));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A plain boolean variable (`MCP_EXPOSE=true`, `MCP_ENABLE_RECONNECT=false`).
+fn bool_var(getenv: GetEnv, key: &str) -> Result<Option<bool>, ConfigError> {
+    match get(getenv, key) {
+        None => Ok(None),
+        Some(v) => parse_bool(&v)
+            .map(Some)
+            .ok_or_else(|| ConfigError(format!("{key}={v:?}: expected true or false"))),
+    }
 }

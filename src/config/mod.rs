@@ -6,6 +6,7 @@
 
 mod duration;
 mod env;
+pub mod mcp;
 pub mod providers;
 
 use std::collections::BTreeMap;
@@ -16,6 +17,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 pub use duration::HumanDuration;
+pub use mcp::{McpConfig, McpServerConfig};
 pub use providers::{AuthStyle, ProviderConfig};
 
 /// A secret (API key). Never printed: `Debug` and `Display` redact it.
@@ -59,6 +61,8 @@ pub struct Config {
     pub aliases: BTreeMap<String, AliasConfig>,
     pub telemetry: TelemetryConfig,
     pub log: LogConfig,
+    /// MCP servers and the server-side tool loop.
+    pub mcp: McpConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -264,6 +268,7 @@ impl Default for Config {
             aliases: BTreeMap::new(),
             telemetry: TelemetryConfig::default(),
             log: LogConfig::default(),
+            mcp: McpConfig::default(),
         }
     }
 }
@@ -453,6 +458,7 @@ impl Config {
         for (name, p) in &self.providers {
             p.validate(name)?;
         }
+        self.mcp.validate()?;
         for (alias, a) in &self.aliases {
             let Some((provider, model)) = a.target.split_once('/') else {
                 return Err(ConfigError(format!(

@@ -91,28 +91,67 @@ async fn run(
         .code("provider_not_configured"));
     }
 
-    let native = ep == Endpoint::Chat && provider.dialect != Dialect::Openai;
-    let prepared = prepare(&mut obj, &route, ep, !native)?;
-    drop(obj);
-    let plan = if native {
-        plan_native(&route, prepared)?
-    } else {
-        let path = match ep {
-            Endpoint::Chat => &provider.chat_path,
-            Endpoint::Completions => &provider.completions_path,
-            Endpoint::Embeddings => &provider.embeddings_path,
-        };
-        Plan {
-            dialect: Dialect::Openai,
-            path: provider.path_and_query(path, None),
-            body: prepared.body,
-            stream: prepared.stream,
-            strip_usage_chunk: prepared.strip_usage_chunk,
-            client_include_usage: !prepared.strip_usage_chunk,
-            dropped: Vec::new(),
+    if ep == Endpoint::Chat && crate::handlers::tool_loop::wants_tools(&obj) {
+        if let Some(hub) = crate::handlers::tool_loop::active_hub(gw, session) {
+            return crate::handlers::tool_loop::run(gw, session, ctx, hub, obj, &route).await;
         }
+    }
+    let plan = plan_call(&mut obj, &route, ep)?;
+    drop(obj);
+    let Some(resp) = send(gw, session, ctx, &route, &plan).await? else {
+        return Ok(());
     };
+    let status = resp.status();
+    if !(200..300).contains(&status) {
+        return relay_error(gw, session, ctx, &provider.name, plan.dialect, resp).await;
+    }
+    if plan.stream && resp.is_event_stream() {
+        relay_stream(gw, session, ctx, resp, &route, &plan).await;
+        return Ok(());
+    }
+    relay_whole(gw, session, ctx, resp, &route, &plan).await
+}
 
+/// Rewrites the client's body for the routed provider and decides the upstream call.
+pub(super) fn plan_call(
+    obj: &mut RawObject<'_>,
+    route: &Route<'_>,
+    ep: Endpoint,
+) -> Result<Plan, ApiError> {
+    let provider = &route.provider;
+    let native = ep == Endpoint::Chat && provider.dialect != Dialect::Openai;
+    let prepared = prepare(obj, route, ep, !native)?;
+    if native {
+        return plan_native(route, prepared);
+    }
+    let path = match ep {
+        Endpoint::Chat => &provider.chat_path,
+        Endpoint::Completions => &provider.completions_path,
+        Endpoint::Embeddings => &provider.embeddings_path,
+    };
+    Ok(Plan {
+        dialect: Dialect::Openai,
+        path: provider.path_and_query(path, None),
+        body: prepared.body,
+        stream: prepared.stream,
+        strip_usage_chunk: prepared.strip_usage_chunk,
+        client_include_usage: !prepared.strip_usage_chunk,
+        dropped: Vec::new(),
+    })
+}
+
+/// Sends the planned call and waits for the response head while watching the client: if it
+/// hangs up, the upstream call is dropped (its connection closed) instead of generating tokens
+/// nobody reads, and `Ok(None)` is returned. Non-2xx responses are returned for the caller to
+/// relay.
+pub(super) async fn send(
+    gw: &Gateway,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    route: &Route<'_>,
+    plan: &Plan,
+) -> Result<Option<UpstreamResponse>, ApiError> {
+    let provider = &route.provider;
     let accept = if plan.stream {
         "text/event-stream"
     } else {
@@ -141,20 +180,14 @@ async fn run(
         body: plan.body.clone(),
         request_id: &ctx.request_id,
     };
-
-    // Wait for the upstream while watching the client: if it hangs up, the upstream call is
-    // dropped (its connection closed) instead of generating tokens nobody reads.
     ctx.upstream_attempted = true;
     let waited = Instant::now();
     let sent = tokio::select! {
-        r = gw.client.send(&provider, &req) => r,
+        r = gw.client.send(provider, &req) => r,
         _ = session.as_downstream_mut().read_body_or_idle(true) => {
             ctx.upstream_wait += waited.elapsed();
-            ctx.client_gone = true;
-            ctx.error = Some("client_disconnected");
-            // The idle probe may have consumed a byte of a pipelined request: never reuse.
-            session.set_keepalive(None);
-            return Ok(());
+            mark_client_gone(session, ctx);
+            return Ok(None);
         }
     };
     ctx.upstream_wait += waited.elapsed();
@@ -162,9 +195,8 @@ async fn run(
         ctx.upstream_failure = Some(e.reason());
         ApiError::new(e.status(), e.message(&provider.name)).code(e.code())
     })?;
-
     ctx.upstream_addr = Some(resp.addr);
-    ctx.upstream_retries = resp.retries;
+    ctx.upstream_retries += resp.retries;
     let status = resp.status();
     if !(200..300).contains(&status) {
         ctx.upstream_failure = Some(match status {
@@ -172,27 +204,31 @@ async fn run(
             500..=599 => "status_5xx",
             _ => "status_4xx",
         });
-        return relay_error(gw, session, ctx, &provider.name, plan.dialect, resp).await;
     }
-    if plan.stream && resp.is_event_stream() {
-        relay_stream(gw, session, ctx, resp, &route, &plan).await;
-        return Ok(());
-    }
-    relay_whole(gw, session, ctx, resp, &route, &plan).await
+    Ok(Some(resp))
+}
+
+/// The client hung up.
+pub(super) fn mark_client_gone(session: &mut Session, ctx: &mut RequestCtx) {
+    ctx.client_gone = true;
+    ctx.error = Some("client_disconnected");
+    // The idle probe may have consumed a byte of a pipelined request: never reuse.
+    session.set_keepalive(None);
 }
 
 /// Everything decided about the upstream call before it is made.
-struct Plan {
-    dialect: Dialect,
-    path: String,
-    body: Bytes,
-    stream: bool,
+#[derive(Clone)]
+pub(super) struct Plan {
+    pub(super) dialect: Dialect,
+    pub(super) path: String,
+    pub(super) body: Bytes,
+    pub(super) stream: bool,
     /// OpenAI dialect: the gateway injected `include_usage`; hide the usage-only chunk.
-    strip_usage_chunk: bool,
+    pub(super) strip_usage_chunk: bool,
     /// The client asked for the usage-only chunk.
-    client_include_usage: bool,
+    pub(super) client_include_usage: bool,
     /// Parameters the target API cannot express.
-    dropped: Vec<String>,
+    pub(super) dropped: Vec<String>,
 }
 
 /// Translates the (already rewritten) OpenAI body into the provider's native request.
@@ -331,7 +367,7 @@ fn prefix_system_prompt(obj: &RawObject<'_>, prefix: &str) -> Result<Vec<Value>,
 }
 
 /// Upstream answered with an error status: pass the status through, in OpenAI's envelope.
-async fn relay_error(
+pub(super) async fn relay_error(
     gw: &Gateway,
     session: &mut Session,
     ctx: &mut RequestCtx,
@@ -364,7 +400,11 @@ async fn relay_error(
     Ok(())
 }
 
-fn gateway_headers(h: &mut pingora::http::ResponseHeader, route: &Route<'_>, plan: &Plan) {
+pub(super) fn gateway_headers(
+    h: &mut pingora::http::ResponseHeader,
+    route: &Route<'_>,
+    plan: &Plan,
+) {
     let _ = h.insert_header("x-gateway-provider", route.provider.name.as_str());
     if !plan.dropped.is_empty() {
         let _ = h.insert_header("x-gateway-dropped-params", plan.dropped.join(","));
@@ -380,10 +420,30 @@ async fn relay_whole(
     gw: &Gateway,
     session: &mut Session,
     ctx: &mut RequestCtx,
-    mut resp: UpstreamResponse,
+    resp: UpstreamResponse,
     route: &Route<'_>,
     plan: &Plan,
 ) -> Result<(), ApiError> {
+    let (status, body, content_type) = read_openai_body(gw, ctx, resp, route, plan).await?;
+    ctx.usage = usage::from_response_body(&body);
+    ctx.tool_calls = usage::tool_calls_from_body(&body);
+    let mut h = respond::header(status, &content_type, ctx);
+    gateway_headers(&mut h, route, plan);
+    if respond::full(session, ctx, h, body).await.is_err() {
+        ctx.client_gone = true;
+    }
+    Ok(())
+}
+
+/// Reads a whole successful response and returns it as an OpenAI body (translated from the
+/// provider's native format when needed): `(status, body, content type)`.
+pub(super) async fn read_openai_body(
+    gw: &Gateway,
+    ctx: &mut RequestCtx,
+    mut resp: UpstreamResponse,
+    route: &Route<'_>,
+    plan: &Plan,
+) -> Result<(u16, Bytes, String), ApiError> {
     let provider = &route.provider.name;
     let waited = Instant::now();
     let read = resp.read_all(gw.cfg.client.max_response_body_size).await;
@@ -398,11 +458,8 @@ async fn relay_whole(
         .to_string();
     let status = resp.status();
     gw.client.release(resp).await;
-    let (body, usage, content_type) = match plan.dialect {
-        Dialect::Openai => {
-            let usage = usage::from_response_body(&raw);
-            (raw, usage, content_type)
-        }
+    match plan.dialect {
+        Dialect::Openai => Ok((status, raw, content_type)),
         d => {
             let t = dialects::translate_response(d, &raw, &route.upstream_model, unix_now())
                 .map_err(|e| {
@@ -416,20 +473,36 @@ async fn relay_whole(
                     )
                     .code("upstream_invalid_response")
                 })?;
-            (Bytes::from(t.body), t.usage, "application/json".to_string())
+            Ok((status, Bytes::from(t.body), "application/json".to_string()))
         }
-    };
-    ctx.usage = usage;
-    ctx.tool_calls = usage::tool_calls_from_body(&body);
-    let mut h = respond::header(status, &content_type, ctx);
-    gateway_headers(&mut h, route, plan);
-    if respond::full(session, ctx, h, body).await.is_err() {
-        ctx.client_gone = true;
     }
-    Ok(())
 }
 
-fn unix_now() -> u64 {
+/// The stream relay for a plan: OpenAI streams pass through, native ones are translated.
+/// `loop_round`: the MCP loop reads every round's usage itself, so nothing is stripped.
+pub(super) fn stream_translator(
+    gw: &Gateway,
+    route: &Route<'_>,
+    plan: &Plan,
+    loop_round: bool,
+) -> Box<dyn StreamTranslator> {
+    let max_event = gw.cfg.client.max_response_body_size;
+    match plan.dialect {
+        Dialect::Openai => Box::new(OpenAiStreamRelay::new(
+            plan.strip_usage_chunk && !loop_round,
+            max_event,
+        )),
+        d => dialects::stream_translator(
+            d,
+            &route.upstream_model,
+            unix_now(),
+            plan.client_include_usage || loop_round,
+            max_event,
+        ),
+    }
+}
+
+pub(super) fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
@@ -461,17 +534,7 @@ async fn relay_stream(
         ctx.client_gone = true;
         return;
     }
-    let max_event = gw.cfg.client.max_response_body_size;
-    let mut relay: Box<dyn StreamTranslator> = match plan.dialect {
-        Dialect::Openai => Box::new(OpenAiStreamRelay::new(plan.strip_usage_chunk, max_event)),
-        d => dialects::stream_translator(
-            d,
-            &route.upstream_model,
-            unix_now(),
-            plan.client_include_usage,
-            max_event,
-        ),
-    };
+    let mut relay = stream_translator(gw, route, plan, false);
     let metrics = gw.metrics.as_deref();
     let model = route.upstream_model.as_str();
     // Per-stream handles, resolved once: the per-chunk cost is one histogram observe.

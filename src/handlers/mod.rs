@@ -2,3 +2,4 @@
 
 pub mod llm;
 pub mod models;
+pub mod tool_loop;

@@ -7,7 +7,7 @@
 //!   stream both ways, and the filters below only pick the peer and swap credentials.
 
 pub mod body;
-mod record;
+pub mod record;
 pub mod respond;
 
 use std::sync::Arc;
@@ -39,12 +39,20 @@ pub struct Gateway {
     pub client: UpstreamClient,
     /// Present when telemetry is enabled.
     pub metrics: Option<Arc<Metrics>>,
+    /// Present when MCP servers are configured.
+    pub mcp: Option<Arc<crate::mcp::McpHub>>,
     log_format: LogFormat,
 }
 
 impl Gateway {
-    pub fn new(cfg: Arc<Config>, providers: Arc<Providers>, metrics: Option<Arc<Metrics>>) -> Self {
+    pub fn new(
+        cfg: Arc<Config>,
+        providers: Arc<Providers>,
+        metrics: Option<Arc<Metrics>>,
+        mcp: Option<Arc<crate::mcp::McpHub>>,
+    ) -> Self {
         Gateway {
+            mcp,
             router: Router::new(&cfg, providers.clone()),
             client: UpstreamClient::new(&cfg.client),
             providers,
@@ -81,6 +89,8 @@ pub struct RequestCtx {
     pub generation: Option<std::time::Duration>,
     /// Time spent waiting for the provider (headers and body reads).
     pub upstream_wait: std::time::Duration,
+    /// Time spent waiting for MCP tool calls (the tool loop).
+    pub tool_wait: std::time::Duration,
     pub upstream_attempted: bool,
     /// Why the provider request failed, if it did (`connect`, `timeout`, `status_5xx`, ...).
     pub upstream_failure: Option<&'static str>,
@@ -143,6 +153,7 @@ impl ProxyHttp for Gateway {
             ttft: None,
             generation: None,
             upstream_wait: std::time::Duration::ZERO,
+            tool_wait: std::time::Duration::ZERO,
             upstream_attempted: false,
             upstream_failure: None,
             upstream_retries: 0,
@@ -184,6 +195,7 @@ impl ProxyHttp for Gateway {
             "/v1/completions" => "/v1/completions",
             "/v1/embeddings" => "/v1/embeddings",
             "/v1/models" => "/v1/models",
+            "/v1/mcp/tools" => "/v1/mcp/tools",
             p if p.starts_with("/proxy/") => "/proxy/{provider}",
             _ => "other",
         };
@@ -214,6 +226,10 @@ impl ProxyHttp for Gateway {
                 handlers::models::handle(self, session, ctx).await;
                 true
             }
+            (Method::GET, "/v1/mcp/tools") => {
+                self.mcp_tools(session, ctx).await;
+                true
+            }
             (_, p) if p.starts_with("/proxy/") => self.start_passthrough(session, ctx).await,
             (m, p) => {
                 let known = matches!(
@@ -223,6 +239,7 @@ impl ProxyHttp for Gateway {
                         | "/v1/completions"
                         | "/v1/embeddings"
                         | "/v1/models"
+                        | "/v1/mcp/tools"
                 );
                 let err = if known {
                     ApiError::new(405, format!("Method {m} is not allowed on {p}"))
@@ -420,6 +437,22 @@ impl ProxyHttp for Gateway {
 }
 
 impl Gateway {
+    /// `GET /v1/mcp/tools`: the MCP tools and servers, when `MCP_EXPOSE` allows it.
+    async fn mcp_tools(&self, session: &mut Session, ctx: &mut RequestCtx) {
+        if !self.cfg.mcp.expose {
+            let err = ApiError::new(403, "MCP tools are not exposed (set MCP_EXPOSE=true)")
+                .code("mcp_not_exposed");
+            respond::error(session, ctx, &err).await;
+            return;
+        }
+        let body = match &self.mcp {
+            Some(hub) => hub.tools_listing(),
+            None => serde_json::json!({"object": "list", "data": [], "servers": []}),
+        };
+        let body = Bytes::from(serde_json::to_vec(&body).unwrap_or_default());
+        let _ = respond::json(session, ctx, 200, body).await;
+    }
+
     /// Sets up a `/proxy/{provider}/{path}` request for the proxy loop; answers errors itself.
     async fn start_passthrough(&self, session: &mut Session, ctx: &mut RequestCtx) -> bool {
         let uri = &session.req_header().uri;

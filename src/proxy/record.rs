@@ -103,6 +103,16 @@ const MAX_LABEL_VALUES: usize = 1000;
 static MODELS: Lazy<Mutex<HashSet<String>>> = Lazy::new(Default::default);
 static TOOLS: Lazy<Mutex<HashSet<String>>> = Lazy::new(Default::default);
 
+/// A model name as a metric label (bounded).
+pub fn bounded_model(value: &str) -> &str {
+    bounded(&MODELS, value)
+}
+
+/// A tool name as a metric label (bounded).
+pub fn bounded_tool(value: &str) -> &str {
+    bounded(&TOOLS, value)
+}
+
 fn bounded<'a>(seen: &Mutex<HashSet<String>>, value: &'a str) -> &'a str {
     let mut seen = seen.lock().expect("label set");
     if seen.contains(value) {

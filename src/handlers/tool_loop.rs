@@ -1,0 +1,570 @@
+//! The server-side MCP tool loop for `/v1/chat/completions`.
+//!
+//! Each round is an ordinary upstream call made through the same planning, translation and
+//! relay code as a plain request (so every provider and dialect works), with the MCP tools
+//! merged into the client's `tools`. While the model's reply calls only gateway tools, the
+//! gateway runs them (concurrently), appends the assistant message and one `tool` message per
+//! call, and calls the model again, at most `mcp.max_iterations` times. Streams relay every
+//! round as it arrives; see `filters::tool_loop` for how rounds are joined into one stream.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+use filters::json_object::RawObject;
+use filters::stream_relay::StreamEnd;
+use filters::tool_loop::{
+    self, client_tool_names, Decision, PendingCall, RoundRelay, RoundSummary, ToolOwnership,
+};
+use filters::usage::Usage;
+use pingora::proxy::Session;
+use serde_json::Value;
+
+use super::llm::{self, Endpoint, Plan};
+use crate::errors::ApiError;
+use crate::mcp::{McpHub, ToolOutcome};
+use crate::proxy::{respond, Gateway, RequestCtx};
+use crate::routing::Route;
+use crate::upstream::{UpstreamError, UpstreamResponse};
+
+/// Response header set when the loop stopped at `mcp.max_iterations` (non-streaming).
+const LIMIT_HEADER: &str = "x-mcp-max-iterations-reached";
+/// Response header with the number of model calls the loop made (non-streaming).
+const ROUNDS_HEADER: &str = "x-mcp-rounds";
+
+/// The hub, when this request should run the loop: MCP enabled, no `X-MCP-Bypass`, tools known.
+pub fn active_hub(gw: &Gateway, session: &Session) -> Option<Arc<McpHub>> {
+    let hub = gw.mcp.as_ref().filter(|_| gw.cfg.mcp.enable)?;
+    let bypass = session
+        .req_header()
+        .headers
+        .get("x-mcp-bypass")
+        .is_some_and(|v| !v.is_empty());
+    if bypass || !hub.has_tools() {
+        return None;
+    }
+    Some(hub.clone())
+}
+
+/// Whether the client's request leaves room for tools (`tool_choice: "none"` does not).
+pub fn wants_tools(obj: &RawObject<'_>) -> bool {
+    !matches!(obj.get_as::<Value>("tool_choice"), Ok(Some(Value::String(s))) if s == "none")
+}
+
+/// Loop-wide state.
+struct LoopState {
+    owner: ToolOwnership,
+    messages: Vec<Value>,
+    total_usage: Option<Usage>,
+    /// Tool calls of earlier rounds (index offset for streamed tool-call deltas).
+    calls_so_far: u32,
+    rounds: u32,
+}
+
+impl LoopState {
+    fn add_usage(&mut self, u: Option<&Usage>) {
+        if let Some(u) = u {
+            match &mut self.total_usage {
+                Some(t) => t.add(u),
+                None => self.total_usage = Some(u.clone()),
+            }
+        }
+    }
+}
+
+pub async fn run(
+    gw: &Gateway,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    hub: Arc<McpHub>,
+    mut obj: RawObject<'_>,
+    route: &Route<'_>,
+) -> Result<(), ApiError> {
+    let catalog = hub.catalog();
+    let client_tools: Vec<Value> = obj
+        .get_as("tools")
+        .map_err(|_| ApiError::bad_request("tools must be an array").param("tools"))?
+        .unwrap_or_default();
+    let messages: Vec<Value> = obj
+        .get_as("messages")
+        .map_err(|_| ApiError::bad_request("messages must be an array").param("messages"))?
+        .unwrap_or_default();
+    let stream: bool = obj
+        .get_as("stream")
+        .map_err(|_| ApiError::bad_request("stream must be a boolean").param("stream"))?
+        .unwrap_or(false);
+    let include_usage = obj
+        .get_as::<Value>("stream_options")
+        .ok()
+        .flatten()
+        .and_then(|o| o.get("include_usage").and_then(Value::as_bool))
+        .unwrap_or(false);
+    // A forced tool choice applies to the first round only, or a forced gateway tool would be
+    // called again every round.
+    let forced_choice = match obj.get_as::<Value>("tool_choice") {
+        Ok(Some(Value::Object(_))) => true,
+        Ok(Some(Value::String(s))) => s == "required",
+        _ => false,
+    };
+
+    let owner = ToolOwnership::new(client_tool_names(&client_tools));
+    let mut tools = client_tools;
+    tools.extend(
+        catalog
+            .openai_tools()
+            .filter(|t| owner.is_gateway_tool(&t.name))
+            .map(|t| t.definition.clone()),
+    );
+    obj.set("tools", &tools);
+    drop(tools);
+
+    let mut st = LoopState {
+        owner,
+        messages,
+        total_usage: None,
+        calls_so_far: 0,
+        rounds: 0,
+    };
+    let max = gw.cfg.mcp.max_iterations;
+    let mut out = StreamOut::new(stream);
+    let result = async {
+        for round in 0..max {
+            let last = round + 1 == max;
+            if round > 0 {
+                obj.set("messages", &st.messages);
+                if forced_choice {
+                    obj.set("tool_choice", "auto");
+                }
+            }
+            st.rounds += 1;
+            let plan = llm::plan_call(&mut obj, route, Endpoint::Chat)?;
+            let Some(resp) = llm::send(gw, session, ctx, route, &plan).await? else {
+                return Ok(Flow::Stop);
+            };
+            if !(200..300).contains(&resp.status()) {
+                if out.headers_sent {
+                    out.upstream_error(gw, session, ctx, route, &plan, resp)
+                        .await;
+                    return Ok(Flow::Stop);
+                }
+                let name = route.provider.name.as_str();
+                llm::relay_error(gw, session, ctx, name, plan.dialect, resp).await?;
+                return Ok(Flow::Stop);
+            }
+            let step = if stream && resp.is_event_stream() {
+                if !out.headers_sent && !out.send_headers(session, ctx, route, &plan).await {
+                    return Ok(Flow::Stop);
+                }
+                stream_round(
+                    gw, session, ctx, &mut st, &mut out, resp, route, &plan, last,
+                )
+                .await
+            } else {
+                whole_round(gw, ctx, &mut st, resp, route, &plan, last).await?
+            };
+            let calls = match step {
+                Step::Done(reply) => return Ok(Flow::Reply(reply, false)),
+                Step::Limit(reply) => return Ok(Flow::Reply(reply, true)),
+                Step::Stop => return Ok(Flow::Stop),
+                Step::Run(calls) => calls,
+            };
+            let Some(results) = run_tools(gw, session, ctx, &hub, route, &calls).await else {
+                return Ok(Flow::Stop);
+            };
+            for (call, result) in calls.iter().zip(&results) {
+                st.messages
+                    .push(tool_loop::tool_message(call, &result.content));
+            }
+        }
+        // The last round always ends in Done or Limit.
+        Err(ApiError::new(500, "tool loop ended without a reply").code("internal_error"))
+    }
+    .await;
+    ctx.usage = st.total_usage.clone();
+    let flow = match result {
+        Ok(f) => f,
+        Err(e) if out.headers_sent => {
+            out.error_event(session, ctx, &e).await;
+            return Ok(());
+        }
+        Err(e) => return Err(e),
+    };
+    match flow {
+        Flow::Stop => {
+            if out.headers_sent && !ctx.client_gone && !out.closed {
+                out.finish(session, ctx, route, &st, include_usage).await;
+            }
+        }
+        Flow::Reply(Reply::Stream, limit) => {
+            if limit {
+                // Headers are long gone: say it as an SSE comment before the tail.
+                out.buf
+                    .extend_from_slice(b": mcp max iterations reached\n\n");
+            }
+            out.finish(session, ctx, route, &st, include_usage).await;
+        }
+        Flow::Reply(Reply::Whole { status, body, plan }, limit) => {
+            let body = match tool_loop::finalize_body(&body, st.total_usage.as_ref(), &st.owner) {
+                Ok(b) => Bytes::from(b),
+                // Not a chat.completion we can edit: relay it as the provider sent it.
+                Err(_) => body,
+            };
+            ctx.tool_calls
+                .extend(filters::usage::tool_calls_from_body(&body));
+            let mut h = respond::header(status, "application/json", ctx);
+            llm::gateway_headers(&mut h, route, &plan);
+            let _ = h.insert_header(ROUNDS_HEADER, st.rounds.to_string());
+            if limit {
+                let _ = h.insert_header(LIMIT_HEADER, "true");
+            }
+            if respond::full(session, ctx, h, body).await.is_err() {
+                ctx.client_gone = true;
+            }
+        }
+    }
+    Ok(())
+}
+
+enum Flow {
+    /// Nothing more to send (client gone, error already answered).
+    Stop,
+    /// The final reply; `true` when the iteration limit was reached.
+    Reply(Reply, bool),
+}
+
+enum Reply {
+    /// Already streamed; only the tail is missing.
+    Stream,
+    Whole {
+        status: u16,
+        body: Bytes,
+        plan: Plan,
+    },
+}
+
+enum Step {
+    Run(Vec<PendingCall>),
+    Done(Reply),
+    Limit(Reply),
+    Stop,
+}
+
+/// One non-streaming round: read the reply, decide.
+async fn whole_round(
+    gw: &Gateway,
+    ctx: &mut RequestCtx,
+    st: &mut LoopState,
+    resp: UpstreamResponse,
+    route: &Route<'_>,
+    plan: &Plan,
+    last: bool,
+) -> Result<Step, ApiError> {
+    let (status, body, _) = llm::read_openai_body(gw, ctx, resp, route, plan).await?;
+    let whole = |body| Reply::Whole {
+        status,
+        body,
+        plan: plan.clone(),
+    };
+    let Ok(reply) = tool_loop::parse_reply(&body) else {
+        return Ok(Step::Done(whole(body)));
+    };
+    st.add_usage(reply.usage.as_ref());
+    let decision = tool_loop::decide(
+        &reply.tool_calls,
+        reply.finish_reason.as_deref(),
+        &st.owner,
+        last,
+    );
+    match decision {
+        Decision::Continue(calls) => {
+            record_calls(ctx, &calls);
+            st.messages.push(tool_loop::assistant_message(
+                reply.content.as_deref(),
+                &calls,
+            ));
+            Ok(Step::Run(calls))
+        }
+        Decision::LimitReached => Ok(Step::Limit(whole(body))),
+        Decision::Finish => Ok(Step::Done(whole(body))),
+    }
+}
+
+fn record_calls(ctx: &mut RequestCtx, calls: &[PendingCall]) {
+    ctx.tool_calls.extend(calls.iter().map(|c| c.name.clone()));
+}
+
+/// One streaming round: relay it to the client as it arrives, then decide.
+#[allow(clippy::too_many_arguments)]
+async fn stream_round(
+    gw: &Gateway,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    st: &mut LoopState,
+    out: &mut StreamOut,
+    mut resp: UpstreamResponse,
+    route: &Route<'_>,
+    plan: &Plan,
+    last: bool,
+) -> Step {
+    let provider = route.provider.name.as_str();
+    let mut translator = llm::stream_translator(gw, route, plan, true);
+    let mut relay = RoundRelay::new(st.owner.clone(), st.calls_so_far, last);
+    let mut mid = BytesMut::with_capacity(4096);
+    let mut clean = false;
+    loop {
+        let waited = Instant::now();
+        let next = tokio::select! {
+            r = resp.read_chunk() => r,
+            _ = session.as_downstream_mut().read_body_or_idle(true) => {
+                ctx.upstream_wait += waited.elapsed();
+                llm::mark_client_gone(session, ctx);
+                return Step::Stop;
+            }
+        };
+        ctx.upstream_wait += waited.elapsed();
+        let end = match next {
+            Ok(Some(chunk)) => match translator.feed(&chunk, &mut mid) {
+                Ok(()) => None,
+                Err(_) => {
+                    ctx.upstream_failure = Some("oversized_event");
+                    Some(StreamEnd::Failed {
+                        message: format!("provider {provider} sent an oversized stream event"),
+                        code: "upstream_stream_error",
+                    })
+                }
+            },
+            Ok(None) => Some(StreamEnd::Clean),
+            Err(e) => {
+                ctx.upstream_failure = Some(match e {
+                    UpstreamError::IdleTimeout => "stream_idle_timeout",
+                    _ => "stream_interrupted",
+                });
+                Some(StreamEnd::Failed {
+                    message: e.message(provider),
+                    code: e.code(),
+                })
+            }
+        };
+        let ended = end.is_some();
+        if let Some(end) = end {
+            clean = end == StreamEnd::Clean;
+            translator.finish(end, &mut mid);
+        }
+        if !mid.is_empty() {
+            // The relay's own SSE decoder holds partial events; nothing is lost on error.
+            let _ = relay.feed(&mid, &mut out.buf);
+            mid.clear();
+        }
+        if ended {
+            break;
+        }
+        if !out.flush(session, ctx, false).await {
+            return Step::Stop;
+        }
+    }
+    if clean {
+        gw.client.release(resp).await;
+    }
+    let summary: RoundSummary = relay.finish(&mut out.buf);
+    if !out.flush(session, ctx, false).await {
+        return Step::Stop;
+    }
+    st.add_usage(summary.usage.as_ref());
+    if summary.usage.is_none() {
+        ctx.estimated_usage = Some((
+            (ctx.bytes_in as u64).div_ceil(4),
+            translator.stats().estimated_completion_tokens(),
+        ));
+    }
+    st.calls_so_far += summary.tool_calls.len() as u32;
+    if summary.failed {
+        ctx.error = Some("upstream_stream_error");
+        return Step::Done(Reply::Stream);
+    }
+    let decision = tool_loop::decide(
+        &summary.tool_calls,
+        summary.finish_reason.as_deref(),
+        &st.owner,
+        last,
+    );
+    ctx.tool_calls.extend(
+        summary
+            .tool_calls
+            .iter()
+            .filter_map(|c| c.function.as_ref()?.name.clone()),
+    );
+    match decision {
+        Decision::Continue(calls) => {
+            let content = (!summary.content.is_empty()).then_some(summary.content.as_str());
+            st.messages
+                .push(tool_loop::assistant_message(content, &calls));
+            Step::Run(calls)
+        }
+        Decision::LimitReached => Step::Limit(Reply::Stream),
+        Decision::Finish => Step::Done(Reply::Stream),
+    }
+}
+
+/// Runs one round's gateway tool calls concurrently; `None` when the client hung up (the
+/// calls are dropped, which cancels them).
+async fn run_tools(
+    gw: &Gateway,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    hub: &McpHub,
+    route: &Route<'_>,
+    calls: &[PendingCall],
+) -> Option<Vec<ToolOutcome>> {
+    let started = Instant::now();
+    let all = futures::future::join_all(calls.iter().map(|c| hub.call_tool(&c.name, &c.arguments)));
+    let results = tokio::select! {
+        r = all => r,
+        _ = session.as_downstream_mut().read_body_or_idle(true) => {
+            llm::mark_client_gone(session, ctx);
+            return None;
+        }
+    };
+    ctx.tool_wait += started.elapsed();
+    if let Some(m) = &gw.metrics {
+        let provider = route.provider.name.as_str();
+        let model = crate::proxy::record::bounded_model(&route.upstream_model);
+        for (call, r) in calls.iter().zip(&results) {
+            let name = crate::proxy::record::bounded_tool(&call.name);
+            let labels = [provider, model, "mcp", name];
+            m.tool_call_duration
+                .with_label_values(&labels)
+                .observe(r.duration.as_secs_f64() * 1000.0);
+            match r.error {
+                None => m.tool_calls_success.with_label_values(&labels).inc(),
+                Some(e) => m
+                    .tool_calls_failure
+                    .with_label_values(&[provider, model, "mcp", name, e])
+                    .inc(),
+            }
+        }
+    }
+    Some(results)
+}
+
+/// The client side of a streamed loop: headers once, bytes as they come, one tail.
+struct StreamOut {
+    stream: bool,
+    headers_sent: bool,
+    /// The stream's tail (`[DONE]`) was written.
+    closed: bool,
+    buf: BytesMut,
+    first_write: Option<Instant>,
+}
+
+impl StreamOut {
+    fn new(stream: bool) -> Self {
+        StreamOut {
+            stream,
+            headers_sent: false,
+            closed: false,
+            buf: BytesMut::with_capacity(4096),
+            first_write: None,
+        }
+    }
+
+    async fn send_headers(
+        &mut self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        route: &Route<'_>,
+        plan: &Plan,
+    ) -> bool {
+        debug_assert!(self.stream);
+        let mut h = respond::header(200, "text/event-stream", ctx);
+        let _ = h.insert_header(http::header::CACHE_CONTROL, "no-cache");
+        let _ = h.insert_header("x-accel-buffering", "no");
+        llm::gateway_headers(&mut h, route, plan);
+        if !session.is_http2() {
+            let _ = h.insert_header(http::header::TRANSFER_ENCODING, "chunked");
+        }
+        ctx.status = 200;
+        self.headers_sent = true;
+        if session
+            .write_response_header(Box::new(h), false)
+            .await
+            .is_err()
+        {
+            ctx.client_gone = true;
+            return false;
+        }
+        true
+    }
+
+    /// Writes what is buffered; `false` when the client is gone.
+    async fn flush(&mut self, session: &mut Session, ctx: &mut RequestCtx, last: bool) -> bool {
+        if self.buf.is_empty() && !last {
+            return true;
+        }
+        self.closed |= last;
+        let data = self.buf.split().freeze();
+        ctx.bytes_out += data.len();
+        if self.first_write.is_none() && !data.is_empty() {
+            let now = Instant::now();
+            self.first_write = Some(now);
+            ctx.ttft = Some(now - ctx.start);
+        }
+        if session.write_response_body(Some(data), last).await.is_err() {
+            llm::mark_client_gone(session, ctx);
+            return false;
+        }
+        true
+    }
+
+    /// The summed usage chunk (if asked for) and the one `[DONE]`.
+    async fn finish(
+        &mut self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        route: &Route<'_>,
+        st: &LoopState,
+        include_usage: bool,
+    ) {
+        let id = format!("chatcmpl-{}", ctx.request_id);
+        tool_loop::stream_tail(
+            &id,
+            &route.upstream_model,
+            llm::unix_now(),
+            st.total_usage.as_ref(),
+            include_usage,
+            &mut self.buf,
+        );
+        if let Some(f) = self.first_write {
+            ctx.generation = Some(f.elapsed());
+        }
+        self.flush(session, ctx, true).await;
+    }
+
+    /// A gateway error after the stream started: an error event; the tail follows.
+    async fn error_event(&mut self, session: &mut Session, ctx: &mut RequestCtx, e: &ApiError) {
+        ctx.error = Some(e.code.unwrap_or("error"));
+        filters::sse::encode_data(&e.body(), &mut self.buf);
+        self.buf.extend_from_slice(filters::sse::DONE);
+        self.flush(session, ctx, true).await;
+    }
+
+    /// The provider answered a later round with an error status: relay it as an error event.
+    async fn upstream_error(
+        &mut self,
+        gw: &Gateway,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        route: &Route<'_>,
+        plan: &Plan,
+        mut resp: UpstreamResponse,
+    ) {
+        let status = resp.status();
+        let body = resp.read_all(64 * 1024).await.unwrap_or_default();
+        gw.client.release(resp).await;
+        let provider = route.provider.name.as_str();
+        let env = filters::dialects::translate_error(plan.dialect, status, provider, &body);
+        ctx.error = Some("upstream_error");
+        filters::sse::encode_data(&env, &mut self.buf);
+        self.buf.extend_from_slice(filters::sse::DONE);
+        self.flush(session, ctx, true).await;
+    }
+}

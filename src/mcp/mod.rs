@@ -1,0 +1,388 @@
+//! MCP: the servers whose tools the gateway runs for the model.
+//!
+//! - [`McpHub`] holds one slot per configured server (streamable HTTP or stdio), the current
+//!   catalogue of tools (published as an immutable snapshot, so a request reads it with one
+//!   lock-free-in-practice `Arc` clone), and runs `tools/call`.
+//! - [`connection`] keeps each server connected in a background service: discovery at start,
+//!   reconnect with backoff, refresh on `notifications/tools/list_changed`, on reconnect and on
+//!   a polling interval. The gateway serves while every server is down.
+//! - [`naming`] decides the `mcp_` names the model sees.
+
+pub mod connection;
+pub mod naming;
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use rmcp::model::{CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock};
+use rmcp::service::{Peer, RoleClient};
+use serde_json::{json, Map, Value};
+use tokio::sync::Notify;
+
+use crate::config::{McpConfig, McpServerConfig};
+
+/// One configured server and what is known about it.
+pub struct ServerSlot {
+    pub name: String,
+    pub cfg: McpServerConfig,
+    pub call_timeout: Duration,
+    state: RwLock<ServerState>,
+    /// Woken when a call finds the connection broken: reconnect now.
+    pub(crate) broken: Notify,
+}
+
+#[derive(Default)]
+struct ServerState {
+    peer: Option<Peer<RoleClient>>,
+    /// Tools after include/exclude, as the server names them.
+    tools: Vec<rmcp::model::Tool>,
+    healthy: bool,
+    last_error: Option<String>,
+    connected_at: Option<std::time::SystemTime>,
+}
+
+/// A tool as offered to the model.
+pub struct CatalogTool {
+    /// `mcp_...` as the model sees it.
+    pub name: String,
+    /// The name on the server.
+    pub original: String,
+    pub server: usize,
+    pub description: Option<String>,
+    pub input_schema: Value,
+    /// The OpenAI `tools[]` entry.
+    pub definition: Value,
+    pub healthy: bool,
+}
+
+/// The tools of every server, rebuilt whenever a server's tools or health change.
+#[derive(Default)]
+pub struct Catalog {
+    tools: Vec<CatalogTool>,
+    by_name: HashMap<String, usize>,
+    healthy_tools: usize,
+}
+
+impl Catalog {
+    /// Tools of healthy servers, for injection into requests.
+    pub fn openai_tools(&self) -> impl Iterator<Item = &CatalogTool> {
+        self.tools.iter().filter(|t| t.healthy)
+    }
+
+    pub fn all(&self) -> &[CatalogTool] {
+        &self.tools
+    }
+
+    pub fn get(&self, name: &str) -> Option<&CatalogTool> {
+        self.by_name.get(name).map(|&i| &self.tools[i])
+    }
+}
+
+/// The result of one `tools/call`, ready to become a `tool` message.
+pub struct ToolOutcome {
+    pub content: String,
+    /// `error_type` label when the call failed: `tool_error` (the tool's `isError`),
+    /// `timeout`, `unknown_tool`, `invalid_arguments`, `server_unavailable`, `call_error`.
+    pub error: Option<&'static str>,
+    pub duration: Duration,
+}
+
+pub struct McpHub {
+    pub cfg: McpConfig,
+    pub servers: Vec<Arc<ServerSlot>>,
+    catalog: RwLock<Arc<Catalog>>,
+    metrics: Option<Arc<crate::metrics::Metrics>>,
+}
+
+impl McpHub {
+    pub fn new(cfg: &McpConfig, metrics: Option<Arc<crate::metrics::Metrics>>) -> Arc<Self> {
+        let servers = cfg
+            .servers
+            .iter()
+            .map(|s| {
+                Arc::new(ServerSlot {
+                    name: s.display_name(),
+                    cfg: s.clone(),
+                    call_timeout: s.timeout.unwrap_or(cfg.request_timeout).get(),
+                    state: RwLock::new(ServerState::default()),
+                    broken: Notify::new(),
+                })
+            })
+            .collect();
+        let hub = Arc::new(McpHub {
+            cfg: cfg.clone(),
+            servers,
+            catalog: RwLock::new(Arc::new(Catalog::default())),
+            metrics,
+        });
+        hub.publish();
+        hub
+    }
+
+    pub fn catalog(&self) -> Arc<Catalog> {
+        self.catalog.read().expect("catalog lock").clone()
+    }
+
+    pub fn has_tools(&self) -> bool {
+        self.catalog.read().expect("catalog lock").healthy_tools > 0
+    }
+
+    /// A server connected (or refreshed its tools).
+    pub(crate) fn set_connected(
+        &self,
+        slot: usize,
+        peer: Peer<RoleClient>,
+        tools: Vec<rmcp::model::Tool>,
+    ) {
+        let s = &self.servers[slot];
+        let tools = tools
+            .into_iter()
+            .filter(|t| {
+                naming::selected(&t.name, &self.cfg.include_tools, &self.cfg.exclude_tools)
+                    && naming::selected(&t.name, &s.cfg.include_tools, &s.cfg.exclude_tools)
+            })
+            .collect();
+        {
+            let mut st = s.state.write().expect("server lock");
+            if !st.healthy {
+                st.connected_at = Some(std::time::SystemTime::now());
+            }
+            st.peer = Some(peer);
+            st.tools = tools;
+            st.healthy = true;
+            st.last_error = None;
+        }
+        self.publish();
+    }
+
+    /// A server is unreachable; its tools stay known (names stay stable) but are not offered.
+    pub(crate) fn set_down(&self, slot: usize, error: String) {
+        {
+            let mut st = self.servers[slot].state.write().expect("server lock");
+            st.peer = None;
+            st.healthy = false;
+            st.connected_at = None;
+            st.last_error = Some(error);
+        }
+        self.publish();
+    }
+
+    /// Rebuilds the catalogue snapshot from the servers' states.
+    fn publish(&self) {
+        let states: Vec<_> = self
+            .servers
+            .iter()
+            .map(|s| s.state.read().expect("server lock"))
+            .collect();
+        let lists: Vec<(&str, Vec<&str>)> = self
+            .servers
+            .iter()
+            .zip(&states)
+            .map(|(s, st)| {
+                (
+                    s.name.as_str(),
+                    st.tools.iter().map(|t| t.name.as_ref()).collect(),
+                )
+            })
+            .collect();
+        let names = naming::assign(&lists);
+        let mut cat = Catalog::default();
+        for (i, (st, names)) in states.iter().zip(names).enumerate() {
+            for (t, name) in st.tools.iter().zip(names) {
+                let schema = Value::Object((*t.input_schema).clone());
+                let description = t.description.as_deref().map(str::to_string);
+                let mut function = Map::new();
+                function.insert("name".into(), Value::String(name.clone()));
+                if let Some(d) = &description {
+                    function.insert("description".into(), Value::String(d.clone()));
+                }
+                function.insert("parameters".into(), schema.clone());
+                cat.by_name.insert(name.clone(), cat.tools.len());
+                cat.healthy_tools += usize::from(st.healthy);
+                cat.tools.push(CatalogTool {
+                    definition: json!({"type": "function", "function": function}),
+                    name,
+                    original: t.name.to_string(),
+                    server: i,
+                    description,
+                    input_schema: schema,
+                    healthy: st.healthy,
+                });
+            }
+        }
+        if let Some(m) = &self.metrics {
+            for (s, st) in self.servers.iter().zip(&states) {
+                m.mcp_server_up
+                    .with_label_values(&[&s.name])
+                    .set(i64::from(st.healthy));
+                m.mcp_tools
+                    .with_label_values(&[&s.name])
+                    .set(st.tools.len() as i64);
+            }
+        }
+        drop(states);
+        *self.catalog.write().expect("catalog lock") = Arc::new(cat);
+    }
+
+    /// Runs one tool call. Never fails: every problem becomes the outcome's text, which the
+    /// model reads in the `tool` message.
+    pub async fn call_tool(&self, exposed: &str, arguments: &str) -> ToolOutcome {
+        let started = Instant::now();
+        let (content, error) = self.call_inner(exposed, arguments).await;
+        ToolOutcome {
+            content,
+            error,
+            duration: started.elapsed(),
+        }
+    }
+
+    async fn call_inner(&self, exposed: &str, arguments: &str) -> (String, Option<&'static str>) {
+        let catalog = self.catalog();
+        let Some(tool) = catalog.get(exposed) else {
+            return (
+                format!("Error: unknown tool {exposed:?}"),
+                Some("unknown_tool"),
+            );
+        };
+        let args: Map<String, Value> = if arguments.trim().is_empty() {
+            Map::new()
+        } else {
+            match serde_json::from_str(arguments) {
+                Ok(Value::Object(m)) => m,
+                Ok(_) => {
+                    return (
+                        "Error: the tool arguments must be a JSON object".into(),
+                        Some("invalid_arguments"),
+                    )
+                }
+                Err(e) => {
+                    return (
+                        format!("Error: the tool arguments are not valid JSON: {e}"),
+                        Some("invalid_arguments"),
+                    )
+                }
+            }
+        };
+        let slot = &self.servers[tool.server];
+        let peer = slot.state.read().expect("server lock").peer.clone();
+        let Some(peer) = peer else {
+            return (
+                format!("Error: MCP server {} is unavailable", slot.name),
+                Some("server_unavailable"),
+            );
+        };
+        let params = CallToolRequestParams::new(tool.original.clone()).with_arguments(args);
+        // Dropping the call (timeout or client gone) cancels the request on the server.
+        match tokio::time::timeout(slot.call_timeout, peer.call_tool_once(params)).await {
+            Err(_) => (
+                format!(
+                    "Error: tool {exposed} timed out after {} ms",
+                    slot.call_timeout.as_millis()
+                ),
+                Some("timeout"),
+            ),
+            Ok(Ok(CallToolResponse::Complete(result))) => render(&result),
+            Ok(Ok(_)) => (
+                format!(
+                    "Error: tool {exposed} asked for user input, which the gateway cannot give"
+                ),
+                Some("call_error"),
+            ),
+            Ok(Err(e)) => {
+                // Over HTTP a dead server does not close the transport: a failed send is the
+                // signal to reconnect.
+                if peer.is_transport_closed()
+                    || matches!(
+                        e,
+                        rmcp::ServiceError::TransportSend(_) | rmcp::ServiceError::TransportClosed
+                    )
+                {
+                    slot.broken.notify_one();
+                }
+                (
+                    format!("Error: calling tool {exposed} failed: {e}"),
+                    Some("call_error"),
+                )
+            }
+        }
+    }
+
+    /// `GET /v1/mcp/tools` body.
+    pub fn tools_listing(&self) -> Value {
+        let catalog = self.catalog();
+        let data: Vec<Value> = catalog
+            .all()
+            .iter()
+            .map(|t| {
+                json!({
+                    "name": t.name,
+                    "original_name": t.original,
+                    "description": t.description,
+                    "server": self.servers[t.server].name,
+                    "input_schema": t.input_schema,
+                    "healthy": t.healthy,
+                })
+            })
+            .collect();
+        let servers: Vec<Value> = self
+            .servers
+            .iter()
+            .map(|s| {
+                let st = s.state.read().expect("server lock");
+                json!({
+                    "name": s.name,
+                    "transport": if s.cfg.url.is_some() { "streamable_http" } else { "stdio" },
+                    "url": s.cfg.url,
+                    "healthy": st.healthy,
+                    "tools": st.tools.len(),
+                    "connected_at": st.connected_at.and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map(|d| d.as_secs()),
+                    "last_error": st.last_error,
+                })
+            })
+            .collect();
+        json!({"object": "list", "data": data, "servers": servers})
+    }
+}
+
+/// A tool result as the text of a `tool` message. `isError` results are marked so the model
+/// knows the call failed (and the failure is counted).
+fn render(result: &CallToolResult) -> (String, Option<&'static str>) {
+    let mut parts: Vec<String> = Vec::with_capacity(result.content.len());
+    for block in &result.content {
+        if let ContentBlock::Text(t) = block {
+            parts.push(t.text.clone());
+            continue;
+        }
+        // Other blocks as a short description (the model cannot use raw base64 anyway).
+        let v = serde_json::to_value(block).unwrap_or_default();
+        let kind = v.get("type").and_then(Value::as_str).unwrap_or("content");
+        let text = v
+            .pointer("/resource/text")
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        parts.push(match text {
+            Some(t) => t,
+            None => {
+                let what = v
+                    .get("mimeType")
+                    .or_else(|| v.get("uri"))
+                    .or_else(|| v.pointer("/resource/uri"))
+                    .and_then(Value::as_str)
+                    .unwrap_or("");
+                format!("[{kind} {what}]")
+            }
+        });
+    }
+    let mut text = parts.join("\n");
+    if text.is_empty() {
+        if let Some(s) = &result.structured_content {
+            text = s.to_string();
+        }
+    }
+    if result.is_error == Some(true) {
+        (format!("Error: {text}"), Some("tool_error"))
+    } else {
+        (text, None)
+    }
+}

@@ -1,0 +1,898 @@
+//! The MCP tool loop, black-box: the gateway binary, real rmcp MCP servers (streamable HTTP on
+//! 127.0.0.1 and stdio), and mock model upstreams that call tools deterministically in OpenAI's
+//! and Anthropic's wire formats.
+
+mod common;
+mod mcp_support;
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use common::*;
+use mcp_support::HttpMcpServer;
+use serde_json::{json, Value};
+
+// ---------------------------------------------------------------------------------------------
+// The scripted model
+// ---------------------------------------------------------------------------------------------
+
+/// What the model does next.
+enum Act {
+    Calls(Vec<(&'static str, Value)>),
+    Text(String),
+}
+
+/// The model's behaviour, chosen by the first user message. `round` counts the assistant
+/// tool-call messages already in the conversation; `results` are the latest tool results.
+fn script(prompt: &str, round: usize, results: &[String]) -> Act {
+    let joined = results.join(" | ");
+    match (prompt, round) {
+        ("add", 0) => Act::Calls(vec![("mcp_add", json!({"a": 2, "b": 3}))]),
+        ("parallel", 0) => Act::Calls(vec![
+            ("mcp_sleep", json!({"ms": 400})),
+            ("mcp_sleep", json!({"ms": 400})),
+            ("mcp_add", json!({"a": 1, "b": 1})),
+        ]),
+        ("multi", 0) => Act::Calls(vec![("mcp_add", json!({"a": 1, "b": 2}))]),
+        ("multi", 1) => {
+            let prev: i64 = results[0].parse().unwrap();
+            Act::Calls(vec![("mcp_add", json!({"a": prev, "b": 10}))])
+        }
+        ("fail", 0) => Act::Calls(vec![("mcp_fail", json!({}))]),
+        ("unknown", 0) => Act::Calls(vec![("mcp_nope", json!({}))]),
+        ("slow", 0) => Act::Calls(vec![("mcp_sleep", json!({"ms": 5000}))]),
+        ("forever", _) => Act::Calls(vec![("mcp_echo", json!({"text": format!("r{round}")}))]),
+        ("client", 0) => Act::Calls(vec![("get_weather", json!({"city": "Paris"}))]),
+        ("mixed", 0) => Act::Calls(vec![
+            ("mcp_add", json!({"a": 1, "b": 1})),
+            ("get_weather", json!({"city": "Paris"})),
+        ]),
+        ("late", 0) => Act::Calls(vec![("mcp_late", json!({}))]),
+        ("plain", _) => Act::Text("no tools needed".into()),
+        _ => Act::Text(format!("result: {joined}")),
+    }
+}
+
+/// Reads an OpenAI request: prompt, round, latest tool results.
+fn openai_state(req: &Value) -> (String, usize, Vec<String>) {
+    let msgs = req["messages"].as_array().unwrap();
+    let prompt = msgs
+        .iter()
+        .find(|m| m["role"] == "user")
+        .and_then(|m| m["content"].as_str())
+        .unwrap_or("")
+        .to_string();
+    let round = msgs
+        .iter()
+        .filter(|m| m["role"] == "assistant" && m.get("tool_calls").is_some())
+        .count();
+    let results: Vec<String> = msgs
+        .iter()
+        .rev()
+        .take_while(|m| m["role"] == "tool")
+        .map(|m| m["content"].as_str().unwrap_or("").to_string())
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect();
+    (prompt, round, results)
+}
+
+const USAGE: (u64, u64) = (10, 5);
+
+/// An OpenAI-compatible model that follows [`script`], streaming or not as asked.
+fn openai_model(req: &Recorded) -> Vec<Step> {
+    let body = req.json();
+    let (prompt, round, results) = openai_state(&body);
+    let act = script(&prompt, round, &results);
+    let stream = body["stream"] == true;
+    let usage = json!({"prompt_tokens": USAGE.0, "completion_tokens": USAGE.1, "total_tokens": USAGE.0 + USAGE.1});
+    if !stream {
+        let (message, finish) = match act {
+            Act::Calls(calls) => (
+                json!({"role": "assistant", "content": null, "tool_calls": calls.iter().enumerate().map(|(i, (n, a))| json!({
+                    "id": format!("call_{round}_{i}"), "type": "function",
+                    "function": {"name": n, "arguments": a.to_string()}})).collect::<Vec<_>>()}),
+                "tool_calls",
+            ),
+            Act::Text(t) => (json!({"role": "assistant", "content": t}), "stop"),
+        };
+        let b = json!({"id": format!("chatcmpl-{round}"), "object": "chat.completion", "created": 1, "model": body["model"],
+            "choices": [{"index": 0, "message": message, "finish_reason": finish}], "usage": usage});
+        return json_response(200, &b.to_string());
+    }
+    let mut events: Vec<Value> = vec![json!({"role": "assistant", "content": ""})];
+    let finish = match act {
+        Act::Calls(calls) => {
+            for (i, (n, a)) in calls.iter().enumerate() {
+                events.push(json!({"tool_calls": [{"index": i, "id": format!("call_{round}_{i}"), "type": "function",
+                    "function": {"name": n, "arguments": ""}}]}));
+                let args = a.to_string();
+                let (x, y) = args.split_at(args.len() / 2);
+                for part in [x, y] {
+                    events.push(
+                        json!({"tool_calls": [{"index": i, "function": {"arguments": part}}]}),
+                    );
+                }
+            }
+            "tool_calls"
+        }
+        Act::Text(t) => {
+            for w in t.split_inclusive(' ') {
+                events.push(json!({"content": w}));
+            }
+            "stop"
+        }
+    };
+    let mut sse = String::new();
+    let id = format!("chatcmpl-{round}");
+    for d in events {
+        let c = json!({"id": id, "object": "chat.completion.chunk", "created": 1, "model": body["model"],
+            "choices": [{"index": 0, "delta": d, "finish_reason": null}]});
+        sse.push_str(&format!("data: {c}\n\n"));
+    }
+    let c = json!({"id": id, "object": "chat.completion.chunk", "created": 1, "model": body["model"],
+        "choices": [{"index": 0, "delta": {}, "finish_reason": finish}]});
+    sse.push_str(&format!("data: {c}\n\n"));
+    if body["stream_options"]["include_usage"] == true {
+        let c = json!({"id": id, "object": "chat.completion.chunk", "created": 1, "model": body["model"],
+            "choices": [], "usage": usage});
+        sse.push_str(&format!("data: {c}\n\n"));
+    }
+    sse.push_str("data: [DONE]\n\n");
+    // Uneven TCP writes: events and JSON split anywhere.
+    let splits: Vec<usize> = (1..sse.len() / 41).map(|i| i * 41).collect();
+    sse_steps(sse.as_bytes(), &splits, Duration::ZERO)
+}
+
+/// An Anthropic Messages model that follows [`script`].
+fn anthropic_model(req: &Recorded) -> Vec<Step> {
+    let body = req.json();
+    let msgs = body["messages"].as_array().unwrap();
+    let prompt = match &msgs[0]["content"] {
+        Value::String(s) => s.clone(),
+        Value::Array(parts) => parts[0]["text"].as_str().unwrap_or("").to_string(),
+        _ => String::new(),
+    };
+    let round = msgs
+        .iter()
+        .filter(|m| {
+            m["role"] == "assistant"
+                && m["content"]
+                    .as_array()
+                    .is_some_and(|c| c.iter().any(|b| b["type"] == "tool_use"))
+        })
+        .count();
+    let results: Vec<String> = msgs
+        .last()
+        .and_then(|m| m["content"].as_array())
+        .map(|blocks| {
+            blocks
+                .iter()
+                .filter(|b| b["type"] == "tool_result")
+                .map(|b| match &b["content"] {
+                    Value::String(s) => s.clone(),
+                    Value::Array(a) => a[0]["text"].as_str().unwrap_or("").to_string(),
+                    _ => String::new(),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let act = script(&prompt, round, &results);
+    let usage = json!({"input_tokens": USAGE.0, "output_tokens": USAGE.1});
+    if body["stream"] != true {
+        let (content, stop) = match act {
+            Act::Calls(calls) => (
+                calls
+                    .iter()
+                    .enumerate()
+                    .map(|(i, (n, a))| json!({"type": "tool_use", "id": format!("toolu_{round}_{i}"), "name": n, "input": a}))
+                    .collect::<Vec<_>>(),
+                "tool_use",
+            ),
+            Act::Text(t) => (vec![json!({"type": "text", "text": t})], "end_turn"),
+        };
+        let b = json!({"id": format!("msg_{round}"), "type": "message", "role": "assistant", "model": body["model"],
+            "content": content, "stop_reason": stop, "stop_sequence": null, "usage": usage});
+        return json_response(200, &b.to_string());
+    }
+    let mut sse = String::new();
+    let mut ev =
+        |name: &str, data: Value| sse.push_str(&format!("event: {name}\ndata: {data}\n\n"));
+    ev(
+        "message_start",
+        json!({"type": "message_start", "message": {"id": format!("msg_{round}"), "type": "message",
+        "role": "assistant", "model": body["model"], "content": [], "stop_reason": null, "stop_sequence": null,
+        "usage": {"input_tokens": USAGE.0, "output_tokens": 1}}}),
+    );
+    let stop = match act {
+        Act::Calls(calls) => {
+            for (i, (n, a)) in calls.iter().enumerate() {
+                ev(
+                    "content_block_start",
+                    json!({"type": "content_block_start", "index": i,
+                    "content_block": {"type": "tool_use", "id": format!("toolu_{round}_{i}"), "name": n, "input": {}}}),
+                );
+                ev(
+                    "content_block_delta",
+                    json!({"type": "content_block_delta", "index": i,
+                    "delta": {"type": "input_json_delta", "partial_json": a.to_string()}}),
+                );
+                ev(
+                    "content_block_stop",
+                    json!({"type": "content_block_stop", "index": i}),
+                );
+            }
+            "tool_use"
+        }
+        Act::Text(t) => {
+            ev(
+                "content_block_start",
+                json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+            );
+            ev(
+                "content_block_delta",
+                json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": t}}),
+            );
+            ev(
+                "content_block_stop",
+                json!({"type": "content_block_stop", "index": 0}),
+            );
+            "end_turn"
+        }
+    };
+    ev(
+        "message_delta",
+        json!({"type": "message_delta", "delta": {"stop_reason": stop, "stop_sequence": null},
+        "usage": {"output_tokens": USAGE.1}}),
+    );
+    ev("message_stop", json!({"type": "message_stop"}));
+    let splits: Vec<usize> = (1..sse.len() / 37).map(|i| i * 37).collect();
+    sse_steps(sse.as_bytes(), &splits, Duration::ZERO)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------------------------
+
+struct Setup {
+    gw: GatewayProcess,
+    model: MockUpstream,
+    mcp: HttpMcpServer,
+}
+
+/// A gateway with MCP on, one HTTP MCP server and the OpenAI-format model; `extra` env added.
+async fn setup(extra: &[(&str, &str)]) -> Setup {
+    let mcp = HttpMcpServer::start(0).await;
+    let model = MockUpstream::start(openai_model).await;
+    let mut env = provider_env(&[("openai", model.url("/v1"))]);
+    env.push(("MCP_ENABLE", "true".into()));
+    env.push(("MCP_EXPOSE", "true".into()));
+    env.push(("MCP_SERVERS", mcp.url.clone()));
+    for (k, v) in extra {
+        env.push((k, v.to_string()));
+    }
+    let gw = GatewayProcess::start(&env, None);
+    wait_for_tools(&gw, 1).await;
+    Setup { gw, model, mcp }
+}
+
+/// Waits until `/v1/mcp/tools` lists at least `n` healthy tools; returns the listing.
+async fn wait_for_tools(gw: &GatewayProcess, n: usize) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let r = raw_request(gw.addr(), "GET", "/v1/mcp/tools", &[], b"").await;
+        let v = r.json();
+        let healthy = v["data"]
+            .as_array()
+            .map_or(0, |d| d.iter().filter(|t| t["healthy"] == true).count());
+        if healthy >= n {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "tools did not appear: {v}\n{}",
+            gw.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn chat(prompt: &str, stream: bool) -> Vec<u8> {
+    json!({"model": "openai/gpt-4o", "stream": stream, "messages": [{"role": "user", "content": prompt}]})
+        .to_string()
+        .into_bytes()
+}
+
+/// The `data:` payloads of an SSE body, `[DONE]` included.
+fn sse_data(body: &str) -> Vec<String> {
+    body.split("\n\n")
+        .filter_map(|e| e.lines().find_map(|l| l.strip_prefix("data: ")))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Accumulates a streamed answer: content, tool calls by index, finish reasons, usage chunks.
+struct Streamed {
+    content: String,
+    calls: Vec<(String, String)>,
+    finishes: Vec<String>,
+    usage: Vec<Value>,
+    done: usize,
+    errors: Vec<Value>,
+}
+
+fn accumulate(body: &str) -> Streamed {
+    let mut s = Streamed {
+        content: String::new(),
+        calls: Vec::new(),
+        finishes: Vec::new(),
+        usage: Vec::new(),
+        done: 0,
+        errors: Vec::new(),
+    };
+    for d in sse_data(body) {
+        if d == "[DONE]" {
+            s.done += 1;
+            continue;
+        }
+        assert_eq!(s.done, 0, "event after [DONE]: {d}");
+        let v: Value = serde_json::from_str(&d).unwrap();
+        if v.get("error").is_some() {
+            s.errors.push(v);
+            continue;
+        }
+        if !v["usage"].is_null() {
+            s.usage.push(v["usage"].clone());
+        }
+        for c in v["choices"].as_array().unwrap() {
+            if let Some(t) = c["delta"]["content"].as_str() {
+                s.content.push_str(t);
+            }
+            for tc in c["delta"]["tool_calls"].as_array().into_iter().flatten() {
+                let i = tc["index"].as_u64().unwrap() as usize;
+                if s.calls.len() <= i {
+                    s.calls.resize(i + 1, (String::new(), String::new()));
+                }
+                if let Some(n) = tc["function"]["name"].as_str() {
+                    s.calls[i].0.push_str(n);
+                }
+                if let Some(a) = tc["function"]["arguments"].as_str() {
+                    s.calls[i].1.push_str(a);
+                }
+            }
+            if let Some(f) = c["finish_reason"].as_str() {
+                s.finishes.push(f.to_string());
+            }
+        }
+    }
+    s
+}
+
+fn tool_names(req: &Recorded) -> Vec<String> {
+    req.json()["tools"]
+        .as_array()
+        .map(|t| {
+            t.iter()
+                .map(|t| t["function"]["name"].as_str().unwrap().to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tests
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn single_tool_non_stream_sums_usage_and_feeds_the_result_back() {
+    let s = setup(&[]).await;
+    let r = post_chat(s.gw.addr(), &chat("add", false)).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    assert_eq!(v["choices"][0]["message"]["content"], "result: 5");
+    assert_eq!(v["choices"][0]["finish_reason"], "stop");
+    // Two rounds of (10, 5).
+    assert_eq!(v["usage"]["prompt_tokens"], 20);
+    assert_eq!(v["usage"]["completion_tokens"], 10);
+    assert_eq!(v["usage"]["total_tokens"], 30);
+    assert_eq!(r.headers.get("x-mcp-rounds").map(String::as_str), Some("2"));
+    let reqs = s.model.requests();
+    assert_eq!(reqs.len(), 2);
+    // Every round offers the MCP tools, with their JSON schema.
+    let tools = reqs[0].json()["tools"].clone();
+    let add = tools
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["function"]["name"] == "mcp_add")
+        .expect("mcp_add offered");
+    assert_eq!(add["function"]["description"], "Add two integers");
+    assert_eq!(
+        add["function"]["parameters"]["properties"]["a"]["type"],
+        "integer"
+    );
+    assert!(tool_names(&reqs[1]).contains(&"mcp_add".to_string()));
+    // Round 2 carries the assistant's call and the tool's answer.
+    let msgs = reqs[1].json()["messages"].clone();
+    let msgs = msgs.as_array().unwrap();
+    assert_eq!(msgs.len(), 3);
+    assert_eq!(msgs[1]["role"], "assistant");
+    assert_eq!(msgs[1]["tool_calls"][0]["id"], "call_0_0");
+    assert_eq!(msgs[1]["tool_calls"][0]["function"]["name"], "mcp_add");
+    assert_eq!(msgs[2]["role"], "tool");
+    assert_eq!(msgs[2]["tool_call_id"], "call_0_0");
+    assert_eq!(msgs[2]["content"], "5");
+    assert_eq!(s.mcp.observed.calls.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn single_tool_stream_is_one_stream_with_one_done() {
+    let s = setup(&[]).await;
+    let r = post_chat(s.gw.addr(), &chat("add", true)).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.headers.get("content-type").map(String::as_str),
+        Some("text/event-stream")
+    );
+    let body = r.text();
+    let st = accumulate(&body);
+    assert_eq!(st.done, 1, "{body}");
+    assert!(body.ends_with("data: [DONE]\n\n"));
+    // The gateway's tool call is visible as progress, then the final answer.
+    assert_eq!(
+        st.calls,
+        vec![("mcp_add".to_string(), "{\"a\":2,\"b\":3}".to_string())]
+    );
+    assert_eq!(st.content, "result: 5");
+    // Only the final round's finish reason reaches the client; no usage was asked for.
+    assert_eq!(st.finishes, vec!["stop"]);
+    assert!(st.usage.is_empty(), "{body}");
+    assert_eq!(s.model.count(), 2);
+}
+
+#[tokio::test]
+async fn stream_usage_is_one_summed_chunk_when_asked() {
+    let s = setup(&[]).await;
+    let req = json!({"model": "openai/gpt-4o", "stream": true, "stream_options": {"include_usage": true},
+        "messages": [{"role": "user", "content": "multi"}]});
+    let r = post_chat(s.gw.addr(), req.to_string().as_bytes()).await;
+    let st = accumulate(&r.text());
+    assert_eq!(st.usage.len(), 1, "{}", r.text());
+    assert_eq!(st.usage[0]["prompt_tokens"], 30);
+    assert_eq!(st.usage[0]["completion_tokens"], 15);
+    assert_eq!(st.usage[0]["total_tokens"], 45);
+    // Three rounds: two tool calls at indexes 0 and 1 (never merged), then the answer.
+    assert_eq!(st.calls.len(), 2);
+    assert_eq!(st.calls[0].1, "{\"a\":1,\"b\":2}");
+    assert_eq!(st.calls[1].1, "{\"a\":3,\"b\":10}");
+    assert_eq!(st.content, "result: 13");
+    assert_eq!(st.done, 1);
+}
+
+#[tokio::test]
+async fn parallel_calls_run_concurrently_in_order() {
+    let s = setup(&[("MCP_REQUEST_TIMEOUT", "10s")]).await;
+    let started = Instant::now();
+    let r = post_chat(s.gw.addr(), &chat("parallel", false)).await;
+    let took = started.elapsed();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        r.json()["choices"][0]["message"]["content"],
+        "result: slept 400 ms | slept 400 ms | 2"
+    );
+    // Sequential would be >= 800 ms of sleeping; both sleeps overlapped.
+    assert_eq!(s.mcp.observed.max_running.load(Ordering::SeqCst), 2);
+    assert!(took < Duration::from_millis(790), "took {took:?}");
+    let msgs = s.model.requests()[1].json()["messages"].clone();
+    let ids: Vec<&str> = msgs.as_array().unwrap()[2..]
+        .iter()
+        .map(|m| m["tool_call_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["call_0_0", "call_0_1", "call_0_2"]);
+}
+
+#[tokio::test]
+async fn tool_errors_become_tool_messages_and_the_loop_continues() {
+    let s = setup(&[
+        ("MCP_REQUEST_TIMEOUT", "300ms"),
+        ("TELEMETRY_ENABLE", "true"),
+        ("TELEMETRY_METRICS_PORT", &free_port().to_string()),
+    ])
+    .await;
+    // isError from the tool.
+    let r = post_chat(s.gw.addr(), &chat("fail", false)).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.json()["choices"][0]["message"]["content"],
+        "result: Error: boom"
+    );
+    // A tool the gateway does not know.
+    let r = post_chat(s.gw.addr(), &chat("unknown", false)).await;
+    assert_eq!(
+        r.json()["choices"][0]["message"]["content"],
+        "result: Error: unknown tool \"mcp_nope\""
+    );
+    // A tool slower than MCP_REQUEST_TIMEOUT.
+    let started = Instant::now();
+    let r = post_chat(s.gw.addr(), &chat("slow", true)).await;
+    let st = accumulate(&r.text());
+    assert_eq!(
+        st.content,
+        "result: Error: tool mcp_sleep timed out after 300 ms"
+    );
+    assert!(started.elapsed() < Duration::from_secs(3));
+    assert_eq!(st.done, 1);
+}
+
+#[tokio::test]
+async fn iteration_limit_returns_the_last_reply_and_says_so() {
+    let s = setup(&[("MCP_MAX_ITERATIONS", "3")]).await;
+    let r = post_chat(s.gw.addr(), &chat("forever", false)).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(s.model.count(), 3);
+    assert_eq!(
+        r.headers
+            .get("x-mcp-max-iterations-reached")
+            .map(String::as_str),
+        Some("true")
+    );
+    let v = r.json();
+    assert_eq!(v["choices"][0]["finish_reason"], "tool_calls");
+    assert_eq!(
+        v["choices"][0]["message"]["tool_calls"][0]["function"]["name"],
+        "mcp_echo"
+    );
+    assert_eq!(v["usage"]["total_tokens"], 45);
+
+    let r = post_chat(s.gw.addr(), &chat("forever", true)).await;
+    let body = r.text();
+    let st = accumulate(&body);
+    assert_eq!(s.model.count(), 6);
+    assert_eq!(st.calls.len(), 3);
+    assert_eq!(st.finishes, vec!["tool_calls"]);
+    assert!(body.contains(": mcp max iterations reached\n\n"));
+    assert_eq!(st.done, 1);
+}
+
+#[tokio::test]
+async fn bypass_header_skips_the_loop() {
+    let s = setup(&[]).await;
+    let r = raw_request(
+        s.gw.addr(),
+        "POST",
+        "/v1/chat/completions",
+        &[("x-mcp-bypass", "1")],
+        &chat("add", false),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(s.model.count(), 1);
+    assert!(tool_names(&s.model.last()).is_empty());
+    assert_eq!(r.json()["choices"][0]["finish_reason"], "tool_calls");
+    assert_eq!(s.mcp.observed.calls.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn client_tools_are_merged_and_their_calls_go_back_to_the_client() {
+    let s = setup(&[]).await;
+    let weather = json!({"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}});
+    for stream in [false, true] {
+        let req = json!({"model": "openai/gpt-4o", "stream": stream, "tools": [weather],
+            "messages": [{"role": "user", "content": "client"}]});
+        let before = s.model.count();
+        let r = post_chat(s.gw.addr(), req.to_string().as_bytes()).await;
+        assert_eq!(r.status, 200);
+        assert_eq!(s.model.count(), before + 1);
+        let names = tool_names(&s.model.last());
+        assert_eq!(names[0], "get_weather");
+        assert!(names.contains(&"mcp_add".to_string()) && names.contains(&"mcp_echo".to_string()));
+        if stream {
+            let st = accumulate(&r.text());
+            assert_eq!(st.calls[0].0, "get_weather");
+            assert_eq!(st.finishes, vec!["tool_calls"]);
+            assert_eq!(st.done, 1);
+        } else {
+            let v = r.json();
+            assert_eq!(v["choices"][0]["finish_reason"], "tool_calls");
+            assert_eq!(
+                v["choices"][0]["message"]["tool_calls"][0]["function"]["name"],
+                "get_weather"
+            );
+        }
+    }
+    // A reply calling both kinds goes back to the client, which sees only its own call.
+    let req = json!({"model": "openai/gpt-4o", "tools": [weather], "messages": [{"role": "user", "content": "mixed"}]});
+    let r = post_chat(s.gw.addr(), req.to_string().as_bytes()).await;
+    let calls = r.json()["choices"][0]["message"]["tool_calls"].clone();
+    assert_eq!(calls.as_array().unwrap().len(), 1, "{calls}");
+    assert_eq!(calls[0]["function"]["name"], "get_weather");
+    assert_eq!(s.mcp.observed.calls.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn tool_choice_none_gets_no_tools() {
+    let s = setup(&[]).await;
+    let req = json!({"model": "openai/gpt-4o", "tool_choice": "none", "messages": [{"role": "user", "content": "plain"}]});
+    let r = post_chat(s.gw.addr(), req.to_string().as_bytes()).await;
+    assert_eq!(r.status, 200);
+    assert!(tool_names(&s.model.last()).is_empty());
+}
+
+#[tokio::test]
+async fn native_anthropic_dialect_runs_the_loop() {
+    let mcp = HttpMcpServer::start(0).await;
+    let model = MockUpstream::start(anthropic_model).await;
+    let mut env = provider_env(&[("anthropic", model.url("/v1"))]);
+    env.push(("MCP_ENABLE", "true".into()));
+    env.push(("MCP_EXPOSE", "true".into()));
+    env.push(("MCP_SERVERS", mcp.url.clone()));
+    let gw = GatewayProcess::start(&env, None);
+    wait_for_tools(&gw, 1).await;
+    for stream in [false, true] {
+        let req = json!({"model": "anthropic/claude-sonnet-4", "stream": stream, "stream_options": {"include_usage": true},
+            "messages": [{"role": "user", "content": "add"}]});
+        let req = if stream {
+            req
+        } else {
+            json!({"model": "anthropic/claude-sonnet-4", "messages": [{"role": "user", "content": "add"}]})
+        };
+        let before = model.count();
+        let r = post_chat(gw.addr(), req.to_string().as_bytes()).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(model.count(), before + 2);
+        // The native request of round 2 carries a tool_use and its tool_result.
+        let second = model.last().json();
+        assert_eq!(
+            second["tools"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|t| t["name"] == "mcp_add")
+                .count(),
+            1
+        );
+        let last = second["messages"]
+            .as_array()
+            .unwrap()
+            .last()
+            .unwrap()
+            .clone();
+        assert_eq!(last["content"][0]["type"], "tool_result", "{second}");
+        assert_eq!(last["content"][0]["tool_use_id"], "toolu_0_0");
+        if stream {
+            let st = accumulate(&r.text());
+            assert_eq!(st.content, "result: 5");
+            assert_eq!(st.calls[0].0, "mcp_add");
+            assert_eq!(st.usage.len(), 1);
+            assert_eq!(st.usage[0]["total_tokens"], 30);
+            assert_eq!(st.done, 1);
+        } else {
+            let v = r.json();
+            assert_eq!(v["choices"][0]["message"]["content"], "result: 5");
+            assert_eq!(v["usage"]["total_tokens"], 30);
+        }
+    }
+}
+
+#[tokio::test]
+async fn client_disconnect_mid_loop_cancels_the_tool_and_the_loop() {
+    let s = setup(&[("MCP_REQUEST_TIMEOUT", "30s")]).await;
+    let mut sock = tokio::net::TcpStream::connect(s.gw.addr()).await.unwrap();
+    let body = chat("slow", true);
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: gw\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    sock.write_all(head.as_bytes()).await.unwrap();
+    sock.write_all(&body).await.unwrap();
+    // Read until the tool call was relayed, then wait until the tool runs and hang up.
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&seen).contains("mcp_sleep") {
+        let n = sock.read(&mut buf).await.unwrap();
+        assert!(n > 0);
+        seen.extend_from_slice(&buf[..n]);
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while s.mcp.observed.running.load(Ordering::SeqCst) == 0 {
+        assert!(Instant::now() < deadline, "tool never started");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    drop(sock);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while s.mcp.observed.cancelled.load(Ordering::SeqCst) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the tool call was not cancelled: {}",
+            s.gw.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // No further model round.
+    assert_eq!(s.model.count(), 1);
+}
+
+#[tokio::test]
+async fn server_down_at_start_then_up_reconnects_and_tools_appear() {
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}/mcp");
+    let model = MockUpstream::start(openai_model).await;
+    let mut env = provider_env(&[("openai", model.url("/v1"))]);
+    env.extend([
+        ("MCP_ENABLE", "true".to_string()),
+        ("MCP_EXPOSE", "true".to_string()),
+        ("MCP_SERVERS", url.clone()),
+        ("MCP_INITIAL_BACKOFF", "100ms".to_string()),
+        ("MCP_RETRY_INTERVAL", "200ms".to_string()),
+        ("MCP_MAX_RETRIES", "2".to_string()),
+        ("MCP_RECONNECT_INTERVAL", "300ms".to_string()),
+    ]);
+    // The gateway starts and serves although its only MCP server is down.
+    let gw = GatewayProcess::start(&env, None);
+    let r = post_chat(gw.addr(), &chat("plain", false)).await;
+    assert_eq!(r.status, 200);
+    assert!(tool_names(&model.last()).is_empty());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let v = raw_request(gw.addr(), "GET", "/v1/mcp/tools", &[], b"")
+            .await
+            .json();
+        assert_eq!(v["servers"][0]["healthy"], false);
+        if v["servers"][0]["last_error"].is_string() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no connection attempt: {v}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Past the retries, into the reconnect interval, the server comes up.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let mcp = HttpMcpServer::start(port).await;
+    let v = wait_for_tools(&gw, 4).await;
+    assert_eq!(v["servers"][0]["healthy"], true);
+    let r = post_chat(gw.addr(), &chat("add", false)).await;
+    assert_eq!(r.json()["choices"][0]["message"]["content"], "result: 5");
+    assert_eq!(mcp.observed.calls.load(Ordering::SeqCst), 1);
+    // And down again: its tools leave the requests, the gateway keeps serving.
+    drop(mcp);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = post_chat(gw.addr(), &chat("add", false)).await;
+        assert_eq!(r.status, 200);
+        let v = raw_request(gw.addr(), "GET", "/v1/mcp/tools", &[], b"")
+            .await
+            .json();
+        if v["servers"][0]["healthy"] == false {
+            break;
+        }
+        assert!(Instant::now() < deadline, "server never marked down: {v}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn list_changed_notification_refreshes_tools() {
+    let s = setup(&[("MCP_POLLING_ENABLE", "false")]).await;
+    let v = wait_for_tools(&s.gw, 4).await;
+    let names: Vec<&str> = v["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    // All pages (two tools a page) were read.
+    assert_eq!(names, ["mcp_add", "mcp_echo", "mcp_fail", "mcp_sleep"]);
+    s.mcp.server.reveal_late_tool();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut v = v;
+    while !v["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|t| t["name"] == "mcp_late")
+    {
+        assert!(Instant::now() < deadline, "late tool never appeared: {v}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        v = raw_request(s.gw.addr(), "GET", "/v1/mcp/tools", &[], b"")
+            .await
+            .json();
+    }
+    let r = post_chat(s.gw.addr(), &chat("late", false)).await;
+    assert_eq!(
+        r.json()["choices"][0]["message"]["content"],
+        "result: late result"
+    );
+}
+
+#[tokio::test]
+async fn tools_endpoint_is_forbidden_unless_exposed() {
+    let mcp = HttpMcpServer::start(0).await;
+    let gw = GatewayProcess::start(
+        &[
+            ("MCP_ENABLE", "true".into()),
+            ("MCP_SERVERS", mcp.url.clone()),
+        ],
+        None,
+    );
+    let r = raw_request(gw.addr(), "GET", "/v1/mcp/tools", &[], b"").await;
+    assert_eq!(r.status, 403);
+    assert_eq!(r.json()["error"]["code"], "mcp_not_exposed");
+    assert_eq!(r.json()["error"]["type"], "permission_error");
+}
+
+#[tokio::test]
+async fn name_clashes_stdio_servers_and_filters_from_toml() {
+    let a = HttpMcpServer::start(0).await;
+    let b = HttpMcpServer::start(0).await;
+    let stdio = std::env::current_exe()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("examples/mcp_stdio_server");
+    assert!(stdio.exists(), "{} (built by cargo test)", stdio.display());
+    let model = MockUpstream::start(openai_model).await;
+    let toml = format!(
+        r#"
+[mcp]
+enable = true
+expose = true
+exclude_tools = ["fail"]
+
+[[mcp.servers]]
+name = "math"
+url = "{}"
+
+[[mcp.servers]]
+name = "second"
+url = "{}"
+include_tools = ["add", "echo"]
+bearer_token = "secret-token"
+
+[[mcp.servers]]
+name = "local"
+command = "{}"
+include_tools = ["mcp_echo"]
+"#,
+        a.url,
+        b.url,
+        stdio.display()
+    );
+    let gw = GatewayProcess::start(&provider_env(&[("openai", model.url("/v1"))]), Some(&toml));
+    let v = wait_for_tools(&gw, 6).await;
+    let listed: Vec<(String, String)> = v["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            (
+                t["server"].as_str().unwrap().to_string(),
+                t["name"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let expect = [
+        ("math", "mcp_add"),
+        ("math", "mcp_echo"),
+        ("math", "mcp_sleep"),
+        ("second", "mcp_second__add"),
+        ("second", "mcp_second__echo"),
+        ("local", "mcp_local__echo"),
+    ];
+    let expect: Vec<(String, String)> = expect
+        .iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect();
+    assert_eq!(listed, expect, "{v}");
+    assert_eq!(v["servers"][2]["transport"], "stdio");
+    // The stdio server answers calls.
+    let r = post_chat(gw.addr(), &chat("plain", false)).await;
+    assert_eq!(r.status, 200);
+    assert!(tool_names(&model.last()).contains(&"mcp_local__echo".to_string()));
+    // Secrets never appear in the listing or the log.
+    assert!(!v.to_string().contains("secret-token"));
+    assert!(!gw.log_text().contains("secret-token"));
+}
