@@ -31,6 +31,12 @@ pub struct AccessRecord<'a> {
     pub ttft_ms: Option<f64>,
     pub duration_ms: f64,
     pub upstream_ms: f64,
+    /// Time waiting for MCP tool calls (tool loop only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_ms: Option<f64>,
+    /// Model calls made by the MCP tool loop (tool loop only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mcp_rounds: Option<u32>,
     pub bytes_in: usize,
     pub bytes_out: usize,
     pub error: Option<&'a str>,
@@ -73,6 +79,12 @@ impl AccessRecord<'_> {
                 );
                 if let Some(t) = self.ttft_ms {
                     let _ = write!(s, " ttft_ms={t:.1}");
+                }
+                if let Some(t) = self.tool_ms {
+                    let _ = write!(s, " tool_ms={t:.1}");
+                }
+                if let Some(r) = self.mcp_rounds {
+                    let _ = write!(s, " mcp_rounds={r}");
                 }
                 if self.client_disconnected {
                     s.push_str(" client_disconnected=true");

@@ -4,252 +4,16 @@
 
 mod common;
 mod mcp_support;
+#[path = "mcp_support/model.rs"]
+mod model;
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use common::*;
 use mcp_support::HttpMcpServer;
+use model::{anthropic_model, openai_model};
 use serde_json::{json, Value};
-
-// ---------------------------------------------------------------------------------------------
-// The scripted model
-// ---------------------------------------------------------------------------------------------
-
-/// What the model does next.
-enum Act {
-    Calls(Vec<(&'static str, Value)>),
-    Text(String),
-}
-
-/// The model's behaviour, chosen by the first user message. `round` counts the assistant
-/// tool-call messages already in the conversation; `results` are the latest tool results.
-fn script(prompt: &str, round: usize, results: &[String]) -> Act {
-    let joined = results.join(" | ");
-    match (prompt, round) {
-        ("add", 0) => Act::Calls(vec![("mcp_add", json!({"a": 2, "b": 3}))]),
-        ("parallel", 0) => Act::Calls(vec![
-            ("mcp_sleep", json!({"ms": 400})),
-            ("mcp_sleep", json!({"ms": 400})),
-            ("mcp_add", json!({"a": 1, "b": 1})),
-        ]),
-        ("multi", 0) => Act::Calls(vec![("mcp_add", json!({"a": 1, "b": 2}))]),
-        ("multi", 1) => {
-            let prev: i64 = results[0].parse().unwrap();
-            Act::Calls(vec![("mcp_add", json!({"a": prev, "b": 10}))])
-        }
-        ("fail", 0) => Act::Calls(vec![("mcp_fail", json!({}))]),
-        ("unknown", 0) => Act::Calls(vec![("mcp_nope", json!({}))]),
-        ("slow", 0) => Act::Calls(vec![("mcp_sleep", json!({"ms": 5000}))]),
-        ("forever", _) => Act::Calls(vec![("mcp_echo", json!({"text": format!("r{round}")}))]),
-        ("client", 0) => Act::Calls(vec![("get_weather", json!({"city": "Paris"}))]),
-        ("mixed", 0) => Act::Calls(vec![
-            ("mcp_add", json!({"a": 1, "b": 1})),
-            ("get_weather", json!({"city": "Paris"})),
-        ]),
-        ("late", 0) => Act::Calls(vec![("mcp_late", json!({}))]),
-        ("plain", _) => Act::Text("no tools needed".into()),
-        _ => Act::Text(format!("result: {joined}")),
-    }
-}
-
-/// Reads an OpenAI request: prompt, round, latest tool results.
-fn openai_state(req: &Value) -> (String, usize, Vec<String>) {
-    let msgs = req["messages"].as_array().unwrap();
-    let prompt = msgs
-        .iter()
-        .find(|m| m["role"] == "user")
-        .and_then(|m| m["content"].as_str())
-        .unwrap_or("")
-        .to_string();
-    let round = msgs
-        .iter()
-        .filter(|m| m["role"] == "assistant" && m.get("tool_calls").is_some())
-        .count();
-    let results: Vec<String> = msgs
-        .iter()
-        .rev()
-        .take_while(|m| m["role"] == "tool")
-        .map(|m| m["content"].as_str().unwrap_or("").to_string())
-        .collect::<Vec<_>>()
-        .into_iter()
-        .rev()
-        .collect();
-    (prompt, round, results)
-}
-
-const USAGE: (u64, u64) = (10, 5);
-
-/// An OpenAI-compatible model that follows [`script`], streaming or not as asked.
-fn openai_model(req: &Recorded) -> Vec<Step> {
-    let body = req.json();
-    let (prompt, round, results) = openai_state(&body);
-    let act = script(&prompt, round, &results);
-    let stream = body["stream"] == true;
-    let usage = json!({"prompt_tokens": USAGE.0, "completion_tokens": USAGE.1, "total_tokens": USAGE.0 + USAGE.1});
-    if !stream {
-        let (message, finish) = match act {
-            Act::Calls(calls) => (
-                json!({"role": "assistant", "content": null, "tool_calls": calls.iter().enumerate().map(|(i, (n, a))| json!({
-                    "id": format!("call_{round}_{i}"), "type": "function",
-                    "function": {"name": n, "arguments": a.to_string()}})).collect::<Vec<_>>()}),
-                "tool_calls",
-            ),
-            Act::Text(t) => (json!({"role": "assistant", "content": t}), "stop"),
-        };
-        let b = json!({"id": format!("chatcmpl-{round}"), "object": "chat.completion", "created": 1, "model": body["model"],
-            "choices": [{"index": 0, "message": message, "finish_reason": finish}], "usage": usage});
-        return json_response(200, &b.to_string());
-    }
-    let mut events: Vec<Value> = vec![json!({"role": "assistant", "content": ""})];
-    let finish = match act {
-        Act::Calls(calls) => {
-            for (i, (n, a)) in calls.iter().enumerate() {
-                events.push(json!({"tool_calls": [{"index": i, "id": format!("call_{round}_{i}"), "type": "function",
-                    "function": {"name": n, "arguments": ""}}]}));
-                let args = a.to_string();
-                let (x, y) = args.split_at(args.len() / 2);
-                for part in [x, y] {
-                    events.push(
-                        json!({"tool_calls": [{"index": i, "function": {"arguments": part}}]}),
-                    );
-                }
-            }
-            "tool_calls"
-        }
-        Act::Text(t) => {
-            for w in t.split_inclusive(' ') {
-                events.push(json!({"content": w}));
-            }
-            "stop"
-        }
-    };
-    let mut sse = String::new();
-    let id = format!("chatcmpl-{round}");
-    for d in events {
-        let c = json!({"id": id, "object": "chat.completion.chunk", "created": 1, "model": body["model"],
-            "choices": [{"index": 0, "delta": d, "finish_reason": null}]});
-        sse.push_str(&format!("data: {c}\n\n"));
-    }
-    let c = json!({"id": id, "object": "chat.completion.chunk", "created": 1, "model": body["model"],
-        "choices": [{"index": 0, "delta": {}, "finish_reason": finish}]});
-    sse.push_str(&format!("data: {c}\n\n"));
-    if body["stream_options"]["include_usage"] == true {
-        let c = json!({"id": id, "object": "chat.completion.chunk", "created": 1, "model": body["model"],
-            "choices": [], "usage": usage});
-        sse.push_str(&format!("data: {c}\n\n"));
-    }
-    sse.push_str("data: [DONE]\n\n");
-    // Uneven TCP writes: events and JSON split anywhere.
-    let splits: Vec<usize> = (1..sse.len() / 41).map(|i| i * 41).collect();
-    sse_steps(sse.as_bytes(), &splits, Duration::ZERO)
-}
-
-/// An Anthropic Messages model that follows [`script`].
-fn anthropic_model(req: &Recorded) -> Vec<Step> {
-    let body = req.json();
-    let msgs = body["messages"].as_array().unwrap();
-    let prompt = match &msgs[0]["content"] {
-        Value::String(s) => s.clone(),
-        Value::Array(parts) => parts[0]["text"].as_str().unwrap_or("").to_string(),
-        _ => String::new(),
-    };
-    let round = msgs
-        .iter()
-        .filter(|m| {
-            m["role"] == "assistant"
-                && m["content"]
-                    .as_array()
-                    .is_some_and(|c| c.iter().any(|b| b["type"] == "tool_use"))
-        })
-        .count();
-    let results: Vec<String> = msgs
-        .last()
-        .and_then(|m| m["content"].as_array())
-        .map(|blocks| {
-            blocks
-                .iter()
-                .filter(|b| b["type"] == "tool_result")
-                .map(|b| match &b["content"] {
-                    Value::String(s) => s.clone(),
-                    Value::Array(a) => a[0]["text"].as_str().unwrap_or("").to_string(),
-                    _ => String::new(),
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    let act = script(&prompt, round, &results);
-    let usage = json!({"input_tokens": USAGE.0, "output_tokens": USAGE.1});
-    if body["stream"] != true {
-        let (content, stop) = match act {
-            Act::Calls(calls) => (
-                calls
-                    .iter()
-                    .enumerate()
-                    .map(|(i, (n, a))| json!({"type": "tool_use", "id": format!("toolu_{round}_{i}"), "name": n, "input": a}))
-                    .collect::<Vec<_>>(),
-                "tool_use",
-            ),
-            Act::Text(t) => (vec![json!({"type": "text", "text": t})], "end_turn"),
-        };
-        let b = json!({"id": format!("msg_{round}"), "type": "message", "role": "assistant", "model": body["model"],
-            "content": content, "stop_reason": stop, "stop_sequence": null, "usage": usage});
-        return json_response(200, &b.to_string());
-    }
-    let mut sse = String::new();
-    let mut ev =
-        |name: &str, data: Value| sse.push_str(&format!("event: {name}\ndata: {data}\n\n"));
-    ev(
-        "message_start",
-        json!({"type": "message_start", "message": {"id": format!("msg_{round}"), "type": "message",
-        "role": "assistant", "model": body["model"], "content": [], "stop_reason": null, "stop_sequence": null,
-        "usage": {"input_tokens": USAGE.0, "output_tokens": 1}}}),
-    );
-    let stop = match act {
-        Act::Calls(calls) => {
-            for (i, (n, a)) in calls.iter().enumerate() {
-                ev(
-                    "content_block_start",
-                    json!({"type": "content_block_start", "index": i,
-                    "content_block": {"type": "tool_use", "id": format!("toolu_{round}_{i}"), "name": n, "input": {}}}),
-                );
-                ev(
-                    "content_block_delta",
-                    json!({"type": "content_block_delta", "index": i,
-                    "delta": {"type": "input_json_delta", "partial_json": a.to_string()}}),
-                );
-                ev(
-                    "content_block_stop",
-                    json!({"type": "content_block_stop", "index": i}),
-                );
-            }
-            "tool_use"
-        }
-        Act::Text(t) => {
-            ev(
-                "content_block_start",
-                json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
-            );
-            ev(
-                "content_block_delta",
-                json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": t}}),
-            );
-            ev(
-                "content_block_stop",
-                json!({"type": "content_block_stop", "index": 0}),
-            );
-            "end_turn"
-        }
-    };
-    ev(
-        "message_delta",
-        json!({"type": "message_delta", "delta": {"stop_reason": stop, "stop_sequence": null},
-        "usage": {"output_tokens": USAGE.1}}),
-    );
-    ev("message_stop", json!({"type": "message_stop"}));
-    let splits: Vec<usize> = (1..sse.len() / 37).map(|i| i * 37).collect();
-    sse_steps(sse.as_bytes(), &splits, Duration::ZERO)
-}
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
@@ -473,17 +237,14 @@ async fn stream_usage_is_one_summed_chunk_when_asked() {
 #[tokio::test]
 async fn parallel_calls_run_concurrently_in_order() {
     let s = setup(&[("MCP_REQUEST_TIMEOUT", "10s")]).await;
-    let started = Instant::now();
     let r = post_chat(s.gw.addr(), &chat("parallel", false)).await;
-    let took = started.elapsed();
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(
         r.json()["choices"][0]["message"]["content"],
         "result: slept 400 ms | slept 400 ms | 2"
     );
-    // Sequential would be >= 800 ms of sleeping; both sleeps overlapped.
+    // Both 400 ms sleeps were running at the same time (sequential calls never overlap).
     assert_eq!(s.mcp.observed.max_running.load(Ordering::SeqCst), 2);
-    assert!(took < Duration::from_millis(790), "took {took:?}");
     let msgs = s.model.requests()[1].json()["messages"].clone();
     let ids: Vec<&str> = msgs.as_array().unwrap()[2..]
         .iter()
@@ -849,6 +610,7 @@ url = "{}"
 [[mcp.servers]]
 name = "second"
 url = "{}"
+headers = {{ "x-tenant" = "t1" }}
 include_tools = ["add", "echo"]
 bearer_token = "secret-token"
 
@@ -858,7 +620,7 @@ command = "{}"
 include_tools = ["mcp_echo"]
 "#,
         a.url,
-        b.url,
+        b.url.replace("http://", "http://user:secretpw@"),
         stdio.display()
     );
     let gw = GatewayProcess::start(&provider_env(&[("openai", model.url("/v1"))]), Some(&toml));
@@ -889,10 +651,71 @@ include_tools = ["mcp_echo"]
     assert_eq!(listed, expect, "{v}");
     assert_eq!(v["servers"][2]["transport"], "stdio");
     // The stdio server answers calls.
-    let r = post_chat(gw.addr(), &chat("plain", false)).await;
+    let r = post_chat(gw.addr(), &chat("local", false)).await;
     assert_eq!(r.status, 200);
-    assert!(tool_names(&model.last()).contains(&"mcp_local__echo".to_string()));
-    // Secrets never appear in the listing or the log.
-    assert!(!v.to_string().contains("secret-token"));
-    assert!(!gw.log_text().contains("secret-token"));
+    assert_eq!(
+        r.json()["choices"][0]["message"]["content"],
+        "result: from stdio"
+    );
+    // Secrets never appear in the listing or the log; URLs are shown as their origin.
+    assert_eq!(v["servers"][1]["url"], b.url.trim_end_matches("/mcp"));
+    for secret in ["secret-token", "secretpw"] {
+        assert!(!v.to_string().contains(secret));
+        assert!(!gw.log_text().contains(secret));
+    }
+}
+
+#[tokio::test]
+async fn later_round_failures_end_the_stream_with_an_error_event() {
+    let s = setup(&[]).await;
+    let r = post_chat(s.gw.addr(), &chat("err2", true)).await;
+    assert_eq!(r.status, 200);
+    let body = r.text();
+    let st = accumulate(&body);
+    assert_eq!(st.calls[0].0, "mcp_add");
+    assert_eq!(st.errors.len(), 1, "{body}");
+    assert_eq!(st.errors[0]["error"]["message"], "model exploded");
+    assert_eq!(st.done, 1);
+    assert!(body.ends_with("data: [DONE]\n\n"));
+    // Not streamed: the provider's status and envelope.
+    let r = post_chat(s.gw.addr(), &chat("err2", false)).await;
+    assert_eq!(r.status, 500);
+    assert_eq!(r.json()["error"]["message"], "model exploded");
+}
+
+#[tokio::test]
+async fn json_answer_to_a_streamed_round_is_still_a_stream() {
+    let s = setup(&[]).await;
+    let req = json!({"model": "openai/gpt-4o", "stream": true, "stream_options": {"include_usage": true},
+        "messages": [{"role": "user", "content": "json-add"}]});
+    let r = post_chat(s.gw.addr(), req.to_string().as_bytes()).await;
+    assert_eq!(
+        r.headers.get("content-type").map(String::as_str),
+        Some("text/event-stream")
+    );
+    let st = accumulate(&r.text());
+    assert_eq!(st.calls[0].0, "mcp_add");
+    assert_eq!(st.content, "result: 5");
+    assert_eq!(st.finishes, vec!["stop"]);
+    assert_eq!(st.usage.len(), 1);
+    assert_eq!(st.usage[0]["total_tokens"], 30);
+    assert_eq!(st.done, 1);
+}
+
+#[tokio::test]
+async fn echoed_gateway_calls_without_results_leave_the_history() {
+    let s = setup(&[]).await;
+    // What a streaming client accumulates and may send back: its answer with the gateway's
+    // progress calls, whose results it never saw.
+    let req = json!({"model": "openai/gpt-4o", "messages": [
+        {"role": "user", "content": "plain"},
+        {"role": "assistant", "content": "result: 5", "tool_calls": [
+            {"id": "call_0_0", "type": "function", "function": {"name": "mcp_add", "arguments": "{}"}}]},
+        {"role": "user", "content": "thanks"}
+    ]});
+    let r = post_chat(s.gw.addr(), req.to_string().as_bytes()).await;
+    assert_eq!(r.status, 200);
+    let sent = s.model.last().json();
+    assert!(sent["messages"][1].get("tool_calls").is_none(), "{sent}");
+    assert_eq!(sent["messages"][1]["content"], "result: 5");
 }

@@ -86,7 +86,12 @@ impl OpenAiStreamRelay {
         if self.done_sent {
             return;
         }
-        if ev.is_done() {
+        if unterminated && ev.data.is_none() {
+            // A fragment with no data (a cut comment or garbage): relayed, it would run into
+            // the `[DONE]` line that follows and hide it from the client.
+            return;
+        }
+        if ev.is_done() || ev.data.as_deref().is_some_and(has_done_line) {
             self.done_sent = true;
             out.extend_from_slice(sse::DONE);
             return;
@@ -115,6 +120,16 @@ impl OpenAiStreamRelay {
     pub fn stats(&self) -> &StreamStats {
         &self.stats
     }
+}
+
+/// A multi-line `data` whose lines include `[DONE]`: a corrupted stream (OpenAI never sends
+/// multi-line data) that still says it ended. Forwarding it would put a second `data: [DONE]`
+/// line before the relay's own.
+fn has_done_line(data: &[u8]) -> bool {
+    memchr::memchr(b'\n', data).is_some()
+        && data
+            .split(|b| *b == b'\n')
+            .any(|l| l.trim_ascii() == b"[DONE]")
 }
 
 #[cfg(test)]
@@ -157,6 +172,21 @@ mod tests {
         assert_eq!(out, format!("{CHUNK}data: [DONE]\n\n"));
         let (out, _) = run(false, &format!("{CHUNK}data: [DONE]"), StreamEnd::Clean);
         assert_eq!(out, format!("{CHUNK}data: [DONE]\n\n"));
+    }
+
+    #[test]
+    fn unterminated_fragment_without_data_does_not_swallow_done() {
+        let (out, _) = run(false, &format!("{CHUNK}: partial comm"), StreamEnd::Clean);
+        assert_eq!(out, format!("{CHUNK}data: [DONE]\n\n"));
+    }
+
+    #[test]
+    fn done_line_inside_a_corrupted_event_ends_the_stream_once() {
+        // A byte flipped in the blank line before `[DONE]` merges the two events.
+        let input = format!("{CHUNK}data: {{\"id\":\"c\"}}\0\ndata: [DONE]\n\n");
+        let (out, _) = run(false, &input, StreamEnd::Clean);
+        assert_eq!(out.matches("[DONE]").count(), 1, "{out}");
+        assert!(out.ends_with("data: [DONE]\n\n"));
     }
 
     #[test]

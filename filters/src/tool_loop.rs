@@ -25,6 +25,10 @@ use crate::usage::{self, Usage};
 /// Tools the gateway runs are offered to the model under this prefix.
 pub const GATEWAY_TOOL_PREFIX: &str = "mcp_";
 
+/// Most tool calls one streamed round may carry: a provider's `index` sizes the accumulator, so
+/// it must be bounded (a hostile or broken upstream could send `"index": 4000000000`).
+pub const MAX_CALLS_PER_ROUND: usize = 128;
+
 /// Which tool names the gateway runs: `mcp_` names the client did not define itself.
 #[derive(Debug, Clone, Default)]
 pub struct ToolOwnership {
@@ -78,14 +82,19 @@ pub enum Decision {
 
 /// Decides from a complete reply. Continues only when every tool call is the gateway's: a reply
 /// that also calls a client tool goes back to the client, which alone can answer it. A reply
-/// cut by `length` (arguments may be truncated) or a content filter is never continued.
+/// cut by `length` (arguments may be truncated), a content filter, or with no finish reason at
+/// all is never continued.
 pub fn decide(
     tool_calls: &[ToolCall],
     finish_reason: Option<&str>,
     owner: &ToolOwnership,
     last_round: bool,
 ) -> Decision {
-    if tool_calls.is_empty() || matches!(finish_reason, Some("length" | "content_filter")) {
+    // No finish reason: the reply was cut off (its arguments may be too).
+    if tool_calls.is_empty()
+        || tool_calls.len() > MAX_CALLS_PER_ROUND
+        || matches!(finish_reason, None | Some("length" | "content_filter"))
+    {
         return Decision::Finish;
     }
     let mut calls = Vec::with_capacity(tool_calls.len());
@@ -110,8 +119,17 @@ pub fn decide(
     }
 }
 
-/// The assistant message that goes back into the conversation for the next round.
-pub fn assistant_message(content: Option<&str>, calls: &[PendingCall]) -> Value {
+/// Fields of a reply's message that go back with it: Anthropic's thinking (as the dialects
+/// carry it) must precede its tool calls in the next request.
+pub const CARRIED_FIELDS: &[&str] = &["reasoning_content", "reasoning_signature"];
+
+/// The assistant message that goes back into the conversation for the next round. `carried`:
+/// [`CARRIED_FIELDS`] of the reply's message.
+pub fn assistant_message(
+    content: Option<&str>,
+    calls: &[PendingCall],
+    carried: &Map<String, Value>,
+) -> Value {
     let tool_calls: Vec<Value> = calls
         .iter()
         .map(|c| {
@@ -122,11 +140,15 @@ pub fn assistant_message(content: Option<&str>, calls: &[PendingCall]) -> Value 
             })
         })
         .collect();
-    json!({
+    let mut m = json!({
         "role": "assistant",
         "content": content.filter(|c| !c.is_empty()),
         "tool_calls": tool_calls,
-    })
+    });
+    for (k, v) in carried {
+        m[k] = v.clone();
+    }
+    m
 }
 
 /// One `tool` message answering `call`.
@@ -142,6 +164,8 @@ pub struct Reply {
     pub tool_calls: Vec<ToolCall>,
     pub finish_reason: Option<String>,
     pub usage: Option<Usage>,
+    /// [`CARRIED_FIELDS`] present in the message.
+    pub carried: Map<String, Value>,
 }
 
 /// Reads a `chat.completion` body. `Err` when it is not one (no `choices[0].message`).
@@ -165,6 +189,8 @@ pub fn parse_reply(body: &[u8]) -> Result<Reply, String> {
         content: Option<Value>,
         #[serde(default)]
         tool_calls: Option<Vec<ToolCall>>,
+        #[serde(flatten)]
+        rest: Map<String, Value>,
     }
     let b: Body = serde_json::from_slice(body).map_err(|e| e.to_string())?;
     let choice = b
@@ -183,51 +209,138 @@ pub fn parse_reply(body: &[u8]) -> Result<Reply, String> {
         ),
         _ => None,
     };
+    let mut rest = choice.message.rest;
+    let carried = CARRIED_FIELDS
+        .iter()
+        .filter_map(|k| Some((k.to_string(), rest.remove(*k)?)))
+        .collect();
     Ok(Reply {
         content,
+        carried,
         tool_calls: choice.message.tool_calls.unwrap_or_default(),
         finish_reason: choice.finish_reason,
         usage: b.usage,
     })
 }
 
-/// The final non-streaming body: the last reply with the usage of all rounds, and, when the
-/// reply goes back to the client with both kinds of calls, only the client's tool calls.
+/// The final non-streaming body: the last reply with the usage of all rounds (`total_usage`:
+/// `None` for a single round) and, when the reply goes back to the client with both kinds of
+/// calls, only the client's tool calls. `Ok(None)`: nothing to change, relay the body as is.
 pub fn finalize_body(
     body: &[u8],
     total_usage: Option<&Usage>,
     owner: &ToolOwnership,
-) -> Result<Vec<u8>, String> {
+) -> Result<Option<Vec<u8>>, String> {
     let mut v: Map<String, Value> = serde_json::from_slice(body).map_err(|e| e.to_string())?;
+    let mut changed = false;
     if let Some(u) = total_usage {
         v.insert(
             "usage".into(),
             serde_json::to_value(u).map_err(|e| e.to_string())?,
         );
+        changed = true;
     }
     if let Some(Value::Array(choices)) = v.get_mut("choices") {
         for c in choices {
-            let Some(msg) = c.get_mut("message") else {
+            let Some(Value::Array(calls)) = c.pointer_mut("/message/tool_calls") else {
                 continue;
             };
-            let Some(Value::Array(calls)) = msg.get_mut("tool_calls") else {
-                continue;
-            };
-            let has_client_call = calls.iter().any(|tc| {
+            let name = |tc: &Value| {
                 tc.pointer("/function/name")
                     .and_then(Value::as_str)
-                    .is_some_and(|n| !owner.is_gateway_tool(n))
-            });
-            if has_client_call {
-                calls.retain(|tc| {
-                    !tc.pointer("/function/name")
-                        .and_then(Value::as_str)
-                        .is_some_and(|n| owner.is_gateway_tool(n))
-                });
+                    .map(str::to_string)
+                    .unwrap_or_default()
+            };
+            let has_client_call = calls.iter().any(|tc| !owner.is_gateway_tool(&name(tc)));
+            let has_gateway_call = calls.iter().any(|tc| owner.is_gateway_tool(&name(tc)));
+            if has_client_call && has_gateway_call {
+                calls.retain(|tc| !owner.is_gateway_tool(&name(tc)));
+                changed = true;
             }
         }
     }
-    serde_json::to_vec(&v).map_err(|e| e.to_string())
+    if !changed {
+        return Ok(None);
+    }
+    serde_json::to_vec(&v).map(Some).map_err(|e| e.to_string())
+}
+
+/// A whole `chat.completion` as the stream it would have been: one chunk with the message as
+/// its delta (tool calls indexed), a usage-only chunk, `[DONE]`. For providers that answer a
+/// streamed round with plain JSON.
+pub fn completion_as_sse(body: &[u8]) -> Option<Vec<u8>> {
+    let v: Value = serde_json::from_slice(body).ok()?;
+    let choice = v.get("choices")?.get(0)?;
+    let mut delta = choice.get("message")?.clone();
+    if let Some(Value::Array(calls)) = delta.get_mut("tool_calls") {
+        for (i, c) in calls.iter_mut().enumerate() {
+            c["index"] = json!(i);
+        }
+    }
+    let head = |choices: Value, usage: Option<&Value>| {
+        let mut c = json!({
+            "id": v.get("id").cloned().unwrap_or(Value::Null),
+            "object": "chat.completion.chunk",
+            "created": v.get("created").cloned().unwrap_or(json!(0)),
+            "model": v.get("model").cloned().unwrap_or(Value::Null),
+            "choices": choices,
+        });
+        if let Some(u) = usage {
+            c["usage"] = u.clone();
+        }
+        c
+    };
+    let mut out = BytesMut::new();
+    let chunk = head(
+        json!([{"index": 0, "delta": delta, "finish_reason": choice.get("finish_reason")}]),
+        None,
+    );
+    sse::encode_data(&serde_json::to_vec(&chunk).ok()?, &mut out);
+    if let Some(u) = v.get("usage").filter(|u| !u.is_null()) {
+        sse::encode_data(
+            &serde_json::to_vec(&head(json!([]), Some(u))).ok()?,
+            &mut out,
+        );
+    }
+    out.extend_from_slice(sse::DONE);
+    Some(out.to_vec())
+}
+
+/// Removes, from the client's history, gateway tool calls that no `tool` message answers.
+///
+/// A streaming client sees the `mcp_` tool calls of every round (as progress) and may echo them
+/// back in its next request's assistant message; their answers were never in its history, and
+/// providers reject a tool call without a result.
+/// Returns whether anything was removed.
+pub fn drop_unanswered_gateway_calls(messages: &mut [Value], owner: &ToolOwnership) -> bool {
+    let answered: HashSet<String> = messages
+        .iter()
+        .filter(|m| m.get("role").and_then(Value::as_str) == Some("tool"))
+        .filter_map(|m| m.get("tool_call_id")?.as_str().map(str::to_string))
+        .collect();
+    let mut changed = false;
+    for m in messages.iter_mut() {
+        if m.get("role").and_then(Value::as_str) != Some("assistant") {
+            continue;
+        }
+        let Some(obj) = m.as_object_mut() else {
+            continue;
+        };
+        let Some(Value::Array(calls)) = obj.get_mut("tool_calls") else {
+            continue;
+        };
+        let before = calls.len();
+        calls.retain(|c| {
+            let name = c.pointer("/function/name").and_then(Value::as_str);
+            let id = c.get("id").and_then(Value::as_str).unwrap_or("");
+            !name.is_some_and(|n| owner.is_gateway_tool(n)) || answered.contains(id)
+        });
+        changed |= calls.len() != before;
+        if calls.is_empty() {
+            obj.remove("tool_calls");
+        }
+    }
+    changed
 }
 
 /// How a streamed round ended, as seen in its OpenAI events.
@@ -239,6 +352,8 @@ pub struct RoundSummary {
     pub usage: Option<Usage>,
     /// The round's stream carried an error event (it failed mid-stream).
     pub failed: bool,
+    /// More than [`MAX_CALLS_PER_ROUND`] tool calls: the reply goes to the client as it is.
+    pub too_many_calls: bool,
 }
 
 /// Relays one round's OpenAI SSE stream (the output of the dialect relay or translator) into
@@ -257,6 +372,8 @@ pub struct RoundRelay {
     usage: Option<Usage>,
     failed: bool,
     done: bool,
+    /// A tool-call index beyond [`MAX_CALLS_PER_ROUND`] was seen.
+    overflow: bool,
 }
 
 #[derive(Deserialize)]
@@ -301,6 +418,7 @@ impl RoundRelay {
             usage: None,
             failed: false,
             done: false,
+            overflow: false,
         }
     }
 
@@ -324,6 +442,7 @@ impl RoundRelay {
             finish_reason: self.finish_reason,
             usage: self.usage,
             failed: self.failed,
+            too_many_calls: self.overflow,
         }
     }
 
@@ -377,6 +496,7 @@ impl RoundRelay {
             if let Some(f) = &choice.finish_reason {
                 self.finish_reason = Some(f.clone());
                 rewrite_finish = !self.last_round
+                    && !self.overflow
                     && matches!(
                         decide(&self.calls, Some(f), &self.owner, false),
                         Decision::Continue(_)
@@ -397,6 +517,11 @@ impl RoundRelay {
 
     fn accumulate(&mut self, delta: &ToolCall) {
         let idx = delta.index.unwrap_or(self.calls.len() as u32) as usize;
+        if idx >= MAX_CALLS_PER_ROUND {
+            // Relayed as is, but never run: the round cannot continue with a partial view.
+            self.overflow = true;
+            return;
+        }
         if self.calls.len() <= idx {
             self.calls.resize_with(idx + 1, ToolCall::default);
         }
@@ -520,6 +645,10 @@ mod tests {
             Decision::LimitReached
         );
         assert_eq!(decide(&[], Some("stop"), &o, false), Decision::Finish);
+        assert_eq!(
+            decide(std::slice::from_ref(&add), None, &o, false),
+            Decision::Finish
+        );
     }
 
     #[test]
@@ -531,7 +660,9 @@ mod tests {
             total_tokens: 15,
             ..Default::default()
         };
-        let out = finalize_body(body, Some(&total), &owner()).unwrap();
+        let out = finalize_body(body, Some(&total), &owner())
+            .unwrap()
+            .unwrap();
         let v: Value = serde_json::from_slice(&out).unwrap();
         let calls = v["choices"][0]["message"]["tool_calls"].as_array().unwrap();
         assert_eq!(calls.len(), 1);
@@ -541,13 +672,70 @@ mod tests {
     }
 
     #[test]
+    fn finalize_leaves_a_plain_single_round_reply_untouched() {
+        let body = br#"{"b":1,"a":2,"choices":[{"message":{"content":"hi"}}]}"#;
+        assert_eq!(finalize_body(body, None, &owner()).unwrap(), None);
+    }
+
+    #[test]
+    fn whole_completion_becomes_a_stream_the_relay_reads() {
+        let body = br#"{"id":"x","created":1,"model":"m","choices":[{"index":0,"message":{"role":"assistant","content":null,"tool_calls":[{"id":"a","type":"function","function":{"name":"mcp_add","arguments":"{}"}}]},"finish_reason":"tool_calls"}],"usage":{"prompt_tokens":1,"completion_tokens":2,"total_tokens":3}}"#;
+        let sse = completion_as_sse(body).unwrap();
+        let mut r = RoundRelay::new(owner(), 0, false);
+        let mut out = BytesMut::new();
+        r.feed(&sse, &mut out).unwrap();
+        let s = r.finish(&mut out);
+        assert_eq!(s.tool_calls.len(), 1);
+        assert_eq!(s.usage.unwrap().total_tokens, 3);
+        assert_eq!(s.finish_reason.as_deref(), Some("tool_calls"));
+        let text = String::from_utf8(out.to_vec()).unwrap();
+        assert!(!text.contains("[DONE]") && !text.contains("\"finish_reason\":\"tool_calls\""));
+        assert!(completion_as_sse(b"{}").is_none());
+    }
+
+    #[test]
+    fn unanswered_gateway_calls_leave_the_history() {
+        let mut msgs: Vec<Value> = serde_json::from_str(r#"[
+            {"role":"user","content":"x"},
+            {"role":"assistant","content":"a","tool_calls":[{"id":"1","function":{"name":"mcp_add"}},{"id":"2","function":{"name":"get_weather"}}]},
+            {"role":"tool","tool_call_id":"2","content":"sunny"},
+            {"role":"assistant","content":null,"tool_calls":[{"id":"3","function":{"name":"mcp_add"}}]},
+            {"role":"tool","tool_call_id":"3","content":"5"},
+            {"role":"assistant","content":"b","tool_calls":[{"id":"4","function":{"name":"mcp_echo"}}]}
+        ]"#).unwrap();
+        assert!(drop_unanswered_gateway_calls(&mut msgs, &owner()));
+        assert!(!drop_unanswered_gateway_calls(&mut msgs, &owner()));
+        assert_eq!(msgs[1]["tool_calls"].as_array().unwrap().len(), 1);
+        assert_eq!(msgs[1]["tool_calls"][0]["id"], "2");
+        assert_eq!(msgs[3]["tool_calls"][0]["id"], "3");
+        assert!(msgs[5].get("tool_calls").is_none());
+        assert_eq!(msgs[5]["content"], "b");
+    }
+
+    #[test]
+    fn huge_tool_call_index_is_not_allocated() {
+        let input = "data: {\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":4000000000,\"id\":\"x\",\"function\":{\"name\":\"mcp_add\",\"arguments\":\"{}\"}}]}}]}\n\ndata: {\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"tool_calls\"}]}\n\n";
+        let mut r = RoundRelay::new(owner(), 0, false);
+        let out = relay_all(&mut r, input, 3);
+        // Relayed unchanged (finish reason kept), never run.
+        assert!(out.contains("\"finish_reason\":\"tool_calls\""));
+        let s = r.finish(&mut BytesMut::new());
+        assert!(s.too_many_calls);
+        assert!(s.tool_calls.is_empty());
+    }
+
+    #[test]
     fn parse_reply_reads_calls_content_and_usage() {
-        let body = br#"{"choices":[{"message":{"content":"hi","tool_calls":[{"id":"a","type":"function","function":{"name":"mcp_add","arguments":"{}"}}]},"finish_reason":"tool_calls"}],"usage":{"prompt_tokens":3,"completion_tokens":4,"total_tokens":7}}"#;
+        let body = br#"{"choices":[{"message":{"content":"hi","reasoning_content":"think","refusal":null,"tool_calls":[{"id":"a","type":"function","function":{"name":"mcp_add","arguments":"{}"}}]},"finish_reason":"tool_calls"}],"usage":{"prompt_tokens":3,"completion_tokens":4,"total_tokens":7}}"#;
         let r = parse_reply(body).unwrap();
         assert_eq!(r.content.as_deref(), Some("hi"));
         assert_eq!(r.tool_calls.len(), 1);
         assert_eq!(r.finish_reason.as_deref(), Some("tool_calls"));
         assert_eq!(r.usage.unwrap().total_tokens, 7);
+        assert_eq!(r.carried.len(), 1);
+        let m = assistant_message(r.content.as_deref(), &[], &r.carried);
+        assert_eq!(m["reasoning_content"], "think");
+        assert!(m.get("refusal").is_none());
         assert!(parse_reply(b"{\"choices\":[]}").is_err());
         assert!(parse_reply(b"not json").is_err());
     }

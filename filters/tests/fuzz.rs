@@ -27,6 +27,16 @@ fn fixture(d: Dialect) -> Vec<u8> {
     .unwrap()
 }
 
+/// `[DONE]` as a client sees it: lines that are exactly `data: [DONE]` (a line such as
+/// `\0data: [DONE]`, relayed byte-for-byte from a corrupted upstream, is an unknown field to an
+/// SSE parser and not a data line to a line-based one).
+fn done_lines(out: &str) -> usize {
+    // SSE lines end with `\n`, `\r\n` or a lone `\r`.
+    out.split(['\n', '\r'])
+        .filter(|l| *l == "data: [DONE]")
+        .count()
+}
+
 fn run(d: Dialect, data: &[u8], cuts: &[usize], clean: bool) -> String {
     let mut t = dialects::stream_translator(d, "m", 1, true, 4096);
     let mut out = BytesMut::new();
@@ -62,7 +72,7 @@ proptest! {
         cuts.sort_unstable();
         for d in ALL {
             let out = run(d, &data, &cuts, clean);
-            prop_assert_eq!(out.matches("data: [DONE]").count(), 1);
+            prop_assert_eq!(done_lines(&out), 1);
             prop_assert!(out.ends_with("data: [DONE]\n\n"));
         }
     }
@@ -80,7 +90,8 @@ proptest! {
             }
             data.truncate(truncate % (data.len() + 1));
             let out = run(d, &data, &cuts, true);
-            prop_assert_eq!(out.matches("data: [DONE]").count(), 1);
+            prop_assert_eq!(done_lines(&out), 1);
+            prop_assert!(out.ends_with("data: [DONE]\n\n"));
         }
     }
 }

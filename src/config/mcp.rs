@@ -101,8 +101,14 @@ impl McpServerConfig {
             return n.clone();
         }
         if let Some(u) = &self.url {
+            // host[:port], without user info (which may hold credentials).
             let rest = u.split_once("://").map_or(u.as_str(), |(_, r)| r);
-            return rest.split('/').next().unwrap_or(rest).to_string();
+            let authority = rest.split(['/', '?', '#']).next().unwrap_or(rest);
+            return authority
+                .rsplit('@')
+                .next()
+                .unwrap_or(authority)
+                .to_string();
         }
         self.command
             .as_deref()
@@ -112,6 +118,25 @@ impl McpServerConfig {
 }
 
 impl McpConfig {
+    /// Names servers that have none: the derived name, with `-2`, `-3`... when two servers share
+    /// a host (several `MCP_SERVERS` URLs on one host must not stop the gateway).
+    pub(super) fn assign_default_names(&mut self) {
+        let explicit: std::collections::HashSet<String> =
+            self.servers.iter().filter_map(|s| s.name.clone()).collect();
+        let mut taken = explicit.clone();
+        for s in self.servers.iter_mut().filter(|s| s.name.is_none()) {
+            let base = s.display_name();
+            let mut name = base.clone();
+            let mut n = 2;
+            while taken.contains(&name) {
+                name = format!("{base}-{n}");
+                n += 1;
+            }
+            taken.insert(name.clone());
+            s.name = Some(name);
+        }
+    }
+
     pub(super) fn validate(&self) -> Result<(), ConfigError> {
         let mut names = std::collections::HashSet::new();
         for (i, s) in self.servers.iter().enumerate() {

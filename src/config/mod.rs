@@ -305,6 +305,7 @@ impl Config {
             p.configured = true;
         }
         env::apply(&mut cfg, getenv)?;
+        cfg.mcp.assign_default_names();
         providers::merge_builtins(&mut cfg.providers)?;
         providers::load_key_files(&mut cfg.providers)?;
         cfg.validate()?;

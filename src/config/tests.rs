@@ -239,3 +239,76 @@ fn dialects_switch_to_compatible_endpoints() {
         assert!(err.contains(key), "{err}");
     }
 }
+
+#[test]
+fn mcp_from_env_and_toml() {
+    let cfg = load(
+        r#"
+[mcp]
+enable = false
+[[mcp.servers]]
+name = "files"
+command = "npx"
+args = ["-y", "server"]
+[[mcp.servers]]
+url = "http://a:1/mcp"
+bearer_token = "tok"
+timeout = "30s"
+"#,
+        &[
+            ("MCP_ENABLE", "true"),
+            ("MCP_EXPOSE", "true"),
+            (
+                "MCP_SERVERS",
+                "http://a:1/mcp, http://b:2/mcp, http://u:pw@b:2/other",
+            ),
+            ("MCP_REQUEST_TIMEOUT", "2s"),
+            ("MCP_MAX_ITERATIONS", "4"),
+            ("MCP_ENABLE_RECONNECT", "false"),
+            ("MCP_POLLING_ENABLE", "false"),
+            ("MCP_EXCLUDE_TOOLS", "rm,drop"),
+        ],
+    )
+    .unwrap();
+    let m = &cfg.mcp;
+    assert!(m.enable && m.expose && !m.enable_reconnect && !m.polling_enable);
+    assert_eq!(m.request_timeout.get(), Duration::from_secs(2));
+    assert_eq!(m.max_iterations, 4);
+    assert_eq!(m.exclude_tools, ["rm", "drop"]);
+    // TOML servers first, then MCP_SERVERS (a URL already listed is not added twice).
+    let names: Vec<String> = m.servers.iter().map(|s| s.display_name()).collect();
+    assert_eq!(names, ["files", "a:1", "b:2", "b:2-2"]);
+    assert_eq!(m.servers[1].timeout.unwrap().get(), Duration::from_secs(30));
+    // The token never prints.
+    assert!(!format!("{:?}", m.servers[1]).contains("tok\""));
+    assert!(format!("{:?}", m.servers[1]).contains("<redacted>"));
+}
+
+#[test]
+fn mcp_rejects_bad_servers_and_values() {
+    for (toml, needle) in [
+        ("[[mcp.servers]]\nname = \"x\"\n", "needs url"),
+        (
+            "[[mcp.servers]]\nurl = \"http://a/mcp\"\ncommand = \"x\"\n",
+            "not both",
+        ),
+        (
+            "[[mcp.servers]]\nurl = \"ftp://a/mcp\"\n",
+            "not an http(s) URL",
+        ),
+        (
+            "[[mcp.servers]]\nname = \"x\"\nurl = \"http://a/mcp\"\n[[mcp.servers]]\nname = \"x\"\nurl = \"http://b/mcp\"\n",
+            "two MCP servers are named",
+        ),
+        ("[mcp]\nmax_iterations = 0\n", "at least 1"),
+        ("[mcp]\nrequest_timeout = \"0\"\n", "greater than 0"),
+        ("[mcp]\nservers = []\nsurprise = 1\n", "unknown field"),
+    ] {
+        let e = load(toml, &[]).unwrap_err().to_string();
+        assert!(e.contains(needle), "{toml:?}: {e}");
+    }
+    let e = load("", &[("MCP_ENABLE", "maybe")])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("MCP_ENABLE"), "{e}");
+}

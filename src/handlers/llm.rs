@@ -91,9 +91,12 @@ async fn run(
         .code("provider_not_configured"));
     }
 
-    if ep == Endpoint::Chat && crate::handlers::tool_loop::wants_tools(&obj) {
-        if let Some(hub) = crate::handlers::tool_loop::active_hub(gw, session) {
-            return crate::handlers::tool_loop::run(gw, session, ctx, hub, obj, &route).await;
+    if ep == Endpoint::Chat {
+        // The hub check is a pointer test when MCP is off; the body is looked at only after.
+        if let Some(mcp) = crate::handlers::tool_loop::active_hub(gw, session) {
+            if crate::handlers::tool_loop::wants_tools(&obj) {
+                return crate::handlers::tool_loop::run(gw, session, ctx, mcp, obj, &route).await;
+            }
         }
     }
     let plan = plan_call(&mut obj, &route, ep)?;

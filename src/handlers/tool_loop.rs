@@ -8,7 +8,7 @@
 //! round as it arrives; see `filters::tool_loop` for how rounds are joined into one stream.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use filters::json_object::RawObject;
@@ -22,7 +22,7 @@ use serde_json::Value;
 
 use super::llm::{self, Endpoint, Plan};
 use crate::errors::ApiError;
-use crate::mcp::{McpHub, ToolOutcome};
+use crate::mcp::{Catalog, McpHub, ToolOutcome};
 use crate::proxy::{respond, Gateway, RequestCtx};
 use crate::routing::Route;
 use crate::upstream::{UpstreamError, UpstreamResponse};
@@ -32,18 +32,27 @@ const LIMIT_HEADER: &str = "x-mcp-max-iterations-reached";
 /// Response header with the number of model calls the loop made (non-streaming).
 const ROUNDS_HEADER: &str = "x-mcp-rounds";
 
-/// The hub, when this request should run the loop: MCP enabled, no `X-MCP-Bypass`, tools known.
-pub fn active_hub(gw: &Gateway, session: &Session) -> Option<Arc<McpHub>> {
+/// How often a streamed loop sends an SSE comment while tools run, so proxies and load
+/// balancers with idle timeouts do not cut a client that is only waiting.
+const KEEPALIVE: Duration = Duration::from_secs(10);
+
+/// The hub and its tool catalogue, when this request should run the loop: MCP enabled, no
+/// `X-MCP-Bypass`, at least one tool available. The request uses this one snapshot throughout,
+/// so names cannot change under it mid-loop.
+pub fn active_hub(gw: &Gateway, session: &Session) -> Option<(Arc<McpHub>, Arc<Catalog>)> {
     let hub = gw.mcp.as_ref().filter(|_| gw.cfg.mcp.enable)?;
     let bypass = session
         .req_header()
         .headers
         .get("x-mcp-bypass")
         .is_some_and(|v| !v.is_empty());
-    if bypass || !hub.has_tools() {
+    if bypass {
         return None;
     }
-    Some(hub.clone())
+    let catalog = hub.catalog();
+    catalog
+        .has_available_tools()
+        .then(|| (hub.clone(), catalog))
 }
 
 /// Whether the client's request leaves room for tools (`tool_choice: "none"` does not).
@@ -55,20 +64,35 @@ pub fn wants_tools(obj: &RawObject<'_>) -> bool {
 struct LoopState {
     owner: ToolOwnership,
     messages: Vec<Value>,
+    /// Usage summed over rounds (estimated rounds included, see `estimated`).
     total_usage: Option<Usage>,
+    /// Some round reported no usage (cut off, or a provider without stream usage): its tokens
+    /// were estimated, so the total is recorded as an estimate.
+    estimated: bool,
     /// Tool calls of earlier rounds (index offset for streamed tool-call deltas).
     calls_so_far: u32,
     rounds: u32,
 }
 
 impl LoopState {
-    fn add_usage(&mut self, u: Option<&Usage>) {
-        if let Some(u) = u {
-            match &mut self.total_usage {
-                Some(t) => t.add(u),
-                None => self.total_usage = Some(u.clone()),
-            }
+    fn add_usage(&mut self, u: &Usage) {
+        match &mut self.total_usage {
+            Some(t) => t.add(u),
+            None => self.total_usage = Some(u.clone()),
         }
+    }
+
+    /// A round without a usage report: request bytes / 4 and output bytes / 4, as the plain
+    /// path estimates.
+    fn add_estimate(&mut self, prompt_bytes: usize, completion_tokens: u64) {
+        let prompt = (prompt_bytes as u64).div_ceil(4);
+        self.estimated = true;
+        self.add_usage(&Usage {
+            prompt_tokens: prompt,
+            completion_tokens,
+            total_tokens: prompt + completion_tokens,
+            ..Default::default()
+        });
     }
 }
 
@@ -76,16 +100,15 @@ pub async fn run(
     gw: &Gateway,
     session: &mut Session,
     ctx: &mut RequestCtx,
-    hub: Arc<McpHub>,
+    (hub, catalog): (Arc<McpHub>, Arc<Catalog>),
     mut obj: RawObject<'_>,
     route: &Route<'_>,
 ) -> Result<(), ApiError> {
-    let catalog = hub.catalog();
     let client_tools: Vec<Value> = obj
         .get_as("tools")
         .map_err(|_| ApiError::bad_request("tools must be an array").param("tools"))?
         .unwrap_or_default();
-    let messages: Vec<Value> = obj
+    let mut messages: Vec<Value> = obj
         .get_as("messages")
         .map_err(|_| ApiError::bad_request("messages must be an array").param("messages"))?
         .unwrap_or_default();
@@ -108,25 +131,32 @@ pub async fn run(
     };
 
     let owner = ToolOwnership::new(client_tool_names(&client_tools));
+    if tool_loop::drop_unanswered_gateway_calls(&mut messages, &owner) {
+        obj.set("messages", &messages);
+    }
     let mut tools = client_tools;
+    let before = tools.len();
     tools.extend(
         catalog
             .openai_tools()
             .filter(|t| owner.is_gateway_tool(&t.name))
             .map(|t| t.definition.clone()),
     );
-    obj.set("tools", &tools);
+    if tools.len() > before {
+        obj.set("tools", &tools);
+    }
     drop(tools);
 
     let mut st = LoopState {
         owner,
         messages,
         total_usage: None,
+        estimated: false,
         calls_so_far: 0,
         rounds: 0,
     };
     let max = gw.cfg.mcp.max_iterations;
-    let mut out = StreamOut::new(stream);
+    let mut out = StreamOut::new();
     let result = async {
         for round in 0..max {
             let last = round + 1 == max;
@@ -137,8 +167,10 @@ pub async fn run(
                 }
             }
             st.rounds += 1;
+            ctx.mcp_rounds = st.rounds;
             let plan = llm::plan_call(&mut obj, route, Endpoint::Chat)?;
             let Some(resp) = llm::send(gw, session, ctx, route, &plan).await? else {
+                st.add_estimate(plan.body.len(), 0);
                 return Ok(Flow::Stop);
             };
             if !(200..300).contains(&resp.status()) {
@@ -151,16 +183,25 @@ pub async fn run(
                 llm::relay_error(gw, session, ctx, name, plan.dialect, resp).await?;
                 return Ok(Flow::Stop);
             }
-            let step = if stream && resp.is_event_stream() {
+            let step = if stream {
                 if !out.headers_sent && !out.send_headers(session, ctx, route, &plan).await {
                     return Ok(Flow::Stop);
                 }
-                stream_round(
-                    gw, session, ctx, &mut st, &mut out, resp, route, &plan, last,
-                )
-                .await
+                if resp.is_event_stream() {
+                    stream_round(
+                        gw, session, ctx, &mut st, &mut out, resp, route, &plan, last,
+                    )
+                    .await
+                } else {
+                    // A provider that answers a stream request with JSON: the client still
+                    // gets a stream.
+                    whole_as_stream_round(
+                        gw, session, ctx, &mut st, &mut out, resp, route, &plan, last,
+                    )
+                    .await?
+                }
             } else {
-                whole_round(gw, ctx, &mut st, resp, route, &plan, last).await?
+                whole_round(gw, session, ctx, &mut st, resp, route, &plan, last).await?
             };
             let calls = match step {
                 Step::Done(reply) => return Ok(Flow::Reply(reply, false)),
@@ -168,7 +209,9 @@ pub async fn run(
                 Step::Stop => return Ok(Flow::Stop),
                 Step::Run(calls) => calls,
             };
-            let Some(results) = run_tools(gw, session, ctx, &hub, route, &calls).await else {
+            let Some(results) =
+                run_tools(gw, session, ctx, &hub, &catalog, &mut out, route, &calls).await
+            else {
                 return Ok(Flow::Stop);
             };
             for (call, result) in calls.iter().zip(&results) {
@@ -180,11 +223,21 @@ pub async fn run(
         Err(ApiError::new(500, "tool loop ended without a reply").code("internal_error"))
     }
     .await;
-    ctx.usage = st.total_usage.clone();
+    if st.estimated {
+        ctx.usage = None;
+        ctx.estimated_usage = st
+            .total_usage
+            .as_ref()
+            .map(|u| (u.prompt_tokens, u.completion_tokens));
+    } else {
+        ctx.usage = st.total_usage.clone();
+    }
     let flow = match result {
         Ok(f) => f,
         Err(e) if out.headers_sent => {
-            out.error_event(session, ctx, &e).await;
+            if !out.closed && !ctx.client_gone {
+                out.error_event(session, ctx, &e).await;
+            }
             return Ok(());
         }
         Err(e) => return Err(e),
@@ -204,10 +257,13 @@ pub async fn run(
             out.finish(session, ctx, route, &st, include_usage).await;
         }
         Flow::Reply(Reply::Whole { status, body, plan }, limit) => {
-            let body = match tool_loop::finalize_body(&body, st.total_usage.as_ref(), &st.owner) {
-                Ok(b) => Bytes::from(b),
-                // Not a chat.completion we can edit: relay it as the provider sent it.
-                Err(_) => body,
+            // One round: the provider's usage is the total; the body is only rewritten when
+            // it must be (several rounds, or gateway calls to strip).
+            let total = (st.rounds > 1).then_some(st.total_usage.as_ref()).flatten();
+            let body = match tool_loop::finalize_body(&body, total, &st.owner) {
+                Ok(Some(b)) => Bytes::from(b),
+                // Unchanged, or not a chat.completion we can edit: as the provider sent it.
+                Ok(None) | Err(_) => body,
             };
             ctx.tool_calls
                 .extend(filters::usage::tool_calls_from_body(&body));
@@ -249,9 +305,31 @@ enum Step {
     Stop,
 }
 
+/// Reads a whole response while watching the client; `Ok(None)` when it hung up.
+async fn read_whole(
+    gw: &Gateway,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    resp: UpstreamResponse,
+    route: &Route<'_>,
+    plan: &Plan,
+) -> Result<Option<(u16, Bytes)>, ApiError> {
+    let read = tokio::select! {
+        r = llm::read_openai_body(gw, ctx, resp, route, plan) => r,
+        _ = session.as_downstream_mut().read_body_or_idle(true) => {
+            llm::mark_client_gone(session, ctx);
+            return Ok(None);
+        }
+    };
+    let (status, body, _) = read?;
+    Ok(Some((status, body)))
+}
+
 /// One non-streaming round: read the reply, decide.
+#[allow(clippy::too_many_arguments)]
 async fn whole_round(
     gw: &Gateway,
+    session: &mut Session,
     ctx: &mut RequestCtx,
     st: &mut LoopState,
     resp: UpstreamResponse,
@@ -259,7 +337,10 @@ async fn whole_round(
     plan: &Plan,
     last: bool,
 ) -> Result<Step, ApiError> {
-    let (status, body, _) = llm::read_openai_body(gw, ctx, resp, route, plan).await?;
+    let Some((status, body)) = read_whole(gw, session, ctx, resp, route, plan).await? else {
+        st.add_estimate(plan.body.len(), 0);
+        return Ok(Step::Stop);
+    };
     let whole = |body| Reply::Whole {
         status,
         body,
@@ -268,7 +349,10 @@ async fn whole_round(
     let Ok(reply) = tool_loop::parse_reply(&body) else {
         return Ok(Step::Done(whole(body)));
     };
-    st.add_usage(reply.usage.as_ref());
+    match &reply.usage {
+        Some(u) => st.add_usage(u),
+        None => st.add_estimate(plan.body.len(), (body.len() as u64).div_ceil(4)),
+    }
     let decision = tool_loop::decide(
         &reply.tool_calls,
         reply.finish_reason.as_deref(),
@@ -277,10 +361,11 @@ async fn whole_round(
     );
     match decision {
         Decision::Continue(calls) => {
-            record_calls(ctx, &calls);
+            ctx.tool_calls.extend(calls.iter().map(|c| c.name.clone()));
             st.messages.push(tool_loop::assistant_message(
                 reply.content.as_deref(),
                 &calls,
+                &reply.carried,
             ));
             Ok(Step::Run(calls))
         }
@@ -289,8 +374,43 @@ async fn whole_round(
     }
 }
 
-fn record_calls(ctx: &mut RequestCtx, calls: &[PendingCall]) {
-    ctx.tool_calls.extend(calls.iter().map(|c| c.name.clone()));
+/// A streamed round whose provider answered with JSON: relayed as a one-chunk stream.
+#[allow(clippy::too_many_arguments)]
+async fn whole_as_stream_round(
+    gw: &Gateway,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    st: &mut LoopState,
+    out: &mut StreamOut,
+    resp: UpstreamResponse,
+    route: &Route<'_>,
+    plan: &Plan,
+    last: bool,
+) -> Result<Step, ApiError> {
+    let Some((_, body)) = read_whole(gw, session, ctx, resp, route, plan).await? else {
+        st.add_estimate(plan.body.len(), 0);
+        return Ok(Step::Stop);
+    };
+    let sse = tool_loop::completion_as_sse(&body).ok_or_else(|| {
+        ctx.upstream_failure = Some("invalid_response");
+        ApiError::new(
+            502,
+            format!(
+                "provider {} answered a stream request with a body that is not a chat completion",
+                route.provider.name
+            ),
+        )
+        .code("upstream_invalid_response")
+    })?;
+    let mut relay = RoundRelay::new(st.owner.clone(), st.calls_so_far, last);
+    // A complete document: cannot exceed the decoder's limits.
+    let _ = relay.feed(&sse, &mut out.buf);
+    let summary = relay.finish(&mut out.buf);
+    if !out.flush(session, ctx, false).await {
+        return Ok(Step::Stop);
+    }
+    let estimate = (body.len() as u64).div_ceil(4);
+    Ok(end_round(ctx, st, summary, plan, estimate, last))
 }
 
 /// One streaming round: relay it to the client as it arrives, then decide.
@@ -311,6 +431,11 @@ async fn stream_round(
     let mut relay = RoundRelay::new(st.owner.clone(), st.calls_so_far, last);
     let mut mid = BytesMut::with_capacity(4096);
     let mut clean = false;
+    let active = gw
+        .metrics
+        .as_ref()
+        .map(|m| m.active_streams.with_label_values(&[provider]));
+    let _active = active.map(ActiveStream::new);
     loop {
         let waited = Instant::now();
         let next = tokio::select! {
@@ -318,6 +443,7 @@ async fn stream_round(
             _ = session.as_downstream_mut().read_body_or_idle(true) => {
                 ctx.upstream_wait += waited.elapsed();
                 llm::mark_client_gone(session, ctx);
+                st.add_estimate(plan.body.len(), translator.stats().estimated_completion_tokens());
                 return Step::Stop;
             }
         };
@@ -351,7 +477,8 @@ async fn stream_round(
             translator.finish(end, &mut mid);
         }
         if !mid.is_empty() {
-            // The relay's own SSE decoder holds partial events; nothing is lost on error.
+            // The translator's output is well-formed SSE of bounded events; the relay keeps
+            // partial events itself.
             let _ = relay.feed(&mid, &mut out.buf);
             mid.clear();
         }
@@ -359,26 +486,53 @@ async fn stream_round(
             break;
         }
         if !out.flush(session, ctx, false).await {
+            st.add_estimate(
+                plan.body.len(),
+                translator.stats().estimated_completion_tokens(),
+            );
             return Step::Stop;
         }
     }
     if clean {
         gw.client.release(resp).await;
     }
-    let summary: RoundSummary = relay.finish(&mut out.buf);
+    let summary = relay.finish(&mut out.buf);
     if !out.flush(session, ctx, false).await {
+        st.add_estimate(
+            plan.body.len(),
+            translator.stats().estimated_completion_tokens(),
+        );
         return Step::Stop;
     }
-    st.add_usage(summary.usage.as_ref());
-    if summary.usage.is_none() {
-        ctx.estimated_usage = Some((
-            (ctx.bytes_in as u64).div_ceil(4),
-            translator.stats().estimated_completion_tokens(),
-        ));
+    let estimate = translator.stats().estimated_completion_tokens();
+    end_round(ctx, st, summary, plan, estimate, last)
+}
+
+/// After a streamed round: count its usage and calls, decide.
+fn end_round(
+    ctx: &mut RequestCtx,
+    st: &mut LoopState,
+    summary: RoundSummary,
+    plan: &Plan,
+    completion_estimate: u64,
+    last: bool,
+) -> Step {
+    match &summary.usage {
+        Some(u) => st.add_usage(u),
+        None => st.add_estimate(plan.body.len(), completion_estimate),
     }
     st.calls_so_far += summary.tool_calls.len() as u32;
+    ctx.tool_calls.extend(
+        summary
+            .tool_calls
+            .iter()
+            .filter_map(|c| c.function.as_ref()?.name.clone()),
+    );
     if summary.failed {
         ctx.error = Some("upstream_stream_error");
+        return Step::Done(Reply::Stream);
+    }
+    if summary.too_many_calls {
         return Step::Done(Reply::Stream);
     }
     let decision = tool_loop::decide(
@@ -387,17 +541,15 @@ async fn stream_round(
         &st.owner,
         last,
     );
-    ctx.tool_calls.extend(
-        summary
-            .tool_calls
-            .iter()
-            .filter_map(|c| c.function.as_ref()?.name.clone()),
-    );
     match decision {
         Decision::Continue(calls) => {
             let content = (!summary.content.is_empty()).then_some(summary.content.as_str());
-            st.messages
-                .push(tool_loop::assistant_message(content, &calls));
+            // Streamed thinking has no signature to send back (see README "MCP").
+            st.messages.push(tool_loop::assistant_message(
+                content,
+                &calls,
+                &Default::default(),
+            ));
             Step::Run(calls)
         }
         Decision::LimitReached => Step::Limit(Reply::Stream),
@@ -405,23 +557,57 @@ async fn stream_round(
     }
 }
 
+/// Counts a stream in `llm_active_streams` while it lives.
+struct ActiveStream(prometheus::IntGauge);
+
+impl ActiveStream {
+    fn new(g: prometheus::IntGauge) -> Self {
+        g.inc();
+        ActiveStream(g)
+    }
+}
+
+impl Drop for ActiveStream {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 /// Runs one round's gateway tool calls concurrently; `None` when the client hung up (the
-/// calls are dropped, which cancels them).
+/// calls are dropped, which cancels them). A streamed loop sends keep-alive comments meanwhile.
+#[allow(clippy::too_many_arguments)]
 async fn run_tools(
     gw: &Gateway,
     session: &mut Session,
     ctx: &mut RequestCtx,
     hub: &McpHub,
+    catalog: &Catalog,
+    out: &mut StreamOut,
     route: &Route<'_>,
     calls: &[PendingCall],
 ) -> Option<Vec<ToolOutcome>> {
     let started = Instant::now();
-    let all = futures::future::join_all(calls.iter().map(|c| hub.call_tool(&c.name, &c.arguments)));
-    let results = tokio::select! {
-        r = all => r,
-        _ = session.as_downstream_mut().read_body_or_idle(true) => {
-            llm::mark_client_gone(session, ctx);
-            return None;
+    let all = futures::future::join_all(
+        calls
+            .iter()
+            .map(|c| hub.call_tool(catalog, &c.name, &c.arguments)),
+    );
+    tokio::pin!(all);
+    let mut keepalive =
+        tokio::time::interval_at(tokio::time::Instant::now() + KEEPALIVE, KEEPALIVE);
+    let results = loop {
+        tokio::select! {
+            r = &mut all => break r,
+            _ = keepalive.tick(), if out.headers_sent => {
+                out.buf.extend_from_slice(b": mcp tools running\n\n");
+                if !out.flush(session, ctx, false).await {
+                    return None;
+                }
+            }
+            _ = session.as_downstream_mut().read_body_or_idle(true) => {
+                llm::mark_client_gone(session, ctx);
+                return None;
+            }
         }
     };
     ctx.tool_wait += started.elapsed();
@@ -448,7 +634,6 @@ async fn run_tools(
 
 /// The client side of a streamed loop: headers once, bytes as they come, one tail.
 struct StreamOut {
-    stream: bool,
     headers_sent: bool,
     /// The stream's tail (`[DONE]`) was written.
     closed: bool,
@@ -457,9 +642,8 @@ struct StreamOut {
 }
 
 impl StreamOut {
-    fn new(stream: bool) -> Self {
+    fn new() -> Self {
         StreamOut {
-            stream,
             headers_sent: false,
             closed: false,
             buf: BytesMut::with_capacity(4096),
@@ -474,7 +658,6 @@ impl StreamOut {
         route: &Route<'_>,
         plan: &Plan,
     ) -> bool {
-        debug_assert!(self.stream);
         let mut h = respond::header(200, "text/event-stream", ctx);
         let _ = h.insert_header(http::header::CACHE_CONTROL, "no-cache");
         let _ = h.insert_header("x-accel-buffering", "no");
@@ -558,7 +741,13 @@ impl StreamOut {
         mut resp: UpstreamResponse,
     ) {
         let status = resp.status();
-        let body = resp.read_all(64 * 1024).await.unwrap_or_default();
+        let body = tokio::select! {
+            r = resp.read_all(64 * 1024) => r.unwrap_or_default(),
+            _ = session.as_downstream_mut().read_body_or_idle(true) => {
+                llm::mark_client_gone(session, ctx);
+                return;
+            }
+        };
         gw.client.release(resp).await;
         let provider = route.provider.name.as_str();
         let env = filters::dialects::translate_error(plan.dialect, status, provider, &body);

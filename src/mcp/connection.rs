@@ -69,7 +69,8 @@ pub fn backoff(cfg: &crate::config::McpConfig, failures: u32) -> Option<Duration
     if failures <= cfg.max_retries {
         let base = cfg.initial_backoff.get();
         let factor = 1u32 << failures.saturating_sub(1).min(16);
-        Some((base * factor).min(cfg.retry_interval.get().max(base)))
+        let wait = base.checked_mul(factor).unwrap_or(Duration::MAX);
+        Some(wait.min(cfg.retry_interval.get().max(base)))
     } else if cfg.enable_reconnect {
         Some(cfg.reconnect_interval.get())
     } else {
@@ -86,13 +87,17 @@ async fn maintain(hub: Arc<McpHub>, slot: usize) {
         match connect(&hub, slot, tools_changed.clone()).await {
             Ok(running) => {
                 failures = 0;
-                let reason = watch(&hub, slot, running, &tools_changed).await;
+                let (reason, mut running) = watch(&hub, slot, running, &tools_changed).await;
+                // Down first: no call may pick the closing connection.
+                hub.set_down(slot, reason.clone());
+                let reason = server.redact(&reason);
                 warn!("MCP server {}: {reason}; reconnecting", server.name);
-                hub.set_down(slot, reason);
+                let _ = tokio::time::timeout(Duration::from_secs(2), running.close()).await;
             }
             Err(e) => {
                 failures += 1;
-                warn!("MCP server {}: {e} (attempt {failures})", server.name);
+                let shown = server.redact(&e);
+                warn!("MCP server {}: {shown} (attempt {failures})", server.name);
                 hub.set_down(slot, e);
             }
         }
@@ -145,8 +150,22 @@ async fn connect(hub: &McpHub, slot: usize, tools_changed: Arc<Notify>) -> Resul
             cmd.current_dir(d);
         }
         cmd.kill_on_drop(true);
-        let transport =
-            TokioChildProcess::new(cmd).map_err(|e| format!("cannot start {program:?}: {e}"))?;
+        let (transport, stderr) = TokioChildProcess::builder(cmd)
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("cannot start {program:?}: {e}"))?;
+        if let Some(stderr) = stderr {
+            // The child's stderr goes to the gateway's log, one line per record (never raw
+            // into a JSON log stream).
+            let name = s.name.clone();
+            tokio::spawn(async move {
+                use tokio::io::AsyncBufReadExt;
+                let mut lines = tokio::io::BufReader::new(stderr).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    info!(target: "mcp", "MCP server {name} (stderr): {line}");
+                }
+            });
+        }
         tokio::time::timeout(timeout, handler.serve(transport))
             .await
             .map_err(|_| format!("no answer to initialize within {} ms", timeout.as_millis()))?
@@ -171,8 +190,13 @@ async fn list_tools(hub: &McpHub, running: &Running) -> Result<Vec<rmcp::model::
         .map_err(|e| format!("tools/list failed: {e}"))
 }
 
-/// Serves a live connection until it breaks; returns why.
-async fn watch(hub: &McpHub, slot: usize, running: Running, tools_changed: &Notify) -> String {
+/// Serves a live connection until it breaks; returns why, and the connection to close.
+async fn watch(
+    hub: &McpHub,
+    slot: usize,
+    running: Running,
+    tools_changed: &Notify,
+) -> (String, Running) {
     let s = &hub.servers[slot];
     let polling = hub.cfg.polling_enable;
     let mut poll = tokio::time::interval(hub.cfg.polling_interval.get());
@@ -197,7 +221,14 @@ async fn watch(hub: &McpHub, slot: usize, running: Running, tools_changed: &Noti
                     Err(e) => break e,
                 }
             }
-            _ = s.broken.notified() => break "a tool call found the connection closed".to_string(),
+            _ = s.broken.notified() => {
+                // A call failed on a transport error. The signal may be stale (a call on an
+                // earlier connection, or a second failed call): probe before reconnecting.
+                match list_tools(hub, &running).await {
+                    Ok(tools) => hub.set_connected(slot, running.peer().clone(), tools),
+                    Err(e) => break format!("a tool call failed and the server does not answer: {e}"),
+                }
+            }
             _ = liveness.tick() => {
                 if running.is_closed() || running.peer().is_transport_closed() {
                     break "connection closed".to_string();
@@ -205,9 +236,7 @@ async fn watch(hub: &McpHub, slot: usize, running: Running, tools_changed: &Noti
             }
         }
     };
-    let mut running = running;
-    let _ = tokio::time::timeout(Duration::from_secs(2), running.close()).await;
-    reason
+    (reason, running)
 }
 
 #[cfg(test)]

@@ -65,6 +65,11 @@ pub struct Catalog {
 }
 
 impl Catalog {
+    /// Whether any tool can be offered now.
+    pub fn has_available_tools(&self) -> bool {
+        self.healthy_tools > 0
+    }
+
     /// Tools of healthy servers, for injection into requests.
     pub fn openai_tools(&self) -> impl Iterator<Item = &CatalogTool> {
         self.tools.iter().filter(|t| t.healthy)
@@ -92,8 +97,14 @@ pub struct McpHub {
     pub cfg: McpConfig,
     pub servers: Vec<Arc<ServerSlot>>,
     catalog: RwLock<Arc<Catalog>>,
+    /// Serialises `publish`: two servers changing at once must not publish out of order.
+    publishing: std::sync::Mutex<()>,
     metrics: Option<Arc<crate::metrics::Metrics>>,
 }
+
+/// Longest tool result put into a `tool` message; longer results are cut with a note (the
+/// whole conversation is sent to the model again every round).
+pub const MAX_TOOL_RESULT_BYTES: usize = 256 * 1024;
 
 impl McpHub {
     pub fn new(cfg: &McpConfig, metrics: Option<Arc<crate::metrics::Metrics>>) -> Arc<Self> {
@@ -114,6 +125,7 @@ impl McpHub {
             cfg: cfg.clone(),
             servers,
             catalog: RwLock::new(Arc::new(Catalog::default())),
+            publishing: std::sync::Mutex::new(()),
             metrics,
         });
         hub.publish();
@@ -122,10 +134,6 @@ impl McpHub {
 
     pub fn catalog(&self) -> Arc<Catalog> {
         self.catalog.read().expect("catalog lock").clone()
-    }
-
-    pub fn has_tools(&self) -> bool {
-        self.catalog.read().expect("catalog lock").healthy_tools > 0
     }
 
     /// A server connected (or refreshed its tools).
@@ -158,6 +166,7 @@ impl McpHub {
 
     /// A server is unreachable; its tools stay known (names stay stable) but are not offered.
     pub(crate) fn set_down(&self, slot: usize, error: String) {
+        let error = self.servers[slot].redact(&error);
         {
             let mut st = self.servers[slot].state.write().expect("server lock");
             st.peer = None;
@@ -170,6 +179,7 @@ impl McpHub {
 
     /// Rebuilds the catalogue snapshot from the servers' states.
     fn publish(&self) {
+        let _one_at_a_time = self.publishing.lock().expect("publish lock");
         let states: Vec<_> = self
             .servers
             .iter()
@@ -227,9 +237,26 @@ impl McpHub {
 
     /// Runs one tool call. Never fails: every problem becomes the outcome's text, which the
     /// model reads in the `tool` message.
-    pub async fn call_tool(&self, exposed: &str, arguments: &str) -> ToolOutcome {
+    /// `catalog`: the snapshot the request offered to the model (names resolve as offered).
+    pub async fn call_tool(
+        &self,
+        catalog: &Catalog,
+        exposed: &str,
+        arguments: &str,
+    ) -> ToolOutcome {
         let started = Instant::now();
-        let (content, error) = self.call_inner(exposed, arguments).await;
+        let (mut content, error) = self.call_inner(catalog, exposed, arguments).await;
+        if content.len() > MAX_TOOL_RESULT_BYTES {
+            let total = content.len();
+            let mut cut = MAX_TOOL_RESULT_BYTES;
+            while !content.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            content.truncate(cut);
+            content.push_str(&format!(
+                "\n[truncated by the gateway: {total} bytes, {MAX_TOOL_RESULT_BYTES} shown]"
+            ));
+        }
         ToolOutcome {
             content,
             error,
@@ -237,8 +264,12 @@ impl McpHub {
         }
     }
 
-    async fn call_inner(&self, exposed: &str, arguments: &str) -> (String, Option<&'static str>) {
-        let catalog = self.catalog();
+    async fn call_inner(
+        &self,
+        catalog: &Catalog,
+        exposed: &str,
+        arguments: &str,
+    ) -> (String, Option<&'static str>) {
         let Some(tool) = catalog.get(exposed) else {
             return (
                 format!("Error: unknown tool {exposed:?}"),
@@ -301,7 +332,10 @@ impl McpHub {
                     slot.broken.notify_one();
                 }
                 (
-                    format!("Error: calling tool {exposed} failed: {e}"),
+                    format!(
+                        "Error: calling tool {exposed} failed: {}",
+                        slot.redact(&e.to_string())
+                    ),
                     Some("call_error"),
                 )
             }
@@ -333,7 +367,7 @@ impl McpHub {
                 json!({
                     "name": s.name,
                     "transport": if s.cfg.url.is_some() { "streamable_http" } else { "stdio" },
-                    "url": s.cfg.url,
+                    "url": s.cfg.url.as_deref().map(redact_url),
                     "healthy": st.healthy,
                     "tools": st.tools.len(),
                     "connected_at": st.connected_at.and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map(|d| d.as_secs()),
@@ -343,6 +377,25 @@ impl McpHub {
             .collect();
         json!({"object": "list", "data": data, "servers": servers})
     }
+}
+
+impl ServerSlot {
+    /// `text` with the server's URL (which may hold credentials in its user info, path or query)
+    /// replaced by its origin: for logs, `last_error` and tool messages.
+    pub fn redact(&self, text: &str) -> String {
+        match &self.cfg.url {
+            Some(u) => text.replace(u.as_str(), &redact_url(u)),
+            None => text.to_string(),
+        }
+    }
+}
+
+/// `scheme://host[:port]` of a URL: no user info, path or query.
+pub fn redact_url(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let host = authority.rsplit('@').next().unwrap_or(authority);
+    format!("{scheme}://{host}")
 }
 
 /// A tool result as the text of a `tool` message. `isError` results are marked so the model
@@ -384,5 +437,19 @@ fn render(result: &CallToolResult) -> (String, Option<&'static str>) {
         (format!("Error: {text}"), Some("tool_error"))
     } else {
         (text, None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_lose_credentials() {
+        assert_eq!(
+            redact_url("https://user:pw@mcp.example.com:8443/k/SECRET/mcp?key=x"),
+            "https://mcp.example.com:8443"
+        );
+        assert_eq!(redact_url("http://127.0.0.1:9/mcp"), "http://127.0.0.1:9");
     }
 }

@@ -91,6 +91,8 @@ pub struct RequestCtx {
     pub upstream_wait: std::time::Duration,
     /// Time spent waiting for MCP tool calls (the tool loop).
     pub tool_wait: std::time::Duration,
+    /// Model calls made by the MCP tool loop (0: the loop did not run).
+    pub mcp_rounds: u32,
     pub upstream_attempted: bool,
     /// Why the provider request failed, if it did (`connect`, `timeout`, `status_5xx`, ...).
     pub upstream_failure: Option<&'static str>,
@@ -154,6 +156,7 @@ impl ProxyHttp for Gateway {
             generation: None,
             upstream_wait: std::time::Duration::ZERO,
             tool_wait: std::time::Duration::ZERO,
+            mcp_rounds: 0,
             upstream_attempted: false,
             upstream_failure: None,
             upstream_retries: 0,
@@ -419,6 +422,8 @@ impl ProxyHttp for Gateway {
                 ttft_ms: ctx.ttft.map(|d| d.as_secs_f64() * 1000.0),
                 duration_ms: ctx.start.elapsed().as_secs_f64() * 1000.0,
                 upstream_ms: ctx.upstream_wait.as_secs_f64() * 1000.0,
+                tool_ms: (ctx.mcp_rounds > 0).then_some(ctx.tool_wait.as_secs_f64() * 1000.0),
+                mcp_rounds: (ctx.mcp_rounds > 0).then_some(ctx.mcp_rounds),
                 bytes_in: ctx.bytes_in,
                 bytes_out: ctx.bytes_out,
                 error: ctx.error,

@@ -22,7 +22,8 @@ pub fn metrics(m: &Metrics, session: &Session, ctx: &RequestCtx) {
     m.request_duration
         .with_label_values(&labels)
         .observe(elapsed.as_secs_f64() * 1000.0);
-    let overhead = elapsed.saturating_sub(ctx.upstream_wait);
+    // Time in the model and in MCP tools is not the gateway's.
+    let overhead = elapsed.saturating_sub(ctx.upstream_wait + ctx.tool_wait);
     m.gateway_overhead
         .with_label_values(&[ctx.route])
         .observe(overhead.as_secs_f64());

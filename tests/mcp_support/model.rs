@@ -1,0 +1,266 @@
+//! Mock model upstreams that call MCP tools deterministically, in OpenAI's and Anthropic's
+//! wire formats (streamed in uneven TCP writes, or not). Shared by `tests/mcp.rs` and
+//! `benches/mcp_loop.rs`; the including crate declares `mod common`.
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::common::{json_response, sse_steps, Recorded, Step};
+
+/// What the model does next.
+enum Act {
+    Calls(Vec<(&'static str, Value)>),
+    Text(String),
+    /// Answer with a 500.
+    Fail,
+}
+
+/// The model's behaviour, chosen by the first user message. `round` counts the assistant
+/// tool-call messages already in the conversation; `results` are the latest tool results.
+fn script(prompt: &str, round: usize, results: &[String]) -> Act {
+    let joined = results.join(" | ");
+    match (prompt, round) {
+        ("add" | "json-add" | "err2", 0) => Act::Calls(vec![("mcp_add", json!({"a": 2, "b": 3}))]),
+        ("err2", _) => Act::Fail,
+        ("local", 0) => Act::Calls(vec![("mcp_local__echo", json!({"text": "from stdio"}))]),
+        ("parallel", 0) => Act::Calls(vec![
+            ("mcp_sleep", json!({"ms": 400})),
+            ("mcp_sleep", json!({"ms": 400})),
+            ("mcp_add", json!({"a": 1, "b": 1})),
+        ]),
+        ("multi", 0) => Act::Calls(vec![("mcp_add", json!({"a": 1, "b": 2}))]),
+        ("multi", 1) => {
+            let prev: i64 = results[0].parse().unwrap();
+            Act::Calls(vec![("mcp_add", json!({"a": prev, "b": 10}))])
+        }
+        ("fail", 0) => Act::Calls(vec![("mcp_fail", json!({}))]),
+        ("unknown", 0) => Act::Calls(vec![("mcp_nope", json!({}))]),
+        ("slow", 0) => Act::Calls(vec![("mcp_sleep", json!({"ms": 5000}))]),
+        ("forever", _) => Act::Calls(vec![("mcp_echo", json!({"text": format!("r{round}")}))]),
+        ("client", 0) => Act::Calls(vec![("get_weather", json!({"city": "Paris"}))]),
+        ("mixed", 0) => Act::Calls(vec![
+            ("mcp_add", json!({"a": 1, "b": 1})),
+            ("get_weather", json!({"city": "Paris"})),
+        ]),
+        ("late", 0) => Act::Calls(vec![("mcp_late", json!({}))]),
+        ("plain", _) => Act::Text("no tools needed".into()),
+        _ => Act::Text(format!("result: {joined}")),
+    }
+}
+
+/// Reads an OpenAI request: prompt, round, latest tool results.
+fn openai_state(req: &Value) -> (String, usize, Vec<String>) {
+    let msgs = req["messages"].as_array().unwrap();
+    let prompt = msgs
+        .iter()
+        .find(|m| m["role"] == "user")
+        .and_then(|m| m["content"].as_str())
+        .unwrap_or("")
+        .to_string();
+    let round = msgs
+        .iter()
+        .filter(|m| m["role"] == "assistant" && m.get("tool_calls").is_some())
+        .count();
+    let results: Vec<String> = msgs
+        .iter()
+        .rev()
+        .take_while(|m| m["role"] == "tool")
+        .map(|m| m["content"].as_str().unwrap_or("").to_string())
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect();
+    (prompt, round, results)
+}
+
+const USAGE: (u64, u64) = (10, 5);
+
+/// An OpenAI-compatible model that follows [`script`], streaming or not as asked.
+pub fn openai_model(req: &Recorded) -> Vec<Step> {
+    let body = req.json();
+    let (prompt, round, results) = openai_state(&body);
+    let act = script(&prompt, round, &results);
+    if let Act::Fail = act {
+        return json_response(
+            500,
+            r#"{"error":{"message":"model exploded","type":"server_error","param":null,"code":null}}"#,
+        );
+    }
+    // "json-add": a provider that ignores `stream` and answers with JSON.
+    let stream = body["stream"] == true && prompt != "json-add";
+    let usage = json!({"prompt_tokens": USAGE.0, "completion_tokens": USAGE.1, "total_tokens": USAGE.0 + USAGE.1});
+    if !stream {
+        let (message, finish) = match act {
+            Act::Calls(calls) => (
+                json!({"role": "assistant", "content": null, "tool_calls": calls.iter().enumerate().map(|(i, (n, a))| json!({
+                    "id": format!("call_{round}_{i}"), "type": "function",
+                    "function": {"name": n, "arguments": a.to_string()}})).collect::<Vec<_>>()}),
+                "tool_calls",
+            ),
+            Act::Text(t) => (json!({"role": "assistant", "content": t}), "stop"),
+            Act::Fail => unreachable!(),
+        };
+        let b = json!({"id": format!("chatcmpl-{round}"), "object": "chat.completion", "created": 1, "model": body["model"],
+            "choices": [{"index": 0, "message": message, "finish_reason": finish}], "usage": usage});
+        return json_response(200, &b.to_string());
+    }
+    let mut events: Vec<Value> = vec![json!({"role": "assistant", "content": ""})];
+    let finish = match act {
+        Act::Calls(calls) => {
+            for (i, (n, a)) in calls.iter().enumerate() {
+                events.push(json!({"tool_calls": [{"index": i, "id": format!("call_{round}_{i}"), "type": "function",
+                    "function": {"name": n, "arguments": ""}}]}));
+                let args = a.to_string();
+                let (x, y) = args.split_at(args.len() / 2);
+                for part in [x, y] {
+                    events.push(
+                        json!({"tool_calls": [{"index": i, "function": {"arguments": part}}]}),
+                    );
+                }
+            }
+            "tool_calls"
+        }
+        Act::Text(t) => {
+            for w in t.split_inclusive(' ') {
+                events.push(json!({"content": w}));
+            }
+            "stop"
+        }
+        Act::Fail => unreachable!(),
+    };
+    let mut sse = String::new();
+    let id = format!("chatcmpl-{round}");
+    for d in events {
+        let c = json!({"id": id, "object": "chat.completion.chunk", "created": 1, "model": body["model"],
+            "choices": [{"index": 0, "delta": d, "finish_reason": null}]});
+        sse.push_str(&format!("data: {c}\n\n"));
+    }
+    let c = json!({"id": id, "object": "chat.completion.chunk", "created": 1, "model": body["model"],
+        "choices": [{"index": 0, "delta": {}, "finish_reason": finish}]});
+    sse.push_str(&format!("data: {c}\n\n"));
+    if body["stream_options"]["include_usage"] == true {
+        let c = json!({"id": id, "object": "chat.completion.chunk", "created": 1, "model": body["model"],
+            "choices": [], "usage": usage});
+        sse.push_str(&format!("data: {c}\n\n"));
+    }
+    sse.push_str("data: [DONE]\n\n");
+    // Uneven TCP writes: events and JSON split anywhere.
+    let splits: Vec<usize> = (1..sse.len() / 41).map(|i| i * 41).collect();
+    sse_steps(sse.as_bytes(), &splits, Duration::ZERO)
+}
+
+/// An Anthropic Messages model that follows [`script`].
+pub fn anthropic_model(req: &Recorded) -> Vec<Step> {
+    let body = req.json();
+    let msgs = body["messages"].as_array().unwrap();
+    let prompt = match &msgs[0]["content"] {
+        Value::String(s) => s.clone(),
+        Value::Array(parts) => parts[0]["text"].as_str().unwrap_or("").to_string(),
+        _ => String::new(),
+    };
+    let round = msgs
+        .iter()
+        .filter(|m| {
+            m["role"] == "assistant"
+                && m["content"]
+                    .as_array()
+                    .is_some_and(|c| c.iter().any(|b| b["type"] == "tool_use"))
+        })
+        .count();
+    let results: Vec<String> = msgs
+        .last()
+        .and_then(|m| m["content"].as_array())
+        .map(|blocks| {
+            blocks
+                .iter()
+                .filter(|b| b["type"] == "tool_result")
+                .map(|b| match &b["content"] {
+                    Value::String(s) => s.clone(),
+                    Value::Array(a) => a[0]["text"].as_str().unwrap_or("").to_string(),
+                    _ => String::new(),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let act = script(&prompt, round, &results);
+    if let Act::Fail = act {
+        return json_response(
+            500,
+            r#"{"type":"error","error":{"type":"api_error","message":"model exploded"}}"#,
+        );
+    }
+    let usage = json!({"input_tokens": USAGE.0, "output_tokens": USAGE.1});
+    if body["stream"] != true {
+        let (content, stop) = match act {
+            Act::Calls(calls) => (
+                calls
+                    .iter()
+                    .enumerate()
+                    .map(|(i, (n, a))| json!({"type": "tool_use", "id": format!("toolu_{round}_{i}"), "name": n, "input": a}))
+                    .collect::<Vec<_>>(),
+                "tool_use",
+            ),
+            Act::Text(t) => (vec![json!({"type": "text", "text": t})], "end_turn"),
+            Act::Fail => unreachable!(),
+        };
+        let b = json!({"id": format!("msg_{round}"), "type": "message", "role": "assistant", "model": body["model"],
+            "content": content, "stop_reason": stop, "stop_sequence": null, "usage": usage});
+        return json_response(200, &b.to_string());
+    }
+    let mut sse = String::new();
+    let mut ev =
+        |name: &str, data: Value| sse.push_str(&format!("event: {name}\ndata: {data}\n\n"));
+    ev(
+        "message_start",
+        json!({"type": "message_start", "message": {"id": format!("msg_{round}"), "type": "message",
+        "role": "assistant", "model": body["model"], "content": [], "stop_reason": null, "stop_sequence": null,
+        "usage": {"input_tokens": USAGE.0, "output_tokens": 1}}}),
+    );
+    let stop = match act {
+        Act::Calls(calls) => {
+            for (i, (n, a)) in calls.iter().enumerate() {
+                ev(
+                    "content_block_start",
+                    json!({"type": "content_block_start", "index": i,
+                    "content_block": {"type": "tool_use", "id": format!("toolu_{round}_{i}"), "name": n, "input": {}}}),
+                );
+                ev(
+                    "content_block_delta",
+                    json!({"type": "content_block_delta", "index": i,
+                    "delta": {"type": "input_json_delta", "partial_json": a.to_string()}}),
+                );
+                ev(
+                    "content_block_stop",
+                    json!({"type": "content_block_stop", "index": i}),
+                );
+            }
+            "tool_use"
+        }
+        Act::Text(t) => {
+            ev(
+                "content_block_start",
+                json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+            );
+            ev(
+                "content_block_delta",
+                json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": t}}),
+            );
+            ev(
+                "content_block_stop",
+                json!({"type": "content_block_stop", "index": 0}),
+            );
+            "end_turn"
+        }
+        Act::Fail => unreachable!(),
+    };
+    ev(
+        "message_delta",
+        json!({"type": "message_delta", "delta": {"stop_reason": stop, "stop_sequence": null},
+        "usage": {"output_tokens": USAGE.1}}),
+    );
+    ev("message_stop", json!({"type": "message_stop"}));
+    let splits: Vec<usize> = (1..sse.len() / 37).map(|i| i * 37).collect();
+    sse_steps(sse.as_bytes(), &splits, Duration::ZERO)
+}
