@@ -719,3 +719,51 @@ async fn echoed_gateway_calls_without_results_leave_the_history() {
     assert!(sent["messages"][1].get("tool_calls").is_none(), "{sent}");
     assert_eq!(sent["messages"][1]["content"], "result: 5");
 }
+
+#[tokio::test]
+async fn metrics_count_rounds_tool_calls_and_servers() {
+    let port = free_port();
+    let s = setup(&[
+        ("TELEMETRY_ENABLE", "true"),
+        ("TELEMETRY_METRICS_PORT", &port.to_string()),
+    ])
+    .await;
+    assert_eq!(
+        post_chat(s.gw.addr(), &chat("add", false)).await.status,
+        200
+    );
+    assert_eq!(
+        post_chat(s.gw.addr(), &chat("fail", true)).await.status,
+        200
+    );
+    let metrics_addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let text = loop {
+        // The access record (and its metrics) is written once the response is complete.
+        let t = raw_request(metrics_addr, "GET", "/metrics", &[], b"")
+            .await
+            .text();
+        if t.contains("llm_tool_calls_failure_total") || Instant::now() > deadline {
+            break t;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let server = s
+        .mcp
+        .url
+        .trim_start_matches("http://")
+        .trim_end_matches("/mcp");
+    for line in [
+        format!("llm_mcp_server_up{{server=\"{server}\"}} 1"),
+        format!("llm_mcp_tools{{server=\"{server}\"}} 4"),
+        "llm_tool_calls_success_total{model=\"gpt-4o\",provider=\"openai\",tool_name=\"mcp_add\",tool_type=\"mcp\"} 1".to_string(),
+        "llm_tool_calls_failure_total{error_type=\"tool_error\",model=\"gpt-4o\",provider=\"openai\",tool_name=\"mcp_fail\",tool_type=\"mcp\"} 1".to_string(),
+        "llm_tool_calls_total{model=\"gpt-4o\",provider=\"openai\",tool_name=\"mcp_add\",tool_type=\"mcp\"} 1".to_string(),
+        "llm_upstream_attempts_total{provider=\"openai\"} 4".to_string(),
+        // Two requests of two rounds of (10, 5).
+        "llm_usage_prompt_tokens_total{model=\"gpt-4o\",provider=\"openai\"} 40".to_string(),
+        "llm_usage_completion_tokens_total{model=\"gpt-4o\",provider=\"openai\"} 20".to_string(),
+    ] {
+        assert!(text.lines().any(|l| l == line), "missing {line}\n{text}");
+    }
+}

@@ -183,7 +183,7 @@ pub(super) async fn send(
         body: plan.body.clone(),
         request_id: &ctx.request_id,
     };
-    ctx.upstream_attempted = true;
+    ctx.upstream_calls += 1;
     let waited = Instant::now();
     let sent = tokio::select! {
         r = gw.client.send(provider, &req) => r,
@@ -511,6 +511,43 @@ pub(super) fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// Feeds one upstream read into the stream translator. When the stream is over (clean end,
+/// read error, oversized event) the translator is finished (error event, one `[DONE]`) and the
+/// end is returned.
+pub(super) fn feed_read(
+    ctx: &mut RequestCtx,
+    provider: &str,
+    translator: &mut dyn StreamTranslator,
+    next: Result<Option<Bytes>, UpstreamError>,
+    out: &mut BytesMut,
+) -> Option<StreamEnd> {
+    let end = match next {
+        Ok(Some(chunk)) => match translator.feed(&chunk, out) {
+            Ok(()) => return None,
+            Err(_) => {
+                ctx.upstream_failure = Some("oversized_event");
+                StreamEnd::Failed {
+                    message: format!("provider {provider} sent an oversized stream event"),
+                    code: "upstream_stream_error",
+                }
+            }
+        },
+        Ok(None) => StreamEnd::Clean,
+        Err(e) => {
+            ctx.upstream_failure = Some(match e {
+                UpstreamError::IdleTimeout => "stream_idle_timeout",
+                _ => "stream_interrupted",
+            });
+            StreamEnd::Failed {
+                message: e.message(provider),
+                code: e.code(),
+            }
+        }
+    };
+    translator.finish(end.clone(), out);
+    Some(end)
+}
+
 /// Streaming success: relay SSE events as they arrive, never buffering the response.
 async fn relay_stream(
     gw: &Gateway,
@@ -562,36 +599,13 @@ async fn relay_stream(
             }
         };
         ctx.upstream_wait += waited.elapsed();
-        let end = match next {
-            Ok(Some(chunk)) => match relay.feed(&chunk, &mut out) {
-                Ok(()) => None,
-                Err(_) => {
-                    ctx.upstream_failure = Some("oversized_event");
-                    Some(StreamEnd::Failed {
-                        message: format!("provider {provider} sent an oversized stream event"),
-                        code: "upstream_stream_error",
-                    })
-                }
-            },
-            Ok(None) => Some(StreamEnd::Clean),
-            Err(e) => {
-                ctx.upstream_failure = Some(match e {
-                    UpstreamError::IdleTimeout => "stream_idle_timeout",
-                    _ => "stream_interrupted",
-                });
-                Some(StreamEnd::Failed {
-                    message: e.message(provider),
-                    code: e.code(),
-                })
-            }
-        };
+        let end = feed_read(ctx, provider, relay.as_mut(), next, &mut out);
         let last = end.is_some();
         if let Some(end) = end {
             clean = end == StreamEnd::Clean;
             if !clean {
                 ctx.error = Some("upstream_stream_error");
             }
-            relay.finish(end, &mut out);
         }
         if !out.is_empty() || last {
             let data = out.split().freeze();

@@ -25,7 +25,7 @@ use crate::errors::ApiError;
 use crate::mcp::{Catalog, McpHub, ToolOutcome};
 use crate::proxy::{respond, Gateway, RequestCtx};
 use crate::routing::Route;
-use crate::upstream::{UpstreamError, UpstreamResponse};
+use crate::upstream::UpstreamResponse;
 
 /// Response header set when the loop stopped at `mcp.max_iterations` (non-streaming).
 const LIMIT_HEADER: &str = "x-mcp-max-iterations-reached";
@@ -448,33 +448,10 @@ async fn stream_round(
             }
         };
         ctx.upstream_wait += waited.elapsed();
-        let end = match next {
-            Ok(Some(chunk)) => match translator.feed(&chunk, &mut mid) {
-                Ok(()) => None,
-                Err(_) => {
-                    ctx.upstream_failure = Some("oversized_event");
-                    Some(StreamEnd::Failed {
-                        message: format!("provider {provider} sent an oversized stream event"),
-                        code: "upstream_stream_error",
-                    })
-                }
-            },
-            Ok(None) => Some(StreamEnd::Clean),
-            Err(e) => {
-                ctx.upstream_failure = Some(match e {
-                    UpstreamError::IdleTimeout => "stream_idle_timeout",
-                    _ => "stream_interrupted",
-                });
-                Some(StreamEnd::Failed {
-                    message: e.message(provider),
-                    code: e.code(),
-                })
-            }
-        };
+        let end = llm::feed_read(ctx, provider, translator.as_mut(), next, &mut mid);
         let ended = end.is_some();
         if let Some(end) = end {
             clean = end == StreamEnd::Clean;
-            translator.finish(end, &mut mid);
         }
         if !mid.is_empty() {
             // The translator's output is well-formed SSE of bounded events; the relay keeps

@@ -93,7 +93,8 @@ pub struct RequestCtx {
     pub tool_wait: std::time::Duration,
     /// Model calls made by the MCP tool loop (0: the loop did not run).
     pub mcp_rounds: u32,
-    pub upstream_attempted: bool,
+    /// Calls sent to the provider (the MCP loop makes one per round).
+    pub upstream_calls: u32,
     /// Why the provider request failed, if it did (`connect`, `timeout`, `status_5xx`, ...).
     pub upstream_failure: Option<&'static str>,
     pub upstream_retries: u32,
@@ -157,7 +158,7 @@ impl ProxyHttp for Gateway {
             upstream_wait: std::time::Duration::ZERO,
             tool_wait: std::time::Duration::ZERO,
             mcp_rounds: 0,
-            upstream_attempted: false,
+            upstream_calls: 0,
             upstream_failure: None,
             upstream_retries: 0,
             error: None,

@@ -34,8 +34,10 @@ pub fn metrics(m: &Metrics, session: &Session, ctx: &RequestCtx) {
         .with_label_values(&[ctx.route])
         .observe(ctx.bytes_out as f64);
 
-    if ctx.upstream_attempted {
-        m.upstream_attempts.with_label_values(&[provider]).inc();
+    if ctx.upstream_calls > 0 {
+        m.upstream_attempts
+            .with_label_values(&[provider])
+            .inc_by(u64::from(ctx.upstream_calls));
         if ctx.upstream_retries > 0 {
             m.upstream_retries
                 .with_label_values(&[provider, "stale_connection"])
