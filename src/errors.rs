@@ -10,6 +10,8 @@ pub struct ApiError {
     pub message: String,
     pub param: Option<&'static str>,
     pub code: Option<&'static str>,
+    /// Sent as `Retry-After` (seconds, rounded up).
+    pub retry_after: Option<std::time::Duration>,
 }
 
 impl ApiError {
@@ -19,6 +21,7 @@ impl ApiError {
             message: message.into(),
             param: None,
             code: None,
+            retry_after: None,
         }
     }
 

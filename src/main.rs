@@ -8,6 +8,7 @@ mod errors;
 mod handlers;
 mod mcp;
 mod metrics;
+mod pool;
 mod providers;
 mod proxy;
 mod request_id;
@@ -67,14 +68,21 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let pools = match pool::Pools::from_config(&cfg, &providers) {
+        Ok(p) => Arc::new(p),
+        Err(e) => {
+            eprintln!("inference-gateway: {e}");
+            return ExitCode::from(2);
+        }
+    };
     if cli.test {
         println!("configuration OK");
         return ExitCode::SUCCESS;
     }
-    run(cli, cfg, providers)
+    run(cli, cfg, providers, pools)
 }
 
-fn run(cli: Cli, cfg: Config, providers: Arc<Providers>) -> ExitCode {
+fn run(cli: Cli, cfg: Config, providers: Arc<Providers>, pools: Arc<pool::Pools>) -> ExitCode {
     let cfg = Arc::new(cfg);
     let opt = Opt {
         upgrade: cli.upgrade,
@@ -161,7 +169,15 @@ fn run(cli: Cli, cfg: Config, providers: Arc<Providers>) -> ExitCode {
             }
         );
     }
-    let gateway = Gateway::new(cfg.clone(), providers.clone(), metrics, mcp);
+    server.add_service(background_service(
+        "backend-health",
+        pool::health::HealthService {
+            pools: pools.clone(),
+            client: upstream::UpstreamClient::new(&cfg.client),
+            metrics: metrics.clone(),
+        },
+    ));
+    let gateway = Gateway::new(cfg.clone(), providers.clone(), metrics, mcp, pools.clone());
     let mut proxy =
         pingora::proxy::http_proxy_service_with_name(&server.configuration, gateway, "gateway");
     let addr = cfg.listen_addr();
@@ -190,6 +206,7 @@ fn run(cli: Cli, cfg: Config, providers: Arc<Providers>) -> ExitCode {
         "dns",
         resolver::DnsRefresher {
             providers: providers.clone(),
+            pools: pools.clone(),
             interval: cfg.client.dns_refresh_interval.get(),
             lookup_timeout: cfg.client.connect_timeout.get(),
         },

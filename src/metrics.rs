@@ -59,6 +59,12 @@ pub struct Metrics {
     pub mcp_server_up: IntGaugeVec,
     /// Tools the MCP server offers (after include/exclude).
     pub mcp_tools: IntGaugeVec,
+    /// 1 while a backend of a pool takes traffic (not ejected, not failing health checks).
+    pub backend_up: IntGaugeVec,
+    /// Requests served by a fallback model, by primary and serving provider.
+    pub fallbacks: IntCounterVec,
+    /// Requests refused by load shedding (503).
+    pub shed: IntCounterVec,
     pub ttft: HistogramVec,
     pub inter_token_latency: HistogramVec,
     pub output_tokens_per_second: HistogramVec,
@@ -116,6 +122,16 @@ impl Metrics {
             "llm_mcp_tools",
             "Tools offered by the MCP server (after include/exclude)",
         );
+        let backend_up = IntGaugeVec::new(
+            Opts::new(
+                "llm_backend_up",
+                "1 while the backend takes traffic (not ejected, passing health checks)",
+            ),
+            &["provider", "backend"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(backend_up.clone()))
+            .expect("unique metric");
         Arc::new(Metrics {
             requests: counter(&r, "llm_requests_total", "Requests received", REQUEST_LABELS),
             responses: counter(&r, "llm_responses_total", "Responses sent", REQUEST_LABELS),
@@ -138,6 +154,9 @@ impl Metrics {
             active_streams,
             mcp_server_up,
             mcp_tools,
+            backend_up,
+            fallbacks: counter(&r, "llm_fallbacks_total", "Requests that went to a fallback model", &["from_provider", "to_provider"]),
+            shed: counter(&r, "llm_requests_shed_total", "Requests refused at a provider's concurrency limit", &["provider"]),
             upstream_attempts: counter(&r, "llm_upstream_attempts_total", "Requests sent to providers", &["provider"]),
             upstream_failures: counter(&r, "llm_upstream_failures_total", "Failed provider requests by reason", &["provider", "reason"]),
             upstream_retries: counter(&r, "llm_upstream_retries_total", "Provider requests retried by reason", &["provider", "reason"]),

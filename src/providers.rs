@@ -41,7 +41,10 @@ pub struct Provider {
 }
 
 impl Provider {
-    fn from_config(name: &str, p: &crate::config::ProviderConfig) -> Result<Provider, ConfigError> {
+    pub(crate) fn from_config(
+        name: &str,
+        p: &crate::config::ProviderConfig,
+    ) -> Result<Provider, ConfigError> {
         let url = p.url();
         let (tls, rest) = match url.strip_prefix("https://") {
             Some(r) => (true, r),

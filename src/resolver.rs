@@ -47,6 +47,8 @@ async fn lookup(provider: &Provider, limit: Duration) -> Result<SocketAddr, Stri
 /// Re-resolves the host names of providers in use (or configured) every `interval`.
 pub struct DnsRefresher {
     pub providers: Arc<Providers>,
+    /// Backends of pools are providers of their own, with their own address.
+    pub pools: Arc<crate::pool::Pools>,
     pub interval: Duration,
     pub lookup_timeout: Duration,
 }
@@ -55,7 +57,7 @@ pub struct DnsRefresher {
 impl BackgroundService for DnsRefresher {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         loop {
-            for p in self.providers.iter() {
+            for p in self.providers.iter().chain(self.pools.backend_providers()) {
                 if p.is_ip_literal() || !(p.configured || p.cached_addr().is_some()) {
                     continue;
                 }

@@ -33,13 +33,17 @@ pub enum UpstreamError {
     Io(String),
     /// A non-streaming body larger than allowed.
     TooLarge,
+    /// The request's total time (`timeouts.total`) ran out.
+    Deadline,
 }
 
 impl UpstreamError {
     /// Status the client gets when this happens before any response byte was sent.
     pub fn status(&self) -> u16 {
         match self {
-            UpstreamError::FirstByteTimeout | UpstreamError::IdleTimeout => 504,
+            UpstreamError::FirstByteTimeout
+            | UpstreamError::IdleTimeout
+            | UpstreamError::Deadline => 504,
             _ => 502,
         }
     }
@@ -52,6 +56,7 @@ impl UpstreamError {
             UpstreamError::IdleTimeout => "idle_timeout",
             UpstreamError::Io(_) => "io",
             UpstreamError::TooLarge => "too_large",
+            UpstreamError::Deadline => "total_timeout",
         }
     }
 
@@ -63,6 +68,7 @@ impl UpstreamError {
             UpstreamError::IdleTimeout => "upstream_idle_timeout",
             UpstreamError::Io(_) => "upstream_error",
             UpstreamError::TooLarge => "upstream_response_too_large",
+            UpstreamError::Deadline => "request_timeout",
         }
     }
 
@@ -78,6 +84,9 @@ impl UpstreamError {
             UpstreamError::Io(e) => format!("connection to provider {provider} failed: {e}"),
             UpstreamError::TooLarge => {
                 format!("provider {provider} sent a response that is too large")
+            }
+            UpstreamError::Deadline => {
+                format!("the request to provider {provider} ran out of its total time")
             }
         }
     }
@@ -97,6 +106,18 @@ pub struct UpstreamRequest<'a> {
     pub headers: &'a [(HeaderName, HeaderValue)],
     pub body: Bytes,
     pub request_id: &'a str,
+    /// Overrides of the client's timeouts (provider, alias, total deadline).
+    pub timeouts: Option<&'a Timeouts>,
+}
+
+/// Timeouts of one upstream call.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    pub connect: Duration,
+    pub first_byte: Duration,
+    pub stream_idle: Duration,
+    /// End of the request's total time, if it has one.
+    pub deadline: Option<tokio::time::Instant>,
 }
 
 /// An upstream response whose headers have arrived; the body is read with
@@ -105,6 +126,7 @@ pub struct UpstreamResponse {
     session: HttpSession,
     peer: HttpPeer,
     idle_timeout: Duration,
+    deadline: Option<tokio::time::Instant>,
     pub addr: std::net::SocketAddr,
     /// Stale pooled connections retried before this response.
     pub retries: u32,
@@ -121,6 +143,16 @@ impl UpstreamClient {
         UpstreamClient {
             connector: Connector::new(Some(opts)),
             cfg: cfg.clone(),
+        }
+    }
+
+    /// The client's own timeouts (no deadline).
+    pub fn default_timeouts(&self) -> Timeouts {
+        Timeouts {
+            connect: self.cfg.connect_timeout.get(),
+            first_byte: self.cfg.first_byte_timeout.get(),
+            stream_idle: self.cfg.stream_idle_timeout.get(),
+            deadline: None,
         }
     }
 
@@ -184,10 +216,16 @@ impl UpstreamClient {
         provider: &Provider,
         req: &UpstreamRequest<'_>,
     ) -> Result<UpstreamResponse, UpstreamError> {
-        let addr = resolver::resolve(provider, self.cfg.connect_timeout.get())
+        let t = req
+            .timeouts
+            .copied()
+            .unwrap_or_else(|| self.default_timeouts());
+        let addr = resolver::resolve(provider, t.connect)
             .await
             .map_err(UpstreamError::Connect)?;
-        let peer = self.peer_for(provider, addr);
+        let mut peer = self.peer_for(provider, addr);
+        peer.options.connection_timeout = Some(t.connect);
+        peer.options.total_connection_timeout = Some(t.connect);
         let header = Self::request_header(provider, req)?;
         let mut attempt = 0;
         loop {
@@ -198,13 +236,14 @@ impl UpstreamClient {
                 .await
                 .map_err(|e| UpstreamError::Connect(e.to_string()))?;
             let sent_at = std::time::Instant::now();
-            match self.exchange(&mut session, &header, &req.body).await {
+            match self.exchange(&mut session, &header, &req.body, &t).await {
                 Ok(()) => {
                     return Ok(UpstreamResponse {
                         session,
                         addr,
                         peer,
-                        idle_timeout: self.cfg.stream_idle_timeout.get(),
+                        idle_timeout: t.stream_idle,
+                        deadline: t.deadline,
                         retries: attempt - 1,
                     })
                 }
@@ -235,6 +274,7 @@ impl UpstreamClient {
         session: &mut HttpSession,
         header: &RequestHeader,
         body: &Bytes,
+        t: &Timeouts,
     ) -> Result<(), (UpstreamError, bool)> {
         let write_err = |e: Box<pingora::Error>| (UpstreamError::Io(e.to_string()), true);
         session
@@ -248,10 +288,14 @@ impl UpstreamClient {
                 .map_err(write_err)?;
         }
         session.finish_request_body().await.map_err(write_err)?;
-        let deadline = tokio::time::Instant::now() + self.cfg.first_byte_timeout.get();
+        let first_byte = tokio::time::Instant::now() + t.first_byte;
+        let (deadline, on_timeout) = match t.deadline {
+            Some(d) if d < first_byte => (d, UpstreamError::Deadline),
+            _ => (first_byte, UpstreamError::FirstByteTimeout),
+        };
         loop {
             match tokio::time::timeout_at(deadline, session.read_response_header()).await {
-                Err(_) => return Err((UpstreamError::FirstByteTimeout, false)),
+                Err(_) => return Err((on_timeout, false)),
                 Ok(Err(e)) => {
                     let stale = matches!(e.etype(), pingora::ErrorType::ConnectionClosed);
                     return Err((UpstreamError::Io(e.to_string()), stale));
@@ -310,8 +354,13 @@ impl UpstreamResponse {
     /// The next body chunk; `None` at the end. Fails if the upstream is silent longer than the
     /// idle timeout.
     pub async fn read_chunk(&mut self) -> Result<Option<Bytes>, UpstreamError> {
-        match tokio::time::timeout(self.idle_timeout, self.session.read_response_body()).await {
-            Err(_) => Err(UpstreamError::IdleTimeout),
+        let idle = tokio::time::Instant::now() + self.idle_timeout;
+        let (until, on_timeout) = match self.deadline {
+            Some(d) if d < idle => (d, UpstreamError::Deadline),
+            _ => (idle, UpstreamError::IdleTimeout),
+        };
+        match tokio::time::timeout_at(until, self.session.read_response_body()).await {
+            Err(_) => Err(on_timeout),
             Ok(Err(e)) => Err(UpstreamError::Io(e.to_string())),
             Ok(Ok(b)) => Ok(b),
         }

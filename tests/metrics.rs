@@ -196,9 +196,18 @@ async fn metrics_after_every_kind_of_request() {
         ),
         1.0
     );
+    // The 429 was retried once (default `retry.attempts = 2`) before it was relayed.
     assert_eq!(
         get(&m, "llm_upstream_attempts_total", &[("provider", "openai")]),
-        5.0
+        6.0
+    );
+    assert_eq!(
+        get(
+            &m,
+            "llm_upstream_retries_total",
+            &[("provider", "openai"), ("reason", "status_429")]
+        ),
+        1.0
     );
     assert_eq!(
         get(

@@ -145,6 +145,9 @@ pub(super) fn apply(cfg: &mut Config, getenv: GetEnv) -> Result<(), ConfigError>
         c.max_response_body_size,
         parse(getenv, "CLIENT_MAX_RESPONSE_BODY_SIZE")?
     );
+    if let Some(t) = duration(getenv, "CLIENT_TOTAL_TIMEOUT")? {
+        c.total_timeout = Some(t);
+    }
     if let Some(p) = get(getenv, "CLIENT_CA_FILE") {
         c.ca_file = Some(PathBuf::from(p));
     }

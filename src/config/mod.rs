@@ -8,6 +8,7 @@ mod duration;
 mod env;
 pub mod mcp;
 pub mod providers;
+pub mod resilience;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -63,6 +64,8 @@ pub struct Config {
     pub log: LogConfig,
     /// MCP servers and the server-side tool loop.
     pub mcp: McpConfig,
+    /// Retries within a provider's pool (providers may override).
+    pub retry: resilience::RetryConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -204,6 +207,9 @@ pub struct ClientConfig {
     /// PEM bundle of CAs trusted for upstream TLS, replacing the system store (for providers
     /// behind an internal CA). Unset: the system store (`SSL_CERT_FILE` honoured).
     pub ca_file: Option<PathBuf>,
+    /// Deadline for a whole request, retries and fallbacks included (`CLIENT_TOTAL_TIMEOUT`);
+    /// unset: none (streams run as long as they produce).
+    pub total_timeout: Option<HumanDuration>,
 }
 
 impl Default for ClientConfig {
@@ -219,6 +225,7 @@ impl Default for ClientConfig {
             dns_refresh_interval: HumanDuration::secs(30),
             max_response_body_size: 64 * 1024 * 1024,
             ca_file: None,
+            total_timeout: None,
         }
     }
 }
@@ -243,6 +250,13 @@ pub struct AliasConfig {
     /// Text put in front of the system prompt (a system message is added if there is none).
     #[serde(default)]
     pub system_prompt_prefix: Option<String>,
+    /// `provider/model`s tried in order when the target's pool fails (before the first byte
+    /// reaches the client).
+    #[serde(default)]
+    pub fallbacks: Vec<String>,
+    /// Timeouts for this alias (over the provider's and `client.*`).
+    #[serde(default)]
+    pub timeouts: resilience::TimeoutsConfig,
 }
 
 /// A configuration error, naming the key or variable at fault.
@@ -269,6 +283,7 @@ impl Default for Config {
             telemetry: TelemetryConfig::default(),
             log: LogConfig::default(),
             mcp: McpConfig::default(),
+            retry: resilience::RetryConfig::default(),
         }
     }
 }
@@ -460,6 +475,7 @@ impl Config {
             p.validate(name)?;
         }
         self.mcp.validate()?;
+        self.retry.validate("retry")?;
         for (alias, a) in &self.aliases {
             let Some((provider, model)) = a.target.split_once('/') else {
                 return Err(ConfigError(format!(
@@ -477,6 +493,17 @@ impl Config {
                 return Err(ConfigError(format!(
                     "aliases.{alias}: an alias may not have a provider's name"
                 )));
+            }
+            resilience::validate_alias_timeouts(alias, &a.timeouts)?;
+            for f in &a.fallbacks {
+                let known = f
+                    .split_once('/')
+                    .is_some_and(|(p, m)| !m.is_empty() && self.providers.contains_key(p));
+                if !known {
+                    return Err(ConfigError(format!(
+                        "aliases.{alias}.fallbacks: {f:?} must be provider/model with a known provider"
+                    )));
+                }
             }
             for k in ["model", "messages", "stream"] {
                 if a.defaults.contains_key(k) {

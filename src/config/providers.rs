@@ -50,6 +50,29 @@ pub struct ProviderConfig {
     pub default_max_tokens: Option<u64>,
     /// `false` removes the provider entirely.
     pub enabled: Option<bool>,
+    /// Several backends serving this provider (see README "Resilience"); `url` stays the
+    /// provider's identity and is used for `/proxy` and model lists.
+    #[serde(default)]
+    pub backends: Vec<super::resilience::BackendConfig>,
+    /// `round_robin` (weighted, default) or `least_outstanding`.
+    #[serde(default)]
+    pub balance: super::resilience::Balance,
+    /// Active health checks (off unless set).
+    pub health_check: Option<super::resilience::HealthCheckConfig>,
+    /// Passive ejection; default on for two or more backends.
+    pub circuit_breaker: Option<super::resilience::BreakerConfig>,
+    /// Overrides of `client.*` timeouts for this provider.
+    #[serde(default)]
+    pub timeouts: super::resilience::TimeoutsConfig,
+    /// Overrides the top-level `[retry]`.
+    pub retry: Option<super::resilience::RetryConfig>,
+    /// Requests in flight to this provider at once (0 or unset = unlimited).
+    #[serde(default)]
+    pub max_concurrent: usize,
+    /// Requests that may wait beyond `max_concurrent` (default 16); more get 503 at once.
+    pub max_queue: Option<usize>,
+    /// Longest wait in that queue before 503 (default 1s).
+    pub queue_timeout: Option<super::HumanDuration>,
     /// Set when the user configured this provider (TOML section or environment variable);
     /// only configured providers are listed by `GET /v1/models`.
     #[serde(skip)]
@@ -80,6 +103,7 @@ impl ProviderConfig {
     }
 
     pub(super) fn validate(&self, name: &str) -> Result<(), ConfigError> {
+        super::resilience::validate_pool(self, name)?;
         let url = self.url();
         if url.is_empty() {
             return Err(ConfigError(format!(
@@ -424,6 +448,10 @@ pub(super) fn merge_builtins(
         p.models_path.get_or_insert_with(|| e.models.to_string());
     }
     for (name, p) in providers.iter_mut() {
+        // A pool without `url`: the first backend names the provider.
+        if p.url.is_none() {
+            p.url = p.backends.first().map(|b| b.url.clone());
+        }
         let d = set_dialect(p, name)?;
         p.dialect = Some(d.name().to_string());
         let chat = match d {

@@ -13,6 +13,7 @@ use http::{HeaderName, HeaderValue, Method};
 use pingora::proxy::Session;
 use serde_json::{Map, Value};
 
+use super::dispatch::{Outcome, Served};
 use crate::errors::ApiError;
 use crate::proxy::{body, respond, Gateway, RequestCtx};
 use crate::routing::Route;
@@ -99,15 +100,16 @@ async fn run(
             }
         }
     }
-    let plan = plan_call(&mut obj, &route, ep)?;
-    drop(obj);
-    let Some(resp) = send(gw, session, ctx, &route, &plan).await? else {
-        return Ok(());
+    let served = match super::dispatch::dispatch(gw, session, ctx, &mut obj, &route, ep).await? {
+        Outcome::Ok(s) => s,
+        Outcome::Error(s) => {
+            let name = s.route.provider.name.clone();
+            return relay_error(gw, session, ctx, &name, s.plan.dialect, s.resp).await;
+        }
+        Outcome::ClientGone => return Ok(()),
     };
-    let status = resp.status();
-    if !(200..300).contains(&status) {
-        return relay_error(gw, session, ctx, &provider.name, plan.dialect, resp).await;
-    }
+    drop(obj);
+    let Served { route, plan, resp } = served;
     if plan.stream && resp.is_event_stream() {
         relay_stream(gw, session, ctx, resp, &route, &plan).await;
         return Ok(());
@@ -143,18 +145,18 @@ pub(super) fn plan_call(
     })
 }
 
-/// Sends the planned call and waits for the response head while watching the client: if it
-/// hangs up, the upstream call is dropped (its connection closed) instead of generating tokens
-/// nobody reads, and `Ok(None)` is returned. Non-2xx responses are returned for the caller to
-/// relay.
-pub(super) async fn send(
+/// Sends the planned call to one backend and waits for the response head while watching the
+/// client: if it hangs up, the upstream call is dropped (its connection closed) instead of
+/// generating tokens nobody reads, and `Ok(None)` is returned. Non-2xx responses are returned
+/// for the caller to judge (retry, fall back, or relay).
+pub(super) async fn send_to(
     gw: &Gateway,
     session: &mut Session,
     ctx: &mut RequestCtx,
-    route: &Route<'_>,
+    backend: &crate::providers::Provider,
     plan: &Plan,
-) -> Result<Option<UpstreamResponse>, ApiError> {
-    let provider = &route.provider;
+    timeouts: &crate::upstream::Timeouts,
+) -> Result<Option<UpstreamResponse>, UpstreamError> {
     let accept = if plan.stream {
         "text/event-stream"
     } else {
@@ -182,11 +184,12 @@ pub(super) async fn send(
         headers: &headers,
         body: plan.body.clone(),
         request_id: &ctx.request_id,
+        timeouts: Some(timeouts),
     };
     ctx.upstream_calls += 1;
     let waited = Instant::now();
     let sent = tokio::select! {
-        r = gw.client.send(provider, &req) => r,
+        r = gw.client.send(backend, &req) => r,
         _ = session.as_downstream_mut().read_body_or_idle(true) => {
             ctx.upstream_wait += waited.elapsed();
             mark_client_gone(session, ctx);
@@ -194,10 +197,7 @@ pub(super) async fn send(
         }
     };
     ctx.upstream_wait += waited.elapsed();
-    let resp = sent.map_err(|e| {
-        ctx.upstream_failure = Some(e.reason());
-        ApiError::new(e.status(), e.message(&provider.name)).code(e.code())
-    })?;
+    let resp = sent.inspect_err(|e| ctx.upstream_failure = Some(e.reason()))?;
     ctx.upstream_addr = Some(resp.addr);
     ctx.upstream_retries += resp.retries;
     let status = resp.status();

@@ -1,5 +1,6 @@
 //! Handlers for the endpoints the gateway answers itself.
 
+pub mod dispatch;
 pub mod llm;
 pub mod models;
 pub mod tool_loop;

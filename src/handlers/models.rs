@@ -88,6 +88,7 @@ async fn fetch(gw: &Gateway, p: &Provider, request_id: &str) -> Result<Vec<Model
         headers: &headers,
         body: Bytes::new(),
         request_id,
+        timeouts: None,
     };
     let limit = gw.cfg.client.models_timeout.get();
     let work = async {

@@ -20,6 +20,7 @@ use filters::usage::Usage;
 use pingora::proxy::Session;
 use serde_json::Value;
 
+use super::dispatch::{self, Outcome, Served};
 use super::llm::{self, Endpoint, Plan};
 use crate::errors::ApiError;
 use crate::mcp::{Catalog, McpHub, ToolOutcome};
@@ -168,21 +169,31 @@ pub async fn run(
             }
             st.rounds += 1;
             ctx.mcp_rounds = st.rounds;
-            let plan = llm::plan_call(&mut obj, route, Endpoint::Chat)?;
-            let Some(resp) = llm::send(gw, session, ctx, route, &plan).await? else {
-                st.add_estimate(plan.body.len(), 0);
-                return Ok(Flow::Stop);
-            };
-            if !(200..300).contains(&resp.status()) {
-                if out.headers_sent {
-                    out.upstream_error(gw, session, ctx, route, &plan, resp)
-                        .await;
+            let served = match dispatch::dispatch(gw, session, ctx, &mut obj, route, Endpoint::Chat)
+                .await?
+            {
+                Outcome::Ok(s) => s,
+                Outcome::Error(s) => {
+                    if out.headers_sent {
+                        out.upstream_error(gw, session, ctx, &s.route, &s.plan, s.resp)
+                            .await;
+                        return Ok(Flow::Stop);
+                    }
+                    let name = s.route.provider.name.clone();
+                    llm::relay_error(gw, session, ctx, &name, s.plan.dialect, s.resp).await?;
                     return Ok(Flow::Stop);
                 }
-                let name = route.provider.name.as_str();
-                llm::relay_error(gw, session, ctx, name, plan.dialect, resp).await?;
-                return Ok(Flow::Stop);
-            }
+                Outcome::ClientGone => {
+                    st.add_estimate(ctx.bytes_in, 0);
+                    return Ok(Flow::Stop);
+                }
+            };
+            let Served {
+                route: served_route,
+                plan,
+                resp,
+            } = served;
+            let route = &served_route;
             let step = if stream {
                 if !out.headers_sent && !out.send_headers(session, ctx, route, &plan).await {
                     return Ok(Flow::Stop);

@@ -37,6 +37,8 @@ pub struct Gateway {
     pub providers: Arc<Providers>,
     pub router: Router,
     pub client: UpstreamClient,
+    /// Every provider's backend pool.
+    pub pools: Arc<crate::pool::Pools>,
     /// Present when telemetry is enabled.
     pub metrics: Option<Arc<Metrics>>,
     /// Present when MCP servers are configured.
@@ -50,9 +52,11 @@ impl Gateway {
         providers: Arc<Providers>,
         metrics: Option<Arc<Metrics>>,
         mcp: Option<Arc<crate::mcp::McpHub>>,
+        pools: Arc<crate::pool::Pools>,
     ) -> Self {
         Gateway {
             mcp,
+            pools,
             router: Router::new(&cfg, providers.clone()),
             client: UpstreamClient::new(&cfg.client),
             providers,
@@ -93,6 +97,14 @@ pub struct RequestCtx {
     pub tool_wait: std::time::Duration,
     /// Model calls made by the MCP tool loop (0: the loop did not run).
     pub mcp_rounds: u32,
+    /// End of the request's total time (`timeouts.total`), once routed.
+    pub deadline: Option<tokio::time::Instant>,
+    /// The serving backend's load-shedding permit and in-flight count, held until the request
+    /// ends (a stream counts for as long as it runs).
+    pub upstream_hold: Option<(
+        Option<tokio::sync::OwnedSemaphorePermit>,
+        crate::pool::InFlight,
+    )>,
     /// Calls sent to the provider (the MCP loop makes one per round).
     pub upstream_calls: u32,
     /// Why the provider request failed, if it did (`connect`, `timeout`, `status_5xx`, ...).
@@ -158,6 +170,8 @@ impl ProxyHttp for Gateway {
             upstream_wait: std::time::Duration::ZERO,
             tool_wait: std::time::Duration::ZERO,
             mcp_rounds: 0,
+            deadline: None,
+            upstream_hold: None,
             upstream_calls: 0,
             upstream_failure: None,
             upstream_retries: 0,
@@ -211,7 +225,28 @@ impl ProxyHttp for Gateway {
                 } else {
                     (200, br#"{"status":"ok"}"#)
                 };
-                let _ = respond::json(session, ctx, status, Bytes::from_static(body)).await;
+                let verbose = session.req_header().uri.query().is_some_and(|q| {
+                    q.split('&')
+                        .any(|kv| kv == "verbose" || kv.starts_with("verbose="))
+                });
+                let body = if verbose {
+                    // Pools of every provider with their backends' state (never a key).
+                    let providers: serde_json::Map<String, serde_json::Value> = self
+                        .pools
+                        .iter()
+                        .map(|p| (p.name.clone(), p.describe()))
+                        .collect();
+                    let status = if status == 200 { "ok" } else { "draining" };
+                    Bytes::from(
+                        serde_json::to_vec(
+                            &serde_json::json!({"status": status, "providers": providers}),
+                        )
+                        .unwrap_or_default(),
+                    )
+                } else {
+                    Bytes::from_static(body)
+                };
+                let _ = respond::json(session, ctx, status, body).await;
                 true
             }
             (Method::POST, "/v1/chat/completions") => {

@@ -46,7 +46,12 @@ pub async fn error(session: &mut Session, ctx: &mut RequestCtx, err: &ApiError) 
         // The unread rest of the request body would be parsed as the next request.
         session.set_keepalive(None);
     }
-    if let Err(e) = json(session, ctx, err.status, err.body()).await {
+    let mut h = header(err.status, "application/json", ctx);
+    if let Some(d) = err.retry_after {
+        let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);
+        let _ = h.insert_header(http::header::RETRY_AFTER, secs.max(1));
+    }
+    if let Err(e) = full(session, ctx, h, err.body()).await {
         log::debug!("client gone while sending error: {e}");
     }
 }

@@ -1,0 +1,382 @@
+//! Who serves a request: retries within the routed provider's pool, then the alias's fallback
+//! chain. Every decision here happens before the first byte reaches the client; once a response
+//! is relayed, a failure ends it (error event and `[DONE]` for streams) and is never retried.
+//!
+//! What is retried (README "Resilience" has the table): connect errors, a connection closed or
+//! reset before the response head, first-byte timeouts, 408, 429 and 5xx. Everything else
+//! (400, 401, 403, 404, 413, 422, ...) is the answer.
+
+use std::time::Duration;
+
+use filters::json_object::RawObject;
+use pingora::proxy::Session;
+
+use super::llm::{self, Endpoint, Plan};
+use crate::errors::ApiError;
+use crate::pool::Pool;
+use crate::proxy::{Gateway, RequestCtx};
+use crate::routing::Route;
+use crate::upstream::{Timeouts, UpstreamError, UpstreamResponse};
+
+/// A response from the backend that served the request.
+pub(super) struct Served<'r> {
+    pub(super) route: Route<'r>,
+    pub(super) plan: Plan,
+    pub(super) resp: UpstreamResponse,
+}
+
+pub(super) enum Outcome<'r> {
+    /// A 2xx response, ready to relay.
+    Ok(Served<'r>),
+    /// The final answer is an upstream error response (relay its status and body).
+    Error(Served<'r>),
+    /// The client hung up while waiting.
+    ClientGone,
+}
+
+/// What one attempt came to. (`Done` is large, but it is moved once per attempt; boxing it
+/// would cost an allocation on every request.)
+#[allow(clippy::large_enum_variant)]
+enum Attempt<'r> {
+    Done(Outcome<'r>),
+    /// Worth another try; `Retry-After` if the upstream gave one.
+    Retry {
+        reason: &'static str,
+        retry_after: Option<Duration>,
+        error: Failure<'r>,
+    },
+    /// This provider cannot serve now (shed, no healthy backend): next fallback.
+    Skip(ApiError),
+}
+
+/// The last failure, kept to answer with if nothing succeeds.
+enum Failure<'r> {
+    Response(Box<Served<'r>>),
+    Error(ApiError),
+}
+
+pub(super) async fn dispatch<'r>(
+    gw: &'r Gateway,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    obj: &mut RawObject<'_>,
+    route: &Route<'r>,
+    ep: Endpoint,
+) -> Result<Outcome<'r>, ApiError> {
+    let fallbacks: &[String] = route.alias.map_or(&[], |a| &a.fallbacks);
+    // The request as the client sent it, for re-planning against each fallback.
+    let original = (!fallbacks.is_empty()).then(|| obj.clone());
+    let mut last: Option<Failure<'r>> = None;
+    for i in 0..=fallbacks.len() {
+        let candidate = if i == 0 {
+            route.clone()
+        } else {
+            match gw.router.route(&fallbacks[i - 1], None) {
+                Ok(mut r) => {
+                    // The alias's defaults and system prompt apply to its fallbacks too.
+                    r.alias = route.alias;
+                    r
+                }
+                Err(e) => {
+                    last = Some(Failure::Error(e));
+                    continue;
+                }
+            }
+        };
+        if candidate.provider.missing_key() {
+            last = Some(Failure::Error(
+                ApiError::bad_request(format!(
+                    "Provider {} has no API key configured",
+                    candidate.provider.name
+                ))
+                .code("provider_not_configured"),
+            ));
+            continue;
+        }
+        let mut body = match (&original, i) {
+            (Some(o), n) if n > 0 => o.clone(),
+            _ => std::mem::take(obj),
+        };
+        let plan = llm::plan_call(&mut body, &candidate, ep);
+        if i == 0 && original.is_none() {
+            *obj = body;
+        }
+        let plan = match plan {
+            Ok(p) => p,
+            // The client's request is bad for the primary: that is the answer. A fallback that
+            // cannot express it is skipped.
+            Err(e) if i == 0 => return Err(e),
+            Err(e) => {
+                last = Some(Failure::Error(e));
+                continue;
+            }
+        };
+        if i > 0 {
+            log::info!(
+                "request {}: falling back to {}/{}",
+                ctx.request_id,
+                candidate.provider.name,
+                candidate.upstream_model
+            );
+            if let Some(m) = &gw.metrics {
+                m.fallbacks
+                    .with_label_values(&[&route.provider.name, &candidate.provider.name])
+                    .inc();
+            }
+        }
+        ctx.provider = Some(candidate.provider.name.clone());
+        ctx.upstream_model = Some(candidate.upstream_model.clone());
+        match try_pool(gw, session, ctx, candidate, plan).await {
+            Ok(outcome) => return Ok(outcome),
+            Err(f) => last = Some(f),
+        }
+    }
+    match last {
+        Some(Failure::Response(s)) => Ok(Outcome::Error(*s)),
+        Some(Failure::Error(e)) => Err(e),
+        None => {
+            Err(ApiError::new(502, "no provider could serve the request").code("upstream_error"))
+        }
+    }
+}
+
+/// Tries one provider's pool up to its retry budget.
+async fn try_pool<'r>(
+    gw: &Gateway,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    route: Route<'r>,
+    plan: Plan,
+) -> Result<Outcome<'r>, Failure<'r>> {
+    let Some(pool) = gw.pools.get(&route.provider.name).cloned() else {
+        return Err(Failure::Error(
+            ApiError::new(
+                502,
+                format!("provider {} has no backends", route.provider.name),
+            )
+            .code("upstream_error"),
+        ));
+    };
+    if ctx.deadline.is_none() {
+        let total = route
+            .alias
+            .and_then(|a| a.timeouts.total)
+            .or(pool.timeouts.total)
+            .or(gw.cfg.client.total_timeout);
+        ctx.deadline = total.map(|d| tokio::time::Instant::from_std(ctx.start) + d.get());
+    }
+    let timeouts = timeouts_for(gw, ctx, &route, &pool);
+    let mut tried: Vec<usize> = Vec::with_capacity(2);
+    let mut last: Option<Failure<'r>> = None;
+    let attempts = pool.retry.attempts.max(1);
+    for attempt in 0..attempts {
+        let (reason, retry_after, error) = match attempt_once(
+            gw, session, ctx, &pool, &mut tried, &route, &plan, &timeouts,
+        )
+        .await
+        {
+            Attempt::Done(o) => return Ok(o),
+            // Nothing left to try here: the last real failure says more than "no backend".
+            Attempt::Skip(e) => return Err(last.unwrap_or(Failure::Error(e))),
+            Attempt::Retry {
+                reason,
+                retry_after,
+                error,
+            } => (reason, retry_after, error),
+        };
+        last = Some(error);
+        if attempt + 1 == attempts {
+            break;
+        }
+        let mut wait = backoff(&pool.retry, attempt);
+        if let Some(ra) = retry_after {
+            // Another backend may answer at once; the same one only after Retry-After, and
+            // only if that is worth waiting for (else the next fallback, if any).
+            if !pool.has_untried(&tried) {
+                if ra > pool.retry.max_retry_after.get() {
+                    break;
+                }
+                wait = wait.max(ra);
+            }
+        }
+        if let Some(d) = ctx.deadline {
+            if tokio::time::Instant::now() + wait >= d {
+                break;
+            }
+        }
+        ctx.upstream_retries += 1;
+        if let Some(m) = &gw.metrics {
+            m.upstream_retries
+                .with_label_values(&[&pool.name, reason])
+                .inc();
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = session.as_downstream_mut().read_body_or_idle(true) => {
+                llm::mark_client_gone(session, ctx);
+                return Ok(Outcome::ClientGone);
+            }
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        Failure::Error(ApiError::new(502, "no attempt was made").code("upstream_error"))
+    }))
+}
+
+/// One call to one backend of `pool`.
+#[allow(clippy::too_many_arguments)]
+async fn attempt_once<'r>(
+    gw: &Gateway,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    pool: &std::sync::Arc<Pool>,
+    tried: &mut Vec<usize>,
+    route: &Route<'r>,
+    plan: &Plan,
+    timeouts: &Timeouts,
+) -> Attempt<'r> {
+    let Some((i, in_flight)) = pool.select(tried) else {
+        let mut e = ApiError::new(
+            503,
+            format!("provider {}: every backend is unavailable", pool.name),
+        )
+        .code("no_healthy_backend");
+        e.retry_after = Some(pool.retry_in().unwrap_or(Duration::from_secs(1)));
+        return Attempt::Skip(e);
+    };
+    tried.push(i);
+    let slot = &pool.slots[i];
+    let permit = match &pool.shed {
+        None => None,
+        Some(shed) => match shed.acquire().await {
+            Ok(p) => Some(p),
+            Err(_) => {
+                slot.release();
+                if let Some(m) = &gw.metrics {
+                    m.shed.with_label_values(&[&pool.name]).inc();
+                }
+                let mut e = ApiError::new(
+                    503,
+                    format!(
+                        "provider {} is at its concurrency limit; retry shortly",
+                        pool.name
+                    ),
+                )
+                .code("overloaded");
+                e.retry_after = Some(shed.retry_after());
+                return Attempt::Skip(e);
+            }
+        },
+    };
+    match llm::send_to(gw, session, ctx, &slot.provider, plan, timeouts).await {
+        Ok(None) => {
+            slot.release();
+            Attempt::Done(Outcome::ClientGone)
+        }
+        Err(e) => {
+            let err = ApiError::new(e.status(), e.message(&pool.name)).code(e.code());
+            let reason = match e {
+                UpstreamError::Connect(_) => "connect",
+                UpstreamError::FirstByteTimeout => "timeout",
+                // Closed or reset before the response head.
+                UpstreamError::Io(_) => "io",
+                _ => {
+                    slot.release();
+                    return Attempt::Skip(err);
+                }
+            };
+            slot.failure();
+            Attempt::Retry {
+                reason,
+                retry_after: None,
+                error: Failure::Error(err),
+            }
+        }
+        Ok(Some(resp)) => {
+            let status = resp.status();
+            let retry_after = retry_after(&resp);
+            let served = Served {
+                route: route.clone(),
+                plan: plan.clone(),
+                resp,
+            };
+            match status {
+                429 => {
+                    // Alive, just busy: not a failure of the backend.
+                    slot.success();
+                    Attempt::Retry {
+                        reason: "status_429",
+                        retry_after,
+                        error: Failure::Response(Box::new(served)),
+                    }
+                }
+                408 | 500..=599 => {
+                    slot.failure();
+                    Attempt::Retry {
+                        reason: "status_5xx",
+                        retry_after,
+                        error: Failure::Response(Box::new(served)),
+                    }
+                }
+                s => {
+                    slot.success();
+                    ctx.upstream_hold = Some((permit, in_flight));
+                    if (200..300).contains(&s) {
+                        Attempt::Done(Outcome::Ok(served))
+                    } else {
+                        Attempt::Done(Outcome::Error(served))
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Timeouts of a call: alias over provider over `client.*`, and the request's deadline.
+fn timeouts_for(gw: &Gateway, ctx: &RequestCtx, route: &Route<'_>, pool: &Pool) -> Timeouts {
+    let t = route
+        .alias
+        .map(|a| a.timeouts)
+        .unwrap_or_default()
+        .over(pool.timeouts);
+    let c = &gw.cfg.client;
+    Timeouts {
+        connect: t.connect.map_or(c.connect_timeout.get(), |d| d.get()),
+        first_byte: t.first_byte.map_or(c.first_byte_timeout.get(), |d| d.get()),
+        stream_idle: t
+            .stream_idle
+            .map_or(c.stream_idle_timeout.get(), |d| d.get()),
+        deadline: ctx.deadline,
+    }
+}
+
+/// `Retry-After` in seconds (the HTTP-date form is treated as absent).
+fn retry_after(resp: &UpstreamResponse) -> Option<Duration> {
+    resp.header_str("retry-after")?
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .map(Duration::from_secs)
+}
+
+/// Full jitter: a random wait up to `backoff * 2^attempt` (capped at `max_backoff`).
+fn backoff(cfg: &crate::config::resilience::RetryConfig, attempt: u32) -> Duration {
+    use std::hash::{BuildHasher, Hasher};
+    let cap = cfg
+        .backoff
+        .get()
+        .saturating_mul(1 << attempt.min(16))
+        .min(cfg.max_backoff.get());
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    let r = h.finish();
+    let nanos = cap.as_nanos() as u64;
+    if nanos == 0 {
+        return Duration::ZERO;
+    }
+    Duration::from_nanos(r % nanos)
+}

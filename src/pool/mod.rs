@@ -1,0 +1,415 @@
+//! Backend pools: every provider is served by a pool of one or more backends (each a full
+//! [`Provider`] with its own URL, key, address cache and health), chosen per request.
+//!
+//! - Selection: weighted round robin with pingora-load-balancing's `Weighted<RoundRobin>`, or
+//!   least outstanding requests; backends that are ejected (circuit open) or failed their active
+//!   health check are skipped.
+//! - Health: [`breaker`] (passive: consecutive failures eject for a doubling cool-down, then one
+//!   half-open probe) and [`health`] (active: periodic `GET` of a path).
+//! - Load shedding: [`Shed`] bounds the requests in flight per provider, with a short queue.
+
+pub mod breaker;
+pub mod health;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use pingora::lb::selection::algorithms::RoundRobin;
+use pingora::lb::selection::weighted::Weighted;
+use pingora::lb::selection::{BackendIter, BackendSelection};
+use pingora::lb::Backend;
+use serde_json::{json, Value};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::config::resilience::{Balance, RetryConfig, TimeoutsConfig};
+use crate::config::{Config, ConfigError, ProviderConfig};
+use crate::providers::{Provider, Providers};
+
+use breaker::Breaker;
+
+/// One backend of a pool.
+pub struct Slot {
+    /// The backend as a provider: URL, key, headers, dialect, address cache.
+    pub provider: Arc<Provider>,
+    /// `scheme://host:port` (a label for metrics and `/health?verbose`; never a key).
+    pub label: String,
+    pub weight: u32,
+    breaker: Mutex<Breaker>,
+    /// Result of the active health check (true until a check says otherwise).
+    pub(crate) active_healthy: AtomicBool,
+    outstanding: AtomicUsize,
+}
+
+impl Slot {
+    pub fn outstanding(&self) -> usize {
+        self.outstanding.load(Ordering::Relaxed)
+    }
+
+    fn usable(&self, now: Instant) -> bool {
+        self.active_healthy.load(Ordering::Relaxed)
+            && self.breaker.lock().expect("breaker lock").available(now)
+    }
+
+    /// The request to this backend succeeded (a response other than 5xx/408).
+    pub fn success(&self) {
+        self.breaker.lock().expect("breaker lock").success();
+    }
+
+    /// Connect error, timeout or 5xx.
+    pub fn failure(&self) {
+        self.breaker
+            .lock()
+            .expect("breaker lock")
+            .failure(Instant::now());
+    }
+
+    /// A claimed half-open probe that was never answered either way (request cancelled).
+    pub fn release(&self) {
+        self.breaker.lock().expect("breaker lock").release_probe();
+    }
+
+    /// `healthy`, `ejected` (circuit open or probing) or `unhealthy` (active check).
+    pub fn status(&self) -> &'static str {
+        if !self.active_healthy.load(Ordering::Relaxed) {
+            return "unhealthy";
+        }
+        match self.breaker.lock().expect("breaker lock").state() {
+            breaker::State::Closed { .. } => "healthy",
+            breaker::State::Open { .. } => "ejected",
+            breaker::State::HalfOpen { .. } => "half_open",
+        }
+    }
+}
+
+/// Counts a request in flight on a slot (least-outstanding selection) until dropped.
+pub struct InFlight(Arc<Pool>, usize);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.slots[self.1]
+            .outstanding
+            .fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Bounds concurrent upstream requests of a provider; a few may wait briefly.
+pub struct Shed {
+    permits: Arc<Semaphore>,
+    waiting: AtomicUsize,
+    max_queue: usize,
+    queue_timeout: Duration,
+}
+
+/// Why a request was shed.
+#[derive(Debug)]
+pub struct Overloaded;
+
+impl Shed {
+    /// A permit for one upstream request, held until the response is finished.
+    pub async fn acquire(&self) -> Result<OwnedSemaphorePermit, Overloaded> {
+        if let Ok(p) = self.permits.clone().try_acquire_owned() {
+            return Ok(p);
+        }
+        if self.waiting.fetch_add(1, Ordering::AcqRel) >= self.max_queue {
+            self.waiting.fetch_sub(1, Ordering::AcqRel);
+            return Err(Overloaded);
+        }
+        let got =
+            tokio::time::timeout(self.queue_timeout, self.permits.clone().acquire_owned()).await;
+        self.waiting.fetch_sub(1, Ordering::AcqRel);
+        match got {
+            Ok(Ok(p)) => Ok(p),
+            _ => Err(Overloaded),
+        }
+    }
+
+    /// Suggested `Retry-After` for shed requests.
+    pub fn retry_after(&self) -> Duration {
+        self.queue_timeout.max(Duration::from_secs(1))
+    }
+}
+
+pub struct Pool {
+    pub name: String,
+    pub slots: Vec<Slot>,
+    balance: Balance,
+    selector: Arc<Weighted<RoundRobin>>,
+    pub shed: Option<Shed>,
+    pub retry: RetryConfig,
+    /// Provider-level timeout overrides.
+    pub timeouts: TimeoutsConfig,
+    pub health_check: Option<crate::config::resilience::HealthCheckConfig>,
+}
+
+impl Pool {
+    fn from_config(
+        name: &str,
+        p: &ProviderConfig,
+        provider: &Arc<Provider>,
+        global_retry: &RetryConfig,
+    ) -> Result<Pool, ConfigError> {
+        let mut slots = Vec::new();
+        let breaker_cfg = match (&p.circuit_breaker, p.backends.len()) {
+            (Some(c), _) => Some(c.clone()),
+            (None, n) if n >= 2 => Some(Default::default()),
+            _ => None,
+        };
+        if p.backends.is_empty() {
+            slots.push(Slot::new(provider.clone(), 1, breaker_cfg.as_ref()));
+        } else {
+            for b in &p.backends {
+                let mut one = p.clone();
+                one.url = Some(b.url.trim_end_matches('/').to_string());
+                if let Some(k) = &b.api_key {
+                    one.api_key = Some(k.clone());
+                }
+                one.backends.clear();
+                let backend = Arc::new(Provider::from_config(name, &one)?);
+                slots.push(Slot::new(backend, b.weight, breaker_cfg.as_ref()));
+            }
+        }
+        // Backends are identified to the selector by their position (an address would not do:
+        // several backends may share one, and DNS changes it).
+        let set: BTreeSet<Backend> = slots
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let mut b = Backend::new(&format!("0.0.0.0:{}", i + 1)).expect("valid address");
+                b.weight = s.weight as usize;
+                b
+            })
+            .collect();
+        let shed = (p.max_concurrent > 0).then(|| Shed {
+            permits: Arc::new(Semaphore::new(p.max_concurrent)),
+            waiting: AtomicUsize::new(0),
+            max_queue: p.max_queue.unwrap_or(16),
+            queue_timeout: p.queue_timeout.map_or(Duration::from_secs(1), |d| d.get()),
+        });
+        Ok(Pool {
+            name: name.to_string(),
+            slots,
+            balance: p.balance,
+            selector: Arc::new(Weighted::<RoundRobin>::build(&set)),
+            shed,
+            retry: p.retry.clone().unwrap_or_else(|| global_retry.clone()),
+            timeouts: p.timeouts,
+            health_check: p.health_check.clone(),
+        })
+    }
+
+    /// Picks a usable backend, preferring ones not in `tried`; claims a half-open probe if it
+    /// picks an ejected backend whose cool-down is over. `None`: every backend is out.
+    pub fn select(self: &Arc<Self>, tried: &[usize]) -> Option<(usize, InFlight)> {
+        let now = Instant::now();
+        let pick = match self.balance {
+            Balance::RoundRobin => self.pick_round_robin(tried, now),
+            Balance::LeastOutstanding => self.pick_least_outstanding(tried, now),
+        }?;
+        if !self.slots[pick]
+            .breaker
+            .lock()
+            .expect("breaker lock")
+            .try_acquire(now)
+        {
+            // Lost a race for the half-open probe: try once more without it.
+            let mut more = tried.to_vec();
+            more.push(pick);
+            return (more.len() < self.slots.len() * 2)
+                .then(|| self.select(&more))
+                .flatten();
+        }
+        self.slots[pick].outstanding.fetch_add(1, Ordering::Relaxed);
+        Some((pick, InFlight(self.clone(), pick)))
+    }
+
+    fn pick_round_robin(&self, tried: &[usize], now: Instant) -> Option<usize> {
+        let n = self.slots.len();
+        let mut iter = self.selector.iter(b"");
+        let mut fallback = None;
+        // The first pick is weighted; the rest walk the backends once around.
+        for _ in 0..=n {
+            let Some(b) = iter.next() else { break };
+            let i = b.addr.as_inet().map_or(0, |a| a.port() as usize - 1);
+            if !self.slots[i].usable(now) {
+                continue;
+            }
+            if !tried.contains(&i) {
+                return Some(i);
+            }
+            fallback.get_or_insert(i);
+        }
+        // Every usable backend was tried already: retry one (a pool of one retries itself).
+        fallback.or_else(|| (0..n).find(|&i| self.slots[i].usable(now)))
+    }
+
+    fn pick_least_outstanding(&self, tried: &[usize], now: Instant) -> Option<usize> {
+        let usable = (0..self.slots.len()).filter(|&i| self.slots[i].usable(now));
+        let fresh = usable
+            .clone()
+            .filter(|i| !tried.contains(i))
+            .min_by_key(|&i| self.slots[i].outstanding());
+        fresh.or_else(|| usable.min_by_key(|&i| self.slots[i].outstanding()))
+    }
+
+    /// Whether a usable backend remains that is not in `tried`.
+    pub fn has_untried(&self, tried: &[usize]) -> bool {
+        let now = Instant::now();
+        (0..self.slots.len()).any(|i| !tried.contains(&i) && self.slots[i].usable(now))
+    }
+
+    /// Time until the first ejected backend may be probed (for `Retry-After`).
+    pub fn retry_in(&self) -> Option<Duration> {
+        let now = Instant::now();
+        self.slots
+            .iter()
+            .filter_map(|s| s.breaker.lock().expect("breaker lock").retry_in(now))
+            .min()
+    }
+
+    /// `GET /health?verbose` entry.
+    pub fn describe(&self) -> Value {
+        let backends: Vec<Value> = self
+            .slots
+            .iter()
+            .map(|s| {
+                json!({
+                    "backend": s.label,
+                    "weight": s.weight,
+                    "status": s.status(),
+                    "outstanding": s.outstanding(),
+                    "ejections": s.breaker.lock().expect("breaker lock").ejections,
+                })
+            })
+            .collect();
+        json!({
+            "balance": match self.balance { Balance::RoundRobin => "round_robin", Balance::LeastOutstanding => "least_outstanding" },
+            "backends": backends,
+        })
+    }
+}
+
+impl Slot {
+    fn new(
+        provider: Arc<Provider>,
+        weight: u32,
+        breaker: Option<&crate::config::resilience::BreakerConfig>,
+    ) -> Slot {
+        let scheme = if provider.tls { "https" } else { "http" };
+        Slot {
+            label: format!("{scheme}://{}", provider.authority),
+            provider,
+            weight,
+            breaker: Mutex::new(Breaker::new(breaker)),
+            active_healthy: AtomicBool::new(true),
+            outstanding: AtomicUsize::new(0),
+        }
+    }
+}
+
+/// The pools of every provider, by provider name.
+pub struct Pools {
+    by_name: BTreeMap<String, Arc<Pool>>,
+}
+
+impl Pools {
+    pub fn from_config(cfg: &Config, providers: &Providers) -> Result<Pools, ConfigError> {
+        let mut by_name = BTreeMap::new();
+        for (name, p) in &cfg.providers {
+            let Some(provider) = providers.get(name) else {
+                continue;
+            };
+            by_name.insert(
+                name.clone(),
+                Arc::new(Pool::from_config(name, p, provider, &cfg.retry)?),
+            );
+        }
+        Ok(Pools { by_name })
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Arc<Pool>> {
+        self.by_name.get(name)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Pool>> {
+        self.by_name.values()
+    }
+
+    /// Every backend provider that is not the provider itself (for DNS refresh).
+    pub fn backend_providers(&self) -> impl Iterator<Item = &Arc<Provider>> {
+        self.by_name
+            .values()
+            .filter(|p| p.slots.len() > 1 || p.health_check.is_some())
+            .flat_map(|p| p.slots.iter().map(|s| &s.provider))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pool(toml: &str) -> Arc<Pool> {
+        let mut cfg = Config::from_toml(toml).unwrap();
+        crate::config::providers_for_tests(&mut cfg);
+        let providers = Providers::from_config(&cfg).unwrap();
+        let pools = Pools::from_config(&cfg, &providers).unwrap();
+        pools.get("p").unwrap().clone()
+    }
+
+    const TWO: &str = r#"
+[providers.p]
+backends = [{ url = "http://10.0.0.1:8000/v1", weight = 3 }, { url = "http://10.0.0.2:8000/v1" }]
+[providers.p.circuit_breaker]
+failures = 1
+cooldown = "1h"
+"#;
+
+    #[test]
+    fn weighted_round_robin_follows_weights_and_skips_ejected() {
+        let p = pool(TWO);
+        let mut counts = [0usize; 2];
+        for _ in 0..400 {
+            let (i, _g) = p.select(&[]).unwrap();
+            counts[i] += 1;
+        }
+        assert_eq!(counts, [300, 100]);
+        p.slots[0].failure();
+        for _ in 0..10 {
+            assert_eq!(p.select(&[]).unwrap().0, 1);
+        }
+        assert_eq!(p.slots[0].status(), "ejected");
+        p.slots[1].failure();
+        assert!(p.select(&[]).is_none());
+        assert!(p.retry_in().unwrap() > Duration::from_secs(3500));
+    }
+
+    #[test]
+    fn retries_prefer_untried_backends_and_least_outstanding_balances() {
+        let p = pool(TWO);
+        let (first, _a) = p.select(&[]).unwrap();
+        let (second, _b) = p.select(&[first]).unwrap();
+        assert_ne!(first, second);
+        // Both tried: one of them again rather than nothing.
+        assert!(p.select(&[0, 1]).is_some());
+        let p = pool(&TWO.replace(
+            "[providers.p]",
+            "[providers.p]\nbalance = \"least_outstanding\"",
+        ));
+        let (a, ga) = p.select(&[]).unwrap();
+        let (b, _gb) = p.select(&[]).unwrap();
+        assert_ne!(a, b, "the busy one is avoided");
+        drop(ga);
+        assert_eq!(p.select(&[]).unwrap().0, a);
+    }
+
+    #[test]
+    fn single_backend_pool_never_ejects_by_default() {
+        let p = pool("[providers.p]\nurl = \"http://10.0.0.1/v1\"\n");
+        for _ in 0..20 {
+            p.slots[0].failure();
+        }
+        assert!(p.select(&[]).is_some());
+        assert_eq!(p.slots[0].label, "http://10.0.0.1");
+    }
+}
