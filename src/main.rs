@@ -173,7 +173,7 @@ fn run(cli: Cli, cfg: Config, providers: Arc<Providers>, pools: Arc<pool::Pools>
         "backend-health",
         pool::health::HealthService {
             pools: pools.clone(),
-            client: upstream::UpstreamClient::new(&cfg.client),
+            client: Arc::new(upstream::UpstreamClient::new(&cfg.client)),
             metrics: metrics.clone(),
         },
     ));

@@ -216,13 +216,25 @@ impl UpstreamClient {
         provider: &Provider,
         req: &UpstreamRequest<'_>,
     ) -> Result<UpstreamResponse, UpstreamError> {
-        let t = req
+        let mut t = req
             .timeouts
             .copied()
             .unwrap_or_else(|| self.default_timeouts());
-        let addr = resolver::resolve(provider, t.connect)
-            .await
-            .map_err(UpstreamError::Connect)?;
+        if let Some(d) = t.deadline {
+            // DNS and connect get what is left of the request's total time, no more.
+            let left = d.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                return Err(UpstreamError::Deadline);
+            }
+            t.connect = t.connect.min(left);
+        }
+        let past_deadline =
+            |t: &Timeouts| t.deadline.is_some_and(|d| tokio::time::Instant::now() >= d);
+        let addr = match resolver::resolve(provider, t.connect).await {
+            Ok(a) => a,
+            Err(_) if past_deadline(&t) => return Err(UpstreamError::Deadline),
+            Err(e) => return Err(UpstreamError::Connect(e)),
+        };
         let mut peer = self.peer_for(provider, addr);
         peer.options.connection_timeout = Some(t.connect);
         peer.options.total_connection_timeout = Some(t.connect);
@@ -230,11 +242,11 @@ impl UpstreamClient {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let (mut session, reused) = self
-                .connector
-                .get_http_session(&peer)
-                .await
-                .map_err(|e| UpstreamError::Connect(e.to_string()))?;
+            let (mut session, reused) = match self.connector.get_http_session(&peer).await {
+                Ok(s) => s,
+                Err(_) if past_deadline(&t) => return Err(UpstreamError::Deadline),
+                Err(e) => return Err(UpstreamError::Connect(e.to_string())),
+            };
             let sent_at = std::time::Instant::now();
             match self.exchange(&mut session, &header, &req.body, &t).await {
                 Ok(()) => {

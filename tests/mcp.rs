@@ -767,3 +767,41 @@ async fn metrics_count_rounds_tool_calls_and_servers() {
         assert!(text.lines().any(|l| l == line), "missing {line}\n{text}");
     }
 }
+
+#[tokio::test]
+async fn loop_rounds_keep_the_request_with_fallbacks_and_a_concurrency_limit() {
+    // An alias with a fallback plans every round from a copy of the request; a provider with
+    // max_concurrent = 1 must not block the loop on its own previous round.
+    let mcp = HttpMcpServer::start(0).await;
+    let model = MockUpstream::start(openai_model).await;
+    let mut env = provider_env(&[("openai", model.url("/v1"))]);
+    env.push(("MCP_ENABLE", "true".into()));
+    env.push(("MCP_EXPOSE", "true".into()));
+    env.push(("MCP_SERVERS", mcp.url.clone()));
+    let toml = "[providers.openai]\nmax_concurrent = 1\nmax_queue = 0\nqueue_timeout = \"100ms\"\n\
+                [aliases.smart]\ntarget = \"openai/gpt-4o\"\nfallbacks = [\"openai/gpt-4o-mini\"]\n";
+    let gw = GatewayProcess::start(&env, Some(toml));
+    wait_for_tools(&gw, 1).await;
+    for stream in [false, true] {
+        let req = json!({"model": "smart", "stream": stream, "temperature": 0.5,
+            "messages": [{"role": "user", "content": "add"}]});
+        let before = model.count();
+        let r = post_chat(gw.addr(), req.to_string().as_bytes()).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(model.count(), before + 2);
+        let second = model.last().json();
+        assert_eq!(second["model"], "gpt-4o");
+        assert_eq!(second["temperature"], 0.5);
+        assert_eq!(second["stream"], stream);
+        assert!(
+            tool_names(&model.last()).contains(&"mcp_add".to_string()),
+            "{second}"
+        );
+        assert_eq!(second["messages"].as_array().unwrap().len(), 3);
+        if stream {
+            assert_eq!(accumulate(&r.text()).content, "result: 5");
+        } else {
+            assert_eq!(r.json()["choices"][0]["message"]["content"], "result: 5");
+        }
+    }
+}

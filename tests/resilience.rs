@@ -108,7 +108,7 @@ async fn failing_backend_is_ejected_and_returns_after_recovery() {
     // Observed through the metric too (refreshed every 250 ms).
     let maddr: std::net::SocketAddr = ([127, 0, 0, 1], metrics_port).into();
     let line = format!(
-        "llm_backend_up{{backend=\"http://{}\",provider=\"pool\"}} 0",
+        "llm_backend_up{{backend=\"http://{}/v1\",provider=\"pool\"}} 0",
         b.addr
     );
     let deadline = Instant::now() + Duration::from_secs(3);
@@ -321,11 +321,11 @@ fn trickle(gap: Duration, pieces: usize) -> impl Fn(&Recorded) -> Vec<Step> + Se
 
 #[tokio::test]
 async fn idle_gap_ends_a_stream_but_a_steady_trickle_is_never_cut() {
-    let stalled = MockUpstream::start(trickle(Duration::from_secs(2), 2)).await;
-    let steady = MockUpstream::start(trickle(Duration::from_millis(100), 25)).await;
+    let stalled = MockUpstream::start(trickle(Duration::from_secs(3), 2)).await;
+    let steady = MockUpstream::start(trickle(Duration::from_millis(100), 30)).await;
     let toml = format!(
-        "[providers.stalled]\nurl = \"{}\"\nauth = \"none\"\ntimeouts = {{ stream_idle = \"300ms\" }}\n\
-         [providers.steady]\nurl = \"{}\"\nauth = \"none\"\ntimeouts = {{ stream_idle = \"300ms\", first_byte = \"300ms\" }}\n",
+        "[providers.stalled]\nurl = \"{}\"\nauth = \"none\"\ntimeouts = {{ stream_idle = \"1s\" }}\n\
+         [providers.steady]\nurl = \"{}\"\nauth = \"none\"\ntimeouts = {{ stream_idle = \"1s\" }}\n",
         stalled.url("/v1"),
         steady.url("/v1")
     );
@@ -335,12 +335,12 @@ async fn idle_gap_ends_a_stream_but_a_steady_trickle_is_never_cut() {
     assert!(body.contains("\"0 \""), "{body}");
     assert!(body.contains("upstream_idle_timeout"), "{body}");
     assert!(body.ends_with("data: [DONE]\n\n"));
-    // 2.5 s of trickle at 100 ms gaps: 8x the idle timeout, never cut.
+    // 3 s of trickle at 100 ms gaps: three times the idle timeout, never cut.
     let started = Instant::now();
     let r = post_chat(gw.addr(), &chat("steady/m", true)).await;
     let body = r.text();
-    assert!(started.elapsed() >= Duration::from_secs(2));
-    assert!(body.contains("\"24 \""), "{body}");
+    assert!(started.elapsed() >= Duration::from_secs(3));
+    assert!(body.contains("\"29 \""), "{body}");
     assert!(!body.contains("\"error\""), "{body}");
     assert_eq!(body.matches("data: [DONE]").count(), 1);
 }
@@ -462,4 +462,39 @@ async fn active_health_checks_take_a_backend_out_before_traffic_does() {
         "an unhealthy backend gets no traffic"
     );
     assert_eq!(status_of(&verbose(&gw).await, "pool", 0), "healthy");
+}
+
+#[tokio::test]
+async fn total_deadline_stops_the_fallback_chain() {
+    let slow = |_: &Recorded| {
+        let mut s = vec![Step::Sleep(Duration::from_secs(3))];
+        s.extend(json_response(200, &chat_completion("m", "late")));
+        s
+    };
+    let primary = MockUpstream::start(slow).await;
+    let fallback = MockUpstream::start(ok_backend("fb")).await;
+    let toml = format!(
+        "[providers.p]\nurl = \"{}\"\nauth = \"none\"\ntimeouts = {{ first_byte = \"10s\" }}\n\
+         [providers.f]\nurl = \"{}\"\nauth = \"none\"\n\
+         [aliases.quick]\ntarget = \"p/m\"\nfallbacks = [\"f/m\"]\ntimeouts = {{ total = \"400ms\" }}\n",
+        primary.url("/v1"),
+        fallback.url("/v1")
+    );
+    let gw = GatewayProcess::start(&[], Some(&toml));
+    let started = Instant::now();
+    let r = post_chat(gw.addr(), &chat("quick", false)).await;
+    assert_eq!(r.status, 504, "{}", r.text());
+    assert_eq!(r.json()["error"]["code"], "request_timeout");
+    assert!(started.elapsed() < Duration::from_millis(1500));
+    assert_eq!(fallback.count(), 0, "no request after the deadline");
+    // Without the deadline the same chain falls back after the first-byte timeout.
+    let toml = toml.replace(
+        "timeouts = { total = \"400ms\" }",
+        "timeouts = { first_byte = \"300ms\" }",
+    );
+    let gw = GatewayProcess::start(&[], Some(&toml));
+    let r = post_chat(gw.addr(), &chat("quick", false)).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.headers["x-gateway-provider"], "f");
+    assert_eq!(fallback.count(), 1);
 }

@@ -64,8 +64,9 @@ pub struct Config {
     pub log: LogConfig,
     /// MCP servers and the server-side tool loop.
     pub mcp: McpConfig,
-    /// Retries within a provider's pool (providers may override).
-    pub retry: resilience::RetryConfig,
+    /// Retries within a provider's pool (providers may override). Unset: two tries for pools
+    /// of two or more backends, one for a single backend.
+    pub retry: Option<resilience::RetryConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -283,7 +284,7 @@ impl Default for Config {
             telemetry: TelemetryConfig::default(),
             log: LogConfig::default(),
             mcp: McpConfig::default(),
-            retry: resilience::RetryConfig::default(),
+            retry: None,
         }
     }
 }
@@ -475,7 +476,14 @@ impl Config {
             p.validate(name)?;
         }
         self.mcp.validate()?;
-        self.retry.validate("retry")?;
+        if let Some(r) = &self.retry {
+            r.validate("retry")?;
+        }
+        if self.client.total_timeout.is_some_and(|t| t.get().is_zero()) {
+            return Err(ConfigError(
+                "client.total_timeout (CLIENT_TOTAL_TIMEOUT): must be greater than 0".into(),
+            ));
+        }
         for (alias, a) in &self.aliases {
             let Some((provider, model)) = a.target.split_once('/') else {
                 return Err(ConfigError(format!(

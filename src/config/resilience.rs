@@ -182,11 +182,20 @@ pub(super) fn validate_pool(p: &super::ProviderConfig, name: &str) -> Result<(),
         }
     }
     if let Some(b) = &p.circuit_breaker {
-        if b.cooldown.get().is_zero() || b.max_cooldown.get() < b.cooldown.get() {
+        let day = std::time::Duration::from_secs(86_400);
+        if b.cooldown.get().is_zero()
+            || b.max_cooldown.get() < b.cooldown.get()
+            || b.max_cooldown.get() > day
+        {
             return Err(ConfigError(format!(
-                "{key}.circuit_breaker: cooldown must be > 0 and <= max_cooldown"
+                "{key}.circuit_breaker: cooldown must be > 0 and <= max_cooldown <= 24h"
             )));
         }
+    }
+    if p.max_concurrent > 1_000_000 {
+        return Err(ConfigError(format!(
+            "{key}.max_concurrent: at most 1000000"
+        )));
     }
     if let Some(r) = &p.retry {
         r.validate(&format!("{key}.retry"))?;

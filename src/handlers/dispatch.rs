@@ -47,6 +47,10 @@ enum Attempt<'r> {
     },
     /// This provider cannot serve now (shed, no healthy backend): next fallback.
     Skip(ApiError),
+    /// The total deadline passed.
+    Deadline,
+    /// The answer, with no further attempt anywhere (the request may have been processed).
+    Fatal(ApiError),
 }
 
 /// The last failure, kept to answer with if nothing succeeds.
@@ -67,7 +71,17 @@ pub(super) async fn dispatch<'r>(
     // The request as the client sent it, for re-planning against each fallback.
     let original = (!fallbacks.is_empty()).then(|| obj.clone());
     let mut last: Option<Failure<'r>> = None;
+    // A fallback that cannot be used (unknown, no key, cannot express the request) must not
+    // replace the real upstream failure as the answer.
+    let note = |last: &mut Option<Failure<'r>>, e: ApiError| {
+        if last.is_none() {
+            *last = Some(Failure::Error(e));
+        }
+    };
     for i in 0..=fallbacks.len() {
+        if deadline_passed(ctx) {
+            return Err(deadline_error());
+        }
         let candidate = if i == 0 {
             route.clone()
         } else {
@@ -78,27 +92,35 @@ pub(super) async fn dispatch<'r>(
                     r
                 }
                 Err(e) => {
-                    last = Some(Failure::Error(e));
+                    note(&mut last, e);
                     continue;
                 }
             }
         };
-        if candidate.provider.missing_key() {
-            last = Some(Failure::Error(
+        let missing_key = gw
+            .pools
+            .get(&candidate.provider.name)
+            .map_or(candidate.provider.missing_key(), |p| p.missing_key());
+        if i > 0 && missing_key {
+            note(
+                &mut last,
                 ApiError::bad_request(format!(
                     "Provider {} has no API key configured",
                     candidate.provider.name
                 ))
                 .code("provider_not_configured"),
-            ));
+            );
             continue;
         }
-        let mut body = match (&original, i) {
-            (Some(o), n) if n > 0 => o.clone(),
-            _ => std::mem::take(obj),
+        // Without fallbacks the client's object is rewritten in place (no copy); with them,
+        // every candidate is planned from a copy and `obj` stays as the client sent it (the
+        // MCP loop reuses it for its next round).
+        let mut body = match &original {
+            Some(o) => o.clone(),
+            None => std::mem::take(obj),
         };
         let plan = llm::plan_call(&mut body, &candidate, ep);
-        if i == 0 && original.is_none() {
+        if original.is_none() {
             *obj = body;
         }
         let plan = match plan {
@@ -107,7 +129,7 @@ pub(super) async fn dispatch<'r>(
             // cannot express it is skipped.
             Err(e) if i == 0 => return Err(e),
             Err(e) => {
-                last = Some(Failure::Error(e));
+                note(&mut last, e);
                 continue;
             }
         };
@@ -128,7 +150,15 @@ pub(super) async fn dispatch<'r>(
         ctx.upstream_model = Some(candidate.upstream_model.clone());
         match try_pool(gw, session, ctx, candidate, plan).await {
             Ok(outcome) => return Ok(outcome),
-            Err(f) => last = Some(f),
+            Err(Stop::Deadline) => return Err(deadline_error()),
+            Err(Stop::Fatal(e)) => return Err(e),
+            Err(Stop::Failed(f)) => {
+                // Keep an upstream response over a gateway-side error.
+                if matches!(f, Failure::Response(_)) || !matches!(last, Some(Failure::Response(_)))
+                {
+                    last = Some(f);
+                }
+            }
         }
     }
     match last {
@@ -140,6 +170,28 @@ pub(super) async fn dispatch<'r>(
     }
 }
 
+/// Why a pool gave up.
+enum Stop<'r> {
+    Failed(Failure<'r>),
+    /// The request's total time ran out: no more attempts anywhere.
+    Deadline,
+    /// Answer with this; no fallback.
+    Fatal(ApiError),
+}
+
+fn deadline_passed(ctx: &RequestCtx) -> bool {
+    ctx.deadline
+        .is_some_and(|d| tokio::time::Instant::now() >= d)
+}
+
+fn deadline_error() -> ApiError {
+    ApiError::new(
+        504,
+        "the request ran out of its total time (timeouts.total)",
+    )
+    .code("request_timeout")
+}
+
 /// Tries one provider's pool up to its retry budget.
 async fn try_pool<'r>(
     gw: &Gateway,
@@ -147,15 +199,15 @@ async fn try_pool<'r>(
     ctx: &mut RequestCtx,
     route: Route<'r>,
     plan: Plan,
-) -> Result<Outcome<'r>, Failure<'r>> {
+) -> Result<Outcome<'r>, Stop<'r>> {
     let Some(pool) = gw.pools.get(&route.provider.name).cloned() else {
-        return Err(Failure::Error(
+        return Err(Stop::Failed(Failure::Error(
             ApiError::new(
                 502,
                 format!("provider {} has no backends", route.provider.name),
             )
             .code("upstream_error"),
-        ));
+        )));
     };
     if ctx.deadline.is_none() {
         let total = route
@@ -170,14 +222,21 @@ async fn try_pool<'r>(
     let mut last: Option<Failure<'r>> = None;
     let attempts = pool.retry.attempts.max(1);
     for attempt in 0..attempts {
+        if deadline_passed(ctx) {
+            return Err(Stop::Deadline);
+        }
         let (reason, retry_after, error) = match attempt_once(
             gw, session, ctx, &pool, &mut tried, &route, &plan, &timeouts,
         )
         .await
         {
             Attempt::Done(o) => return Ok(o),
+            Attempt::Deadline => return Err(Stop::Deadline),
+            Attempt::Fatal(e) => return Err(Stop::Fatal(e)),
             // Nothing left to try here: the last real failure says more than "no backend".
-            Attempt::Skip(e) => return Err(last.unwrap_or(Failure::Error(e))),
+            Attempt::Skip(e) => {
+                return Err(Stop::Failed(last.unwrap_or(Failure::Error(e))));
+            }
             Attempt::Retry {
                 reason,
                 retry_after,
@@ -204,7 +263,6 @@ async fn try_pool<'r>(
                 break;
             }
         }
-        ctx.upstream_retries += 1;
         if let Some(m) = &gw.metrics {
             m.upstream_retries
                 .with_label_values(&[&pool.name, reason])
@@ -218,9 +276,9 @@ async fn try_pool<'r>(
             }
         }
     }
-    Err(last.unwrap_or_else(|| {
+    Err(Stop::Failed(last.unwrap_or_else(|| {
         Failure::Error(ApiError::new(502, "no attempt was made").code("upstream_error"))
-    }))
+    })))
 }
 
 /// One call to one backend of `pool`.
@@ -235,7 +293,10 @@ async fn attempt_once<'r>(
     plan: &Plan,
     timeouts: &Timeouts,
 ) -> Attempt<'r> {
-    let Some((i, in_flight)) = pool.select(tried) else {
+    // The previous round's (MCP loop) permit and in-flight count end here, before a new one is
+    // taken: a request never holds two.
+    ctx.upstream_hold = None;
+    let Some((i, mut in_flight)) = pool.select(tried) else {
         let mut e = ApiError::new(
             503,
             format!("provider {}: every backend is unavailable", pool.name),
@@ -245,13 +306,13 @@ async fn attempt_once<'r>(
         return Attempt::Skip(e);
     };
     tried.push(i);
-    let slot = &pool.slots[i];
+    let backend = in_flight.slot().provider.clone();
     let permit = match &pool.shed {
         None => None,
         Some(shed) => match shed.acquire().await {
             Ok(p) => Some(p),
             Err(_) => {
-                slot.release();
+                // Dropping `in_flight` releases a claimed probe.
                 if let Some(m) = &gw.metrics {
                     m.shed.with_label_values(&[&pool.name]).inc();
                 }
@@ -268,24 +329,23 @@ async fn attempt_once<'r>(
             }
         },
     };
-    match llm::send_to(gw, session, ctx, &slot.provider, plan, timeouts).await {
-        Ok(None) => {
-            slot.release();
-            Attempt::Done(Outcome::ClientGone)
-        }
+    match llm::send_to(gw, session, ctx, &backend, plan, timeouts).await {
+        Ok(None) => Attempt::Done(Outcome::ClientGone),
+        Err(UpstreamError::Deadline) => Attempt::Deadline,
         Err(e) => {
             let err = ApiError::new(e.status(), e.message(&pool.name)).code(e.code());
             let reason = match e {
+                // Nothing was sent.
                 UpstreamError::Connect(_) => "connect",
                 UpstreamError::FirstByteTimeout => "timeout",
-                // Closed or reset before the response head.
-                UpstreamError::Io(_) => "io",
+                // Closed or reset after the request was sent: it may have run (and been
+                // billed); not repeated. The backend still counts it as a failure.
                 _ => {
-                    slot.release();
-                    return Attempt::Skip(err);
+                    in_flight.failure();
+                    return Attempt::Fatal(err);
                 }
             };
-            slot.failure();
+            in_flight.failure();
             Attempt::Retry {
                 reason,
                 retry_after: None,
@@ -303,7 +363,7 @@ async fn attempt_once<'r>(
             match status {
                 429 => {
                     // Alive, just busy: not a failure of the backend.
-                    slot.success();
+                    in_flight.success();
                     Attempt::Retry {
                         reason: "status_429",
                         retry_after,
@@ -311,7 +371,7 @@ async fn attempt_once<'r>(
                     }
                 }
                 408 | 500..=599 => {
-                    slot.failure();
+                    in_flight.failure();
                     Attempt::Retry {
                         reason: "status_5xx",
                         retry_after,
@@ -319,7 +379,7 @@ async fn attempt_once<'r>(
                     }
                 }
                 s => {
-                    slot.success();
+                    in_flight.success();
                     ctx.upstream_hold = Some((permit, in_flight));
                     if (200..300).contains(&s) {
                         Attempt::Done(Outcome::Ok(served))

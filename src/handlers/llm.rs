@@ -83,7 +83,11 @@ async fn run(
     let provider = route.provider.clone();
     ctx.provider = Some(provider.name.clone());
     ctx.upstream_model = Some(route.upstream_model.clone());
-    if provider.missing_key() {
+    let missing_key = gw
+        .pools
+        .get(&provider.name)
+        .map_or(provider.missing_key(), |p| p.missing_key());
+    if missing_key {
         return Err(ApiError::bad_request(format!(
             "Provider {} has no API key configured (set {}_API_KEY)",
             provider.name,

@@ -220,6 +220,8 @@ pub async fn run(
                 Step::Stop => return Ok(Flow::Stop),
                 Step::Run(calls) => calls,
             };
+            // The round's response is complete: its load-shedding slot is free while tools run.
+            ctx.upstream_hold = None;
             let Some(results) =
                 run_tools(gw, session, ctx, &hub, &catalog, &mut out, route, &calls).await
             else {

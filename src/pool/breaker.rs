@@ -44,21 +44,21 @@ impl Breaker {
         }
     }
 
-    /// Whether a request may go to this backend now. In half-open state only one probe is let
-    /// through, and this call claims it.
-    pub fn try_acquire(&mut self, now: Instant) -> bool {
+    /// Whether a request may go to this backend now: `None` no, `Some(false)` yes, `Some(true)`
+    /// yes as the half-open probe (only one at a time; the caller must resolve it).
+    pub fn try_acquire(&mut self, now: Instant) -> Option<bool> {
         match self.state {
-            State::Closed { .. } => true,
+            State::Closed { .. } => Some(false),
             State::Open { until } if now >= until => {
                 self.state = State::HalfOpen { probing: true };
-                true
+                Some(true)
             }
-            State::Open { .. } => false,
+            State::Open { .. } => None,
             State::HalfOpen { probing: false } => {
                 self.state = State::HalfOpen { probing: true };
-                true
+                Some(true)
             }
-            State::HalfOpen { probing: true } => false,
+            State::HalfOpen { probing: true } => None,
         }
     }
 
@@ -88,14 +88,14 @@ impl Breaker {
                 }
             }
             State::HalfOpen { .. } => {
-                self.cooldown = (self.cooldown * 2).min(self.max_cooldown);
+                self.cooldown = self.cooldown.saturating_mul(2).min(self.max_cooldown);
                 self.open(now);
             }
             State::Open { .. } => {}
         }
     }
 
-    /// The probe was not sent after all (request cancelled): let another one through.
+    /// The claimed probe was never answered (request cancelled): let another one through.
     pub fn release_probe(&mut self) {
         if self.state == (State::HalfOpen { probing: true }) {
             self.state = State::HalfOpen { probing: false };
@@ -105,7 +105,7 @@ impl Breaker {
     fn open(&mut self, now: Instant) {
         self.ejections += 1;
         self.state = State::Open {
-            until: now + self.cooldown,
+            until: now.checked_add(self.cooldown).unwrap_or(now),
         };
     }
 
@@ -144,25 +144,25 @@ mod tests {
         b.success();
         b.failure(t0);
         b.failure(t0);
-        assert!(b.try_acquire(t0), "a success reset the count");
+        assert_eq!(b.try_acquire(t0), Some(false), "a success reset the count");
         b.failure(t0);
-        assert!(!b.try_acquire(t0));
+        assert_eq!(b.try_acquire(t0), None);
         assert_eq!(b.ejections, 1);
         assert_eq!(b.retry_in(t0), Some(Duration::from_secs(10)));
         let t1 = t0 + Duration::from_secs(10);
         assert!(b.available(t1));
-        assert!(b.try_acquire(t1), "the probe");
-        assert!(!b.try_acquire(t1), "one probe at a time");
+        assert_eq!(b.try_acquire(t1), Some(true), "the probe");
+        assert_eq!(b.try_acquire(t1), None, "one probe at a time");
         // Probe fails: open twice as long.
         b.failure(t1);
-        assert!(!b.try_acquire(t1 + Duration::from_secs(19)));
-        assert!(b.try_acquire(t1 + Duration::from_secs(20)));
+        assert_eq!(b.try_acquire(t1 + Duration::from_secs(19)), None);
+        assert_eq!(b.try_acquire(t1 + Duration::from_secs(20)), Some(true));
         // Fails again: capped at max_cooldown.
         let t2 = t1 + Duration::from_secs(20);
         b.failure(t2);
         assert_eq!(b.retry_in(t2), Some(Duration::from_secs(25)));
         // Probe succeeds: closed, cool-down back to 10 s.
-        assert!(b.try_acquire(t2 + Duration::from_secs(25)));
+        assert_eq!(b.try_acquire(t2 + Duration::from_secs(25)), Some(true));
         b.success();
         assert_eq!(b.state(), State::Closed { failures: 0 });
         for _ in 0..3 {
@@ -178,14 +178,14 @@ mod tests {
         for _ in 0..100 {
             off.failure(t0);
         }
-        assert!(off.try_acquire(t0));
+        assert_eq!(off.try_acquire(t0), Some(false));
         let mut b = breaker();
         for _ in 0..3 {
             b.failure(t0);
         }
         let t1 = t0 + Duration::from_secs(10);
-        assert!(b.try_acquire(t1));
+        assert_eq!(b.try_acquire(t1), Some(true));
         b.release_probe();
-        assert!(b.try_acquire(t1));
+        assert_eq!(b.try_acquire(t1), Some(true));
     }
 }

@@ -8,7 +8,7 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -22,7 +22,7 @@ use crate::upstream::{UpstreamClient, UpstreamRequest};
 
 pub struct HealthService {
     pub pools: Arc<Pools>,
-    pub client: UpstreamClient,
+    pub client: Arc<UpstreamClient>,
     pub metrics: Option<Arc<Metrics>>,
 }
 
@@ -45,26 +45,20 @@ impl BackgroundService for HealthService {
         if watched.is_empty() {
             return;
         }
-        let mut streaks: Vec<Vec<Streak>> = watched
+        // One task per checked pool: a slow pool never delays another, nor the gauge below.
+        let checkers: Vec<_> = watched
             .iter()
-            .map(|p| vec![Streak::default(); p.slots.len()])
+            .filter(|p| p.health_check.is_some())
+            .map(|p| tokio::spawn(check_forever(p.clone(), self.client.clone())))
             .collect();
-        let mut next_check: Vec<Instant> = vec![Instant::now(); watched.len()];
         let mut tick = tokio::time::interval(Duration::from_millis(250));
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
-                _ = shutdown.changed() => return,
+                _ = shutdown.changed() => break,
             }
-            let now = Instant::now();
-            for (i, pool) in watched.iter().enumerate() {
-                if let Some(hc) = &pool.health_check {
-                    if now >= next_check[i] {
-                        next_check[i] = now + hc.interval.get();
-                        self.check_pool(pool, &mut streaks[i]).await;
-                    }
-                }
-                if let Some(m) = &self.metrics {
+            if let Some(m) = &self.metrics {
+                for pool in &watched {
                     for s in &pool.slots {
                         m.backend_up
                             .with_label_values(&[&pool.name, &s.label])
@@ -73,11 +67,25 @@ impl BackgroundService for HealthService {
                 }
             }
         }
+        for c in checkers {
+            c.abort();
+        }
     }
 }
 
-impl HealthService {
-    async fn check_pool(&self, pool: &Pool, streaks: &mut [Streak]) {
+async fn check_forever(pool: Arc<Pool>, client: Arc<UpstreamClient>) {
+    let hc = pool.health_check.clone().expect("checked pools only");
+    let mut streaks = vec![Streak::default(); pool.slots.len()];
+    let mut every = tokio::time::interval(hc.interval.get());
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        check_pool(&pool, &client, &mut streaks).await;
+    }
+}
+
+async fn check_pool(pool: &Pool, client: &UpstreamClient, streaks: &mut [Streak]) {
+    {
         let hc = pool.health_check.as_ref().expect("checked pools only");
         let checks = pool.slots.iter().map(|s| async {
             let req = UpstreamRequest {
@@ -89,10 +97,10 @@ impl HealthService {
                 timeouts: None,
             };
             let r = tokio::time::timeout(hc.timeout.get(), async {
-                let mut resp = self.client.send(&s.provider, &req).await.ok()?;
+                let mut resp = client.send(&s.provider, &req).await.ok()?;
                 let ok = (200..300).contains(&resp.status());
                 let _ = resp.read_all(64 * 1024).await;
-                self.client.release(resp).await;
+                client.release(resp).await;
                 Some(ok)
             })
             .await;

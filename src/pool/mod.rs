@@ -36,6 +36,8 @@ pub struct Slot {
     /// `scheme://host:port` (a label for metrics and `/health?verbose`; never a key).
     pub label: String,
     pub weight: u32,
+    /// Built from `backends` (not the provider's own entry): refreshed by DNS separately.
+    own_provider: bool,
     breaker: Mutex<Breaker>,
     /// Result of the active health check (true until a check says otherwise).
     pub(crate) active_healthy: AtomicBool,
@@ -48,26 +50,22 @@ impl Slot {
     }
 
     fn usable(&self, now: Instant) -> bool {
-        self.active_healthy.load(Ordering::Relaxed)
-            && self.breaker.lock().expect("breaker lock").available(now)
+        self.active_healthy.load(Ordering::Relaxed) && self.breaker().available(now)
     }
 
-    /// The request to this backend succeeded (a response other than 5xx/408).
+    /// The backend answered (any response other than 5xx/408, which are failures).
     pub fn success(&self) {
-        self.breaker.lock().expect("breaker lock").success();
+        self.breaker().success();
     }
 
-    /// Connect error, timeout or 5xx.
+    /// Connect error, first-byte timeout, 5xx or 408.
     pub fn failure(&self) {
-        self.breaker
-            .lock()
-            .expect("breaker lock")
-            .failure(Instant::now());
+        self.breaker().failure(Instant::now());
     }
 
-    /// A claimed half-open probe that was never answered either way (request cancelled).
-    pub fn release(&self) {
-        self.breaker.lock().expect("breaker lock").release_probe();
+    /// A poisoned lock only means a panic elsewhere; the breaker's state is still sound.
+    fn breaker(&self) -> std::sync::MutexGuard<'_, Breaker> {
+        self.breaker.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// `healthy`, `ejected` (circuit open or probing) or `unhealthy` (active check).
@@ -75,7 +73,7 @@ impl Slot {
         if !self.active_healthy.load(Ordering::Relaxed) {
             return "unhealthy";
         }
-        match self.breaker.lock().expect("breaker lock").state() {
+        match self.breaker().state() {
             breaker::State::Closed { .. } => "healthy",
             breaker::State::Open { .. } => "ejected",
             breaker::State::HalfOpen { .. } => "half_open",
@@ -83,14 +81,38 @@ impl Slot {
     }
 }
 
-/// Counts a request in flight on a slot (least-outstanding selection) until dropped.
-pub struct InFlight(Arc<Pool>, usize);
+/// A request on a slot: counted in flight (least-outstanding selection) until dropped, and the
+/// holder of the slot's half-open probe if it claimed it. A probe that is never resolved
+/// (request cancelled, shed, ...) is released on drop, so a backend can never stay stuck.
+pub struct InFlight {
+    pool: Arc<Pool>,
+    slot: usize,
+    probe: bool,
+}
+
+impl InFlight {
+    pub fn slot(&self) -> &Slot {
+        &self.pool.slots[self.slot]
+    }
+
+    pub fn success(&mut self) {
+        self.slot().success();
+        self.probe = false;
+    }
+
+    pub fn failure(&mut self) {
+        self.slot().failure();
+        self.probe = false;
+    }
+}
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.slots[self.1]
-            .outstanding
-            .fetch_sub(1, Ordering::Relaxed);
+        let slot = &self.pool.slots[self.slot];
+        if self.probe {
+            slot.breaker().release_probe();
+        }
+        slot.outstanding.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -136,6 +158,8 @@ pub struct Pool {
     pub slots: Vec<Slot>,
     balance: Balance,
     selector: Arc<Weighted<RoundRobin>>,
+    /// Start of the least-outstanding scan (ties rotate).
+    rotation: AtomicUsize,
     pub shed: Option<Shed>,
     pub retry: RetryConfig,
     /// Provider-level timeout overrides.
@@ -148,7 +172,7 @@ impl Pool {
         name: &str,
         p: &ProviderConfig,
         provider: &Arc<Provider>,
-        global_retry: &RetryConfig,
+        global_retry: Option<&RetryConfig>,
     ) -> Result<Pool, ConfigError> {
         let mut slots = Vec::new();
         let breaker_cfg = match (&p.circuit_breaker, p.backends.len()) {
@@ -157,7 +181,7 @@ impl Pool {
             _ => None,
         };
         if p.backends.is_empty() {
-            slots.push(Slot::new(provider.clone(), 1, breaker_cfg.as_ref()));
+            slots.push(Slot::new(provider.clone(), 1, breaker_cfg.as_ref(), false));
         } else {
             for b in &p.backends {
                 let mut one = p.clone();
@@ -167,7 +191,7 @@ impl Pool {
                 }
                 one.backends.clear();
                 let backend = Arc::new(Provider::from_config(name, &one)?);
-                slots.push(Slot::new(backend, b.weight, breaker_cfg.as_ref()));
+                slots.push(Slot::new(backend, b.weight, breaker_cfg.as_ref(), true));
             }
         }
         // Backends are identified to the selector by their position (an address would not do:
@@ -181,6 +205,7 @@ impl Pool {
                 b
             })
             .collect();
+        let slots_len = slots.len();
         let shed = (p.max_concurrent > 0).then(|| Shed {
             permits: Arc::new(Semaphore::new(p.max_concurrent)),
             waiting: AtomicUsize::new(0),
@@ -192,8 +217,18 @@ impl Pool {
             slots,
             balance: p.balance,
             selector: Arc::new(Weighted::<RoundRobin>::build(&set)),
+            rotation: AtomicUsize::new(0),
             shed,
-            retry: p.retry.clone().unwrap_or_else(|| global_retry.clone()),
+            // A single backend is not retried unless asked: its failures mostly repeat, and
+            // clients (SDKs) retry too.
+            retry: p
+                .retry
+                .clone()
+                .or_else(|| global_retry.cloned())
+                .unwrap_or_else(|| RetryConfig {
+                    attempts: if slots_len >= 2 { 2 } else { 1 },
+                    ..Default::default()
+                }),
             timeouts: p.timeouts,
             health_check: p.health_check.clone(),
         })
@@ -207,21 +242,23 @@ impl Pool {
             Balance::RoundRobin => self.pick_round_robin(tried, now),
             Balance::LeastOutstanding => self.pick_least_outstanding(tried, now),
         }?;
-        if !self.slots[pick]
-            .breaker
-            .lock()
-            .expect("breaker lock")
-            .try_acquire(now)
-        {
+        let Some(probe) = self.slots[pick].breaker().try_acquire(now) else {
             // Lost a race for the half-open probe: try once more without it.
             let mut more = tried.to_vec();
             more.push(pick);
             return (more.len() < self.slots.len() * 2)
                 .then(|| self.select(&more))
                 .flatten();
-        }
+        };
         self.slots[pick].outstanding.fetch_add(1, Ordering::Relaxed);
-        Some((pick, InFlight(self.clone(), pick)))
+        Some((
+            pick,
+            InFlight {
+                pool: self.clone(),
+                slot: pick,
+                probe,
+            },
+        ))
     }
 
     fn pick_round_robin(&self, tried: &[usize], now: Instant) -> Option<usize> {
@@ -240,17 +277,31 @@ impl Pool {
             }
             fallback.get_or_insert(i);
         }
-        // Every usable backend was tried already: retry one (a pool of one retries itself).
-        fallback.or_else(|| (0..n).find(|&i| self.slots[i].usable(now)))
+        // Concurrent requests move the shared counter, so the walk may have missed one.
+        (0..n)
+            .find(|&i| !tried.contains(&i) && self.slots[i].usable(now))
+            // Every usable backend was tried: retry one (a pool of one retries itself).
+            .or(fallback)
+            .or_else(|| (0..n).find(|&i| self.slots[i].usable(now)))
     }
 
     fn pick_least_outstanding(&self, tried: &[usize], now: Instant) -> Option<usize> {
-        let usable = (0..self.slots.len()).filter(|&i| self.slots[i].usable(now));
+        // Ties go round: start the scan at a rotating position (`min_by_key` keeps the first).
+        let n = self.slots.len();
+        let start = self.rotation.fetch_add(1, Ordering::Relaxed) % n;
+        let usable = (0..n)
+            .map(|k| (start + k) % n)
+            .filter(|&i| self.slots[i].usable(now));
         let fresh = usable
             .clone()
             .filter(|i| !tried.contains(i))
             .min_by_key(|&i| self.slots[i].outstanding());
         fresh.or_else(|| usable.min_by_key(|&i| self.slots[i].outstanding()))
+    }
+
+    /// True when no backend has the key the provider needs.
+    pub fn missing_key(&self) -> bool {
+        self.slots.iter().all(|s| s.provider.missing_key())
     }
 
     /// Whether a usable backend remains that is not in `tried`.
@@ -264,7 +315,7 @@ impl Pool {
         let now = Instant::now();
         self.slots
             .iter()
-            .filter_map(|s| s.breaker.lock().expect("breaker lock").retry_in(now))
+            .filter_map(|s| s.breaker().retry_in(now))
             .min()
     }
 
@@ -279,7 +330,7 @@ impl Pool {
                     "weight": s.weight,
                     "status": s.status(),
                     "outstanding": s.outstanding(),
-                    "ejections": s.breaker.lock().expect("breaker lock").ejections,
+                    "ejections": s.breaker().ejections,
                 })
             })
             .collect();
@@ -295,12 +346,15 @@ impl Slot {
         provider: Arc<Provider>,
         weight: u32,
         breaker: Option<&crate::config::resilience::BreakerConfig>,
+        own_provider: bool,
     ) -> Slot {
         let scheme = if provider.tls { "https" } else { "http" };
         Slot {
-            label: format!("{scheme}://{}", provider.authority),
+            // Origin and base path: backends on one host are told apart, keys never shown.
+            label: format!("{scheme}://{}{}", provider.authority, provider.base_path),
             provider,
             weight,
+            own_provider,
             breaker: Mutex::new(Breaker::new(breaker)),
             active_healthy: AtomicBool::new(true),
             outstanding: AtomicUsize::new(0),
@@ -322,7 +376,7 @@ impl Pools {
             };
             by_name.insert(
                 name.clone(),
-                Arc::new(Pool::from_config(name, p, provider, &cfg.retry)?),
+                Arc::new(Pool::from_config(name, p, provider, cfg.retry.as_ref())?),
             );
         }
         Ok(Pools { by_name })
@@ -336,12 +390,14 @@ impl Pools {
         self.by_name.values()
     }
 
-    /// Every backend provider that is not the provider itself (for DNS refresh).
+    /// Every backend built from `backends` (the provider's own entry is refreshed with the
+    /// providers), for DNS refresh.
     pub fn backend_providers(&self) -> impl Iterator<Item = &Arc<Provider>> {
         self.by_name
             .values()
-            .filter(|p| p.slots.len() > 1 || p.health_check.is_some())
-            .flat_map(|p| p.slots.iter().map(|s| &s.provider))
+            .flat_map(|p| p.slots.iter())
+            .filter(|s| s.own_provider)
+            .map(|s| &s.provider)
     }
 }
 
@@ -410,6 +466,6 @@ cooldown = "1h"
             p.slots[0].failure();
         }
         assert!(p.select(&[]).is_some());
-        assert_eq!(p.slots[0].label, "http://10.0.0.1");
+        assert_eq!(p.slots[0].label, "http://10.0.0.1/v1");
     }
 }
