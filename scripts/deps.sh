@@ -3,7 +3,7 @@
 #   build: a C compiler and cmake (pingora-core builds zlib-ng with cmake)
 #   test:  python3 + the official `openai` SDK (compatibility test), promtool (Debian package
 #          `prometheus`) to validate the metrics exposition, systemd-analyze (package `systemd`)
-#          to verify the unit file
+#          to verify the unit file, redis-server (shared limits across replicas)
 # Usage: scripts/deps.sh build|test
 set -euo pipefail
 what="${1:-build}"
@@ -20,6 +20,7 @@ if [ "$what" = "test" ]; then
   python3 -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)
   command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
   command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
+  command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 fi
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "deps: installing ${missing[*]}"

@@ -80,6 +80,9 @@ impl AccessRecord<'_> {
                 if let Some(t) = self.ttft_ms {
                     let _ = write!(s, " ttft_ms={t:.1}");
                 }
+                if let Some(k) = self.key_id {
+                    let _ = write!(s, " key={k}");
+                }
                 if let Some(t) = self.tool_ms {
                     let _ = write!(s, " tool_ms={t:.1}");
                 }

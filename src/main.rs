@@ -1,11 +1,13 @@
 //! inference-gateway: one OpenAI-compatible front door to every LLM provider, on Pingora.
 
 mod access_log;
+mod auth;
 mod config;
 mod daemon_ready;
 mod drain;
 mod errors;
 mod handlers;
+mod limits;
 mod mcp;
 mod metrics;
 mod pool;
@@ -46,10 +48,37 @@ struct Cli {
     /// Take over the listening sockets of a running instance (graceful upgrade).
     #[arg(short = 'u', long = "upgrade")]
     upgrade: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum Command {
+    /// Make a new virtual API key (or hash a given one) and print the `[[keys]]` entry.
+    HashKey {
+        /// An existing key to hash instead of making a new one.
+        key: Option<String>,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::HashKey { key }) = &cli.command {
+        let (key, new) = match key {
+            Some(k) => (k.clone(), false),
+            None => (auth::new_key(), true),
+        };
+        if new {
+            println!("key:  {key}    (give it to the client; it is not stored anywhere)");
+        }
+        println!("hash: {}", auth::hash_key(&key));
+        println!();
+        println!(
+            "[[keys]]\nname = \"...\"\nhash = \"{}\"",
+            auth::hash_key(&key)
+        );
+        return ExitCode::SUCCESS;
+    }
     let cfg = match Config::load(cli.conf.as_deref()) {
         Ok(c) => c,
         Err(e) => {
@@ -223,7 +252,8 @@ fn run(cli: Cli, cfg: Config, providers: Arc<Providers>, pools: Arc<pool::Pools>
         if cfg.server.tls_cert_path.is_some() { " (TLS)" } else { "" },
         configured.join(", ")
     );
-    if !matches!(cfg.server.host.as_str(), "127.0.0.1" | "::1" | "localhost") {
+    let open = cfg.keys.is_empty() && !cfg.auth.enable;
+    if open && !matches!(cfg.server.host.as_str(), "127.0.0.1" | "::1" | "localhost") {
         warn!("listening on {} without client authentication: anyone who can reach this port can use the configured provider keys", cfg.server.host);
     }
     server.run_forever()

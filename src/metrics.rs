@@ -65,6 +65,12 @@ pub struct Metrics {
     pub fallbacks: IntCounterVec,
     /// Requests refused by load shedding (503).
     pub shed: IntCounterVec,
+    /// Requests refused by a key's or principal's limits, by reason.
+    pub limited: IntCounterVec,
+    /// Spend in USD by principal (keys: `key:<name>`).
+    pub spend: prometheus::CounterVec,
+    /// Failed calls to the limits backend (Redis).
+    pub limits_backend_errors: prometheus::IntCounter,
     pub ttft: HistogramVec,
     pub inter_token_latency: HistogramVec,
     pub output_tokens_per_second: HistogramVec,
@@ -157,6 +163,17 @@ impl Metrics {
             backend_up,
             fallbacks: counter(&r, "llm_fallbacks_total", "Requests that went to a fallback model", &["from_provider", "to_provider"]),
             shed: counter(&r, "llm_requests_shed_total", "Requests refused at a provider's concurrency limit", &["provider"]),
+            limited: counter(&r, "llm_rate_limited_total", "Requests refused by a key's limits", &["reason"]),
+            spend: {
+                let c = prometheus::CounterVec::new(Opts::new("llm_spend_usd_total", "Spend in USD by principal, from exact usage and the price table"), &["principal"]).expect("valid metric");
+                r.register(Box::new(c.clone())).expect("unique metric");
+                c
+            },
+            limits_backend_errors: {
+                let c = prometheus::IntCounter::new("llm_limits_backend_errors_total", "Failed calls to the limits backend (Redis)").expect("valid metric");
+                r.register(Box::new(c.clone())).expect("unique metric");
+                c
+            },
             upstream_attempts: counter(&r, "llm_upstream_attempts_total", "Requests sent to providers", &["provider"]),
             upstream_failures: counter(&r, "llm_upstream_failures_total", "Failed provider requests by reason", &["provider", "reason"]),
             upstream_retries: counter(&r, "llm_upstream_retries_total", "Provider requests retried by reason", &["provider", "reason"]),

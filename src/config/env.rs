@@ -184,6 +184,31 @@ pub(super) fn apply(cfg: &mut Config, getenv: GetEnv) -> Result<(), ConfigError>
     set!(cfg.models.disallowed, list(getenv, "DISALLOWED_MODELS"));
 
     apply_mcp(&mut cfg.mcp, getenv)?;
+    set!(cfg.auth.enable, flag(getenv, "AUTH")?);
+    if let Some(v) = get(getenv, "AUTH_OIDC_ISSUER") {
+        cfg.auth.oidc_issuer = Some(v.trim().to_string());
+    }
+    if let Some(v) = get(getenv, "AUTH_OIDC_CLIENT_ID") {
+        cfg.auth.oidc_client_id = Some(v.trim().to_string());
+    }
+    if let Some(v) = get(getenv, "AUTH_OIDC_CLIENT_SECRET") {
+        cfg.auth.oidc_client_secret = Some(Secret::new(v.trim()));
+    }
+    if let Some(v) = get(getenv, "REDIS_URL") {
+        cfg.limits.redis_url = Some(Secret::new(v.trim()));
+    }
+    set!(cfg.limits.redis_timeout, duration(getenv, "REDIS_TIMEOUT")?);
+    if let Some(v) = get(getenv, "LIMITS_FAILURE_MODE") {
+        cfg.limits.failure_mode = match v.trim() {
+            "fail_open" => super::auth::FailureMode::FailOpen,
+            "fail_closed" => super::auth::FailureMode::FailClosed,
+            _ => {
+                return Err(ConfigError(format!(
+                    "LIMITS_FAILURE_MODE={v:?}: expected fail_open or fail_closed"
+                )))
+            }
+        };
+    }
 
     // Built-in providers and every provider named in the TOML can be set from the environment.
     let names: Vec<String> = builtin_ids()

@@ -4,6 +4,7 @@
 //! Parsing is strict: an unknown TOML key or an invalid value stops the process with a message
 //! that names the key, so a typo never silently falls back to a default.
 
+pub mod auth;
 mod duration;
 mod env;
 pub mod mcp;
@@ -67,6 +68,14 @@ pub struct Config {
     /// Retries within a provider's pool (providers may override). Unset: two tries for pools
     /// of two or more backends, one for a single backend.
     pub retry: Option<resilience::RetryConfig>,
+    /// Who may call: OIDC and the switch that requires credentials.
+    pub auth: auth::AuthConfig,
+    /// Virtual API keys.
+    pub keys: Vec<auth::KeyConfig>,
+    /// Where rate limits and spend live (memory or Redis).
+    pub limits: auth::LimitsConfig,
+    /// USD per million tokens by `provider/model` (over the built-in table, conf/prices.toml).
+    pub prices: BTreeMap<String, auth::Price>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -285,6 +294,10 @@ impl Default for Config {
             log: LogConfig::default(),
             mcp: McpConfig::default(),
             retry: None,
+            auth: auth::AuthConfig::default(),
+            keys: Vec::new(),
+            limits: auth::LimitsConfig::default(),
+            prices: BTreeMap::new(),
         }
     }
 }
@@ -322,6 +335,16 @@ impl Config {
         }
         env::apply(&mut cfg, getenv)?;
         cfg.mcp.assign_default_names();
+        // Built-in prices under the configured ones.
+        #[derive(Deserialize)]
+        struct Builtin {
+            prices: BTreeMap<String, auth::Price>,
+        }
+        let builtin: Builtin = toml::from_str(include_str!("../../conf/prices.toml"))
+            .expect("conf/prices.toml is valid");
+        for (m, p) in builtin.prices {
+            cfg.prices.entry(m).or_insert(p);
+        }
         providers::merge_builtins(&mut cfg.providers)?;
         providers::load_key_files(&mut cfg.providers)?;
         cfg.validate()?;
@@ -478,6 +501,18 @@ impl Config {
         self.mcp.validate()?;
         if let Some(r) = &self.retry {
             r.validate("retry")?;
+        }
+        self.auth.validate(&self.keys)?;
+        for (m, p) in &self.prices {
+            let ok = [Some(p.input), Some(p.output), p.cached_input]
+                .into_iter()
+                .flatten()
+                .all(|v| v.is_finite() && v >= 0.0);
+            if !ok || !m.contains('/') {
+                return Err(ConfigError(format!(
+                    "prices.{m:?}: provider/model with prices >= 0 (USD per million tokens)"
+                )));
+            }
         }
         if self.client.total_timeout.is_some_and(|t| t.get().is_zero()) {
             return Err(ConfigError(

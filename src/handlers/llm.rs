@@ -83,6 +83,8 @@ async fn run(
     let provider = route.provider.clone();
     ctx.provider = Some(provider.name.clone());
     ctx.upstream_model = Some(route.upstream_model.clone());
+    // Permission and limits first: a caller who may not use a model learns nothing more.
+    admit(gw, ctx, &obj, &model, &route).await?;
     let missing_key = gw
         .pools
         .get(&provider.name)
@@ -95,7 +97,6 @@ async fn run(
         ))
         .code("provider_not_configured"));
     }
-
     if ep == Endpoint::Chat {
         // The hub check is a pointer test when MCP is off; the body is looked at only after.
         if let Some(mcp) = crate::handlers::tool_loop::active_hub(gw, session) {
@@ -119,6 +120,85 @@ async fn run(
         return Ok(());
     }
     relay_whole(gw, session, ctx, resp, &route, &plan).await
+}
+
+/// The caller's model allowance and limits (keys, OIDC tiers): 403, 429 or 503 before any
+/// upstream call; on success the admission is kept for settlement when the request ends.
+async fn admit(
+    gw: &Gateway,
+    ctx: &mut RequestCtx,
+    obj: &RawObject<'_>,
+    model: &str,
+    route: &Route<'_>,
+) -> Result<(), ApiError> {
+    let Some(p) = &ctx.principal else {
+        return Ok(());
+    };
+    if !p.allows(model, route) {
+        return Err(ApiError::new(
+            403,
+            format!("The model {model:?} is not allowed for {}", p.name),
+        )
+        .param("model")
+        .code("model_not_allowed"));
+    }
+    if !crate::limits::Limiter::applies(&p.limits) {
+        return Ok(());
+    }
+    // Reserve the prompt (bytes / 4) and the most the completion may use; settled later.
+    let max_out: u64 = obj
+        .get_as::<u64>("max_completion_tokens")
+        .ok()
+        .flatten()
+        .or_else(|| obj.get_as::<u64>("max_tokens").ok().flatten())
+        .unwrap_or(0);
+    let estimate = (ctx.bytes_in as u64).div_ceil(4) + max_out;
+    match gw.limiter.admit(p, estimate).await {
+        Ok((adm, headers)) => {
+            ctx.admission = Some(adm);
+            ctx.rate_headers = Some(headers);
+            Ok(())
+        }
+        Err(crate::limits::Denied::Unavailable) => Err(ApiError::new(
+            503,
+            "Rate limits cannot be checked right now (limits backend unavailable)",
+        )
+        .code("limits_unavailable")),
+        Err(crate::limits::Denied::Refused(r, headers)) => {
+            ctx.rate_headers = Some(headers);
+            use crate::limits::Refusal;
+            let mut err = match r {
+                Refusal::Budget => ApiError::new(
+                    429,
+                    format!(
+                        "You exceeded your current quota: the budget of {} is spent.",
+                        p.name
+                    ),
+                )
+                .code("insufficient_quota"),
+                Refusal::Concurrency => {
+                    ApiError::new(429, format!("Too many concurrent requests for {}.", p.name))
+                        .code("rate_limit_exceeded")
+                }
+                Refusal::Rpm => ApiError::new(
+                    429,
+                    format!("Rate limit reached for {}: requests per minute.", p.name),
+                )
+                .code("rate_limit_exceeded"),
+                Refusal::Tpm => ApiError::new(
+                    429,
+                    format!("Rate limit reached for {}: tokens per minute.", p.name),
+                )
+                .code("rate_limit_exceeded"),
+            };
+            err.retry_after = Some(match r {
+                Refusal::Concurrency => std::time::Duration::from_secs(1),
+                // A budget resets with its period; a minute is the shortest honest hint.
+                _ => crate::limits::retry_after(&headers),
+            });
+            Err(err)
+        }
+    }
 }
 
 /// Rewrites the client's body for the routed provider and decides the upstream call.

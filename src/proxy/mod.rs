@@ -39,6 +39,8 @@ pub struct Gateway {
     pub client: UpstreamClient,
     /// Every provider's backend pool.
     pub pools: Arc<crate::pool::Pools>,
+    pub auth: Arc<crate::auth::Auth>,
+    pub limiter: Arc<crate::limits::Limiter>,
     /// Present when telemetry is enabled.
     pub metrics: Option<Arc<Metrics>>,
     /// Present when MCP servers are configured.
@@ -55,6 +57,8 @@ impl Gateway {
         pools: Arc<crate::pool::Pools>,
     ) -> Self {
         Gateway {
+            auth: Arc::new(crate::auth::Auth::from_config(&cfg)),
+            limiter: Arc::new(crate::limits::Limiter::from_config(&cfg, metrics.clone())),
             mcp,
             pools,
             router: Router::new(&cfg, providers.clone()),
@@ -105,6 +109,12 @@ pub struct RequestCtx {
         Option<tokio::sync::OwnedSemaphorePermit>,
         crate::pool::InFlight,
     )>,
+    /// The authenticated caller (keys or OIDC); `None` on an open gateway.
+    pub principal: Option<crate::auth::Principal>,
+    /// The caller's limits admission, settled with the actual usage in `logging`.
+    pub admission: Option<crate::limits::Admission>,
+    /// `x-ratelimit-*` values for every response of this request.
+    pub rate_headers: Option<crate::limits::RateHeaders>,
     /// Calls sent to the provider (the MCP loop makes one per round).
     pub upstream_calls: u32,
     /// Why the provider request failed, if it did (`connect`, `timeout`, `status_5xx`, ...).
@@ -172,6 +182,9 @@ impl ProxyHttp for Gateway {
             mcp_rounds: 0,
             deadline: None,
             upstream_hold: None,
+            principal: None,
+            admission: None,
+            rate_headers: None,
             upstream_calls: 0,
             upstream_failure: None,
             upstream_retries: 0,
@@ -214,9 +227,21 @@ impl ProxyHttp for Gateway {
             "/v1/embeddings" => "/v1/embeddings",
             "/v1/models" => "/v1/models",
             "/v1/mcp/tools" => "/v1/mcp/tools",
+            "/v1/usage" => "/v1/usage",
             p if p.starts_with("/proxy/") => "/proxy/{provider}",
             _ => "other",
         };
+        // Every API endpoint needs a caller once keys or OIDC are configured (`/health` and
+        // unknown paths do not).
+        if ctx.route != "/health" && ctx.route != "other" {
+            match self.auth.authenticate(&session.req_header().headers).await {
+                Ok(p) => ctx.principal = p,
+                Err(e) => {
+                    respond::error(session, ctx, &e).await;
+                    return Ok(true);
+                }
+            }
+        }
         let answered = match (method, path.as_str()) {
             (Method::GET | Method::HEAD, "/health") => {
                 // Draining: tell load balancers to stop sending, while in-flight work finishes.
@@ -269,6 +294,10 @@ impl ProxyHttp for Gateway {
                 self.mcp_tools(session, ctx).await;
                 true
             }
+            (Method::GET, "/v1/usage") => {
+                self.usage(session, ctx).await;
+                true
+            }
             (_, p) if p.starts_with("/proxy/") => self.start_passthrough(session, ctx).await,
             (m, p) => {
                 let known = matches!(
@@ -279,6 +308,7 @@ impl ProxyHttp for Gateway {
                         | "/v1/embeddings"
                         | "/v1/models"
                         | "/v1/mcp/tools"
+                        | "/v1/usage"
                 );
                 let err = if known {
                     ApiError::new(405, format!("Method {m} is not allowed on {p}"))
@@ -422,6 +452,28 @@ impl ProxyHttp for Gateway {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        if let Some(adm) = ctx.admission.take() {
+            // Replace the reservation by what was used: exact usage, else the estimate (a
+            // stream cut short, a provider without usage), charged at the model's price.
+            let usage = ctx.usage.clone().or_else(|| {
+                ctx.estimated_usage.map(|(p, c)| filters::usage::Usage {
+                    prompt_tokens: p,
+                    completion_tokens: c,
+                    total_tokens: p + c,
+                    ..Default::default()
+                })
+            });
+            let (tokens, cost) = match (&usage, &ctx.provider, &ctx.upstream_model) {
+                (Some(u), Some(p), Some(m)) => (
+                    u.total_tokens.max(u.prompt_tokens + u.completion_tokens),
+                    self.limiter.prices.cost(p, m, u),
+                ),
+                (Some(u), _, _) => (u.prompt_tokens + u.completion_tokens, 0.0),
+                // Nothing reached the provider.
+                (None, _, _) => (0, 0.0),
+            };
+            self.limiter.settle(&adm, tokens, cost).await;
+        }
         if ctx.status == 0 {
             ctx.status = session.response_written().map_or(0, |r| r.status.as_u16());
         }
@@ -451,7 +503,7 @@ impl ProxyHttp for Gateway {
                 model: ctx.model.as_deref(),
                 upstream_model: ctx.upstream_model.as_deref(),
                 upstream: ctx.upstream_addr.map(|a| a.to_string()),
-                key_id: None,
+                key_id: ctx.principal.as_ref().map(|p| p.name.as_str()),
                 prompt_tokens: prompt,
                 completion_tokens: completion,
                 usage_estimated: estimated,
@@ -478,6 +530,42 @@ impl ProxyHttp for Gateway {
 }
 
 impl Gateway {
+    /// `GET /v1/usage`: the calling key's spend, budget and this minute's counts.
+    async fn usage(&self, session: &mut Session, ctx: &mut RequestCtx) {
+        let Some(p) = ctx.principal.clone() else {
+            let err = crate::auth::unauthorized(
+                "GET /v1/usage reports on the calling key: send one",
+                "missing_api_key",
+            );
+            respond::error(session, ctx, &err).await;
+            return;
+        };
+        let counts = match self.limiter.usage(&p).await {
+            Ok(c) => c,
+            Err(e) => {
+                let err = ApiError::new(503, format!("usage is unavailable: {}", e.0))
+                    .code("limits_unavailable");
+                respond::error(session, ctx, &err).await;
+                return;
+            }
+        };
+        let l = &p.limits;
+        let body = serde_json::json!({
+            "object": "usage",
+            "principal": p.name,
+            "owner": p.owner,
+            "metadata": *p.metadata,
+            "period": format!("{:?}", l.budget_period).to_ascii_lowercase(),
+            "spend_usd": counts.spend_micro as f64 / 1e6,
+            "budget_usd": l.budget_usd,
+            "requests_this_minute": counts.requests,
+            "tokens_this_minute": counts.tokens,
+            "limits": {"rpm": l.rpm, "tpm": l.tpm, "max_concurrent": l.max_concurrent, "models": l.models},
+        });
+        let body = Bytes::from(serde_json::to_vec(&body).unwrap_or_default());
+        let _ = respond::json(session, ctx, 200, body).await;
+    }
+
     /// `GET /v1/mcp/tools`: the MCP tools and servers, when `MCP_EXPOSE` allows it.
     async fn mcp_tools(&self, session: &mut Session, ctx: &mut RequestCtx) {
         if !self.cfg.mcp.expose {

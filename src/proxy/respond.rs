@@ -12,7 +12,25 @@ pub fn header(status: u16, content_type: &str, ctx: &RequestCtx) -> ResponseHead
     let mut h = ResponseHeader::build(status, Some(6)).expect("valid status");
     let _ = h.insert_header(http::header::CONTENT_TYPE, content_type);
     let _ = h.insert_header("x-request-id", ctx.request_id.as_str());
+    if let Some(r) = &ctx.rate_headers {
+        rate_headers(&mut h, r);
+    }
     h
+}
+
+/// OpenAI's `x-ratelimit-*` headers.
+fn rate_headers(h: &mut ResponseHeader, r: &crate::limits::RateHeaders) {
+    let reset = format!("{}s", r.reset);
+    if let Some(l) = r.limit_requests {
+        let _ = h.insert_header("x-ratelimit-limit-requests", l);
+        let _ = h.insert_header("x-ratelimit-remaining-requests", r.remaining_requests);
+        let _ = h.insert_header("x-ratelimit-reset-requests", reset.as_str());
+    }
+    if let Some(l) = r.limit_tokens {
+        let _ = h.insert_header("x-ratelimit-limit-tokens", l);
+        let _ = h.insert_header("x-ratelimit-remaining-tokens", r.remaining_tokens);
+        let _ = h.insert_header("x-ratelimit-reset-tokens", reset.as_str());
+    }
 }
 
 /// Writes a complete response with a body of known length. Errors mean the client is gone.

@@ -1,0 +1,214 @@
+//! Who is calling: virtual API keys (only their SHA-256 is kept) and OIDC bearer JWTs.
+//!
+//! Credentials come from `Authorization: Bearer <token>` or `x-api-key` (Anthropic-style
+//! clients). They are never forwarded upstream (the proxy strips them) and never logged: the
+//! access log names the principal (`key_id`), not the secret.
+
+pub mod oidc;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use subtle::ConstantTimeEq;
+
+use crate::config::auth::LimitsSpec;
+use crate::config::Config;
+use crate::errors::ApiError;
+use crate::routing::Route;
+
+/// An authenticated caller.
+#[derive(Debug, Clone)]
+pub struct Principal {
+    /// Stable identity for limits and spend: `key:<name>` or `oidc:<subject>`.
+    pub id: String,
+    /// Shown in logs, metrics and `/v1/usage`.
+    pub name: String,
+    pub limits: Arc<LimitsSpec>,
+    /// A key's `owner` and `metadata` (shown in `/v1/usage`).
+    pub owner: Option<String>,
+    pub metadata: Arc<std::collections::BTreeMap<String, String>>,
+}
+
+impl Principal {
+    /// Whether `requested` (as the client named it), routed to `route`, is allowed.
+    pub fn allows(&self, requested: &str, route: &Route<'_>) -> bool {
+        let m = &self.limits.models;
+        if m.is_empty() {
+            return true;
+        }
+        let provider = route.provider.name.as_str();
+        m.iter().any(|allowed| {
+            allowed == requested
+                || allowed.strip_suffix("/*").is_some_and(|p| p == provider)
+                || allowed
+                    .split_once('/')
+                    .is_some_and(|(p, model)| p == provider && model == route.upstream_model)
+        })
+    }
+}
+
+struct KeyEntry {
+    digest: [u8; 32],
+    name: String,
+    owner: Option<String>,
+    metadata: Arc<std::collections::BTreeMap<String, String>>,
+    expires: Option<SystemTime>,
+    limits: Arc<LimitsSpec>,
+}
+
+pub struct Auth {
+    /// Credentials are required (keys configured, or `auth.enable`).
+    pub required: bool,
+    /// By the first 8 bytes of the digest; the whole digest is compared in constant time.
+    keys: HashMap<[u8; 8], Vec<KeyEntry>>,
+    pub oidc: Option<Arc<oidc::Oidc>>,
+}
+
+/// SHA-256 of a key, as `sha256:<hex>` (what `[[keys]].hash` holds).
+pub fn hash_key(key: &str) -> String {
+    let d = ring::digest::digest(&ring::digest::SHA256, key.as_bytes());
+    format!("sha256:{}", hex(d.as_ref()))
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// A new random key with the `igw-` prefix (256 bits from the OS).
+pub fn new_key() -> String {
+    let a = uuid::Uuid::new_v4();
+    let b = uuid::Uuid::new_v4();
+    let mut bytes = a.as_bytes().to_vec();
+    bytes.extend_from_slice(b.as_bytes());
+    format!("igw-{}", hex(&bytes))
+}
+
+impl Auth {
+    pub fn from_config(cfg: &Config) -> Auth {
+        let mut keys: HashMap<[u8; 8], Vec<KeyEntry>> = HashMap::new();
+        for k in &cfg.keys {
+            let hexd = k.hash.trim_start_matches("sha256:").to_ascii_lowercase();
+            let mut digest = [0u8; 32];
+            for (i, d) in digest.iter_mut().enumerate() {
+                // Validated at load: 64 hex digits.
+                *d = u8::from_str_radix(&hexd[2 * i..2 * i + 2], 16).unwrap_or(0);
+            }
+            let expires = k
+                .expires
+                .as_deref()
+                .and_then(|e| humantime::parse_rfc3339_weak(e).ok());
+            let mut prefix = [0u8; 8];
+            prefix.copy_from_slice(&digest[..8]);
+            keys.entry(prefix).or_default().push(KeyEntry {
+                digest,
+                name: k.name.clone(),
+                owner: k.owner.clone(),
+                metadata: Arc::new(k.metadata.clone()),
+                expires,
+                limits: Arc::new(k.limits.clone()),
+            });
+        }
+        Auth {
+            required: cfg.auth.enable || !cfg.keys.is_empty(),
+            keys,
+            oidc: oidc::Oidc::from_config(cfg).map(Arc::new),
+        }
+    }
+
+    /// The caller of a request, `Ok(None)` when the gateway is open and no known credential
+    /// was sent (an open gateway ignores whatever token a client sends, as the Go gateway did).
+    pub async fn authenticate(
+        &self,
+        headers: &http::HeaderMap,
+    ) -> Result<Option<Principal>, ApiError> {
+        let token = bearer(headers).or_else(|| {
+            headers
+                .get("x-api-key")
+                .and_then(|v| v.to_str().ok())
+                .map(str::trim)
+                .filter(|t| !t.is_empty())
+        });
+        let Some(token) = token else {
+            if self.required {
+                return Err(unauthorized(
+                    "You didn't provide an API key. Send it as Authorization: Bearer <key> or x-api-key.",
+                    "missing_api_key",
+                ));
+            }
+            return Ok(None);
+        };
+        if let Some(p) = self.key(token)? {
+            return Ok(Some(p));
+        }
+        if let Some(oidc) = &self.oidc {
+            if oidc::looks_like_jwt(token) {
+                return oidc.validate(token).await.map(Some);
+            }
+        }
+        if self.required {
+            return Err(unauthorized(
+                "Incorrect API key provided.",
+                "invalid_api_key",
+            ));
+        }
+        Ok(None)
+    }
+
+    fn key(&self, token: &str) -> Result<Option<Principal>, ApiError> {
+        let d = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
+        let digest = d.as_ref();
+        let mut prefix = [0u8; 8];
+        prefix.copy_from_slice(&digest[..8]);
+        let Some(candidates) = self.keys.get(&prefix) else {
+            return Ok(None);
+        };
+        for k in candidates {
+            if bool::from(k.digest.ct_eq(digest)) {
+                if k.expires.is_some_and(|e| SystemTime::now() >= e) {
+                    return Err(unauthorized(
+                        &format!("API key {} has expired.", k.name),
+                        "expired_api_key",
+                    ));
+                }
+                return Ok(Some(Principal {
+                    id: format!("key:{}", k.name),
+                    name: k.name.clone(),
+                    limits: k.limits.clone(),
+                    owner: k.owner.clone(),
+                    metadata: k.metadata.clone(),
+                }));
+            }
+        }
+        Ok(None)
+    }
+}
+
+fn bearer(headers: &http::HeaderMap) -> Option<&str> {
+    let v = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = v.trim().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
+}
+
+pub fn unauthorized(message: &str, code: &'static str) -> ApiError {
+    ApiError::new(401, message).code(code)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_hash_and_generate() {
+        assert_eq!(
+            hash_key("abc"),
+            "sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        let k = new_key();
+        assert!(k.starts_with("igw-") && k.len() == 4 + 64);
+        assert_ne!(new_key(), k);
+    }
+}

@@ -1,0 +1,142 @@
+//! Limits in this process's memory: the default, and the fallback of `fail_open`.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use super::{Ask, Counts, Refusal};
+
+#[derive(Default)]
+struct Entry {
+    minute: u64,
+    requests: u64,
+    tokens: i64,
+    concurrent: u64,
+    period: String,
+    spend_micro: i64,
+}
+
+impl Entry {
+    /// Rolls the minute window and the budget period forward.
+    fn roll(&mut self, minute: u64, period: &str) {
+        if self.minute != minute {
+            self.minute = minute;
+            self.requests = 0;
+            self.tokens = 0;
+        }
+        if self.period != period {
+            self.period = period.to_string();
+            self.spend_micro = 0;
+        }
+    }
+
+    fn counts(&self) -> Counts {
+        Counts {
+            requests: self.requests,
+            tokens: self.tokens.max(0) as u64,
+            spend_micro: self.spend_micro,
+        }
+    }
+}
+
+#[derive(Default)]
+pub struct Memory {
+    by_id: Mutex<HashMap<String, Entry>>,
+}
+
+impl Memory {
+    fn with<R>(&self, id: &str, f: impl FnOnce(&mut Entry) -> R) -> R {
+        let mut map = self.by_id.lock().unwrap_or_else(|e| e.into_inner());
+        f(map.entry(id.to_string()).or_default())
+    }
+
+    pub fn admit(&self, a: &Ask) -> Result<Counts, (Refusal, Counts)> {
+        self.with(&a.id, |e| {
+            e.roll(a.minute, &a.period);
+            if a.budget_micro.is_some_and(|b| e.spend_micro >= b) {
+                return Err((Refusal::Budget, e.counts()));
+            }
+            if a.concurrent.is_some_and(|c| e.concurrent >= c) {
+                return Err((Refusal::Concurrency, e.counts()));
+            }
+            if a.rpm.is_some_and(|r| e.requests + 1 > r) {
+                return Err((Refusal::Rpm, e.counts()));
+            }
+            if a.tpm.is_some_and(|t| e.tokens.max(0) as u64 + a.tokens > t) {
+                return Err((Refusal::Tpm, e.counts()));
+            }
+            e.requests += 1;
+            e.tokens += a.tokens as i64;
+            if a.concurrent.is_some() {
+                e.concurrent += 1;
+            }
+            Ok(e.counts())
+        })
+    }
+
+    pub fn settle(&self, a: &Ask, token_delta: i64, micro: i64) {
+        self.with(&a.id, |e| {
+            // A reservation made in an earlier minute is not moved into this one.
+            if e.minute == a.minute {
+                e.tokens += token_delta;
+            }
+            if a.concurrent.is_some() {
+                e.concurrent = e.concurrent.saturating_sub(1);
+            }
+            if e.period == a.period {
+                e.spend_micro += micro;
+            }
+        })
+    }
+
+    pub fn settle_spend_only(&self, a: &Ask, micro: i64) {
+        self.with(&a.id, |e| {
+            e.roll(e.minute, &a.period);
+            e.spend_micro += micro;
+        })
+    }
+
+    pub fn counts(&self, id: &str, minute: u64, period: &str) -> Counts {
+        self.with(id, |e| {
+            e.roll(minute, period);
+            e.counts()
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ask(tokens: u64) -> Ask {
+        Ask {
+            id: "k".into(),
+            minute: 1,
+            period: "all".into(),
+            rpm: Some(3),
+            tpm: Some(100),
+            concurrent: Some(2),
+            budget_micro: Some(1_000),
+            tokens,
+        }
+    }
+
+    #[test]
+    fn every_limit_and_settlement() {
+        let m = Memory::default();
+        assert!(m.admit(&ask(40)).is_ok());
+        assert!(m.admit(&ask(40)).is_ok());
+        assert_eq!(m.admit(&ask(1)).unwrap_err().0, Refusal::Concurrency);
+        // The first used only 10 tokens: 50 of 100 counted now, and a slot is free.
+        m.settle(&ask(40), -30, 600);
+        assert_eq!(m.admit(&ask(51)).unwrap_err().0, Refusal::Tpm);
+        assert_eq!(m.admit(&ask(50)).unwrap().requests, 3);
+        m.settle(&ask(30), 0, 0);
+        assert_eq!(m.admit(&ask(0)).unwrap_err().0, Refusal::Rpm);
+        // A new minute: requests and tokens reset, spend and slots do not.
+        let mut next = ask(0);
+        next.minute = 2;
+        m.settle(&ask(40), 0, 500);
+        assert_eq!(m.admit(&next).unwrap_err().0, Refusal::Budget);
+        assert_eq!(m.counts("k", 2, "all").spend_micro, 1_100);
+    }
+}

@@ -1,0 +1,280 @@
+//! Rate limits, concurrency and budgets per principal, exact across replicas.
+//!
+//! One admission decides everything a request needs, atomically: budget not spent, a
+//! concurrency slot, one request of the minute's RPM, and a reservation of its estimated tokens
+//! (prompt bytes / 4 + `max_tokens`) against the minute's TPM. Nothing is consumed when any
+//! check fails. When the request ends, [`Limiter::settle`] replaces the reservation by the
+//! tokens actually used (exact usage, or the estimate for a stream cut short), frees the slot
+//! and adds the cost to the period's spend.
+//!
+//! State lives in memory (one process) or in Redis, where admission and settlement are Lua
+//! scripts (no read-modify-write race between replicas). Redis calls are bounded by
+//! `limits.redis_timeout`; when Redis fails, `fail_open` enforces the limits in this process's
+//! memory instead, `fail_closed` answers 503.
+
+mod memory;
+pub mod prices;
+mod redis;
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::auth::Principal;
+use crate::config::auth::{BudgetPeriod, FailureMode, LimitsSpec};
+use crate::config::Config;
+use crate::metrics::Metrics;
+
+/// What an admission checks, in integer units (spend in micro-dollars).
+#[derive(Debug, Clone)]
+pub struct Ask {
+    pub id: String,
+    /// Minute window number (Unix minutes).
+    pub minute: u64,
+    pub period: String,
+    pub rpm: Option<u64>,
+    pub tpm: Option<u64>,
+    pub concurrent: Option<u64>,
+    pub budget_micro: Option<i64>,
+    pub tokens: u64,
+}
+
+/// Counters after an admission (for the `x-ratelimit-*` headers).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Counts {
+    pub requests: u64,
+    pub tokens: u64,
+    pub spend_micro: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    Budget,
+    Concurrency,
+    Rpm,
+    Tpm,
+}
+
+/// A request that was let in; settle it when it ends.
+#[derive(Debug, Clone)]
+pub struct Admission {
+    pub ask: Ask,
+    /// Decided in memory because Redis failed (settle there too).
+    local: bool,
+}
+
+/// `x-ratelimit-*` values.
+#[derive(Debug, Clone, Copy)]
+pub struct RateHeaders {
+    pub limit_requests: Option<u64>,
+    pub remaining_requests: u64,
+    pub limit_tokens: Option<u64>,
+    pub remaining_tokens: u64,
+    /// Seconds until the minute window resets.
+    pub reset: u64,
+}
+
+#[derive(Debug)]
+pub enum Denied {
+    Refused(Refusal, RateHeaders),
+    /// Redis is down and `fail_closed`.
+    Unavailable,
+}
+
+/// A backend error (Redis unreachable, timeout, script error).
+#[derive(Debug)]
+pub struct BackendError(pub String);
+
+pub struct Limiter {
+    memory: memory::Memory,
+    redis: Option<redis::Redis>,
+    failure_mode: FailureMode,
+    pub prices: prices::Prices,
+    metrics: Option<Arc<Metrics>>,
+}
+
+fn unix_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// The budget period's key part: `d<days>`, `w<weeks>`, `m<yyyymm>`, `all`.
+pub fn period_key(p: BudgetPeriod, now_secs: u64) -> String {
+    let days = now_secs / 86_400;
+    match p {
+        BudgetPeriod::Daily => format!("d{days}"),
+        // Weeks start on Monday (1970-01-01 was a Thursday).
+        BudgetPeriod::Weekly => format!("w{}", (days + 3) / 7),
+        BudgetPeriod::Monthly => {
+            let (y, m) = civil_month(days as i64);
+            format!("m{y:04}{m:02}")
+        }
+        BudgetPeriod::Total => "all".into(),
+    }
+}
+
+/// Year and month of a day number (days since 1970-01-01), proleptic Gregorian.
+fn civil_month(days: i64) -> (i64, u32) {
+    // Howard Hinnant's algorithm.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m)
+}
+
+impl Limiter {
+    pub fn from_config(cfg: &Config, metrics: Option<Arc<Metrics>>) -> Limiter {
+        Limiter {
+            memory: memory::Memory::default(),
+            redis: cfg.limits.redis_url.as_ref().map(|u| {
+                redis::Redis::new(
+                    u.expose(),
+                    cfg.limits.redis_timeout.get(),
+                    &cfg.limits.redis_prefix,
+                )
+            }),
+            failure_mode: cfg.limits.failure_mode,
+            prices: prices::Prices::from_config(cfg),
+            metrics,
+        }
+    }
+
+    /// Whether a principal with these limits needs the limiter at all.
+    pub fn applies(l: &LimitsSpec) -> bool {
+        l.rpm.is_some() || l.tpm.is_some() || l.max_concurrent.is_some() || l.budget_usd.is_some()
+    }
+
+    pub async fn admit(
+        &self,
+        p: &Principal,
+        tokens: u64,
+    ) -> Result<(Admission, RateHeaders), Denied> {
+        let now = unix_secs();
+        let l = &p.limits;
+        let ask = Ask {
+            id: p.id.clone(),
+            minute: now / 60,
+            period: period_key(l.budget_period, now),
+            rpm: l.rpm,
+            tpm: l.tpm,
+            concurrent: l.max_concurrent,
+            budget_micro: l.budget_usd.map(|b| (b * 1e6) as i64),
+            tokens,
+        };
+        let reset = 60 - now % 60;
+        let (result, local) = match &self.redis {
+            None => (self.memory.admit(&ask), true),
+            Some(r) => match r.admit(&ask).await {
+                Ok(x) => (x, false),
+                Err(e) => {
+                    self.backend_error(&e);
+                    match self.failure_mode {
+                        FailureMode::FailClosed => return Err(Denied::Unavailable),
+                        FailureMode::FailOpen => (self.memory.admit(&ask), true),
+                    }
+                }
+            },
+        };
+        let headers = |c: Counts| RateHeaders {
+            limit_requests: ask.rpm,
+            remaining_requests: ask.rpm.map_or(0, |l| l.saturating_sub(c.requests)),
+            limit_tokens: ask.tpm,
+            remaining_tokens: ask.tpm.map_or(0, |l| l.saturating_sub(c.tokens)),
+            reset,
+        };
+        match result {
+            Ok(c) => Ok((
+                Admission {
+                    ask: ask.clone(),
+                    local,
+                },
+                headers(c),
+            )),
+            Err((r, c)) => {
+                if let Some(m) = &self.metrics {
+                    let reason = match r {
+                        Refusal::Budget => "budget",
+                        Refusal::Concurrency => "concurrency",
+                        Refusal::Rpm => "rpm",
+                        Refusal::Tpm => "tpm",
+                    };
+                    m.limited.with_label_values(&[reason]).inc();
+                }
+                Err(Denied::Refused(r, headers(c)))
+            }
+        }
+    }
+
+    /// Ends an admitted request: `tokens` actually used, `cost` in USD.
+    pub async fn settle(&self, a: &Admission, tokens: u64, cost_usd: f64) {
+        let delta = tokens as i64 - a.ask.tokens as i64;
+        let micro = (cost_usd * 1e6).round() as i64;
+        if let Some(m) = &self.metrics {
+            if cost_usd > 0.0 {
+                m.spend.with_label_values(&[&a.ask.id]).inc_by(cost_usd);
+            }
+        }
+        if a.local {
+            self.memory.settle(&a.ask, delta, micro);
+            return;
+        }
+        if let Some(r) = &self.redis {
+            if let Err(e) = r.settle(&a.ask, delta, micro).await {
+                // The spend is lost for the shared total; keep it locally at least.
+                self.backend_error(&e);
+                self.memory.settle_spend_only(&a.ask, micro);
+            }
+        }
+    }
+
+    /// Spend of this period and this minute's counts, for `GET /v1/usage`.
+    pub async fn usage(&self, p: &Principal) -> Result<Counts, BackendError> {
+        let now = unix_secs();
+        let period = period_key(p.limits.budget_period, now);
+        let minute = now / 60;
+        match &self.redis {
+            Some(r) => r.counts(&p.id, minute, &period).await,
+            None => Ok(self.memory.counts(&p.id, minute, &period)),
+        }
+    }
+
+    fn backend_error(&self, e: &BackendError) {
+        log::warn!("limits backend (Redis) failed: {}", e.0);
+        if let Some(m) = &self.metrics {
+            m.limits_backend_errors.inc();
+        }
+    }
+}
+
+/// Seconds until the minute window resets (for `Retry-After`).
+pub fn retry_after(h: &RateHeaders) -> Duration {
+    Duration::from_secs(h.reset.max(1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn periods() {
+        // 2026-11-21 (a Saturday) 12:00 UTC.
+        let t = 1_795_262_400;
+        assert_eq!(period_key(BudgetPeriod::Monthly, t), "m202611");
+        assert_eq!(
+            period_key(BudgetPeriod::Daily, t),
+            format!("d{}", t / 86_400)
+        );
+        assert_eq!(period_key(BudgetPeriod::Total, t), "all");
+        // Monday 2026-11-16 and Sunday 2026-11-22 share a week; Monday 23rd does not.
+        let mon = period_key(BudgetPeriod::Weekly, t - 5 * 86_400);
+        assert_eq!(mon, period_key(BudgetPeriod::Weekly, t + 86_400));
+        assert_ne!(mon, period_key(BudgetPeriod::Weekly, t + 2 * 86_400));
+        assert_eq!(civil_month(0), (1970, 1));
+        assert_eq!(civil_month(19_782), (2024, 2)); // 2024-02-29
+    }
+}

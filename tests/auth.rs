@@ -1,0 +1,594 @@
+//! Keys, OIDC, limits and budgets, black-box: the gateway binary, a mock provider, a local OIDC
+//! issuer (discovery + JWKS) with keys made in the test, and real `redis-server`s.
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use common::*;
+use serde_json::{json, Value};
+
+/// `[[keys]]` hash of `key`, from the gateway's own `hash-key` subcommand.
+fn hash(key: &str) -> String {
+    let out = Command::new(bin())
+        .args(["hash-key", key])
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("hash: "))
+        .expect("hash line")
+        .to_string()
+}
+
+fn chat(model: &str) -> Vec<u8> {
+    json!({"model": model, "max_tokens": 100, "messages": [{"role": "user", "content": "hi"}]})
+        .to_string()
+        .into_bytes()
+}
+
+async fn call(gw: &GatewayProcess, key: Option<&str>, body: &[u8]) -> RawResponse {
+    let auth = key.map(|k| format!("Bearer {k}"));
+    let headers: Vec<(&str, &str)> = auth
+        .as_deref()
+        .map(|a| vec![("authorization", a)])
+        .unwrap_or_default();
+    raw_request(gw.addr(), "POST", "/v1/chat/completions", &headers, body).await
+}
+
+/// Waits until at least 10 s remain in the current minute (limits count per minute).
+async fn fresh_minute() {
+    let s = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    if s % 60 > 50 {
+        tokio::time::sleep(Duration::from_secs(61 - s % 60)).await;
+    }
+}
+
+fn ok_provider() -> impl Fn(&Recorded) -> Vec<Step> + Send + Sync + 'static {
+    |req: &Recorded| {
+        if req.json()["stream"] == true {
+            let body = chat_stream("gpt-4o", &["a", "b", "c"], true);
+            return sse_steps(body.as_bytes(), &[], Duration::ZERO);
+        }
+        json_response(200, &chat_completion("gpt-4o", "ok"))
+    }
+}
+
+#[tokio::test]
+async fn keys_refuse_what_they_must_and_never_leak_upstream() {
+    let up = MockUpstream::start(ok_provider()).await;
+    let toml = format!(
+        r#"
+[aliases.smart]
+target = "openai/gpt-4o"
+
+[[keys]]
+name = "alpha"
+hash = "{}"
+models = ["openai/*"]
+owner = "team-a"
+metadata = {{ cost_center = "42" }}
+
+[[keys]]
+name = "beta"
+hash = "{}"
+models = ["smart"]
+
+[[keys]]
+name = "old"
+hash = "{}"
+expires = "2020-01-01T00:00:00Z"
+"#,
+        hash("igw-alpha"),
+        hash("igw-beta"),
+        hash("igw-old")
+    );
+    let gw = GatewayProcess::start(&provider_env(&[("openai", up.url("/v1"))]), Some(&toml));
+    let body = chat("openai/gpt-4o");
+    for (key, code) in [
+        (None, "missing_api_key"),
+        (Some("igw-wrong"), "invalid_api_key"),
+        (Some("igw-old"), "expired_api_key"),
+    ] {
+        let r = call(&gw, key, &body).await;
+        assert_eq!(r.status, 401, "{key:?}");
+        assert_eq!(r.json()["error"]["code"], code);
+        assert_eq!(r.json()["error"]["type"], "authentication_error");
+    }
+    assert_eq!(up.count(), 0);
+    // Allowed, by bearer and by x-api-key; the provider sees its own key, never the caller's.
+    assert_eq!(call(&gw, Some("igw-alpha"), &body).await.status, 200);
+    let r = raw_request(
+        gw.addr(),
+        "POST",
+        "/v1/chat/completions",
+        &[("x-api-key", "igw-alpha")],
+        &body,
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    for req in up.requests() {
+        assert_eq!(req.header("authorization"), Some("Bearer sk-openai-test"));
+        assert_eq!(req.header("x-api-key"), None);
+        assert!(!format!("{:?}", req.headers).contains("igw-"));
+    }
+    // Model allowance: beta may use the alias, not the model directly.
+    let r = call(&gw, Some("igw-beta"), &body).await;
+    assert_eq!(r.status, 403);
+    assert_eq!(r.json()["error"]["code"], "model_not_allowed");
+    assert_eq!(
+        call(&gw, Some("igw-beta"), &chat("smart")).await.status,
+        200
+    );
+    let r = call(&gw, Some("igw-alpha"), &chat("anthropic/claude")).await;
+    assert_eq!(r.status, 403);
+    // Other API endpoints need a key too; /health does not.
+    let r = raw_request(gw.addr(), "GET", "/v1/models", &[], b"").await;
+    assert_eq!(r.status, 401);
+    let r = raw_request(gw.addr(), "GET", "/health", &[], b"").await;
+    assert_eq!(r.status, 200);
+    // /v1/usage reports on the caller.
+    let r = raw_request(
+        gw.addr(),
+        "GET",
+        "/v1/usage",
+        &[("authorization", "Bearer igw-alpha")],
+        b"",
+    )
+    .await;
+    let v = r.json();
+    assert_eq!(v["principal"], "alpha");
+    assert_eq!(v["owner"], "team-a");
+    assert_eq!(v["metadata"]["cost_center"], "42");
+    // The key never reaches the log; its name does.
+    let log = gw.log_text();
+    assert!(!log.contains("igw-alpha"));
+    assert!(log.contains(" key=alpha"), "{log}");
+}
+
+#[tokio::test]
+async fn rpm_is_exact_under_200_parallel_requests() {
+    let up = MockUpstream::start(ok_provider()).await;
+    let toml = format!(
+        "[[keys]]\nname = \"k\"\nhash = \"{}\"\nrpm = 50\n",
+        hash("igw-rpm")
+    );
+    let gw = GatewayProcess::start(&provider_env(&[("openai", up.url("/v1"))]), Some(&toml));
+    fresh_minute().await;
+    let addr = gw.addr();
+    let tasks: Vec<_> = (0..200)
+        .map(|_| {
+            tokio::spawn(async move {
+                raw_request(
+                    addr,
+                    "POST",
+                    "/v1/chat/completions",
+                    &[("authorization", "Bearer igw-rpm")],
+                    &chat("openai/gpt-4o"),
+                )
+                .await
+            })
+        })
+        .collect();
+    let mut ok = 0;
+    let mut limited = 0;
+    for t in tasks {
+        let r = t.await.unwrap();
+        match r.status {
+            200 => ok += 1,
+            429 => {
+                limited += 1;
+                assert_eq!(r.json()["error"]["code"], "rate_limit_exceeded");
+                assert_eq!(r.json()["error"]["type"], "rate_limit_error");
+                assert!(r.headers.contains_key("retry-after"));
+                assert_eq!(r.headers["x-ratelimit-limit-requests"], "50");
+                assert_eq!(r.headers["x-ratelimit-remaining-requests"], "0");
+            }
+            s => panic!("unexpected {s}"),
+        }
+    }
+    assert_eq!((ok, limited), (50, 150));
+    assert_eq!(up.count(), 50);
+}
+
+#[tokio::test]
+async fn tpm_reserves_then_reconciles_and_concurrency_is_bounded() {
+    let slow = Arc::new(Mutex::new(false));
+    let s2 = slow.clone();
+    let up = MockUpstream::start(move |req: &Recorded| {
+        let mut steps = Vec::new();
+        if *s2.lock().unwrap() {
+            steps.push(Step::Sleep(Duration::from_millis(500)));
+        }
+        steps.extend(ok_provider()(req));
+        steps
+    })
+    .await;
+    let toml = format!(
+        "[[keys]]\nname = \"t\"\nhash = \"{}\"\ntpm = 1000\n\
+         [[keys]]\nname = \"c\"\nhash = \"{}\"\nmax_concurrent = 2\n",
+        hash("igw-tpm"),
+        hash("igw-conc")
+    );
+    let gw = GatewayProcess::start(&provider_env(&[("openai", up.url("/v1"))]), Some(&toml));
+    fresh_minute().await;
+    let body = chat("openai/gpt-4o");
+    let reserve = (body.len() as u64).div_ceil(4) + 100;
+    // Asking for more than the minute allows is refused before any call.
+    let big = json!({"model": "openai/gpt-4o", "max_tokens": 5000, "messages": [{"role": "user", "content": "hi"}]});
+    let r = call(&gw, Some("igw-tpm"), big.to_string().as_bytes()).await;
+    assert_eq!(r.status, 429);
+    assert_eq!(r.headers["x-ratelimit-limit-tokens"], "1000");
+    // First call: reserved, then settled to its real usage (12 tokens).
+    let r = call(&gw, Some("igw-tpm"), &body).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.headers["x-ratelimit-remaining-tokens"],
+        (1000 - reserve).to_string()
+    );
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let r = call(&gw, Some("igw-tpm"), &body).await;
+    assert_eq!(
+        r.headers["x-ratelimit-remaining-tokens"],
+        (1000 - 12 - reserve).to_string(),
+        "the first reservation was replaced by the 12 tokens used"
+    );
+    // Concurrency: 2 at a time.
+    *slow.lock().unwrap() = true;
+    let addr = gw.addr();
+    let tasks: Vec<_> = (0..5)
+        .map(|_| {
+            let body = body.clone();
+            tokio::spawn(async move {
+                raw_request(
+                    addr,
+                    "POST",
+                    "/v1/chat/completions",
+                    &[("authorization", "Bearer igw-conc")],
+                    &body,
+                )
+                .await
+                .status
+            })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for t in tasks {
+        statuses.push(t.await.unwrap());
+    }
+    statuses.sort();
+    assert_eq!(statuses, [200, 200, 429, 429, 429]);
+    // Slots are given back.
+    *slow.lock().unwrap() = false;
+    assert_eq!(call(&gw, Some("igw-conc"), &body).await.status, 200);
+}
+
+#[tokio::test]
+async fn budget_reached_mid_stream_is_enforced_on_the_next_request() {
+    let up = MockUpstream::start(ok_provider()).await;
+    let metrics_port = free_port();
+    let toml = format!(
+        "[prices]\n\"openai/gpt-4o\" = {{ input = 1000000.0, output = 1000000.0 }}\n\
+         [[keys]]\nname = \"b\"\nhash = \"{}\"\nbudget_usd = 5.0\nbudget_period = \"daily\"\n",
+        hash("igw-budget")
+    );
+    let mut env = provider_env(&[("openai", up.url("/v1"))]);
+    env.push(("TELEMETRY_ENABLE", "true".into()));
+    env.push(("TELEMETRY_METRICS_PORT", metrics_port.to_string()));
+    let gw = GatewayProcess::start(&env, Some(&toml));
+    // At 1 USD a token, this stream (9 prompt + 3 completion tokens) spends 12 USD.
+    let stream = json!({"model": "openai/gpt-4o", "stream": true, "messages": [{"role": "user", "content": "hi"}]});
+    let r = call(&gw, Some("igw-budget"), stream.to_string().as_bytes()).await;
+    assert_eq!(r.status, 200);
+    assert!(r.text().ends_with("data: [DONE]\n\n"));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let r = call(&gw, Some("igw-budget"), &chat("openai/gpt-4o")).await;
+    assert_eq!(r.status, 429);
+    assert_eq!(r.json()["error"]["code"], "insufficient_quota");
+    let v = raw_request(
+        gw.addr(),
+        "GET",
+        "/v1/usage",
+        &[("authorization", "Bearer igw-budget")],
+        b"",
+    )
+    .await
+    .json();
+    assert_eq!(v["spend_usd"], 12.0);
+    assert_eq!(v["budget_usd"], 5.0);
+    assert_eq!(v["period"], "daily");
+    let m = raw_request(
+        ([127, 0, 0, 1], metrics_port).into(),
+        "GET",
+        "/metrics",
+        &[],
+        b"",
+    )
+    .await
+    .text();
+    assert!(
+        m.contains("llm_spend_usd_total{principal=\"key:b\"} 12"),
+        "{m}"
+    );
+    assert!(
+        m.contains("llm_rate_limited_total{reason=\"budget\"} 1"),
+        "{m}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// OIDC
+// ---------------------------------------------------------------------------------------------
+
+fn b64url(data: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::new();
+    for c in data.chunks(3) {
+        let n = (u32::from(c[0]) << 16)
+            | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
+            | u32::from(*c.get(2).unwrap_or(&0));
+        for i in 0..=c.len() {
+            out.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
+        }
+    }
+    out
+}
+
+struct SigningKey {
+    kid: String,
+    /// PKCS#8 DER of the private key.
+    der: Vec<u8>,
+    jwk: Value,
+}
+
+fn ec_key(kid: &str) -> SigningKey {
+    let kp = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let raw = kp.public_key_raw();
+    assert_eq!(raw.len(), 65);
+    SigningKey {
+        kid: kid.into(),
+        der: kp.serialize_der(),
+        jwk: json!({"kty": "EC", "crv": "P-256", "kid": kid, "alg": "ES256", "use": "sig",
+            "x": b64url(&raw[1..33]), "y": b64url(&raw[33..])}),
+    }
+}
+
+fn token(key: &SigningKey, claims: Value) -> String {
+    let mut h = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+    h.kid = Some(key.kid.clone());
+    jsonwebtoken::encode(
+        &h,
+        &claims,
+        &jsonwebtoken::EncodingKey::from_ec_der(&key.der),
+    )
+    .unwrap()
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+#[tokio::test]
+async fn oidc_tokens_are_checked_against_the_issuer() {
+    let k1 = ec_key("k1");
+    let k2 = ec_key("k2");
+    let jwks = Arc::new(Mutex::new(json!({"keys": [k1.jwk.clone()]})));
+    let issuer_url = Arc::new(Mutex::new(String::new()));
+    let (j, iu) = (jwks.clone(), issuer_url.clone());
+    let issuer = MockUpstream::start(move |req: &Recorded| {
+        let iss = iu.lock().unwrap().clone();
+        match req.path.as_str() {
+            "/realm/.well-known/openid-configuration" => json_response(
+                200,
+                &json!({"issuer": iss, "jwks_uri": format!("{iss}/jwks")}).to_string(),
+            ),
+            "/realm/jwks" => json_response(200, &j.lock().unwrap().to_string()),
+            _ => json_response(404, "{}"),
+        }
+    })
+    .await;
+    let iss = issuer.url("/realm");
+    *issuer_url.lock().unwrap() = iss.clone();
+    let up = MockUpstream::start(ok_provider()).await;
+    let mut env = provider_env(&[("openai", up.url("/v1"))]);
+    env.extend([
+        ("AUTH_ENABLE", "true".to_string()),
+        ("AUTH_OIDC_ISSUER", iss.clone()),
+        ("AUTH_OIDC_CLIENT_ID", "gateway".to_string()),
+    ]);
+    let toml = "[auth]\ntier_claim = \"tier\"\nleeway = \"5s\"\n[auth.tiers.free]\nrpm = 2\n";
+    let gw = GatewayProcess::start(&env, Some(toml));
+    let good = || json!({"iss": iss, "aud": "gateway", "sub": "alice", "exp": now() + 300, "nbf": now() - 10});
+    let body = chat("openai/gpt-4o");
+
+    let r = call(&gw, Some(&token(&k1, good())), &body).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+
+    let mut bad = Vec::new();
+    let mut c = good();
+    c["exp"] = json!(now() - 60);
+    bad.push(("expired", token(&k1, c)));
+    let mut c = good();
+    c["aud"] = json!("someone-else");
+    bad.push(("wrong audience", token(&k1, c)));
+    let mut c = good();
+    c["iss"] = json!("https://evil.example");
+    bad.push(("wrong issuer", token(&k1, c)));
+    let mut c = good();
+    c["nbf"] = json!(now() + 600);
+    bad.push(("not valid yet", token(&k1, c)));
+    // Signed by another key that claims k1's id.
+    let forged = SigningKey {
+        kid: "k1".into(),
+        der: k2.der.clone(),
+        jwk: json!({}),
+    };
+    bad.push(("bad signature", token(&forged, good())));
+    // alg none, and HS256 keyed with the public JWK (algorithm confusion).
+    let payload = b64url(good().to_string().as_bytes());
+    bad.push((
+        "alg none",
+        format!("{}.{payload}.", b64url(br#"{"alg":"none","kid":"k1"}"#)),
+    ));
+    let mut h = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+    h.kid = Some("k1".into());
+    let hs = jsonwebtoken::encode(
+        &h,
+        &good(),
+        &jsonwebtoken::EncodingKey::from_secret(k1.jwk.to_string().as_bytes()),
+    )
+    .unwrap();
+    bad.push(("HS256 with the public key", hs));
+    for (what, t) in bad {
+        let r = call(&gw, Some(&t), &body).await;
+        assert_eq!(r.status, 401, "{what}: {}", r.text());
+        assert_eq!(r.json()["error"]["code"], "invalid_token", "{what}");
+    }
+    // Key rotation: a token from a key the JWKS does not have yet, then has.
+    let rotated = token(&k2, good());
+    assert_eq!(call(&gw, Some(&rotated), &body).await.status, 401);
+    *jwks.lock().unwrap() = json!({"keys": [k1.jwk.clone(), k2.jwk.clone()]});
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        if call(&gw, Some(&rotated), &body).await.status == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "rotated key never accepted");
+    }
+    // The tier claim picks the limits.
+    fresh_minute().await;
+    let mut c = good();
+    c["sub"] = json!("bob");
+    c["tier"] = json!("free");
+    let t = token(&k1, c);
+    assert_eq!(call(&gw, Some(&t), &body).await.status, 200);
+    assert_eq!(call(&gw, Some(&t), &body).await.status, 200);
+    let r = call(&gw, Some(&t), &body).await;
+    assert_eq!(r.status, 429);
+    assert_eq!(r.headers["x-ratelimit-limit-requests"], "2");
+    // The token never reaches the provider.
+    for req in up.requests() {
+        assert_eq!(req.header("authorization"), Some("Bearer sk-openai-test"));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Redis: limits shared across replicas
+// ---------------------------------------------------------------------------------------------
+
+struct RedisServer {
+    child: Child,
+    port: u16,
+}
+
+impl RedisServer {
+    fn start() -> RedisServer {
+        let port = free_port();
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server (installed by scripts/deps.sh test)");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            use std::io::{Read, Write};
+            if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+                let _ = s.write_all(b"PING\r\n");
+                let mut buf = [0u8; 7];
+                if s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n" {
+                    break;
+                }
+            }
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        RedisServer { child, port }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+#[tokio::test]
+async fn two_gateways_share_one_limit_through_redis_and_fail_as_configured() {
+    let mut redis = RedisServer::start();
+    let up = MockUpstream::start(ok_provider()).await;
+    let key_toml = format!(
+        "[[keys]]\nname = \"shared\"\nhash = \"{}\"\nrpm = 50\n",
+        hash("igw-shared")
+    );
+    let start = |mode: &str| {
+        let mut env = provider_env(&[("openai", up.url("/v1"))]);
+        env.push(("REDIS_URL", redis.url()));
+        env.push(("LIMITS_FAILURE_MODE", mode.to_string()));
+        GatewayProcess::start(&env, Some(&key_toml))
+    };
+    let a = start("fail_closed");
+    let b = start("fail_open");
+    fresh_minute().await;
+    let addrs = [a.addr(), b.addr()];
+    let tasks: Vec<_> = (0..120)
+        .map(|i| {
+            let addr = addrs[i % 2];
+            tokio::spawn(async move {
+                raw_request(
+                    addr,
+                    "POST",
+                    "/v1/chat/completions",
+                    &[("authorization", "Bearer igw-shared")],
+                    &chat("openai/gpt-4o"),
+                )
+                .await
+                .status
+            })
+        })
+        .collect();
+    let mut ok = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            200 => ok += 1,
+            429 => {}
+            s => panic!("unexpected {s}"),
+        }
+    }
+    assert_eq!(ok, 50, "one limit for both replicas");
+    // Redis goes away: fail_closed answers 503, fail_open keeps serving on local limits.
+    redis.kill();
+    let r = call(&a, Some("igw-shared"), &chat("openai/gpt-4o")).await;
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert_eq!(r.json()["error"]["code"], "limits_unavailable");
+    let r = call(&b, Some("igw-shared"), &chat("openai/gpt-4o")).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(b.log_text().contains("limits backend (Redis) failed"));
+}
