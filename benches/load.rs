@@ -13,6 +13,7 @@
 //! Settings: BENCH_CONCURRENCY (32), BENCH_SECONDS (5), BENCH_GATEWAY_THREADS (1).
 //!
 //! Other modes (`BENCH_MODE`):
+//! - `auth`: the cost of keys and limits (open, key, key + limits in memory, in Redis);
 //! - `soak`: non-stream 1 KB load on the gateway for BENCH_SOAK_SECONDS (60) or until
 //!   BENCH_SOAK_REQUESTS (1,000,000), RSS sampled every second: start, peak, end (memory must
 //!   plateau);
@@ -40,6 +41,7 @@ fn main() {
         Ok("bare") => run_bare(),
         _ => match std::env::var("BENCH_MODE").as_deref() {
             Ok("soak") => soak(),
+            Ok("auth") => auth(),
             Ok("scale") => scale(),
             _ => drive(),
         },
@@ -168,10 +170,20 @@ fn spawn_role(name: &'static str, role: &str, env: &[(&str, String)]) -> Proc {
 }
 
 fn spawn_gateway(upstream: u16, threads: u64, telemetry: bool) -> Proc {
+    spawn_gateway_with(upstream, threads, telemetry, &[], None)
+}
+
+fn spawn_gateway_with(
+    upstream: u16,
+    threads: u64,
+    telemetry: bool,
+    env: &[(&str, String)],
+    toml: Option<&str>,
+) -> Proc {
     let port = free_port();
     let dir = std::env::temp_dir();
-    let child = Command::new(env!("CARGO_BIN_EXE_inference-gateway"))
-        .env_clear()
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_inference-gateway"));
+    cmd.env_clear()
         .env("SERVER_HOST", "127.0.0.1")
         .env("SERVER_PORT", port.to_string())
         .env("SERVER_THREADS", threads.to_string())
@@ -186,9 +198,16 @@ fn spawn_gateway(upstream: u16, threads: u64, telemetry: bool) -> Proc {
         .env("OPENAI_API_URL", format!("http://127.0.0.1:{upstream}/v1"))
         .env("OPENAI_API_KEY", "sk-bench")
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+        .stderr(Stdio::null());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    if let Some(t) = toml {
+        let p = dir.join(format!("igw-bench-{port}.toml"));
+        std::fs::write(&p, t).unwrap();
+        cmd.arg("-c").arg(p);
+    }
+    let child = cmd.spawn().unwrap();
     wait_listening(port);
     Proc {
         name: if telemetry {
@@ -305,7 +324,27 @@ async fn read_response(s: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Result<
 }
 
 async fn load(port: u16, scenario: Scenario, concurrency: u64, seconds: u64) -> (Stats, f64) {
-    let req: Arc<Vec<u8>> = Arc::new(request_bytes(scenario));
+    load_with(port, scenario, concurrency, seconds, "").await
+}
+
+/// As [`load`], with extra request header lines (`name: value\r\n`).
+async fn load_with(
+    port: u16,
+    scenario: Scenario,
+    concurrency: u64,
+    seconds: u64,
+    headers: &str,
+) -> (Stats, f64) {
+    let mut bytes = request_bytes(scenario);
+    if !headers.is_empty() {
+        let at = bytes
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .expect("request line")
+            + 2;
+        bytes.splice(at..at, headers.bytes());
+    }
+    let req: Arc<Vec<u8>> = Arc::new(bytes);
     let stop = Arc::new(AtomicBool::new(false));
     let start = Instant::now();
     let mut tasks = Vec::new();
@@ -435,6 +474,116 @@ fn drive() {
     let doc = serde_json::json!({"concurrency": concurrency, "seconds": seconds, "threads": threads, "results": results});
     std::fs::write(&path, serde_json::to_string_pretty(&doc).unwrap()).unwrap();
     println!("results written to {}", path.display());
+}
+
+// ---------------------------------------------------------------------------------- auth
+
+/// Cost of authentication and limits: the same non-stream 1 KB load on an open gateway, with
+/// a key and no limits, with a key with RPM/TPM/concurrency/budget in memory, and the same in
+/// Redis (when `redis-server` is installed; started on a free port).
+fn auth() {
+    let concurrency = env_num("BENCH_CONCURRENCY", 32);
+    let seconds = env_num("BENCH_SECONDS", 5);
+    let threads = env_num("BENCH_GATEWAY_THREADS", 1);
+    let mock = spawn_role("mock (direct)", "mock", &[]);
+    let hash = |k: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_inference-gateway"))
+            .args(["hash-key", k])
+            .output()
+            .unwrap();
+        let text = String::from_utf8(out.stdout).unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix("hash: "))
+            .unwrap()
+            .to_string()
+    };
+    let plain_key = format!("[[keys]]\nname = \"k\"\nhash = \"{}\"\n", hash("igw-bench"));
+    // Limits far above what the bench reaches, so every request passes every check.
+    let limited_key = format!(
+        "{plain_key}rpm = 100000000\ntpm = 100000000000\nmax_concurrent = 100000\nbudget_usd = 1000000000.0\n"
+    );
+    let redis_port = free_port();
+    let redis = Command::new("redis-server")
+        .args([
+            "--port",
+            &redis_port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok();
+    if redis.is_some() {
+        wait_listening(redis_port);
+    }
+    let mut cells: Vec<(&str, Proc, &str)> = vec![
+        ("open", spawn_gateway(mock.port, threads, false), ""),
+        (
+            "key, no limits",
+            spawn_gateway_with(mock.port, threads, false, &[], Some(&plain_key)),
+            "authorization: Bearer igw-bench\r\n",
+        ),
+        (
+            "key + limits (memory)",
+            spawn_gateway_with(mock.port, threads, false, &[], Some(&limited_key)),
+            "authorization: Bearer igw-bench\r\n",
+        ),
+    ];
+    if redis.is_some() {
+        cells.push((
+            "key + limits (Redis)",
+            spawn_gateway_with(
+                mock.port,
+                threads,
+                false,
+                &[("REDIS_URL", format!("redis://127.0.0.1:{redis_port}/"))],
+                Some(&limited_key),
+            ),
+            "authorization: Bearer igw-bench\r\n",
+        ));
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    println!("auth cost: non-stream 1 KB, concurrency {concurrency}, {seconds} s per cell, {threads} gateway thread(s)\n");
+    println!(
+        "{:<24} {:>10} {:>9} {:>9} {:>7} {:>8}",
+        "gateway", "RPS", "p50 us", "p99 us", "errors", "vs open"
+    );
+    let mut open_rps = 0.0;
+    for (name, p, headers) in &cells {
+        let (mut st, secs) = rt.block_on(load_with(
+            p.port,
+            SCENARIOS[0],
+            concurrency,
+            seconds,
+            headers,
+        ));
+        let rps = st.latencies_us.len() as f64 / secs;
+        if open_rps == 0.0 {
+            open_rps = rps;
+        }
+        let (p50, p99) = (
+            pct(&mut st.latencies_us, 0.5),
+            pct(&mut st.latencies_us, 0.99),
+        );
+        println!(
+            "{name:<24} {rps:>10.0} {p50:>9} {p99:>9} {:>7} {:>8.2}",
+            st.errors,
+            rps / open_rps
+        );
+    }
+    if let Some(mut r) = redis {
+        let _ = r.kill();
+        let _ = r.wait();
+    }
 }
 
 // ---------------------------------------------------------------------------------- soak

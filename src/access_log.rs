@@ -81,6 +81,17 @@ impl AccessRecord<'_> {
                     let _ = write!(s, " ttft_ms={t:.1}");
                 }
                 if let Some(k) = self.key_id {
+                    // OIDC subjects are caller-chosen: no spaces or line breaks in a text line.
+                    let k: String = k
+                        .chars()
+                        .map(|c| {
+                            if c.is_whitespace() || c.is_control() {
+                                '_'
+                            } else {
+                                c
+                            }
+                        })
+                        .collect();
                     let _ = write!(s, " key={k}");
                 }
                 if let Some(t) = self.tool_ms {

@@ -51,6 +51,9 @@ async fn fresh_minute() {
 
 fn ok_provider() -> impl Fn(&Recorded) -> Vec<Step> + Send + Sync + 'static {
     |req: &Recorded| {
+        if req.method == "GET" {
+            return json_response(200, r#"{"object":"list","data":[]}"#);
+        }
         if req.json()["stream"] == true {
             let body = chat_stream("gpt-4o", &["a", "b", "c"], true);
             return sse_steps(body.as_bytes(), &[], Duration::ZERO);
@@ -126,6 +129,36 @@ expires = "2020-01-01T00:00:00Z"
         200
     );
     let r = call(&gw, Some("igw-alpha"), &chat("anthropic/claude")).await;
+    assert_eq!(r.status, 403);
+    // Raw pass-through only for keys it cannot be used to get around.
+    let r = raw_request(
+        gw.addr(),
+        "GET",
+        "/proxy/openai/models",
+        &[("authorization", "Bearer igw-alpha")],
+        b"",
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let r = raw_request(
+        gw.addr(),
+        "GET",
+        "/proxy/openai/models",
+        &[("authorization", "Bearer igw-beta")],
+        b"",
+    )
+    .await;
+    assert_eq!(r.status, 403);
+    assert_eq!(r.json()["error"]["code"], "proxy_not_allowed");
+    // A bare name in `models` is an alias, not a model on any provider.
+    let r = raw_request(
+        gw.addr(),
+        "POST",
+        "/v1/chat/completions?provider=openai",
+        &[("authorization", "Bearer igw-beta")],
+        &chat("smart"),
+    )
+    .await;
     assert_eq!(r.status, 403);
     // Other API endpoints need a key too; /health does not.
     let r = raw_request(gw.addr(), "GET", "/v1/models", &[], b"").await;
@@ -290,6 +323,10 @@ async fn budget_reached_mid_stream_is_enforced_on_the_next_request() {
     let r = call(&gw, Some("igw-budget"), &chat("openai/gpt-4o")).await;
     assert_eq!(r.status, 429);
     assert_eq!(r.json()["error"]["code"], "insufficient_quota");
+    // A model without a price cannot be charged to a budget.
+    let r = call(&gw, Some("igw-budget"), &chat("openai/some-unpriced-model")).await;
+    assert_eq!(r.status, 403);
+    assert_eq!(r.json()["error"]["code"], "model_not_priced");
     let v = raw_request(
         gw.addr(),
         "GET",

@@ -39,7 +39,9 @@ impl Principal {
         }
         let provider = route.provider.name.as_str();
         m.iter().any(|allowed| {
-            allowed == requested
+            // A bare name is an alias: it must have been routed as one (with `?provider=` the
+            // same name could reach any provider).
+            (allowed == requested && route.alias.is_some())
                 || allowed.strip_suffix("/*").is_some_and(|p| p == provider)
                 || allowed
                     .split_once('/')
@@ -110,7 +112,8 @@ impl Auth {
             });
         }
         Auth {
-            required: cfg.auth.enable || !cfg.keys.is_empty(),
+            // Configuring keys or an issuer means callers must identify themselves.
+            required: cfg.auth.enable || !cfg.keys.is_empty() || cfg.auth.oidc_issuer.is_some(),
             keys,
             oidc: oidc::Oidc::from_config(cfg).map(Arc::new),
         }

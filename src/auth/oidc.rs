@@ -25,6 +25,8 @@ use crate::upstream::{UpstreamClient, UpstreamRequest};
 /// Shortest time between two JWKS fetches (unknown `kid`s cannot make the gateway hammer the
 /// issuer).
 const REFRESH_MIN: Duration = Duration::from_secs(1);
+/// Keys older than this are fetched again before use.
+const MAX_KEY_AGE: Duration = Duration::from_secs(15 * 60);
 
 pub struct Oidc {
     issuer: String,
@@ -85,8 +87,19 @@ impl Oidc {
                     .ok_or_else(|| invalid("signed with an unknown key"))?
             }
         };
+        if self
+            .last_fetch
+            .lock()
+            .expect("fetch lock")
+            .is_some_and(|t| t.elapsed() > MAX_KEY_AGE)
+        {
+            // Keys removed at the issuer (e.g. compromised) stop being trusted.
+            self.refresh().await;
+        }
         let mut v = Validation::new(header.alg);
-        v.set_issuer(&[&self.issuer]);
+        // Issuers are written with and without a trailing slash (Auth0 uses one).
+        let with_slash = format!("{}/", self.issuer);
+        v.set_issuer(&[self.issuer.as_str(), with_slash.as_str()]);
         v.set_audience(&[&self.audience]);
         v.leeway = self.leeway;
         v.validate_nbf = true;
@@ -110,16 +123,15 @@ impl Oidc {
             .and_then(Value::as_str)
             .ok_or_else(|| invalid("no subject"))?
             .to_string();
-        let tier = self
+        // A tier the configuration does not know falls back to the default tier, never to
+        // "unlimited" while a default exists.
+        let limits = self
             .tier_claim
             .as_ref()
             .and_then(|c| claims.get(c))
             .and_then(Value::as_str)
-            .map(str::to_string)
-            .or_else(|| self.default_tier.clone());
-        let limits = tier
-            .as_ref()
             .and_then(|t| self.tiers.get(t))
+            .or_else(|| self.default_tier.as_ref().and_then(|t| self.tiers.get(t)))
             .cloned()
             .unwrap_or_else(|| self.unlimited.clone());
         Ok(Principal {
@@ -144,7 +156,11 @@ impl Oidc {
 
     /// Fetches discovery and JWKS again (one fetch at a time, at most every few seconds).
     async fn refresh(&self) {
-        let _one = self.fetching.lock().await;
+        // Requests do not queue behind a slow issuer: one fetches, the others go on with the
+        // keys they have.
+        let Ok(_one) = self.fetching.try_lock() else {
+            return;
+        };
         {
             let mut last = self.last_fetch.lock().expect("fetch lock");
             if last.is_some_and(|t| t.elapsed() < REFRESH_MIN) {
@@ -161,7 +177,8 @@ impl Oidc {
     async fn fetch(&self) -> Result<JwkSet, String> {
         let discovery = format!("{}/.well-known/openid-configuration", self.issuer);
         let doc = get_json(&self.client, &discovery).await?;
-        if doc.get("issuer").and_then(Value::as_str) != Some(self.issuer.as_str()) {
+        let named = doc.get("issuer").and_then(Value::as_str).unwrap_or("");
+        if named.trim_end_matches('/') != self.issuer {
             return Err("the discovery document names another issuer".into());
         }
         let jwks_uri = doc

@@ -142,18 +142,37 @@ async fn admit(
         .param("model")
         .code("model_not_allowed"));
     }
-    if !crate::limits::Limiter::applies(&p.limits) {
-        return Ok(());
+    if p.limits.budget_usd.is_some()
+        && !gw
+            .limiter
+            .prices
+            .has(&route.provider.name, &route.upstream_model)
+    {
+        // A budget cannot hold if a model costs nothing by omission.
+        return Err(ApiError::new(
+            403,
+            format!(
+                "The model {}/{} has no price, so it cannot be charged to {}'s budget (add it to [prices])",
+                route.provider.name, route.upstream_model, p.name
+            ),
+        )
+        .param("model")
+        .code("model_not_priced"));
     }
-    // Reserve the prompt (bytes / 4) and the most the completion may use; settled later.
+    // Every principal is admitted (its spend is recorded even without limits). Reserve the
+    // prompt (bytes / 4) and the most the completion may use; settled later.
     let max_out: u64 = obj
         .get_as::<u64>("max_completion_tokens")
         .ok()
         .flatten()
         .or_else(|| obj.get_as::<u64>("max_tokens").ok().flatten())
         .unwrap_or(0);
-    let estimate = (ctx.bytes_in as u64).div_ceil(4) + max_out;
-    match gw.limiter.admit(p, estimate).await {
+    // Capped so a silly max_tokens cannot overflow the counters (it still exceeds any TPM).
+    let estimate = (ctx.bytes_in as u64)
+        .div_ceil(4)
+        .saturating_add(max_out)
+        .min(1 << 40);
+    match gw.limiter.admit(p, estimate, &ctx.request_id).await {
         Ok((adm, headers)) => {
             ctx.admission = Some(adm);
             ctx.rate_headers = Some(headers);

@@ -117,6 +117,7 @@ mod tests {
             concurrent: Some(2),
             budget_micro: Some(1_000),
             tokens,
+            lease: "r".into(),
         }
     }
 

@@ -36,6 +36,8 @@ pub struct Ask {
     pub concurrent: Option<u64>,
     pub budget_micro: Option<i64>,
     pub tokens: u64,
+    /// Unique per request: its concurrency lease in Redis.
+    pub lease: String,
 }
 
 /// Counters after an admission (for the `x-ratelimit-*` headers).
@@ -153,6 +155,7 @@ impl Limiter {
         &self,
         p: &Principal,
         tokens: u64,
+        request_id: &str,
     ) -> Result<(Admission, RateHeaders), Denied> {
         let now = unix_secs();
         let l = &p.limits;
@@ -165,6 +168,7 @@ impl Limiter {
             concurrent: l.max_concurrent,
             budget_micro: l.budget_usd.map(|b| (b * 1e6) as i64),
             tokens,
+            lease: request_id.to_string(),
         };
         let reset = 60 - now % 60;
         let (result, local) = match &self.redis {
@@ -216,7 +220,9 @@ impl Limiter {
         let micro = (cost_usd * 1e6).round() as i64;
         if let Some(m) = &self.metrics {
             if cost_usd > 0.0 {
-                m.spend.with_label_values(&[&a.ask.id]).inc_by(cost_usd);
+                m.spend
+                    .with_label_values(&[crate::proxy::record::bounded_principal(&a.ask.id)])
+                    .inc_by(cost_usd);
             }
         }
         if a.local {

@@ -18,9 +18,30 @@ impl Prices {
         }
     }
 
+    /// The price of `provider/model`: an exact entry, else the longest entry the name extends
+    /// with `-...` (dated snapshots: `gpt-4o-2024-08-06` is priced as `gpt-4o`).
+    fn find(&self, provider: &str, model: &str) -> Option<&Price> {
+        let full = format!("{provider}/{model}");
+        if let Some(p) = self.by_model.get(&full) {
+            return Some(p);
+        }
+        let mut cut = full.len();
+        while let Some(i) = full[..cut].rfind('-') {
+            if let Some(p) = self.by_model.get(&full[..i]) {
+                return Some(p);
+            }
+            cut = i;
+        }
+        None
+    }
+
+    pub fn has(&self, provider: &str, model: &str) -> bool {
+        self.find(provider, model).is_some()
+    }
+
     /// USD for `usage` of `provider/model` (0 when the model has no price).
     pub fn cost(&self, provider: &str, model: &str, usage: &Usage) -> f64 {
-        let Some(p) = self.by_model.get(&format!("{provider}/{model}")) else {
+        let Some(p) = self.find(provider, model) else {
             return 0.0;
         };
         let cached = usage
@@ -64,6 +85,9 @@ mod tests {
             ..Default::default()
         };
         assert!((p.cost("openai", "m", &u) - (1.2 + 0.4 + 1.0)).abs() < 1e-9);
+        // Dated snapshots take their base model's price.
+        assert!((p.cost("openai", "m-2025-01-01", &u) - 2.6).abs() < 1e-9);
+        assert!(!p.has("openai", "mx"));
         assert_eq!(p.cost("openai", "unknown", &u), 0.0);
     }
 }

@@ -9,9 +9,11 @@ use tokio::sync::OnceCell;
 
 use super::{Ask, BackendError, Counts, Refusal};
 
-/// KEYS: requests, tokens, concurrency, spend. ARGV: rpm, tpm, concurrency, budget (-1 = none),
-/// tokens to reserve. Returns {code, requests, tokens, spend}: code 0 admitted, 1 budget,
-/// 2 concurrency, 3 rpm, 4 tpm.
+/// KEYS: requests, tokens, concurrency (a sorted set of leases), spend. ARGV: rpm, tpm,
+/// concurrency, budget (-1 = none), tokens to reserve, now (ms), lease (ms), lease id.
+/// Returns {code, requests, tokens, spend}: code 0 admitted, 1 budget, 2 concurrency, 3 rpm,
+/// 4 tpm. A concurrency slot is a lease that expires on its own: a replica that dies (or a
+/// settlement that never reaches Redis) cannot hold a slot for longer than the lease.
 const ADMIT: &str = r#"
 local spend = tonumber(redis.call('GET', KEYS[4]) or '0')
 local req = tonumber(redis.call('GET', KEYS[1]) or '0')
@@ -21,7 +23,8 @@ local budget, conc_limit = tonumber(ARGV[4]), tonumber(ARGV[3])
 local rpm, tpm, want = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[5])
 if budget >= 0 and spend >= budget then return {1, req, tok, spend} end
 if conc_limit >= 0 then
-  local conc = tonumber(redis.call('GET', KEYS[3]) or '0')
+  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', ARGV[6])
+  local conc = redis.call('ZCARD', KEYS[3])
   if conc >= conc_limit then return {2, req, tok, spend} end
 end
 if rpm >= 0 and req + 1 > rpm then return {3, req, tok, spend} end
@@ -31,21 +34,20 @@ redis.call('EXPIRE', KEYS[1], 120)
 tok = redis.call('INCRBY', KEYS[2], want)
 redis.call('EXPIRE', KEYS[2], 120)
 if conc_limit >= 0 then
-  redis.call('INCR', KEYS[3])
-  redis.call('EXPIRE', KEYS[3], 3600)
+  redis.call('ZADD', KEYS[3], tonumber(ARGV[6]) + tonumber(ARGV[7]), ARGV[8])
+  redis.call('PEXPIRE', KEYS[3], ARGV[7])
 end
 return {0, req, tok, spend}
 "#;
 
-/// KEYS: tokens, concurrency, spend. ARGV: token delta, release a slot (0/1), micro-dollars,
-/// spend key TTL in seconds (0 = none).
+/// KEYS: tokens, concurrency leases, spend. ARGV: token delta, lease id to release ('' =
+/// none), micro-dollars, spend key TTL in seconds (0 = none).
 const SETTLE: &str = r#"
 if tonumber(ARGV[1]) ~= 0 and redis.call('EXISTS', KEYS[1]) == 1 then
   redis.call('INCRBY', KEYS[1], ARGV[1])
 end
-if ARGV[2] == '1' then
-  local c = redis.call('DECR', KEYS[2])
-  if c < 0 then redis.call('SET', KEYS[2], 0) end
+if ARGV[2] ~= '' then
+  redis.call('ZREM', KEYS[2], ARGV[2])
 end
 if tonumber(ARGV[3]) ~= 0 then
   redis.call('INCRBY', KEYS[3], ARGV[3])
@@ -54,7 +56,20 @@ end
 return 1
 "#;
 
+/// How long a concurrency slot is held at most (a stream longer than this stops counting).
+const LEASE: Duration = Duration::from_secs(600);
+/// After a failure, Redis is skipped this long (requests go to the failure mode at once
+/// instead of each waiting for a timeout).
+const PAUSE_AFTER_FAILURE: Duration = Duration::from_secs(1);
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 pub struct Redis {
+    down_until_ms: std::sync::atomic::AtomicU64,
     url: String,
     timeout: Duration,
     prefix: String,
@@ -66,6 +81,7 @@ pub struct Redis {
 impl Redis {
     pub fn new(url: &str, timeout: Duration, prefix: &str) -> Redis {
         Redis {
+            down_until_ms: std::sync::atomic::AtomicU64::new(0),
             url: url.to_string(),
             timeout,
             prefix: prefix.to_string(),
@@ -73,6 +89,30 @@ impl Redis {
             admit: Script::new(ADMIT),
             settle: Script::new(SETTLE),
         }
+    }
+
+    /// Runs a Redis operation with the timeout; a failure pauses Redis briefly.
+    async fn guarded<T>(
+        &self,
+        op: impl std::future::Future<Output = Result<T, BackendError>>,
+    ) -> Result<T, BackendError> {
+        use std::sync::atomic::Ordering;
+        if now_ms() < self.down_until_ms.load(Ordering::Relaxed) {
+            return Err(BackendError(
+                "Redis failed moments ago; not retried yet".into(),
+            ));
+        }
+        let r = match tokio::time::timeout(self.timeout, op).await {
+            Ok(r) => r,
+            Err(_) => Err(BackendError("Redis timed out".into())),
+        };
+        if r.is_err() {
+            self.down_until_ms.store(
+                now_ms() + PAUSE_AFTER_FAILURE.as_millis() as u64,
+                Ordering::Relaxed,
+            );
+        }
+        r
     }
 
     /// The shared connection (reconnects by itself after failures).
@@ -86,13 +126,9 @@ impl Redis {
                     .set_connection_timeout(self.timeout)
                     .set_response_timeout(self.timeout)
                     .set_number_of_retries(1);
-                tokio::time::timeout(
-                    self.timeout * 4,
-                    ConnectionManager::new_with_config(client, cfg),
-                )
-                .await
-                .map_err(|_| BackendError("connecting to Redis timed out".into()))?
-                .map_err(|e| BackendError(format!("connecting to Redis: {e}")))
+                ConnectionManager::new_with_config(client, cfg)
+                    .await
+                    .map_err(|e| BackendError(format!("connecting to Redis: {e}")))
             })
             .await?;
         Ok(c.clone())
@@ -103,6 +139,13 @@ impl Redis {
     }
 
     pub async fn admit(&self, a: &Ask) -> Result<Result<Counts, (Refusal, Counts)>, BackendError> {
+        self.guarded(self.admit_inner(a)).await
+    }
+
+    async fn admit_inner(
+        &self,
+        a: &Ask,
+    ) -> Result<Result<Counts, (Refusal, Counts)>, BackendError> {
         let mut conn = self.conn().await?;
         let opt = |v: Option<u64>| v.map_or(-1, |x| x as i64);
         let mut inv = self.admit.prepare_invoke();
@@ -114,10 +157,13 @@ impl Redis {
             .arg(opt(a.tpm))
             .arg(opt(a.concurrent))
             .arg(a.budget_micro.unwrap_or(-1))
-            .arg(a.tokens);
-        let r: Vec<i64> = tokio::time::timeout(self.timeout, inv.invoke_async(&mut conn))
+            .arg(a.tokens)
+            .arg(now_ms())
+            .arg(LEASE.as_millis() as u64)
+            .arg(&a.lease);
+        let r: Vec<i64> = inv
+            .invoke_async(&mut conn)
             .await
-            .map_err(|_| BackendError("Redis timed out".into()))?
             .map_err(|e| BackendError(e.to_string()))?;
         let c = Counts {
             requests: r.get(1).copied().unwrap_or(0).max(0) as u64,
@@ -134,6 +180,15 @@ impl Redis {
     }
 
     pub async fn settle(&self, a: &Ask, token_delta: i64, micro: i64) -> Result<(), BackendError> {
+        self.guarded(self.settle_inner(a, token_delta, micro)).await
+    }
+
+    async fn settle_inner(
+        &self,
+        a: &Ask,
+        token_delta: i64,
+        micro: i64,
+    ) -> Result<(), BackendError> {
         let mut conn = self.conn().await?;
         let ttl: u64 = match a.period.chars().next() {
             Some('d') => 2 * 86_400,
@@ -146,12 +201,16 @@ impl Redis {
             .key(self.key(&a.id, "c"))
             .key(self.key(&a.id, &format!("s:{}", a.period)))
             .arg(token_delta)
-            .arg(u8::from(a.concurrent.is_some()))
+            .arg(if a.concurrent.is_some() {
+                a.lease.as_str()
+            } else {
+                ""
+            })
             .arg(micro)
             .arg(ttl);
-        let _: i64 = tokio::time::timeout(self.timeout, inv.invoke_async(&mut conn))
+        let _: i64 = inv
+            .invoke_async(&mut conn)
             .await
-            .map_err(|_| BackendError("Redis timed out".into()))?
             .map_err(|e| BackendError(e.to_string()))?;
         Ok(())
     }
@@ -168,13 +227,11 @@ impl Redis {
             self.key(id, &format!("t:{minute}")),
             self.key(id, &format!("s:{period}")),
         ];
-        let v: Vec<Option<i64>> = tokio::time::timeout(
-            self.timeout,
-            redis::cmd("MGET").arg(&keys).query_async(&mut conn),
-        )
-        .await
-        .map_err(|_| BackendError("Redis timed out".into()))?
-        .map_err(|e| BackendError(e.to_string()))?;
+        let v: Vec<Option<i64>> = redis::cmd("MGET")
+            .arg(&keys)
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| BackendError(e.to_string()))?;
         let get = |i: usize| v.get(i).copied().flatten().unwrap_or(0);
         Ok(Counts {
             requests: get(0).max(0) as u64,

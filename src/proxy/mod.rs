@@ -455,6 +455,13 @@ impl ProxyHttp for Gateway {
         if let Some(adm) = ctx.admission.take() {
             // Replace the reservation by what was used: exact usage, else the estimate (a
             // stream cut short, a provider without usage), charged at the model's price.
+            if ctx.usage.is_none() && ctx.estimated_usage.is_none() && ctx.upstream_calls > 0 {
+                // Answered without a usage report: charge the byte estimate, not nothing.
+                ctx.estimated_usage = Some((
+                    (ctx.bytes_in as u64).div_ceil(4),
+                    (ctx.bytes_out as u64).div_ceil(4),
+                ));
+            }
             let usage = ctx.usage.clone().or_else(|| {
                 ctx.estimated_usage.map(|(p, c)| filters::usage::Usage {
                     prompt_tokens: p,
@@ -543,8 +550,9 @@ impl Gateway {
         let counts = match self.limiter.usage(&p).await {
             Ok(c) => c,
             Err(e) => {
-                let err = ApiError::new(503, format!("usage is unavailable: {}", e.0))
-                    .code("limits_unavailable");
+                log::warn!("GET /v1/usage: {}", e.0);
+                let err =
+                    ApiError::new(503, "usage is unavailable right now").code("limits_unavailable");
                 respond::error(session, ctx, &err).await;
                 return;
             }
@@ -611,6 +619,24 @@ impl Gateway {
                     .code("invalid_path");
             respond::error(session, ctx, &err).await;
             return true;
+        }
+        // Raw pass-through bypasses model checks, limits and spend: only keys without any of
+        // them (or allowed `provider/*` with no limits) may use it.
+        if let Some(p) = &ctx.principal {
+            let all_models = p.limits.models.is_empty()
+                || p.limits.models.iter().any(|m| *m == format!("{name}/*"));
+            if !all_models || crate::limits::Limiter::applies(&p.limits) {
+                let err = ApiError::new(
+                    403,
+                    format!(
+                        "{} may not use /proxy/{name}: it would bypass the key's model list, limits and budget",
+                        p.name
+                    ),
+                )
+                .code("proxy_not_allowed");
+                respond::error(session, ctx, &err).await;
+                return true;
+            }
         }
         let endpoint = format!("/{path}");
         let path = provider.path_and_query(&endpoint, uri.query());

@@ -105,10 +105,16 @@ pub fn metrics(m: &Metrics, session: &Session, ctx: &RequestCtx) {
 const MAX_LABEL_VALUES: usize = 1000;
 static MODELS: Lazy<Mutex<HashSet<String>>> = Lazy::new(Default::default);
 static TOOLS: Lazy<Mutex<HashSet<String>>> = Lazy::new(Default::default);
+static PRINCIPALS: Lazy<Mutex<HashSet<String>>> = Lazy::new(Default::default);
 
 /// A model name as a metric label (bounded).
 pub fn bounded_model(value: &str) -> &str {
     bounded(&MODELS, value)
+}
+
+/// A principal (key or OIDC subject) as a metric label (bounded).
+pub fn bounded_principal(value: &str) -> &str {
+    bounded(&PRINCIPALS, value)
 }
 
 /// A tool name as a metric label (bounded).
