@@ -312,3 +312,66 @@ fn mcp_rejects_bad_servers_and_values() {
         .to_string();
     assert!(e.contains("MCP_ENABLE"), "{e}");
 }
+
+#[test]
+fn auth_and_limits_validation() {
+    let h = "sha256:".to_string() + &"ab".repeat(32);
+    let ok = format!(
+        "[[keys]]\nname = \"a\"\nhash = \"{h}\"\nrpm = 5\nmodels = [\"openai/*\", \"smart\"]\nexpires = \"2030-01-01T00:00:00Z\"\n"
+    );
+    let cfg = load(
+        &ok,
+        &[
+            ("REDIS_URL", "redis://u:secretpw@r:6379/0"),
+            ("LIMITS_FAILURE_MODE", "fail_closed"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(cfg.keys[0].limits.rpm, Some(5));
+    assert_eq!(cfg.limits.failure_mode, auth::FailureMode::FailClosed);
+    assert!(!format!("{:?}", cfg.limits).contains("secretpw"));
+    // Built-in prices are there, and configured ones win.
+    assert!(cfg.prices.contains_key("openai/gpt-4o"));
+    for (toml, env, needle) in [
+        (
+            "[[keys]]\nname = \"a\"\nhash = \"abc\"\n".to_string(),
+            vec![],
+            "sha256:<64 hex digits>",
+        ),
+        (
+            format!("{ok}{}", ok.replace("name = \"a\"", "name = \"b\"")),
+            vec![],
+            "same hash",
+        ),
+        (format!("{ok}{ok}"), vec![], "not unique"),
+        (
+            ok.replace("2030-01-01T00:00:00Z", "soon"),
+            vec![],
+            "RFC 3339",
+        ),
+        (ok.replace("\"smart\"", "\"open*\""), vec![], "provider/*"),
+        (
+            "[auth]\nenable = true\n".into(),
+            vec![],
+            "needs [[keys]] or auth.oidc_issuer",
+        ),
+        (
+            String::new(),
+            vec![("AUTH_OIDC_ISSUER", "https://idp")],
+            "go together",
+        ),
+        (
+            "[prices]\n\"m\" = { input = 1.0, output = 1.0 }\n".into(),
+            vec![],
+            "provider/model",
+        ),
+        (
+            "[auth]\ndefault_tier = \"gold\"\n".into(),
+            vec![],
+            "not in auth.tiers",
+        ),
+    ] {
+        let e = load(&toml, &env).unwrap_err().to_string();
+        assert!(e.contains(needle), "{toml:?}: {e}");
+    }
+}
