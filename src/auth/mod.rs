@@ -77,7 +77,7 @@ fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-/// A new random key with the `igw-` prefix (256 bits from the OS).
+/// A new random key with the `igw-` prefix (two v4 UUIDs: 244 random bits from the OS).
 pub fn new_key() -> String {
     let a = uuid::Uuid::new_v4();
     let b = uuid::Uuid::new_v4();
