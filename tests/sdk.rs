@@ -1,6 +1,9 @@
 //! Compatibility with the official `openai` Python SDK (installed from PyPI by `make test`).
 
 mod common;
+mod mcp_support;
+#[path = "mcp_support/model.rs"]
+mod model;
 
 use std::process::Command;
 use std::time::Duration;
@@ -119,6 +122,78 @@ async fn official_openai_python_sdk() {
     assert!(stdout.contains("all SDK checks passed"));
     // The caller's key never reached the provider.
     assert!(up
+        .requests()
+        .iter()
+        .all(|r| r.header("authorization") == Some("Bearer sk-openai-test")));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn official_openai_python_sdk_with_keys_and_mcp() {
+    let mcp = mcp_support::HttpMcpServer::start(0).await;
+    let model = MockUpstream::start(model::openai_model).await;
+    let key = "igw-sdk-test-key";
+    let out = Command::new(bin())
+        .args(["hash-key", key])
+        .output()
+        .unwrap();
+    let hash = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("hash: ").map(str::to_string))
+        .unwrap();
+    let mut env = provider_env(&[("openai", model.url("/v1"))]);
+    env.push(("MCP_ENABLE", "true".into()));
+    env.push(("MCP_EXPOSE", "true".into()));
+    env.push(("MCP_SERVERS", mcp.url.clone()));
+    let toml = format!("[[keys]]\nname = \"sdk\"\nhash = \"{hash}\"\nrpm = 3\n");
+    let gw = GatewayProcess::start(&env, Some(&toml));
+    // Tools are discovered in the background.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = raw_request(
+            gw.addr(),
+            "GET",
+            "/v1/mcp/tools",
+            &[("authorization", "Bearer igw-sdk-test-key")],
+            b"",
+        )
+        .await;
+        if r.json()["data"].as_array().is_some_and(|d| !d.is_empty()) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no MCP tools");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Stay within one minute window (rpm counts per minute).
+    let s = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    if s % 60 > 45 {
+        tokio::time::sleep(Duration::from_secs(61 - s % 60)).await;
+    }
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/openai_keys_mcp.py");
+    let url = gw.url("");
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new("python3")
+            .arg(script)
+            .env("GATEWAY_URL", url)
+            .env("GATEWAY_KEY", key)
+            .output()
+            .expect("run python3")
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    println!("{stdout}");
+    assert!(
+        out.status.success(),
+        "SDK checks failed:\n{stdout}\n{stderr}\ngateway log:\n{}",
+        gw.log_text()
+    );
+    assert!(stdout.contains("all SDK checks passed"));
+    assert!(model
         .requests()
         .iter()
         .all(|r| r.header("authorization") == Some("Bearer sk-openai-test")));
