@@ -362,8 +362,9 @@ async fn attempt_once<'r>(
             };
             match status {
                 429 => {
-                    // Alive, just busy: not a failure of the backend.
-                    in_flight.success();
+                    // Alive, just busy: not a failure of the backend, but left alone for its
+                    // Retry-After while others can serve.
+                    in_flight.rate_limited(retry_after);
                     Attempt::Retry {
                         reason: "status_429",
                         retry_after,

@@ -12,7 +12,7 @@ pub mod breaker;
 pub mod health;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -42,6 +42,16 @@ pub struct Slot {
     /// Result of the active health check (true until a check says otherwise).
     pub(crate) active_healthy: AtomicBool,
     outstanding: AtomicUsize,
+    /// Answered 429 with `Retry-After`: avoided until then (milliseconds since [`BASE`]) while
+    /// another backend can take the request.
+    busy_until_ms: AtomicU64,
+}
+
+/// Time origin of `busy_until_ms`.
+static BASE: once_cell::sync::Lazy<Instant> = once_cell::sync::Lazy::new(Instant::now);
+
+fn ms(t: Instant) -> u64 {
+    t.saturating_duration_since(*BASE).as_millis() as u64
 }
 
 impl Slot {
@@ -51,6 +61,10 @@ impl Slot {
 
     fn usable(&self, now: Instant) -> bool {
         self.active_healthy.load(Ordering::Relaxed) && self.breaker().available(now)
+    }
+
+    fn busy(&self, now: Instant) -> bool {
+        ms(now) < self.busy_until_ms.load(Ordering::Relaxed)
     }
 
     /// The backend answered (any response other than 5xx/408, which are failures).
@@ -103,6 +117,18 @@ impl InFlight {
     pub fn failure(&mut self) {
         self.slot().failure();
         self.probe = false;
+    }
+
+    /// A 429: alive (not a failure), but avoided for its `Retry-After` (at most a minute) while
+    /// other backends can serve.
+    pub fn rate_limited(&mut self, retry_after: Option<Duration>) {
+        self.success();
+        if let Some(ra) = retry_after {
+            let until = ms(Instant::now()) + ra.min(Duration::from_secs(60)).as_millis() as u64;
+            self.slot()
+                .busy_until_ms
+                .fetch_max(until, Ordering::Relaxed);
+        }
     }
 }
 
@@ -238,9 +264,14 @@ impl Pool {
     /// picks an ejected backend whose cool-down is over. `None`: every backend is out.
     pub fn select(self: &Arc<Self>, tried: &[usize]) -> Option<(usize, InFlight)> {
         let now = Instant::now();
+        // Backends that asked to be left alone (429 + Retry-After) only when nothing else can.
         let pick = match self.balance {
-            Balance::RoundRobin => self.pick_round_robin(tried, now),
-            Balance::LeastOutstanding => self.pick_least_outstanding(tried, now),
+            Balance::RoundRobin => self
+                .pick_round_robin(tried, now, true)
+                .or_else(|| self.pick_round_robin(tried, now, false)),
+            Balance::LeastOutstanding => self
+                .pick_least_outstanding(tried, now, true)
+                .or_else(|| self.pick_least_outstanding(tried, now, false)),
         }?;
         let Some(probe) = self.slots[pick].breaker().try_acquire(now) else {
             // Lost a race for the half-open probe: try once more without it.
@@ -261,15 +292,16 @@ impl Pool {
         ))
     }
 
-    fn pick_round_robin(&self, tried: &[usize], now: Instant) -> Option<usize> {
+    fn pick_round_robin(&self, tried: &[usize], now: Instant, avoid_busy: bool) -> Option<usize> {
         let n = self.slots.len();
+        let ok = |i: usize| self.slots[i].usable(now) && !(avoid_busy && self.slots[i].busy(now));
         let mut iter = self.selector.iter(b"");
         let mut fallback = None;
         // The first pick is weighted; the rest walk the backends once around.
         for _ in 0..=n {
             let Some(b) = iter.next() else { break };
             let i = b.addr.as_inet().map_or(0, |a| a.port() as usize - 1);
-            if !self.slots[i].usable(now) {
+            if !ok(i) {
                 continue;
             }
             if !tried.contains(&i) {
@@ -279,19 +311,24 @@ impl Pool {
         }
         // Concurrent requests move the shared counter, so the walk may have missed one.
         (0..n)
-            .find(|&i| !tried.contains(&i) && self.slots[i].usable(now))
+            .find(|&i| !tried.contains(&i) && ok(i))
             // Every usable backend was tried: retry one (a pool of one retries itself).
             .or(fallback)
-            .or_else(|| (0..n).find(|&i| self.slots[i].usable(now)))
+            .or_else(|| (0..n).find(|&i| ok(i)))
     }
 
-    fn pick_least_outstanding(&self, tried: &[usize], now: Instant) -> Option<usize> {
+    fn pick_least_outstanding(
+        &self,
+        tried: &[usize],
+        now: Instant,
+        avoid_busy: bool,
+    ) -> Option<usize> {
         // Ties go round: start the scan at a rotating position (`min_by_key` keeps the first).
         let n = self.slots.len();
         let start = self.rotation.fetch_add(1, Ordering::Relaxed) % n;
         let usable = (0..n)
             .map(|k| (start + k) % n)
-            .filter(|&i| self.slots[i].usable(now));
+            .filter(|&i| self.slots[i].usable(now) && !(avoid_busy && self.slots[i].busy(now)));
         let fresh = usable
             .clone()
             .filter(|i| !tried.contains(i))
@@ -358,6 +395,7 @@ impl Slot {
             breaker: Mutex::new(Breaker::new(breaker)),
             active_healthy: AtomicBool::new(true),
             outstanding: AtomicUsize::new(0),
+            busy_until_ms: AtomicU64::new(0),
         }
     }
 }
@@ -457,6 +495,23 @@ cooldown = "1h"
         assert_ne!(a, b, "the busy one is avoided");
         drop(ga);
         assert_eq!(p.select(&[]).unwrap().0, a);
+    }
+
+    #[test]
+    fn a_rate_limited_backend_is_avoided_while_another_can_serve() {
+        let p = pool(TWO);
+        let (i, mut g) = p.select(&[]).unwrap();
+        g.rate_limited(Some(Duration::from_secs(30)));
+        drop(g);
+        for _ in 0..10 {
+            assert_ne!(p.select(&[]).unwrap().0, i);
+        }
+        // Alone, it is still used (its own 429 is better than no answer).
+        let one = pool("[providers.p]\nurl = \"http://10.0.0.1/v1\"\n");
+        let (_, mut g) = one.select(&[]).unwrap();
+        g.rate_limited(Some(Duration::from_secs(30)));
+        drop(g);
+        assert!(one.select(&[]).is_some());
     }
 
     #[test]
