@@ -503,6 +503,19 @@ impl Config {
             r.validate("retry")?;
         }
         self.auth.validate(&self.keys)?;
+        if self.limits.redis_timeout.get().is_zero() {
+            return Err(ConfigError(
+                "limits.redis_timeout (REDIS_TIMEOUT): must be greater than 0".into(),
+            ));
+        }
+        if let Some(u) = &self.limits.redis_url {
+            // The message never repeats the URL (it may hold a password).
+            if redis::Client::open(u.expose()).is_err() {
+                return Err(ConfigError(
+                    "limits.redis_url (REDIS_URL): not a valid redis:// URL".into(),
+                ));
+            }
+        }
         for (m, p) in &self.prices {
             let ok = [Some(p.input), Some(p.output), p.cached_input]
                 .into_iter()

@@ -2,9 +2,9 @@
 //! chain. Every decision here happens before the first byte reaches the client; once a response
 //! is relayed, a failure ends it (error event and `[DONE]` for streams) and is never retried.
 //!
-//! What is retried (README "Resilience" has the table): connect errors, a connection closed or
-//! reset before the response head, first-byte timeouts, 408, 429 and 5xx. Everything else
-//! (400, 401, 403, 404, 413, 422, ...) is the answer.
+//! What is retried (README "Resilience" has the table): connect errors, first-byte timeouts,
+//! 408, 429 and 5xx. A connection reset after the request was written is the answer (502: it
+//! may have been processed), and so is every other status (400, 401, 403, 404, 413, 422, ...).
 
 use std::time::Duration;
 
@@ -97,6 +97,12 @@ pub(super) async fn dispatch<'r>(
                 }
             }
         };
+        if i > 0 {
+            if let Err(e) = fallback_allowed(gw, ctx, &candidate) {
+                note(&mut last, e);
+                continue;
+            }
+        }
         let missing_key = gw
             .pools
             .get(&candidate.provider.name)
@@ -168,6 +174,41 @@ pub(super) async fn dispatch<'r>(
             Err(ApiError::new(502, "no provider could serve the request").code("upstream_error"))
         }
     }
+}
+
+/// A fallback must pass the caller's checks like the primary: its model list (an alias entry
+/// covers the alias's fallbacks) and, for a budget, a price.
+fn fallback_allowed(gw: &Gateway, ctx: &RequestCtx, candidate: &Route<'_>) -> Result<(), ApiError> {
+    let Some(p) = &ctx.principal else {
+        return Ok(());
+    };
+    let requested = ctx.model.as_deref().unwrap_or("");
+    if !p.allows(requested, candidate) {
+        return Err(ApiError::new(
+            403,
+            format!(
+                "The fallback {}/{} is not allowed for {}",
+                candidate.provider.name, candidate.upstream_model, p.name
+            ),
+        )
+        .code("model_not_allowed"));
+    }
+    if p.limits.budget_usd.is_some()
+        && !gw
+            .limiter
+            .prices
+            .has(&candidate.provider.name, &candidate.upstream_model)
+    {
+        return Err(ApiError::new(
+            403,
+            format!(
+                "The fallback {}/{} has no price",
+                candidate.provider.name, candidate.upstream_model
+            ),
+        )
+        .code("model_not_priced"));
+    }
+    Ok(())
 }
 
 /// Why a pool gave up.

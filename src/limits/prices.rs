@@ -25,8 +25,13 @@ impl Prices {
         if let Some(p) = self.by_model.get(&full) {
             return Some(p);
         }
+        // Only a version suffix (`-2024-08-06`, `-20250514`, `-0613`: digits and dashes) is
+        // stripped: `o3-pro` or `gpt-4o-mini` are other models, never priced as `o3`/`gpt-4o`.
         let mut cut = full.len();
         while let Some(i) = full[..cut].rfind('-') {
+            if !full[i..].bytes().all(|b| b == b'-' || b.is_ascii_digit()) {
+                return None;
+            }
             if let Some(p) = self.by_model.get(&full[..i]) {
                 return Some(p);
             }
@@ -88,6 +93,10 @@ mod tests {
         // Dated snapshots take their base model's price.
         assert!((p.cost("openai", "m-2025-01-01", &u) - 2.6).abs() < 1e-9);
         assert!(!p.has("openai", "mx"));
+        assert!(
+            !p.has("openai", "m-pro"),
+            "only version suffixes are stripped"
+        );
         assert_eq!(p.cost("openai", "unknown", &u), 0.0);
     }
 }

@@ -142,6 +142,14 @@ async fn connect(hub: &McpHub, slot: usize, tools_changed: Arc<Notify>) -> Resul
     } else {
         let program = s.cfg.command.as_deref().unwrap_or_default();
         let mut cmd = tokio::process::Command::new(program);
+        // The child gets a minimal environment plus its configured `env`: never the gateway's
+        // provider keys, Redis URL or OIDC secret.
+        cmd.env_clear();
+        for k in ["PATH", "HOME", "LANG", "TMPDIR", "USER"] {
+            if let Ok(v) = std::env::var(k) {
+                cmd.env(k, v);
+            }
+        }
         cmd.args(&s.cfg.args);
         for (k, v) in &s.cfg.env {
             cmd.env(k, v.expose());

@@ -245,16 +245,16 @@ impl Pool {
             selector: Arc::new(Weighted::<RoundRobin>::build(&set)),
             rotation: AtomicUsize::new(0),
             shed,
-            // A single backend is not retried unless asked: its failures mostly repeat, and
-            // clients (SDKs) retry too.
-            retry: p
-                .retry
-                .clone()
-                .or_else(|| global_retry.cloned())
-                .unwrap_or_else(|| RetryConfig {
-                    attempts: if slots_len >= 2 { 2 } else { 1 },
-                    ..Default::default()
-                }),
+            // A single backend is retried only when its provider asks (`retry = {...}`): its
+            // failures mostly repeat, and clients (SDKs) retry too. `[retry]` is for pools.
+            retry: match (&p.retry, slots_len) {
+                (Some(r), _) => r.clone(),
+                (None, 1) => RetryConfig {
+                    attempts: 1,
+                    ..global_retry.cloned().unwrap_or_default()
+                },
+                (None, _) => global_retry.cloned().unwrap_or_default(),
+            },
             timeouts: p.timeouts,
             health_check: p.health_check.clone(),
         })
