@@ -657,6 +657,13 @@ include_tools = ["mcp_echo"]
         r.json()["choices"][0]["message"]["content"],
         "result: from stdio"
     );
+    // The stdio child never sees the gateway's provider keys (it does get PATH).
+    let r = post_chat(gw.addr(), &chat("local-env", false)).await;
+    let answer = r.json()["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(answer.starts_with("result: unset | /"), "{answer}");
     // Secrets never appear in the listing or the log; URLs are shown as their origin.
     assert_eq!(v["servers"][1]["url"], b.url.trim_end_matches("/mcp"));
     for secret in ["secret-token", "secretpw"] {

@@ -80,6 +80,11 @@ impl McpTestServer {
     #[tool(description = "Echo the text back")]
     async fn echo(&self, Parameters(EchoArgs { text }): Parameters<EchoArgs>) -> String {
         self.observed.calls.fetch_add(1, Ordering::SeqCst);
+        // Test hook: `env:NAME` answers with this process's variable, to show what a stdio
+        // server inherits from the gateway.
+        if let Some(name) = text.strip_prefix("env:") {
+            return std::env::var(name).unwrap_or_else(|_| "unset".into());
+        }
         text
     }
 

@@ -25,6 +25,10 @@ fn script(prompt: &str, round: usize, results: &[String]) -> Act {
         ("add" | "json-add" | "err2", 0) => Act::Calls(vec![("mcp_add", json!({"a": 2, "b": 3}))]),
         ("err2", _) => Act::Fail,
         ("local", 0) => Act::Calls(vec![("mcp_local__echo", json!({"text": "from stdio"}))]),
+        ("local-env", 0) => Act::Calls(vec![
+            ("mcp_local__echo", json!({"text": "env:OPENAI_API_KEY"})),
+            ("mcp_local__echo", json!({"text": "env:PATH"})),
+        ]),
         ("parallel", 0) => Act::Calls(vec![
             ("mcp_sleep", json!({"ms": 400})),
             ("mcp_sleep", json!({"ms": 400})),
