@@ -25,14 +25,24 @@ struct Setup {
     mcp: HttpMcpServer,
 }
 
+/// Environment for a gateway with `provider` at `model`, MCP on and exposed, `mcp` as its server.
+fn mcp_env(
+    provider: &str,
+    model: &MockUpstream,
+    mcp: &HttpMcpServer,
+) -> Vec<(&'static str, String)> {
+    let mut env = provider_env(&[(provider, model.url("/v1"))]);
+    env.push(("MCP_ENABLE", "true".into()));
+    env.push(("MCP_EXPOSE", "true".into()));
+    env.push(("MCP_SERVERS", mcp.url.clone()));
+    env
+}
+
 /// A gateway with MCP on, one HTTP MCP server and the OpenAI-format model; `extra` env added.
 async fn setup(extra: &[(&str, &str)]) -> Setup {
     let mcp = HttpMcpServer::start(0).await;
     let model = MockUpstream::start(openai_model).await;
-    let mut env = provider_env(&[("openai", model.url("/v1"))]);
-    env.push(("MCP_ENABLE", "true".into()));
-    env.push(("MCP_EXPOSE", "true".into()));
-    env.push(("MCP_SERVERS", mcp.url.clone()));
+    let mut env = mcp_env("openai", &model, &mcp);
     for (k, v) in extra {
         env.push((k, v.to_string()));
     }
@@ -384,10 +394,7 @@ async fn tool_choice_none_gets_no_tools() {
 async fn native_anthropic_dialect_runs_the_loop() {
     let mcp = HttpMcpServer::start(0).await;
     let model = MockUpstream::start(anthropic_model).await;
-    let mut env = provider_env(&[("anthropic", model.url("/v1"))]);
-    env.push(("MCP_ENABLE", "true".into()));
-    env.push(("MCP_EXPOSE", "true".into()));
-    env.push(("MCP_SERVERS", mcp.url.clone()));
+    let env = mcp_env("anthropic", &model, &mcp);
     let gw = GatewayProcess::start(&env, None);
     wait_for_tools(&gw, 1).await;
     for stream in [false, true] {
@@ -781,10 +788,7 @@ async fn loop_rounds_keep_the_request_with_fallbacks_and_a_concurrency_limit() {
     // max_concurrent = 1 must not block the loop on its own previous round.
     let mcp = HttpMcpServer::start(0).await;
     let model = MockUpstream::start(openai_model).await;
-    let mut env = provider_env(&[("openai", model.url("/v1"))]);
-    env.push(("MCP_ENABLE", "true".into()));
-    env.push(("MCP_EXPOSE", "true".into()));
-    env.push(("MCP_SERVERS", mcp.url.clone()));
+    let env = mcp_env("openai", &model, &mcp);
     let toml = "[providers.openai]\nmax_concurrent = 1\nmax_queue = 0\nqueue_timeout = \"100ms\"\n\
                 [aliases.smart]\ntarget = \"openai/gpt-4o\"\nfallbacks = [\"openai/gpt-4o-mini\"]\n";
     let gw = GatewayProcess::start(&env, Some(toml));

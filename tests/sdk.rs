@@ -42,6 +42,28 @@ fn tool_call_stream() -> String {
     s + "data: [DONE]\n\n"
 }
 
+/// Runs `tests/sdk/<script>` against the gateway; it must pass every check.
+async fn run_sdk_script(gw: &GatewayProcess, script: &str, env: &[(&str, &str)]) {
+    let path = format!("{}/tests/sdk/{script}", env!("CARGO_MANIFEST_DIR"));
+    let mut cmd = Command::new("python3");
+    cmd.arg(path).env("GATEWAY_URL", gw.url(""));
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = tokio::task::spawn_blocking(move || cmd.output().expect("run python3"))
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    println!("{stdout}");
+    assert!(
+        out.status.success(),
+        "SDK checks failed:\n{stdout}\n{stderr}\ngateway log:\n{}",
+        gw.log_text()
+    );
+    assert!(stdout.contains("all SDK checks passed"));
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn official_openai_python_sdk() {
     let check = Command::new("python3")
@@ -100,26 +122,7 @@ async fn official_openai_python_sdk() {
         ]),
         None,
     );
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/openai_compat.py");
-    let url = gw.url("");
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new("python3")
-            .arg(script)
-            .env("GATEWAY_URL", url)
-            .output()
-            .expect("run python3")
-    })
-    .await
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    println!("{stdout}");
-    assert!(
-        out.status.success(),
-        "SDK checks failed:\n{stdout}\n{stderr}\ngateway log:\n{}",
-        gw.log_text()
-    );
-    assert!(stdout.contains("all SDK checks passed"));
+    run_sdk_script(&gw, "openai_compat.py", &[]).await;
     // The caller's key never reached the provider.
     assert!(up
         .requests()
@@ -172,27 +175,7 @@ async fn official_openai_python_sdk_with_keys_and_mcp() {
     if s % 60 > 45 {
         tokio::time::sleep(Duration::from_secs(61 - s % 60)).await;
     }
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/openai_keys_mcp.py");
-    let url = gw.url("");
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new("python3")
-            .arg(script)
-            .env("GATEWAY_URL", url)
-            .env("GATEWAY_KEY", key)
-            .output()
-            .expect("run python3")
-    })
-    .await
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    println!("{stdout}");
-    assert!(
-        out.status.success(),
-        "SDK checks failed:\n{stdout}\n{stderr}\ngateway log:\n{}",
-        gw.log_text()
-    );
-    assert!(stdout.contains("all SDK checks passed"));
+    run_sdk_script(&gw, "openai_keys_mcp.py", &[("GATEWAY_KEY", key)]).await;
     assert!(model
         .requests()
         .iter()
