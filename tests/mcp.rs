@@ -780,6 +780,15 @@ async fn metrics_count_rounds_tool_calls_and_servers() {
     ] {
         assert!(text.lines().any(|l| l == line), "missing {line}\n{text}");
     }
+    // The streamed loop observed its gaps between writes.
+    let itl = text
+        .lines()
+        .find(|l| {
+            l.starts_with("llm_inter_token_latency_seconds_count{model=\"gpt-4o\",provider=\"openai\"}")
+        })
+        .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .unwrap_or(0);
+    assert!(itl >= 3, "{itl}");
 }
 
 #[tokio::test]

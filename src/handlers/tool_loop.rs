@@ -195,7 +195,7 @@ pub async fn run(
             } = served;
             let route = &served_route;
             let step = if stream {
-                if !out.headers_sent && !out.send_headers(session, ctx, route, &plan).await {
+                if !out.headers_sent && !out.send_headers(gw, session, ctx, route, &plan).await {
                     return Ok(Flow::Stop);
                 }
                 if resp.is_event_stream() {
@@ -629,6 +629,9 @@ struct StreamOut {
     closed: bool,
     buf: BytesMut,
     first_write: Option<Instant>,
+    last_write: Instant,
+    /// `llm_inter_token_latency_seconds` for this stream, when metrics are on.
+    itl: Option<prometheus::Histogram>,
 }
 
 impl StreamOut {
@@ -638,16 +641,25 @@ impl StreamOut {
             closed: false,
             buf: BytesMut::with_capacity(4096),
             first_write: None,
+            last_write: Instant::now(),
+            itl: None,
         }
     }
 
     async fn send_headers(
         &mut self,
+        gw: &Gateway,
         session: &mut Session,
         ctx: &mut RequestCtx,
         route: &Route<'_>,
         plan: &Plan,
     ) -> bool {
+        // Gaps between writes, as for a plain stream (tool time included: it is what the
+        // client waits).
+        self.itl = gw.metrics.as_ref().map(|m| {
+            m.inter_token_latency
+                .with_label_values(&[route.provider.name.as_str(), route.upstream_model.as_str()])
+        });
         let mut h = respond::header(200, "text/event-stream", ctx);
         let _ = h.insert_header(http::header::CACHE_CONTROL, "no-cache");
         let _ = h.insert_header("x-accel-buffering", "no");
@@ -676,10 +688,17 @@ impl StreamOut {
         self.closed |= last;
         let data = self.buf.split().freeze();
         ctx.bytes_out += data.len();
-        if self.first_write.is_none() && !data.is_empty() {
+        if !data.is_empty() {
             let now = Instant::now();
-            self.first_write = Some(now);
-            ctx.ttft = Some(now - ctx.start);
+            match (self.first_write, &self.itl) {
+                (None, _) => {
+                    self.first_write = Some(now);
+                    ctx.ttft = Some(now - ctx.start);
+                }
+                (Some(_), Some(h)) => h.observe((now - self.last_write).as_secs_f64()),
+                _ => {}
+            }
+            self.last_write = now;
         }
         if session.write_response_body(Some(data), last).await.is_err() {
             llm::mark_client_gone(session, ctx);

@@ -259,6 +259,8 @@ impl ProxyHttp for Gateway {
                     let providers: serde_json::Map<String, serde_json::Value> = self
                         .pools
                         .iter()
+                        // Configured providers only (the built-in table lists them all).
+                        .filter(|p| p.slots.iter().any(|s| s.provider.configured))
                         .map(|p| (p.name.clone(), p.describe()))
                         .collect();
                     let status = if status == 200 { "ok" } else { "draining" };
