@@ -784,7 +784,9 @@ async fn metrics_count_rounds_tool_calls_and_servers() {
     let itl = text
         .lines()
         .find(|l| {
-            l.starts_with("llm_inter_token_latency_seconds_count{model=\"gpt-4o\",provider=\"openai\"}")
+            l.starts_with(
+                "llm_inter_token_latency_seconds_count{model=\"gpt-4o\",provider=\"openai\"}",
+            )
         })
         .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
         .unwrap_or(0);
