@@ -3,7 +3,8 @@
 #   build: a C compiler and cmake (pingora-core builds zlib-ng with cmake)
 #   test:  python3 + the official `openai` SDK (compatibility test), promtool (Debian package
 #          `prometheus`) to validate the metrics exposition, systemd-analyze (package `systemd`)
-#          to verify the unit file, redis-server (shared limits across replicas)
+#          to verify the unit file, redis-server (shared limits across replicas), openssl
+#          (RSA keys for the OIDC tests)
 # Usage: scripts/deps.sh build|test
 set -euo pipefail
 what="${1:-build}"
@@ -21,6 +22,7 @@ if [ "$what" = "test" ]; then
   command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
   command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
   command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+  command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 fi
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "deps: installing ${missing[*]}"

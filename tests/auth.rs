@@ -395,15 +395,69 @@ fn ec_key(kid: &str) -> SigningKey {
     }
 }
 
+/// An RSA key made with the `openssl` command (rcgen on ring cannot make RSA keys): PKCS#1
+/// DER for signing, modulus and exponent for the JWK.
+fn rsa_key(kid: &str) -> SigningKey {
+    let dir = temp_dir("rsa");
+    let pem = dir.join("k.pem");
+    let der = dir.join("k.der");
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .output()
+            .expect("openssl (scripts/deps.sh installs it)");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    run(&[
+        "genrsa",
+        "-traditional",
+        "-out",
+        pem.to_str().unwrap(),
+        "2048",
+    ]);
+    run(&[
+        "rsa",
+        "-in",
+        pem.to_str().unwrap(),
+        "-outform",
+        "DER",
+        "-traditional",
+        "-out",
+        der.to_str().unwrap(),
+    ]);
+    let modulus = run(&["rsa", "-in", pem.to_str().unwrap(), "-noout", "-modulus"]);
+    let hex = modulus.trim().trim_start_matches("Modulus=");
+    let n: Vec<u8> = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+        .collect();
+    SigningKey {
+        kid: kid.into(),
+        der: std::fs::read(&der).unwrap(),
+        jwk: json!({"kty": "RSA", "kid": kid, "alg": "RS256", "use": "sig", "n": b64url(&n), "e": "AQAB"}),
+    }
+}
+
 fn token(key: &SigningKey, claims: Value) -> String {
-    let mut h = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+    let rsa = key.jwk["kty"] == "RSA";
+    let alg = if rsa {
+        jsonwebtoken::Algorithm::RS256
+    } else {
+        jsonwebtoken::Algorithm::ES256
+    };
+    let mut h = jsonwebtoken::Header::new(alg);
     h.kid = Some(key.kid.clone());
-    jsonwebtoken::encode(
-        &h,
-        &claims,
-        &jsonwebtoken::EncodingKey::from_ec_der(&key.der),
-    )
-    .unwrap()
+    let k = if rsa {
+        jsonwebtoken::EncodingKey::from_rsa_der(&key.der)
+    } else {
+        jsonwebtoken::EncodingKey::from_ec_der(&key.der)
+    };
+    jsonwebtoken::encode(&h, &claims, &k).unwrap()
 }
 
 fn now() -> u64 {
@@ -417,7 +471,10 @@ fn now() -> u64 {
 async fn oidc_tokens_are_checked_against_the_issuer() {
     let k1 = ec_key("k1");
     let k2 = ec_key("k2");
-    let jwks = Arc::new(Mutex::new(json!({"keys": [k1.jwk.clone()]})));
+    let r1 = rsa_key("r1");
+    let jwks = Arc::new(Mutex::new(
+        json!({"keys": [k1.jwk.clone(), r1.jwk.clone()]}),
+    ));
     let issuer_url = Arc::new(Mutex::new(String::new()));
     let (j, iu) = (jwks.clone(), issuer_url.clone());
     let issuer = MockUpstream::start(move |req: &Recorded| {
@@ -447,6 +504,9 @@ async fn oidc_tokens_are_checked_against_the_issuer() {
     let body = chat("openai/gpt-4o");
 
     let r = call(&gw, Some(&token(&k1, good())), &body).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    // RS256 too.
+    let r = call(&gw, Some(&token(&r1, good())), &body).await;
     assert_eq!(r.status, 200, "{}", r.text());
 
     let mut bad = Vec::new();
@@ -492,7 +552,7 @@ async fn oidc_tokens_are_checked_against_the_issuer() {
     // Key rotation: a token from a key the JWKS does not have yet, then has.
     let rotated = token(&k2, good());
     assert_eq!(call(&gw, Some(&rotated), &body).await.status, 401);
-    *jwks.lock().unwrap() = json!({"keys": [k1.jwk.clone(), k2.jwk.clone()]});
+    *jwks.lock().unwrap() = json!({"keys": [k1.jwk.clone(), r1.jwk.clone(), k2.jwk.clone()]});
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         tokio::time::sleep(Duration::from_millis(300)).await;
