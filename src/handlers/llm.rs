@@ -210,11 +210,16 @@ async fn admit(
                 )
                 .code("rate_limit_exceeded"),
             };
-            err.retry_after = Some(match r {
-                Refusal::Concurrency => std::time::Duration::from_secs(1),
-                // A budget resets with its period; a minute is the shortest honest hint.
-                _ => crate::limits::retry_after(&headers),
-            });
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            err.retry_after = match r {
+                Refusal::Concurrency => Some(std::time::Duration::from_secs(1)),
+                // A budget comes back with its next period (never, for `total`).
+                Refusal::Budget => crate::limits::period_reset_secs(p.limits.budget_period, now)
+                    .map(std::time::Duration::from_secs),
+                Refusal::Rpm | Refusal::Tpm => Some(crate::limits::retry_after(&headers)),
+            };
             Err(err)
         }
     }

@@ -41,7 +41,12 @@ impl Entry {
 #[derive(Default)]
 pub struct Memory {
     by_id: Mutex<HashMap<String, Entry>>,
+    admissions: std::sync::atomic::AtomicU64,
 }
+
+/// Every this many admissions, entries of principals idle since an earlier budget period are
+/// dropped (OIDC can bring any number of subjects).
+const PRUNE_EVERY: u64 = 10_000;
 
 impl Memory {
     fn with<R>(&self, id: &str, f: impl FnOnce(&mut Entry) -> R) -> R {
@@ -49,7 +54,28 @@ impl Memory {
         f(map.entry(id.to_string()).or_default())
     }
 
+    /// Drops principals with nothing to remember: no request in flight, no request this or
+    /// last minute, and a budget period that is over (its spend no longer counts).
+    fn prune(&self, minute: u64) {
+        use crate::config::auth::BudgetPeriod as P;
+        let now = minute * 60;
+        let current: Vec<String> = [P::Daily, P::Weekly, P::Monthly, P::Total]
+            .into_iter()
+            .map(|p| super::period_key(p, now))
+            .collect();
+        let mut map = self.by_id.lock().unwrap_or_else(|e| e.into_inner());
+        map.retain(|_, e| {
+            e.concurrent > 0 || e.minute + 1 >= minute || current.contains(&e.period)
+        });
+    }
+
     pub fn admit(&self, a: &Ask) -> Result<Counts, (Refusal, Counts)> {
+        let n = self
+            .admissions
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if n % PRUNE_EVERY == PRUNE_EVERY - 1 {
+            self.prune(a.minute);
+        }
         self.with(&a.id, |e| {
             e.roll(a.minute, &a.period);
             if a.budget_micro.is_some_and(|b| e.spend_micro >= b) {
@@ -119,6 +145,29 @@ mod tests {
             tokens,
             lease: "r".into(),
         }
+    }
+
+    #[test]
+    fn pruning_keeps_current_spend() {
+        let m = Memory::default();
+        let now_min = 30_000_000; // some minute in 2027
+        let period =
+            super::super::period_key(crate::config::auth::BudgetPeriod::Monthly, now_min * 60);
+        let mut keep = ask(0);
+        keep.id = "current".into();
+        keep.minute = now_min - 100;
+        keep.period = period.clone();
+        m.admit(&keep).unwrap();
+        m.settle(&keep, 0, 5);
+        let mut old = keep.clone();
+        old.id = "stale".into();
+        old.period = "m190001".into();
+        m.admit(&old).unwrap();
+        m.settle(&old, 0, 5);
+        m.prune(now_min);
+        let map = m.by_id.lock().unwrap();
+        assert!(map.contains_key("current"));
+        assert!(!map.contains_key("stale"));
     }
 
     #[test]

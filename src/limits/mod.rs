@@ -115,6 +115,35 @@ pub fn period_key(p: BudgetPeriod, now_secs: u64) -> String {
     }
 }
 
+/// Seconds until the budget period after `now_secs` begins (`None` for `total`).
+pub fn period_reset_secs(p: BudgetPeriod, now_secs: u64) -> Option<u64> {
+    let days = now_secs / 86_400;
+    let next_day = (days + 1) * 86_400;
+    let next = match p {
+        BudgetPeriod::Daily => next_day,
+        // Weeks start on Monday: day 4 (1970-01-05) was one.
+        BudgetPeriod::Weekly => (days + 7 - (days + 3) % 7) * 86_400,
+        BudgetPeriod::Monthly => {
+            let (y, m) = civil_month(days as i64);
+            let (y, m) = if m == 12 { (y + 1, 1) } else { (y, m + 1) };
+            days_from_civil(y, m) as u64 * 86_400
+        }
+        BudgetPeriod::Total => return None,
+    };
+    Some(next.saturating_sub(now_secs))
+}
+
+/// Day number of the first day of month `m` of year `y` (inverse of [`civil_month`]).
+fn days_from_civil(y: i64, m: u32) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let mp = (i64::from(m) + 9) % 12;
+    let doy = (153 * mp + 2) / 5;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
 /// Year and month of a day number (days since 1970-01-01), proleptic Gregorian.
 fn civil_month(days: i64) -> (i64, u32) {
     // Howard Hinnant's algorithm.
@@ -281,6 +310,15 @@ mod tests {
         assert_eq!(mon, period_key(BudgetPeriod::Weekly, t + 86_400));
         assert_ne!(mon, period_key(BudgetPeriod::Weekly, t + 2 * 86_400));
         assert_eq!(civil_month(0), (1970, 1));
+        // Resets: midnight, next Monday, the 1st of December (UTC).
+        assert_eq!(period_reset_secs(BudgetPeriod::Daily, t), Some(12 * 3600));
+        assert_eq!(period_reset_secs(BudgetPeriod::Weekly, t), Some(36 * 3600));
+        assert_eq!(
+            period_reset_secs(BudgetPeriod::Monthly, t),
+            Some(9 * 86_400 + 12 * 3600)
+        );
+        assert_eq!(period_reset_secs(BudgetPeriod::Total, t), None);
+        assert_eq!(days_from_civil(1970, 1), 0);
         assert_eq!(civil_month(19_782), (2024, 2)); // 2024-02-29
     }
 }
