@@ -330,7 +330,16 @@ async fn idle_gap_ends_a_stream_but_a_steady_trickle_is_never_cut() {
         stalled.url("/v1"),
         steady.url("/v1")
     );
-    let gw = GatewayProcess::start(&[], Some(&toml));
+    // Every other clock is short too: the client connection's read and write timeouts and the
+    // first-byte timeout are 1 s, a third of the stream's length.
+    let gw = GatewayProcess::start(
+        &[
+            ("SERVER_READ_TIMEOUT", "1s".into()),
+            ("SERVER_WRITE_TIMEOUT", "1s".into()),
+            ("CLIENT_TIMEOUT", "1s".into()),
+        ],
+        Some(&toml),
+    );
     let r = post_chat(gw.addr(), &chat("stalled/m", true)).await;
     let body = r.text();
     assert!(body.contains("\"0 \""), "{body}");
