@@ -689,3 +689,51 @@ async fn two_gateways_share_one_limit_through_redis_and_fail_as_configured() {
     assert_eq!(r.status, 200, "{}", r.text());
     assert!(b.log_text().contains("limits backend (Redis) failed"));
 }
+
+#[tokio::test]
+async fn tpm_is_exact_under_200_parallel_requests() {
+    // The provider is slow, so every admission happens before any settlement: exactly as many
+    // reservations fit as the limit allows.
+    let up = MockUpstream::start(|req: &Recorded| {
+        let mut s = vec![Step::Sleep(Duration::from_millis(1500))];
+        s.extend(ok_provider()(req));
+        s
+    })
+    .await;
+    let body = chat("openai/gpt-4o");
+    let reserve = (body.len() as u64).div_ceil(4) + 100;
+    let toml = format!(
+        "[[keys]]\nname = \"k\"\nhash = \"{}\"\ntpm = {}\n",
+        hash("igw-tpm-exact"),
+        50 * reserve
+    );
+    let gw = GatewayProcess::start(&provider_env(&[("openai", up.url("/v1"))]), Some(&toml));
+    fresh_minute().await;
+    let addr = gw.addr();
+    let tasks: Vec<_> = (0..200)
+        .map(|_| {
+            let body = body.clone();
+            tokio::spawn(async move {
+                raw_request(
+                    addr,
+                    "POST",
+                    "/v1/chat/completions",
+                    &[("authorization", "Bearer igw-tpm-exact")],
+                    &body,
+                )
+                .await
+                .status
+            })
+        })
+        .collect();
+    let mut ok = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            200 => ok += 1,
+            429 => {}
+            s => panic!("unexpected {s}"),
+        }
+    }
+    assert_eq!(ok, 50);
+    assert_eq!(up.count(), 50);
+}
