@@ -737,3 +737,53 @@ async fn tpm_is_exact_under_200_parallel_requests() {
     assert_eq!(ok, 50);
     assert_eq!(up.count(), 50);
 }
+
+#[tokio::test]
+async fn redis_concurrency_slots_cannot_be_shared_through_a_reused_request_id() {
+    let _redis = RedisServer::start();
+    let up = MockUpstream::start(|req: &Recorded| {
+        let mut s = vec![Step::Sleep(Duration::from_millis(800))];
+        s.extend(ok_provider()(req));
+        s
+    })
+    .await;
+    let toml = format!(
+        "[[keys]]\nname = \"c\"\nhash = \"{}\"\nmax_concurrent = 2\n",
+        hash("igw-redis-conc")
+    );
+    let mut env = provider_env(&[("openai", up.url("/v1"))]);
+    env.push(("REDIS_URL", _redis.url()));
+    let gw = GatewayProcess::start(&env, Some(&toml));
+    let addr = gw.addr();
+    let tasks: Vec<_> = (0..5)
+        .map(|_| {
+            tokio::spawn(async move {
+                raw_request(
+                    addr,
+                    "POST",
+                    "/v1/chat/completions",
+                    &[
+                        ("authorization", "Bearer igw-redis-conc"),
+                        ("x-request-id", "same-id-every-time"),
+                    ],
+                    &chat("openai/gpt-4o"),
+                )
+                .await
+                .status
+            })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for t in tasks {
+        statuses.push(t.await.unwrap());
+    }
+    statuses.sort();
+    assert_eq!(statuses, [200, 200, 429, 429, 429]);
+    // Both slots come back when the requests end.
+    assert_eq!(
+        call(&gw, Some("igw-redis-conc"), &chat("openai/gpt-4o"))
+            .await
+            .status,
+        200
+    );
+}

@@ -274,7 +274,10 @@ pub fn completion_as_sse(body: &[u8]) -> Option<Vec<u8>> {
     let mut delta = choice.get("message")?.clone();
     if let Some(Value::Array(calls)) = delta.get_mut("tool_calls") {
         for (i, c) in calls.iter_mut().enumerate() {
-            c["index"] = json!(i);
+            // Whatever the upstream sent: never index into a non-object.
+            if let Some(o) = c.as_object_mut() {
+                o.insert("index".into(), json!(i));
+            }
         }
     }
     let head = |choices: Value, usage: Option<&Value>| {
@@ -691,6 +694,9 @@ mod tests {
         let text = String::from_utf8(out.to_vec()).unwrap();
         assert!(!text.contains("[DONE]") && !text.contains("\"finish_reason\":\"tool_calls\""));
         assert!(completion_as_sse(b"{}").is_none());
+        // Malformed tool calls are carried, never a panic.
+        let odd = br#"{"choices":[{"message":{"content":null,"tool_calls":[1,"x",null]},"finish_reason":"tool_calls"}]}"#;
+        assert!(completion_as_sse(odd).is_some());
     }
 
     #[test]

@@ -44,9 +44,12 @@ pub struct CompletionTokensDetails {
 impl Usage {
     /// Adds another round's usage (used when one client request spans several upstream calls).
     pub fn add(&mut self, other: &Usage) {
-        self.prompt_tokens += other.prompt_tokens;
-        self.completion_tokens += other.completion_tokens;
-        self.total_tokens += other.total_tokens;
+        // Upstream numbers: saturate rather than wrap.
+        self.prompt_tokens = self.prompt_tokens.saturating_add(other.prompt_tokens);
+        self.completion_tokens = self
+            .completion_tokens
+            .saturating_add(other.completion_tokens);
+        self.total_tokens = self.total_tokens.saturating_add(other.total_tokens);
         if let Some(o) = other
             .prompt_tokens_details
             .as_ref()
@@ -55,7 +58,8 @@ impl Usage {
             let d = self
                 .prompt_tokens_details
                 .get_or_insert_with(Default::default);
-            *d.cached_tokens.get_or_insert(0) += o;
+            let c = d.cached_tokens.get_or_insert(0);
+            *c = c.saturating_add(o);
         }
     }
 }

@@ -168,7 +168,12 @@ pub(super) async fn dispatch<'r>(
         }
     }
     match last {
-        Some(Failure::Response(s)) => Ok(Outcome::Error(*s)),
+        Some(Failure::Response(s)) => {
+            // The answer is this candidate's: logs, metrics and the charge name it.
+            ctx.provider = Some(s.route.provider.name.clone());
+            ctx.upstream_model = Some(s.route.upstream_model.clone());
+            Ok(Outcome::Error(*s))
+        }
         Some(Failure::Error(e)) => Err(e),
         None => {
             Err(ApiError::new(502, "no provider could serve the request").code("upstream_error"))
@@ -423,7 +428,11 @@ async fn attempt_once<'r>(
                 s => {
                     in_flight.success();
                     ctx.upstream_hold = Some((permit, in_flight));
+                    ctx.provider = Some(route.provider.name.clone());
+                    ctx.upstream_model = Some(route.upstream_model.clone());
                     if (200..300).contains(&s) {
+                        // Recovered: earlier attempts' failures are not this request's outcome.
+                        ctx.upstream_failure = None;
                         Attempt::Done(Outcome::Ok(served))
                     } else {
                         Attempt::Done(Outcome::Error(served))

@@ -172,7 +172,13 @@ async fn admit(
         .div_ceil(4)
         .saturating_add(max_out)
         .min(1 << 40);
-    match gw.limiter.admit(p, estimate, &ctx.request_id).await {
+    // The concurrency lease is named by the gateway, never by the client's X-Request-Id (a
+    // reused id would share one slot).
+    match gw
+        .limiter
+        .admit(p, estimate, &crate::request_id::generate())
+        .await
+    {
         Ok((adm, headers)) => {
             ctx.admission = Some(adm);
             ctx.rate_headers = Some(headers);
@@ -499,7 +505,9 @@ pub(super) async fn relay_error(
     let mut h = respond::header(status, "application/json", ctx);
     for (k, v) in resp.header().headers.iter() {
         let n = k.as_str();
-        if n == "retry-after" || n.starts_with("x-ratelimit-") {
+        // A key's own x-ratelimit-* (set by `respond::header`) are not replaced by the
+        // provider account's.
+        if n == "retry-after" || (n.starts_with("x-ratelimit-") && ctx.rate_headers.is_none()) {
             let _ = h.insert_header(k.clone(), v.clone());
         }
     }

@@ -73,10 +73,20 @@ struct LoopState {
     /// Tool calls of earlier rounds (index offset for streamed tool-call deltas).
     calls_so_far: u32,
     rounds: u32,
+    /// USD of the rounds so far, each at the price of the model that served it (fallbacks may
+    /// serve some rounds and not others).
+    cost: f64,
+    /// `(provider, model)` that served the current round.
+    serving: (String, String),
+    limiter: Arc<crate::limits::Limiter>,
 }
 
 impl LoopState {
     fn add_usage(&mut self, u: &Usage) {
+        self.cost += self
+            .limiter
+            .prices
+            .cost(&self.serving.0, &self.serving.1, u);
         match &mut self.total_usage {
             Some(t) => t.add(u),
             None => self.total_usage = Some(u.clone()),
@@ -155,6 +165,9 @@ pub async fn run(
         estimated: false,
         calls_so_far: 0,
         rounds: 0,
+        cost: 0.0,
+        serving: (route.provider.name.clone(), route.upstream_model.clone()),
+        limiter: gw.limiter.clone(),
     };
     let max = gw.cfg.mcp.max_iterations;
     let mut out = StreamOut::new();
@@ -183,10 +196,8 @@ pub async fn run(
                     llm::relay_error(gw, session, ctx, &name, s.plan.dialect, s.resp).await?;
                     return Ok(Flow::Stop);
                 }
-                Outcome::ClientGone => {
-                    st.add_estimate(ctx.bytes_in, 0);
-                    return Ok(Flow::Stop);
-                }
+                // Nothing was generated for this round.
+                Outcome::ClientGone => return Ok(Flow::Stop),
             };
             let Served {
                 route: served_route,
@@ -194,6 +205,8 @@ pub async fn run(
                 resp,
             } = served;
             let route = &served_route;
+            st.serving = (route.provider.name.clone(), route.upstream_model.clone());
+            out.model.clone_from(&route.upstream_model);
             let step = if stream {
                 if !out.headers_sent && !out.send_headers(gw, session, ctx, route, &plan).await {
                     return Ok(Flow::Stop);
@@ -236,6 +249,7 @@ pub async fn run(
         Err(ApiError::new(500, "tool loop ended without a reply").code("internal_error"))
     }
     .await;
+    ctx.cost_usd = Some(st.cost);
     if st.estimated {
         ctx.usage = None;
         ctx.estimated_usage = st
@@ -282,6 +296,11 @@ pub async fn run(
                 .extend(filters::usage::tool_calls_from_body(&body));
             let mut h = respond::header(status, "application/json", ctx);
             llm::gateway_headers(&mut h, route, &plan);
+            // Who served the last round (a fallback may have).
+            let _ = h.insert_header("x-gateway-provider", st.serving.0.as_str());
+            if let Ok(v) = http::HeaderValue::from_str(&st.serving.1) {
+                let _ = h.insert_header("x-gateway-model", v);
+            }
             let _ = h.insert_header(ROUNDS_HEADER, st.rounds.to_string());
             if limit {
                 let _ = h.insert_header(LIMIT_HEADER, "true");
@@ -632,6 +651,8 @@ struct StreamOut {
     last_write: Instant,
     /// `llm_inter_token_latency_seconds` for this stream, when metrics are on.
     itl: Option<prometheus::Histogram>,
+    /// Model of the round that served last (named in the closing usage chunk).
+    model: String,
 }
 
 impl StreamOut {
@@ -643,6 +664,7 @@ impl StreamOut {
             first_write: None,
             last_write: Instant::now(),
             itl: None,
+            model: String::new(),
         }
     }
 
@@ -719,7 +741,11 @@ impl StreamOut {
         let id = format!("chatcmpl-{}", ctx.request_id);
         tool_loop::stream_tail(
             &id,
-            &route.upstream_model,
+            if self.model.is_empty() {
+                &route.upstream_model
+            } else {
+                &self.model
+            },
             llm::unix_now(),
             st.total_usage.as_ref(),
             include_usage,

@@ -109,7 +109,7 @@ impl Memory {
                 e.concurrent = e.concurrent.saturating_sub(1);
             }
             if e.period == a.period {
-                e.spend_micro += micro;
+                e.spend_micro = e.spend_micro.saturating_add(micro.max(0));
             }
         })
     }
@@ -117,7 +117,7 @@ impl Memory {
     pub fn settle_spend_only(&self, a: &Ask, micro: i64) {
         self.with(&a.id, |e| {
             e.roll(e.minute, &a.period);
-            e.spend_micro += micro;
+            e.spend_micro = e.spend_micro.saturating_add(micro.max(0));
         })
     }
 

@@ -245,8 +245,10 @@ impl Limiter {
 
     /// Ends an admitted request: `tokens` actually used, `cost` in USD.
     pub async fn settle(&self, a: &Admission, tokens: u64, cost_usd: f64) {
+        let tokens = tokens.min(1 << 40);
         let delta = tokens as i64 - a.ask.tokens as i64;
-        let micro = (cost_usd * 1e6).round() as i64;
+        // Never negative, never absurd (a hostile usage report cannot switch a budget off).
+        let micro = (cost_usd.clamp(0.0, 1e12) * 1e6).round() as i64;
         if let Some(m) = &self.metrics {
             if cost_usd > 0.0 {
                 m.spend

@@ -38,7 +38,8 @@ pub struct Slot {
     pub weight: u32,
     /// Built from `backends` (not the provider's own entry): refreshed by DNS separately.
     own_provider: bool,
-    breaker: Mutex<Breaker>,
+    /// `None` when ejection is off: then no lock is taken per request.
+    breaker: Option<Mutex<Breaker>>,
     /// Result of the active health check (true until a check says otherwise).
     pub(crate) active_healthy: AtomicBool,
     outstanding: AtomicUsize,
@@ -60,7 +61,8 @@ impl Slot {
     }
 
     fn usable(&self, now: Instant) -> bool {
-        self.active_healthy.load(Ordering::Relaxed) && self.breaker().available(now)
+        self.active_healthy.load(Ordering::Relaxed)
+            && self.breaker().is_none_or(|b| b.available(now))
     }
 
     fn busy(&self, now: Instant) -> bool {
@@ -69,17 +71,23 @@ impl Slot {
 
     /// The backend answered (any response other than 5xx/408, which are failures).
     pub fn success(&self) {
-        self.breaker().success();
+        if let Some(mut b) = self.breaker() {
+            b.success();
+        }
     }
 
     /// Connect error, first-byte timeout, 5xx or 408.
     pub fn failure(&self) {
-        self.breaker().failure(Instant::now());
+        if let Some(mut b) = self.breaker() {
+            b.failure(Instant::now());
+        }
     }
 
     /// A poisoned lock only means a panic elsewhere; the breaker's state is still sound.
-    fn breaker(&self) -> std::sync::MutexGuard<'_, Breaker> {
-        self.breaker.lock().unwrap_or_else(|e| e.into_inner())
+    fn breaker(&self) -> Option<std::sync::MutexGuard<'_, Breaker>> {
+        self.breaker
+            .as_ref()
+            .map(|b| b.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
     /// `healthy`, `ejected` (circuit open or probing) or `unhealthy` (active check).
@@ -87,7 +95,10 @@ impl Slot {
         if !self.active_healthy.load(Ordering::Relaxed) {
             return "unhealthy";
         }
-        match self.breaker().state() {
+        match self
+            .breaker()
+            .map_or(breaker::State::Closed { failures: 0 }, |b| b.state())
+        {
             breaker::State::Closed { .. } => "healthy",
             breaker::State::Open { .. } => "ejected",
             breaker::State::HalfOpen { .. } => "half_open",
@@ -136,7 +147,9 @@ impl Drop for InFlight {
     fn drop(&mut self) {
         let slot = &self.pool.slots[self.slot];
         if self.probe {
-            slot.breaker().release_probe();
+            if let Some(mut b) = slot.breaker() {
+                b.release_probe();
+            }
         }
         slot.outstanding.fetch_sub(1, Ordering::Relaxed);
     }
@@ -273,7 +286,11 @@ impl Pool {
                 .pick_least_outstanding(tried, now, true)
                 .or_else(|| self.pick_least_outstanding(tried, now, false)),
         }?;
-        let Some(probe) = self.slots[pick].breaker().try_acquire(now) else {
+        let claimed = match self.slots[pick].breaker() {
+            Some(mut b) => b.try_acquire(now),
+            None => Some(false),
+        };
+        let Some(probe) = claimed else {
             // Lost a race for the half-open probe: try once more without it.
             let mut more = tried.to_vec();
             more.push(pick);
@@ -352,7 +369,7 @@ impl Pool {
         let now = Instant::now();
         self.slots
             .iter()
-            .filter_map(|s| s.breaker().retry_in(now))
+            .filter_map(|s| s.breaker().and_then(|b| b.retry_in(now)))
             .min()
     }
 
@@ -367,7 +384,7 @@ impl Pool {
                     "weight": s.weight,
                     "status": s.status(),
                     "outstanding": s.outstanding(),
-                    "ejections": s.breaker().ejections,
+                    "ejections": s.breaker().map_or(0, |b| b.ejections),
                 })
             })
             .collect();
@@ -392,7 +409,9 @@ impl Slot {
             provider,
             weight,
             own_provider,
-            breaker: Mutex::new(Breaker::new(breaker)),
+            breaker: breaker
+                .filter(|c| c.failures > 0)
+                .map(|c| Mutex::new(Breaker::new(Some(c)))),
             active_healthy: AtomicBool::new(true),
             outstanding: AtomicUsize::new(0),
             busy_until_ms: AtomicU64::new(0),

@@ -115,6 +115,9 @@ pub struct RequestCtx {
     pub admission: Option<crate::limits::Admission>,
     /// `x-ratelimit-*` values for every response of this request.
     pub rate_headers: Option<crate::limits::RateHeaders>,
+    /// Cost already computed per round (the MCP loop, whose rounds may be served by different
+    /// models); otherwise priced from the usage in `logging`.
+    pub cost_usd: Option<f64>,
     /// Calls sent to the provider (the MCP loop makes one per round).
     pub upstream_calls: u32,
     /// Why the provider request failed, if it did (`connect`, `timeout`, `status_5xx`, ...).
@@ -185,6 +188,7 @@ impl ProxyHttp for Gateway {
             principal: None,
             admission: None,
             rate_headers: None,
+            cost_usd: None,
             upstream_calls: 0,
             upstream_failure: None,
             upstream_retries: 0,
@@ -457,7 +461,12 @@ impl ProxyHttp for Gateway {
         if let Some(adm) = ctx.admission.take() {
             // Replace the reservation by what was used: exact usage, else the estimate (a
             // stream cut short, a provider without usage), charged at the model's price.
-            if ctx.usage.is_none() && ctx.estimated_usage.is_none() && ctx.upstream_calls > 0 {
+            // Only an answer that was relayed costs anything (a refused, failed or abandoned
+            // call generated nothing the caller got).
+            if ctx.usage.is_none()
+                && ctx.estimated_usage.is_none()
+                && (200..300).contains(&ctx.status)
+            {
                 // Answered without a usage report: charge the byte estimate, not nothing.
                 ctx.estimated_usage = Some((
                     (ctx.bytes_in as u64).div_ceil(4),
@@ -473,6 +482,11 @@ impl ProxyHttp for Gateway {
                 })
             });
             let (tokens, cost) = match (&usage, &ctx.provider, &ctx.upstream_model) {
+                // The MCP loop priced each round at the model that served it.
+                (Some(u), _, _) if ctx.cost_usd.is_some() => (
+                    u.total_tokens.max(u.prompt_tokens + u.completion_tokens),
+                    ctx.cost_usd.unwrap_or(0.0),
+                ),
                 (Some(u), Some(p), Some(m)) => (
                     u.total_tokens.max(u.prompt_tokens + u.completion_tokens),
                     self.limiter.prices.cost(p, m, u),
