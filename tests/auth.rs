@@ -38,6 +38,12 @@ async fn call(gw: &GatewayProcess, key: Option<&str>, body: &[u8]) -> RawRespons
     raw_request(gw.addr(), "POST", "/v1/chat/completions", &headers, body).await
 }
 
+/// `GET path` with a bearer key.
+async fn get(gw: &GatewayProcess, path: &str, key: &str) -> RawResponse {
+    let auth = format!("Bearer {key}");
+    raw_request(gw.addr(), "GET", path, &[("authorization", &auth)], b"").await
+}
+
 /// Waits until at least 10 s remain in the current minute (limits count per minute).
 async fn fresh_minute() {
     let s = SystemTime::now()
@@ -131,23 +137,9 @@ expires = "2020-01-01T00:00:00Z"
     let r = call(&gw, Some("igw-alpha"), &chat("anthropic/claude")).await;
     assert_eq!(r.status, 403);
     // Raw pass-through only for keys it cannot be used to get around.
-    let r = raw_request(
-        gw.addr(),
-        "GET",
-        "/proxy/openai/models",
-        &[("authorization", "Bearer igw-alpha")],
-        b"",
-    )
-    .await;
+    let r = get(&gw, "/proxy/openai/models", "igw-alpha").await;
     assert_eq!(r.status, 200);
-    let r = raw_request(
-        gw.addr(),
-        "GET",
-        "/proxy/openai/models",
-        &[("authorization", "Bearer igw-beta")],
-        b"",
-    )
-    .await;
+    let r = get(&gw, "/proxy/openai/models", "igw-beta").await;
     assert_eq!(r.status, 403);
     assert_eq!(r.json()["error"]["code"], "proxy_not_allowed");
     // A bare name in `models` is an alias, not a model on any provider.
@@ -166,14 +158,7 @@ expires = "2020-01-01T00:00:00Z"
     let r = raw_request(gw.addr(), "GET", "/health", &[], b"").await;
     assert_eq!(r.status, 200);
     // /v1/usage reports on the caller.
-    let r = raw_request(
-        gw.addr(),
-        "GET",
-        "/v1/usage",
-        &[("authorization", "Bearer igw-alpha")],
-        b"",
-    )
-    .await;
+    let r = get(&gw, "/v1/usage", "igw-alpha").await;
     let v = r.json();
     assert_eq!(v["principal"], "alpha");
     assert_eq!(v["owner"], "team-a");
@@ -327,15 +312,7 @@ async fn budget_reached_mid_stream_is_enforced_on_the_next_request() {
     let r = call(&gw, Some("igw-budget"), &chat("openai/some-unpriced-model")).await;
     assert_eq!(r.status, 403);
     assert_eq!(r.json()["error"]["code"], "model_not_priced");
-    let v = raw_request(
-        gw.addr(),
-        "GET",
-        "/v1/usage",
-        &[("authorization", "Bearer igw-budget")],
-        b"",
-    )
-    .await
-    .json();
+    let v = get(&gw, "/v1/usage", "igw-budget").await.json();
     assert_eq!(v["spend_usd"], 12.0);
     assert_eq!(v["budget_usd"], 5.0);
     assert_eq!(v["period"], "daily");

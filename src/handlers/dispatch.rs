@@ -188,32 +188,16 @@ fn fallback_allowed(gw: &Gateway, ctx: &RequestCtx, candidate: &Route<'_>) -> Re
         return Ok(());
     };
     let requested = ctx.model.as_deref().unwrap_or("");
-    if !p.allows(requested, candidate) {
-        return Err(ApiError::new(
-            403,
-            format!(
-                "The fallback {}/{} is not allowed for {}",
-                candidate.provider.name, candidate.upstream_model, p.name
-            ),
-        )
-        .code("model_not_allowed"));
-    }
-    if p.limits.budget_usd.is_some()
-        && !gw
-            .limiter
-            .prices
-            .has(&candidate.provider.name, &candidate.upstream_model)
-    {
-        return Err(ApiError::new(
-            403,
-            format!(
-                "The fallback {}/{} has no price",
-                candidate.provider.name, candidate.upstream_model
-            ),
-        )
-        .code("model_not_priced"));
-    }
-    Ok(())
+    llm::model_permitted(
+        gw,
+        p,
+        requested,
+        candidate,
+        &format!(
+            "The fallback {}/{}",
+            candidate.provider.name, candidate.upstream_model
+        ),
+    )
 }
 
 /// Why a pool gave up.

@@ -122,6 +122,42 @@ async fn run(
     relay_whole(gw, session, ctx, resp, &route, &plan).await
 }
 
+/// Whether `p` may use `route` (requested as `requested`): its model list, and a price when it
+/// has a budget (a budget cannot hold if a model costs nothing by omission). `what` names the
+/// model in the message. Also checked for every fallback.
+pub(super) fn model_permitted(
+    gw: &Gateway,
+    p: &crate::auth::Principal,
+    requested: &str,
+    route: &Route<'_>,
+    what: &str,
+) -> Result<(), ApiError> {
+    if !p.allows(requested, route) {
+        return Err(
+            ApiError::new(403, format!("{what} is not allowed for {}", p.name))
+                .param("model")
+                .code("model_not_allowed"),
+        );
+    }
+    if p.limits.budget_usd.is_some()
+        && !gw
+            .limiter
+            .prices
+            .has(&route.provider.name, &route.upstream_model)
+    {
+        return Err(ApiError::new(
+            403,
+            format!(
+                "{what} ({}/{}) has no price, so it cannot be charged to {}'s budget (add it to [prices])",
+                route.provider.name, route.upstream_model, p.name
+            ),
+        )
+        .param("model")
+        .code("model_not_priced"));
+    }
+    Ok(())
+}
+
 /// The caller's model allowance and limits (keys, OIDC tiers): 403, 429 or 503 before any
 /// upstream call; on success the admission is kept for settlement when the request ends.
 async fn admit(
@@ -134,31 +170,7 @@ async fn admit(
     let Some(p) = &ctx.principal else {
         return Ok(());
     };
-    if !p.allows(model, route) {
-        return Err(ApiError::new(
-            403,
-            format!("The model {model:?} is not allowed for {}", p.name),
-        )
-        .param("model")
-        .code("model_not_allowed"));
-    }
-    if p.limits.budget_usd.is_some()
-        && !gw
-            .limiter
-            .prices
-            .has(&route.provider.name, &route.upstream_model)
-    {
-        // A budget cannot hold if a model costs nothing by omission.
-        return Err(ApiError::new(
-            403,
-            format!(
-                "The model {}/{} has no price, so it cannot be charged to {}'s budget (add it to [prices])",
-                route.provider.name, route.upstream_model, p.name
-            ),
-        )
-        .param("model")
-        .code("model_not_priced"));
-    }
+    model_permitted(gw, p, model, route, &format!("The model {model:?}"))?;
     // Every principal is admitted (its spend is recorded even without limits). Reserve the
     // prompt (bytes / 4) and the most the completion may use; settled later.
     let max_out: u64 = obj
