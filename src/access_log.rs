@@ -1,6 +1,7 @@
 //! One structured line per request, built from the same per-request record as the metrics.
 //! Never holds a secret: no header values, and request bodies only in development (truncated).
 
+use std::borrow::Cow;
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::time::SystemTime;
@@ -57,17 +58,19 @@ impl AccessRecord<'_> {
             LogFormat::Json => serde_json::to_string(self).expect("record serializes"),
             LogFormat::Text => {
                 let mut s = String::with_capacity(256);
-                let opt = |v: Option<&str>| v.unwrap_or("-").to_string();
+                fn opt(v: Option<&str>) -> Cow<'_, str> {
+                    v.map_or(Cow::Borrowed("-"), text_field)
+                }
                 let _ = write!(
                     s,
                     "request_id={} method={} path={} status={} provider={} model={} upstream={} prompt_tokens={} completion_tokens={}{} duration_ms={:.1} upstream_ms={:.1} bytes_in={} bytes_out={} error={}",
-                    self.request_id,
-                    self.method,
-                    self.path,
+                    text_field(self.request_id),
+                    text_field(self.method),
+                    text_field(self.path),
                     self.status,
                     opt(self.provider),
                     opt(self.model),
-                    self.upstream.as_deref().unwrap_or("-"),
+                    opt(self.upstream.as_deref()),
                     self.prompt_tokens.map_or("-".into(), |t| t.to_string()),
                     self.completion_tokens.map_or("-".into(), |t| t.to_string()),
                     if self.usage_estimated { " usage_estimated=true" } else { "" },
@@ -81,18 +84,7 @@ impl AccessRecord<'_> {
                     let _ = write!(s, " ttft_ms={t:.1}");
                 }
                 if let Some(k) = self.key_id {
-                    // OIDC subjects are caller-chosen: no spaces or line breaks in a text line.
-                    let k: String = k
-                        .chars()
-                        .map(|c| {
-                            if c.is_whitespace() || c.is_control() {
-                                '_'
-                            } else {
-                                c
-                            }
-                        })
-                        .collect();
-                    let _ = write!(s, " key={k}");
+                    let _ = write!(s, " key={}", text_field(k));
                 }
                 if let Some(t) = self.tool_ms {
                     let _ = write!(s, " tool_ms={t:.1}");
@@ -104,12 +96,43 @@ impl AccessRecord<'_> {
                     s.push_str(" client_disconnected=true");
                 }
                 if !self.tool_calls.is_empty() {
-                    let _ = write!(s, " tool_calls={}", self.tool_calls.join(","));
+                    s.push_str(" tool_calls=");
+                    for (i, t) in self.tool_calls.iter().enumerate() {
+                        if i > 0 {
+                            s.push(',');
+                        }
+                        s.push_str(&text_field(t));
+                    }
                 }
                 s
             }
         }
     }
+}
+
+/// A value for a `key=value` text line. Model names, tool names and OIDC subjects come from
+/// callers and models: whitespace becomes `_` and other control characters are escaped
+/// (`\u{1b}`), so a value can neither start a forged line nor a forged field.
+fn text_field(v: &str) -> Cow<'_, str> {
+    if !v
+        .chars()
+        .any(|c| c.is_whitespace() || c.is_control() || c == '\\')
+    {
+        return Cow::Borrowed(v);
+    }
+    let mut out = String::with_capacity(v.len() + 8);
+    for c in v.chars() {
+        if c == ' ' || c == '\t' {
+            out.push('_');
+        } else if c == '\\' {
+            out.push_str("\\\\");
+        } else if c.is_whitespace() || c.is_control() {
+            out.extend(c.escape_unicode());
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
 }
 
 /// Sets up the `log` backend: level, format (JSON lines or text) and destination.
@@ -169,4 +192,19 @@ pub fn init_logging(cfg: &Config) -> Result<(), String> {
         b.target(env_logger::Target::Pipe(Box::new(f)));
     }
     b.try_init().map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_fields_cannot_forge_lines_or_fields() {
+        assert_eq!(text_field("gpt-4o"), "gpt-4o");
+        assert_eq!(
+            text_field("x\n[INFO access] key=admin\u{1b}[2J"),
+            "x\\u{a}[INFO_access]_key=admin\\u{1b}[2J"
+        );
+        assert_eq!(text_field("a\\u{a}"), "a\\\\u{a}");
+    }
 }

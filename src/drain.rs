@@ -33,6 +33,18 @@ impl Drop for InFlight {
     }
 }
 
+static STARTED: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+
+/// Marks the process start (for `uptime`); called once from `main`.
+pub fn mark_start() {
+    STARTED.get_or_init(std::time::Instant::now);
+}
+
+/// Time since the process started serving.
+pub fn uptime() -> Duration {
+    STARTED.get_or_init(std::time::Instant::now).elapsed()
+}
+
 pub fn in_flight() -> usize {
     IN_FLIGHT.load(Ordering::SeqCst)
 }

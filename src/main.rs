@@ -54,23 +54,36 @@ struct Cli {
 
 #[derive(clap::Subcommand, Debug)]
 enum Command {
-    /// Make a new virtual API key (or hash a given one) and print the `[[keys]]` entry.
+    /// Make a new virtual API key and print the `[[keys]]` entry; with `--stdin`, hash a key
+    /// read from standard input instead (never from the command line, where `ps` and shell
+    /// history would keep it).
     HashKey {
-        /// An existing key to hash instead of making a new one.
-        key: Option<String>,
+        /// Read the key to hash from standard input (one line).
+        #[arg(long)]
+        stdin: bool,
     },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Some(Command::HashKey { key }) = &cli.command {
-        let (key, new) = match key {
-            Some(k) => (k.clone(), false),
-            None => (auth::new_key(), true),
-        };
-        if new {
+    if let Some(Command::HashKey { stdin }) = &cli.command {
+        let key = if *stdin {
+            let mut line = String::new();
+            if let Err(e) = std::io::stdin().read_line(&mut line) {
+                eprintln!("inference-gateway: hash-key: cannot read standard input: {e}");
+                return ExitCode::from(2);
+            }
+            let key = line.trim_end_matches(['\r', '\n']).to_string();
+            if key.is_empty() {
+                eprintln!("inference-gateway: hash-key --stdin: no key on standard input");
+                return ExitCode::from(2);
+            }
+            key
+        } else {
+            let key = auth::new_key();
             println!("key:  {key}    (give it to the client; it is not stored anywhere)");
-        }
+            key
+        };
         println!("hash: {}", auth::hash_key(&key));
         println!();
         println!(
@@ -112,6 +125,7 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli, cfg: Config, providers: Arc<Providers>, pools: Arc<pool::Pools>) -> ExitCode {
+    drain::mark_start();
     let cfg = Arc::new(cfg);
     let opt = Opt {
         upgrade: cli.upgrade,

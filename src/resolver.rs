@@ -57,7 +57,18 @@ pub struct DnsRefresher {
 impl BackgroundService for DnsRefresher {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         loop {
-            for p in self.providers.iter().chain(self.pools.backend_providers()) {
+            // A provider whose `backends` replace its `url` never calls its default host
+            // (`api.openai.com` for a pool of vLLM servers): not resolved unless something
+            // (`/proxy`) already did.
+            let replaced = |p: &Provider| {
+                p.cached_addr().is_none()
+                    && self
+                        .pools
+                        .get(&p.name)
+                        .is_some_and(|pool| !pool.uses_provider_url())
+            };
+            let providers = self.providers.iter().filter(|p| !replaced(p));
+            for p in providers.chain(self.pools.backend_providers()) {
                 if p.is_ip_literal() || !(p.configured || p.cached_addr().is_some()) {
                     continue;
                 }

@@ -12,15 +12,7 @@ use serde_json::{json, Value};
 
 /// `[[keys]]` hash of `key`, from the gateway's own `hash-key` subcommand.
 fn hash(key: &str) -> String {
-    let out = Command::new(bin())
-        .args(["hash-key", key])
-        .output()
-        .unwrap();
-    let text = String::from_utf8(out.stdout).unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix("hash: "))
-        .expect("hash line")
-        .to_string()
+    key_hash(key)
 }
 
 fn chat(model: &str) -> Vec<u8> {
@@ -475,7 +467,8 @@ async fn oidc_tokens_are_checked_against_the_issuer() {
         ("AUTH_OIDC_ISSUER", iss.clone()),
         ("AUTH_OIDC_CLIENT_ID", "gateway".to_string()),
     ]);
-    let toml = "[auth]\ntier_claim = \"tier\"\nleeway = \"5s\"\n[auth.tiers.free]\nrpm = 2\n";
+    let toml = "[auth]\ntier_claim = \"tier\"\ndefault_tier = \"standard\"\nleeway = \"5s\"\n\
+                [auth.tiers.free]\nrpm = 2\n[auth.tiers.standard]\nrpm = 1000\n";
     let gw = GatewayProcess::start(&env, Some(toml));
     let good = || json!({"iss": iss, "aud": "gateway", "sub": "alice", "exp": now() + 300, "nbf": now() - 10});
     let body = chat("openai/gpt-4o");
@@ -549,6 +542,21 @@ async fn oidc_tokens_are_checked_against_the_issuer() {
     let r = call(&gw, Some(&t), &body).await;
     assert_eq!(r.status, 429);
     assert_eq!(r.headers["x-ratelimit-limit-requests"], "2");
+    // A missing or unknown tier gets the default tier, never unlimited, never raw /proxy.
+    for tier in [None, Some("platinum")] {
+        let mut c = good();
+        c["sub"] = json!("carol");
+        if let Some(t) = tier {
+            c["tier"] = json!(t);
+        }
+        let t = token(&k1, c);
+        let r = call(&gw, Some(&t), &body).await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.headers["x-ratelimit-limit-requests"], "1000", "{tier:?}");
+        let r = get(&gw, "/proxy/openai/models", &t).await;
+        assert_eq!(r.status, 403, "{tier:?}");
+        assert_eq!(r.json()["error"]["code"], "proxy_not_allowed");
+    }
     // The token never reaches the provider.
     for req in up.requests() {
         assert_eq!(req.header("authorization"), Some("Bearer sk-openai-test"));
@@ -763,4 +771,316 @@ async fn redis_concurrency_slots_cannot_be_shared_through_a_reused_request_id() 
             .status,
         200
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Hardening: reservations that cannot be talked down
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn tiers_without_a_default_tier_are_a_configuration_error() {
+    let dir = temp_dir("tiers");
+    let p = dir.join("g.toml");
+    std::fs::write(
+        &p,
+        "[auth]\noidc_issuer = \"https://idp.example\"\noidc_client_id = \"gw\"\ntier_claim = \"tier\"\n[auth.tiers.free]\nrpm = 2\n",
+    )
+    .unwrap();
+    let out = Command::new(bin())
+        .arg("-t")
+        .arg("-c")
+        .arg(&p)
+        .env_clear()
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(text.contains("auth.default_tier"), "{text}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[tokio::test]
+async fn malformed_max_tokens_and_n_are_400_and_n_multiplies_the_reservation() {
+    let up = MockUpstream::start(ok_provider()).await;
+    let toml = format!(
+        "[[keys]]\nname = \"t3k\"\nhash = \"{}\"\ntpm = 3000\n",
+        hash("igw-t3k")
+    );
+    let gw = GatewayProcess::start(&provider_env(&[("openai", up.url("/v1"))]), Some(&toml));
+    fresh_minute().await;
+    let msgs = json!([{"role": "user", "content": "hi"}]);
+    for (field, value) in [
+        ("max_tokens", json!("100000")),
+        ("max_tokens", json!(100000.0)),
+        ("max_tokens", json!(-1)),
+        ("max_completion_tokens", json!("x")),
+        ("n", json!(9)),
+        ("n", json!(0)),
+        ("n", json!("2")),
+    ] {
+        let mut b = json!({"model": "openai/gpt-4o", "messages": msgs});
+        b[field] = value.clone();
+        let r = call(&gw, Some("igw-t3k"), b.to_string().as_bytes()).await;
+        assert_eq!(r.status, 400, "{field}={value}: {}", r.text());
+        assert_eq!(r.json()["error"]["param"], field, "{field}={value}");
+        assert_eq!(r.json()["error"]["type"], "invalid_request_error");
+    }
+    // n = 8 choices of up to 500 tokens may use 4,000 tokens: more than the 3,000 a minute.
+    let b = json!({"model": "openai/gpt-4o", "n": 8, "max_tokens": 500, "messages": msgs});
+    let r = call(&gw, Some("igw-t3k"), b.to_string().as_bytes()).await;
+    assert_eq!(r.status, 429, "{}", r.text());
+    assert!(r.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("Request too large"));
+    assert_eq!(up.count(), 0);
+    // Without max_tokens, the default reserve (1,024) is held while the request runs.
+    let b = json!({"model": "openai/gpt-4o", "messages": msgs}).to_string();
+    let r = call(&gw, Some("igw-t3k"), b.as_bytes()).await;
+    assert_eq!(r.status, 200);
+    let reserve = (b.len() as u64).div_ceil(4) + 1024;
+    assert_eq!(
+        r.headers["x-ratelimit-remaining-tokens"],
+        (3000 - reserve).to_string()
+    );
+    // n = 2 of 500 fits.
+    let b = json!({"model": "openai/gpt-4o", "n": 2, "max_tokens": 500, "messages": msgs});
+    assert_eq!(
+        call(&gw, Some("igw-t3k"), b.to_string().as_bytes())
+            .await
+            .status,
+        200
+    );
+}
+
+#[tokio::test]
+async fn parallel_requests_overshoot_a_budget_by_at_most_one() {
+    let up = MockUpstream::start(|req: &Recorded| {
+        let mut s = vec![Step::Sleep(Duration::from_millis(800))];
+        s.extend(ok_provider()(req));
+        s
+    })
+    .await;
+    let body = json!({"model": "openai/gpt-4o", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}).to_string();
+    // 1 USD a token: each request reserves (prompt estimate + 5) USD; the budget holds one and
+    // a half reservations, so exactly two are admitted while both are in flight.
+    let reserve = (body.len() as u64).div_ceil(4) + 5;
+    let toml = format!(
+        "[prices]\n\"openai/gpt-4o\" = {{ input = 1000000.0, output = 1000000.0 }}\n\
+         [[keys]]\nname = \"par\"\nhash = \"{}\"\nbudget_usd = {}\nbudget_period = \"daily\"\n",
+        hash("igw-par"),
+        reserve as f64 * 1.5
+    );
+    let gw = GatewayProcess::start(&provider_env(&[("openai", up.url("/v1"))]), Some(&toml));
+    let addr = gw.addr();
+    let tasks: Vec<_> = (0..10)
+        .map(|_| {
+            let body = body.clone();
+            tokio::spawn(async move {
+                let r = raw_request(
+                    addr,
+                    "POST",
+                    "/v1/chat/completions",
+                    &[("authorization", "Bearer igw-par")],
+                    body.as_bytes(),
+                )
+                .await;
+                (r.status, r.json()["error"]["code"].clone())
+            })
+        })
+        .collect();
+    let mut ok = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            (200, _) => ok += 1,
+            (429, c) => assert_eq!(c, "insufficient_quota"),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(ok, 2, "reservations admit while spend + reserved < budget");
+    assert_eq!(up.count(), 2);
+    // Settled at the real usage (12 tokens each).
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        get(&gw, "/v1/usage", "igw-par").await.json()["spend_usd"],
+        24.0
+    );
+}
+
+#[tokio::test]
+async fn a_client_gone_before_the_answer_still_pays_for_its_prompt() {
+    let up = MockUpstream::start(|req: &Recorded| {
+        let mut s = vec![Step::Sleep(Duration::from_secs(3))];
+        s.extend(ok_provider()(req));
+        s
+    })
+    .await;
+    let toml = format!(
+        "[prices]\n\"openai/gpt-4o\" = {{ input = 1000000.0, output = 1000000.0 }}\n\
+         [[keys]]\nname = \"gone\"\nhash = \"{}\"\nbudget_usd = 100000.0\ntpm = 100000\n",
+        hash("igw-gone")
+    );
+    let gw = GatewayProcess::start(&provider_env(&[("openai", up.url("/v1"))]), Some(&toml));
+    fresh_minute().await;
+    use tokio::io::AsyncWriteExt;
+    let body = chat("openai/gpt-4o");
+    let mut s = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer igw-gone\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    s.write_all(&body).await.unwrap();
+    // The provider has the prompt; the client leaves before the answer.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while up.count() == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "request never reached the provider"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(s);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let v = get(&gw, "/v1/usage", "igw-gone").await.json();
+    let prompt = (up.last().body.len() as f64 / 4.0).ceil();
+    assert_eq!(v["tokens_this_minute"], prompt, "{v}");
+    assert_eq!(v["spend_usd"], prompt, "{v}");
+}
+
+/// Waits until second 57 of a minute, so a 5 s request ends in the next one.
+async fn just_before_a_minute_ends() {
+    let s = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let into = s % 60.0;
+    let wait = if into <= 57.0 {
+        57.0 - into
+    } else {
+        117.0 - into
+    };
+    tokio::time::sleep(Duration::from_secs_f64(wait)).await;
+}
+
+#[tokio::test]
+async fn a_long_stream_counts_against_the_minute_it_ends_in() {
+    // 5 s in the making, then 700 tokens of usage.
+    let up = MockUpstream::start(|_req: &Recorded| {
+        let mut body = String::new();
+        body.push_str("data: {\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"gpt-4o\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"x\"},\"finish_reason\":null}]}\n\n");
+        let tail = "data: {\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"gpt-4o\",\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\n\
+            data: {\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"gpt-4o\",\"choices\":[],\"usage\":{\"prompt_tokens\":100,\"completion_tokens\":600,\"total_tokens\":700}}\n\n\
+            data: [DONE]\n\n";
+        vec![
+            Step::Write(sse_head()),
+            Step::Write(chunk(body.as_bytes())),
+            Step::Sleep(Duration::from_secs(5)),
+            Step::Write(chunk(tail.as_bytes())),
+            Step::Write(last_chunk()),
+        ]
+    })
+    .await;
+    let mut redis = RedisServer::start();
+    let toml = format!(
+        "[[keys]]\nname = \"long\"\nhash = \"{}\"\ntpm = 1000\n",
+        hash("igw-long")
+    );
+    let memory = GatewayProcess::start(&provider_env(&[("openai", up.url("/v1"))]), Some(&toml));
+    let mut env = provider_env(&[("openai", up.url("/v1"))]);
+    env.push(("REDIS_URL", redis.url()));
+    env.push(("LIMITS_FAILURE_MODE", "fail_closed".into()));
+    let shared = GatewayProcess::start(&env, Some(&toml));
+    let stream = json!({"model": "openai/gpt-4o", "stream": true, "max_tokens": 600, "messages": [{"role": "user", "content": "hi"}]}).to_string();
+    let next = json!({"model": "openai/gpt-4o", "max_tokens": 400, "messages": [{"role": "user", "content": "hi"}]}).to_string();
+    just_before_a_minute_ends().await;
+    let (a, b) = tokio::join!(
+        call(&memory, Some("igw-long"), stream.as_bytes()),
+        call(&shared, Some("igw-long"), stream.as_bytes())
+    );
+    assert_eq!((a.status, b.status), (200, 200));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for gw in [&memory, &shared] {
+        // The stream ended in this minute: its 700 tokens count here, so 400 more do not fit.
+        let v = get(gw, "/v1/usage", "igw-long").await.json();
+        assert_eq!(v["tokens_this_minute"], 700, "{v}");
+        let r = call(gw, Some("igw-long"), next.as_bytes()).await;
+        assert_eq!(r.status, 429, "{}", r.text());
+    }
+    redis.kill();
+}
+
+#[tokio::test]
+async fn health_verbose_needs_a_key_once_auth_is_on() {
+    let up = MockUpstream::start(ok_provider()).await;
+    let toml = format!(
+        "[[keys]]\nname = \"h\"\nhash = \"{}\"\n",
+        hash("igw-health")
+    );
+    let gw = GatewayProcess::start(&provider_env(&[("openai", up.url("/v1"))]), Some(&toml));
+    // Plain /health stays open for load balancers.
+    let r = raw_request(gw.addr(), "GET", "/health", &[], b"").await;
+    assert_eq!((r.status, r.json()), (200, json!({"status": "ok"})));
+    let r = raw_request(gw.addr(), "GET", "/health?verbose", &[], b"").await;
+    assert_eq!(r.status, 401, "{}", r.text());
+    let v = get(&gw, "/health?verbose", "igw-health").await.json();
+    assert_eq!(v["version"], env!("CARGO_PKG_VERSION"));
+    assert!(v["uptime_seconds"].is_u64(), "{v}");
+    assert!(v["providers"]["openai"]["backends"].is_array(), "{v}");
+    // `off` ignores verbose; `public` shows it to anyone.
+    for (mode, open) in [("off", false), ("public", true)] {
+        let mut env = provider_env(&[("openai", up.url("/v1"))]);
+        env.push(("SERVER_HEALTH_VERBOSE", mode.to_string()));
+        let gw = GatewayProcess::start(&env, Some(&toml));
+        let r = raw_request(gw.addr(), "GET", "/health?verbose", &[], b"").await;
+        assert_eq!(r.status, 200, "{mode}");
+        assert_eq!(r.json()["providers"].is_object(), open, "{mode}");
+    }
+}
+
+#[tokio::test]
+async fn model_lists_are_cached_rate_limited_and_filtered_per_key() {
+    let up = MockUpstream::start(|req: &Recorded| {
+        if req.method == "GET" {
+            return json_response(
+                200,
+                r#"{"object":"list","data":[{"id":"gpt-4o"},{"id":"gpt-3.5-turbo"}]}"#,
+            );
+        }
+        ok_provider()(req)
+    })
+    .await;
+    let toml = format!(
+        "[aliases.smart]\ntarget = \"openai/gpt-4o\"\n[aliases.old]\ntarget = \"openai/gpt-3.5-turbo\"\n\
+         [[keys]]\nname = \"narrow\"\nhash = \"{}\"\nmodels = [\"openai/gpt-4o\", \"smart\"]\nrpm = 3\n\
+         [[keys]]\nname = \"wide\"\nhash = \"{}\"\n",
+        hash("igw-narrow"),
+        hash("igw-wide")
+    );
+    let gw = GatewayProcess::start(&provider_env(&[("openai", up.url("/v1"))]), Some(&toml));
+    fresh_minute().await;
+    let ids = |r: RawResponse| {
+        let mut ids: Vec<String> = r.json()["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["id"].as_str().unwrap().to_string())
+            .collect();
+        ids.sort();
+        ids
+    };
+    assert_eq!(
+        ids(get(&gw, "/v1/models", "igw-wide").await),
+        ["old", "openai/gpt-3.5-turbo", "openai/gpt-4o", "smart"]
+    );
+    let r = get(&gw, "/v1/models", "igw-narrow").await;
+    assert_eq!(r.headers["x-ratelimit-limit-requests"], "3");
+    assert_eq!(ids(r), ["openai/gpt-4o", "smart"]);
+    // One upstream call for all of those: the list is cached.
+    assert_eq!(up.count(), 1);
+    assert_eq!(get(&gw, "/v1/models", "igw-narrow").await.status, 200);
+    assert_eq!(get(&gw, "/v1/models", "igw-narrow").await.status, 200);
+    let r = get(&gw, "/v1/models", "igw-narrow").await;
+    assert_eq!(r.status, 429, "the list counts against RPM");
+    assert_eq!(up.count(), 1);
 }

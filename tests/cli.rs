@@ -84,3 +84,31 @@ fn help_lists_the_flags() {
         assert!(out.contains(flag), "{flag}");
     }
 }
+
+#[test]
+fn hash_key_reads_a_given_key_from_stdin_never_argv() {
+    use std::io::Write;
+    let mut child = Command::new(bin())
+        .args(["hash-key", "--stdin"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"test\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    // sha256("test")
+    assert!(
+        text.contains("sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"),
+        "{text}"
+    );
+    assert!(!text.contains("key:"), "a given key is not echoed: {text}");
+    // A key on the command line is refused (it would sit in `ps` and shell history).
+    let (code, out) = run(&["hash-key", "igw-secret-on-argv"], &[], None);
+    assert_eq!(code, 2, "{out}");
+    // Without --stdin, a new key is made.
+    let (code, out) = run(&["hash-key"], &[], None);
+    assert_eq!(code, 0);
+    assert!(out.contains("key:  igw-"), "{out}");
+}

@@ -2,7 +2,7 @@
 
 mod common;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::{json, Value};
@@ -906,4 +906,233 @@ async fn stalled_body_is_408_and_bad_stream_options_is_400() {
     assert_eq!(r.status, 408);
     assert_eq!(r.json()["error"]["code"], "request_timeout");
     assert_eq!(up.count(), 0);
+}
+
+// ----------------------------------------------------------------------------- hardening
+
+/// A body of `n` distinct top-level keys plus `model`; with `dup`, the first key repeats last.
+fn wide_body(n: usize, dup: bool) -> Vec<u8> {
+    let mut s = String::from("{\"model\":\"openai/m\",\"messages\":[]");
+    for i in 0..n {
+        s.push_str(&format!(",\"k{i:07}\":0"));
+    }
+    if dup {
+        s.push_str(",\"k0000000\":1");
+    }
+    s.push('}');
+    s.into_bytes()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn wide_json_bodies_are_capped_and_checked_in_linear_time() {
+    let up = openai_mock().await;
+    let gw = GatewayProcess::start(&provider_env(&[("openai", up.url("/v1"))]), None);
+    // 100k keys (1.4 MB): refused at the default cap of 1,024 fields.
+    let body = wide_body(100_000, false);
+    let t = Instant::now();
+    let r = post_chat(gw.addr(), &body).await;
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert_eq!(r.json()["error"]["code"], "too_many_fields");
+    assert_eq!(r.json()["error"]["type"], "invalid_request_error");
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    // With the cap lifted, the duplicate check over 100k keys is linear: the quadratic one
+    // took minutes for this body.
+    let mut env = provider_env(&[("openai", up.url("/v1"))]);
+    env.push(("SERVER_MAX_JSON_FIELDS", "200000".into()));
+    let wide = GatewayProcess::start(&env, None);
+    let t = Instant::now();
+    let r = post_chat(wide.addr(), &wide_body(100_000, true)).await;
+    assert_eq!(r.status, 400);
+    assert!(r.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("duplicate key \"k0000000\""));
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    // The gateway is still answering.
+    assert_eq!(
+        post_chat(wide.addr(), &chat_body("openai/m")).await.status,
+        200
+    );
+    assert_eq!(up.count(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn proxy_traversal_is_refused_in_every_spelling() {
+    let up = openai_mock().await;
+    let gw = GatewayProcess::start(&provider_env(&[("openai", up.url("/v1"))]), None);
+    for path in [
+        "/proxy/openai/..%2f..%2fadmin",
+        "/proxy/openai/..%2F",
+        "/proxy/openai/%2e%2e/x",
+        "/proxy/openai/%252e%252e/x",
+        "/proxy/openai/%252e%252e%252fx",
+        "/proxy/openai/..;/x",
+        "/proxy/openai/a/..;jsessionid=1/b",
+        "/proxy/openai/..\\..\\admin",
+        "/proxy/openai/..%5cadmin",
+        "/proxy/openai/x/%00",
+    ] {
+        let r = raw_request(gw.addr(), "GET", path, &[], b"").await;
+        assert_eq!(r.status, 400, "{path}: {}", r.text());
+        assert_eq!(r.json()["error"]["code"], "invalid_path", "{path}");
+    }
+    assert_eq!(up.count(), 0);
+    // Ordinary paths still pass.
+    let r = raw_request(gw.addr(), "GET", "/proxy/openai/models", &[], b"").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(up.last().path, "/v1/models");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn junk_methods_are_405_except_on_proxy() {
+    let up = openai_mock().await;
+    let gw = GatewayProcess::start(&provider_env(&[("openai", up.url("/v1"))]), None);
+    for path in ["/v1/chat/completions", "/health", "/nope"] {
+        let r = raw_request(gw.addr(), "FROBNICATE", path, &[], b"").await;
+        assert_eq!(r.status, 405, "{path}");
+        assert_eq!(r.json()["error"]["code"], "method_not_allowed");
+    }
+    // `/proxy` passes any method through to the provider.
+    let r = raw_request(gw.addr(), "PROPFIND", "/proxy/openai/x", &[], b"").await;
+    assert_ne!(r.status, 405);
+    assert_eq!(up.last().method, "PROPFIND");
+    // Text access lines name the method `other`, never the client's token.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let log = gw.log_text();
+    assert!(!log.contains("FROBNICATE"), "{log}");
+    assert!(log.contains("method=other"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn text_access_lines_escape_control_characters() {
+    let gw = GatewayProcess::start(&[], None);
+    let body = json!({"model": "x\n[2026-01-01T00:00:00Z INFO access] request_id=forged key=admin", "messages": []});
+    let r = post_chat(gw.addr(), body.to_string().as_bytes()).await;
+    assert_eq!(r.status, 400);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let log = gw.log_text();
+    assert!(!log.contains("\n[2026-01-01T00:00:00Z"), "{log}");
+    assert!(
+        log.contains("model=x\\u{a}[2026-01-01T00:00:00Z_INFO_access]_request_id=forged"),
+        "{log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unconfigured_builtin_providers_are_not_reachable() {
+    // A listener where `ollama` would be: it must never be called.
+    let up = openai_mock().await;
+    let gw = GatewayProcess::start(&provider_env(&[("openai", up.url("/v1"))]), None);
+    let r = post_chat(gw.addr(), &chat_body("ollama/llama3")).await;
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json()["error"]["code"], "provider_not_configured");
+    assert!(r.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("OLLAMA_API_URL"));
+    let r = raw_request(gw.addr(), "GET", "/proxy/ollama/api/tags", &[], b"").await;
+    assert_eq!(r.status, 404);
+    assert_eq!(r.json()["error"]["code"], "unknown_provider");
+    // OLLAMA_ENABLE=true (or OLLAMA_API_URL) configures it.
+    let mut env = provider_env(&[("openai", up.url("/v1"))]);
+    env.push(("OLLAMA_API_URL", up.url("/v1")));
+    let gw = GatewayProcess::start(&env, None);
+    assert_eq!(
+        post_chat(gw.addr(), &chat_body("ollama/llama3"))
+            .await
+            .status,
+        200
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn request_bodies_have_a_total_deadline() {
+    let up = openai_mock().await;
+    let mut env = provider_env(&[("openai", up.url("/v1"))]);
+    env.push(("SERVER_BODY_TIMEOUT", "1s".into()));
+    let gw = GatewayProcess::start(&env, None);
+    // One byte every 200 ms never trips the 30 s read timeout, but the whole body must arrive
+    // within 1 s.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
+    s.write_all(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-length: 1000\r\n\r\n")
+        .await
+        .unwrap();
+    let t = Instant::now();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    while t.elapsed() < Duration::from_secs(8) {
+        if s.write_all(b" ").await.is_err() {
+            break;
+        }
+        match tokio::time::timeout(Duration::from_millis(200), s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => {
+                out.extend_from_slice(&buf[..n]);
+                if find_bytes(&out, b"}") {
+                    break;
+                }
+            }
+            Err(_) => {}
+        }
+    }
+    let r = parse_response(&out);
+    assert_eq!(r.status, 408);
+    assert_eq!(r.json()["error"]["code"], "request_timeout");
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+}
+
+fn find_bytes(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn requests_in_flight_are_capped() {
+    let up = MockUpstream::start(|_| {
+        let mut steps = vec![Step::Sleep(Duration::from_millis(800))];
+        steps.extend(json_response(200, &chat_completion("m", "slow")));
+        steps
+    })
+    .await;
+    let mut env = provider_env(&[("openai", up.url("/v1"))]);
+    env.push(("SERVER_MAX_CONNECTIONS", "2".into()));
+    let gw = GatewayProcess::start(&env, None);
+    let addr = gw.addr();
+    let tasks: Vec<_> = (0..4)
+        .map(|_| {
+            tokio::spawn(async move {
+                let r = post_chat(addr, &chat_body("openai/m")).await;
+                let code = r.json()["error"]["code"].as_str().map(str::to_string);
+                (r.status, code, r.headers.get("retry-after").cloned())
+            })
+        })
+        .collect();
+    let mut busy = 0;
+    let mut ok = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            (200, _, _) => ok += 1,
+            (503, Some(c), Some(ra)) if c == "server_busy" && ra == "1" => busy += 1,
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!((ok, busy), (2, 2));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pools_whose_backends_replace_the_url_never_resolve_the_default_host() {
+    let up = openai_mock().await;
+    let toml = format!(
+        "[providers.openai]\napi_key = \"sk-test\"\nbackends = [{{ url = \"{}\" }}]\n",
+        up.url("/v1")
+    );
+    let env = [("CLIENT_DNS_REFRESH_INTERVAL", "100ms".to_string())];
+    let gw = GatewayProcess::start(&env, Some(&toml));
+    assert_eq!(
+        post_chat(gw.addr(), &chat_body("openai/m")).await.status,
+        200
+    );
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let log = gw.log_text();
+    assert!(!log.contains("api.openai.com"), "{log}");
 }

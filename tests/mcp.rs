@@ -827,3 +827,66 @@ async fn loop_rounds_keep_the_request_with_fallbacks_and_a_concurrency_limit() {
         }
     }
 }
+
+#[tokio::test]
+async fn every_loop_round_is_admitted_against_the_keys_tpm() {
+    let mcp = HttpMcpServer::start(0).await;
+    let model = MockUpstream::start(openai_model).await;
+    let env = mcp_env("openai", &model, &mcp);
+    // Round 1 reserves its prompt + 600; round 2 (a longer prompt + 600) no longer fits in
+    // 1,000 tokens a minute while round 1 is held.
+    let toml = format!(
+        "[[keys]]\nname = \"loop\"\nhash = \"{}\"\ntpm = 1000\n",
+        key_hash("igw-loop")
+    );
+    let gw = GatewayProcess::start(&env, Some(&toml));
+    let auth = [("authorization", "Bearer igw-loop")];
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let r = raw_request(gw.addr(), "GET", "/v1/mcp/tools", &auth, b"").await;
+        if r.json()["data"].as_array().is_some_and(|d| !d.is_empty()) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no MCP tools");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let body = |stream: bool| {
+        json!({"model": "openai/gpt-4o", "stream": stream, "max_tokens": 600,
+               "messages": [{"role": "user", "content": "add"}]})
+        .to_string()
+    };
+    let r = raw_request(
+        gw.addr(),
+        "POST",
+        "/v1/chat/completions",
+        &auth,
+        body(false).as_bytes(),
+    )
+    .await;
+    assert_eq!(r.status, 429, "{}", r.text());
+    let msg = r.json()["error"]["message"].as_str().unwrap().to_string();
+    assert!(
+        msg.contains("MCP tool loop stopped before round 2"),
+        "{msg}"
+    );
+    assert_eq!(model.count(), 1);
+    // The minute's reservations were released when the request ended.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let r = raw_request(
+        gw.addr(),
+        "POST",
+        "/v1/chat/completions",
+        &auth,
+        body(true).as_bytes(),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let text = r.text();
+    assert!(
+        text.contains("MCP tool loop stopped before round 2"),
+        "{text}"
+    );
+    assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
+    assert_eq!(text.matches("data: [DONE]").count(), 1);
+    assert_eq!(model.count(), 2);
+}

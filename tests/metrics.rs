@@ -402,3 +402,65 @@ fn log_settings_are_validated() {
         assert!(String::from_utf8_lossy(&out.stderr).contains(k), "{k}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn made_up_methods_cannot_grow_the_exposition() {
+    let up = MockUpstream::start(|_| json_response(200, "{}")).await;
+    let metrics_port = free_port();
+    let mut env = provider_env(&[("openai", up.url("/v1"))]);
+    env.push(("TELEMETRY_ENABLE", "true".into()));
+    env.push(("TELEMETRY_METRICS_PORT", metrics_port.to_string()));
+    let gw = GatewayProcess::start(&env, None);
+    let before = scrape(metrics_port).await.len();
+    // 1,000 distinct methods of 200 characters: API paths answer 405, /proxy passes them on.
+    let addr = gw.addr();
+    let tasks: Vec<_> = (0..1000)
+        .map(|i| {
+            tokio::spawn(async move {
+                let method = format!("M{i:0199}");
+                let path = if i % 2 == 0 {
+                    "/v1/chat/completions"
+                } else {
+                    "/proxy/openai/x"
+                };
+                (i, raw_request(addr, &method, path, &[], b"").await.status)
+            })
+        })
+        .collect();
+    for t in tasks {
+        let (i, status) = t.await.unwrap();
+        if i % 2 == 0 {
+            assert_eq!(status, 405);
+        } else {
+            assert_eq!(status, 200);
+        }
+    }
+    let after = scrape(metrics_port).await;
+    let m = parse(&after);
+    // One `other` series per family, not a thousand: the exposition grows by a few KB (one
+    // request_duration histogram and two counters per label set), not by megabytes.
+    assert!(
+        after.len() < before + 20_000,
+        "{} -> {} bytes",
+        before,
+        after.len()
+    );
+    assert!(!after.contains("M0000"), "no made-up method is a label");
+    assert_eq!(
+        get(
+            &m,
+            "llm_requests_total",
+            &[
+                ("provider", "openai"),
+                ("request_method", "other"),
+                ("request_path", "/proxy/{provider}"),
+                ("status_code", "200")
+            ]
+        ),
+        500.0
+    );
+    assert_eq!(
+        m["llm_requests_total{provider=,request_method=\"other,request_path=\"/v1/chat/completions,status_code=\"405}"],
+        500.0
+    );
+}

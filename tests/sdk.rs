@@ -135,15 +135,7 @@ async fn official_openai_python_sdk_with_keys_and_mcp() {
     let mcp = mcp_support::HttpMcpServer::start(0).await;
     let model = MockUpstream::start(model::openai_model).await;
     let key = "igw-sdk-test-key";
-    let out = Command::new(bin())
-        .args(["hash-key", key])
-        .output()
-        .unwrap();
-    let hash = String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("hash: ").map(str::to_string))
-        .unwrap();
+    let hash = key_hash(key);
     let mut env = provider_env(&[("openai", model.url("/v1"))]);
     env.push(("MCP_ENABLE", "true".into()));
     env.push(("MCP_EXPOSE", "true".into()));

@@ -9,7 +9,7 @@
 use std::borrow::Cow;
 use std::fmt;
 
-use serde::de::{self, Deserializer, MapAccess, Visitor};
+use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
@@ -26,6 +26,10 @@ pub enum ParseError {
     Syntax(String),
     /// Valid JSON but not an object.
     NotAnObject,
+    /// More top-level fields than the limit given to [`RawObject::parse_limited`].
+    TooManyFields(usize),
+    /// The same top-level key twice.
+    DuplicateKey(String),
 }
 
 impl fmt::Display for ParseError {
@@ -33,6 +37,10 @@ impl fmt::Display for ParseError {
         match self {
             ParseError::Syntax(m) => write!(f, "{m}"),
             ParseError::NotAnObject => write!(f, "the request body must be a JSON object"),
+            ParseError::TooManyFields(n) => {
+                write!(f, "the request body has more than {n} top-level fields")
+            }
+            ParseError::DuplicateKey(k) => write!(f, "duplicate key {k:?}"),
         }
     }
 }
@@ -40,18 +48,42 @@ impl fmt::Display for ParseError {
 impl<'a> RawObject<'a> {
     /// Parses and validates `input`; values borrow from it.
     pub fn parse(input: &'a [u8]) -> Result<Self, ParseError> {
+        Self::parse_limited(input, usize::MAX)
+    }
+
+    /// As [`parse`](Self::parse), refusing objects with more than `max_fields` top-level fields
+    /// (checked while parsing, so a huge object costs no more than `max_fields` entries).
+    pub fn parse_limited(input: &'a [u8], max_fields: usize) -> Result<Self, ParseError> {
         let mut de = serde_json::Deserializer::from_slice(input);
-        let obj = match RawObject::deserialize(&mut de) {
+        let obj = match (Limited(max_fields)).deserialize(&mut de) {
             Ok(o) => o,
-            Err(e) if e.is_data() => return Err(ParseError::NotAnObject),
+            Err(e) if e.is_data() => {
+                let m = e.to_string();
+                return Err(if m.starts_with(TOO_MANY) {
+                    ParseError::TooManyFields(max_fields)
+                } else {
+                    ParseError::NotAnObject
+                });
+            }
             Err(e) => return Err(ParseError::Syntax(e.to_string())),
         };
         de.end().map_err(|e| ParseError::Syntax(e.to_string()))?;
         // Parsers disagree on duplicate keys (first wins here, last wins in Python, Go and most
         // upstreams): refuse them, so what the gateway checks is what the provider runs.
-        for (i, (k, _)) in obj.fields.iter().enumerate() {
-            if obj.fields[..i].iter().any(|(prev, _)| prev == k) {
-                return Err(ParseError::Syntax(format!("duplicate key {k:?}")));
+        // Linear: a scan for the usual handful of fields, a hash set beyond (a quadratic check
+        // let one wide body hold a worker thread for seconds).
+        if obj.fields.len() <= 16 {
+            for (i, (k, _)) in obj.fields.iter().enumerate() {
+                if obj.fields[..i].iter().any(|(prev, _)| prev == k) {
+                    return Err(ParseError::DuplicateKey(k.to_string()));
+                }
+            }
+        } else {
+            let mut seen = std::collections::HashSet::with_capacity(obj.fields.len());
+            for (k, _) in &obj.fields {
+                if !seen.insert(k.as_ref()) {
+                    return Err(ParseError::DuplicateKey(k.to_string()));
+                }
             }
         }
         Ok(obj)
@@ -103,6 +135,15 @@ impl<'a> RawObject<'a> {
         self.fields.iter().map(|(k, _)| k.as_ref())
     }
 
+    /// Length of [`to_vec`](Self::to_vec)'s output, keys' escapes aside (cheap: no copy).
+    pub fn byte_len(&self) -> usize {
+        2 + self
+            .fields
+            .iter()
+            .map(|(k, v)| k.len() + v.get().len() + 4)
+            .sum::<usize>()
+    }
+
     /// Serializes the object, values byte-for-byte as they were parsed or set.
     pub fn to_vec(&self) -> Vec<u8> {
         let size: usize = self
@@ -125,24 +166,40 @@ impl<'a> RawObject<'a> {
     }
 }
 
-impl<'de> Deserialize<'de> for RawObject<'de> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
+/// Start of the error message that stops a parse at the field limit.
+const TOO_MANY: &str = "igw: too many fields";
+
+/// Deserializes a [`RawObject`] of at most `.0` fields.
+struct Limited(usize);
+
+impl<'de> DeserializeSeed<'de> for Limited {
+    type Value = RawObject<'de>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        struct V(usize);
         impl<'de> Visitor<'de> for V {
             type Value = RawObject<'de>;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
                 f.write_str("a JSON object")
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-                let mut fields = Vec::with_capacity(map.size_hint().unwrap_or(8));
+                let mut fields = Vec::with_capacity(map.size_hint().unwrap_or(8).min(self.0));
                 while let Some(key) = map.next_key::<Key<'de>>()? {
+                    if fields.len() == self.0 {
+                        return Err(de::Error::custom(TOO_MANY));
+                    }
                     let value: &'de RawValue = map.next_value()?;
                     fields.push((key.0, Cow::Borrowed(value)));
                 }
                 Ok(RawObject { fields })
             }
         }
-        d.deserialize_map(V)
+        d.deserialize_map(V(self.0))
+    }
+}
+
+impl<'de> Deserialize<'de> for RawObject<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Limited(usize::MAX).deserialize(d)
     }
 }
 
@@ -216,8 +273,58 @@ mod tests {
         ));
         assert!(matches!(RawObject::parse(b""), Err(ParseError::Syntax(_))));
         match RawObject::parse(br#"{"model":"a","stream":false,"model":"b"}"#) {
-            Err(ParseError::Syntax(m)) => assert!(m.contains("duplicate key \"model\""), "{m}"),
+            Err(e @ ParseError::DuplicateKey(_)) => {
+                assert_eq!(e.to_string(), "duplicate key \"model\"")
+            }
             other => panic!("{other:?}"),
         }
+    }
+
+    fn wide(n: usize, dup: bool) -> Vec<u8> {
+        let mut s = String::from("{");
+        for i in 0..n {
+            s.push_str(&format!("\"k{i:07}\":0,"));
+        }
+        s.push_str(if dup {
+            "\"k0000000\":1}"
+        } else {
+            "\"model\":\"m\"}"
+        });
+        s.into_bytes()
+    }
+
+    #[test]
+    fn wide_objects_are_linear_and_capped() {
+        // 100k keys: the quadratic check took minutes; a hash set takes milliseconds.
+        let body = wide(100_000, true);
+        let t = std::time::Instant::now();
+        assert!(matches!(
+            RawObject::parse(&body),
+            Err(ParseError::DuplicateKey(k)) if k == "k0000000"
+        ));
+        let body = wide(100_000, false);
+        assert_eq!(RawObject::parse(&body).unwrap().keys().count(), 100_001);
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(5),
+            "{:?}",
+            t.elapsed()
+        );
+        // The cap stops the parse at the limit.
+        assert!(matches!(
+            RawObject::parse_limited(&body, 1024),
+            Err(ParseError::TooManyFields(1024))
+        ));
+        let small = wide(1023, false);
+        assert_eq!(
+            RawObject::parse_limited(&small, 1024)
+                .unwrap()
+                .keys()
+                .count(),
+            1024
+        );
+        assert!(matches!(
+            RawObject::parse_limited(b"[1]", 4),
+            Err(ParseError::NotAnObject)
+        ));
     }
 }

@@ -114,6 +114,11 @@ pub struct LimitsConfig {
     pub failure_mode: FailureMode,
     /// Prefix of every Redis key (several gateways fleets may share one Redis).
     pub redis_prefix: String,
+    /// Completion tokens reserved against TPM and budget for a request without `max_tokens`
+    /// (settlement replaces the reservation by what was used).
+    pub default_completion_reserve: u64,
+    /// Largest `n` (choices per request) accepted; each choice is reserved.
+    pub max_n: u64,
 }
 
 impl Default for LimitsConfig {
@@ -123,6 +128,8 @@ impl Default for LimitsConfig {
             redis_timeout: HumanDuration(std::time::Duration::from_millis(100)),
             failure_mode: FailureMode::FailOpen,
             redis_prefix: "igw".into(),
+            default_completion_reserve: 1024,
+            max_n: 8,
         }
     }
 }
@@ -155,6 +162,13 @@ impl AuthConfig {
             return Err(ConfigError(
                 "auth.enable (AUTH_ENABLE): needs [[keys]] or auth.oidc_issuer, or nobody could call"
                     .into(),
+            ));
+        }
+        // Tiers fail closed: a token whose tier claim is missing or unknown gets the default
+        // tier, so one must exist (never "no limits" by omission).
+        if (self.tier_claim.is_some() || !self.tiers.is_empty()) && self.default_tier.is_none() {
+            return Err(ConfigError(
+                "auth.default_tier: required when auth.tier_claim or auth.tiers is set (tokens without a known tier get it)".into(),
             ));
         }
         for t in [&self.default_tier].into_iter().flatten() {

@@ -101,6 +101,21 @@ pub(super) fn apply(cfg: &mut Config, getenv: GetEnv) -> Result<(), ConfigError>
         s.graceful_shutdown_timeout,
         duration(getenv, "SERVER_GRACEFUL_SHUTDOWN_TIMEOUT")?
     );
+    set!(s.max_json_fields, parse(getenv, "SERVER_MAX_JSON_FIELDS")?);
+    set!(s.body_timeout, duration(getenv, "SERVER_BODY_TIMEOUT")?);
+    set!(s.max_connections, parse(getenv, "SERVER_MAX_CONNECTIONS")?);
+    if let Some(v) = get(getenv, "SERVER_HEALTH_VERBOSE") {
+        s.health_verbose = Some(match v.trim().to_ascii_lowercase().as_str() {
+            "public" => super::HealthVerbose::Public,
+            "auth" => super::HealthVerbose::Auth,
+            "off" => super::HealthVerbose::Off,
+            _ => {
+                return Err(ConfigError(format!(
+                    "SERVER_HEALTH_VERBOSE={v:?}: expected public, auth or off"
+                )))
+            }
+        });
+    }
     if let Some(p) = get(getenv, "SERVER_PID_FILE") {
         s.pid_file = PathBuf::from(p);
     }
@@ -144,6 +159,10 @@ pub(super) fn apply(cfg: &mut Config, getenv: GetEnv) -> Result<(), ConfigError>
     set!(
         c.max_response_body_size,
         parse(getenv, "CLIENT_MAX_RESPONSE_BODY_SIZE")?
+    );
+    set!(
+        c.models_cache_ttl,
+        duration(getenv, "CLIENT_MODELS_CACHE_TTL")?
     );
     if let Some(t) = duration(getenv, "CLIENT_TOTAL_TIMEOUT")? {
         c.total_timeout = Some(t);
@@ -198,6 +217,11 @@ pub(super) fn apply(cfg: &mut Config, getenv: GetEnv) -> Result<(), ConfigError>
         cfg.limits.redis_url = Some(Secret::new(v.trim()));
     }
     set!(cfg.limits.redis_timeout, duration(getenv, "REDIS_TIMEOUT")?);
+    set!(
+        cfg.limits.default_completion_reserve,
+        parse(getenv, "LIMITS_DEFAULT_COMPLETION_RESERVE")?
+    );
+    set!(cfg.limits.max_n, parse(getenv, "LIMITS_MAX_N")?);
     if let Some(v) = get(getenv, "LIMITS_FAILURE_MODE") {
         cfg.limits.failure_mode = match v.trim() {
             "fail_open" => super::auth::FailureMode::FailOpen,

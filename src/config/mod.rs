@@ -126,6 +126,22 @@ impl Config {
         })
     }
 
+    /// Whether callers must authenticate (keys, OIDC or `auth.enable`).
+    pub fn auth_configured(&self) -> bool {
+        !self.keys.is_empty() || self.auth.enable || self.auth.oidc_issuer.is_some()
+    }
+
+    /// Who may see `/health?verbose` (the default follows authentication).
+    pub fn health_verbose(&self) -> HealthVerbose {
+        self.server
+            .health_verbose
+            .unwrap_or(if self.auth_configured() {
+                HealthVerbose::Auth
+            } else {
+                HealthVerbose::Public
+            })
+    }
+
     pub fn log_level(&self) -> &str {
         self.log.level.as_deref().unwrap_or(match self.environment {
             Environment::Production => "info",
@@ -169,6 +185,27 @@ pub struct ServerConfig {
     pub grace_period: HumanDuration,
     /// After the grace period, time allowed for the runtimes to stop.
     pub graceful_shutdown_timeout: HumanDuration,
+    /// Most top-level fields in an API request body (400 `too_many_fields` beyond).
+    pub max_json_fields: usize,
+    /// Longest time to receive a whole API request body (408 after it); `/proxy` streams
+    /// uploads and is bounded by `read_timeout` per read only.
+    pub body_timeout: HumanDuration,
+    /// Most requests in flight at once (503 `server_busy` beyond); past half of it, answers
+    /// close their connection instead of keeping it alive. 0: no cap. Pingora 0.9 has no hook
+    /// for the end of a connection, so idle keep-alive connections are bounded by
+    /// `idle_timeout`, not counted here.
+    pub max_connections: usize,
+    /// Who may see `/health?verbose`: `public`, `auth` (a valid key or token) or `off`.
+    /// Default: `auth` when keys or OIDC are configured, else `public`.
+    pub health_verbose: Option<HealthVerbose>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HealthVerbose {
+    Public,
+    Auth,
+    Off,
 }
 
 impl Default for ServerConfig {
@@ -187,6 +224,10 @@ impl Default for ServerConfig {
             upgrade_sock: PathBuf::from("/tmp/inference-gateway-upgrade.sock"),
             grace_period: HumanDuration::secs(3600),
             graceful_shutdown_timeout: HumanDuration::secs(10),
+            max_json_fields: 1024,
+            body_timeout: HumanDuration::secs(60),
+            max_connections: 10_000,
+            health_verbose: None,
         }
     }
 }
@@ -220,6 +261,8 @@ pub struct ClientConfig {
     /// Deadline for a whole request, retries and fallbacks included (`CLIENT_TOTAL_TIMEOUT`);
     /// unset: none (streams run as long as they produce).
     pub total_timeout: Option<HumanDuration>,
+    /// How long each provider's model list is reused by `GET /v1/models`.
+    pub models_cache_ttl: HumanDuration,
 }
 
 impl Default for ClientConfig {
@@ -236,6 +279,7 @@ impl Default for ClientConfig {
             max_response_body_size: 64 * 1024 * 1024,
             ca_file: None,
             total_timeout: None,
+            models_cache_ttl: HumanDuration::secs(60),
         }
     }
 }
@@ -356,6 +400,16 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
+        if self.server.max_json_fields == 0 {
+            return Err(ConfigError(
+                "server.max_json_fields (SERVER_MAX_JSON_FIELDS) must be > 0".into(),
+            ));
+        }
+        if self.limits.max_n == 0 {
+            return Err(ConfigError(
+                "limits.max_n (LIMITS_MAX_N) must be > 0".into(),
+            ));
+        }
         if self.server.max_request_body_size == 0 {
             return Err(ConfigError(
                 "server.max_request_body_size (SERVER_MAX_REQUEST_BODY_SIZE) must be > 0".into(),
@@ -438,6 +492,10 @@ impl Config {
             (
                 "server.grace_period (SERVER_GRACE_PERIOD)",
                 self.server.grace_period,
+            ),
+            (
+                "server.body_timeout (SERVER_BODY_TIMEOUT)",
+                self.server.body_timeout,
             ),
             (
                 "client.connect_timeout (CLIENT_CONNECT_TIMEOUT)",

@@ -53,20 +53,40 @@ async fn run(
     ctx: &mut RequestCtx,
     ep: Endpoint,
 ) -> Result<(), ApiError> {
-    let raw = body::read_limited(session, gw.cfg.server.max_request_body_size).await?;
+    // The whole body within `server.body_timeout`: a client trickling one byte per read
+    // timeout cannot hold a buffer (and a worker's attention) for ever.
+    let limit = gw.cfg.server.body_timeout.get();
+    let raw = tokio::time::timeout(
+        limit,
+        body::read_limited(session, gw.cfg.server.max_request_body_size),
+    )
+    .await
+    .map_err(|_| {
+        session.set_keepalive(None);
+        ApiError::new(
+            408,
+            format!("Timed out reading the request body (server.body_timeout = {limit:?})"),
+        )
+        .code("request_timeout")
+    })??;
     ctx.bytes_in = raw.len();
     if gw.cfg.environment == crate::config::Environment::Development {
         // Development only: production never logs bodies.
         let end = raw.len().min(1024);
         ctx.body_sample = Some(String::from_utf8_lossy(&raw[..end]).into_owned());
     }
-    let mut obj = RawObject::parse(&raw).map_err(|e| match e {
-        ParseError::NotAnObject => ApiError::bad_request(e.to_string()).code("invalid_json"),
-        ParseError::Syntax(m) => ApiError::bad_request(format!(
-            "We could not parse the JSON body of your request: {m}"
-        ))
-        .code("invalid_json"),
-    })?;
+    let mut obj =
+        RawObject::parse_limited(&raw, gw.cfg.server.max_json_fields).map_err(|e| match e {
+            ParseError::NotAnObject => ApiError::bad_request(e.to_string()).code("invalid_json"),
+            ParseError::TooManyFields(n) => ApiError::bad_request(format!(
+                "The request body has more than {n} top-level fields (server.max_json_fields)"
+            ))
+            .code("too_many_fields"),
+            ParseError::Syntax(_) | ParseError::DuplicateKey(_) => ApiError::bad_request(format!(
+                "We could not parse the JSON body of your request: {e}"
+            ))
+            .code("invalid_json"),
+        })?;
     let model: String = obj
         .get_as("model")
         .map_err(|_| ApiError::bad_request("model must be a string").param("model"))?
@@ -83,8 +103,19 @@ async fn run(
     let provider = route.provider.clone();
     ctx.provider = Some(provider.name.clone());
     ctx.upstream_model = Some(route.upstream_model.clone());
+    ctx.completion_reserve = completion_reserve(gw, &obj, ep)?;
     // Permission and limits first: a caller who may not use a model learns nothing more.
-    admit(gw, ctx, &obj, &model, &route).await?;
+    admit(gw, ctx, &model, &route).await?;
+    if !provider.configured {
+        // A built-in provider nobody configured (e.g. `ollama` at its default URL) is not a
+        // target: its default host may be anything on the gateway's network.
+        let env = crate::config::providers::env_prefix(&provider.name);
+        return Err(ApiError::bad_request(format!(
+            "Provider {} is not configured (set {env}_API_URL, {env}_API_KEY or {env}_ENABLE=true)",
+            provider.name
+        ))
+        .code("provider_not_configured"));
+    }
     let missing_key = gw
         .pools
         .get(&provider.name)
@@ -158,12 +189,96 @@ pub(super) fn model_permitted(
     Ok(())
 }
 
+/// The most completion tokens a request may generate: `max_completion_tokens`, else
+/// `max_tokens`, else `limits.default_completion_reserve` (never a provider default the gateway
+/// adds), times the choices it asks for (`n`, `best_of`). Malformed values are refused here:
+/// read leniently they would reserve nothing while the provider (vLLM coerces `"500"` and
+/// `500.0`) generates the full amount.
+pub(super) fn completion_reserve(
+    gw: &Gateway,
+    obj: &RawObject<'_>,
+    ep: Endpoint,
+) -> Result<u64, ApiError> {
+    if ep == Endpoint::Embeddings {
+        return Ok(0);
+    }
+    let limits = &gw.cfg.limits;
+    let mut max_out = None;
+    for field in ["max_completion_tokens", "max_tokens"] {
+        let v = obj.get_as::<u64>(field).map_err(|_| {
+            ApiError::bad_request(format!(
+                "Invalid value for '{field}': expected a non-negative integer."
+            ))
+            .param(field)
+            .code("invalid_value")
+        })?;
+        max_out = max_out.or(v);
+    }
+    let mut choices = 1;
+    for field in ["n", "best_of"] {
+        let v = obj.get_as::<u64>(field).map_err(|_| {
+            ApiError::bad_request(format!(
+                "Invalid value for '{field}': expected a positive integer."
+            ))
+            .param(field)
+            .code("invalid_value")
+        })?;
+        match v {
+            Some(0) => {
+                return Err(ApiError::bad_request(format!(
+                    "Invalid value for '{field}': expected a positive integer."
+                ))
+                .param(field)
+                .code("invalid_value"))
+            }
+            Some(n) if n > limits.max_n => {
+                return Err(ApiError::bad_request(format!(
+                    "Invalid value for '{field}': at most {} choices per request on this gateway.",
+                    limits.max_n
+                ))
+                .param(field)
+                .code("invalid_value"))
+            }
+            Some(n) => choices = choices.max(n),
+            None => {}
+        }
+    }
+    Ok(max_out
+        .unwrap_or(limits.default_completion_reserve)
+        .min(1 << 32)
+        .saturating_mul(choices))
+}
+
+/// What a call of `prompt_bytes` reserves: prompt bytes / 4 plus the completion reserve, and
+/// their cost at `route`'s price.
+pub(super) fn reserve_for(
+    gw: &Gateway,
+    route: &Route<'_>,
+    prompt_bytes: usize,
+    completion: u64,
+) -> crate::limits::Reserve {
+    let prompt = (prompt_bytes as u64).div_ceil(4);
+    let usage = usage::Usage {
+        prompt_tokens: prompt,
+        completion_tokens: completion,
+        total_tokens: prompt.saturating_add(completion),
+        ..Default::default()
+    };
+    crate::limits::Reserve {
+        // Capped so a silly max_tokens cannot overflow the counters (it still exceeds any TPM).
+        tokens: usage.total_tokens.min(1 << 40),
+        cost_usd: gw
+            .limiter
+            .prices
+            .cost(&route.provider.name, &route.upstream_model, &usage),
+    }
+}
+
 /// The caller's model allowance and limits (keys, OIDC tiers): 403, 429 or 503 before any
 /// upstream call; on success the admission is kept for settlement when the request ends.
 async fn admit(
     gw: &Gateway,
     ctx: &mut RequestCtx,
-    obj: &RawObject<'_>,
     model: &str,
     route: &Route<'_>,
 ) -> Result<(), ApiError> {
@@ -171,24 +286,13 @@ async fn admit(
         return Ok(());
     };
     model_permitted(gw, p, model, route, &format!("The model {model:?}"))?;
-    // Every principal is admitted (its spend is recorded even without limits). Reserve the
-    // prompt (bytes / 4) and the most the completion may use; settled later.
-    let max_out: u64 = obj
-        .get_as::<u64>("max_completion_tokens")
-        .ok()
-        .flatten()
-        .or_else(|| obj.get_as::<u64>("max_tokens").ok().flatten())
-        .unwrap_or(0);
-    // Capped so a silly max_tokens cannot overflow the counters (it still exceeds any TPM).
-    let estimate = (ctx.bytes_in as u64)
-        .div_ceil(4)
-        .saturating_add(max_out)
-        .min(1 << 40);
+    // Every principal is admitted (its spend is recorded even without limits).
+    let reserve = reserve_for(gw, route, ctx.bytes_in, ctx.completion_reserve);
     // The concurrency lease is named by the gateway, never by the client's X-Request-Id (a
     // reused id would share one slot).
     match gw
         .limiter
-        .admit(p, estimate, &crate::request_id::generate())
+        .admit(p, reserve, &crate::request_id::generate())
         .await
     {
         Ok((adm, headers)) => {
@@ -196,51 +300,81 @@ async fn admit(
             ctx.rate_headers = Some(headers);
             Ok(())
         }
-        Err(crate::limits::Denied::Unavailable) => Err(ApiError::new(
-            503,
-            "Rate limits cannot be checked right now (limits backend unavailable)",
-        )
-        .code("limits_unavailable")),
-        Err(crate::limits::Denied::Refused(r, headers)) => {
-            ctx.rate_headers = Some(headers);
-            use crate::limits::Refusal;
-            let mut err = match r {
-                Refusal::Budget => ApiError::new(
-                    429,
-                    format!(
-                        "You exceeded your current quota: the budget of {} is spent.",
-                        p.name
-                    ),
-                )
-                .code("insufficient_quota"),
-                Refusal::Concurrency => {
-                    ApiError::new(429, format!("Too many concurrent requests for {}.", p.name))
-                        .code("rate_limit_exceeded")
-                }
-                Refusal::Rpm => ApiError::new(
-                    429,
-                    format!("Rate limit reached for {}: requests per minute.", p.name),
-                )
-                .code("rate_limit_exceeded"),
-                Refusal::Tpm => ApiError::new(
-                    429,
-                    format!("Rate limit reached for {}: tokens per minute.", p.name),
-                )
-                .code("rate_limit_exceeded"),
-            };
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs());
-            err.retry_after = match r {
-                Refusal::Concurrency => Some(std::time::Duration::from_secs(1)),
-                // A budget comes back with its next period (never, for `total`).
-                Refusal::Budget => crate::limits::period_reset_secs(p.limits.budget_period, now)
-                    .map(std::time::Duration::from_secs),
-                Refusal::Rpm | Refusal::Tpm => Some(crate::limits::retry_after(&headers)),
-            };
+        Err(denied) => {
+            let (err, headers) = limit_error(p, denied, reserve.tokens);
+            if headers.is_some() {
+                ctx.rate_headers = headers;
+            }
             Err(err)
         }
     }
+}
+
+/// The answer to a refused admission (and its `x-ratelimit-*` values).
+pub(super) fn limit_error(
+    p: &crate::auth::Principal,
+    denied: crate::limits::Denied,
+    asked_tokens: u64,
+) -> (ApiError, Option<crate::limits::RateHeaders>) {
+    use crate::limits::{Denied, Refusal};
+    let (r, headers) = match denied {
+        Denied::Unavailable => {
+            return (
+                ApiError::new(
+                    503,
+                    "Rate limits cannot be checked right now (limits backend unavailable)",
+                )
+                .code("limits_unavailable"),
+                None,
+            )
+        }
+        Denied::Refused(r, headers) => (r, headers),
+    };
+    let mut err = match r {
+        Refusal::Budget => ApiError::new(
+            429,
+            format!(
+                "You exceeded your current quota: the budget of {} is spent.",
+                p.name
+            ),
+        )
+        .code("insufficient_quota"),
+        Refusal::Concurrency => {
+            ApiError::new(429, format!("Too many concurrent requests for {}.", p.name))
+                .code("rate_limit_exceeded")
+        }
+        Refusal::Rpm => ApiError::new(
+            429,
+            format!("Rate limit reached for {}: requests per minute.", p.name),
+        )
+        .code("rate_limit_exceeded"),
+        Refusal::Tpm => match p.limits.tpm {
+            Some(tpm) if asked_tokens > tpm => ApiError::new(
+                429,
+                format!(
+                    "Request too large for {}: it may use up to {asked_tokens} tokens (prompt, max_tokens x n), more than its limit of {tpm} tokens per minute. Lower max_tokens or n.",
+                    p.name
+                ),
+            )
+            .code("rate_limit_exceeded"),
+            _ => ApiError::new(
+                429,
+                format!("Rate limit reached for {}: tokens per minute.", p.name),
+            )
+            .code("rate_limit_exceeded"),
+        },
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    err.retry_after = match r {
+        Refusal::Concurrency => Some(std::time::Duration::from_secs(1)),
+        // A budget comes back with its next period (never, for `total`).
+        Refusal::Budget => crate::limits::period_reset_secs(p.limits.budget_period, now)
+            .map(std::time::Duration::from_secs),
+        Refusal::Rpm | Refusal::Tpm => Some(crate::limits::retry_after(&headers)),
+    };
+    (err, Some(headers))
 }
 
 /// Rewrites the client's body for the routed provider and decides the upstream call.
@@ -319,6 +453,11 @@ pub(super) async fn send_to(
         _ = session.as_downstream_mut().read_body_or_idle(true) => {
             ctx.upstream_wait += waited.elapsed();
             mark_client_gone(session, ctx);
+            // The body was (being) sent: the provider bills the prompt it processed, so the
+            // caller is charged at least the prompt estimate.
+            if ctx.usage.is_none() && ctx.estimated_usage.is_none() {
+                ctx.estimated_usage = Some(((plan.body.len() as u64).div_ceil(4), 0));
+            }
             return Ok(None);
         }
     };
@@ -704,7 +843,7 @@ async fn relay_stream(
     }
     let mut relay = stream_translator(gw, route, plan, false);
     let metrics = gw.metrics.as_deref();
-    let model = route.upstream_model.as_str();
+    let model = crate::proxy::record::bounded_model(&route.upstream_model);
     // Per-stream handles, resolved once: the per-chunk cost is one histogram observe.
     let itl = metrics.map(|m| m.inter_token_latency.with_label_values(&[provider, model]));
     let active = metrics.map(|m| m.active_streams.with_label_values(&[provider]));

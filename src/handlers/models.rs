@@ -1,6 +1,13 @@
 //! `GET /v1/models`: every configured provider's models, fetched concurrently, ids prefixed with
 //! `provider/`, plus the configured aliases. A provider that fails or is slow is skipped (and
-//! logged), never failing the whole list.
+//! logged), never failing the whole list. Each provider's list is reused for
+//! `client.models_cache_ttl` (one caller cannot make the gateway call every provider on every
+//! request), the call counts against the caller's RPM, and a caller sees only the models its
+//! key may use.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Instant;
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -17,14 +24,57 @@ use crate::providers::Provider;
 use crate::proxy::{respond, Gateway, RequestCtx};
 use crate::upstream::UpstreamRequest;
 
+/// A provider's model list and when it was fetched.
+type Fetched = (Instant, Arc<Vec<Model>>);
+
+/// Each provider's model list with the time it was fetched.
+#[derive(Default)]
+pub struct ModelsCache {
+    by_provider: Mutex<HashMap<String, Fetched>>,
+}
+
+impl ModelsCache {
+    fn get(&self, provider: &str, ttl: std::time::Duration) -> Option<Arc<Vec<Model>>> {
+        let map = self.by_provider.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(provider)
+            .filter(|(at, _)| at.elapsed() < ttl)
+            .map(|(_, m)| m.clone())
+    }
+
+    fn put(&self, provider: &str, models: Arc<Vec<Model>>) {
+        let mut map = self.by_provider.lock().unwrap_or_else(|e| e.into_inner());
+        map.insert(provider.to_string(), (Instant::now(), models));
+    }
+}
+
 pub async fn handle(gw: &Gateway, session: &mut Session, ctx: &mut RequestCtx) {
+    // Counts one request of the caller's RPM (and needs a concurrency slot), nothing more.
+    if let Some(p) = &ctx.principal {
+        match gw
+            .limiter
+            .admit(p, Default::default(), &crate::request_id::generate())
+            .await
+        {
+            Ok((adm, headers)) => {
+                ctx.rate_headers = Some(headers);
+                gw.limiter.settle(&adm, 0, 0.0).await;
+            }
+            Err(denied) => {
+                let (err, headers) = super::llm::limit_error(p, denied, 0);
+                if headers.is_some() {
+                    ctx.rate_headers = headers;
+                }
+                return respond::error(session, ctx, &err).await;
+            }
+        }
+    }
     let wanted = session.req_header().uri.query().and_then(|q| {
         q.split('&')
             .find_map(|kv| kv.strip_prefix("provider="))
             .map(str::to_string)
     });
     let providers: Vec<Arc<Provider>> = match &wanted {
-        Some(name) => match gw.providers.get(name) {
+        Some(name) => match gw.providers.get(name).filter(|p| p.configured) {
             Some(p) => vec![p.clone()],
             None => {
                 let err = ApiError::bad_request(format!("Unknown provider {name:?} in ?provider="))
@@ -40,18 +90,36 @@ pub async fn handle(gw: &Gateway, session: &mut Session, ctx: &mut RequestCtx) {
             .cloned()
             .collect(),
     };
-    let fetches = providers.iter().map(|p| fetch(gw, p, &ctx.request_id));
+    let ttl = gw.cfg.client.models_cache_ttl.get();
+    let fetches = providers.iter().map(|p| async {
+        if let Some(m) = gw.models_cache.get(&p.name, ttl) {
+            return Ok(m);
+        }
+        let m = Arc::new(fetch(gw, p, &ctx.request_id).await?);
+        gw.models_cache.put(&p.name, m.clone());
+        Ok::<_, String>(m)
+    });
     let results = futures::future::join_all(fetches).await;
+    let principal = ctx.principal.as_ref();
+    // A model is listed when the caller could use it: the gateway's allow and deny lists,
+    // then the key's model list.
+    let usable = |id: &str| match gw.router.route(id, None) {
+        Ok(route) => principal.is_none_or(|p| p.allows(id, &route)),
+        Err(_) => false,
+    };
     let mut data = Vec::new();
     for (p, r) in providers.iter().zip(results) {
         match r {
-            Ok(models) => data.extend(models),
+            Ok(models) => data.extend(models.iter().filter(|m| usable(&m.id)).cloned()),
             Err(e) => warn!("models: skipping provider {}: {e}", p.name),
         }
     }
     if wanted.is_none() {
         let now = unix_now();
         for (alias, a) in gw.router.aliases() {
+            if !usable(alias) {
+                continue;
+            }
             let provider = a.target.split_once('/').map_or("", |(p, _)| p);
             data.push(Model {
                 id: alias.clone(),

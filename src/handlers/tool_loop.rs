@@ -179,6 +179,7 @@ pub async fn run(
                 if forced_choice {
                     obj.set("tool_choice", "auto");
                 }
+                admit_round(gw, ctx, route, obj.byte_len()).await?;
             }
             st.rounds += 1;
             ctx.mcp_rounds = st.rounds;
@@ -196,8 +197,11 @@ pub async fn run(
                     llm::relay_error(gw, session, ctx, &name, s.plan.dialect, s.resp).await?;
                     return Ok(Flow::Stop);
                 }
-                // Nothing was generated for this round.
-                Outcome::ClientGone => return Ok(Flow::Stop),
+                // Nothing was generated for this round, but its prompt was sent.
+                Outcome::ClientGone => {
+                    st.add_estimate(obj.byte_len(), 0);
+                    return Ok(Flow::Stop);
+                }
             };
             let Served {
                 route: served_route,
@@ -311,6 +315,38 @@ pub async fn run(
         }
     }
     Ok(())
+}
+
+/// Admits a round after the first against the caller's TPM and budget, as a request: its
+/// prompt (the conversation so far) and completion reserve. A refusal ends the loop with the
+/// limit's error (an error event once streaming).
+async fn admit_round(
+    gw: &Gateway,
+    ctx: &mut RequestCtx,
+    route: &Route<'_>,
+    prompt_bytes: usize,
+) -> Result<(), ApiError> {
+    let Some(p) = &ctx.principal else {
+        return Ok(());
+    };
+    let reserve = llm::reserve_for(gw, route, prompt_bytes, ctx.completion_reserve);
+    match gw.limiter.admit_round(p, reserve).await {
+        Ok((adm, headers)) => {
+            ctx.round_admissions.push(adm);
+            ctx.rate_headers = Some(headers);
+            Ok(())
+        }
+        Err(denied) => {
+            let (mut err, _) = llm::limit_error(p, denied, reserve.tokens);
+            err.message = format!(
+                "The MCP tool loop stopped before round {}: {}",
+                ctx.mcp_rounds + 1,
+                err.message
+            );
+            ctx.error = Some("limit_reached_in_loop");
+            Err(err)
+        }
+    }
 }
 
 enum Flow {
@@ -679,8 +715,10 @@ impl StreamOut {
         // Gaps between writes, as for a plain stream (tool time included: it is what the
         // client waits).
         self.itl = gw.metrics.as_ref().map(|m| {
-            m.inter_token_latency
-                .with_label_values(&[route.provider.name.as_str(), route.upstream_model.as_str()])
+            m.inter_token_latency.with_label_values(&[
+                route.provider.name.as_str(),
+                crate::proxy::record::bounded_model(&route.upstream_model),
+            ])
         });
         let mut h = respond::header(200, "text/event-stream", ctx);
         let _ = h.insert_header(http::header::CACHE_CONTROL, "no-cache");

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use super::{Ask, Counts, Refusal};
+use super::{Ask, Counts, Refusal, Settlement};
 
 #[derive(Default)]
 struct Entry {
@@ -13,6 +13,9 @@ struct Entry {
     concurrent: u64,
     period: String,
     spend_micro: i64,
+    /// Cost reserved by requests in flight (across periods: a request that started in the
+    /// last period still holds its reservation).
+    reserved_micro: i64,
 }
 
 impl Entry {
@@ -78,7 +81,9 @@ impl Memory {
         }
         self.with(&a.id, |e| {
             e.roll(a.minute, &a.period);
-            if a.budget_micro.is_some_and(|b| e.spend_micro >= b) {
+            if a.budget_micro
+                .is_some_and(|b| e.spend_micro.saturating_add(e.reserved_micro) >= b)
+            {
                 return Err((Refusal::Budget, e.counts()));
             }
             if a.concurrent.is_some_and(|c| e.concurrent >= c) {
@@ -90,8 +95,11 @@ impl Memory {
             if a.tpm.is_some_and(|t| e.tokens.max(0) as u64 + a.tokens > t) {
                 return Err((Refusal::Tpm, e.counts()));
             }
-            e.requests += 1;
+            if a.counts_request {
+                e.requests += 1;
+            }
             e.tokens += a.tokens as i64;
+            e.reserved_micro = e.reserved_micro.saturating_add(a.cost_micro);
             if a.concurrent.is_some() {
                 e.concurrent += 1;
             }
@@ -99,25 +107,28 @@ impl Memory {
         })
     }
 
-    pub fn settle(&self, a: &Ask, token_delta: i64, micro: i64) {
+    /// Releases `a`'s reservations (its tokens only while their minute is current) and books
+    /// what was used in the minute and period the request ends in.
+    pub fn settle(&self, a: &Ask, at: &Settlement) {
         self.with(&a.id, |e| {
-            // A reservation made in an earlier minute is not moved into this one.
             if e.minute == a.minute {
-                e.tokens += token_delta;
+                e.tokens -= a.tokens as i64;
             }
+            e.roll(at.minute, &at.period);
+            e.tokens += at.tokens as i64;
+            e.reserved_micro = (e.reserved_micro - a.cost_micro).max(0);
             if a.concurrent.is_some() {
                 e.concurrent = e.concurrent.saturating_sub(1);
             }
-            if e.period == a.period {
-                e.spend_micro = e.spend_micro.saturating_add(micro.max(0));
-            }
+            e.spend_micro = e.spend_micro.saturating_add(at.micro.max(0));
         })
     }
 
-    pub fn settle_spend_only(&self, a: &Ask, micro: i64) {
-        self.with(&a.id, |e| {
-            e.roll(e.minute, &a.period);
-            e.spend_micro = e.spend_micro.saturating_add(micro.max(0));
+    /// Redis failed at settlement: keep the spend here at least.
+    pub fn settle_spend_only(&self, id: &str, at: &Settlement) {
+        self.with(id, |e| {
+            e.roll(e.minute, &at.period);
+            e.spend_micro = e.spend_micro.saturating_add(at.micro.max(0));
         })
     }
 
@@ -142,8 +153,20 @@ mod tests {
             tpm: Some(100),
             concurrent: Some(2),
             budget_micro: Some(1_000),
+            budget_period: crate::config::auth::BudgetPeriod::Total,
             tokens,
+            cost_micro: 0,
+            counts_request: true,
             lease: "r".into(),
+        }
+    }
+
+    fn at(minute: u64, tokens: u64, micro: i64) -> Settlement {
+        Settlement {
+            tokens,
+            micro,
+            minute,
+            period: "all".into(),
         }
     }
 
@@ -158,12 +181,28 @@ mod tests {
         keep.minute = now_min - 100;
         keep.period = period.clone();
         m.admit(&keep).unwrap();
-        m.settle(&keep, 0, 5);
+        m.settle(
+            &keep,
+            &Settlement {
+                tokens: 0,
+                micro: 5,
+                minute: now_min - 100,
+                period: period.clone(),
+            },
+        );
         let mut old = keep.clone();
         old.id = "stale".into();
         old.period = "m190001".into();
         m.admit(&old).unwrap();
-        m.settle(&old, 0, 5);
+        m.settle(
+            &old,
+            &Settlement {
+                tokens: 0,
+                micro: 5,
+                minute: now_min - 100,
+                period: "m190001".into(),
+            },
+        );
         m.prune(now_min);
         let map = m.by_id.lock().unwrap();
         assert!(map.contains_key("current"));
@@ -177,16 +216,60 @@ mod tests {
         assert!(m.admit(&ask(40)).is_ok());
         assert_eq!(m.admit(&ask(1)).unwrap_err().0, Refusal::Concurrency);
         // The first used only 10 tokens: 50 of 100 counted now, and a slot is free.
-        m.settle(&ask(40), -30, 600);
+        m.settle(&ask(40), &at(1, 10, 600));
         assert_eq!(m.admit(&ask(51)).unwrap_err().0, Refusal::Tpm);
         assert_eq!(m.admit(&ask(50)).unwrap().requests, 3);
-        m.settle(&ask(30), 0, 0);
+        m.settle(&ask(30), &at(1, 30, 0));
         assert_eq!(m.admit(&ask(0)).unwrap_err().0, Refusal::Rpm);
         // A new minute: requests and tokens reset, spend and slots do not.
         let mut next = ask(0);
         next.minute = 2;
-        m.settle(&ask(40), 0, 500);
+        m.settle(&ask(40), &at(1, 40, 500));
         assert_eq!(m.admit(&next).unwrap_err().0, Refusal::Budget);
         assert_eq!(m.counts("k", 2, "all").spend_micro, 1_100);
+    }
+
+    #[test]
+    fn settlement_lands_in_the_minute_the_request_ends() {
+        let m = Memory::default();
+        let mut a = ask(30);
+        a.budget_micro = None;
+        a.concurrent = None;
+        m.admit(&a).unwrap();
+        // Ends in minute 2 having used 90: minute 1's reservation is gone with minute 1, and
+        // minute 2 carries the 90.
+        m.settle(&a, &at(2, 90, 0));
+        assert_eq!(m.counts("k", 2, "all").tokens, 90);
+        let mut b = ask(11);
+        b.minute = 2;
+        b.budget_micro = None;
+        b.concurrent = None;
+        assert_eq!(m.admit(&b).unwrap_err().0, Refusal::Tpm);
+    }
+
+    #[test]
+    fn budget_reservations_bound_parallel_overshoot() {
+        let m = Memory::default();
+        let mut a = ask(0);
+        a.rpm = None;
+        a.concurrent = None;
+        a.cost_micro = 400;
+        // Budget 1000: reservations of 400 admit three (0, 400, 800 < 1000), not a fourth.
+        for _ in 0..3 {
+            m.admit(&a).unwrap();
+        }
+        assert_eq!(m.admit(&a).unwrap_err().0, Refusal::Budget);
+        // One settles at 100: 100 spent + 800 reserved < 1000 admits again.
+        m.settle(&a, &at(1, 0, 100));
+        m.admit(&a).unwrap();
+        assert_eq!(m.admit(&a).unwrap_err().0, Refusal::Budget);
+        // A round admission counts no request.
+        let mut r = ask(0);
+        r.id = "other".into();
+        r.rpm = Some(1);
+        r.counts_request = false;
+        m.admit(&r).unwrap();
+        m.admit(&r).unwrap();
+        assert_eq!(m.counts("other", 1, "all").requests, 0);
     }
 }

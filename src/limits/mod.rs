@@ -1,11 +1,15 @@
 //! Rate limits, concurrency and budgets per principal, exact across replicas.
 //!
-//! One admission decides everything a request needs, atomically: budget not spent, a
-//! concurrency slot, one request of the minute's RPM, and a reservation of its estimated tokens
-//! (prompt bytes / 4 + `max_tokens`) against the minute's TPM. Nothing is consumed when any
-//! check fails. When the request ends, [`Limiter::settle`] replaces the reservation by the
-//! tokens actually used (exact usage, or the estimate for a stream cut short), frees the slot
-//! and adds the cost to the period's spend.
+//! One admission decides everything a request needs, atomically: budget not spent (spend plus
+//! the cost reserved by requests in flight), a concurrency slot, one request of the minute's
+//! RPM, a reservation of its most tokens (prompt bytes / 4 + `max_tokens` (or
+//! `limits.default_completion_reserve`) x `n`) against the minute's TPM, and a reservation of
+//! its most cost against the budget. Nothing is consumed when any check fails. When the request
+//! ends, [`Limiter::settle`] releases both reservations (the tokens from the minute they were
+//! made in), books the tokens actually used in the minute it ends in (a long stream counts
+//! against the minute it finishes), frees the slot and adds the actual cost to the period's
+//! spend. So parallel requests overshoot a budget by at most one request, and each MCP loop
+//! round is admitted the same way ([`Limiter::admit_round`]: TPM and budget only).
 //!
 //! State lives in memory (one process) or in Redis, where admission and settlement are Lua
 //! scripts (no read-modify-write race between replicas). Redis calls are bounded by
@@ -35,9 +39,22 @@ pub struct Ask {
     pub tpm: Option<u64>,
     pub concurrent: Option<u64>,
     pub budget_micro: Option<i64>,
+    pub budget_period: BudgetPeriod,
+    /// Tokens reserved against the minute's TPM.
     pub tokens: u64,
+    /// Micro-dollars reserved against the budget.
+    pub cost_micro: i64,
+    /// Counts one request of the RPM (an MCP loop round does not).
+    pub counts_request: bool,
     /// Unique per request: its concurrency lease in Redis.
     pub lease: String,
+}
+
+/// What an admission reserves: the most tokens and cost the request can use.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Reserve {
+    pub tokens: u64,
+    pub cost_usd: f64,
 }
 
 /// Counters after an admission (for the `x-ratelimit-*` headers).
@@ -183,8 +200,33 @@ impl Limiter {
     pub async fn admit(
         &self,
         p: &Principal,
-        tokens: u64,
+        reserve: Reserve,
         request_id: &str,
+    ) -> Result<(Admission, RateHeaders), Denied> {
+        let l = &p.limits;
+        self.admit_ask(p, reserve, request_id, l.rpm, l.max_concurrent, true)
+            .await
+    }
+
+    /// Admits one more model call of an admitted request (an MCP loop round): its tokens
+    /// against TPM and its cost against the budget, no RPM and no concurrency slot. Settle it
+    /// with 0 when the request ends (its actual usage is in the request's own settlement).
+    pub async fn admit_round(
+        &self,
+        p: &Principal,
+        reserve: Reserve,
+    ) -> Result<(Admission, RateHeaders), Denied> {
+        self.admit_ask(p, reserve, "", None, None, false).await
+    }
+
+    async fn admit_ask(
+        &self,
+        p: &Principal,
+        reserve: Reserve,
+        lease: &str,
+        rpm: Option<u64>,
+        concurrent: Option<u64>,
+        counts_request: bool,
     ) -> Result<(Admission, RateHeaders), Denied> {
         let now = unix_secs();
         let l = &p.limits;
@@ -192,12 +234,15 @@ impl Limiter {
             id: p.id.clone(),
             minute: now / 60,
             period: period_key(l.budget_period, now),
-            rpm: l.rpm,
+            rpm,
             tpm: l.tpm,
-            concurrent: l.max_concurrent,
+            concurrent,
             budget_micro: l.budget_usd.map(|b| (b * 1e6) as i64),
-            tokens,
-            lease: request_id.to_string(),
+            budget_period: l.budget_period,
+            tokens: reserve.tokens.min(1 << 40),
+            cost_micro: usd_to_micro(reserve.cost_usd),
+            counts_request,
+            lease: lease.to_string(),
         };
         let reset = 60 - now % 60;
         let (result, local) = match &self.redis {
@@ -243,12 +288,12 @@ impl Limiter {
         }
     }
 
-    /// Ends an admitted request: `tokens` actually used, `cost` in USD.
+    /// Ends an admitted request: `tokens` actually used, `cost` in USD. Releases the
+    /// reservations and books the usage in the current minute and budget period.
     pub async fn settle(&self, a: &Admission, tokens: u64, cost_usd: f64) {
         let tokens = tokens.min(1 << 40);
-        let delta = tokens as i64 - a.ask.tokens as i64;
         // Never negative, never absurd (a hostile usage report cannot switch a budget off).
-        let micro = (cost_usd.clamp(0.0, 1e12) * 1e6).round() as i64;
+        let micro = usd_to_micro(cost_usd);
         if let Some(m) = &self.metrics {
             if cost_usd > 0.0 {
                 m.spend
@@ -256,15 +301,22 @@ impl Limiter {
                     .inc_by(cost_usd);
             }
         }
+        let now = unix_secs();
+        let at = Settlement {
+            tokens,
+            micro,
+            minute: now / 60,
+            period: period_key(a.ask.budget_period, now),
+        };
         if a.local {
-            self.memory.settle(&a.ask, delta, micro);
+            self.memory.settle(&a.ask, &at);
             return;
         }
         if let Some(r) = &self.redis {
-            if let Err(e) = r.settle(&a.ask, delta, micro).await {
+            if let Err(e) = r.settle(&a.ask, &at).await {
                 // The spend is lost for the shared total; keep it locally at least.
                 self.backend_error(&e);
-                self.memory.settle_spend_only(&a.ask, micro);
+                self.memory.settle_spend_only(&a.ask.id, &at);
             }
         }
     }
@@ -286,6 +338,20 @@ impl Limiter {
             m.limits_backend_errors.inc();
         }
     }
+}
+
+/// What a request used, booked when it ends.
+#[derive(Debug, Clone)]
+pub struct Settlement {
+    pub tokens: u64,
+    pub micro: i64,
+    /// The minute and budget period the request ends in.
+    pub minute: u64,
+    pub period: String,
+}
+
+fn usd_to_micro(usd: f64) -> i64 {
+    (usd.clamp(0.0, 1e12) * 1e6).round() as i64
 }
 
 /// Seconds until the minute window resets (for `Retry-After`).

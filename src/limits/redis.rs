@@ -7,21 +7,26 @@ use redis::aio::ConnectionManager;
 use redis::Script;
 use tokio::sync::OnceCell;
 
-use super::{Ask, BackendError, Counts, Refusal};
+use super::{Ask, BackendError, Counts, Refusal, Settlement};
 
-/// KEYS: requests, tokens, concurrency (a sorted set of leases), spend. ARGV: rpm, tpm,
-/// concurrency, budget (-1 = none), tokens to reserve, now (ms), lease (ms), lease id.
+/// KEYS: requests, tokens, concurrency (a sorted set of leases), spend, reserved spend. ARGV:
+/// rpm, tpm, concurrency, budget (-1 = none), tokens to reserve, now (ms), lease (ms), lease
+/// id, micro-dollars to reserve, whether the call counts as a request (1/0).
 /// Returns {code, requests, tokens, spend}: code 0 admitted, 1 budget, 2 concurrency, 3 rpm,
 /// 4 tpm. A concurrency slot is a lease that expires on its own: a replica that dies (or a
-/// settlement that never reaches Redis) cannot hold a slot for longer than the lease.
+/// settlement that never reaches Redis) cannot hold a slot for longer than the lease; reserved
+/// spend expires an hour after the last admission for the same reason.
 const ADMIT: &str = r#"
 local spend = tonumber(redis.call('GET', KEYS[4]) or '0')
+local reserved = tonumber(redis.call('GET', KEYS[5]) or '0')
+if reserved < 0 then reserved = 0 end
 local req = tonumber(redis.call('GET', KEYS[1]) or '0')
 local tok = tonumber(redis.call('GET', KEYS[2]) or '0')
 if tok < 0 then tok = 0 end
 local budget, conc_limit = tonumber(ARGV[4]), tonumber(ARGV[3])
 local rpm, tpm, want = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[5])
-if budget >= 0 and spend >= budget then return {1, req, tok, spend} end
+local cost = tonumber(ARGV[9])
+if budget >= 0 and spend + reserved >= budget then return {1, req, tok, spend} end
 if conc_limit >= 0 then
   redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', ARGV[6])
   local conc = redis.call('ZCARD', KEYS[3])
@@ -29,10 +34,16 @@ if conc_limit >= 0 then
 end
 if rpm >= 0 and req + 1 > rpm then return {3, req, tok, spend} end
 if tpm >= 0 and tok + want > tpm then return {4, req, tok, spend} end
-req = redis.call('INCR', KEYS[1])
-redis.call('EXPIRE', KEYS[1], 120)
+if ARGV[10] == '1' then
+  req = redis.call('INCR', KEYS[1])
+  redis.call('EXPIRE', KEYS[1], 120)
+end
 tok = redis.call('INCRBY', KEYS[2], want)
 redis.call('EXPIRE', KEYS[2], 120)
+if cost > 0 then
+  redis.call('INCRBY', KEYS[5], cost)
+  redis.call('EXPIRE', KEYS[5], 3600)
+end
 if conc_limit >= 0 then
   redis.call('ZADD', KEYS[3], tonumber(ARGV[6]) + tonumber(ARGV[7]), ARGV[8])
   redis.call('PEXPIRE', KEYS[3], ARGV[7])
@@ -40,18 +51,35 @@ end
 return {0, req, tok, spend}
 "#;
 
-/// KEYS: tokens, concurrency leases, spend. ARGV: token delta, lease id to release ('' =
-/// none), micro-dollars, spend key TTL in seconds (0 = none).
+/// KEYS: tokens of the admission's minute, tokens of the current minute, concurrency leases,
+/// spend of the current period, reserved spend. ARGV: tokens reserved, tokens used, lease id
+/// to release ('' = none), micro-dollars spent, spend key TTL in seconds (0 = none),
+/// micro-dollars reserved. The reservation leaves the minute it was made in (if that window
+/// still exists); the usage lands in the minute the request ends in.
 const SETTLE: &str = r#"
-if tonumber(ARGV[1]) ~= 0 and redis.call('EXISTS', KEYS[1]) == 1 then
-  redis.call('INCRBY', KEYS[1], ARGV[1])
+local reserved, used = tonumber(ARGV[1]), tonumber(ARGV[2])
+if KEYS[1] == KEYS[2] then
+  if used - reserved ~= 0 and redis.call('EXISTS', KEYS[1]) == 1 then
+    redis.call('INCRBY', KEYS[1], used - reserved)
+  end
+else
+  if reserved ~= 0 and redis.call('EXISTS', KEYS[1]) == 1 then
+    redis.call('DECRBY', KEYS[1], reserved)
+  end
+  if used ~= 0 then
+    redis.call('INCRBY', KEYS[2], used)
+    redis.call('EXPIRE', KEYS[2], 120)
+  end
 end
-if ARGV[2] ~= '' then
-  redis.call('ZREM', KEYS[2], ARGV[2])
+if ARGV[3] ~= '' then
+  redis.call('ZREM', KEYS[3], ARGV[3])
 end
-if tonumber(ARGV[3]) ~= 0 then
-  redis.call('INCRBY', KEYS[3], ARGV[3])
-  if tonumber(ARGV[4]) > 0 then redis.call('EXPIRE', KEYS[3], ARGV[4]) end
+if tonumber(ARGV[4]) ~= 0 then
+  redis.call('INCRBY', KEYS[4], ARGV[4])
+  if tonumber(ARGV[5]) > 0 then redis.call('EXPIRE', KEYS[4], ARGV[5]) end
+end
+if tonumber(ARGV[6]) ~= 0 then
+  if redis.call('DECRBY', KEYS[5], ARGV[6]) < 0 then redis.call('SET', KEYS[5], 0, 'KEEPTTL') end
 end
 return 1
 "#;
@@ -153,6 +181,7 @@ impl Redis {
             .key(self.key(&a.id, &format!("t:{}", a.minute)))
             .key(self.key(&a.id, "c"))
             .key(self.key(&a.id, &format!("s:{}", a.period)))
+            .key(self.key(&a.id, "sr"))
             .arg(opt(a.rpm))
             .arg(opt(a.tpm))
             .arg(opt(a.concurrent))
@@ -160,7 +189,9 @@ impl Redis {
             .arg(a.tokens)
             .arg(now_ms())
             .arg(LEASE.as_millis() as u64)
-            .arg(&a.lease);
+            .arg(&a.lease)
+            .arg(a.cost_micro)
+            .arg(if a.counts_request { "1" } else { "0" });
         let r: Vec<i64> = inv
             .invoke_async(&mut conn)
             .await
@@ -179,18 +210,13 @@ impl Redis {
         })
     }
 
-    pub async fn settle(&self, a: &Ask, token_delta: i64, micro: i64) -> Result<(), BackendError> {
-        self.guarded(self.settle_inner(a, token_delta, micro)).await
+    pub async fn settle(&self, a: &Ask, at: &Settlement) -> Result<(), BackendError> {
+        self.guarded(self.settle_inner(a, at)).await
     }
 
-    async fn settle_inner(
-        &self,
-        a: &Ask,
-        token_delta: i64,
-        micro: i64,
-    ) -> Result<(), BackendError> {
+    async fn settle_inner(&self, a: &Ask, at: &Settlement) -> Result<(), BackendError> {
         let mut conn = self.conn().await?;
-        let ttl: u64 = match a.period.chars().next() {
+        let ttl: u64 = match at.period.chars().next() {
             Some('d') => 2 * 86_400,
             Some('w') => 8 * 86_400,
             Some('m') => 32 * 86_400,
@@ -198,16 +224,20 @@ impl Redis {
         };
         let mut inv = self.settle.prepare_invoke();
         inv.key(self.key(&a.id, &format!("t:{}", a.minute)))
+            .key(self.key(&a.id, &format!("t:{}", at.minute)))
             .key(self.key(&a.id, "c"))
-            .key(self.key(&a.id, &format!("s:{}", a.period)))
-            .arg(token_delta)
+            .key(self.key(&a.id, &format!("s:{}", at.period)))
+            .key(self.key(&a.id, "sr"))
+            .arg(a.tokens)
+            .arg(at.tokens)
             .arg(if a.concurrent.is_some() {
                 a.lease.as_str()
             } else {
                 ""
             })
-            .arg(micro)
-            .arg(ttl);
+            .arg(at.micro)
+            .arg(ttl)
+            .arg(a.cost_micro);
         let _: i64 = inv
             .invoke_async(&mut conn)
             .await

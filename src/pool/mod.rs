@@ -353,6 +353,11 @@ impl Pool {
         fresh.or_else(|| usable.min_by_key(|&i| self.slots[i].outstanding()))
     }
 
+    /// Whether a backend is the provider's own `url` (not only `backends` of their own).
+    pub fn uses_provider_url(&self) -> bool {
+        self.slots.iter().any(|s| !s.own_provider)
+    }
+
     /// True when no backend has the key the provider needs.
     pub fn missing_key(&self) -> bool {
         self.slots.iter().all(|s| s.provider.missing_key())

@@ -45,6 +45,8 @@ pub struct Gateway {
     pub metrics: Option<Arc<Metrics>>,
     /// Present when MCP servers are configured.
     pub mcp: Option<Arc<crate::mcp::McpHub>>,
+    /// Providers' model lists for `GET /v1/models`.
+    pub models_cache: crate::handlers::models::ModelsCache,
     log_format: LogFormat,
 }
 
@@ -60,6 +62,7 @@ impl Gateway {
             auth: Arc::new(crate::auth::Auth::from_config(&cfg)),
             limiter: Arc::new(crate::limits::Limiter::from_config(&cfg, metrics.clone())),
             mcp,
+            models_cache: Default::default(),
             pools,
             router: Router::new(&cfg, providers.clone()),
             client: UpstreamClient::new(&cfg.client),
@@ -113,6 +116,11 @@ pub struct RequestCtx {
     pub principal: Option<crate::auth::Principal>,
     /// The caller's limits admission, settled with the actual usage in `logging`.
     pub admission: Option<crate::limits::Admission>,
+    /// Admissions of later MCP loop rounds (reservations only: released in `logging`).
+    pub round_admissions: Vec<crate::limits::Admission>,
+    /// Completion tokens one model call of this request may use (`max_tokens` x `n`, or the
+    /// default reserve), reserved against TPM and budget.
+    pub completion_reserve: u64,
     /// `x-ratelimit-*` values for every response of this request.
     pub rate_headers: Option<crate::limits::RateHeaders>,
     /// Cost already computed per round (the MCP loop, whose rounds may be served by different
@@ -187,6 +195,8 @@ impl ProxyHttp for Gateway {
             upstream_hold: None,
             principal: None,
             admission: None,
+            round_admissions: Vec::new(),
+            completion_reserve: 0,
             rate_headers: None,
             cost_usd: None,
             upstream_calls: 0,
@@ -235,6 +245,31 @@ impl ProxyHttp for Gateway {
             p if p.starts_with("/proxy/") => "/proxy/{provider}",
             _ => "other",
         };
+        // Overload: Pingora 0.9 cannot cap accepted connections (its connection filter sees
+        // accepts but never closes), so requests in flight are capped instead, and past half
+        // the cap answers close their connection rather than keep it idle.
+        let cap = self.cfg.server.max_connections;
+        if cap > 0 {
+            let in_flight = crate::drain::in_flight();
+            if in_flight > cap / 2 {
+                session.set_keepalive(None);
+            }
+            if in_flight > cap {
+                let mut err =
+                    ApiError::new(503, "The gateway is at its request limit; retry shortly")
+                        .code("server_busy");
+                err.retry_after = Some(std::time::Duration::from_secs(1));
+                respond::error(session, ctx, &err).await;
+                return Ok(true);
+            }
+        }
+        // Only `/proxy` passes other methods through (labelled `other`): anything else answers
+        // 405 before any work, so made-up methods cannot reach handlers or logs.
+        if ctx.route != "/proxy/{provider}" && record::method_label(&method) == "other" {
+            let err = ApiError::new(405, "Method not allowed").code("method_not_allowed");
+            respond::error(session, ctx, &err).await;
+            return Ok(true);
+        }
         // Every API endpoint needs a caller once keys or OIDC are configured (`/health` and
         // unknown paths do not).
         if ctx.route != "/health" && ctx.route != "other" {
@@ -248,36 +283,7 @@ impl ProxyHttp for Gateway {
         }
         let answered = match (method, path.as_str()) {
             (Method::GET | Method::HEAD, "/health") => {
-                // Draining: tell load balancers to stop sending, while in-flight work finishes.
-                let (status, body): (u16, &'static [u8]) = if crate::drain::draining() {
-                    (503, br#"{"status":"draining"}"#)
-                } else {
-                    (200, br#"{"status":"ok"}"#)
-                };
-                let verbose = session.req_header().uri.query().is_some_and(|q| {
-                    q.split('&')
-                        .any(|kv| kv == "verbose" || kv.starts_with("verbose="))
-                });
-                let body = if verbose {
-                    // Pools of every provider with their backends' state (never a key).
-                    let providers: serde_json::Map<String, serde_json::Value> = self
-                        .pools
-                        .iter()
-                        // Configured providers only (the built-in table lists them all).
-                        .filter(|p| p.slots.iter().any(|s| s.provider.configured))
-                        .map(|p| (p.name.clone(), p.describe()))
-                        .collect();
-                    let status = if status == 200 { "ok" } else { "draining" };
-                    Bytes::from(
-                        serde_json::to_vec(
-                            &serde_json::json!({"status": status, "providers": providers}),
-                        )
-                        .unwrap_or_default(),
-                    )
-                } else {
-                    Bytes::from_static(body)
-                };
-                let _ = respond::json(session, ctx, status, body).await;
+                self.health(session, ctx).await;
                 true
             }
             (Method::POST, "/v1/chat/completions") => {
@@ -497,6 +503,9 @@ impl ProxyHttp for Gateway {
             };
             self.limiter.settle(&adm, tokens, cost).await;
         }
+        for round in ctx.round_admissions.drain(..) {
+            self.limiter.settle(&round, 0, 0.0).await;
+        }
         if ctx.status == 0 {
             ctx.status = session.response_written().map_or(0, |r| r.status.as_u16());
         }
@@ -519,7 +528,7 @@ impl ProxyHttp for Gateway {
                 level: "info",
                 kind: "access",
                 request_id: &ctx.request_id,
-                method: req.method.as_str(),
+                method: record::method_label(&req.method),
                 path: req.uri.path(),
                 status: ctx.status,
                 provider: ctx.provider.as_deref(),
@@ -553,6 +562,57 @@ impl ProxyHttp for Gateway {
 }
 
 impl Gateway {
+    /// `GET /health`: 200, or 503 while draining (load balancers stop sending while in-flight
+    /// work finishes). `?verbose` adds the version, uptime and every configured provider's
+    /// backends with their state (never a key), as `server.health_verbose` allows: `auth` asks
+    /// for a valid key or token (backend addresses are topology), `off` ignores it.
+    async fn health(&self, session: &mut Session, ctx: &mut RequestCtx) {
+        let draining = crate::drain::draining();
+        let status = if draining { 503 } else { 200 };
+        let verbose = session.req_header().uri.query().is_some_and(|q| {
+            q.split('&')
+                .any(|kv| kv == "verbose" || kv.starts_with("verbose="))
+        });
+        let verbose = verbose
+            && match self.cfg.health_verbose() {
+                crate::config::HealthVerbose::Public => true,
+                crate::config::HealthVerbose::Off => false,
+                crate::config::HealthVerbose::Auth => {
+                    match self.auth.authenticate(&session.req_header().headers).await {
+                        Ok(p) => ctx.principal = p,
+                        Err(e) => {
+                            respond::error(session, ctx, &e).await;
+                            return;
+                        }
+                    }
+                    true
+                }
+            };
+        let body = if verbose {
+            let providers: serde_json::Map<String, serde_json::Value> = self
+                .pools
+                .iter()
+                // Configured providers only (the built-in table lists them all).
+                .filter(|p| p.slots.iter().any(|s| s.provider.configured))
+                .map(|p| (p.name.clone(), p.describe()))
+                .collect();
+            Bytes::from(
+                serde_json::to_vec(&serde_json::json!({
+                    "status": if draining { "draining" } else { "ok" },
+                    "version": env!("CARGO_PKG_VERSION"),
+                    "uptime_seconds": crate::drain::uptime().as_secs(),
+                    "providers": providers,
+                }))
+                .unwrap_or_default(),
+            )
+        } else if draining {
+            Bytes::from_static(br#"{"status":"draining"}"#)
+        } else {
+            Bytes::from_static(br#"{"status":"ok"}"#)
+        };
+        let _ = respond::json(session, ctx, status, body).await;
+    }
+
     /// `GET /v1/usage`: the calling key's spend, budget and this minute's counts.
     async fn usage(&self, session: &mut Session, ctx: &mut RequestCtx) {
         let Some(p) = ctx.principal.clone() else {
@@ -611,7 +671,9 @@ impl Gateway {
         let uri = &session.req_header().uri;
         let rest = &uri.path()["/proxy/".len()..];
         let (name, path) = rest.split_once('/').unwrap_or((rest, ""));
-        let Some(provider) = self.providers.get(name).cloned() else {
+        // Built-in providers nobody configured are not reachable (their default hosts, e.g.
+        // `ollama`, may be anything on the gateway's network).
+        let Some(provider) = self.providers.get(name).filter(|p| p.configured).cloned() else {
             let err =
                 ApiError::new(404, format!("Unknown provider {name:?}")).code("unknown_provider");
             respond::error(session, ctx, &err).await;
@@ -624,15 +686,11 @@ impl Gateway {
             return true;
         }
         // Dot-segments could climb out of the provider's base path (e.g. Cloudflare's
-        // `/accounts/{id}/ai`) with the provider's credentials.
-        let lower = path.to_ascii_lowercase();
-        if lower
-            .split('/')
-            .any(|seg| seg == ".." || seg == "." || seg.contains("%2e"))
-        {
+        // `/accounts/{id}/ai`) with the provider's credentials, in any spelling an upstream or
+        // its CDN might normalise.
+        if let Err(why) = check_proxy_path(path) {
             let err =
-                ApiError::bad_request("Path segments '.' and '..' are not allowed in /proxy paths")
-                    .code("invalid_path");
+                ApiError::bad_request(format!("Invalid /proxy path: {why}")).code("invalid_path");
             respond::error(session, ctx, &err).await;
             return true;
         }
@@ -659,5 +717,72 @@ impl Gateway {
         ctx.provider = Some(provider.name.clone());
         ctx.passthrough = Some(Passthrough { provider, path });
         false
+    }
+}
+
+/// Refuses `/proxy` paths that could leave the provider's base path once anything on the way
+/// decodes or normalises them: percent-decoded repeatedly (double encoding such as `%252e`),
+/// backslashes read as slashes, `;` path parameters cut off, then no `.` or `..` segment and no
+/// NUL may remain.
+fn check_proxy_path(path: &str) -> Result<(), &'static str> {
+    let mut decoded = std::borrow::Cow::Borrowed(path);
+    // Three rounds cover triple encoding; a path that still decodes further is refused.
+    for round in 0..=3 {
+        let next = percent_encoding::percent_decode_str(&decoded).decode_utf8_lossy();
+        if next == decoded {
+            break;
+        }
+        if round == 3 {
+            return Err("too many levels of percent-encoding");
+        }
+        decoded = std::borrow::Cow::Owned(next.into_owned());
+    }
+    if decoded.contains('\0') {
+        return Err("NUL characters are not allowed");
+    }
+    let dot_segment = decoded.split(['/', '\\']).any(|seg| {
+        let seg = seg.split(';').next().unwrap_or("");
+        seg == "." || seg == ".."
+    });
+    if dot_segment {
+        return Err("'.' and '..' segments are not allowed (in any encoding)");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_proxy_path;
+
+    #[test]
+    fn proxy_paths_cannot_climb_in_any_spelling() {
+        for ok in [
+            "v1/models",
+            "v1/chat/completions",
+            "v1/files/file-abc.jsonl",
+            "models/gemini-2.0-flash:generateContent",
+            "a..b/c",
+            "",
+        ] {
+            assert!(check_proxy_path(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "../x",
+            "a/./b",
+            "..%2f..%2fworkers",
+            "%2e%2e/x",
+            "%2E%2E%2Fx",
+            "%252e%252e/x",
+            "%25252e%25252e/x",
+            "..;/x",
+            "a/..;jsessionid=1/x",
+            "..\\..\\x",
+            "..%5cx",
+            "%2e./x",
+            "a/%00",
+            "%2525252e",
+        ] {
+            assert!(check_proxy_path(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -11,7 +11,7 @@ use crate::proxy::RequestCtx;
 
 pub fn metrics(m: &Metrics, session: &Session, ctx: &RequestCtx) {
     let provider = ctx.provider.as_deref().unwrap_or("");
-    let method = session.req_header().method.as_str();
+    let method = method_label(&session.req_header().method);
     let status = ctx.status.to_string();
     let labels = [provider, method, ctx.route, status.as_str()];
     m.requests.with_label_values(&labels).inc();
@@ -97,6 +97,22 @@ pub fn metrics(m: &Metrics, session: &Session, ctx: &RequestCtx) {
         m.tool_calls
             .with_label_values(&[provider, model, tool_type(name), name])
             .inc();
+    }
+}
+
+/// The HTTP method as a metric label: the standard methods by name, anything else `other`
+/// (clients can send any token as a method; each would be a new series).
+pub fn method_label(m: &http::Method) -> &'static str {
+    use http::Method as M;
+    match *m {
+        M::GET => "GET",
+        M::HEAD => "HEAD",
+        M::POST => "POST",
+        M::PUT => "PUT",
+        M::PATCH => "PATCH",
+        M::DELETE => "DELETE",
+        M::OPTIONS => "OPTIONS",
+        _ => "other",
     }
 }
 

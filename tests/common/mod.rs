@@ -592,6 +592,24 @@ pub fn dechunk(mut raw: &[u8]) -> Vec<u8> {
     body
 }
 
+/// `[[keys]]` hash of `key`, from the gateway's own `hash-key --stdin`.
+pub fn key_hash(key: &str) -> String {
+    let mut child = Command::new(bin())
+        .args(["hash-key", "--stdin"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    writeln!(child.stdin.take().unwrap(), "{key}").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("hash: "))
+        .expect("hash line")
+        .to_string()
+}
+
 /// Environment that points the named built-in providers at mock URLs with test keys.
 pub fn provider_env(pairs: &[(&str, String)]) -> Vec<(&'static str, String)> {
     let mut env = Vec::new();
