@@ -266,6 +266,9 @@ fn run(cli: Cli, cfg: Config, providers: Arc<Providers>, pools: Arc<pool::Pools>
         if cfg.server.tls_cert_path.is_some() { " (TLS)" } else { "" },
         configured.join(", ")
     );
+    if cfg.auth.oidc_issuer.is_some() && cfg.auth.tiers.is_empty() {
+        warn!("OIDC without auth.tiers: every token the issuer signs for this audience has no limits (raw /proxy stays refused to them)");
+    }
     let open = cfg.keys.is_empty() && !cfg.auth.enable && cfg.auth.oidc_issuer.is_none();
     if open && !matches!(cfg.server.host.as_str(), "127.0.0.1" | "::1" | "localhost") {
         warn!("listening on {} without client authentication: anyone who can reach this port can use the configured provider keys", cfg.server.host);

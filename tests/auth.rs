@@ -557,6 +557,18 @@ async fn oidc_tokens_are_checked_against_the_issuer() {
         assert_eq!(r.status, 403, "{tier:?}");
         assert_eq!(r.json()["error"]["code"], "proxy_not_allowed");
     }
+    // Without tiers, tokens are unlimited by configuration but never get raw /proxy.
+    let mut env = provider_env(&[("openai", up.url("/v1"))]);
+    env.extend([
+        ("AUTH_OIDC_ISSUER", iss.clone()),
+        ("AUTH_OIDC_CLIENT_ID", "gateway".to_string()),
+    ]);
+    let untiered = GatewayProcess::start(&env, None);
+    let t = token(&k1, good());
+    assert_eq!(call(&untiered, Some(&t), &body).await.status, 200);
+    let r = get(&untiered, "/proxy/openai/models", &t).await;
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert_eq!(r.json()["error"]["code"], "proxy_not_allowed");
     // The token never reaches the provider.
     for req in up.requests() {
         assert_eq!(req.header("authorization"), Some("Bearer sk-openai-test"));
@@ -856,7 +868,7 @@ async fn malformed_max_tokens_and_n_are_400_and_n_multiplies_the_reservation() {
 #[tokio::test]
 async fn parallel_requests_overshoot_a_budget_by_at_most_one() {
     let up = MockUpstream::start(|req: &Recorded| {
-        let mut s = vec![Step::Sleep(Duration::from_millis(800))];
+        let mut s = vec![Step::Sleep(Duration::from_millis(1500))];
         s.extend(ok_provider()(req));
         s
     })
@@ -871,40 +883,47 @@ async fn parallel_requests_overshoot_a_budget_by_at_most_one() {
         hash("igw-par"),
         reserve as f64 * 1.5
     );
-    let gw = GatewayProcess::start(&provider_env(&[("openai", up.url("/v1"))]), Some(&toml));
-    let addr = gw.addr();
-    let tasks: Vec<_> = (0..10)
-        .map(|_| {
-            let body = body.clone();
-            tokio::spawn(async move {
-                let r = raw_request(
-                    addr,
-                    "POST",
-                    "/v1/chat/completions",
-                    &[("authorization", "Bearer igw-par")],
-                    body.as_bytes(),
-                )
-                .await;
-                (r.status, r.json()["error"]["code"].clone())
+    let redis = RedisServer::start();
+    let memory = GatewayProcess::start(&provider_env(&[("openai", up.url("/v1"))]), Some(&toml));
+    let mut env = provider_env(&[("openai", up.url("/v1"))]);
+    env.push(("REDIS_URL", redis.url()));
+    env.push(("REDIS_TIMEOUT", "2s".into()));
+    let shared = GatewayProcess::start(&env, Some(&toml));
+    for (n, gw) in [&memory, &shared].into_iter().enumerate() {
+        let addr = gw.addr();
+        let tasks: Vec<_> = (0..10)
+            .map(|_| {
+                let body = body.clone();
+                tokio::spawn(async move {
+                    let r = raw_request(
+                        addr,
+                        "POST",
+                        "/v1/chat/completions",
+                        &[("authorization", "Bearer igw-par")],
+                        body.as_bytes(),
+                    )
+                    .await;
+                    (r.status, r.json()["error"]["code"].clone())
+                })
             })
-        })
-        .collect();
-    let mut ok = 0;
-    for t in tasks {
-        match t.await.unwrap() {
-            (200, _) => ok += 1,
-            (429, c) => assert_eq!(c, "insufficient_quota"),
-            other => panic!("{other:?}"),
+            .collect();
+        let mut ok = 0;
+        for t in tasks {
+            match t.await.unwrap() {
+                (200, _) => ok += 1,
+                (429, c) => assert_eq!(c, "insufficient_quota"),
+                other => panic!("{other:?}"),
+            }
         }
+        assert_eq!(ok, 2, "reservations admit while spend + reserved < budget");
+        assert_eq!(up.count(), 2 * (n + 1));
+        // Settled at the real usage (12 tokens each).
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(
+            get(gw, "/v1/usage", "igw-par").await.json()["spend_usd"],
+            24.0
+        );
     }
-    assert_eq!(ok, 2, "reservations admit while spend + reserved < budget");
-    assert_eq!(up.count(), 2);
-    // Settled at the real usage (12 tokens each).
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_eq!(
-        get(&gw, "/v1/usage", "igw-par").await.json()["spend_usd"],
-        24.0
-    );
 }
 
 #[tokio::test]
@@ -990,6 +1009,7 @@ async fn a_long_stream_counts_against_the_minute_it_ends_in() {
     let mut env = provider_env(&[("openai", up.url("/v1"))]);
     env.push(("REDIS_URL", redis.url()));
     env.push(("LIMITS_FAILURE_MODE", "fail_closed".into()));
+    env.push(("REDIS_TIMEOUT", "2s".into()));
     let shared = GatewayProcess::start(&env, Some(&toml));
     let stream = json!({"model": "openai/gpt-4o", "stream": true, "max_tokens": 600, "messages": [{"role": "user", "content": "hi"}]}).to_string();
     let next = json!({"model": "openai/gpt-4o", "max_tokens": 400, "messages": [{"role": "user", "content": "hi"}]}).to_string();

@@ -112,3 +112,12 @@ fn hash_key_reads_a_given_key_from_stdin_never_argv() {
     assert_eq!(code, 0);
     assert!(out.contains("key:  igw-"), "{out}");
 }
+
+#[test]
+fn health_verbose_auth_without_auth_is_refused() {
+    let (code, out) = run(&["-t"], &[("SERVER_HEALTH_VERBOSE", "auth")], None);
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("SERVER_HEALTH_VERBOSE"), "{out}");
+    let (code, out) = run(&["-t"], &[("SERVER_HEALTH_VERBOSE", "loud")], None);
+    assert_eq!(code, 2, "{out}");
+}

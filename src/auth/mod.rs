@@ -28,6 +28,9 @@ pub struct Principal {
     /// A key's `owner` and `metadata` (shown in `/v1/usage`).
     pub owner: Option<String>,
     pub metadata: Arc<std::collections::BTreeMap<String, String>>,
+    /// May use raw `/proxy/*` (which no limit or model list can meter) when its limits allow:
+    /// keys, and OIDC principals with a configured tier, never a token that got "no tiers".
+    pub may_proxy: bool,
 }
 
 impl Principal {
@@ -184,6 +187,7 @@ impl Auth {
                     limits: k.limits.clone(),
                     owner: k.owner.clone(),
                     metadata: k.metadata.clone(),
+                    may_proxy: true,
                 }));
             }
         }

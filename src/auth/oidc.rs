@@ -123,8 +123,10 @@ impl Oidc {
             .and_then(Value::as_str)
             .ok_or_else(|| invalid("no subject"))?
             .to_string();
-        // A tier the configuration does not know falls back to the default tier, never to
-        // "unlimited" while a default exists.
+        // A missing or unknown tier gets the default tier (required with tiers, see
+        // `AuthConfig::validate`). Without any tiers every token is unlimited by configuration,
+        // but never allowed raw `/proxy`.
+        let may_proxy = !self.tiers.is_empty();
         let limits = self
             .tier_claim
             .as_ref()
@@ -138,6 +140,7 @@ impl Oidc {
             id: format!("oidc:{subject}"),
             name: subject,
             limits,
+            may_proxy,
             owner: None,
             metadata: Default::default(),
         })

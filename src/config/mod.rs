@@ -405,6 +405,11 @@ impl Config {
                 "server.max_json_fields (SERVER_MAX_JSON_FIELDS) must be > 0".into(),
             ));
         }
+        if self.server.health_verbose == Some(HealthVerbose::Auth) && !self.auth_configured() {
+            return Err(ConfigError(
+                "server.health_verbose (SERVER_HEALTH_VERBOSE) = auth needs keys or OIDC (use public or off)".into(),
+            ));
+        }
         if self.limits.max_n == 0 {
             return Err(ConfigError(
                 "limits.max_n (LIMITS_MAX_N) must be > 0".into(),

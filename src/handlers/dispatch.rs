@@ -107,6 +107,13 @@ pub(super) async fn dispatch<'r>(
             .pools
             .get(&candidate.provider.name)
             .map_or(candidate.provider.missing_key(), |p| p.missing_key());
+        if i > 0 && !candidate.provider.configured {
+            note(
+                &mut last,
+                super::llm::not_configured(&candidate.provider.name),
+            );
+            continue;
+        }
         if i > 0 && missing_key {
             note(
                 &mut last,

@@ -104,18 +104,15 @@ async fn run(
     ctx.provider = Some(provider.name.clone());
     ctx.upstream_model = Some(route.upstream_model.clone());
     ctx.completion_reserve = completion_reserve(gw, &obj, ep)?;
-    // Permission and limits first: a caller who may not use a model learns nothing more.
-    admit(gw, ctx, &model, &route).await?;
-    if !provider.configured {
-        // A built-in provider nobody configured (e.g. `ollama` at its default URL) is not a
-        // target: its default host may be anything on the gateway's network.
-        let env = crate::config::providers::env_prefix(&provider.name);
-        return Err(ApiError::bad_request(format!(
-            "Provider {} is not configured (set {env}_API_URL, {env}_API_KEY or {env}_ENABLE=true)",
-            provider.name
-        ))
-        .code("provider_not_configured"));
+    // Permission first: a caller who may not use a model learns nothing more. Then what
+    // cannot be served at all, before anything is counted against the caller's limits.
+    if let Some(p) = &ctx.principal {
+        model_permitted(gw, p, &model, &route, &format!("The model {model:?}"))?;
     }
+    if !provider.configured {
+        return Err(not_configured(&provider.name));
+    }
+    admit(gw, ctx, &route).await?;
     let missing_key = gw
         .pools
         .get(&provider.name)
@@ -151,6 +148,16 @@ async fn run(
         return Ok(());
     }
     relay_whole(gw, session, ctx, resp, &route, &plan).await
+}
+
+/// A built-in provider nobody configured (e.g. `ollama` at its default URL) is not a target:
+/// its default host may be anything on the gateway's network.
+pub(super) fn not_configured(provider: &str) -> ApiError {
+    let env = crate::config::providers::env_prefix(provider);
+    ApiError::bad_request(format!(
+        "Provider {provider} is not configured (set {env}_API_URL, {env}_API_KEY or {env}_ENABLE=true)"
+    ))
+    .code("provider_not_configured")
 }
 
 /// Whether `p` may use `route` (requested as `requested`): its model list, and a price when it
@@ -203,7 +210,9 @@ pub(super) fn completion_reserve(
         return Ok(0);
     }
     let limits = &gw.cfg.limits;
-    let mut max_out = None;
+    // The larger of the two: an upstream may read either (DeepSeek and others read only
+    // `max_tokens`). 0, which some servers read as "their default", reserves the default.
+    let mut max_out: Option<u64> = None;
     for field in ["max_completion_tokens", "max_tokens"] {
         let v = obj.get_as::<u64>(field).map_err(|_| {
             ApiError::bad_request(format!(
@@ -212,7 +221,7 @@ pub(super) fn completion_reserve(
             .param(field)
             .code("invalid_value")
         })?;
-        max_out = max_out.or(v);
+        max_out = max_out.max(v.filter(|&n| n > 0));
     }
     let mut choices = 1;
     for field in ["n", "best_of"] {
@@ -274,18 +283,13 @@ pub(super) fn reserve_for(
     }
 }
 
-/// The caller's model allowance and limits (keys, OIDC tiers): 403, 429 or 503 before any
-/// upstream call; on success the admission is kept for settlement when the request ends.
-async fn admit(
-    gw: &Gateway,
-    ctx: &mut RequestCtx,
-    model: &str,
-    route: &Route<'_>,
-) -> Result<(), ApiError> {
+/// The caller's limits (keys, OIDC tiers; the model allowance is checked before): 429 or 503
+/// before any upstream call; on success the admission is kept for settlement when the request
+/// ends.
+async fn admit(gw: &Gateway, ctx: &mut RequestCtx, route: &Route<'_>) -> Result<(), ApiError> {
     let Some(p) = &ctx.principal else {
         return Ok(());
     };
-    model_permitted(gw, p, model, route, &format!("The model {model:?}"))?;
     // Every principal is admitted (its spend is recorded even without limits).
     let reserve = reserve_for(gw, route, ctx.bytes_in, ctx.completion_reserve);
     // The concurrency lease is named by the gateway, never by the client's X-Request-Id (a

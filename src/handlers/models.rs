@@ -24,26 +24,61 @@ use crate::providers::Provider;
 use crate::proxy::{respond, Gateway, RequestCtx};
 use crate::upstream::UpstreamRequest;
 
-/// A provider's model list and when it was fetched.
-type Fetched = (Instant, Arc<Vec<Model>>);
+/// A provider's model list (or why it failed) and when it was fetched.
+type Fetched = (Instant, Result<Arc<Vec<Model>>, String>);
 
-/// Each provider's model list with the time it was fetched.
+/// A failed fetch is remembered this long (or the TTL, if shorter): a provider that is down is
+/// not asked again by every caller, each waiting `models_timeout`.
+const FAILURE_TTL: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Each provider's model list with the time it was fetched; one fetch per provider at a time.
 #[derive(Default)]
 pub struct ModelsCache {
     by_provider: Mutex<HashMap<String, Fetched>>,
+    fetching: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl ModelsCache {
-    fn get(&self, provider: &str, ttl: std::time::Duration) -> Option<Arc<Vec<Model>>> {
+    fn get(
+        &self,
+        provider: &str,
+        ttl: std::time::Duration,
+    ) -> Option<Result<Arc<Vec<Model>>, String>> {
         let map = self.by_provider.lock().unwrap_or_else(|e| e.into_inner());
         map.get(provider)
-            .filter(|(at, _)| at.elapsed() < ttl)
-            .map(|(_, m)| m.clone())
+            .filter(|(at, r)| at.elapsed() < if r.is_ok() { ttl } else { ttl.min(FAILURE_TTL) })
+            .map(|(_, r)| r.clone())
     }
 
-    fn put(&self, provider: &str, models: Arc<Vec<Model>>) {
+    fn put(&self, provider: &str, r: Result<Arc<Vec<Model>>, String>) {
         let mut map = self.by_provider.lock().unwrap_or_else(|e| e.into_inner());
-        map.insert(provider.to_string(), (Instant::now(), models));
+        map.insert(provider.to_string(), (Instant::now(), r));
+    }
+
+    fn fetch_lock(&self, provider: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut map = self.fetching.lock().unwrap_or_else(|e| e.into_inner());
+        map.entry(provider.to_string()).or_default().clone()
+    }
+
+    /// The cached list, or one fetch shared by every caller that misses at the same time.
+    async fn list(
+        &self,
+        gw: &Gateway,
+        p: &Provider,
+        request_id: &str,
+    ) -> Result<Arc<Vec<Model>>, String> {
+        let ttl = gw.cfg.client.models_cache_ttl.get();
+        if let Some(r) = self.get(&p.name, ttl) {
+            return r;
+        }
+        let lock = self.fetch_lock(&p.name);
+        let _one = lock.lock().await;
+        if let Some(r) = self.get(&p.name, ttl) {
+            return r;
+        }
+        let r = fetch(gw, p, request_id).await.map(Arc::new);
+        self.put(&p.name, r.clone());
+        r
     }
 }
 
@@ -90,15 +125,9 @@ pub async fn handle(gw: &Gateway, session: &mut Session, ctx: &mut RequestCtx) {
             .cloned()
             .collect(),
     };
-    let ttl = gw.cfg.client.models_cache_ttl.get();
-    let fetches = providers.iter().map(|p| async {
-        if let Some(m) = gw.models_cache.get(&p.name, ttl) {
-            return Ok(m);
-        }
-        let m = Arc::new(fetch(gw, p, &ctx.request_id).await?);
-        gw.models_cache.put(&p.name, m.clone());
-        Ok::<_, String>(m)
-    });
+    let fetches = providers
+        .iter()
+        .map(|p| gw.models_cache.list(gw, p, &ctx.request_id));
     let results = futures::future::join_all(fetches).await;
     let principal = ctx.principal.as_ref();
     // A model is listed when the caller could use it: the gateway's allow and deny lists,

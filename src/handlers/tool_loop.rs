@@ -333,7 +333,11 @@ async fn admit_round(
     match gw.limiter.admit_round(p, reserve).await {
         Ok((adm, headers)) => {
             ctx.round_admissions.push(adm);
-            ctx.rate_headers = Some(headers);
+            // The round counts no request: keep the request's RPM headers, update the tokens.
+            if let Some(h) = &mut ctx.rate_headers {
+                h.remaining_tokens = headers.remaining_tokens;
+                h.reset = headers.reset;
+            }
             Ok(())
         }
         Err(denied) => {

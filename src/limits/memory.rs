@@ -19,9 +19,14 @@ struct Entry {
 }
 
 impl Entry {
-    /// Rolls the minute window and the budget period forward.
+    /// Rolls the minute window and the budget period forward, never back: a caller that read
+    /// the clock just before another rolled the entry leaves the newer window alone (its
+    /// counts land in it).
     fn roll(&mut self, minute: u64, period: &str) {
-        if self.minute != minute {
+        if minute < self.minute {
+            return;
+        }
+        if minute > self.minute {
             self.minute = minute;
             self.requests = 0;
             self.tokens = 0;

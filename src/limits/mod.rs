@@ -216,7 +216,8 @@ impl Limiter {
         p: &Principal,
         reserve: Reserve,
     ) -> Result<(Admission, RateHeaders), Denied> {
-        self.admit_ask(p, reserve, "", None, None, false).await
+        let lease = crate::request_id::generate();
+        self.admit_ask(p, reserve, &lease, None, None, false).await
     }
 
     async fn admit_ask(
@@ -240,7 +241,12 @@ impl Limiter {
             budget_micro: l.budget_usd.map(|b| (b * 1e6) as i64),
             budget_period: l.budget_period,
             tokens: reserve.tokens.min(1 << 40),
-            cost_micro: usd_to_micro(reserve.cost_usd),
+            // Reserved only against a budget (nothing to hold it against otherwise).
+            cost_micro: if l.budget_usd.is_some() {
+                usd_to_micro(reserve.cost_usd)
+            } else {
+                0
+            },
             counts_request,
             lease: lease.to_string(),
         };

@@ -9,26 +9,34 @@ use tokio::sync::OnceCell;
 
 use super::{Ask, BackendError, Counts, Refusal, Settlement};
 
-/// KEYS: requests, tokens, concurrency (a sorted set of leases), spend, reserved spend. ARGV:
-/// rpm, tpm, concurrency, budget (-1 = none), tokens to reserve, now (ms), lease (ms), lease
-/// id, micro-dollars to reserve, whether the call counts as a request (1/0).
+/// KEYS: requests, tokens, concurrency (a sorted set of leases), spend, reserved spend (a hash
+/// lease -> micro-dollars), reservation expiries (a sorted set of leases). ARGV: rpm, tpm,
+/// concurrency, budget (-1 = none), tokens to reserve, now (ms), lease (ms), lease id,
+/// micro-dollars to reserve, whether the call counts as a request (1/0).
 /// Returns {code, requests, tokens, spend}: code 0 admitted, 1 budget, 2 concurrency, 3 rpm,
-/// 4 tpm. A concurrency slot is a lease that expires on its own: a replica that dies (or a
-/// settlement that never reaches Redis) cannot hold a slot for longer than the lease; reserved
-/// spend expires an hour after the last admission for the same reason.
+/// 4 tpm. A concurrency slot and a budget reservation are leases that expire on their own: a
+/// replica that dies (or a settlement that never reaches Redis) cannot hold a slot or reserved
+/// spend for longer than the lease.
 const ADMIT: &str = r#"
+local now = tonumber(ARGV[6])
 local spend = tonumber(redis.call('GET', KEYS[4]) or '0')
-local reserved = tonumber(redis.call('GET', KEYS[5]) or '0')
-if reserved < 0 then reserved = 0 end
 local req = tonumber(redis.call('GET', KEYS[1]) or '0')
 local tok = tonumber(redis.call('GET', KEYS[2]) or '0')
 if tok < 0 then tok = 0 end
 local budget, conc_limit = tonumber(ARGV[4]), tonumber(ARGV[3])
 local rpm, tpm, want = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[5])
 local cost = tonumber(ARGV[9])
-if budget >= 0 and spend + reserved >= budget then return {1, req, tok, spend} end
+if budget >= 0 then
+  local reserved = 0
+  for _, lease in ipairs(redis.call('ZRANGEBYSCORE', KEYS[6], '-inf', now)) do
+    redis.call('HDEL', KEYS[5], lease)
+  end
+  redis.call('ZREMRANGEBYSCORE', KEYS[6], '-inf', now)
+  for _, v in ipairs(redis.call('HVALS', KEYS[5])) do reserved = reserved + tonumber(v) end
+  if spend + reserved >= budget then return {1, req, tok, spend} end
+end
 if conc_limit >= 0 then
-  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', ARGV[6])
+  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
   local conc = redis.call('ZCARD', KEYS[3])
   if conc >= conc_limit then return {2, req, tok, spend} end
 end
@@ -41,21 +49,24 @@ end
 tok = redis.call('INCRBY', KEYS[2], want)
 redis.call('EXPIRE', KEYS[2], 120)
 if cost > 0 then
-  redis.call('INCRBY', KEYS[5], cost)
-  redis.call('EXPIRE', KEYS[5], 3600)
+  redis.call('HSET', KEYS[5], ARGV[8], cost)
+  redis.call('ZADD', KEYS[6], now + tonumber(ARGV[7]), ARGV[8])
+  redis.call('PEXPIRE', KEYS[5], ARGV[7])
+  redis.call('PEXPIRE', KEYS[6], ARGV[7])
 end
 if conc_limit >= 0 then
-  redis.call('ZADD', KEYS[3], tonumber(ARGV[6]) + tonumber(ARGV[7]), ARGV[8])
+  redis.call('ZADD', KEYS[3], now + tonumber(ARGV[7]), ARGV[8])
   redis.call('PEXPIRE', KEYS[3], ARGV[7])
 end
 return {0, req, tok, spend}
 "#;
 
 /// KEYS: tokens of the admission's minute, tokens of the current minute, concurrency leases,
-/// spend of the current period, reserved spend. ARGV: tokens reserved, tokens used, lease id
-/// to release ('' = none), micro-dollars spent, spend key TTL in seconds (0 = none),
-/// micro-dollars reserved. The reservation leaves the minute it was made in (if that window
-/// still exists); the usage lands in the minute the request ends in.
+/// spend of the current period, reserved spend, reservation expiries. ARGV: tokens reserved,
+/// tokens used, release the concurrency lease (1/0), micro-dollars spent, spend key TTL in
+/// seconds (0 = none), release a budget reservation (1/0), lease id. The token reservation
+/// leaves the minute it was made in (if that window still exists); the usage lands in the
+/// minute the request ends in.
 const SETTLE: &str = r#"
 local reserved, used = tonumber(ARGV[1]), tonumber(ARGV[2])
 if KEYS[1] == KEYS[2] then
@@ -71,20 +82,22 @@ else
     redis.call('EXPIRE', KEYS[2], 120)
   end
 end
-if ARGV[3] ~= '' then
-  redis.call('ZREM', KEYS[3], ARGV[3])
+if ARGV[3] == '1' then
+  redis.call('ZREM', KEYS[3], ARGV[7])
 end
 if tonumber(ARGV[4]) ~= 0 then
   redis.call('INCRBY', KEYS[4], ARGV[4])
   if tonumber(ARGV[5]) > 0 then redis.call('EXPIRE', KEYS[4], ARGV[5]) end
 end
-if tonumber(ARGV[6]) ~= 0 then
-  if redis.call('DECRBY', KEYS[5], ARGV[6]) < 0 then redis.call('SET', KEYS[5], 0, 'KEEPTTL') end
+if ARGV[6] == '1' then
+  redis.call('HDEL', KEYS[5], ARGV[7])
+  redis.call('ZREM', KEYS[6], ARGV[7])
 end
 return 1
 "#;
 
-/// How long a concurrency slot is held at most (a stream longer than this stops counting).
+/// How long a concurrency slot or a budget reservation is held at most (a stream longer than
+/// this stops counting toward `max_concurrent` and its reservation toward the budget).
 const LEASE: Duration = Duration::from_secs(600);
 /// After a failure, Redis is skipped this long (requests go to the failure mode at once
 /// instead of each waiting for a timeout).
@@ -182,6 +195,7 @@ impl Redis {
             .key(self.key(&a.id, "c"))
             .key(self.key(&a.id, &format!("s:{}", a.period)))
             .key(self.key(&a.id, "sr"))
+            .key(self.key(&a.id, "srx"))
             .arg(opt(a.rpm))
             .arg(opt(a.tpm))
             .arg(opt(a.concurrent))
@@ -228,16 +242,14 @@ impl Redis {
             .key(self.key(&a.id, "c"))
             .key(self.key(&a.id, &format!("s:{}", at.period)))
             .key(self.key(&a.id, "sr"))
+            .key(self.key(&a.id, "srx"))
             .arg(a.tokens)
             .arg(at.tokens)
-            .arg(if a.concurrent.is_some() {
-                a.lease.as_str()
-            } else {
-                ""
-            })
+            .arg(if a.concurrent.is_some() { "1" } else { "0" })
             .arg(at.micro)
             .arg(ttl)
-            .arg(a.cost_micro);
+            .arg(if a.cost_micro > 0 { "1" } else { "0" })
+            .arg(&a.lease);
         let _: i64 = inv
             .invoke_async(&mut conn)
             .await

@@ -699,7 +699,7 @@ impl Gateway {
         if let Some(p) = &ctx.principal {
             let all_models = p.limits.models.is_empty()
                 || p.limits.models.iter().any(|m| *m == format!("{name}/*"));
-            if !all_models || crate::limits::Limiter::applies(&p.limits) {
+            if !p.may_proxy || !all_models || crate::limits::Limiter::applies(&p.limits) {
                 let err = ApiError::new(
                     403,
                     format!(
