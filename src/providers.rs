@@ -36,6 +36,8 @@ pub struct Provider {
     /// API spoken on the chat endpoint.
     pub dialect: Dialect,
     pub default_max_tokens: u64,
+    /// Accepts `stream_options` (see `ProviderConfig::stream_usage`).
+    pub stream_usage: bool,
     /// Last resolved address of `host:port`.
     addr: RwLock<Option<SocketAddr>>,
 }
@@ -122,6 +124,7 @@ impl Provider {
                 .and_then(Dialect::parse)
                 .unwrap_or_default(),
             default_max_tokens: p.default_max_tokens.unwrap_or(4096),
+            stream_usage: p.stream_usage.unwrap_or(true),
         })
     }
 

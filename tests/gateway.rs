@@ -1135,3 +1135,32 @@ async fn pools_whose_backends_replace_the_url_never_resolve_the_default_host() {
     let log = gw.log_text();
     assert!(!log.contains("unused-default.invalid"), "{log}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn mistral_never_gets_stream_options() {
+    // Mistral's schema forbids extra fields: `stream_options` is a 422 there.
+    let up = MockUpstream::start(|req: &Recorded| {
+        if req.json().get("stream_options").is_some() {
+            return json_response(
+                422,
+                r#"{"object":"error","message":{"detail":[{"type":"extra_forbidden","loc":["body","stream_options","include_usage"],"msg":"Extra inputs are not permitted","input":true}]},"type":"invalid_request_error","param":null,"code":null}"#,
+            );
+        }
+        sse_steps(chat_stream("m", &["a", "b"], true).as_bytes(), &[], Duration::ZERO)
+    })
+    .await;
+    let gw = GatewayProcess::start(&provider_env(&[("mistral", up.url("/v1"))]), None);
+    for body in [
+        json!({"model": "mistral/mistral-large-latest", "stream": true, "messages": []}),
+        json!({"model": "mistral/mistral-large-latest", "stream": true,
+            "stream_options": {"include_usage": true}, "messages": []}),
+    ] {
+        let r = post_chat(gw.addr(), body.to_string().as_bytes()).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert!(r.text().ends_with("data: [DONE]\n\n"));
+        assert!(up.last().json().get("stream_options").is_none());
+        if body.get("stream_options").is_some() {
+            assert_eq!(r.headers["x-gateway-dropped-params"], "stream_options");
+        }
+    }
+}

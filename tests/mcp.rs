@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use mcp_support::HttpMcpServer;
-use model::{anthropic_model, openai_model};
+use model::{anthropic_model, gemini_model, openai_model};
 use serde_json::{json, Value};
 
 // ---------------------------------------------------------------------------------------------
@@ -897,4 +897,223 @@ async fn every_loop_round_is_admitted_against_the_keys_tpm() {
     assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
     assert_eq!(text.matches("data: [DONE]").count(), 1);
     assert_eq!(model.count(), 2);
+}
+
+#[tokio::test]
+async fn anthropic_thinking_survives_the_loop_and_the_client_round_trip() {
+    // The mock refuses (400, as Anthropic does) any tool turn sent back without its signed
+    // thinking and redacted thinking blocks, in order.
+    let mcp = HttpMcpServer::start(0).await;
+    let model = MockUpstream::start(anthropic_model).await;
+    let env = mcp_env("anthropic", &model, &mcp);
+    let gw = GatewayProcess::start(&env, None);
+    wait_for_tools(&gw, 1).await;
+    let thinking = json!({"type": "enabled", "budget_tokens": 1024});
+    // The MCP loop, streamed and not: round 2 carries round 1's blocks.
+    for stream in [false, true] {
+        let req = json!({"model": "anthropic/claude-sonnet-4-5", "stream": stream, "max_tokens": 2048,
+            "thinking": thinking, "messages": [{"role": "user", "content": "add"}]});
+        let r = post_chat(gw.addr(), req.to_string().as_bytes()).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        let text = r.text();
+        assert!(!text.contains("Expected `thinking`"), "{text}");
+        if stream {
+            assert_eq!(accumulate(&text).content, "result: 5", "{text}");
+        } else {
+            assert_eq!(r.json()["choices"][0]["message"]["content"], "result: 5");
+        }
+        let second = model.last().json();
+        assert_eq!(second["messages"][1]["content"][0]["signature"], "sig_0");
+        assert_eq!(
+            second["messages"][1]["content"][1]["type"],
+            "redacted_thinking"
+        );
+    }
+    // A client's own tool loop through the gateway (bypassing MCP), stream and not: the
+    // assistant turn it sends back keeps `thinking_blocks` from the answer.
+    for stream in [false, true] {
+        let first = json!({"model": "anthropic/claude-sonnet-4-5", "stream": stream, "max_tokens": 2048,
+            "thinking": thinking, "messages": [{"role": "user", "content": "client"}],
+            "tools": [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]});
+        let r = raw_request(
+            gw.addr(),
+            "POST",
+            "/v1/chat/completions",
+            &[("x-mcp-bypass", "1")],
+            first.to_string().as_bytes(),
+        )
+        .await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        let (blocks, calls) = if stream {
+            // Rebuild the message from the deltas, keeping thinking_blocks as they come.
+            let mut blocks = Vec::new();
+            let mut calls: Vec<Value> = Vec::new();
+            for d in sse_data(&r.text()) {
+                let Ok(v) = serde_json::from_str::<Value>(&d) else {
+                    continue;
+                };
+                let delta = &v["choices"][0]["delta"];
+                if let Some(b) = delta["thinking_blocks"].as_array() {
+                    blocks.extend(b.iter().cloned());
+                }
+                for c in delta["tool_calls"].as_array().into_iter().flatten() {
+                    let i = c["index"].as_u64().unwrap() as usize;
+                    if calls.len() <= i {
+                        calls.push(json!({"id": c["id"], "type": "function",
+                            "function": {"name": c["function"]["name"], "arguments": ""}}));
+                    }
+                    let args = calls[i]["function"]["arguments"]
+                        .as_str()
+                        .unwrap()
+                        .to_string()
+                        + c["function"]["arguments"].as_str().unwrap_or("");
+                    calls[i]["function"]["arguments"] = json!(args);
+                }
+            }
+            (blocks, calls)
+        } else {
+            let m = r.json()["choices"][0]["message"].clone();
+            (
+                m["thinking_blocks"].as_array().unwrap().clone(),
+                m["tool_calls"].as_array().unwrap().clone(),
+            )
+        };
+        assert_eq!(
+            blocks,
+            vec![
+                json!({"type": "thinking", "thinking": "thought 0", "signature": "sig_0"}),
+                json!({"type": "redacted_thinking", "data": "redacted_0"}),
+            ],
+            "stream={stream}"
+        );
+        let mut msgs = first["messages"].as_array().unwrap().clone();
+        msgs.push(json!({"role": "assistant", "content": null, "tool_calls": calls, "thinking_blocks": blocks}));
+        msgs.push(json!({"role": "tool", "tool_call_id": "toolu_0_0", "content": "sunny"}));
+        let mut next = first.clone();
+        next["messages"] = json!(msgs);
+        let r = raw_request(
+            gw.addr(),
+            "POST",
+            "/v1/chat/completions",
+            &[("x-mcp-bypass", "1")],
+            next.to_string().as_bytes(),
+        )
+        .await;
+        assert_eq!(r.status, 200, "stream={stream}: {}", r.text());
+        // A history without the blocks (another provider wrote it): thinking is dropped for
+        // that request instead of a 400.
+        let mut bare = next.clone();
+        bare["messages"][1]
+            .as_object_mut()
+            .unwrap()
+            .remove("thinking_blocks");
+        let r = raw_request(
+            gw.addr(),
+            "POST",
+            "/v1/chat/completions",
+            &[("x-mcp-bypass", "1")],
+            bare.to_string().as_bytes(),
+        )
+        .await;
+        assert_eq!(r.status, 200, "stream={stream}: {}", r.text());
+        assert_eq!(r.headers["x-gateway-dropped-params"], "thinking");
+        assert!(model.last().json().get("thinking").is_none());
+    }
+}
+
+#[tokio::test]
+async fn gemini_3_thought_signatures_survive_the_loop_and_the_client_round_trip() {
+    // The mock answers 400, as Gemini 3 does, when a function-calling turn comes back without
+    // its thought signature.
+    let mcp = HttpMcpServer::start(0).await;
+    let model = MockUpstream::start(gemini_model).await;
+    let env = mcp_env("google", &model, &mcp);
+    let gw = GatewayProcess::start(&env, None);
+    wait_for_tools(&gw, 1).await;
+    for stream in [false, true] {
+        let req = json!({"model": "google/gemini-3-pro-preview", "stream": stream,
+            "messages": [{"role": "user", "content": "add"}]});
+        let r = post_chat(gw.addr(), req.to_string().as_bytes()).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        let text = r.text();
+        assert!(!text.contains("missing a thought_signature"), "{text}");
+        if stream {
+            assert_eq!(accumulate(&text).content, "result: 5", "{text}");
+        } else {
+            assert_eq!(r.json()["choices"][0]["message"]["content"], "result: 5");
+        }
+        let second = model.last().json();
+        assert_eq!(
+            second["contents"][1]["parts"][0]["thoughtSignature"],
+            "sig_g0"
+        );
+    }
+    // A client's own loop: the call's `extra_content.google.thought_signature` goes back.
+    for stream in [false, true] {
+        let first = json!({"model": "google/gemini-3-pro-preview", "stream": stream,
+            "messages": [{"role": "user", "content": "client"}],
+            "tools": [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]});
+        let r = raw_request(
+            gw.addr(),
+            "POST",
+            "/v1/chat/completions",
+            &[("x-mcp-bypass", "1")],
+            first.to_string().as_bytes(),
+        )
+        .await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        let call = if stream {
+            let mut call = Value::Null;
+            for d in sse_data(&r.text()) {
+                if let Ok(v) = serde_json::from_str::<Value>(&d) {
+                    if let Some(c) = v.pointer("/choices/0/delta/tool_calls/0") {
+                        if c.get("id").is_some() {
+                            call = c.clone();
+                            call.as_object_mut().unwrap().remove("index");
+                        }
+                    }
+                }
+            }
+            call
+        } else {
+            r.json()["choices"][0]["message"]["tool_calls"][0].clone()
+        };
+        assert_eq!(
+            call["extra_content"]["google"]["thought_signature"], "sig_g0",
+            "stream={stream}: {call}"
+        );
+        let id = call["id"].as_str().unwrap().to_string();
+        assert!(id.len() <= 40 && id.starts_with("call_resp0x"), "{id}");
+        let mut next = first.clone();
+        next["messages"] = json!([first["messages"][0],
+            {"role": "assistant", "content": null, "tool_calls": [call]},
+            {"role": "tool", "tool_call_id": id, "content": "sunny"}]);
+        let r = raw_request(
+            gw.addr(),
+            "POST",
+            "/v1/chat/completions",
+            &[("x-mcp-bypass", "1")],
+            next.to_string().as_bytes(),
+        )
+        .await;
+        assert_eq!(r.status, 200, "stream={stream}: {}", r.text());
+        // A history without the signature (another provider wrote it): the placeholder.
+        next["messages"][1]["tool_calls"][0]
+            .as_object_mut()
+            .unwrap()
+            .remove("extra_content");
+        let r = raw_request(
+            gw.addr(),
+            "POST",
+            "/v1/chat/completions",
+            &[("x-mcp-bypass", "1")],
+            next.to_string().as_bytes(),
+        )
+        .await;
+        assert_eq!(r.status, 200, "stream={stream}: {}", r.text());
+        assert_eq!(
+            model.last().json()["contents"][1]["parts"][0]["thoughtSignature"],
+            "skip_thought_signature_validator"
+        );
+    }
 }

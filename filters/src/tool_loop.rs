@@ -67,6 +67,9 @@ pub struct PendingCall {
     pub name: String,
     /// JSON text as the model produced it (may be empty or invalid; the runner reports that).
     pub arguments: String,
+    /// The call's other fields, sent back with it (Gemini's thought signature travels in
+    /// `extra_content`).
+    pub carried: Map<String, Value>,
 }
 
 /// What to do after a model reply.
@@ -110,6 +113,7 @@ pub fn decide(
             id: c.id.clone().unwrap_or_else(|| format!("call_gw_{i}")),
             name: name.to_string(),
             arguments: f.arguments.clone().unwrap_or_default(),
+            carried: c.extra.clone(),
         });
     }
     if last_round {
@@ -119,9 +123,13 @@ pub fn decide(
     }
 }
 
-/// Fields of a reply's message that go back with it: Anthropic's thinking (as the dialects
-/// carry it) must precede its tool calls in the next request.
-pub const CARRIED_FIELDS: &[&str] = &["reasoning_content", "reasoning_signature"];
+/// Fields of a reply's message that go back with it: reasoning state (Anthropic's signed
+/// thinking, as the dialects carry it) must precede its tool calls in the next request.
+pub const CARRIED_FIELDS: &[&str] = &[
+    "reasoning_content",
+    "reasoning_signature",
+    "thinking_blocks",
+];
 
 /// The assistant message that goes back into the conversation for the next round. `carried`:
 /// [`CARRIED_FIELDS`] of the reply's message.
@@ -133,11 +141,15 @@ pub fn assistant_message(
     let tool_calls: Vec<Value> = calls
         .iter()
         .map(|c| {
-            json!({
+            let mut call = json!({
                 "id": c.id,
                 "type": "function",
                 "function": {"name": c.name, "arguments": c.arguments},
-            })
+            });
+            for (k, v) in &c.carried {
+                call[k] = v.clone();
+            }
+            call
         })
         .collect();
     let mut m = json!({
@@ -357,6 +369,9 @@ pub struct RoundSummary {
     pub failed: bool,
     /// More than [`MAX_CALLS_PER_ROUND`] tool calls: the reply goes to the client as it is.
     pub too_many_calls: bool,
+    /// Reasoning state seen in the stream ([`CARRIED_FIELDS`]: `reasoning_content`,
+    /// `thinking_blocks`), to send back with the round's assistant message.
+    pub carried: Map<String, Value>,
 }
 
 /// Relays one round's OpenAI SSE stream (the output of the dialect relay or translator) into
@@ -370,6 +385,8 @@ pub struct RoundRelay {
     /// This round may not continue (limit): its finish_reason passes unchanged.
     last_round: bool,
     content: String,
+    reasoning: String,
+    thinking_blocks: Vec<Value>,
     calls: Vec<ToolCall>,
     finish_reason: Option<String>,
     usage: Option<Usage>,
@@ -402,6 +419,10 @@ struct DeltaIn {
     #[serde(default)]
     content: Option<String>,
     #[serde(default)]
+    reasoning_content: Option<String>,
+    #[serde(default)]
+    thinking_blocks: Option<Vec<Value>>,
+    #[serde(default)]
     tool_calls: Option<Vec<ToolCall>>,
 }
 
@@ -416,6 +437,8 @@ impl RoundRelay {
             index_offset,
             last_round,
             content: String::new(),
+            reasoning: String::new(),
+            thinking_blocks: Vec::new(),
             calls: Vec::new(),
             finish_reason: None,
             usage: None,
@@ -439,6 +462,15 @@ impl RoundRelay {
         if let Some(ev) = self.decoder.finish() {
             self.handle(ev, out);
         }
+        // Reasoning text goes back only with the blocks that make it replayable (some
+        // OpenAI-compatible servers refuse `reasoning_content` in input messages).
+        let mut carried = Map::new();
+        if !self.thinking_blocks.is_empty() && !self.reasoning.is_empty() {
+            carried.insert("reasoning_content".into(), Value::String(self.reasoning));
+        }
+        if !self.thinking_blocks.is_empty() {
+            carried.insert("thinking_blocks".into(), Value::Array(self.thinking_blocks));
+        }
         RoundSummary {
             content: self.content,
             tool_calls: self.calls,
@@ -446,6 +478,7 @@ impl RoundRelay {
             usage: self.usage,
             failed: self.failed,
             too_many_calls: self.overflow,
+            carried,
         }
     }
 
@@ -489,6 +522,12 @@ impl RoundRelay {
                 if let Some(t) = &d.content {
                     self.content.push_str(t);
                 }
+                if let Some(t) = &d.reasoning_content {
+                    self.reasoning.push_str(t);
+                }
+                if let Some(b) = &d.thinking_blocks {
+                    self.thinking_blocks.extend(b.iter().cloned());
+                }
                 if let Some(calls) = &d.tool_calls {
                     has_calls = true;
                     for c in calls {
@@ -531,6 +570,10 @@ impl RoundRelay {
         let call = &mut self.calls[idx];
         if delta.id.is_some() {
             call.id.clone_from(&delta.id);
+        }
+        // Fields beside the standard ones (Gemini's `extra_content`) arrive whole.
+        for (k, v) in &delta.extra {
+            call.extra.insert(k.clone(), v.clone());
         }
         call.kind = Some("function".into());
         if let Some(f) = &delta.function {
@@ -625,7 +668,8 @@ mod tests {
             Decision::Continue(vec![PendingCall {
                 id: "a".into(),
                 name: "mcp_add".into(),
-                arguments: "{\"a\":1}".into()
+                arguments: "{\"a\":1}".into(),
+                carried: Default::default(),
             }])
         );
         // Mixed with a client tool, or a client-defined mcp_ name: back to the client.

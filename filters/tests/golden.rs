@@ -112,13 +112,20 @@ fn responses() {
                 &std::fs::read(&input).unwrap(),
                 "requested-model",
                 CREATED,
-            )
-            .expect("translates");
-            let body: Value = serde_json::from_slice(&got.body).unwrap();
-            assert_eq!(
-                got.usage.as_ref().map(|u| u.total_tokens),
-                body["usage"]["total_tokens"].as_u64()
             );
+            // A provider's own failure (a malformed tool call, a timeout) is an error, with
+            // its code, never an empty `stop`.
+            let body = match got {
+                Ok(got) => {
+                    let body: Value = serde_json::from_slice(&got.body).unwrap();
+                    assert_eq!(
+                        got.usage.as_ref().map(|u| u.total_tokens),
+                        body["usage"]["total_tokens"].as_u64()
+                    );
+                    body
+                }
+                Err(e) => json!({"error": e.message, "code": e.code}),
+            };
             let name = input
                 .file_name()
                 .unwrap()

@@ -48,6 +48,11 @@ pub struct ProviderConfig {
     pub dialect: Option<String>,
     /// `max_tokens` sent to APIs that require one (Anthropic) when the client sets none.
     pub default_max_tokens: Option<u64>,
+    /// OpenAI dialect: the server accepts `stream_options` (the gateway asks for the usage
+    /// chunk). Default on; off for `mistral`, whose API refuses the field (422
+    /// `extra_forbidden`) and reports usage in its last chunk anyway. Off: `stream_options` is
+    /// never sent.
+    pub stream_usage: Option<bool>,
     /// `false` removes the provider entirely.
     pub enabled: Option<bool>,
     /// Several backends serving this provider (see README "Resilience"); `url` stays the
@@ -399,6 +404,9 @@ pub(super) fn merge_builtins(
 ) -> Result<(), ConfigError> {
     for b in BUILTINS {
         let p = providers.entry(b.id.to_string()).or_default();
+        if b.id == "mistral" {
+            p.stream_usage.get_or_insert(false);
+        }
         // A Go-era URL pointing at Google's OpenAI-compatible endpoint keeps meaning that.
         if b.id == "google"
             && p.dialect.is_none()

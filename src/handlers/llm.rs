@@ -389,7 +389,12 @@ pub(super) fn plan_call(
 ) -> Result<Plan, ApiError> {
     let provider = &route.provider;
     let native = ep == Endpoint::Chat && provider.dialect != Dialect::Openai;
-    let prepared = prepare(obj, route, ep, !native)?;
+    let mut dropped = Vec::new();
+    if !native && !provider.stream_usage && obj.remove("stream_options") {
+        // A server that refuses the field (Mistral: 422) reports usage on its own.
+        dropped.push("stream_options".to_string());
+    }
+    let prepared = prepare(obj, route, ep, !native && provider.stream_usage)?;
     if native {
         return plan_native(route, prepared);
     }
@@ -405,7 +410,7 @@ pub(super) fn plan_call(
         stream: prepared.stream,
         strip_usage_chunk: prepared.strip_usage_chunk,
         client_include_usage: !prepared.strip_usage_chunk,
-        dropped: Vec::new(),
+        dropped,
     })
 }
 
@@ -738,14 +743,21 @@ pub(super) async fn read_openai_body(
             let t = dialects::translate_response(d, &raw, &route.upstream_model, unix_now())
                 .map_err(|e| {
                     ctx.upstream_failure = Some("invalid_response");
-                    ApiError::new(
-                        502,
-                        format!(
-                            "provider {provider} sent a response the gateway cannot read: {}",
-                            e.message
-                        ),
-                    )
-                    .code("upstream_invalid_response")
+                    match e.code {
+                        // Read, but the provider says it failed (a malformed tool call...).
+                        Some(code) => {
+                            ApiError::new(502, format!("provider {provider}: {}", e.message))
+                                .code(code)
+                        }
+                        None => ApiError::new(
+                            502,
+                            format!(
+                                "provider {provider} sent a response the gateway cannot read: {}",
+                                e.message
+                            ),
+                        )
+                        .code("upstream_invalid_response"),
+                    }
                 })?;
             Ok((status, Bytes::from(t.body), "application/json".to_string()))
         }

@@ -593,11 +593,11 @@ fn end_round(
     match decision {
         Decision::Continue(calls) => {
             let content = (!summary.content.is_empty()).then_some(summary.content.as_str());
-            // Streamed thinking has no signature to send back (see README "MCP").
+            // The round's reasoning state (signed thinking blocks) goes back with its calls.
             st.messages.push(tool_loop::assistant_message(
                 content,
                 &calls,
-                &Default::default(),
+                &summary.carried,
             ));
             Step::Run(calls)
         }

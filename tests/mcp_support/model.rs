@@ -188,6 +188,35 @@ pub fn anthropic_model(req: &Recorded) -> Vec<Step> {
                 .collect()
         })
         .unwrap_or_default();
+    // Extended thinking, as Anthropic enforces it: every assistant turn that used tools must
+    // be sent back starting with its signed thinking and redacted thinking, unchanged.
+    let thinking = matches!(
+        body["thinking"]["type"].as_str(),
+        Some("enabled" | "adaptive")
+    );
+    if thinking {
+        let tool_turns = msgs.iter().filter(|m| {
+            m["role"] == "assistant"
+                && m["content"]
+                    .as_array()
+                    .is_some_and(|c| c.iter().any(|b| b["type"] == "tool_use"))
+        });
+        for (k, m) in tool_turns.enumerate() {
+            let c = m["content"].as_array().unwrap();
+            let signed = c.len() > 2
+                && c[0]
+                    == json!({"type": "thinking", "thinking": format!("thought {k}"), "signature": format!("sig_{k}")})
+                && c[1] == json!({"type": "redacted_thinking", "data": format!("redacted_{k}")});
+            if !signed {
+                return json_response(
+                    400,
+                    &json!({"type": "error", "error": {"type": "invalid_request_error", "message": format!(
+                        "messages.{}.content.0.type: Expected `thinking` or `redacted_thinking`, but found `{}`. When `thinking` is enabled, a final `assistant` message must start with a thinking block.",
+                        2 * k + 1, c[0]["type"].as_str().unwrap_or("?"))}}).to_string(),
+                );
+            }
+        }
+    }
     let act = script(&prompt, round, &results);
     if let Act::Fail = act {
         return json_response(
@@ -196,13 +225,21 @@ pub fn anthropic_model(req: &Recorded) -> Vec<Step> {
         );
     }
     let usage = json!({"input_tokens": USAGE.0, "output_tokens": USAGE.1});
+    let thought = [
+        json!({"type": "thinking", "thinking": format!("thought {round}"), "signature": format!("sig_{round}")}),
+        json!({"type": "redacted_thinking", "data": format!("redacted_{round}")}),
+    ];
     if body["stream"] != true {
         let (content, stop) = match act {
             Act::Calls(calls) => (
-                calls
+                thought
+                    .iter()
+                    .filter(|_| thinking)
+                    .cloned()
+                    .chain(calls
                     .iter()
                     .enumerate()
-                    .map(|(i, (n, a))| json!({"type": "tool_use", "id": format!("toolu_{round}_{i}"), "name": n, "input": a}))
+                    .map(|(i, (n, a))| json!({"type": "tool_use", "id": format!("toolu_{round}_{i}"), "name": n, "input": a})))
                     .collect::<Vec<_>>(),
                 "tool_use",
             ),
@@ -222,13 +259,49 @@ pub fn anthropic_model(req: &Recorded) -> Vec<Step> {
         "role": "assistant", "model": body["model"], "content": [], "stop_reason": null, "stop_sequence": null,
         "usage": {"input_tokens": USAGE.0, "output_tokens": 1}}}),
     );
+    // Thinking first: its text, then its signature just before the block stops; then a
+    // redacted block.
+    let first = if thinking {
+        ev(
+            "content_block_start",
+            json!({"type": "content_block_start", "index": 0, "content_block": {"type": "thinking", "thinking": ""}}),
+        );
+        ev(
+            "content_block_delta",
+            json!({"type": "content_block_delta", "index": 0, "delta": {"type": "thinking_delta", "thinking": "thought "}}),
+        );
+        ev(
+            "content_block_delta",
+            json!({"type": "content_block_delta", "index": 0, "delta": {"type": "thinking_delta", "thinking": round.to_string()}}),
+        );
+        ev(
+            "content_block_delta",
+            json!({"type": "content_block_delta", "index": 0, "delta": {"type": "signature_delta", "signature": format!("sig_{round}")}}),
+        );
+        ev(
+            "content_block_stop",
+            json!({"type": "content_block_stop", "index": 0}),
+        );
+        ev(
+            "content_block_start",
+            json!({"type": "content_block_start", "index": 1, "content_block": {"type": "redacted_thinking", "data": format!("redacted_{round}")}}),
+        );
+        ev(
+            "content_block_stop",
+            json!({"type": "content_block_stop", "index": 1}),
+        );
+        2
+    } else {
+        0
+    };
     let stop = match act {
         Act::Calls(calls) => {
-            for (i, (n, a)) in calls.iter().enumerate() {
+            for (c, (n, a)) in calls.iter().enumerate() {
+                let i = c + first;
                 ev(
                     "content_block_start",
                     json!({"type": "content_block_start", "index": i,
-                    "content_block": {"type": "tool_use", "id": format!("toolu_{round}_{i}"), "name": n, "input": {}}}),
+                    "content_block": {"type": "tool_use", "id": format!("toolu_{round}_{c}"), "name": n, "input": {}}}),
                 );
                 ev(
                     "content_block_delta",
@@ -245,15 +318,15 @@ pub fn anthropic_model(req: &Recorded) -> Vec<Step> {
         Act::Text(t) => {
             ev(
                 "content_block_start",
-                json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+                json!({"type": "content_block_start", "index": first, "content_block": {"type": "text", "text": ""}}),
             );
             ev(
                 "content_block_delta",
-                json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": t}}),
+                json!({"type": "content_block_delta", "index": first, "delta": {"type": "text_delta", "text": t}}),
             );
             ev(
                 "content_block_stop",
-                json!({"type": "content_block_stop", "index": 0}),
+                json!({"type": "content_block_stop", "index": first}),
             );
             "end_turn"
         }
@@ -266,5 +339,89 @@ pub fn anthropic_model(req: &Recorded) -> Vec<Step> {
     );
     ev("message_stop", json!({"type": "message_stop"}));
     let splits: Vec<usize> = (1..sse.len() / 37).map(|i| i * 37).collect();
+    sse_steps(sse.as_bytes(), &splits, Duration::ZERO)
+}
+
+/// A Gemini 3 model that follows [`script`] in Gemini's wire format and enforces its rule on
+/// thought signatures: every model turn with function calls must come back with the signature
+/// it was sent with on its first call (or Google's documented placeholder), else 400.
+pub fn gemini_model(req: &Recorded) -> Vec<Step> {
+    let body = req.json();
+    let contents = body["contents"].as_array().unwrap();
+    let prompt = contents[0]["parts"][0]["text"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    let calls_in = |c: &Value| -> Vec<Value> {
+        c["parts"]
+            .as_array()
+            .map(|p| {
+                p.iter()
+                    .filter(|p| p.get("functionCall").is_some())
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let turns: Vec<&Value> = contents
+        .iter()
+        .filter(|c| c["role"] == "model" && !calls_in(c).is_empty())
+        .collect();
+    for (k, t) in turns.iter().enumerate() {
+        let sig = calls_in(t)[0]["thoughtSignature"].clone();
+        if sig != json!(format!("sig_g{k}")) && sig != json!("skip_thought_signature_validator") {
+            return json_response(
+                400,
+                r#"{"error":{"code":400,"message":"Function call is missing a thought_signature in functionCall parts. This is required for tools to work correctly, and missing thought_signature may lead to degraded model performance.","status":"INVALID_ARGUMENT"}}"#,
+            );
+        }
+    }
+    let round = turns.len();
+    let results: Vec<String> = contents
+        .last()
+        .and_then(|c| c["parts"].as_array())
+        .map(|parts| {
+            parts
+                .iter()
+                .filter_map(|p| p.pointer("/functionResponse/response"))
+                .map(|r| match r.get("content") {
+                    Some(Value::String(s)) => s.clone(),
+                    _ => r.to_string(),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let (parts, finish) = match script(&prompt, round, &results) {
+        Act::Calls(calls) => (
+            calls
+                .iter()
+                .enumerate()
+                .map(|(i, (n, a))| {
+                    // Only the first call of a step carries the signature (as Gemini does).
+                    let mut p = json!({"functionCall": {"name": n, "args": a}});
+                    if i == 0 {
+                        p["thoughtSignature"] = json!(format!("sig_g{round}"));
+                    }
+                    p
+                })
+                .collect::<Vec<_>>(),
+            "STOP",
+        ),
+        Act::Text(t) => (vec![json!({"text": t})], "STOP"),
+        Act::Fail => {
+            return json_response(
+                500,
+                r#"{"error":{"code":500,"message":"model exploded","status":"INTERNAL"}}"#,
+            )
+        }
+    };
+    let resp = json!({"candidates": [{"content": {"role": "model", "parts": parts}, "finishReason": finish, "index": 0}],
+        "usageMetadata": {"promptTokenCount": USAGE.0, "candidatesTokenCount": USAGE.1, "totalTokenCount": USAGE.0 + USAGE.1},
+        "modelVersion": "gemini-3-pro-preview", "responseId": format!("resp{round}x")});
+    if !req.path.contains("streamGenerateContent") {
+        return json_response(200, &resp.to_string());
+    }
+    let sse = format!("data: {resp}\r\n\r\n");
+    let splits: Vec<usize> = (1..sse.len() / 29).map(|i| i * 29).collect();
     sse_steps(sse.as_bytes(), &splits, Duration::ZERO)
 }

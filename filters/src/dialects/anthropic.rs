@@ -16,7 +16,7 @@ use crate::sse::SseDecoder;
 use crate::usage::{CompletionTokensDetails, PromptTokensDetails, Usage};
 
 /// Request fields Anthropic accepts as they are (native extensions a client may send).
-const NATIVE_PASSTHROUGH: &[&str] = &["top_k", "thinking", "service_tier"];
+const NATIVE_PASSTHROUGH: &[&str] = &["top_k", "thinking"];
 /// OpenAI fields consumed by the translation itself.
 const CONSUMED: &[&str] = &["user", "parallel_tool_calls", "n", "stream_options"];
 
@@ -56,6 +56,8 @@ pub fn translate_request(
     opts: &RequestOptions,
 ) -> Result<NativeRequest, TranslateError> {
     let mut dropped = Vec::new();
+    // Assistant turns that carry signed thinking (by message index).
+    let mut signed_turns: Vec<usize> = Vec::new();
     let mut system_blocks: Vec<Value> = Vec::new();
     let mut messages: Vec<Message> = Vec::new();
     let mut push = |role: &'static str, blocks: Vec<Value>| {
@@ -77,12 +79,9 @@ pub fn translate_request(
             "system" | "developer" => system_blocks.extend(text_blocks(m.content.as_ref())),
             "user" => push("user", user_blocks(m.content.as_ref(), i)?),
             "assistant" => {
-                let mut blocks = Vec::new();
-                if let Some(r) = m.extra.get("reasoning_content").and_then(Value::as_str) {
-                    // Thinking can only be replayed with its signature; without one it is dropped.
-                    if let Some(sig) = m.extra.get("reasoning_signature").and_then(Value::as_str) {
-                        blocks.push(json!({"type": "thinking", "thinking": r, "signature": sig}));
-                    }
+                let mut blocks = thinking_blocks(m);
+                if !blocks.is_empty() {
+                    signed_turns.push(i);
                 }
                 blocks.extend(text_blocks(m.content.as_ref()));
                 for tc in m.tool_calls.iter().flatten() {
@@ -197,14 +196,52 @@ pub fn translate_request(
         .and_then(Value::as_str)
         .map(|u| json!({ "user_id": u }));
 
+    // With thinking on, the last assistant turn that called tools must start with its signed
+    // thinking. A history another provider wrote has none: thinking is dropped for this
+    // request rather than answered with a 400.
+    let unsigned_tool_turn = req
+        .messages
+        .iter()
+        .enumerate()
+        .rev()
+        .find(|(_, m)| m.role == "assistant")
+        .is_some_and(|(i, m)| {
+            m.tool_calls.as_ref().is_some_and(|c| !c.is_empty()) && !signed_turns.contains(&i)
+        });
     let mut native = Map::new();
     for (k, v) in &req.extra {
-        if NATIVE_PASSTHROUGH.contains(&k.as_str()) {
+        if k == "thinking" && unsigned_tool_turn && thinking_on(v) {
+            dropped.push(k.clone());
+        } else if k == "service_tier" {
+            // OpenAI's tiers mean nothing here: `auto` and `default` have Anthropic
+            // equivalents, the others (`flex`, `priority`, `scale`) are dropped.
+            match v.as_str() {
+                Some("auto") => {
+                    native.insert(k.clone(), json!("auto"));
+                }
+                Some("default" | "standard_only") => {
+                    native.insert(k.clone(), json!("standard_only"));
+                }
+                _ => dropped.push(k.clone()),
+            }
+        } else if NATIVE_PASSTHROUGH.contains(&k.as_str()) {
             native.insert(k.clone(), v.clone());
         } else if (k == "n" && v.as_u64().is_some_and(|n| n > 1)) || !CONSUMED.contains(&k.as_str())
         {
             dropped.push(k.clone());
         }
+    }
+    // Anthropic's temperature range is 0-1 (OpenAI's 0-2): clamped, and named. Claude 4.1 and
+    // later refuse `temperature` together with `top_p`: the temperature is kept.
+    let mut temperature = req.temperature;
+    if temperature.is_some_and(|t| t > 1.0) {
+        temperature = Some(1.0);
+        dropped.push("temperature".into());
+    }
+    let mut top_p = req.top_p;
+    if temperature.is_some() && top_p.is_some() && sampling_exclusive(&req.model) {
+        top_p = None;
+        dropped.push("top_p".into());
     }
     let body = MessagesRequest {
         model: &req.model,
@@ -214,8 +251,8 @@ pub fn translate_request(
             .unwrap_or(opts.default_max_tokens),
         messages,
         system,
-        temperature: req.temperature,
-        top_p: req.top_p,
+        temperature,
+        top_p,
         stop_sequences: stop_list(req.stop.as_ref()),
         stream: req.stream.filter(|s| *s),
         tools,
@@ -228,6 +265,64 @@ pub fn translate_request(
         stream: req.stream.unwrap_or(false),
         dropped: finish_dropped(dropped),
     })
+}
+
+/// Claude models from 4.1 on accept `temperature` or `top_p`, not both (400 otherwise).
+/// Read from the model name (`claude-<family>-<major>-<minor>[-date]`; a date is no minor).
+pub fn sampling_exclusive(model: &str) -> bool {
+    let Some(rest) = model.split("claude-").nth(1) else {
+        return false;
+    };
+    let small = |p: &&str| !p.is_empty() && p.len() <= 2 && p.bytes().all(|b| b.is_ascii_digit());
+    let parts: Vec<&str> = rest.split('-').collect();
+    let Some(i) = parts.iter().position(small) else {
+        return false;
+    };
+    let num = |p: &str| p.parse::<u32>().unwrap_or(0);
+    let major = num(parts[i]);
+    let minor = parts.get(i + 1).filter(|p| small(p)).map_or(0, |p| num(p));
+    // `claude-3-7-sonnet` names the version before the family: 3.7, never exclusive.
+    (major, minor) >= (4, 1)
+}
+
+fn thinking_on(v: &Value) -> bool {
+    matches!(
+        v.get("type").and_then(Value::as_str),
+        Some("enabled" | "adaptive")
+    )
+}
+
+/// The reasoning state of an assistant message as Anthropic blocks, in order: `thinking_blocks`
+/// (thinking with its signature, redacted thinking with its data), else the older
+/// `reasoning_content` + `reasoning_signature` pair. Thinking without a signature cannot be
+/// replayed and is left out.
+fn thinking_blocks(m: &ChatMessage) -> Vec<Value> {
+    if let Some(Value::Array(blocks)) = m.extra.get("thinking_blocks") {
+        return blocks
+            .iter()
+            .filter_map(|b| match b.get("type").and_then(Value::as_str) {
+                Some("thinking") => {
+                    let sig = b.get("signature").and_then(Value::as_str)?;
+                    let text = b.get("thinking").and_then(Value::as_str).unwrap_or("");
+                    Some(json!({"type": "thinking", "thinking": text, "signature": sig}))
+                }
+                Some("redacted_thinking") => {
+                    let data = b.get("data").and_then(Value::as_str)?;
+                    Some(json!({"type": "redacted_thinking", "data": data}))
+                }
+                _ => None,
+            })
+            .collect();
+    }
+    match (
+        m.extra.get("reasoning_content").and_then(Value::as_str),
+        m.extra.get("reasoning_signature").and_then(Value::as_str),
+    ) {
+        (Some(r), Some(sig)) => {
+            vec![json!({"type": "thinking", "thinking": r, "signature": sig})]
+        }
+        _ => Vec::new(),
+    }
 }
 
 /// Text content as text blocks (keeping `cache_control` on parts that carry it).
@@ -355,6 +450,9 @@ enum Block {
         #[serde(default)]
         signature: Option<String>,
     },
+    RedactedThinking {
+        data: String,
+    },
     ToolUse {
         id: String,
         name: String,
@@ -397,6 +495,7 @@ pub fn translate_response(
     let mut text = String::new();
     let mut reasoning = String::new();
     let mut signature = None;
+    let mut blocks = Vec::new();
     let mut tool_calls = Vec::new();
     for b in r.content {
         match b {
@@ -405,8 +504,12 @@ pub fn translate_response(
                 thinking,
                 signature: s,
             } => {
+                blocks.push(json!({"type": "thinking", "thinking": thinking, "signature": s}));
                 reasoning.push_str(&thinking);
                 signature = s.or(signature);
+            }
+            Block::RedactedThinking { data } => {
+                blocks.push(json!({"type": "redacted_thinking", "data": data}));
             }
             Block::ToolUse { id, name, input } => tool_calls.push(ToolCall {
                 id: Some(id),
@@ -426,6 +529,10 @@ pub fn translate_response(
         if let Some(s) = signature {
             extra.insert("reasoning_signature".into(), Value::String(s));
         }
+    }
+    if !blocks.is_empty() {
+        // Every block, in order, each with its own signature: what the next turn must replay.
+        extra.insert("thinking_blocks".into(), Value::Array(blocks));
     }
     let usage = r.usage.to_openai();
     let message = ChatMessage {
@@ -475,7 +582,10 @@ enum Event {
         index: u32,
         delta: BlockChange,
     },
-    ContentBlockStop {},
+    ContentBlockStop {
+        #[serde(default)]
+        index: u32,
+    },
     MessageDelta {
         #[serde(default)]
         delta: MessageDeltaBody,
@@ -516,6 +626,9 @@ enum StartBlock {
         #[serde(default)]
         thinking: String,
     },
+    RedactedThinking {
+        data: String,
+    },
     #[serde(other)]
     Other,
 }
@@ -531,6 +644,9 @@ enum BlockChange {
     },
     ThinkingDelta {
         thinking: String,
+    },
+    SignatureDelta {
+        signature: String,
     },
     #[serde(other)]
     Other,
@@ -561,6 +677,8 @@ pub struct StreamState {
     tools: u32,
     stop_reason: Option<String>,
     finished: bool,
+    /// The thinking block being streamed: (content block index, its text, its signature).
+    thinking: Option<(u32, String, Option<String>)>,
 }
 
 impl StreamState {
@@ -574,6 +692,7 @@ impl StreamState {
             tools: 0,
             stop_reason: None,
             finished: false,
+            thinking: None,
         }
     }
 
@@ -601,7 +720,13 @@ impl StreamState {
                 content_block,
             } => match content_block {
                 StartBlock::Text { text } => self.w.content(&text, out),
-                StartBlock::Thinking { thinking } => self.w.reasoning(&thinking, out),
+                StartBlock::Thinking { thinking } => {
+                    self.w.reasoning(&thinking, out);
+                    self.thinking = Some((index, thinking, None));
+                }
+                StartBlock::RedactedThinking { data } => self
+                    .w
+                    .thinking_block(json!({"type": "redacted_thinking", "data": data}), out),
                 StartBlock::ToolUse { id, name } => {
                     let ti = self.tools;
                     self.tools += 1;
@@ -612,7 +737,21 @@ impl StreamState {
             },
             Event::ContentBlockDelta { index, delta } => match delta {
                 BlockChange::TextDelta { text } => self.w.content(&text, out),
-                BlockChange::ThinkingDelta { thinking } => self.w.reasoning(&thinking, out),
+                BlockChange::ThinkingDelta { thinking } => {
+                    if let Some((i, text, _)) = &mut self.thinking {
+                        if *i == index {
+                            text.push_str(&thinking);
+                        }
+                    }
+                    self.w.reasoning(&thinking, out)
+                }
+                BlockChange::SignatureDelta { signature } => {
+                    if let Some((i, _, sig)) = &mut self.thinking {
+                        if *i == index {
+                            *sig = Some(signature);
+                        }
+                    }
+                }
                 BlockChange::InputJsonDelta { partial_json } => {
                     if let Some(&(_, ti)) = self.tool_index.iter().find(|(b, _)| *b == index) {
                         self.w.tool_call_args(ti, &partial_json, out);
@@ -655,7 +794,19 @@ impl StreamState {
                 };
                 self.w.error(&error.message, kind, Some(&code), out);
             }
-            Event::ContentBlockStop {} | Event::Other => {}
+            Event::ContentBlockStop { index } => {
+                // A thinking block is complete once its signature has arrived (sent just
+                // before its stop): one delta carries the whole block, to be sent back.
+                if self.thinking.as_ref().is_some_and(|(i, _, _)| *i == index) {
+                    if let Some((_, text, sig)) = self.thinking.take() {
+                        self.w.thinking_block(
+                            json!({"type": "thinking", "thinking": text, "signature": sig}),
+                            out,
+                        );
+                    }
+                }
+            }
+            Event::Other => {}
         }
     }
 }
@@ -683,5 +834,24 @@ impl NativeEvents for StreamState {
 
     fn usage(&self) -> Option<&Usage> {
         self.usage.as_ref()
+    }
+}
+
+#[cfg(test)]
+mod sampling_tests {
+    #[test]
+    fn claude_versions_that_refuse_temperature_with_top_p() {
+        for (m, want) in [
+            ("claude-opus-4-1-20250805", true),
+            ("claude-sonnet-4-5", true),
+            ("claude-haiku-4-5-20251001", true),
+            ("claude-opus-4-7", true),
+            ("claude-sonnet-4-20250514", false),
+            ("claude-3-7-sonnet-latest", false),
+            ("claude-3-5-haiku-20241022", false),
+            ("my-llama", false),
+        ] {
+            assert_eq!(super::sampling_exclusive(m), want, "{m}");
+        }
     }
 }

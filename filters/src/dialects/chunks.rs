@@ -114,12 +114,41 @@ impl ChunkWriter {
         self.write(&serde_json::json!({ "reasoning_content": text }), None, out);
     }
 
+    /// One complete reasoning-state block (`{"type":"thinking","thinking","signature"}` or
+    /// `{"type":"redacted_thinking","data"}`), in the delta as `thinking_blocks` (LiteLLM's
+    /// name): a client that keeps it can send the turn back as the provider requires.
+    pub fn thinking_block(&mut self, block: Value, out: &mut BytesMut) {
+        self.role(out);
+        self.write(
+            &serde_json::json!({ "thinking_blocks": [block] }),
+            None,
+            out,
+        );
+    }
+
     /// Opens tool call `index` (id, name, empty arguments).
     pub fn tool_call_start(&mut self, index: u32, id: &str, name: &str, out: &mut BytesMut) {
+        self.tool_call_start_with(index, id, name, &serde_json::Map::new(), out);
+    }
+
+    /// As [`tool_call_start`](Self::tool_call_start), with extra fields on the call (Gemini's
+    /// `extra_content` with its thought signature).
+    pub fn tool_call_start_with(
+        &mut self,
+        index: u32,
+        id: &str,
+        name: &str,
+        extra: &serde_json::Map<String, Value>,
+        out: &mut BytesMut,
+    ) {
         self.role(out);
         self.stats.tool_calls.push(name.to_string());
-        let delta = serde_json::json!({"tool_calls": [{"index": index, "id": id, "type": "function",
-            "function": {"name": name, "arguments": ""}}]});
+        let mut call = serde_json::json!({"index": index, "id": id, "type": "function",
+            "function": {"name": name, "arguments": ""}});
+        for (k, v) in extra {
+            call[k] = v.clone();
+        }
+        let delta = serde_json::json!({ "tool_calls": [call] });
         self.write(&delta, None, out);
     }
 

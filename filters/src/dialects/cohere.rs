@@ -71,23 +71,31 @@ pub fn translate_request(
             "assistant" => {
                 let mut a = json!({"role": "assistant"});
                 let t = content_text(m.content.as_ref());
-                if !t.is_empty() {
-                    a["content"] = Value::String(t);
+                let calls = m.tool_calls.as_ref().filter(|c| !c.is_empty());
+                if !t.is_empty() && calls.is_none() {
+                    a["content"] = Value::String(t.clone());
                 }
-                if let Some(calls) = &m.tool_calls {
+                if let Some(calls) = calls {
                     let calls: Vec<Value> = calls
                         .iter()
-                        .map(|tc| {
+                        .enumerate()
+                        .map(|(k, tc)| {
                             let f = tc.function.as_ref();
-                            json!({"id": tc.id, "type": "function", "function": {
+                            // Cohere refuses `id: null`; a tool message can only name a real id.
+                            let id = tc.id.clone().unwrap_or_else(|| format!("call_{i}_{k}"));
+                            json!({"id": id, "type": "function", "function": {
                                 "name": f.and_then(|f| f.name.clone()).unwrap_or_default(),
                                 "arguments": f.and_then(|f| f.arguments.clone()).unwrap_or_else(|| "{}".into()),
                             }})
                         })
                         .collect();
                     a["tool_calls"] = Value::Array(calls);
+                    // Cohere refuses text beside tool calls: text another provider wrote next
+                    // to its calls ("Let me check...") is the plan.
                     if let Some(plan) = m.extra.get("tool_plan") {
                         a["tool_plan"] = plan.clone();
+                    } else if !t.is_empty() {
+                        a["tool_plan"] = Value::String(t);
                     }
                 }
                 a
@@ -158,11 +166,27 @@ pub fn translate_request(
     };
     let mut native = Map::new();
     let x = &req.extra;
-    for k in ["seed", "frequency_penalty", "presence_penalty"] {
-        if let Some(v) = x.get(k) {
-            native.insert(k.into(), v.clone());
+    if let Some(v) = x.get("seed") {
+        native.insert("seed".into(), v.clone());
+    }
+    // Cohere takes penalties in 0-1 (OpenAI: -2 to 2): clamped, and named when changed.
+    for k in ["frequency_penalty", "presence_penalty"] {
+        if let Some(v) = x.get(k).and_then(Value::as_f64) {
+            let c = v.clamp(0.0, 1.0);
+            if c != v {
+                dropped.push(k.to_string());
+            }
+            native.insert(k.into(), json!(c));
         }
     }
+    // `p` must be within 0.01-0.99: `top_p: 1` (a common client default) is sent as 0.99.
+    let p = req.top_p.map(|v| {
+        let c = v.clamp(0.01, 0.99);
+        if c != v {
+            dropped.push("top_p".into());
+        }
+        c
+    });
     if let Some(v) = x.get("top_k") {
         native.insert("k".into(), v.clone());
     }
@@ -207,7 +231,7 @@ pub fn translate_request(
         stream: req.stream.filter(|s| *s),
         max_tokens: req.max_completion_tokens.or(req.max_tokens),
         temperature: req.temperature,
-        p: req.top_p,
+        p,
         stop_sequences: stop_list(req.stop.as_ref()),
         native,
     };
@@ -338,8 +362,13 @@ pub fn finish_reason(reason: Option<&str>) -> &'static str {
     match reason {
         Some("MAX_TOKENS") => "length",
         Some("TOOL_CALL") => "tool_calls",
-        _ => "stop", // COMPLETE, STOP_SEQUENCE, ERROR, TIMEOUT
+        _ => "stop", // COMPLETE, STOP_SEQUENCE (ERROR and TIMEOUT are errors)
     }
+}
+
+/// Cohere's failed generations: an error, never an empty `stop`.
+fn failed_finish(reason: Option<&str>) -> Option<&str> {
+    reason.filter(|r| matches!(*r, "ERROR" | "TIMEOUT"))
 }
 
 pub fn translate_response(
@@ -349,6 +378,9 @@ pub fn translate_response(
 ) -> Result<OpenAiResponse, TranslateError> {
     let r: ChatResponse = serde_json::from_slice(body)
         .map_err(|e| TranslateError::new(format!("invalid Cohere response: {e}"), None))?;
+    if let Some(reason) = failed_finish(r.finish_reason.as_deref()) {
+        return Err(TranslateError::invalid_output("Cohere", reason, None));
+    }
     let mut text = String::new();
     let mut reasoning = String::new();
     for c in &r.message.content {
@@ -513,13 +545,10 @@ impl StreamState {
                     }
                 }
                 let reason = d.get("finish_reason").and_then(Value::as_str);
-                if reason == Some("ERROR") {
-                    let message = d
-                        .get("error")
-                        .and_then(Value::as_str)
-                        .unwrap_or("the provider reported an error");
-                    self.w
-                        .error(message, "api_error", Some("upstream_error"), out);
+                if let Some(reason) = failed_finish(reason) {
+                    let detail = d.get("error").and_then(Value::as_str);
+                    let e = TranslateError::invalid_output("Cohere", reason, detail);
+                    self.w.error(&e.message, "api_error", e.code, out);
                     return;
                 }
                 self.w.finish(finish_reason(reason), out);

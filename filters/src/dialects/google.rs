@@ -57,6 +57,22 @@ struct Content {
     parts: Vec<Value>,
 }
 
+/// Google's documented placeholder for a function call whose thought signature is unknown.
+pub const SKIP_SIGNATURE: &str = "skip_thought_signature_validator";
+
+fn is_gemini_3(model: &str) -> bool {
+    model
+        .strip_prefix("models/")
+        .unwrap_or(model)
+        .starts_with("gemini-3")
+}
+
+/// Gemini 2.5 and 3 models refuse `presencePenalty` / `frequencyPenalty`.
+fn penalties_refused(model: &str) -> bool {
+    let m = model.strip_prefix("models/").unwrap_or(model);
+    m.starts_with("gemini-2.5") || m.starts_with("gemini-3")
+}
+
 /// The native path for a model: `/models/{model}:generateContent` or the SSE stream variant.
 pub fn path(model: &str, stream: bool) -> String {
     let model = model.strip_prefix("models/").unwrap_or(model);
@@ -100,16 +116,35 @@ pub fn translate_request(
                 if !t.is_empty() {
                     parts.push(json!({ "text": t }));
                 }
+                let mut signed = false;
+                let first_call = parts.len();
                 for tc in m.tool_calls.iter().flatten() {
                     let f = tc.function.as_ref();
                     let name = f.and_then(|f| f.name.clone()).unwrap_or_default();
                     if let Some(id) = &tc.id {
                         call_names.push((id.clone(), name.clone()));
                     }
-                    parts.push(json!({"functionCall": {
+                    let mut part = json!({"functionCall": {
                         "name": name,
                         "args": arguments_object(f.and_then(|f| f.arguments.as_deref())),
-                    }}));
+                    }});
+                    // The thought signature goes back on the part it came with.
+                    if let Some(sig) = tc
+                        .extra
+                        .get("extra_content")
+                        .and_then(|e| e.pointer("/google/thought_signature"))
+                        .and_then(Value::as_str)
+                    {
+                        part["thoughtSignature"] = Value::String(sig.to_string());
+                        signed = true;
+                    }
+                    parts.push(part);
+                }
+                // Gemini 3 refuses a function-calling turn without a signature (400). History
+                // another provider wrote has none: Google's documented placeholder takes its
+                // place on the turn's first call.
+                if !signed && parts.len() > first_call && is_gemini_3(&req.model) {
+                    parts[first_call]["thoughtSignature"] = Value::String(SKIP_SIGNATURE.into());
                 }
                 push("model", parts);
             }
@@ -119,7 +154,9 @@ pub fn translate_request(
                     .clone()
                     .or_else(|| {
                         let id = m.tool_call_id.as_deref()?;
-                        call_names.iter().find(|(c, _)| c == id).map(|(_, n)| n.clone())
+                        // The nearest earlier call with this id (ids may repeat across turns
+                        // in histories other gateways wrote).
+                        call_names.iter().rfind(|(c, _)| c == id).map(|(_, n)| n.clone())
                     })
                     .ok_or_else(|| {
                         TranslateError::new(
@@ -218,8 +255,22 @@ pub fn translate_request(
     let x = &req.extra;
     set("topK", x.get("top_k").cloned());
     set("seed", x.get("seed").cloned());
-    set("presencePenalty", x.get("presence_penalty").cloned());
-    set("frequencyPenalty", x.get("frequency_penalty").cloned());
+    // Gemini 2.5 and 3 refuse any non-zero penalty (400 "Penalty is not enabled"): dropped and
+    // named there, passed to the models that take them.
+    for (k, native) in [
+        ("presence_penalty", "presencePenalty"),
+        ("frequency_penalty", "frequencyPenalty"),
+    ] {
+        if let Some(v) = x.get(k) {
+            if penalties_refused(&req.model) {
+                if v.as_f64().is_some_and(|p| p != 0.0) {
+                    dropped.push(k.to_string());
+                }
+            } else {
+                set(native, Some(v.clone()));
+            }
+        }
+    }
     match x.get("response_format") {
         Some(rf) if rf["type"] == "json_object" => {
             set("responseMimeType", Some("application/json".into()))
@@ -377,6 +428,9 @@ struct Part {
     thought: Option<bool>,
     #[serde(default)]
     function_call: Option<NativeFunctionCall>,
+    /// Gemini's reasoning state for this part; must come back on the same part next turn.
+    #[serde(default)]
+    thought_signature: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -433,19 +487,76 @@ struct PromptFeedback {
     block_reason: Option<String>,
 }
 
+/// Finish reasons that mean the model failed to produce an answer (a malformed or unexpected
+/// tool call, a missing signature): an error, never an empty `stop`.
+pub fn failed_finish(reason: Option<&str>) -> Option<&str> {
+    reason.filter(|r| {
+        matches!(
+            *r,
+            "MALFORMED_FUNCTION_CALL"
+                | "UNEXPECTED_TOOL_CALL"
+                | "TOO_MANY_TOOL_CALLS"
+                | "MISSING_THOUGHT_SIGNATURE"
+        )
+    })
+}
+
 pub fn finish_reason(reason: Option<&str>, has_tool_calls: bool) -> &'static str {
     match reason {
         Some("MAX_TOKENS") => "length",
         Some(
-            "SAFETY" | "RECITATION" | "BLOCKLIST" | "PROHIBITED_CONTENT" | "SPII" | "IMAGE_SAFETY",
+            "SAFETY"
+            | "RECITATION"
+            | "BLOCKLIST"
+            | "PROHIBITED_CONTENT"
+            | "SPII"
+            | "IMAGE_SAFETY"
+            | "IMAGE_PROHIBITED_CONTENT",
         ) => "content_filter",
         _ if has_tool_calls => "tool_calls",
         _ => "stop",
     }
 }
 
-fn call_id(id: Option<String>, index: usize) -> String {
-    id.unwrap_or_else(|| format!("call_{index}"))
+/// A tool call's id: Gemini's own when it sent one, else one unique across turns (from the
+/// response id): `call_<n>` would repeat every turn and pair a later result with an earlier
+/// call. Ids stay within 40 characters of `[A-Za-z0-9_-]`, valid for every provider.
+fn call_id(id: Option<String>, response: &str, index: usize) -> String {
+    if let Some(id) = id.filter(|i| {
+        !i.is_empty()
+            && i.len() <= 40
+            && i.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    }) {
+        return id;
+    }
+    let r: String = response
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .take(28)
+        .collect();
+    format!("call_{r}_{index}")
+}
+
+/// `extra_content` carrying a thought signature (Google's OpenAI-compatible carrier).
+fn signature_carrier(sig: Option<String>) -> Map<String, Value> {
+    let mut m = Map::new();
+    if let Some(s) = sig {
+        m.insert(
+            "extra_content".into(),
+            json!({"google": {"thought_signature": s}}),
+        );
+    }
+    m
+}
+
+/// Arguments as JSON text: a call without `args` has an empty object, never `null`.
+fn args_text(args: &Value) -> String {
+    if args.is_null() {
+        "{}".into()
+    } else {
+        args.to_string()
+    }
 }
 
 pub fn translate_response(
@@ -466,19 +577,26 @@ pub fn translate_response(
         .as_ref()
         .and_then(|p| p.block_reason.clone());
     let cand = r.candidates.into_iter().next().unwrap_or_default();
+    if let Some(reason) = failed_finish(cand.finish_reason.as_deref()) {
+        return Err(TranslateError::invalid_output("Gemini", reason, None));
+    }
+    let response_id = r
+        .response_id
+        .unwrap_or_else(|| format!("chatcmpl-gemini-{created}"));
     let mut text = String::new();
     let mut reasoning = String::new();
     let mut tool_calls = Vec::new();
     for p in cand.content.map(|c| c.parts).unwrap_or_default() {
         if let Some(fc) = p.function_call {
-            let id = call_id(fc.id, tool_calls.len());
+            let id = call_id(fc.id, &response_id, tool_calls.len());
             tool_calls.push(ToolCall {
                 id: Some(id),
                 kind: Some("function".into()),
                 function: Some(FunctionCall {
                     name: Some(fc.name),
-                    arguments: Some(fc.args.to_string()),
+                    arguments: Some(args_text(&fc.args)),
                 }),
+                extra: signature_carrier(p.thought_signature),
                 ..Default::default()
             });
         } else if let Some(t) = p.text {
@@ -500,9 +618,7 @@ pub fn translate_response(
     }
     let usage = r.usage_metadata.map(|u| u.to_openai());
     let out = ChatCompletion {
-        id: r
-            .response_id
-            .unwrap_or_else(|| format!("chatcmpl-gemini-{created}")),
+        id: response_id,
         object: "chat.completion".into(),
         created,
         model: r.model_version.unwrap_or_else(|| model.to_string()),
@@ -612,9 +728,10 @@ impl StreamState {
                 if let Some(fc) = p.function_call {
                     let ti = self.tools;
                     self.tools += 1;
-                    self.w
-                        .tool_call_start(ti, &call_id(fc.id, ti as usize), &fc.name, out);
-                    self.w.tool_call_args(ti, &fc.args.to_string(), out);
+                    let id = call_id(fc.id, &self.w.id, ti as usize);
+                    let extra = signature_carrier(p.thought_signature);
+                    self.w.tool_call_start_with(ti, &id, &fc.name, &extra, out);
+                    self.w.tool_call_args(ti, &args_text(&fc.args), out);
                 } else if let Some(t) = p.text {
                     if p.thought == Some(true) {
                         self.w.reasoning(&t, out);
@@ -622,6 +739,12 @@ impl StreamState {
                         self.w.content(&t, out);
                     }
                 }
+            }
+            if let Some(reason) = failed_finish(cand.finish_reason.as_deref()) {
+                let message = format!("Gemini ended the answer with {reason}");
+                self.w
+                    .error(&message, "api_error", Some(super::INVALID_OUTPUT), out);
+                return;
             }
             if let Some(f) = cand.finish_reason {
                 self.finish = Some(finish_reason(Some(&f), self.tools > 0));

@@ -84,6 +84,9 @@ pub struct NativeRequest {
 pub struct TranslateError {
     pub message: String,
     pub param: Option<&'static str>,
+    /// Set when the provider's answer was read but reports a failure of its own (e.g.
+    /// Gemini's `MALFORMED_FUNCTION_CALL`): `upstream_invalid_output`.
+    pub code: Option<&'static str>,
 }
 
 impl TranslateError {
@@ -91,9 +94,27 @@ impl TranslateError {
         TranslateError {
             message: message.into(),
             param,
+            code: None,
+        }
+    }
+
+    /// The provider finished with `reason`, a failure that is not an answer.
+    pub fn invalid_output(provider: &str, reason: &str, detail: Option<&str>) -> Self {
+        let mut message = format!("{provider} ended the answer with {reason}");
+        if let Some(d) = detail.filter(|d| !d.is_empty()) {
+            message.push_str(": ");
+            message.push_str(d);
+        }
+        TranslateError {
+            message,
+            param: None,
+            code: Some(INVALID_OUTPUT),
         }
     }
 }
+
+/// Error code of an answer the provider itself marked as failed.
+pub const INVALID_OUTPUT: &str = "upstream_invalid_output";
 
 /// A translated non-streaming response.
 #[derive(Debug, Clone, PartialEq)]
