@@ -17,6 +17,7 @@ mod request_id;
 mod resolver;
 mod routing;
 mod upstream;
+mod vault;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -1007,6 +1007,9 @@ async fn anthropic_thinking_survives_the_loop_and_the_client_round_trip() {
             .as_object_mut()
             .unwrap()
             .remove("thinking_blocks");
+        // (An id the gateway never answered, so its vault has nothing for it.)
+        bare["messages"][1]["tool_calls"][0]["id"] = json!("call_elsewhere");
+        bare["messages"][2]["tool_call_id"] = json!("call_elsewhere");
         let r = raw_request(
             gw.addr(),
             "POST",
@@ -1102,6 +1105,9 @@ async fn gemini_3_thought_signatures_survive_the_loop_and_the_client_round_trip(
             .as_object_mut()
             .unwrap()
             .remove("extra_content");
+        // (An id the gateway never answered, so its vault has nothing for it.)
+        next["messages"][1]["tool_calls"][0]["id"] = json!("call_elsewhere");
+        next["messages"][2]["tool_call_id"] = json!("call_elsewhere");
         let r = raw_request(
             gw.addr(),
             "POST",
@@ -1116,4 +1122,168 @@ async fn gemini_3_thought_signatures_survive_the_loop_and_the_client_round_trip(
             "skip_thought_signature_validator"
         );
     }
+}
+
+/// An assistant message as most SDK stream accumulators rebuild it: `role`, `content` and
+/// `tool_calls` (id, type, name, arguments), nothing else.
+fn standard_fields_only(r: &RawResponse, stream: bool) -> Value {
+    let mut calls: Vec<Value> = Vec::new();
+    if stream {
+        for d in sse_data(&r.text()) {
+            let Ok(v) = serde_json::from_str::<Value>(&d) else {
+                continue;
+            };
+            for c in v
+                .pointer("/choices/0/delta/tool_calls")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                let i = c["index"].as_u64().unwrap() as usize;
+                if calls.len() <= i {
+                    calls.push(json!({"id": c["id"], "type": "function",
+                        "function": {"name": c["function"]["name"], "arguments": ""}}));
+                }
+                let args = calls[i]["function"]["arguments"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+                    + c["function"]["arguments"].as_str().unwrap_or("");
+                calls[i]["function"]["arguments"] = json!(args);
+            }
+        }
+    } else {
+        for c in r.json()["choices"][0]["message"]["tool_calls"]
+            .as_array()
+            .unwrap()
+        {
+            calls.push(json!({"id": c["id"], "type": "function", "function": c["function"]}));
+        }
+    }
+    json!({"role": "assistant", "content": null, "tool_calls": calls})
+}
+
+#[tokio::test]
+async fn clients_that_echo_only_standard_fields_still_replay_reasoning_state() {
+    // Both mocks refuse a tool turn without its reasoning state. The second turn of each
+    // conversation is sent as an SDK accumulator rebuilds it; for Gemini it goes to another
+    // gateway that shares only Redis with the first.
+    let anthropic = MockUpstream::start(anthropic_model).await;
+    let gemini = MockUpstream::start(gemini_model).await;
+    let redis_port = free_port();
+    let mut redis = std::process::Command::new("redis-server")
+        .args([
+            "--port",
+            &redis_port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+        ])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("redis-server (installed by scripts/deps.sh test)");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", redis_port)).is_err() {
+        assert!(Instant::now() < deadline, "redis-server did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut env = provider_env(&[
+        ("anthropic", anthropic.url("/v1")),
+        ("google", gemini.url("/v1")),
+    ]);
+    env.push(("REDIS_URL", format!("redis://127.0.0.1:{redis_port}/")));
+    env.push(("REDIS_TIMEOUT", "2s".into()));
+    let a = GatewayProcess::start(&env, None);
+    let b = GatewayProcess::start(&env, None);
+    let tools = json!([{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]);
+    for stream in [false, true] {
+        for (model, second) in [
+            ("anthropic/claude-sonnet-4-5", &a),
+            ("google/gemini-3-pro-preview", &b),
+        ] {
+            let mut first = json!({"model": model, "stream": stream, "max_tokens": 2048,
+                "messages": [{"role": "user", "content": "client"}], "tools": tools});
+            if model.starts_with("anthropic") {
+                first["thinking"] = json!({"type": "enabled", "budget_tokens": 1024});
+            }
+            let r = post_chat(a.addr(), first.to_string().as_bytes()).await;
+            assert_eq!(r.status, 200, "{}", r.text());
+            let assistant = standard_fields_only(&r, stream);
+            let id = assistant["tool_calls"][0]["id"]
+                .as_str()
+                .unwrap()
+                .to_string();
+            let mut next = first.clone();
+            next["messages"] = json!([first["messages"][0], assistant,
+                {"role": "tool", "tool_call_id": id, "content": "sunny"}]);
+            // The Redis write runs in the background (a real client's next turn comes after
+            // its tool ran).
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let r = post_chat(second.addr(), next.to_string().as_bytes()).await;
+            assert_eq!(r.status, 200, "{model} stream={stream}: {}", r.text());
+            if model.starts_with("anthropic") {
+                let sent = anthropic.last().json();
+                assert_eq!(sent["messages"][1]["content"][0]["signature"], "sig_0");
+                assert!(sent.get("thinking").is_some(), "thinking kept");
+            } else {
+                let sent = gemini.last().json();
+                assert_eq!(
+                    sent["contents"][1]["parts"][0]["thoughtSignature"], "sig_g0",
+                    "the real signature, from the other gateway's answer"
+                );
+            }
+        }
+    }
+    let _ = redis.kill();
+    let _ = redis.wait();
+}
+
+#[tokio::test]
+async fn kept_reasoning_state_belongs_to_the_key_that_received_it() {
+    let gemini = MockUpstream::start(gemini_model).await;
+    let toml = format!(
+        "[[keys]]\nname = \"one\"\nhash = \"{}\"\n[[keys]]\nname = \"two\"\nhash = \"{}\"\n",
+        key_hash("igw-vault-one"),
+        key_hash("igw-vault-two")
+    );
+    let gw = GatewayProcess::start(&provider_env(&[("google", gemini.url("/v1"))]), Some(&toml));
+    let call = |key: &'static str, body: Value| {
+        let addr = gw.addr();
+        async move {
+            let auth = format!("Bearer {key}");
+            raw_request(
+                addr,
+                "POST",
+                "/v1/chat/completions",
+                &[("authorization", &auth)],
+                body.to_string().as_bytes(),
+            )
+            .await
+        }
+    };
+    let first = json!({"model": "google/gemini-3-pro-preview",
+        "messages": [{"role": "user", "content": "client"}],
+        "tools": [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]});
+    let r = call("igw-vault-one", first.clone()).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let assistant = standard_fields_only(&r, false);
+    let id = assistant["tool_calls"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut next = first.clone();
+    next["messages"] = json!([first["messages"][0], assistant,
+        {"role": "tool", "tool_call_id": id, "content": "sunny"}]);
+    // The other key replays the same ids: it gets the placeholder, never key one's signature.
+    assert_eq!(call("igw-vault-two", next.clone()).await.status, 200);
+    assert_eq!(
+        gemini.last().json()["contents"][1]["parts"][0]["thoughtSignature"],
+        "skip_thought_signature_validator"
+    );
+    assert_eq!(call("igw-vault-one", next).await.status, 200);
+    assert_eq!(
+        gemini.last().json()["contents"][1]["parts"][0]["thoughtSignature"],
+        "sig_g0"
+    );
 }

@@ -6,6 +6,7 @@
 pub mod dialects;
 pub mod json_object;
 pub mod openai;
+pub mod reasoning;
 pub mod sse;
 pub mod stream_relay;
 pub mod tool_loop;

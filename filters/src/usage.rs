@@ -112,6 +112,9 @@ pub struct StreamStats {
     pub tool_calls: Vec<String>,
     /// Bytes of generated text (content and reasoning), as UTF-8.
     pub text_bytes: u64,
+    /// Provider reasoning state the native translators emitted (see
+    /// [`crate::reasoning::TurnState`]), for the server-side vault.
+    pub reasoning: crate::reasoning::TurnState,
 }
 
 impl StreamStats {

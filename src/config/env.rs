@@ -222,6 +222,14 @@ pub(super) fn apply(cfg: &mut Config, getenv: GetEnv) -> Result<(), ConfigError>
         parse(getenv, "LIMITS_DEFAULT_COMPLETION_RESERVE")?
     );
     set!(cfg.limits.max_n, parse(getenv, "LIMITS_MAX_N")?);
+    set!(
+        cfg.reasoning.vault_ttl,
+        duration(getenv, "REASONING_VAULT_TTL")?
+    );
+    set!(
+        cfg.reasoning.vault_max_bytes,
+        parse(getenv, "REASONING_VAULT_MAX_BYTES")?
+    );
     if let Some(v) = get(getenv, "LIMITS_FAILURE_MODE") {
         cfg.limits.failure_mode = match v.trim() {
             "fail_open" => super::auth::FailureMode::FailOpen,

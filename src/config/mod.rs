@@ -76,6 +76,27 @@ pub struct Config {
     pub limits: auth::LimitsConfig,
     /// USD per million tokens by `provider/model` (over the built-in table, conf/prices.toml).
     pub prices: BTreeMap<String, auth::Price>,
+    /// The reasoning-state vault (Anthropic thinking, Gemini thought signatures).
+    pub reasoning: ReasoningConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReasoningConfig {
+    /// How long a turn's reasoning state is kept for its next turn (`REASONING_VAULT_TTL`).
+    pub vault_ttl: HumanDuration,
+    /// Bytes of reasoning state kept in memory, oldest dropped first; 0 turns the vault off
+    /// (`REASONING_VAULT_MAX_BYTES`).
+    pub vault_max_bytes: usize,
+}
+
+impl Default for ReasoningConfig {
+    fn default() -> Self {
+        ReasoningConfig {
+            vault_ttl: HumanDuration::secs(3600),
+            vault_max_bytes: 64 << 20,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -342,6 +363,7 @@ impl Default for Config {
             keys: Vec::new(),
             limits: auth::LimitsConfig::default(),
             prices: BTreeMap::new(),
+            reasoning: ReasoningConfig::default(),
         }
     }
 }
@@ -501,6 +523,10 @@ impl Config {
             (
                 "server.body_timeout (SERVER_BODY_TIMEOUT)",
                 self.server.body_timeout,
+            ),
+            (
+                "reasoning.vault_ttl (REASONING_VAULT_TTL)",
+                self.reasoning.vault_ttl,
             ),
             (
                 "client.connect_timeout (CLIENT_CONNECT_TIMEOUT)",

@@ -125,6 +125,9 @@ async fn run(
         ))
         .code("provider_not_configured"));
     }
+    if ep == Endpoint::Chat && needs_reasoning_state(provider.dialect) {
+        restore_reasoning_state(gw, ctx, &mut obj).await?;
+    }
     if ep == Endpoint::Chat {
         // The hub check is a pointer test when MCP is off; the body is looked at only after.
         if let Some(mcp) = crate::handlers::tool_loop::active_hub(gw, session) {
@@ -148,6 +151,52 @@ async fn run(
         return Ok(());
     }
     relay_whole(gw, session, ctx, resp, &route, &plan).await
+}
+
+/// Dialects whose turns carry reasoning state that must come back (Anthropic thinking,
+/// Gemini thought signatures).
+fn needs_reasoning_state(d: Dialect) -> bool {
+    matches!(d, Dialect::Anthropic | Dialect::Google)
+}
+
+/// The vault's scope for the caller: its principal, or everyone on an open gateway.
+fn vault_scope(ctx: &RequestCtx) -> &str {
+    ctx.principal.as_ref().map_or("", |p| p.id.as_str())
+}
+
+/// Puts kept reasoning state back into assistant turns the client sent without it (SDK stream
+/// accumulators keep only `role`, `content` and `tool_calls`). Cheap when there is nothing to
+/// do: a substring test on the raw messages.
+async fn restore_reasoning_state(
+    gw: &Gateway,
+    ctx: &RequestCtx,
+    obj: &mut RawObject<'_>,
+) -> Result<(), ApiError> {
+    if !gw.vault.enabled() {
+        return Ok(());
+    }
+    let Some(raw) = obj.get("messages") else {
+        return Ok(());
+    };
+    if !raw.get().contains("\"tool_calls\"") {
+        return Ok(());
+    }
+    let mut messages: Vec<Value> = serde_json::from_str(raw.get())
+        .map_err(|_| ApiError::bad_request("messages must be an array").param("messages"))?;
+    let ids = filters::reasoning::ids_missing_state(&messages);
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let found = gw.vault.get(vault_scope(ctx), &ids).await;
+    if filters::reasoning::restore(&mut messages, &found) {
+        obj.set("messages", &messages);
+    }
+    Ok(())
+}
+
+/// Keeps an answer's reasoning state for the client's next turn.
+fn keep_reasoning_state(gw: &Gateway, ctx: &RequestCtx, state: &filters::reasoning::TurnState) {
+    gw.vault.put(vault_scope(ctx), state.entries());
 }
 
 /// A built-in provider nobody configured (e.g. `ollama` at its default URL) is not a target:
@@ -704,6 +753,11 @@ async fn relay_whole(
     plan: &Plan,
 ) -> Result<(), ApiError> {
     let (status, body, content_type) = read_openai_body(gw, ctx, resp, route, plan).await?;
+    if needs_reasoning_state(plan.dialect) {
+        if let Some(state) = filters::reasoning::TurnState::from_completion(&body) {
+            keep_reasoning_state(gw, ctx, &state);
+        }
+    }
     ctx.usage = usage::from_response_body(&body);
     ctx.tool_calls = usage::tool_calls_from_body(&body);
     let mut h = respond::header(status, &content_type, ctx);
@@ -921,6 +975,9 @@ async fn relay_stream(
     ctx.generation = first_write.map(|f| last_write - f);
     ctx.usage = relay.usage().cloned();
     let stats = relay.stats();
+    if needs_reasoning_state(plan.dialect) {
+        keep_reasoning_state(gw, ctx, &stats.reasoning);
+    }
     ctx.tool_calls = stats.tool_calls.clone();
     if ctx.usage.is_none() {
         // The stream ended (disconnect, failure, or a provider without stream usage) before any

@@ -47,6 +47,8 @@ pub struct Gateway {
     pub mcp: Option<Arc<crate::mcp::McpHub>>,
     /// Providers' model lists for `GET /v1/models`.
     pub models_cache: crate::handlers::models::ModelsCache,
+    /// Reasoning state kept for clients that echo only the standard fields.
+    pub vault: crate::vault::Vault,
     log_format: LogFormat,
 }
 
@@ -63,6 +65,7 @@ impl Gateway {
             limiter: Arc::new(crate::limits::Limiter::from_config(&cfg, metrics.clone())),
             mcp,
             models_cache: Default::default(),
+            vault: crate::vault::Vault::from_config(&cfg),
             pools,
             router: Router::new(&cfg, providers.clone()),
             client: UpstreamClient::new(&cfg.client),

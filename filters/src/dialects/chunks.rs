@@ -119,6 +119,7 @@ impl ChunkWriter {
     /// name): a client that keeps it can send the turn back as the provider requires.
     pub fn thinking_block(&mut self, block: Value, out: &mut BytesMut) {
         self.role(out);
+        self.stats.reasoning.thinking_blocks.push(block.clone());
         self.write(
             &serde_json::json!({ "thinking_blocks": [block] }),
             None,
@@ -143,6 +144,10 @@ impl ChunkWriter {
     ) {
         self.role(out);
         self.stats.tool_calls.push(name.to_string());
+        self.stats
+            .reasoning
+            .calls
+            .push((id.to_string(), extra.get("extra_content").cloned()));
         let mut call = serde_json::json!({"index": index, "id": id, "type": "function",
             "function": {"name": name, "arguments": ""}});
         for (k, v) in extra {
