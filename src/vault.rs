@@ -39,6 +39,8 @@ struct RedisVault {
     prefix: String,
     timeout: Duration,
     conn: OnceCell<ConnectionManager>,
+    /// After a failure Redis is skipped for a second (requests never queue behind it).
+    down_until: Mutex<Option<Instant>>,
 }
 
 /// Largest single entry kept (a turn's thinking blocks); larger ones are not kept.
@@ -54,6 +56,7 @@ impl Vault {
                     prefix: cfg.limits.redis_prefix.clone(),
                     timeout: cfg.limits.redis_timeout.get(),
                     conn: OnceCell::new(),
+                    down_until: Mutex::new(None),
                 })
             }),
             ttl: cfg.reasoning.vault_ttl.get(),
@@ -78,6 +81,7 @@ impl Vault {
             return;
         }
         let now = Instant::now();
+        let expires = now.checked_add(self.ttl).unwrap_or(now);
         let mut redis_batch = Vec::new();
         {
             let mut m = self.memory.lock().unwrap_or_else(|e| e.into_inner());
@@ -88,10 +92,7 @@ impl Vault {
                 }
                 let key = Self::key(scope, &id);
                 m.bytes += key.len() + text.len();
-                if let Some((_, old)) = m
-                    .entries
-                    .insert(key.clone(), (now + self.ttl, text.clone()))
-                {
+                if let Some((_, old)) = m.entries.insert(key.clone(), (expires, text.clone())) {
                     m.bytes -= key.len() + old.len();
                 } else {
                     m.order.push_back(key.clone());
@@ -131,17 +132,20 @@ impl Vault {
         }
         let now = Instant::now();
         let mut missing = Vec::new();
+        let mut texts = Vec::new();
         {
+            // Only clones under the lock; parsing happens after it.
             let m = self.memory.lock().unwrap_or_else(|e| e.into_inner());
             for id in ids {
                 match m.entries.get(&Self::key(scope, id)) {
-                    Some((exp, v)) if *exp > now => {
-                        if let Ok(v) = serde_json::from_str(v) {
-                            found.insert(id.clone(), v);
-                        }
-                    }
+                    Some((exp, v)) if *exp > now => texts.push((id.clone(), v.clone())),
                     _ => missing.push(id.clone()),
                 }
+            }
+        }
+        for (id, text) in texts {
+            if let Ok(v) = serde_json::from_str(&text) {
+                found.insert(id, v);
             }
         }
         if let (Some(r), false) = (&self.redis, missing.is_empty()) {
@@ -162,6 +166,31 @@ impl Vault {
 }
 
 impl RedisVault {
+    /// Runs `op` within the timeout (connecting included), unless Redis failed a moment ago.
+    async fn guarded<T>(
+        &self,
+        op: impl std::future::Future<Output = Result<T, String>>,
+    ) -> Result<T, String> {
+        let now = Instant::now();
+        if self
+            .down_until
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some_and(|t| now < t)
+        {
+            return Err("Redis failed moments ago; not retried yet".into());
+        }
+        let r = match tokio::time::timeout(self.timeout, op).await {
+            Ok(r) => r,
+            Err(_) => Err("timed out".into()),
+        };
+        if r.is_err() {
+            *self.down_until.lock().unwrap_or_else(|e| e.into_inner()) =
+                Some(now + Duration::from_secs(1));
+        }
+        r
+    }
+
     async fn conn(&self) -> Result<ConnectionManager, String> {
         let c = self
             .conn
@@ -184,31 +213,93 @@ impl RedisVault {
     }
 
     async fn put(&self, batch: Vec<(String, Arc<str>)>, ttl: Duration) -> Result<(), String> {
-        let mut conn = self.conn().await?;
-        let mut pipe = redis::pipe();
-        for (k, v) in &batch {
-            pipe.cmd("SET")
-                .arg(self.key(k))
-                .arg(v.as_ref())
-                .arg("EX")
-                .arg(ttl.as_secs().max(1))
-                .ignore();
-        }
-        tokio::time::timeout(self.timeout, pipe.query_async::<()>(&mut conn))
-            .await
-            .map_err(|_| "timed out".to_string())?
-            .map_err(|e| e.to_string())
+        self.guarded(async {
+            let mut conn = self.conn().await?;
+            let mut pipe = redis::pipe();
+            for (k, v) in &batch {
+                pipe.cmd("SET")
+                    .arg(self.key(k))
+                    .arg(v.as_ref())
+                    .arg("EX")
+                    .arg(ttl.as_secs().max(1))
+                    .ignore();
+            }
+            pipe.query_async::<()>(&mut conn)
+                .await
+                .map_err(|e| e.to_string())
+        })
+        .await
     }
 
     async fn get(&self, keys: &[String]) -> Result<Vec<Option<String>>, String> {
-        let mut conn = self.conn().await?;
-        let keys: Vec<String> = keys.iter().map(|k| self.key(k)).collect();
-        tokio::time::timeout(
-            self.timeout,
-            redis::cmd("MGET").arg(&keys).query_async(&mut conn),
-        )
+        self.guarded(async {
+            let mut conn = self.conn().await?;
+            let keys: Vec<String> = keys.iter().map(|k| self.key(k)).collect();
+            redis::cmd("MGET")
+                .arg(&keys)
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| e.to_string())
+        })
         .await
-        .map_err(|_| "timed out".to_string())?
-        .map_err(|e| e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn vault(max_bytes: usize, ttl: Duration) -> Vault {
+        Vault {
+            memory: Mutex::new(Memory::default()),
+            redis: None,
+            ttl,
+            max_bytes,
+        }
+    }
+
+    fn bytes(v: &Vault) -> (usize, usize) {
+        let m = v.memory.lock().unwrap();
+        let sum = m.entries.iter().map(|(k, (_, t))| k.len() + t.len()).sum();
+        (m.bytes, sum)
+    }
+
+    #[tokio::test]
+    async fn bounded_by_bytes_oldest_first_and_scoped() {
+        let v = vault(200, Duration::from_secs(60));
+        let e = |s: &str| vec![(s.to_string(), json!({"thinking_blocks": ["x".repeat(40)]}))];
+        v.put("key:a", e("c1"));
+        v.put("key:a", e("c1")); // overwrite: counted once
+        let (counted, real) = bytes(&v);
+        assert_eq!(counted, real);
+        v.put("key:a", e("c2"));
+        v.put("key:a", e("c3"));
+        let (counted, real) = bytes(&v);
+        assert_eq!(counted, real);
+        assert!(counted <= 200, "{counted}");
+        let ids = ["c1".to_string(), "c2".to_string(), "c3".to_string()];
+        let got = v.get("key:a", &ids).await;
+        assert!(!got.contains_key("c1"), "oldest dropped first");
+        assert!(got.contains_key("c3"));
+        assert!(
+            v.get("key:b", &ids).await.is_empty(),
+            "another scope sees nothing"
+        );
+        // An entry larger than the per-entry bound is not kept.
+        v.put(
+            "key:a",
+            vec![("big".into(), json!("y".repeat(MAX_ENTRY_BYTES)))],
+        );
+        assert!(v.get("key:a", &["big".to_string()]).await.is_empty());
+    }
+
+    #[tokio::test]
+    async fn entries_expire() {
+        let v = vault(1 << 20, Duration::from_millis(50));
+        v.put("", vec![("c1".into(), json!({"extra_content": {}}))]);
+        assert_eq!(v.get("", &["c1".to_string()]).await.len(), 1);
+        tokio::time::sleep(Duration::from_millis(80)).await;
+        assert!(v.get("", &["c1".to_string()]).await.is_empty());
     }
 }

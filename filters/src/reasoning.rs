@@ -89,28 +89,55 @@ pub fn valid_id(id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
-/// Ids of tool calls in assistant messages whose state the client did not send: the first
-/// call of a turn without thinking blocks, every call without `extra_content`. The most recent
-/// turns first, at most [`MAX_LOOKUPS`].
-pub fn ids_missing_state(messages: &[Value]) -> Vec<String> {
-    let mut ids = Vec::new();
-    for m in messages.iter().rev() {
-        if m.get("role").and_then(Value::as_str) != Some("assistant") {
+/// Which reasoning state a dialect needs back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Needed {
+    /// Anthropic: the signed thinking blocks of a turn (kept under its first call).
+    Thinking,
+    /// Gemini: the thought signature on a turn's first call.
+    Signature,
+}
+
+/// The assistant turns a provider checks: those after the last `user` message (tool results
+/// are `tool` messages, so this is the current agent turn). Earlier turns without state are
+/// accepted by both providers, and restoring only these bounds the work by the request's size.
+fn current_turns(messages: &[Value]) -> std::ops::Range<usize> {
+    let start = messages
+        .iter()
+        .rposition(|m| m.get("role").and_then(Value::as_str) == Some("user"))
+        .map_or(0, |i| i + 1);
+    start..messages.len()
+}
+
+fn has_state(m: &Value, needed: Needed) -> bool {
+    match needed {
+        Needed::Thinking => m.get("thinking_blocks").is_some(),
+        Needed::Signature => m
+            .get("tool_calls")
+            .and_then(Value::as_array)
+            .is_some_and(|c| c.iter().any(|c| c.get("extra_content").is_some())),
+    }
+}
+
+fn first_call_id(m: &Value) -> Option<&str> {
+    m.pointer("/tool_calls/0/id")
+        .and_then(Value::as_str)
+        .filter(|i| valid_id(i))
+}
+
+/// Ids to look up: the first call of each current assistant turn that lacks the state the
+/// dialect needs, each once, at most [`MAX_LOOKUPS`].
+pub fn ids_missing_state(messages: &[Value], needed: Needed) -> Vec<String> {
+    let mut ids: Vec<String> = Vec::new();
+    for m in &messages[current_turns(messages)] {
+        if m.get("role").and_then(Value::as_str) != Some("assistant") || has_state(m, needed) {
             continue;
         }
-        let Some(calls) = m.get("tool_calls").and_then(Value::as_array) else {
-            continue;
-        };
-        let has_thinking =
-            m.get("thinking_blocks").is_some() || m.get("reasoning_signature").is_some();
-        for (i, c) in calls.iter().enumerate() {
-            let Some(id) = c.get("id").and_then(Value::as_str).filter(|i| valid_id(i)) else {
-                continue;
-            };
-            if (i == 0 && !has_thinking) || c.get("extra_content").is_none() {
+        if let Some(id) = first_call_id(m) {
+            if !ids.iter().any(|i| i == id) {
                 ids.push(id.to_string());
                 if ids.len() == MAX_LOOKUPS {
-                    return ids;
+                    break;
                 }
             }
         }
@@ -118,42 +145,39 @@ pub fn ids_missing_state(messages: &[Value]) -> Vec<String> {
     ids
 }
 
-/// Puts the vault's entries back into the assistant messages that lack them; true when
-/// anything changed. Fields the client sent are never replaced.
-pub fn restore(messages: &mut [Value], found: &HashMap<String, Value>) -> bool {
+/// Puts the vault's entries back into the current assistant turns that lack them, each entry
+/// at most once; true when anything changed. Fields the client sent are never replaced.
+pub fn restore(messages: &mut [Value], found: &HashMap<String, Value>, needed: Needed) -> bool {
     if found.is_empty() {
         return false;
     }
+    let mut used: Vec<&str> = Vec::new();
     let mut changed = false;
-    for m in messages.iter_mut() {
-        if m.get("role").and_then(Value::as_str) != Some("assistant") {
+    let range = current_turns(messages);
+    for m in &mut messages[range] {
+        if m.get("role").and_then(Value::as_str) != Some("assistant") || has_state(m, needed) {
             continue;
         }
-        let has_thinking =
-            m.get("thinking_blocks").is_some() || m.get("reasoning_signature").is_some();
-        let mut blocks = None;
-        let Some(calls) = m.get_mut("tool_calls").and_then(Value::as_array_mut) else {
+        let Some((id, entry)) = first_call_id(m).and_then(|id| found.get_key_value(id)) else {
             continue;
         };
-        for (i, c) in calls.iter_mut().enumerate() {
-            let Some(entry) = c
-                .get("id")
-                .and_then(Value::as_str)
-                .and_then(|id| found.get(id))
-            else {
-                continue;
-            };
-            if i == 0 && !has_thinking {
-                blocks = entry.get("thinking_blocks").cloned();
-            }
-            if let (Some(x), None) = (entry.get("extra_content"), c.get("extra_content")) {
-                c["extra_content"] = x.clone();
-                changed = true;
-            }
+        if used.contains(&id.as_str()) {
+            continue;
         }
-        if let Some(b) = blocks {
-            m["thinking_blocks"] = b;
-            changed = true;
+        used.push(id.as_str());
+        match needed {
+            Needed::Thinking => {
+                if let Some(b) = entry.get("thinking_blocks") {
+                    m["thinking_blocks"] = b.clone();
+                    changed = true;
+                }
+            }
+            Needed::Signature => {
+                if let Some(x) = entry.get("extra_content") {
+                    m["tool_calls"][0]["extra_content"] = x.clone();
+                    changed = true;
+                }
+            }
         }
     }
     changed
@@ -188,21 +212,50 @@ mod tests {
                 {"id": "toolu_2", "type": "function", "function": {"name": "b", "arguments": "{}"}}]}),
             json!({"role": "tool", "tool_call_id": "toolu_1", "content": "1"}),
         ];
-        assert_eq!(ids_missing_state(&msgs), ["toolu_1", "toolu_2"]);
-        assert!(restore(&mut msgs, &entries));
-        assert_eq!(msgs[1]["thinking_blocks"][0]["signature"], "s");
+        assert_eq!(ids_missing_state(&msgs, Needed::Thinking), ["toolu_1"]);
+        assert_eq!(ids_missing_state(&msgs, Needed::Signature), ["toolu_1"]);
+        let mut anthropic = msgs.clone();
+        assert!(restore(&mut anthropic, &entries, Needed::Thinking));
+        assert_eq!(anthropic[1]["thinking_blocks"][0]["signature"], "s");
+        assert!(restore(&mut msgs, &entries, Needed::Signature));
         assert_eq!(
             msgs[1]["tool_calls"][0]["extra_content"]["google"]["thought_signature"],
             "g1"
         );
-        assert!(msgs[1]["tool_calls"][1].get("extra_content").is_none());
-        // What the client sent wins; a complete history asks for nothing.
-        let mut own = msgs.clone();
+        assert!(msgs[1].get("thinking_blocks").is_none());
+        // What the client sent wins; a complete turn asks for nothing.
+        let mut own = anthropic.clone();
         own[1]["thinking_blocks"] =
             json!([{"type": "thinking", "thinking": "mine", "signature": "m"}]);
-        restore(&mut own, &entries);
+        assert!(!restore(&mut own, &entries, Needed::Thinking));
         assert_eq!(own[1]["thinking_blocks"][0]["signature"], "m");
-        assert_eq!(ids_missing_state(&msgs), ["toolu_2"]);
+        assert!(ids_missing_state(&msgs, Needed::Signature).is_empty());
+        // Only the current turn, and each entry once: 10,000 copies of one id cost one.
+        let mut many = vec![json!({"role": "user", "content": "q"})];
+        for _ in 0..10_000 {
+            many.push(anthropic[1].clone());
+            many.last_mut()
+                .unwrap()
+                .as_object_mut()
+                .unwrap()
+                .remove("thinking_blocks");
+        }
+        assert_eq!(ids_missing_state(&many, Needed::Thinking).len(), 1);
+        assert!(restore(&mut many, &entries, Needed::Thinking));
+        assert_eq!(
+            many.iter()
+                .filter(|m| m.get("thinking_blocks").is_some())
+                .count(),
+            1
+        );
+        // Turns before the last user message are not touched.
+        let mut old = vec![
+            anthropic[0].clone(),
+            msgs[1].clone(),
+            json!({"role": "user", "content": "next"}),
+        ];
+        old[1].as_object_mut().unwrap().remove("thinking_blocks");
+        assert!(ids_missing_state(&old, Needed::Thinking).is_empty());
         // Ids that could not be keys are never looked up or kept.
         assert!(!valid_id("a b"));
         assert!(!valid_id(&"x".repeat(41)));

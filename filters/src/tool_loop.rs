@@ -222,10 +222,15 @@ pub fn parse_reply(body: &[u8]) -> Result<Reply, String> {
         _ => None,
     };
     let mut rest = choice.message.rest;
-    let carried = CARRIED_FIELDS
+    let mut carried: Map<String, Value> = CARRIED_FIELDS
         .iter()
         .filter_map(|k| Some((k.to_string(), rest.remove(*k)?)))
         .collect();
+    // Reasoning text goes back only with what makes it replayable, as in streamed rounds (some
+    // OpenAI-compatible servers refuse `reasoning_content` in input messages).
+    if !carried.contains_key("thinking_blocks") && !carried.contains_key("reasoning_signature") {
+        carried.remove("reasoning_content");
+    }
     Ok(Reply {
         content,
         carried,
@@ -782,7 +787,11 @@ mod tests {
         assert_eq!(r.tool_calls.len(), 1);
         assert_eq!(r.finish_reason.as_deref(), Some("tool_calls"));
         assert_eq!(r.usage.unwrap().total_tokens, 7);
-        assert_eq!(r.carried.len(), 1);
+        // Reasoning text alone (DeepSeek-style) does not go back: some servers refuse it.
+        assert!(r.carried.is_empty());
+        let signed = br#"{"choices":[{"message":{"content":"hi","reasoning_content":"think","reasoning_signature":"s","refusal":null,"tool_calls":[]},"finish_reason":"tool_calls"}]}"#;
+        let r = parse_reply(signed).unwrap();
+        assert_eq!(r.carried.len(), 2);
         let m = assistant_message(r.content.as_deref(), &[], &r.carried);
         assert_eq!(m["reasoning_content"], "think");
         assert!(m.get("refusal").is_none());

@@ -125,8 +125,10 @@ async fn run(
         ))
         .code("provider_not_configured"));
     }
-    if ep == Endpoint::Chat && needs_reasoning_state(provider.dialect) {
-        restore_reasoning_state(gw, ctx, &mut obj).await?;
+    if ep == Endpoint::Chat {
+        if let Some(needed) = reasoning_needed(provider.dialect) {
+            restore_reasoning_state(gw, ctx, &mut obj, needed).await?;
+        }
     }
     if ep == Endpoint::Chat {
         // The hub check is a pointer test when MCP is off; the body is looked at only after.
@@ -153,10 +155,18 @@ async fn run(
     relay_whole(gw, session, ctx, resp, &route, &plan).await
 }
 
-/// Dialects whose turns carry reasoning state that must come back (Anthropic thinking,
-/// Gemini thought signatures).
+/// The reasoning state a dialect's turns must come back with (Anthropic thinking, Gemini
+/// thought signatures), if any.
+fn reasoning_needed(d: Dialect) -> Option<filters::reasoning::Needed> {
+    match d {
+        Dialect::Anthropic => Some(filters::reasoning::Needed::Thinking),
+        Dialect::Google => Some(filters::reasoning::Needed::Signature),
+        _ => None,
+    }
+}
+
 fn needs_reasoning_state(d: Dialect) -> bool {
-    matches!(d, Dialect::Anthropic | Dialect::Google)
+    reasoning_needed(d).is_some()
 }
 
 /// The vault's scope for the caller: its principal, or everyone on an open gateway.
@@ -171,6 +181,7 @@ async fn restore_reasoning_state(
     gw: &Gateway,
     ctx: &RequestCtx,
     obj: &mut RawObject<'_>,
+    needed: filters::reasoning::Needed,
 ) -> Result<(), ApiError> {
     if !gw.vault.enabled() {
         return Ok(());
@@ -183,12 +194,12 @@ async fn restore_reasoning_state(
     }
     let mut messages: Vec<Value> = serde_json::from_str(raw.get())
         .map_err(|_| ApiError::bad_request("messages must be an array").param("messages"))?;
-    let ids = filters::reasoning::ids_missing_state(&messages);
+    let ids = filters::reasoning::ids_missing_state(&messages, needed);
     if ids.is_empty() {
         return Ok(());
     }
     let found = gw.vault.get(vault_scope(ctx), &ids).await;
-    if filters::reasoning::restore(&mut messages, &found) {
+    if filters::reasoning::restore(&mut messages, &found, needed) {
         obj.set("messages", &messages);
     }
     Ok(())

@@ -18,7 +18,23 @@ use crate::usage::{CompletionTokensDetails, PromptTokensDetails, Usage};
 /// Request fields Anthropic accepts as they are (native extensions a client may send).
 const NATIVE_PASSTHROUGH: &[&str] = &["top_k", "thinking"];
 /// OpenAI fields consumed by the translation itself.
-const CONSUMED: &[&str] = &["user", "parallel_tool_calls", "n", "stream_options"];
+const CONSUMED: &[&str] = &[
+    "user",
+    "parallel_tool_calls",
+    "n",
+    "stream_options",
+    "reasoning_effort",
+];
+
+/// `reasoning_effort` as a thinking budget (Anthropic's minimum is 1,024).
+fn thinking_budget(effort: &str) -> Option<u64> {
+    match effort {
+        "low" => Some(2048),
+        "medium" => Some(8192),
+        "high" | "xhigh" => Some(24576),
+        _ => None, // none, minimal: no thinking
+    }
+}
 
 #[derive(Serialize)]
 struct MessagesRequest<'a> {
@@ -55,7 +71,7 @@ pub fn translate_request(
     req: &ChatCompletionRequest,
     opts: &RequestOptions,
 ) -> Result<NativeRequest, TranslateError> {
-    let mut dropped = Vec::new();
+    let mut dropped = super::non_function_tools(req);
     // Assistant turns that carry signed thinking (by message index).
     let mut signed_turns: Vec<usize> = Vec::new();
     let mut system_blocks: Vec<Value> = Vec::new();
@@ -231,6 +247,41 @@ pub fn translate_request(
             dropped.push(k.clone());
         }
     }
+    // `reasoning_effort` turns on thinking (unless the client sent `thinking` itself): the
+    // budget comes on top of the client's `max_tokens`, so that still caps the visible answer,
+    // and what thinking forbids is adjusted and named.
+    let mut max_tokens = req
+        .max_completion_tokens
+        .or(req.max_tokens)
+        .unwrap_or(opts.default_max_tokens);
+    let effort_budget = req
+        .extra
+        .get("reasoning_effort")
+        .and_then(Value::as_str)
+        .and_then(thinking_budget)
+        .filter(|_| !req.extra.contains_key("thinking") && !unsigned_tool_turn);
+    let mut temperature_fixed = None;
+    if let Some(budget) = effort_budget {
+        native.insert(
+            "thinking".into(),
+            json!({"type": "enabled", "budget_tokens": budget}),
+        );
+        max_tokens = max_tokens.saturating_add(budget);
+        temperature_fixed = Some(());
+        if native.remove("top_k").is_some() {
+            dropped.push("top_k".into());
+        }
+        if let Some(tc) = &mut tool_choice {
+            if matches!(tc["type"].as_str(), Some("any" | "tool")) {
+                // Thinking allows only `auto` or `none`.
+                tc["type"] = json!("auto");
+                if let Some(o) = tc.as_object_mut() {
+                    o.remove("name");
+                }
+                dropped.push("tool_choice".into());
+            }
+        }
+    }
     // Anthropic's temperature range is 0-1 (OpenAI's 0-2): clamped, and named. Claude 4.1 and
     // later refuse `temperature` together with `top_p`: the temperature is kept.
     let mut temperature = req.temperature;
@@ -243,12 +294,20 @@ pub fn translate_request(
         top_p = None;
         dropped.push("top_p".into());
     }
+    if temperature_fixed.is_some() {
+        // With thinking: temperature only 1, top_p only 0.95 to 1.
+        if temperature.is_some_and(|t| t != 1.0) {
+            temperature = None;
+            dropped.push("temperature".into());
+        }
+        if top_p.is_some_and(|p| p < 0.95) {
+            top_p = Some(0.95);
+            dropped.push("top_p".into());
+        }
+    }
     let body = MessagesRequest {
         model: &req.model,
-        max_tokens: req
-            .max_completion_tokens
-            .or(req.max_tokens)
-            .unwrap_or(opts.default_max_tokens),
+        max_tokens,
         messages,
         system,
         temperature,
@@ -274,7 +333,8 @@ pub fn sampling_exclusive(model: &str) -> bool {
         return false;
     };
     let small = |p: &&str| !p.is_empty() && p.len() <= 2 && p.bytes().all(|b| b.is_ascii_digit());
-    let parts: Vec<&str> = rest.split('-').collect();
+    // Vertex names put the date after `@` (`claude-sonnet-4-5@20250929`).
+    let parts: Vec<&str> = rest.split(['-', '@']).collect();
     let Some(i) = parts.iter().position(small) else {
         return false;
     };
@@ -332,7 +392,8 @@ fn text_blocks(content: Option<&Value>) -> Vec<Value> {
         Some(Value::Array(parts)) => parts
             .iter()
             .filter_map(|p| {
-                let text = p.get("text")?.as_str()?;
+                // Anthropic refuses empty text blocks.
+                let text = p.get("text")?.as_str().filter(|t| !t.is_empty())?;
                 let mut b = json!({"type": "text", "text": text});
                 if let Some(cc) = p.get("cache_control") {
                     b["cache_control"] = cc.clone();
@@ -352,6 +413,19 @@ fn user_blocks(content: Option<&Value>, i: usize) -> Result<Vec<Value>, Translat
     for p in parts {
         match p.get("type").and_then(Value::as_str) {
             Some("text") => blocks.extend(text_blocks(Some(&Value::Array(vec![p.clone()])))),
+            Some("file") => {
+                let (mime, data) = super::inline_file(p).ok_or_else(|| {
+                    TranslateError::new(
+                        format!("messages[{i}]: file parts need file_data (a data: URL or base64 with a .pdf filename); file ids cannot be resolved"),
+                        Some("messages"),
+                    )
+                })?;
+                let mut b = json!({"type": "document", "source": {"type": "base64", "media_type": mime, "data": data}});
+                if let Some(cc) = p.get("cache_control") {
+                    b["cache_control"] = cc.clone();
+                }
+                blocks.push(b);
+            }
             Some("image_url") => {
                 let url = image_url(p).ok_or_else(|| {
                     TranslateError::new(
@@ -526,7 +600,9 @@ pub fn translate_response(
     let mut extra = Map::new();
     if !reasoning.is_empty() {
         extra.insert("reasoning_content".into(), Value::String(reasoning));
-        if let Some(s) = signature {
+        // The older pair replays one block: only when there is exactly one (several blocks
+        // joined under one signature would be refused; `thinking_blocks` carries them).
+        if let (Some(s), 1) = (signature, blocks.len()) {
             extra.insert("reasoning_signature".into(), Value::String(s));
         }
     }
@@ -850,6 +926,8 @@ mod sampling_tests {
             ("claude-3-7-sonnet-latest", false),
             ("claude-3-5-haiku-20241022", false),
             ("my-llama", false),
+            ("claude-sonnet-4-5@20250929", true),
+            ("claude-sonnet-4@20250514", false),
         ] {
             assert_eq!(super::sampling_exclusive(m), want, "{m}");
         }

@@ -60,7 +60,7 @@ pub fn translate_request(
     req: &ChatCompletionRequest,
     _opts: &RequestOptions,
 ) -> Result<NativeRequest, TranslateError> {
-    let mut dropped = Vec::new();
+    let mut dropped = super::non_function_tools(req);
     let mut messages = Vec::with_capacity(req.messages.len());
     for (i, m) in req.messages.iter().enumerate() {
         let msg = match m.role.as_str() {
@@ -249,16 +249,27 @@ fn user_content(content: Option<&Value>, i: usize) -> Result<Value, TranslateErr
     let mut out = Vec::with_capacity(parts.len());
     for p in parts {
         match p.get("type").and_then(Value::as_str) {
-            Some("text") => out.push(json!({"type": "text", "text": p.get("text").and_then(Value::as_str).unwrap_or("")})),
+            Some("text") => {
+                // No empty text parts.
+                let t = p.get("text").and_then(Value::as_str).unwrap_or("");
+                if !t.is_empty() {
+                    out.push(json!({"type": "text", "text": t}));
+                }
+            }
             Some("image_url") => {
                 let url = image_url(p).ok_or_else(|| {
-                    TranslateError::new(format!("messages[{i}]: image_url part without url"), Some("messages"))
+                    TranslateError::new(
+                        format!("messages[{i}]: image_url part without url"),
+                        Some("messages"),
+                    )
                 })?;
                 out.push(json!({"type": "image_url", "image_url": {"url": url}}));
             }
             other => {
                 return Err(TranslateError::new(
-                    format!("messages[{i}]: content part type {other:?} is not supported by Cohere"),
+                    format!(
+                        "messages[{i}]: content part type {other:?} is not supported by Cohere"
+                    ),
                     Some("messages"),
                 ))
             }
@@ -287,18 +298,28 @@ struct NativeUsage {
 }
 
 impl NativeUsage {
-    /// `tokens` counts what the model processed; `billed_units` what is billed. Prefer the former.
+    /// `billed_units` is what Cohere charges (its `tokens` also count the prompt template
+    /// the model processed): usage, cost and limits follow the bill, `tokens` when there is
+    /// none. Both stay in the usage as reported.
     fn to_openai(&self) -> Usage {
         let billed = self
             .billed_units
             .as_ref()
-            .and_then(|b| serde_json::from_value::<Tokens>(b.clone()).ok());
-        let t = self.tokens.clone().or(billed).unwrap_or_default();
+            .and_then(|b| serde_json::from_value::<Tokens>(b.clone()).ok())
+            .filter(|b| b.input_tokens.is_some() || b.output_tokens.is_some());
+        let t = billed.or_else(|| self.tokens.clone()).unwrap_or_default();
         let prompt = t.input_tokens.unwrap_or(0.0) as u64;
         let completion = t.output_tokens.unwrap_or(0.0) as u64;
         let mut extra = Map::new();
         if let Some(b) = &self.billed_units {
             extra.insert("billed_units".into(), b.clone());
+        }
+        if let Some(t) = &self.tokens {
+            let n = |x: Option<f64>| x.map(|v| v as u64);
+            extra.insert(
+                "tokens".into(),
+                json!({"input_tokens": n(t.input_tokens), "output_tokens": n(t.output_tokens)}),
+            );
         }
         Usage {
             prompt_tokens: prompt,

@@ -67,6 +67,32 @@ fn is_gemini_3(model: &str) -> bool {
         .starts_with("gemini-3")
 }
 
+/// `reasoning_effort` as each family takes it: Gemini 3 a `thinkingLevel` (Pro: `low`, `high`;
+/// Flash also `minimal` and `medium`), Gemini 2.5 a budget within the model's range (Pro cannot
+/// turn thinking off: 128 to 32,768; Flash-Lite 512 or 0; Flash 0 to 24,576).
+fn thinking_config(model: &str, effort: &str) -> Value {
+    let m = model.strip_prefix("models/").unwrap_or(model);
+    if m.starts_with("gemini-3") {
+        let flash = m.contains("flash");
+        let level = match effort {
+            "none" | "minimal" if flash => "minimal",
+            "medium" if flash => "medium",
+            "none" | "minimal" | "low" => "low",
+            _ => "high",
+        };
+        return json!({"thinkingLevel": level, "includeThoughts": true});
+    }
+    let pro = m.contains("pro");
+    let budget = match effort {
+        "none" | "minimal" if pro => 128,
+        "none" | "minimal" => 0,
+        "low" => 1024,
+        "medium" => 8192,
+        _ => 24576,
+    };
+    json!({"thinkingBudget": budget, "includeThoughts": true})
+}
+
 /// Gemini 2.5 and 3 models refuse `presencePenalty` / `frequencyPenalty`.
 fn penalties_refused(model: &str) -> bool {
     let m = model.strip_prefix("models/").unwrap_or(model);
@@ -87,7 +113,7 @@ pub fn translate_request(
     req: &ChatCompletionRequest,
     _opts: &RequestOptions,
 ) -> Result<NativeRequest, TranslateError> {
-    let mut dropped = Vec::new();
+    let mut dropped = super::non_function_tools(req);
     let mut system_parts: Vec<Value> = Vec::new();
     let mut contents: Vec<Content> = Vec::new();
     // functionResponse needs the function's name; tool messages only carry the call id.
@@ -285,16 +311,7 @@ pub fn translate_request(
         _ => {}
     }
     if let Some(effort) = x.get("reasoning_effort").and_then(Value::as_str) {
-        let budget = match effort {
-            "minimal" | "none" => 0,
-            "low" => 1024,
-            "medium" => 8192,
-            _ => 24576,
-        };
-        set(
-            "thinkingConfig",
-            Some(json!({"thinkingBudget": budget, "includeThoughts": true})),
-        );
+        set("thinkingConfig", Some(thinking_config(&req.model, effort)));
     }
 
     let mut native = Map::new();
@@ -345,7 +362,29 @@ fn user_parts(content: Option<&Value>, i: usize) -> Result<Vec<Value>, Translate
     for p in parts {
         match p.get("type").and_then(Value::as_str) {
             Some("text") => {
-                out.push(json!({ "text": p.get("text").and_then(Value::as_str).unwrap_or("") }))
+                // No empty text parts (Gemini refuses a part with no data).
+                let t = p.get("text").and_then(Value::as_str).unwrap_or("");
+                if !t.is_empty() {
+                    out.push(json!({ "text": t }));
+                }
+            }
+            Some("file") => {
+                let (mime, data) = super::inline_file(p).ok_or_else(|| {
+                    TranslateError::new(
+                        format!("messages[{i}]: file parts need file_data (a data: URL or base64 with a .pdf filename); file ids cannot be resolved"),
+                        Some("messages"),
+                    )
+                })?;
+                out.push(json!({"inlineData": {"mimeType": mime, "data": data}}));
+            }
+            Some("input_audio") => {
+                let (mime, data) = super::inline_audio(p).ok_or_else(|| {
+                    TranslateError::new(
+                        format!("messages[{i}]: input_audio part without data"),
+                        Some("messages"),
+                    )
+                })?;
+                out.push(json!({"inlineData": {"mimeType": mime, "data": data}}));
             }
             Some("image_url") => {
                 let url = image_url(p).ok_or_else(|| {
@@ -538,6 +577,18 @@ fn call_id(id: Option<String>, response: &str, index: usize) -> String {
     format!("call_{r}_{index}")
 }
 
+/// A stand-in for a missing `responseId`: a hash of the answer's own bytes, so two answers
+/// in the same second do not share call ids (Gemini normally sends one).
+fn fallback_response_id(created: u64, bytes: &[u8]) -> String {
+    // FNV-1a: stable across runs (golden tests), no dependency.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("chatcmpl-gemini-{h:016x}{created}")
+}
+
 /// `extra_content` carrying a thought signature (Google's OpenAI-compatible carrier).
 fn signature_carrier(sig: Option<String>) -> Map<String, Value> {
     let mut m = Map::new();
@@ -582,7 +633,7 @@ pub fn translate_response(
     }
     let response_id = r
         .response_id
-        .unwrap_or_else(|| format!("chatcmpl-gemini-{created}"));
+        .unwrap_or_else(|| fallback_response_id(created, body));
     let mut text = String::new();
     let mut reasoning = String::new();
     let mut tool_calls = Vec::new();
@@ -705,8 +756,9 @@ impl StreamState {
         };
         if !self.id_set {
             self.id_set = true;
-            if let Some(id) = r.response_id {
-                self.w.id = id;
+            match r.response_id {
+                Some(id) => self.w.id = id,
+                None => self.w.id = fallback_response_id(self.w.created, data),
             }
             if let Some(m) = r.model_version {
                 self.w.model = m;

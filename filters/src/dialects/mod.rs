@@ -390,6 +390,44 @@ pub(crate) fn parse_data_url(url: &str) -> Option<(&str, &str)> {
     ))
 }
 
+/// Tools a dialect cannot take (anything but `function`: OpenAI's hosted tools, `custom`), as
+/// names for `x-gateway-dropped-params` (`tools.<type>`), never dropped silently.
+pub(crate) fn non_function_tools(req: &crate::openai::ChatCompletionRequest) -> Vec<String> {
+    req.tools
+        .iter()
+        .flatten()
+        .filter(|t| t.function.is_none())
+        .map(|t| format!("tools.{}", t.kind))
+        .collect()
+}
+
+/// An OpenAI `file` content part given inline (`file.file_data` as a `data:` URL, or plain
+/// base64 with `filename` naming a PDF): `(media type, base64 data)`. Uploaded-file ids cannot
+/// be resolved by the gateway and give `None`.
+pub(crate) fn inline_file(part: &Value) -> Option<(String, String)> {
+    let f = part.get("file")?;
+    let data = f.get("file_data")?.as_str()?;
+    if let Some((mime, b64)) = parse_data_url(data) {
+        return Some((mime.to_string(), b64.to_string()));
+    }
+    let name = f.get("filename").and_then(Value::as_str).unwrap_or("");
+    name.to_ascii_lowercase()
+        .ends_with(".pdf")
+        .then(|| ("application/pdf".to_string(), data.to_string()))
+}
+
+/// An OpenAI `input_audio` part: `(media type, base64 data)`.
+pub(crate) fn inline_audio(part: &Value) -> Option<(String, String)> {
+    let a = part.get("input_audio")?;
+    let data = a.get("data")?.as_str()?;
+    let mime = match a.get("format").and_then(Value::as_str).unwrap_or("wav") {
+        "mp3" => "audio/mp3",
+        "wav" => "audio/wav",
+        other => return Some((format!("audio/{other}"), data.to_string())),
+    };
+    Some((mime.to_string(), data.to_string()))
+}
+
 /// The image URL of an OpenAI `image_url` content part.
 pub(crate) fn image_url(part: &Value) -> Option<&str> {
     match part.get("image_url")? {
