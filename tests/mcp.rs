@@ -1287,3 +1287,72 @@ async fn kept_reasoning_state_belongs_to_the_key_that_received_it() {
         "sig_g0"
     );
 }
+
+#[tokio::test]
+async fn vault_state_never_reaches_a_fallback_of_another_dialect() {
+    // The Anthropic primary answers the first turn, then fails; the fallback is a strict
+    // OpenAI-compatible server that refuses unknown message fields (as Mistral does).
+    let anthropic = MockUpstream::start(|req: &Recorded| {
+        if req.json()["messages"].as_array().unwrap().len() > 1 {
+            return json_response(
+                503,
+                r#"{"type":"error","error":{"type":"overloaded_error","message":"busy"}}"#,
+            );
+        }
+        anthropic_model(req)
+    })
+    .await;
+    let strict = MockUpstream::start(|req: &Recorded| {
+        let body = req.json();
+        let extra = body["messages"].as_array().unwrap().iter().any(|m| {
+            m.get("thinking_blocks").is_some()
+                || m["tool_calls"]
+                    .as_array()
+                    .is_some_and(|c| c.iter().any(|c| c.get("extra_content").is_some()))
+        });
+        if extra {
+            return json_response(
+                422,
+                r#"{"object":"error","message":"extra_forbidden","type":"invalid_request_error"}"#,
+            );
+        }
+        json_response(200, &chat_completion("fallback", "from the fallback"))
+    })
+    .await;
+    let toml = "[aliases.smart]\ntarget = \"anthropic/claude-sonnet-4-5\"\nfallbacks = [\"openai/gpt-4o\"]\n";
+    let gw = GatewayProcess::start(
+        &provider_env(&[
+            ("anthropic", anthropic.url("/v1")),
+            ("openai", strict.url("/v1")),
+        ]),
+        Some(toml),
+    );
+    let first = json!({"model": "smart", "max_tokens": 2048,
+        "thinking": {"type": "enabled", "budget_tokens": 1024},
+        "messages": [{"role": "user", "content": "client"}],
+        "tools": [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]});
+    let r = post_chat(gw.addr(), first.to_string().as_bytes()).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let assistant = standard_fields_only(&r, false);
+    let id = assistant["tool_calls"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut next = first.clone();
+    next["messages"] = json!([first["messages"][0], assistant,
+        {"role": "tool", "tool_call_id": id, "content": "sunny"}]);
+    let r = post_chat(gw.addr(), next.to_string().as_bytes()).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        r.json()["choices"][0]["message"]["content"],
+        "from the fallback"
+    );
+    // The primary was sent the restored blocks; the fallback the client's own messages.
+    assert_eq!(
+        anthropic.last().json()["messages"][1]["content"][0]["type"],
+        "thinking"
+    );
+    assert!(strict.last().json()["messages"][1]
+        .get("thinking_blocks")
+        .is_none());
+}

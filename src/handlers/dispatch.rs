@@ -132,6 +132,13 @@ pub(super) async fn dispatch<'r>(
             Some(o) => o.clone(),
             None => std::mem::take(obj),
         };
+        // State the vault added for a native primary is not for other dialects (strict
+        // OpenAI-compatible servers refuse unknown message fields).
+        if !llm::needs_reasoning_state(candidate.provider.dialect) {
+            if let Some(m) = &ctx.client_messages {
+                body.set_raw("messages", m.clone());
+            }
+        }
         let plan = llm::plan_call(&mut body, &candidate, ep);
         if original.is_none() {
             *obj = body;

@@ -165,7 +165,7 @@ fn reasoning_needed(d: Dialect) -> Option<filters::reasoning::Needed> {
     }
 }
 
-fn needs_reasoning_state(d: Dialect) -> bool {
+pub(super) fn needs_reasoning_state(d: Dialect) -> bool {
     reasoning_needed(d).is_some()
 }
 
@@ -179,7 +179,7 @@ fn vault_scope(ctx: &RequestCtx) -> &str {
 /// do: a substring test on the raw messages.
 async fn restore_reasoning_state(
     gw: &Gateway,
-    ctx: &RequestCtx,
+    ctx: &mut RequestCtx,
     obj: &mut RawObject<'_>,
     needed: filters::reasoning::Needed,
 ) -> Result<(), ApiError> {
@@ -200,6 +200,7 @@ async fn restore_reasoning_state(
     }
     let found = gw.vault.get(vault_scope(ctx), &ids).await;
     if filters::reasoning::restore(&mut messages, &found, needed) {
+        ctx.client_messages = Some(raw.to_owned());
         obj.set("messages", &messages);
     }
     Ok(())

@@ -121,6 +121,9 @@ pub struct RequestCtx {
     pub admission: Option<crate::limits::Admission>,
     /// Admissions of later MCP loop rounds (reservations only: released in `logging`).
     pub round_admissions: Vec<crate::limits::Admission>,
+    /// The client's `messages` before the reasoning vault added state to them: what a fallback
+    /// of a dialect that does not take that state is sent.
+    pub client_messages: Option<Box<serde_json::value::RawValue>>,
     /// Completion tokens one model call of this request may use (`max_tokens` x `n`, or the
     /// default reserve), reserved against TPM and budget.
     pub completion_reserve: u64,
@@ -200,6 +203,7 @@ impl ProxyHttp for Gateway {
             admission: None,
             round_admissions: Vec::new(),
             completion_reserve: 0,
+            client_messages: None,
             rate_headers: None,
             cost_usd: None,
             upstream_calls: 0,
