@@ -376,3 +376,52 @@ async fn native_request_that_is_not_a_chat_request_is_400() {
     assert_eq!(r.json()["error"]["type"], "invalid_request_error");
     assert_eq!(up.count(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn anthropic_response_format_is_a_forced_tool_whose_input_is_the_answer() {
+    // A Claude model without structured outputs: the gateway forces a `json_response` tool
+    // and gives its input back as the content (never drops `response_format`).
+    let up = MockUpstream::start(|req: &Recorded| {
+        let body = req.json();
+        if body["tool_choice"] != json!({"type": "tool", "name": "json_response"}) {
+            return json_response(
+                400,
+                r#"{"type":"error","error":{"type":"invalid_request_error","message":"expected the forced tool"}}"#,
+            );
+        }
+        if body["stream"] == true {
+            native_stream(fixture("anthropic/json_tool.stream.sse"))
+        } else {
+            json_response(
+                200,
+                std::str::from_utf8(&fixture("anthropic/json_tool.response.json")).unwrap(),
+            )
+        }
+    })
+    .await;
+    let gw = GatewayProcess::start(&provider_env(&[("anthropic", up.url("/v1"))]), None);
+    let req = json!({"model": "anthropic/claude-3-7-sonnet-latest",
+        "response_format": {"type": "json_schema", "json_schema": {"name": "c", "schema": {"type": "object", "properties": {"city": {"type": "string"}}}}},
+        "messages": [{"role": "user", "content": "Capital of France?"}]});
+    let r = post_chat(gw.addr(), req.to_string().as_bytes()).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    let content: Value =
+        serde_json::from_str(v["choices"][0]["message"]["content"].as_str().unwrap()).unwrap();
+    assert_eq!(content, json!({"city": "Paris"}));
+    assert_eq!(v["choices"][0]["finish_reason"], "stop");
+    assert!(v["choices"][0]["message"].get("tool_calls").is_none());
+    let mut stream = req.clone();
+    stream["stream"] = json!(true);
+    let r = post_chat(gw.addr(), stream.to_string().as_bytes()).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let evs = events(&r.text());
+    let content: Value = serde_json::from_str(&joined_content(&evs)).unwrap();
+    assert_eq!(content, json!({"city": "Paris"}));
+    assert!(evs
+        .iter()
+        .all(|e| e["choices"][0]["delta"].get("tool_calls").is_none()));
+    assert!(evs
+        .iter()
+        .any(|e| e["choices"][0]["finish_reason"] == "stop"));
+}

@@ -107,11 +107,12 @@ fn requests() {
 fn responses() {
     for d in DIALECTS {
         for input in files(d.name(), ".response.json") {
-            let got = dialects::translate_response(
+            let got = dialects::translate_response_with(
                 d,
                 &std::fs::read(&input).unwrap(),
                 "requested-model",
                 CREATED,
+                json_tool(&input),
             );
             // A provider's own failure (a malformed tool call, a timeout) is an error, with
             // its code, never an empty `stop`.
@@ -137,8 +138,30 @@ fn responses() {
     }
 }
 
-fn translate_stream(d: Dialect, chunks: &[&[u8]], include_usage: bool) -> String {
-    let mut t = dialects::stream_translator(d, "requested-model", CREATED, include_usage, 1 << 20);
+/// Fixtures named `json_tool.*` answer a request whose `response_format` was emulated with the
+/// forced tool `json_response`.
+fn json_tool(input: &Path) -> Option<&'static str> {
+    input
+        .file_name()?
+        .to_str()?
+        .starts_with("json_tool.")
+        .then_some("json_response")
+}
+
+fn translate_stream(
+    d: Dialect,
+    chunks: &[&[u8]],
+    include_usage: bool,
+    json_tool: Option<&str>,
+) -> String {
+    let mut t = dialects::stream_translator_with(
+        d,
+        "requested-model",
+        CREATED,
+        include_usage,
+        1 << 20,
+        json_tool,
+    );
     let mut out = BytesMut::new();
     for c in chunks {
         t.feed(c, &mut out).unwrap();
@@ -152,7 +175,7 @@ fn streams_and_every_split() {
     for d in DIALECTS {
         for input in files(d.name(), ".stream.sse") {
             let raw = std::fs::read(&input).unwrap();
-            let got = translate_stream(d, &[&raw], true);
+            let got = translate_stream(d, &[&raw], true, json_tool(&input));
             let name = input
                 .file_name()
                 .unwrap()
@@ -177,7 +200,7 @@ fn streams_and_every_split() {
             // Property: any split of the upstream bytes gives the same output.
             let bytes: Vec<&[u8]> = raw.chunks(1).collect();
             assert_eq!(
-                translate_stream(d, &bytes, true),
+                translate_stream(d, &bytes, true, json_tool(&input)),
                 got,
                 "byte by byte: {}",
                 input.display()
@@ -185,14 +208,14 @@ fn streams_and_every_split() {
             for at in 0..=raw.len() {
                 let (a, b) = raw.split_at(at);
                 assert_eq!(
-                    translate_stream(d, &[a, b], true),
+                    translate_stream(d, &[a, b], true, json_tool(&input)),
                     got,
                     "split at {at}: {}",
                     input.display()
                 );
             }
             // Without include_usage there is no usage-only chunk, and nothing else changes.
-            let plain = translate_stream(d, &[&raw], false);
+            let plain = translate_stream(d, &[&raw], false, json_tool(&input));
             let usage_chunks: Vec<&str> = got
                 .split("\n\n")
                 .filter(|e| e.contains("\"choices\":[]"))

@@ -472,6 +472,7 @@ pub(super) fn plan_call(
         strip_usage_chunk: prepared.strip_usage_chunk,
         client_include_usage: !prepared.strip_usage_chunk,
         dropped,
+        json_tool: None,
     })
 }
 
@@ -567,6 +568,8 @@ pub(super) struct Plan {
     pub(super) client_include_usage: bool,
     /// Parameters the target API cannot express.
     pub(super) dropped: Vec<String>,
+    /// `response_format` emulated with this forced tool (see `NativeRequest::json_tool`).
+    pub(super) json_tool: Option<String>,
 }
 
 /// Translates the (already rewritten) OpenAI body into the provider's native request.
@@ -623,6 +626,7 @@ fn plan_native(route: &Route<'_>, prepared: Prepared) -> Result<Plan, ApiError> 
         strip_usage_chunk: false,
         client_include_usage,
         dropped: native.dropped,
+        json_tool: native.json_tool,
     })
 }
 
@@ -806,25 +810,30 @@ pub(super) async fn read_openai_body(
     match plan.dialect {
         Dialect::Openai => Ok((status, raw, content_type)),
         d => {
-            let t = dialects::translate_response(d, &raw, &route.upstream_model, unix_now())
-                .map_err(|e| {
-                    ctx.upstream_failure = Some("invalid_response");
-                    match e.code {
-                        // Read, but the provider says it failed (a malformed tool call...).
-                        Some(code) => {
-                            ApiError::new(502, format!("provider {provider}: {}", e.message))
-                                .code(code)
-                        }
-                        None => ApiError::new(
-                            502,
-                            format!(
-                                "provider {provider} sent a response the gateway cannot read: {}",
-                                e.message
-                            ),
-                        )
-                        .code("upstream_invalid_response"),
+            let t = dialects::translate_response_with(
+                d,
+                &raw,
+                &route.upstream_model,
+                unix_now(),
+                plan.json_tool.as_deref(),
+            )
+            .map_err(|e| {
+                ctx.upstream_failure = Some("invalid_response");
+                match e.code {
+                    // Read, but the provider says it failed (a malformed tool call...).
+                    Some(code) => {
+                        ApiError::new(502, format!("provider {provider}: {}", e.message)).code(code)
                     }
-                })?;
+                    None => ApiError::new(
+                        502,
+                        format!(
+                            "provider {provider} sent a response the gateway cannot read: {}",
+                            e.message
+                        ),
+                    )
+                    .code("upstream_invalid_response"),
+                }
+            })?;
             Ok((status, Bytes::from(t.body), "application/json".to_string()))
         }
     }
@@ -844,12 +853,13 @@ pub(super) fn stream_translator(
             plan.strip_usage_chunk && !loop_round,
             max_event,
         )),
-        d => dialects::stream_translator(
+        d => dialects::stream_translator_with(
             d,
             &route.upstream_model,
             unix_now(),
             plan.client_include_usage || loop_round,
             max_event,
+            plan.json_tool.as_deref(),
         ),
     }
 }

@@ -16,7 +16,10 @@ use crate::sse::SseDecoder;
 use crate::usage::{CompletionTokensDetails, PromptTokensDetails, Usage};
 
 /// Request fields Anthropic accepts as they are (native extensions a client may send).
-const NATIVE_PASSTHROUGH: &[&str] = &["top_k", "thinking"];
+const NATIVE_PASSTHROUGH: &[&str] = &["top_k", "thinking", "output_config"];
+
+/// The forced tool that carries an emulated `response_format`: its input is the answer.
+pub const JSON_TOOL: &str = "json_response";
 /// OpenAI fields consumed by the translation itself.
 const CONSUMED: &[&str] = &[
     "user",
@@ -24,7 +27,13 @@ const CONSUMED: &[&str] = &[
     "n",
     "stream_options",
     "reasoning_effort",
+    "response_format",
 ];
+
+/// Claude 4.5 and later take `output_config.format` (structured outputs).
+fn structured_outputs(model: &str) -> bool {
+    claude_version(model) >= (4, 5)
+}
 
 /// `reasoning_effort` as a thinking budget (Anthropic's minimum is 1,024).
 fn thinking_budget(effort: &str) -> Option<u64> {
@@ -305,6 +314,56 @@ pub fn translate_request(
             dropped.push("top_p".into());
         }
     }
+    // `response_format`: structured outputs on models that have them; otherwise a forced tool
+    // whose input is returned as the content, or (beside the client's own tools, or with
+    // thinking, which forbids forcing a tool) an instruction. Never dropped silently.
+    let mut json_tool = None;
+    let mut tools = tools;
+    let mut system = system;
+    if let Some(rf) = req.extra.get("response_format") {
+        let schema = match rf.get("type").and_then(Value::as_str) {
+            Some("json_schema") => Some(
+                rf.pointer("/json_schema/schema")
+                    .cloned()
+                    .unwrap_or_else(|| json!({"type": "object"})),
+            ),
+            Some("json_object") => None,
+            _ => Some(Value::Null), // "text": nothing to do
+        };
+        let thinking = native.get("thinking").is_some_and(thinking_on);
+        match schema {
+            Some(Value::Null) => {}
+            Some(s) if structured_outputs(&req.model) && !native.contains_key("output_config") => {
+                native.insert(
+                    "output_config".into(),
+                    json!({"format": {"type": "json_schema", "schema": s}}),
+                );
+            }
+            s if tools.is_none() && !thinking => {
+                let schema = s.unwrap_or_else(|| json!({"type": "object"}));
+                tools = Some(vec![json!({"name": JSON_TOOL,
+                    "description": "Give the answer as this tool's input: a JSON object.",
+                    "input_schema": schema})]);
+                tool_choice = Some(json!({"type": "tool", "name": JSON_TOOL}));
+                json_tool = Some(JSON_TOOL.to_string());
+            }
+            s => {
+                let mut text = "Answer with one JSON object and nothing else.".to_string();
+                if let Some(schema) = s {
+                    text.push_str(&format!(" It must match this JSON schema: {schema}"));
+                }
+                system = Some(match system {
+                    None => Value::String(text),
+                    Some(Value::String(t)) => Value::String(format!("{t}\n\n{text}")),
+                    Some(Value::Array(mut blocks)) => {
+                        blocks.push(json!({"type": "text", "text": text}));
+                        Value::Array(blocks)
+                    }
+                    Some(other) => other,
+                });
+            }
+        }
+    }
     let body = MessagesRequest {
         model: &req.model,
         max_tokens,
@@ -323,26 +382,32 @@ pub fn translate_request(
         body: serde_json::to_vec(&body).expect("request serializes"),
         stream: req.stream.unwrap_or(false),
         dropped: finish_dropped(dropped),
+        json_tool,
     })
 }
 
 /// Claude models from 4.1 on accept `temperature` or `top_p`, not both (400 otherwise).
 /// Read from the model name (`claude-<family>-<major>-<minor>[-date]`; a date is no minor).
 pub fn sampling_exclusive(model: &str) -> bool {
+    claude_version(model) >= (4, 1)
+}
+
+/// `(major, minor)` of a Claude model name, `(0, 0)` when it names none.
+fn claude_version(model: &str) -> (u32, u32) {
     let Some(rest) = model.split("claude-").nth(1) else {
-        return false;
+        return (0, 0);
     };
     let small = |p: &&str| !p.is_empty() && p.len() <= 2 && p.bytes().all(|b| b.is_ascii_digit());
     // Vertex names put the date after `@` (`claude-sonnet-4-5@20250929`).
     let parts: Vec<&str> = rest.split(['-', '@']).collect();
     let Some(i) = parts.iter().position(small) else {
-        return false;
+        return (0, 0);
     };
     let num = |p: &str| p.parse::<u32>().unwrap_or(0);
     let major = num(parts[i]);
     let minor = parts.get(i + 1).filter(|p| small(p)).map_or(0, |p| num(p));
-    // `claude-3-7-sonnet` names the version before the family: 3.7, never exclusive.
-    (major, minor) >= (4, 1)
+    // `claude-3-7-sonnet` names the version before the family: 3.7.
+    (major, minor)
 }
 
 fn thinking_on(v: &Value) -> bool {
@@ -563,6 +628,7 @@ pub fn translate_response(
     body: &[u8],
     model: &str,
     created: u64,
+    json_tool: Option<&str>,
 ) -> Result<OpenAiResponse, TranslateError> {
     let r: MessagesResponse = serde_json::from_slice(body)
         .map_err(|e| TranslateError::new(format!("invalid Anthropic response: {e}"), None))?;
@@ -571,6 +637,7 @@ pub fn translate_response(
     let mut signature = None;
     let mut blocks = Vec::new();
     let mut tool_calls = Vec::new();
+    let mut emulated = false;
     for b in r.content {
         match b {
             Block::Text { text: t } => text.push_str(&t),
@@ -584,6 +651,11 @@ pub fn translate_response(
             }
             Block::RedactedThinking { data } => {
                 blocks.push(json!({"type": "redacted_thinking", "data": data}));
+            }
+            // The emulated `response_format`: the tool's input is the answer.
+            Block::ToolUse { name, input, .. } if json_tool == Some(name.as_str()) => {
+                text.push_str(&input.to_string());
+                emulated = true;
             }
             Block::ToolUse { id, name, input } => tool_calls.push(ToolCall {
                 id: Some(id),
@@ -611,6 +683,7 @@ pub fn translate_response(
         extra.insert("thinking_blocks".into(), Value::Array(blocks));
     }
     let usage = r.usage.to_openai();
+    let answered_as_json = emulated && tool_calls.is_empty();
     let message = ChatMessage {
         role: "assistant".into(),
         content: Some(if text.is_empty() && !tool_calls.is_empty() {
@@ -630,7 +703,14 @@ pub fn translate_response(
         choices: vec![Choice {
             index: 0,
             message,
-            finish_reason: Some(finish_reason(r.stop_reason.as_deref()).into()),
+            finish_reason: Some(
+                if answered_as_json {
+                    "stop"
+                } else {
+                    finish_reason(r.stop_reason.as_deref())
+                }
+                .into(),
+            ),
             extra: Map::new(),
         }],
         usage: Some(usage.clone()),
@@ -755,6 +835,9 @@ pub struct StreamState {
     finished: bool,
     /// The thinking block being streamed: (content block index, its text, its signature).
     thinking: Option<(u32, String, Option<String>)>,
+    /// The emulated `response_format` tool, and the content block that is streaming it.
+    json_tool: Option<String>,
+    json_block: Option<u32>,
 }
 
 impl StreamState {
@@ -769,7 +852,24 @@ impl StreamState {
             stop_reason: None,
             finished: false,
             thinking: None,
+            json_tool: None,
+            json_block: None,
         }
+    }
+
+    /// The OpenAI finish reason: an emulated `response_format` tool is an answer, not a call.
+    fn finish_reason(&self) -> &'static str {
+        if self.json_block.is_some() && self.tools == 0 {
+            "stop"
+        } else {
+            finish_reason(self.stop_reason.as_deref())
+        }
+    }
+
+    /// Streams the forced tool `name` (an emulated `response_format`) as content.
+    pub fn with_json_tool(mut self, name: Option<&str>) -> Self {
+        self.json_tool = name.map(str::to_string);
+        self
     }
 
     fn handle(&mut self, data: &[u8], out: &mut BytesMut) {
@@ -803,6 +903,9 @@ impl StreamState {
                 StartBlock::RedactedThinking { data } => self
                     .w
                     .thinking_block(json!({"type": "redacted_thinking", "data": data}), out),
+                StartBlock::ToolUse { name, .. } if self.json_tool.as_deref() == Some(&name) => {
+                    self.json_block = Some(index);
+                }
                 StartBlock::ToolUse { id, name } => {
                     let ti = self.tools;
                     self.tools += 1;
@@ -828,6 +931,9 @@ impl StreamState {
                         }
                     }
                 }
+                BlockChange::InputJsonDelta { partial_json } if self.json_block == Some(index) => {
+                    self.w.content(&partial_json, out);
+                }
                 BlockChange::InputJsonDelta { partial_json } => {
                     if let Some(&(_, ti)) = self.tool_index.iter().find(|(b, _)| *b == index) {
                         self.w.tool_call_args(ti, &partial_json, out);
@@ -842,15 +948,15 @@ impl StreamState {
                 }
                 if delta.stop_reason.is_some() {
                     self.stop_reason = delta.stop_reason;
-                    self.w
-                        .finish(finish_reason(self.stop_reason.as_deref()), out);
+                    let reason = self.finish_reason();
+                    self.w.finish(reason, out);
                     self.finished = true;
                 }
             }
             Event::MessageStop {} => {
                 if !self.finished {
-                    self.w
-                        .finish(finish_reason(self.stop_reason.as_deref()), out);
+                    let reason = self.finish_reason();
+                    self.w.finish(reason, out);
                     self.finished = true;
                 }
                 let usage = self.usage.clone();

@@ -239,6 +239,7 @@ pub fn translate_request(
         body: serde_json::to_vec(&body).expect("request serializes"),
         stream: req.stream.unwrap_or(false),
         dropped: finish_dropped(dropped),
+        json_tool: None,
     })
 }
 

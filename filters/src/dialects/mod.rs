@@ -77,6 +77,10 @@ pub struct NativeRequest {
     pub stream: bool,
     /// Request parameters the target API cannot express (dropped, sorted).
     pub dropped: Vec<String>,
+    /// `response_format` emulated with a forced tool of this name (Anthropic models without
+    /// structured outputs): its input is the answer's content. Give it to
+    /// [`translate_response_with`] / [`stream_translator_with`].
+    pub json_tool: Option<String>,
 }
 
 /// A request that cannot be translated (invalid for the target API).
@@ -233,6 +237,7 @@ pub fn translate_request(
             body: serde_json::to_vec(req).expect("request serializes"),
             stream: req.stream.unwrap_or(false),
             dropped: vec![],
+            json_tool: None,
         }),
         Dialect::Anthropic => anthropic::translate_request(req, opts),
         Dialect::Google => google::translate_request(req, opts),
@@ -247,12 +252,24 @@ pub fn translate_response(
     model: &str,
     created: u64,
 ) -> Result<OpenAiResponse, TranslateError> {
+    translate_response_with(dialect, body, model, created, None)
+}
+
+/// As [`translate_response`], for a request whose `response_format` was emulated with the
+/// forced tool `json_tool` (see [`NativeRequest::json_tool`]).
+pub fn translate_response_with(
+    dialect: Dialect,
+    body: &[u8],
+    model: &str,
+    created: u64,
+    json_tool: Option<&str>,
+) -> Result<OpenAiResponse, TranslateError> {
     match dialect {
         Dialect::Openai => Ok(OpenAiResponse {
             body: body.to_vec(),
             usage: crate::usage::from_response_body(body),
         }),
-        Dialect::Anthropic => anthropic::translate_response(body, model, created),
+        Dialect::Anthropic => anthropic::translate_response(body, model, created, json_tool),
         Dialect::Google => google::translate_response(body, model, created),
         Dialect::Cohere => cohere::translate_response(body, model, created),
     }
@@ -267,14 +284,32 @@ pub fn stream_translator(
     include_usage: bool,
     max_event_bytes: usize,
 ) -> Box<dyn StreamTranslator> {
+    stream_translator_with(
+        dialect,
+        model,
+        created,
+        include_usage,
+        max_event_bytes,
+        None,
+    )
+}
+
+/// As [`stream_translator`], with the emulated `response_format` tool (see
+/// [`NativeRequest::json_tool`]).
+pub fn stream_translator_with(
+    dialect: Dialect,
+    model: &str,
+    created: u64,
+    include_usage: bool,
+    max_event_bytes: usize,
+    json_tool: Option<&str>,
+) -> Box<dyn StreamTranslator> {
     match dialect {
         Dialect::Openai => Box::new(OpenAiStreamRelay::new(!include_usage, max_event_bytes)),
-        Dialect::Anthropic => Box::new(anthropic::StreamState::new(
-            model,
-            created,
-            include_usage,
-            max_event_bytes,
-        )),
+        Dialect::Anthropic => Box::new(
+            anthropic::StreamState::new(model, created, include_usage, max_event_bytes)
+                .with_json_tool(json_tool),
+        ),
         Dialect::Google => Box::new(google::StreamState::new(
             model,
             created,
