@@ -35,7 +35,8 @@ pub struct Provider {
     pub configured: bool,
     /// API spoken on the chat endpoint.
     pub dialect: Dialect,
-    pub default_max_tokens: u64,
+    /// `max_tokens` for APIs that require one, when the client and the model table set none.
+    pub default_max_tokens: Option<u64>,
     /// Accepts `stream_options` (see `ProviderConfig::stream_usage`).
     pub stream_usage: bool,
     /// Last resolved address of `host:port`.
@@ -123,7 +124,7 @@ impl Provider {
                 .as_deref()
                 .and_then(Dialect::parse)
                 .unwrap_or_default(),
-            default_max_tokens: p.default_max_tokens.unwrap_or(4096),
+            default_max_tokens: p.default_max_tokens,
             stream_usage: p.stream_usage.unwrap_or(true),
         })
     }

@@ -1104,3 +1104,38 @@ async fn model_lists_are_cached_rate_limited_and_filtered_per_key() {
     assert_eq!(r.status, 429, "the list counts against RPM");
     assert_eq!(up.count(), 1);
 }
+
+#[tokio::test]
+async fn the_model_table_prices_budgets_and_sets_reserves() {
+    let up = MockUpstream::start(ok_provider()).await;
+    // A self-hosted model priced and given a completion reserve in the model table (no
+    // `[prices]`), at 1 USD a token.
+    let toml = format!(
+        "[models.\"openai/house-*\"]\ninput = 1000000.0\noutput = 1000000.0\ncompletion_reserve = 50\n\
+         [[keys]]\nname = \"mt\"\nhash = \"{}\"\nbudget_usd = 1000.0\ntpm = 100000\n",
+        hash("igw-model-table")
+    );
+    let gw = GatewayProcess::start(&provider_env(&[("openai", up.url("/v1"))]), Some(&toml));
+    fresh_minute().await;
+    let body =
+        json!({"model": "openai/house-llm", "messages": [{"role": "user", "content": "hi"}]})
+            .to_string();
+    let r = call(&gw, Some("igw-model-table"), body.as_bytes()).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    // Reserved: the prompt estimate + the model's own reserve of 50 (not the default 1,024).
+    let reserve = (body.len() as u64).div_ceil(4) + 50;
+    assert_eq!(
+        r.headers["x-ratelimit-remaining-tokens"],
+        (100000 - reserve).to_string()
+    );
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // 12 tokens at 1 USD.
+    assert_eq!(
+        get(&gw, "/v1/usage", "igw-model-table").await.json()["spend_usd"],
+        12.0
+    );
+    // A model the table does not price cannot be charged to the budget.
+    let r = call(&gw, Some("igw-model-table"), &chat("openai/other")).await;
+    assert_eq!(r.status, 403);
+    assert_eq!(r.json()["error"]["code"], "model_not_priced");
+}

@@ -86,7 +86,8 @@ async fn anthropic_native() {
     assert_eq!(got.header("authorization"), None);
     let sent = got.json();
     assert_eq!(sent["system"], "Be brief.");
-    assert_eq!(sent["max_tokens"], 4096);
+    // No max_tokens from the client: the model's output limit (model table), not 4,096.
+    assert_eq!(sent["max_tokens"], 64000);
     assert_eq!(sent["model"], "claude-sonnet-4-20250514");
     assert!(sent.get("logit_bias").is_none());
 
@@ -424,4 +425,32 @@ async fn anthropic_response_format_is_a_forced_tool_whose_input_is_the_answer() 
     assert!(evs
         .iter()
         .any(|e| e["choices"][0]["finish_reason"] == "stop"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn anthropic_max_tokens_default_comes_from_the_model_table() {
+    let up = MockUpstream::start(|_| {
+        json_response(
+            200,
+            std::str::from_utf8(&fixture("anthropic/text.response.json")).unwrap(),
+        )
+    })
+    .await;
+    let toml = "[models.\"anthropic/house-claude*\"]\nmax_output_tokens = 1234\n";
+    let gw = GatewayProcess::start(&provider_env(&[("anthropic", up.url("/v1"))]), Some(toml));
+    for (model, want) in [
+        ("claude-sonnet-4-5-20250929", 64000),
+        ("claude-3-5-haiku-20241022", 8192),
+        ("house-claude-v2", 1234),
+        ("unknown-model", 4096),
+    ] {
+        let req = json!({"model": format!("anthropic/{model}"), "messages": [{"role": "user", "content": "Hi"}]});
+        let r = post_chat(gw.addr(), req.to_string().as_bytes()).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(up.last().json()["max_tokens"], want, "{model}");
+    }
+    // The client's own limit always wins.
+    let req = json!({"model": "anthropic/claude-sonnet-4-5", "max_tokens": 50, "messages": [{"role": "user", "content": "Hi"}]});
+    post_chat(gw.addr(), req.to_string().as_bytes()).await;
+    assert_eq!(up.last().json()["max_tokens"], 50);
 }

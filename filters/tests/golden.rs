@@ -86,6 +86,7 @@ fn requests() {
                 &req,
                 &RequestOptions {
                     default_max_tokens: 1024,
+                    ..Default::default()
                 },
             ) {
                 Ok(n) => {

@@ -8,6 +8,7 @@ pub mod auth;
 mod duration;
 mod env;
 pub mod mcp;
+pub mod models;
 pub mod providers;
 pub mod resilience;
 
@@ -20,6 +21,7 @@ use serde::Deserialize;
 
 pub use duration::HumanDuration;
 pub use mcp::{McpConfig, McpServerConfig};
+pub use models::{ModelEntry, ModelTable, ModelsConfig};
 pub use providers::{AuthStyle, ProviderConfig};
 
 /// A secret (API key). Never printed: `Debug` and `Display` redact it.
@@ -74,8 +76,12 @@ pub struct Config {
     pub keys: Vec<auth::KeyConfig>,
     /// Where rate limits and spend live (memory or Redis).
     pub limits: auth::LimitsConfig,
-    /// USD per million tokens by `provider/model` (over the built-in table, conf/prices.toml).
+    /// USD per million tokens by `provider/model`: the older form of `[models."..."]` prices,
+    /// still accepted (over the model table).
     pub prices: BTreeMap<String, auth::Price>,
+    /// The model table (conf/models.toml under `[models."..."]` and `[prices]`), built at load.
+    #[serde(skip)]
+    pub model_table: ModelTable,
     /// The reasoning-state vault (Anthropic thinking, Gemini thought signatures).
     pub reasoning: ReasoningConfig,
 }
@@ -305,15 +311,6 @@ impl Default for ClientConfig {
     }
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ModelsConfig {
-    /// If non-empty, only these models may be used (`ALLOWED_MODELS`).
-    pub allowed: Vec<String>,
-    /// These models may never be used (`DISALLOWED_MODELS`).
-    pub disallowed: Vec<String>,
-}
-
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AliasConfig {
@@ -363,6 +360,7 @@ impl Default for Config {
             keys: Vec::new(),
             limits: auth::LimitsConfig::default(),
             prices: BTreeMap::new(),
+            model_table: ModelTable::default(),
             reasoning: ReasoningConfig::default(),
         }
     }
@@ -401,16 +399,8 @@ impl Config {
         }
         env::apply(&mut cfg, getenv)?;
         cfg.mcp.assign_default_names();
-        // Built-in prices under the configured ones.
-        #[derive(Deserialize)]
-        struct Builtin {
-            prices: BTreeMap<String, auth::Price>,
-        }
-        let builtin: Builtin = toml::from_str(include_str!("../../conf/prices.toml"))
-            .expect("conf/prices.toml is valid");
-        for (m, p) in builtin.prices {
-            cfg.prices.entry(m).or_insert(p);
-        }
+        // The embedded model table under the configured entries and prices.
+        cfg.model_table = ModelTable::build(&models::builtin(), &cfg.models.table, &cfg.prices);
         providers::merge_builtins(&mut cfg.providers)?;
         providers::load_key_files(&mut cfg.providers)?;
         cfg.validate()?;

@@ -330,8 +330,11 @@ fn auth_and_limits_validation() {
     assert_eq!(cfg.keys[0].limits.rpm, Some(5));
     assert_eq!(cfg.limits.failure_mode, auth::FailureMode::FailClosed);
     assert!(!format!("{:?}", cfg.limits).contains("secretpw"));
-    // Built-in prices are there, and configured ones win.
-    assert!(cfg.prices.contains_key("openai/gpt-4o"));
+    // The built-in model table is there.
+    assert!(cfg
+        .model_table
+        .find("openai", "gpt-4o")
+        .is_some_and(|e| e.priced()));
     for (toml, env, needle) in [
         (
             "[[keys]]\nname = \"a\"\nhash = \"abc\"\n".to_string(),

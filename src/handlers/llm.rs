@@ -103,7 +103,7 @@ async fn run(
     let provider = route.provider.clone();
     ctx.provider = Some(provider.name.clone());
     ctx.upstream_model = Some(route.upstream_model.clone());
-    ctx.completion_reserve = completion_reserve(gw, &obj, ep)?;
+    ctx.completion_reserve = completion_reserve(gw, &obj, ep, &route)?;
     // Permission first: a caller who may not use a model learns nothing more. Then what
     // cannot be served at all, before anything is counted against the caller's limits.
     if let Some(p) = &ctx.principal {
@@ -247,7 +247,7 @@ pub(super) fn model_permitted(
         return Err(ApiError::new(
             403,
             format!(
-                "{what} ({}/{}) has no price, so it cannot be charged to {}'s budget (add it to [prices])",
+                "{what} ({}/{}) has no price, so it cannot be charged to {}'s budget (add it to [models.\"provider/model\"] or [prices])",
                 route.provider.name, route.upstream_model, p.name
             ),
         )
@@ -266,6 +266,7 @@ pub(super) fn completion_reserve(
     gw: &Gateway,
     obj: &RawObject<'_>,
     ep: Endpoint,
+    route: &Route<'_>,
 ) -> Result<u64, ApiError> {
     if ep == Endpoint::Embeddings {
         return Ok(0);
@@ -313,8 +314,12 @@ pub(super) fn completion_reserve(
             None => {}
         }
     }
+    // The model table may set the default per model.
+    let default = model_entry(gw, route)
+        .and_then(|e| e.completion_reserve)
+        .unwrap_or(limits.default_completion_reserve);
     Ok(max_out
-        .unwrap_or(limits.default_completion_reserve)
+        .unwrap_or(default)
         .min(1 << 32)
         .saturating_mul(choices))
 }
@@ -444,6 +449,7 @@ pub(super) fn limit_error(
 
 /// Rewrites the client's body for the routed provider and decides the upstream call.
 pub(super) fn plan_call(
+    gw: &Gateway,
     obj: &mut RawObject<'_>,
     route: &Route<'_>,
     ep: Endpoint,
@@ -457,7 +463,7 @@ pub(super) fn plan_call(
     }
     let prepared = prepare(obj, route, ep, !native && provider.stream_usage)?;
     if native {
-        return plan_native(route, prepared);
+        return plan_native(gw, route, prepared);
     }
     let path = match ep {
         Endpoint::Chat => &provider.chat_path,
@@ -572,8 +578,15 @@ pub(super) struct Plan {
     pub(super) json_tool: Option<String>,
 }
 
+/// The model table's entry for a route's upstream model.
+fn model_entry<'g>(gw: &'g Gateway, route: &Route<'_>) -> Option<&'g crate::config::ModelEntry> {
+    gw.cfg
+        .model_table
+        .find(&route.provider.name, &route.upstream_model)
+}
+
 /// Translates the (already rewritten) OpenAI body into the provider's native request.
-fn plan_native(route: &Route<'_>, prepared: Prepared) -> Result<Plan, ApiError> {
+fn plan_native(gw: &Gateway, route: &Route<'_>, prepared: Prepared) -> Result<Plan, ApiError> {
     let provider = &route.provider;
     let req: ChatCompletionRequest = serde_json::from_slice(&prepared.body).map_err(|e| {
         ApiError::bad_request(format!("Invalid chat completion request: {e}"))
@@ -584,8 +597,16 @@ fn plan_native(route: &Route<'_>, prepared: Prepared) -> Result<Plan, ApiError> 
         .as_ref()
         .and_then(|o| o.include_usage)
         .unwrap_or(false);
+    // The provider's own setting, else the model's output limit from the model table (not a
+    // flat 4,096 that cuts long answers), else 4,096.
+    let entry = model_entry(gw, route);
     let opts = RequestOptions {
-        default_max_tokens: provider.default_max_tokens,
+        default_max_tokens: provider
+            .default_max_tokens
+            .or(entry.and_then(|e| e.max_output_tokens))
+            .unwrap_or(4096),
+        sampling_exclusive: entry.and_then(|e| e.sampling_exclusive),
+        structured_outputs: entry.and_then(|e| e.structured_outputs),
     };
     let native = dialects::translate_request(provider.dialect, &req, &opts).map_err(|e| {
         let mut err = ApiError::bad_request(e.message).code("unsupported_request");

@@ -299,7 +299,10 @@ pub fn translate_request(
         dropped.push("temperature".into());
     }
     let mut top_p = req.top_p;
-    if temperature.is_some() && top_p.is_some() && sampling_exclusive(&req.model) {
+    let exclusive = opts
+        .sampling_exclusive
+        .unwrap_or_else(|| sampling_exclusive(&req.model));
+    if temperature.is_some() && top_p.is_some() && exclusive {
         top_p = None;
         dropped.push("top_p".into());
     }
@@ -333,7 +336,12 @@ pub fn translate_request(
         let thinking = native.get("thinking").is_some_and(thinking_on);
         match schema {
             Some(Value::Null) => {}
-            Some(s) if structured_outputs(&req.model) && !native.contains_key("output_config") => {
+            Some(s)
+                if opts
+                    .structured_outputs
+                    .unwrap_or_else(|| structured_outputs(&req.model))
+                    && !native.contains_key("output_config") =>
+            {
                 native.insert(
                     "output_config".into(),
                     json!({"format": {"type": "json_schema", "schema": s}}),
@@ -535,6 +543,10 @@ struct NativeUsage {
     cache_creation_input_tokens: Option<u64>,
     #[serde(default)]
     cache_read_input_tokens: Option<u64>,
+    /// The cache writes split by TTL (`ephemeral_5m_input_tokens`, `ephemeral_1h_input_tokens`),
+    /// for pricing.
+    #[serde(default)]
+    cache_creation: Option<Value>,
 }
 
 impl NativeUsage {
@@ -552,6 +564,9 @@ impl NativeUsage {
         if other.cache_read_input_tokens.is_some() {
             self.cache_read_input_tokens = other.cache_read_input_tokens;
         }
+        if other.cache_creation.is_some() {
+            self.cache_creation.clone_from(&other.cache_creation);
+        }
     }
 
     /// OpenAI's `prompt_tokens` includes cached tokens; Anthropic's `input_tokens` does not.
@@ -561,6 +576,9 @@ impl NativeUsage {
             self.input_tokens.unwrap_or(0) + read + self.cache_creation_input_tokens.unwrap_or(0);
         let completion = self.output_tokens.unwrap_or(0);
         let mut extra = Map::new();
+        if let Some(c) = &self.cache_creation {
+            extra.insert("cache_creation".into(), c.clone());
+        }
         if let Some(c) = self.cache_creation_input_tokens {
             extra.insert("cache_creation_input_tokens".into(), c.into());
         }

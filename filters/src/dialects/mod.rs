@@ -60,12 +60,18 @@ impl Dialect {
 pub struct RequestOptions {
     /// `max_tokens` for APIs that require it (Anthropic) when the client sent none.
     pub default_max_tokens: u64,
+    /// The model refuses `temperature` with `top_p` (model table); `None`: read from its name.
+    pub sampling_exclusive: Option<bool>,
+    /// The model takes native structured outputs (model table); `None`: read from its name.
+    pub structured_outputs: Option<bool>,
 }
 
 impl Default for RequestOptions {
     fn default() -> Self {
         RequestOptions {
             default_max_tokens: 4096,
+            sampling_exclusive: None,
+            structured_outputs: None,
         }
     }
 }
