@@ -454,3 +454,99 @@ async fn anthropic_max_tokens_default_comes_from_the_model_table() {
     post_chat(gw.addr(), req.to_string().as_bytes()).await;
     assert_eq!(up.last().json()["max_tokens"], 50);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn parameters_the_target_refuses_are_mapped_never_forwarded_into_a_400() {
+    // Claude 4.1+ refuses temperature with top_p, and any temperature above 1; Cohere refuses
+    // p outside 0.01-0.99 and penalties outside 0-1 (each as its API answers).
+    let anthropic = MockUpstream::start(|req: &Recorded| {
+        let b = req.json();
+        if b.get("temperature").is_some() && b.get("top_p").is_some() {
+            return json_response(400, r#"{"type":"error","error":{"type":"invalid_request_error","message":"`temperature` and `top_p` cannot both be specified for this model. Please use only one."}}"#);
+        }
+        if b["temperature"].as_f64().is_some_and(|t| t > 1.0) {
+            return json_response(400, r#"{"type":"error","error":{"type":"invalid_request_error","message":"temperature: range: 0..1"}}"#);
+        }
+        json_response(
+            200,
+            std::str::from_utf8(&fixture("anthropic/text.response.json")).unwrap(),
+        )
+    })
+    .await;
+    let cohere = MockUpstream::start(|req: &Recorded| {
+        let b = req.json();
+        let p = b["p"].as_f64().unwrap_or(0.75);
+        let pen = |k: &str| b[k].as_f64().unwrap_or(0.0);
+        if !(0.01..=0.99).contains(&p)
+            || !(0.0..=1.0).contains(&pen("frequency_penalty"))
+            || !(0.0..=1.0).contains(&pen("presence_penalty"))
+        {
+            return json_response(
+                400,
+                r#"{"message":"invalid request: p must be between 0.01 and 0.99"}"#,
+            );
+        }
+        json_response(
+            200,
+            std::str::from_utf8(&fixture("cohere/text.response.json")).unwrap(),
+        )
+    })
+    .await;
+    let gw = GatewayProcess::start(
+        &provider_env(&[
+            ("anthropic", anthropic.url("/v1")),
+            ("cohere", cohere.url("")),
+        ]),
+        None,
+    );
+    let req = json!({"model": "anthropic/claude-opus-4-1-20250805", "temperature": 1.3, "top_p": 0.9,
+        "messages": [{"role": "user", "content": "Hi"}]});
+    let r = post_chat(gw.addr(), req.to_string().as_bytes()).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.headers["x-gateway-dropped-params"], "temperature,top_p");
+    assert_eq!(anthropic.last().json()["temperature"], 1.0);
+    let req = json!({"model": "cohere/command-a-03-2025", "top_p": 1, "frequency_penalty": -0.5,
+        "presence_penalty": 1.5, "messages": [{"role": "user", "content": "Hi"}]});
+    let r = post_chat(gw.addr(), req.to_string().as_bytes()).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        r.headers["x-gateway-dropped-params"],
+        "frequency_penalty,presence_penalty,top_p"
+    );
+    assert_eq!(cohere.last().json()["p"], 0.99);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reasoning_effort_budgets_stay_within_the_models_limits() {
+    let up = MockUpstream::start(|req: &Recorded| {
+        let b = req.json();
+        // Anthropic's rules: max_tokens within the model's limit, above the thinking budget.
+        let (max, budget) = (b["max_tokens"].as_u64().unwrap(), b["thinking"]["budget_tokens"].as_u64().unwrap_or(0));
+        if max > 64000 || (budget > 0 && budget >= max) {
+            return json_response(400, r#"{"type":"error","error":{"type":"invalid_request_error","message":"max_tokens"}}"#);
+        }
+        json_response(
+            200,
+            std::str::from_utf8(&fixture("anthropic/text.response.json")).unwrap(),
+        )
+    })
+    .await;
+    let gw = GatewayProcess::start(&provider_env(&[("anthropic", up.url("/v1"))]), None);
+    let req = json!({"model": "anthropic/claude-sonnet-4-5", "reasoning_effort": "high",
+        "messages": [{"role": "user", "content": "Hi"}]});
+    let r = post_chat(gw.addr(), req.to_string().as_bytes()).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let sent = up.last().json();
+    assert_eq!(sent["max_tokens"], 64000);
+    assert_eq!(sent["thinking"]["budget_tokens"], 24576);
+    // With the client's own limit, the budget comes on top of it.
+    let req = json!({"model": "anthropic/claude-sonnet-4-5", "reasoning_effort": "low", "max_tokens": 500,
+        "messages": [{"role": "user", "content": "Hi"}]});
+    assert_eq!(
+        post_chat(gw.addr(), req.to_string().as_bytes())
+            .await
+            .status,
+        200
+    );
+    assert_eq!(up.last().json()["max_tokens"], 2548);
+}

@@ -46,6 +46,9 @@ pub struct ModelEntry {
     pub sampling_exclusive: Option<bool>,
     /// The API takes native structured outputs (Anthropic `output_config.format`).
     pub structured_outputs: Option<bool>,
+    /// `[min, max]` thinking budget in tokens; `reasoning_effort` budgets are kept inside it
+    /// (a minimum above 0: thinking cannot be turned off).
+    pub thinking_budget: Option<[u64; 2]>,
 }
 
 impl ModelEntry {
@@ -67,6 +70,7 @@ impl ModelEntry {
             completion_reserve: self.completion_reserve.or(base.completion_reserve),
             sampling_exclusive: self.sampling_exclusive.or(base.sampling_exclusive),
             structured_outputs: self.structured_outputs.or(base.structured_outputs),
+            thinking_budget: self.thinking_budget.or(base.thinking_budget),
         }
     }
 
@@ -88,6 +92,11 @@ impl ModelEntry {
             .all(|v| v.is_finite() && v >= 0.0)
         {
             return Err(format!("models.{key:?}: prices must be >= 0"));
+        }
+        if self.thinking_budget.is_some_and(|[lo, hi]| lo > hi) {
+            return Err(format!(
+                "models.{key:?}.thinking_budget: [min, max] with min <= max"
+            ));
         }
         if self.input.is_some() != self.output.is_some() {
             return Err(format!(

@@ -607,6 +607,10 @@ fn plan_native(gw: &Gateway, route: &Route<'_>, prepared: Prepared) -> Result<Pl
             .unwrap_or(4096),
         sampling_exclusive: entry.and_then(|e| e.sampling_exclusive),
         structured_outputs: entry.and_then(|e| e.structured_outputs),
+        thinking_budget: entry
+            .and_then(|e| e.thinking_budget)
+            .map(|[lo, hi]| (lo, hi)),
+        max_output_tokens: entry.and_then(|e| e.max_output_tokens),
     };
     let native = dialects::translate_request(provider.dialect, &req, &opts).map_err(|e| {
         let mut err = ApiError::bad_request(e.message).code("unsupported_request");

@@ -268,6 +268,7 @@ pub fn translate_request(
         .get("reasoning_effort")
         .and_then(Value::as_str)
         .and_then(thinking_budget)
+        .map(|b| opts.thinking_budget.map_or(b, |(lo, hi)| b.clamp(lo, hi)))
         .filter(|_| !req.extra.contains_key("thinking") && !unsigned_tool_turn);
     let mut temperature_fixed = None;
     if let Some(budget) = effort_budget {
@@ -275,7 +276,11 @@ pub fn translate_request(
             "thinking".into(),
             json!({"type": "enabled", "budget_tokens": budget}),
         );
+        // Thinking counts inside `max_tokens`, which the model caps.
         max_tokens = max_tokens.saturating_add(budget);
+        if let Some(cap) = opts.max_output_tokens {
+            max_tokens = max_tokens.min(cap).max(budget + 1);
+        }
         temperature_fixed = Some(());
         if native.remove("top_k").is_some() {
             dropped.push("top_k".into());

@@ -70,7 +70,7 @@ fn is_gemini_3(model: &str) -> bool {
 /// `reasoning_effort` as each family takes it: Gemini 3 a `thinkingLevel` (Pro: `low`, `high`;
 /// Flash also `minimal` and `medium`), Gemini 2.5 a budget within the model's range (Pro cannot
 /// turn thinking off: 128 to 32,768; Flash-Lite 512 or 0; Flash 0 to 24,576).
-fn thinking_config(model: &str, effort: &str) -> Value {
+fn thinking_config(model: &str, effort: &str, range: Option<(u64, u64)>) -> Value {
     let m = model.strip_prefix("models/").unwrap_or(model);
     if m.starts_with("gemini-3") {
         let flash = m.contains("flash");
@@ -90,6 +90,8 @@ fn thinking_config(model: &str, effort: &str) -> Value {
         "medium" => 8192,
         _ => 24576,
     };
+    // The model table's range wins over the built-in guesses.
+    let budget = range.map_or(budget, |(lo, hi)| budget.clamp(lo, hi));
     json!({"thinkingBudget": budget, "includeThoughts": true})
 }
 
@@ -111,7 +113,7 @@ pub fn path(model: &str, stream: bool) -> String {
 
 pub fn translate_request(
     req: &ChatCompletionRequest,
-    _opts: &RequestOptions,
+    opts: &RequestOptions,
 ) -> Result<NativeRequest, TranslateError> {
     let mut dropped = super::non_function_tools(req);
     let mut system_parts: Vec<Value> = Vec::new();
@@ -311,7 +313,10 @@ pub fn translate_request(
         _ => {}
     }
     if let Some(effort) = x.get("reasoning_effort").and_then(Value::as_str) {
-        set("thinkingConfig", Some(thinking_config(&req.model, effort)));
+        set(
+            "thinkingConfig",
+            Some(thinking_config(&req.model, effort, opts.thinking_budget)),
+        );
     }
 
     let mut native = Map::new();

@@ -64,6 +64,11 @@ pub struct RequestOptions {
     pub sampling_exclusive: Option<bool>,
     /// The model takes native structured outputs (model table); `None`: read from its name.
     pub structured_outputs: Option<bool>,
+    /// `(min, max)` thinking budget of the model (model table): `reasoning_effort` budgets are
+    /// kept inside it.
+    pub thinking_budget: Option<(u64, u64)>,
+    /// The most output tokens the model takes in `max_tokens` (model table), thinking included.
+    pub max_output_tokens: Option<u64>,
 }
 
 impl Default for RequestOptions {
@@ -72,6 +77,8 @@ impl Default for RequestOptions {
             default_max_tokens: 4096,
             sampling_exclusive: None,
             structured_outputs: None,
+            thinking_budget: None,
+            max_output_tokens: None,
         }
     }
 }
