@@ -421,7 +421,11 @@ pub fn translate_response(
         .map(|(i, tc)| {
             let f = tc.function.unwrap_or_default();
             ToolCall {
-                id: Some(tc.id.unwrap_or_else(|| format!("call_{i}"))),
+                id: Some(super::portable_call_id(
+                    tc.id.as_deref(),
+                    r.id.as_deref().unwrap_or(""),
+                    i,
+                )),
                 kind: Some("function".into()),
                 function: Some(FunctionCall {
                     name: f.name,
@@ -545,7 +549,8 @@ impl StreamState {
                     .unwrap_or("");
                 let ti = index.unwrap_or(self.started_tools.len() as u32);
                 self.started_tools.push(ti);
-                self.w.tool_call_start(ti, id, name, out);
+                let id = super::portable_call_id(Some(id), &self.w.id, ti as usize);
+                self.w.tool_call_start(ti, &id, name, out);
                 self.w.tool_call_args(ti, args, out);
             }
             "tool-call-delta" => {

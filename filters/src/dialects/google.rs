@@ -565,33 +565,15 @@ pub fn finish_reason(reason: Option<&str>, has_tool_calls: bool) -> &'static str
 
 /// A tool call's id: Gemini's own when it sent one, else one unique across turns (from the
 /// response id): `call_<n>` would repeat every turn and pair a later result with an earlier
-/// call. Ids stay within 40 characters of `[A-Za-z0-9_-]`, valid for every provider.
+/// call.
 fn call_id(id: Option<String>, response: &str, index: usize) -> String {
-    if let Some(id) = id.filter(|i| {
-        !i.is_empty()
-            && i.len() <= 40
-            && i.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-    }) {
-        return id;
-    }
-    let r: String = response
-        .chars()
-        .filter(|c| c.is_ascii_alphanumeric())
-        .take(28)
-        .collect();
-    format!("call_{r}_{index}")
+    super::portable_call_id(id.as_deref(), response, index)
 }
 
 /// A stand-in for a missing `responseId`: a hash of the answer's own bytes, so two answers
 /// in the same second do not share call ids (Gemini normally sends one).
 fn fallback_response_id(created: u64, bytes: &[u8]) -> String {
-    // FNV-1a: stable across runs (golden tests), no dependency.
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in bytes {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
+    let h = super::fnv1a(bytes);
     format!("chatcmpl-gemini-{h:016x}{created}")
 }
 

@@ -438,6 +438,35 @@ pub(crate) fn parse_data_url(url: &str) -> Option<(&str, &str)> {
     ))
 }
 
+/// A tool-call id every provider accepts (at most 40 characters of `[A-Za-z0-9_-]`), so a
+/// history can move between providers: a valid id as it is, another one as a stable hash of
+/// itself, a missing one from `seed` (the response id: unique across turns) and its position.
+pub(crate) fn portable_call_id(id: Option<&str>, seed: &str, index: usize) -> String {
+    match id.filter(|i| !i.is_empty()) {
+        Some(i) if crate::reasoning::valid_id(i) => i.to_string(),
+        Some(i) => format!("call_{:016x}", fnv1a(i.as_bytes())),
+        None => {
+            let s: String = seed
+                .chars()
+                .filter(char::is_ascii_alphanumeric)
+                .take(28)
+                .collect();
+            format!("call_{s}_{index}")
+        }
+    }
+}
+
+/// FNV-1a: a stable, dependency-free hash for ids (the same input gives the same id in every
+/// process and test).
+pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
 /// Tools a dialect cannot take (anything but `function`: OpenAI's hosted tools, `custom`), as
 /// names for `x-gateway-dropped-params` (`tools.<type>`), never dropped silently.
 pub(crate) fn non_function_tools(req: &crate::openai::ChatCompletionRequest) -> Vec<String> {

@@ -64,3 +64,20 @@ fn helpers() {
     assert_eq!(arguments_object(None), serde_json::json!({}));
     assert_eq!(Dialect::parse("Gemini"), Some(Dialect::Google));
 }
+
+#[test]
+fn tool_call_ids_are_portable() {
+    use super::portable_call_id;
+    assert_eq!(portable_call_id(Some("toolu_01A"), "r", 0), "toolu_01A");
+    // Too long or odd characters: a stable hash, valid everywhere.
+    let long = "get_weather_5d1e2f3a-4b5c-6d7e-8f90-a1b2c3d4e5f6:0";
+    let a = portable_call_id(Some(long), "r", 0);
+    assert_eq!(a, portable_call_id(Some(long), "other", 3));
+    assert!(crate::reasoning::valid_id(&a), "{a}");
+    // Missing: unique per response and position.
+    assert_eq!(portable_call_id(None, "resp-1x", 2), "call_resp1x_2");
+    assert_ne!(
+        portable_call_id(None, "resp-1", 0),
+        portable_call_id(None, "resp-2", 0)
+    );
+}
