@@ -1356,3 +1356,58 @@ async fn vault_state_never_reaches_a_fallback_of_another_dialect() {
         .get("thinking_blocks")
         .is_none());
 }
+
+#[tokio::test]
+async fn loop_replies_that_call_client_tools_keep_their_reasoning_state() {
+    // With the MCP loop on, a reply calling the client's own tool goes back to the client; a
+    // client that echoes only the standard fields still replays a valid turn.
+    let mcp = HttpMcpServer::start(0).await;
+    let anthropic = MockUpstream::start(anthropic_model).await;
+    let gemini = MockUpstream::start(gemini_model).await;
+    let mut env = provider_env(&[
+        ("anthropic", anthropic.url("/v1")),
+        ("google", gemini.url("/v1")),
+    ]);
+    env.push(("MCP_ENABLE", "true".into()));
+    env.push(("MCP_EXPOSE", "true".into()));
+    env.push(("MCP_SERVERS", mcp.url.clone()));
+    let gw = GatewayProcess::start(&env, None);
+    wait_for_tools(&gw, 1).await;
+    let tools = json!([{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]);
+    for stream in [false, true] {
+        for model in ["anthropic/claude-sonnet-4-5", "google/gemini-3-pro-preview"] {
+            let mut first = json!({"model": model, "stream": stream, "max_tokens": 2048,
+                "messages": [{"role": "user", "content": "client"}], "tools": tools});
+            if model.starts_with("anthropic") {
+                first["thinking"] = json!({"type": "enabled", "budget_tokens": 1024});
+            }
+            let r = post_chat(gw.addr(), first.to_string().as_bytes()).await;
+            assert_eq!(r.status, 200, "{}", r.text());
+            let assistant = standard_fields_only(&r, stream);
+            assert_eq!(
+                assistant["tool_calls"][0]["function"]["name"],
+                "get_weather"
+            );
+            let id = assistant["tool_calls"][0]["id"]
+                .as_str()
+                .unwrap()
+                .to_string();
+            let mut next = first.clone();
+            next["messages"] = json!([first["messages"][0], assistant,
+                {"role": "tool", "tool_call_id": id, "content": "sunny"}]);
+            let r = post_chat(gw.addr(), next.to_string().as_bytes()).await;
+            assert_eq!(r.status, 200, "{model} stream={stream}: {}", r.text());
+            if model.starts_with("anthropic") {
+                assert_eq!(
+                    anthropic.last().json()["messages"][1]["content"][0]["signature"],
+                    "sig_0"
+                );
+            } else {
+                assert_eq!(
+                    gemini.last().json()["contents"][1]["parts"][0]["thoughtSignature"],
+                    "sig_g0"
+                );
+            }
+        }
+    }
+}

@@ -207,7 +207,11 @@ async fn restore_reasoning_state(
 }
 
 /// Keeps an answer's reasoning state for the client's next turn.
-fn keep_reasoning_state(gw: &Gateway, ctx: &RequestCtx, state: &filters::reasoning::TurnState) {
+pub(super) fn keep_reasoning_state(
+    gw: &Gateway,
+    ctx: &RequestCtx,
+    state: &filters::reasoning::TurnState,
+) {
     gw.vault.put(vault_scope(ctx), state.entries());
 }
 

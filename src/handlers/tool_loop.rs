@@ -79,6 +79,9 @@ struct LoopState {
     /// `(provider, model)` that served the current round.
     serving: (String, String),
     limiter: Arc<crate::limits::Limiter>,
+    /// Reasoning state of a streamed final reply that hands tool calls to the client, for the
+    /// vault (the client sends the turn back on its next request).
+    final_state: Option<filters::reasoning::TurnState>,
 }
 
 impl LoopState {
@@ -168,6 +171,7 @@ pub async fn run(
         cost: 0.0,
         serving: (route.provider.name.clone(), route.upstream_model.clone()),
         limiter: gw.limiter.clone(),
+        final_state: None,
     };
     let max = gw.cfg.mcp.max_iterations;
     let mut out = StreamOut::new();
@@ -263,6 +267,9 @@ pub async fn run(
     } else {
         ctx.usage = st.total_usage.clone();
     }
+    if let Some(state) = st.final_state.take() {
+        llm::keep_reasoning_state(gw, ctx, &state);
+    }
     let flow = match result {
         Ok(f) => f,
         Err(e) if out.headers_sent => {
@@ -298,6 +305,12 @@ pub async fn run(
             };
             ctx.tool_calls
                 .extend(filters::usage::tool_calls_from_body(&body));
+            // A reply that hands tool calls to the client: keep its reasoning state.
+            if llm::needs_reasoning_state(plan.dialect) {
+                if let Some(state) = filters::reasoning::TurnState::from_completion(&body) {
+                    llm::keep_reasoning_state(gw, ctx, &state);
+                }
+            }
             let mut h = respond::header(status, "application/json", ctx);
             llm::gateway_headers(&mut h, route, &plan);
             // Who served the last round (a fallback may have).
@@ -601,8 +614,32 @@ fn end_round(
             ));
             Step::Run(calls)
         }
-        Decision::LimitReached => Step::Limit(Reply::Stream),
-        Decision::Finish => Step::Done(Reply::Stream),
+        Decision::LimitReached | Decision::Finish => {
+            // The reply goes to the client as it is; if it calls the client's tools, its
+            // reasoning state is kept for the client's next turn.
+            if llm::needs_reasoning_state(plan.dialect) && !summary.tool_calls.is_empty() {
+                st.final_state = Some(filters::reasoning::TurnState {
+                    thinking_blocks: summary
+                        .carried
+                        .get("thinking_blocks")
+                        .and_then(serde_json::Value::as_array)
+                        .cloned()
+                        .unwrap_or_default(),
+                    calls: summary
+                        .tool_calls
+                        .iter()
+                        .filter_map(|c| {
+                            Some((c.id.clone()?, c.extra.get("extra_content").cloned()))
+                        })
+                        .collect(),
+                });
+            }
+            if matches!(decision, Decision::LimitReached) {
+                Step::Limit(Reply::Stream)
+            } else {
+                Step::Done(Reply::Stream)
+            }
+        }
     }
 }
 
