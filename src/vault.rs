@@ -194,16 +194,7 @@ impl RedisVault {
     async fn conn(&self) -> Result<ConnectionManager, String> {
         let c = self
             .conn
-            .get_or_try_init(|| async {
-                let client = redis::Client::open(self.url.as_str()).map_err(|e| e.to_string())?;
-                let cfg = redis::aio::ConnectionManagerConfig::new()
-                    .set_connection_timeout(self.timeout)
-                    .set_response_timeout(self.timeout)
-                    .set_number_of_retries(1);
-                ConnectionManager::new_with_config(client, cfg)
-                    .await
-                    .map_err(|e| e.to_string())
-            })
+            .get_or_try_init(|| crate::limits::redis::connect(&self.url, self.timeout))
             .await?;
         Ok(c.clone())
     }

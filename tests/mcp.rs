@@ -72,6 +72,18 @@ async fn wait_for_tools(gw: &GatewayProcess, n: usize) -> Value {
     }
 }
 
+/// `POST /v1/chat/completions` with `X-MCP-Bypass`: the client runs its own tool loop.
+async fn post_bypass(addr: std::net::SocketAddr, body: &[u8]) -> RawResponse {
+    raw_request(
+        addr,
+        "POST",
+        "/v1/chat/completions",
+        &[("x-mcp-bypass", "1")],
+        body,
+    )
+    .await
+}
+
 fn chat(prompt: &str, stream: bool) -> Vec<u8> {
     json!({"model": "openai/gpt-4o", "stream": stream, "messages": [{"role": "user", "content": prompt}]})
         .to_string()
@@ -935,14 +947,7 @@ async fn anthropic_thinking_survives_the_loop_and_the_client_round_trip() {
         let first = json!({"model": "anthropic/claude-sonnet-4-5", "stream": stream, "max_tokens": 2048,
             "thinking": thinking, "messages": [{"role": "user", "content": "client"}],
             "tools": [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]});
-        let r = raw_request(
-            gw.addr(),
-            "POST",
-            "/v1/chat/completions",
-            &[("x-mcp-bypass", "1")],
-            first.to_string().as_bytes(),
-        )
-        .await;
+        let r = post_bypass(gw.addr(), first.to_string().as_bytes()).await;
         assert_eq!(r.status, 200, "{}", r.text());
         let (blocks, calls) = if stream {
             // Rebuild the message from the deltas, keeping thinking_blocks as they come.
@@ -991,14 +996,7 @@ async fn anthropic_thinking_survives_the_loop_and_the_client_round_trip() {
         msgs.push(json!({"role": "tool", "tool_call_id": "toolu_0_0", "content": "sunny"}));
         let mut next = first.clone();
         next["messages"] = json!(msgs);
-        let r = raw_request(
-            gw.addr(),
-            "POST",
-            "/v1/chat/completions",
-            &[("x-mcp-bypass", "1")],
-            next.to_string().as_bytes(),
-        )
-        .await;
+        let r = post_bypass(gw.addr(), next.to_string().as_bytes()).await;
         assert_eq!(r.status, 200, "stream={stream}: {}", r.text());
         // A history without the blocks (another provider wrote it): thinking is dropped for
         // that request instead of a 400.
@@ -1010,14 +1008,7 @@ async fn anthropic_thinking_survives_the_loop_and_the_client_round_trip() {
         // (An id the gateway never answered, so its vault has nothing for it.)
         bare["messages"][1]["tool_calls"][0]["id"] = json!("call_elsewhere");
         bare["messages"][2]["tool_call_id"] = json!("call_elsewhere");
-        let r = raw_request(
-            gw.addr(),
-            "POST",
-            "/v1/chat/completions",
-            &[("x-mcp-bypass", "1")],
-            bare.to_string().as_bytes(),
-        )
-        .await;
+        let r = post_bypass(gw.addr(), bare.to_string().as_bytes()).await;
         assert_eq!(r.status, 200, "stream={stream}: {}", r.text());
         assert_eq!(r.headers["x-gateway-dropped-params"], "thinking");
         assert!(model.last().json().get("thinking").is_none());
@@ -1056,14 +1047,7 @@ async fn gemini_3_thought_signatures_survive_the_loop_and_the_client_round_trip(
         let first = json!({"model": "google/gemini-3-pro-preview", "stream": stream,
             "messages": [{"role": "user", "content": "client"}],
             "tools": [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]});
-        let r = raw_request(
-            gw.addr(),
-            "POST",
-            "/v1/chat/completions",
-            &[("x-mcp-bypass", "1")],
-            first.to_string().as_bytes(),
-        )
-        .await;
+        let r = post_bypass(gw.addr(), first.to_string().as_bytes()).await;
         assert_eq!(r.status, 200, "{}", r.text());
         let call = if stream {
             let mut call = Value::Null;
@@ -1091,14 +1075,7 @@ async fn gemini_3_thought_signatures_survive_the_loop_and_the_client_round_trip(
         next["messages"] = json!([first["messages"][0],
             {"role": "assistant", "content": null, "tool_calls": [call]},
             {"role": "tool", "tool_call_id": id, "content": "sunny"}]);
-        let r = raw_request(
-            gw.addr(),
-            "POST",
-            "/v1/chat/completions",
-            &[("x-mcp-bypass", "1")],
-            next.to_string().as_bytes(),
-        )
-        .await;
+        let r = post_bypass(gw.addr(), next.to_string().as_bytes()).await;
         assert_eq!(r.status, 200, "stream={stream}: {}", r.text());
         // A history without the signature (another provider wrote it): the placeholder.
         next["messages"][1]["tool_calls"][0]
@@ -1108,14 +1085,7 @@ async fn gemini_3_thought_signatures_survive_the_loop_and_the_client_round_trip(
         // (An id the gateway never answered, so its vault has nothing for it.)
         next["messages"][1]["tool_calls"][0]["id"] = json!("call_elsewhere");
         next["messages"][2]["tool_call_id"] = json!("call_elsewhere");
-        let r = raw_request(
-            gw.addr(),
-            "POST",
-            "/v1/chat/completions",
-            &[("x-mcp-bypass", "1")],
-            next.to_string().as_bytes(),
-        )
-        .await;
+        let r = post_bypass(gw.addr(), next.to_string().as_bytes()).await;
         assert_eq!(r.status, 200, "stream={stream}: {}", r.text());
         assert_eq!(
             model.last().json()["contents"][1]["parts"][0]["thoughtSignature"],
@@ -1170,29 +1140,12 @@ async fn clients_that_echo_only_standard_fields_still_replay_reasoning_state() {
     // gateway that shares only Redis with the first.
     let anthropic = MockUpstream::start(anthropic_model).await;
     let gemini = MockUpstream::start(gemini_model).await;
-    let redis_port = free_port();
-    let mut redis = std::process::Command::new("redis-server")
-        .args([
-            "--port",
-            &redis_port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-        ])
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .expect("redis-server (installed by scripts/deps.sh test)");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", redis_port)).is_err() {
-        assert!(Instant::now() < deadline, "redis-server did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let redis = RedisServer::start();
     let mut env = provider_env(&[
         ("anthropic", anthropic.url("/v1")),
         ("google", gemini.url("/v1")),
     ]);
-    env.push(("REDIS_URL", format!("redis://127.0.0.1:{redis_port}/")));
+    env.push(("REDIS_URL", redis.url()));
     env.push(("REDIS_TIMEOUT", "2s".into()));
     let a = GatewayProcess::start(&env, None);
     let b = GatewayProcess::start(&env, None);
@@ -1235,8 +1188,7 @@ async fn clients_that_echo_only_standard_fields_still_replay_reasoning_state() {
             }
         }
     }
-    let _ = redis.kill();
-    let _ = redis.wait();
+    drop(redis);
 }
 
 #[tokio::test]

@@ -254,6 +254,10 @@ pub(super) fn apply(cfg: &mut Config, getenv: GetEnv) -> Result<(), ConfigError>
         let key_file = get(getenv, &format!("{prefix}_API_KEY_FILE"));
         let enabled = flag(getenv, &prefix)?;
         let dialect = get(getenv, &format!("{prefix}_DIALECT"));
+        // A behaviour switch: it does not make a provider configured (reachable) by itself.
+        if let Some(s) = bool_var(getenv, &format!("{prefix}_STREAM_USAGE"))? {
+            cfg.providers.entry(name.clone()).or_default().stream_usage = Some(s);
+        }
         if url.is_none()
             && key.is_none()
             && key_file.is_none()

@@ -378,3 +378,17 @@ fn auth_and_limits_validation() {
         assert!(e.contains(needle), "{toml:?}: {e}");
     }
 }
+
+#[test]
+fn stream_usage_defaults_and_env_without_configuring() {
+    let cfg = load("", &[("GROQ_STREAM_USAGE", "false")]).unwrap();
+    assert_eq!(cfg.providers["mistral"].stream_usage, Some(false));
+    assert_eq!(cfg.providers["groq"].stream_usage, Some(false));
+    assert!(
+        !cfg.providers["groq"].configured,
+        "a switch is not a configuration"
+    );
+    assert_eq!(cfg.providers["openai"].stream_usage, None);
+    let cfg = load("", &[("MISTRAL_STREAM_USAGE", "true")]).unwrap();
+    assert_eq!(cfg.providers["mistral"].stream_usage, Some(true));
+}

@@ -318,12 +318,14 @@ pub(super) fn completion_reserve(
             None => {}
         }
     }
-    // The model table may set the default per model.
-    let default = model_entry(gw, route)
-        .and_then(|e| e.completion_reserve)
-        .unwrap_or(limits.default_completion_reserve);
+    // The model table may set the default per model (looked up only when it is needed).
+    let default = || {
+        model_entry(gw, route)
+            .and_then(|e| e.completion_reserve)
+            .unwrap_or(limits.default_completion_reserve)
+    };
     Ok(max_out
-        .unwrap_or(default)
+        .unwrap_or_else(default)
         .min(1 << 32)
         .saturating_mul(choices))
 }

@@ -18,7 +18,7 @@
 
 mod memory;
 pub mod prices;
-mod redis;
+pub(crate) mod redis;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

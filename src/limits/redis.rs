@@ -109,6 +109,19 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// A reconnecting Redis connection bounded by `timeout` per call (shared by the limits and the
+/// reasoning vault).
+pub(crate) async fn connect(url: &str, timeout: Duration) -> Result<ConnectionManager, String> {
+    let client = redis::Client::open(url).map_err(|e| format!("invalid REDIS_URL: {e}"))?;
+    let cfg = redis::aio::ConnectionManagerConfig::new()
+        .set_connection_timeout(timeout)
+        .set_response_timeout(timeout)
+        .set_number_of_retries(1);
+    ConnectionManager::new_with_config(client, cfg)
+        .await
+        .map_err(|e| format!("connecting to Redis: {e}"))
+}
+
 pub struct Redis {
     down_until_ms: std::sync::atomic::AtomicU64,
     url: String,
@@ -160,18 +173,9 @@ impl Redis {
     async fn conn(&self) -> Result<ConnectionManager, BackendError> {
         let c = self
             .conn
-            .get_or_try_init(|| async {
-                let client = redis::Client::open(self.url.as_str())
-                    .map_err(|e| BackendError(format!("invalid REDIS_URL: {e}")))?;
-                let cfg = redis::aio::ConnectionManagerConfig::new()
-                    .set_connection_timeout(self.timeout)
-                    .set_response_timeout(self.timeout)
-                    .set_number_of_retries(1);
-                ConnectionManager::new_with_config(client, cfg)
-                    .await
-                    .map_err(|e| BackendError(format!("connecting to Redis: {e}")))
-            })
-            .await?;
+            .get_or_try_init(|| connect(&self.url, self.timeout))
+            .await
+            .map_err(BackendError)?;
         Ok(c.clone())
     }
 

@@ -492,12 +492,7 @@ fn user_blocks(content: Option<&Value>, i: usize) -> Result<Vec<Value>, Translat
         match p.get("type").and_then(Value::as_str) {
             Some("text") => blocks.extend(text_blocks(Some(&Value::Array(vec![p.clone()])))),
             Some("file") => {
-                let (mime, data) = super::inline_file(p).ok_or_else(|| {
-                    TranslateError::new(
-                        format!("messages[{i}]: file parts need file_data (a data: URL or base64 with a .pdf filename); file ids cannot be resolved"),
-                        Some("messages"),
-                    )
-                })?;
+                let (mime, data) = super::file_part(p, i)?;
                 let mut b = json!({"type": "document", "source": {"type": "base64", "media_type": mime, "data": data}});
                 if let Some(cc) = p.get("cache_control") {
                     b["cache_control"] = cc.clone();

@@ -375,12 +375,7 @@ fn user_parts(content: Option<&Value>, i: usize) -> Result<Vec<Value>, Translate
                 }
             }
             Some("file") => {
-                let (mime, data) = super::inline_file(p).ok_or_else(|| {
-                    TranslateError::new(
-                        format!("messages[{i}]: file parts need file_data (a data: URL or base64 with a .pdf filename); file ids cannot be resolved"),
-                        Some("messages"),
-                    )
-                })?;
+                let (mime, data) = super::file_part(p, i)?;
                 out.push(json!({"inlineData": {"mimeType": mime, "data": data}}));
             }
             Some("input_audio") => {

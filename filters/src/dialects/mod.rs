@@ -478,6 +478,16 @@ pub(crate) fn non_function_tools(req: &crate::openai::ChatCompletionRequest) -> 
         .collect()
 }
 
+/// [`inline_file`] of message `i`'s part, or the error every dialect gives for it.
+pub(crate) fn file_part(part: &Value, i: usize) -> Result<(String, String), TranslateError> {
+    inline_file(part).ok_or_else(|| {
+        TranslateError::new(
+            format!("messages[{i}]: file parts need file_data (a data: URL or base64 with a .pdf filename); file ids cannot be resolved"),
+            Some("messages"),
+        )
+    })
+}
+
 /// An OpenAI `file` content part given inline (`file.file_data` as a `data:` URL, or plain
 /// base64 with `filename` naming a PDF): `(media type, base64 data)`. Uploaded-file ids cannot
 /// be resolved by the gateway and give `None`.
