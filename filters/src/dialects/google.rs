@@ -396,7 +396,12 @@ fn user_parts(content: Option<&Value>, i: usize) -> Result<Vec<Value>, Translate
                 })?;
                 out.push(match parse_data_url(url) {
                     Some((mime, data)) => json!({"inlineData": {"mimeType": mime, "data": data}}),
-                    None => json!({"fileData": {"mimeType": mime_from_url(url), "fileUri": url}}),
+                    // Gemini's `mimeType` is optional for `fileData`: when the URL does not name
+                    // an image type, let Gemini detect it rather than guess `image/jpeg`.
+                    None => match mime_from_url(url) {
+                        Some(mime) => json!({"fileData": {"mimeType": mime, "fileUri": url}}),
+                        None => json!({"fileData": {"fileUri": url}}),
+                    },
                 });
             }
             other => {
@@ -412,19 +417,24 @@ fn user_parts(content: Option<&Value>, i: usize) -> Result<Vec<Value>, Translate
     Ok(out)
 }
 
-fn mime_from_url(url: &str) -> &'static str {
+/// The image type a URL's path names by its extension, if it names one.
+fn mime_from_url(url: &str) -> Option<&'static str> {
     let path = url
         .split(['?', '#'])
         .next()
         .unwrap_or(url)
         .to_ascii_lowercase();
-    match path.rsplit('.').next() {
-        Some("png") => "image/png",
-        Some("gif") => "image/gif",
-        Some("webp") => "image/webp",
-        Some("heic") => "image/heic",
-        _ => "image/jpeg",
-    }
+    let file = path.rsplit('/').next().unwrap_or(&path);
+    let (_, ext) = file.rsplit_once('.')?;
+    Some(match ext {
+        "png" => "image/png",
+        "gif" => "image/gif",
+        "webp" => "image/webp",
+        "heic" => "image/heic",
+        "heif" => "image/heif",
+        "jpg" | "jpeg" => "image/jpeg",
+        _ => return None,
+    })
 }
 
 // ---- responses -------------------------------------------------------------------------------
