@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what building and testing need on a fresh Debian/Ubuntu machine with Rust:
 #   build: a C compiler and cmake (pingora-core builds zlib-ng with cmake)
-#   test:  python3 + the official `openai` SDK (compatibility test), promtool (Debian package
+#   test:  python3 + the official `openai` and `anthropic` SDKs (compatibility tests), promtool (Debian package
 #          `prometheus`) to validate the metrics exposition, systemd-analyze (package `systemd`)
 #          to verify the unit file, redis-server (shared limits across replicas), openssl
 #          (RSA keys for the OIDC tests)
@@ -37,4 +37,10 @@ if [ "$what" = "test" ]; then
       || python3 -m pip install -q --disable-pip-version-check --break-system-packages "openai>=1.40"
   fi
   python3 -c "import openai; print('deps: openai SDK', openai.__version__)"
+  if ! python3 -c "import anthropic" >/dev/null 2>&1; then
+    echo "deps: installing the anthropic Python SDK"
+    python3 -m pip install -q --disable-pip-version-check "anthropic>=0.40" 2>/dev/null \
+      || python3 -m pip install -q --disable-pip-version-check --break-system-packages "anthropic>=0.40"
+  fi
+  python3 -c "import anthropic; print('deps: anthropic SDK', anthropic.__version__)"
 fi

@@ -87,6 +87,14 @@ impl Router {
         Ok(route)
     }
 
+    /// Whether `model` names its provider itself: an alias, or a known `provider/` prefix.
+    pub fn resolves(&self, model: &str) -> bool {
+        self.aliases.contains_key(model)
+            || model
+                .split_once('/')
+                .is_some_and(|(p, m)| !m.is_empty() && self.provider(p).is_some())
+    }
+
     fn provider(&self, name: &str) -> Option<Arc<Provider>> {
         self.providers
             .get(name)

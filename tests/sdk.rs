@@ -173,3 +173,77 @@ async fn official_openai_python_sdk_with_keys_and_mcp() {
         .iter()
         .all(|r| r.header("authorization") == Some("Bearer sk-openai-test")));
 }
+
+/// The Messages door through every dialect, with the official `anthropic` Python SDK: create,
+/// stream, tool_use round trips (stream and not), count_tokens, and its typed errors.
+#[tokio::test(flavor = "multi_thread")]
+async fn official_anthropic_python_sdk_on_every_dialect() {
+    let check = Command::new("python3")
+        .args(["-c", "import anthropic"])
+        .output()
+        .expect("python3 is needed");
+    assert!(
+        check.status.success(),
+        "the anthropic Python package is missing: run `make test` (it installs it) or `pip install anthropic`"
+    );
+    let openai = MockUpstream::start(|req| {
+        match req.json()["model"].as_str().unwrap_or("") {
+            m if m.starts_with("limited") => vec![Step::Write(http_response(429, &[("content-type", "application/json")],
+                br#"{"error":{"message":"Rate limit reached","type":"requests","param":null,"code":"rate_limit_exceeded"}}"#))],
+            m if m.starts_with("busy") => json_response(503, r#"{"error":{"message":"overloaded","type":"server_error","param":null,"code":null}}"#),
+            _ => model::openai_model(req),
+        }
+    })
+    .await;
+    let anthropic = MockUpstream::start(|req| {
+        // Anthropic refuses a request without its version header.
+        if req.header("anthropic-version").is_none() || req.header("x-api-key") != Some("sk-anthropic-test") {
+            return json_response(400, r#"{"type":"error","error":{"type":"invalid_request_error","message":"anthropic-version: header is required"}}"#);
+        }
+        if req.path.ends_with("/messages/count_tokens") {
+            return json_response(200, r#"{"input_tokens":42}"#);
+        }
+        model::anthropic_model(req)
+    })
+    .await;
+    let gemini = MockUpstream::start(model::gemini_model).await;
+    let cohere = MockUpstream::start(model::cohere_model).await;
+    let key = "sk-gw-anthropic-sdk";
+    let toml = format!("[[keys]]\nname = \"sdk\"\nhash = \"{}\"\n", key_hash(key));
+    let gw = GatewayProcess::start(
+        &provider_env(&[
+            ("openai", openai.url("/v1")),
+            ("anthropic", anthropic.url("/v1")),
+            ("google", gemini.url("/v1beta")),
+            ("cohere", cohere.url("")),
+        ]),
+        Some(&toml),
+    );
+    let models = json!({
+        "openai": "openai/gpt-test",
+        "anthropic": "claude-sonnet-4-5",
+        "gemini": "google/gemini-3-pro-preview",
+        "cohere": "cohere/command-a-03-2025",
+    })
+    .to_string();
+    run_sdk_script(
+        &gw,
+        "anthropic_messages.py",
+        &[("MODELS", &models), ("GATEWAY_KEY", key)],
+    )
+    .await;
+    // The relay forwarded the SDK's own version header and sent the model unchanged.
+    let relayed = anthropic
+        .requests()
+        .into_iter()
+        .find(|r| r.path == "/v1/messages")
+        .expect("the anthropic mock was called");
+    assert!(relayed.header("anthropic-version").is_some());
+    assert_eq!(relayed.json()["model"], "claude-sonnet-4-5");
+    // The caller's key never reaches a provider.
+    for up in [&openai, &anthropic, &gemini, &cohere] {
+        for r in up.requests() {
+            assert!(!format!("{:?}", r.headers).contains(key));
+        }
+    }
+}

@@ -4,6 +4,7 @@
 //! returns bytes or values, so the same code runs in the proxy, in tests and in benchmarks.
 
 pub mod dialects;
+pub mod doors;
 pub mod json_object;
 pub mod openai;
 pub mod reasoning;

@@ -230,6 +230,9 @@ pub(super) fn apply(cfg: &mut Config, getenv: GetEnv) -> Result<(), ConfigError>
         cfg.reasoning.vault_max_bytes,
         parse(getenv, "REASONING_VAULT_MAX_BYTES")?
     );
+    if let Some(v) = get(getenv, "DOORS_MESSAGES_DEFAULT_PROVIDER") {
+        cfg.doors.messages.default_provider = v.trim().to_string();
+    }
     if let Some(v) = get(getenv, "LIMITS_FAILURE_MODE") {
         cfg.limits.failure_mode = match v.trim() {
             "fail_open" => super::auth::FailureMode::FailOpen,

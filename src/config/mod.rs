@@ -84,6 +84,30 @@ pub struct Config {
     pub model_table: ModelTable,
     /// The reasoning-state vault (Anthropic thinking, Gemini thought signatures).
     pub reasoning: ReasoningConfig,
+    /// The client APIs besides Chat Completions (`/v1/messages`).
+    pub doors: DoorsConfig,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DoorsConfig {
+    pub messages: MessagesDoorConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MessagesDoorConfig {
+    /// Provider of bare model names on `/v1/messages` (Claude Code sends `claude-...`), unless
+    /// the name is an alias or has a `provider/` prefix (`DOORS_MESSAGES_DEFAULT_PROVIDER`).
+    pub default_provider: String,
+}
+
+impl Default for MessagesDoorConfig {
+    fn default() -> Self {
+        MessagesDoorConfig {
+            default_provider: "anthropic".into(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -362,6 +386,7 @@ impl Default for Config {
             prices: BTreeMap::new(),
             model_table: ModelTable::default(),
             reasoning: ReasoningConfig::default(),
+            doors: DoorsConfig::default(),
         }
     }
 }
@@ -610,6 +635,12 @@ impl Config {
             return Err(ConfigError(
                 "client.total_timeout (CLIENT_TOTAL_TIMEOUT): must be greater than 0".into(),
             ));
+        }
+        let dp = &self.doors.messages.default_provider;
+        if !dp.is_empty() && !self.providers.contains_key(dp.as_str()) {
+            return Err(ConfigError(format!(
+                "doors.messages.default_provider (DOORS_MESSAGES_DEFAULT_PROVIDER): unknown provider {dp:?}"
+            )));
         }
         for (alias, a) in &self.aliases {
             let Some((provider, model)) = a.target.split_once('/') else {

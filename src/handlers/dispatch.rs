@@ -139,7 +139,7 @@ pub(super) async fn dispatch<'r>(
                 body.set_raw("messages", m.clone());
             }
         }
-        let plan = llm::plan_call(gw, &mut body, &candidate, ep);
+        let plan = llm::plan_call(gw, ctx.door_request.as_deref(), &mut body, &candidate, ep);
         if original.is_none() {
             *obj = body;
         }

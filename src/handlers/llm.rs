@@ -14,6 +14,7 @@ use pingora::proxy::Session;
 use serde_json::{Map, Value};
 
 use super::dispatch::{Outcome, Served};
+use super::door;
 use crate::errors::ApiError;
 use crate::proxy::{body, respond, Gateway, RequestCtx};
 use crate::routing::Route;
@@ -24,11 +25,13 @@ pub enum Endpoint {
     Chat,
     Completions,
     Embeddings,
+    /// `/v1/messages/count_tokens`: routed like chat, counted by the provider where it can.
+    CountTokens,
 }
 
 impl Endpoint {
     fn streams(self) -> bool {
-        self != Endpoint::Embeddings
+        matches!(self, Endpoint::Chat | Endpoint::Completions)
     }
 }
 
@@ -75,6 +78,13 @@ async fn run(
         let end = raw.len().min(1024);
         ctx.body_sample = Some(String::from_utf8_lossy(&raw[..end]).into_owned());
     }
+    let native = (ep == Endpoint::CountTokens).then(|| raw.clone());
+    // From here on the request is the canonical one, whatever door it came through.
+    let raw = if ep == Endpoint::CountTokens {
+        raw
+    } else {
+        door::decode(session, ctx, raw)?
+    };
     let mut obj =
         RawObject::parse_limited(&raw, gw.cfg.server.max_json_fields).map_err(|e| match e {
             ParseError::NotAnObject => ApiError::bad_request(e.to_string()).code("invalid_json"),
@@ -99,7 +109,10 @@ async fn run(
     ctx.model = Some(model.clone());
 
     let provider_param = query_param(session, "provider");
-    let route = gw.router.route(&model, provider_param.as_deref())?;
+    let provider_param = provider_param
+        .as_deref()
+        .or_else(|| door::default_provider(gw, ctx, &model));
+    let route = gw.router.route(&model, provider_param)?;
     let provider = route.provider.clone();
     ctx.provider = Some(provider.name.clone());
     ctx.upstream_model = Some(route.upstream_model.clone());
@@ -112,7 +125,31 @@ async fn run(
     if !provider.configured {
         return Err(not_configured(&provider.name));
     }
-    admit(gw, ctx, &route).await?;
+    if ep == Endpoint::CountTokens {
+        // Counted, never charged: no admission against the caller's limits.
+        let raw = native.unwrap_or_default();
+        if provider.dialect != Dialect::Anthropic {
+            let body = door::count_tokens_estimate(&raw)?;
+            let mut h = respond::header(200, "application/json", ctx);
+            let _ = h.insert_header("x-gateway-provider", provider.name.as_str());
+            let _ = h.insert_header("x-gateway-estimate", "true");
+            let _ = respond::full(session, ctx, h, body).await;
+            return Ok(());
+        }
+        let h = &session.req_header().headers;
+        let headers = ["anthropic-version", "anthropic-beta"]
+            .iter()
+            .filter_map(|n| Some((HeaderName::from_static(n), h.get(*n)?.clone())))
+            .collect();
+        ctx.door_request = Some(Box::new(door::DoorRequest {
+            native_body: raw,
+            dropped: Vec::new(),
+            headers,
+            relay: true,
+        }));
+    } else {
+        admit(gw, ctx, &route).await?;
+    }
     let missing_key = gw
         .pools
         .get(&provider.name)
@@ -134,6 +171,10 @@ async fn run(
         // The hub check is a pointer test when MCP is off; the body is looked at only after.
         if let Some(mcp) = crate::handlers::tool_loop::active_hub(gw, session) {
             if crate::handlers::tool_loop::wants_tools(&obj) {
+                // The loop works on the canonical exchange: no relay in the door's own API.
+                if let Some(d) = &mut ctx.door_request {
+                    d.relay = false;
+                }
                 return crate::handlers::tool_loop::run(gw, session, ctx, mcp, obj, &route).await;
             }
         }
@@ -272,7 +313,7 @@ pub(super) fn completion_reserve(
     ep: Endpoint,
     route: &Route<'_>,
 ) -> Result<u64, ApiError> {
-    if ep == Endpoint::Embeddings {
+    if matches!(ep, Endpoint::Embeddings | Endpoint::CountTokens) {
         return Ok(0);
     }
     let limits = &gw.cfg.limits;
@@ -456,11 +497,22 @@ pub(super) fn limit_error(
 /// Rewrites the client's body for the routed provider and decides the upstream call.
 pub(super) fn plan_call(
     gw: &Gateway,
+    door_req: Option<&door::DoorRequest>,
     obj: &mut RawObject<'_>,
     route: &Route<'_>,
     ep: Endpoint,
 ) -> Result<Plan, ApiError> {
     let provider = &route.provider;
+    if let Some(req) = door_req.filter(|r| r.relay && provider.dialect == Dialect::Anthropic) {
+        return door::plan_passthrough(req, route, ep);
+    }
+    if ep == Endpoint::CountTokens {
+        return Err(ApiError::bad_request(format!(
+            "Provider {} cannot count tokens",
+            provider.name
+        ))
+        .code("unsupported_request"));
+    }
     let native = ep == Endpoint::Chat && provider.dialect != Dialect::Openai;
     let mut dropped = Vec::new();
     if !native && !provider.stream_usage && obj.remove("stream_options") {
@@ -472,7 +524,7 @@ pub(super) fn plan_call(
         return plan_native(gw, route, prepared);
     }
     let path = match ep {
-        Endpoint::Chat => &provider.chat_path,
+        Endpoint::Chat | Endpoint::CountTokens => &provider.chat_path,
         Endpoint::Completions => &provider.completions_path,
         Endpoint::Embeddings => &provider.embeddings_path,
     };
@@ -485,6 +537,8 @@ pub(super) fn plan_call(
         client_include_usage: !prepared.strip_usage_chunk,
         dropped,
         json_tool: None,
+        passthrough: false,
+        headers: Vec::new(),
     })
 }
 
@@ -521,10 +575,17 @@ pub(super) async fn send_to(
             HeaderValue::from_static(concat!("inference-gateway/", env!("CARGO_PKG_VERSION"))),
         ),
     ];
+    let with_door_headers;
+    let headers: &[(HeaderName, HeaderValue)] = if plan.headers.is_empty() {
+        &headers
+    } else {
+        with_door_headers = [&headers[..], &plan.headers[..]].concat();
+        &with_door_headers
+    };
     let req = UpstreamRequest {
         method: Method::POST,
         path: &plan.path,
-        headers: &headers,
+        headers,
         body: plan.body.clone(),
         request_id: &ctx.request_id,
         timeouts: Some(timeouts),
@@ -582,6 +643,10 @@ pub(super) struct Plan {
     pub(super) dropped: Vec<String>,
     /// `response_format` emulated with this forced tool (see `NativeRequest::json_tool`).
     pub(super) json_tool: Option<String>,
+    /// Relayed in the client's own API (door = dialect): the answer is not translated.
+    pub(super) passthrough: bool,
+    /// Headers of the client's API forwarded on a relay (`anthropic-version`, ...).
+    pub(super) headers: Vec<(HeaderName, HeaderValue)>,
 }
 
 /// The model table's entry for a route's upstream model.
@@ -658,6 +723,8 @@ fn plan_native(gw: &Gateway, route: &Route<'_>, prepared: Prepared) -> Result<Pl
         client_include_usage,
         dropped: native.dropped,
         json_tool: native.json_tool,
+        passthrough: false,
+        headers: Vec::new(),
     })
 }
 
@@ -769,20 +836,37 @@ pub(super) async fn relay_error(
     }
     gw.client.release(resp).await;
     ctx.error = Some("upstream_error");
-    // OpenAI-style bodies pass unchanged; native and non-JSON ones are mapped to the envelope.
+    // OpenAI-style bodies pass unchanged; native and non-JSON ones are mapped to the envelope,
+    // then to the door's.
     let body = Bytes::from(dialects::translate_error(dialect, status, provider, &body));
+    let (door_status, body) = door::error_body(ctx.door, status, body);
+    if door_status != status {
+        h.set_status(door_status).expect("valid status");
+    }
     let _ = respond::full(session, ctx, h, body).await;
     Ok(())
 }
 
 pub(super) fn gateway_headers(
     h: &mut pingora::http::ResponseHeader,
+    ctx: &RequestCtx,
     route: &Route<'_>,
     plan: &Plan,
 ) {
     let _ = h.insert_header("x-gateway-provider", route.provider.name.as_str());
-    if !plan.dropped.is_empty() {
-        let _ = h.insert_header("x-gateway-dropped-params", plan.dropped.join(","));
+    // What the door could not carry (unless relayed as sent), then what the dialect could not.
+    let door_dropped = ctx
+        .door_request
+        .as_ref()
+        .filter(|_| !plan.passthrough)
+        .map_or(&[][..], |d| &d.dropped[..]);
+    if !plan.dropped.is_empty() || !door_dropped.is_empty() {
+        let all: Vec<&str> = door_dropped
+            .iter()
+            .chain(&plan.dropped)
+            .map(String::as_str)
+            .collect();
+        let _ = h.insert_header("x-gateway-dropped-params", all.join(","));
     }
     if let Ok(v) = HeaderValue::from_str(&route.upstream_model) {
         let _ = h.insert_header(HeaderName::from_static("x-gateway-model"), v);
@@ -800,15 +884,21 @@ async fn relay_whole(
     plan: &Plan,
 ) -> Result<(), ApiError> {
     let (status, body, content_type) = read_openai_body(gw, ctx, resp, route, plan).await?;
-    if needs_reasoning_state(plan.dialect) {
-        if let Some(state) = filters::reasoning::TurnState::from_completion(&body) {
-            keep_reasoning_state(gw, ctx, &state);
+    if plan.passthrough {
+        ctx.usage = filters::doors::messages::usage_of_message(&body);
+        ctx.tool_calls = filters::doors::messages::tool_calls_of_message(&body);
+    } else {
+        if needs_reasoning_state(plan.dialect) {
+            if let Some(state) = filters::reasoning::TurnState::from_completion(&body) {
+                keep_reasoning_state(gw, ctx, &state);
+            }
         }
+        ctx.usage = usage::from_response_body(&body);
+        ctx.tool_calls = usage::tool_calls_from_body(&body);
     }
-    ctx.usage = usage::from_response_body(&body);
-    ctx.tool_calls = usage::tool_calls_from_body(&body);
+    let body = door::encode_body(ctx, plan, body)?;
     let mut h = respond::header(status, &content_type, ctx);
-    gateway_headers(&mut h, route, plan);
+    gateway_headers(&mut h, ctx, route, plan);
     if respond::full(session, ctx, h, body).await.is_err() {
         ctx.client_gone = true;
     }
@@ -838,6 +928,9 @@ pub(super) async fn read_openai_body(
         .to_string();
     let status = resp.status();
     gw.client.release(resp).await;
+    if plan.passthrough {
+        return Ok((status, raw, content_type));
+    }
     match plan.dialect {
         Dialect::Openai => Ok((status, raw, content_type)),
         d => {
@@ -879,6 +972,11 @@ pub(super) fn stream_translator(
     loop_round: bool,
 ) -> Box<dyn StreamTranslator> {
     let max_event = gw.cfg.client.max_response_body_size;
+    if plan.passthrough {
+        return Box::new(filters::doors::messages::PassthroughObserver::new(
+            max_event,
+        ));
+    }
     match plan.dialect {
         Dialect::Openai => Box::new(OpenAiStreamRelay::new(
             plan.strip_usage_chunk && !loop_round,
@@ -951,7 +1049,7 @@ async fn relay_stream(
     let mut h = respond::header(200, "text/event-stream", ctx);
     let _ = h.insert_header(http::header::CACHE_CONTROL, "no-cache");
     let _ = h.insert_header("x-accel-buffering", "no");
-    gateway_headers(&mut h, route, plan);
+    gateway_headers(&mut h, ctx, route, plan);
     if !session.is_http2() {
         let _ = h.insert_header(http::header::TRANSFER_ENCODING, "chunked");
     }
@@ -965,6 +1063,11 @@ async fn relay_stream(
         return;
     }
     let mut relay = stream_translator(gw, route, plan, false);
+    if !plan.passthrough {
+        if let Some(enc) = door::stream_encoder(ctx, &route.upstream_model) {
+            relay = Box::new(door::EncodedStream::new(relay, enc));
+        }
+    }
     let metrics = gw.metrics.as_deref();
     let model = crate::proxy::record::bounded_model(&route.upstream_model);
     // Per-stream handles, resolved once: the per-chunk cost is one histogram observe.
@@ -1028,7 +1131,7 @@ async fn relay_stream(
     ctx.generation = first_write.map(|f| last_write - f);
     ctx.usage = relay.usage().cloned();
     let stats = relay.stats();
-    if needs_reasoning_state(plan.dialect) {
+    if needs_reasoning_state(plan.dialect) && !plan.passthrough {
         keep_reasoning_state(gw, ctx, &stats.reasoning);
     }
     ctx.tool_calls = stats.tool_calls.clone();

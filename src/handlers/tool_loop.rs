@@ -174,7 +174,7 @@ pub async fn run(
         final_state: None,
     };
     let max = gw.cfg.mcp.max_iterations;
-    let mut out = StreamOut::new();
+    let mut out = StreamOut::new(super::door::stream_encoder(ctx, &route.upstream_model));
     let result = async {
         for round in 0..max {
             let last = round + 1 == max;
@@ -305,6 +305,13 @@ pub async fn run(
             };
             ctx.tool_calls
                 .extend(filters::usage::tool_calls_from_body(&body));
+            let door_body = match super::door::encode_body(ctx, &plan, body.clone()) {
+                Ok(b) => b,
+                Err(e) => {
+                    crate::proxy::respond::error(session, ctx, &e).await;
+                    return Ok(());
+                }
+            };
             // A reply that hands tool calls to the client: keep its reasoning state.
             if llm::needs_reasoning_state(plan.dialect) {
                 if let Some(state) = filters::reasoning::TurnState::from_completion(&body) {
@@ -312,7 +319,7 @@ pub async fn run(
                 }
             }
             let mut h = respond::header(status, "application/json", ctx);
-            llm::gateway_headers(&mut h, route, &plan);
+            llm::gateway_headers(&mut h, ctx, route, &plan);
             // Who served the last round (a fallback may have).
             let _ = h.insert_header("x-gateway-provider", st.serving.0.as_str());
             if let Ok(v) = http::HeaderValue::from_str(&st.serving.1) {
@@ -322,7 +329,7 @@ pub async fn run(
             if limit {
                 let _ = h.insert_header(LIMIT_HEADER, "true");
             }
-            if respond::full(session, ctx, h, body).await.is_err() {
+            if respond::full(session, ctx, h, door_body).await.is_err() {
                 ctx.client_gone = true;
             }
         }
@@ -730,11 +737,17 @@ struct StreamOut {
     itl: Option<prometheus::Histogram>,
     /// Model of the round that served last (named in the closing usage chunk).
     model: String,
+    /// The door's encoder when the client's API is not Chat Completions (`buf` holds canonical
+    /// chunks; what is written is encoded).
+    encoder: Option<Box<dyn filters::doors::StreamEncoder>>,
+    encoded: BytesMut,
 }
 
 impl StreamOut {
-    fn new() -> Self {
+    fn new(encoder: Option<Box<dyn filters::doors::StreamEncoder>>) -> Self {
         StreamOut {
+            encoder,
+            encoded: BytesMut::new(),
             headers_sent: false,
             closed: false,
             buf: BytesMut::with_capacity(4096),
@@ -764,7 +777,7 @@ impl StreamOut {
         let mut h = respond::header(200, "text/event-stream", ctx);
         let _ = h.insert_header(http::header::CACHE_CONTROL, "no-cache");
         let _ = h.insert_header("x-accel-buffering", "no");
-        llm::gateway_headers(&mut h, route, plan);
+        llm::gateway_headers(&mut h, ctx, route, plan);
         if !session.is_http2() {
             let _ = h.insert_header(http::header::TRANSFER_ENCODING, "chunked");
         }
@@ -787,7 +800,17 @@ impl StreamOut {
             return true;
         }
         self.closed |= last;
-        let data = self.buf.split().freeze();
+        let data = match &mut self.encoder {
+            Some(enc) => {
+                enc.feed(&self.buf, &mut self.encoded);
+                self.buf.clear();
+                self.encoded.split().freeze()
+            }
+            None => self.buf.split().freeze(),
+        };
+        if data.is_empty() && !last {
+            return true;
+        }
         ctx.bytes_out += data.len();
         if !data.is_empty() {
             let now = Instant::now();

@@ -142,6 +142,10 @@ pub struct RequestCtx {
     pub upstream_addr: Option<std::net::SocketAddr>,
     /// Development only: the start of the request body, for the access log.
     pub body_sample: Option<String>,
+    /// The client API the request came in through (its errors and answers use its shape).
+    pub door: filters::doors::Door,
+    /// What a door other than Chat Completions keeps of the client's request.
+    pub door_request: Option<Box<crate::handlers::door::DoorRequest>>,
     /// Set for `/proxy/{provider}/...` requests that go through the proxy loop.
     passthrough: Option<Passthrough>,
     body_seen: usize,
@@ -213,6 +217,8 @@ impl ProxyHttp for Gateway {
             client_gone: false,
             upstream_addr: None,
             body_sample: None,
+            door: filters::doors::Door::Chat,
+            door_request: None,
             passthrough: None,
             body_seen: 0,
             _in_flight: crate::drain::InFlight::start(),
@@ -249,9 +255,15 @@ impl ProxyHttp for Gateway {
             "/v1/models" => "/v1/models",
             "/v1/mcp/tools" => "/v1/mcp/tools",
             "/v1/usage" => "/v1/usage",
+            "/v1/messages" => "/v1/messages",
+            "/v1/messages/count_tokens" => "/v1/messages/count_tokens",
             p if p.starts_with("/proxy/") => "/proxy/{provider}",
             _ => "other",
         };
+        if ctx.route.starts_with("/v1/messages") {
+            // Every answer from here on, errors included, is in Anthropic's shape.
+            ctx.door = filters::doors::Door::Messages;
+        }
         // Overload: Pingora 0.9 cannot cap accepted connections (its connection filter sees
         // accepts but never closes), so requests in flight are capped instead, and past half
         // the cap answers close their connection rather than keep it idle.
@@ -305,6 +317,14 @@ impl ProxyHttp for Gateway {
                 handlers::llm::handle(self, session, ctx, Endpoint::Embeddings).await;
                 true
             }
+            (Method::POST, "/v1/messages") => {
+                handlers::llm::handle(self, session, ctx, Endpoint::Chat).await;
+                true
+            }
+            (Method::POST, "/v1/messages/count_tokens") => {
+                handlers::llm::handle(self, session, ctx, Endpoint::CountTokens).await;
+                true
+            }
             (Method::GET, "/v1/models") => {
                 handlers::models::handle(self, session, ctx).await;
                 true
@@ -328,6 +348,8 @@ impl ProxyHttp for Gateway {
                         | "/v1/models"
                         | "/v1/mcp/tools"
                         | "/v1/usage"
+                        | "/v1/messages"
+                        | "/v1/messages/count_tokens"
                 );
                 let err = if known {
                     ApiError::new(405, format!("Method {m} is not allowed on {p}"))

@@ -12,6 +12,10 @@ pub fn header(status: u16, content_type: &str, ctx: &RequestCtx) -> ResponseHead
     let mut h = ResponseHeader::build(status, Some(6)).expect("valid status");
     let _ = h.insert_header(http::header::CONTENT_TYPE, content_type);
     let _ = h.insert_header("x-request-id", ctx.request_id.as_str());
+    if ctx.door == filters::doors::Door::Messages {
+        // Where Anthropic's SDKs look for it (`request_id` on errors and messages).
+        let _ = h.insert_header("request-id", ctx.request_id.as_str());
+    }
     if let Some(r) = &ctx.rate_headers {
         rate_headers(&mut h, r);
     }
@@ -57,19 +61,21 @@ pub async fn json(
     full(session, ctx, h, body).await
 }
 
-/// Writes an error in OpenAI's envelope (always `application/json`, even for stream requests).
+/// Writes an error in the door's envelope (OpenAI's, or Anthropic's on `/v1/messages`; always
+/// `application/json`, even for stream requests).
 pub async fn error(session: &mut Session, ctx: &mut RequestCtx, err: &ApiError) {
     ctx.error = Some(err.code.unwrap_or("error"));
     if err.status == 413 || err.status == 408 || err.status == 400 && !session.is_body_done() {
         // The unread rest of the request body would be parsed as the next request.
         session.set_keepalive(None);
     }
-    let mut h = header(err.status, "application/json", ctx);
+    let (status, body) = crate::handlers::door::error_body(ctx.door, err.status, err.body());
+    let mut h = header(status, "application/json", ctx);
     if let Some(d) = err.retry_after {
         let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);
         let _ = h.insert_header(http::header::RETRY_AFTER, secs.max(1));
     }
-    if let Err(e) = full(session, ctx, h, err.body()).await {
+    if let Err(e) = full(session, ctx, h, body).await {
         log::debug!("client gone while sending error: {e}");
     }
 }

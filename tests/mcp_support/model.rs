@@ -425,3 +425,133 @@ pub fn gemini_model(req: &Recorded) -> Vec<Step> {
     let splits: Vec<usize> = (1..sse.len() / 29).map(|i| i * 29).collect();
     sse_steps(sse.as_bytes(), &splits, Duration::ZERO)
 }
+
+/// A Cohere v2 chat model that follows [`script`] in Cohere's wire format, enforcing its
+/// rules: `p` within 0.01-0.99, tool results as `tool` messages naming a call id it sent.
+pub fn cohere_model(req: &Recorded) -> Vec<Step> {
+    let body = req.json();
+    if let Some(p) = body["p"].as_f64() {
+        if !(0.01..=0.99).contains(&p) {
+            return json_response(
+                400,
+                r#"{"message":"invalid request: p must be between 0.01 and 0.99"}"#,
+            );
+        }
+    }
+    let msgs = body["messages"].as_array().unwrap();
+    let text_of = |c: &Value| match c {
+        Value::String(s) => s.clone(),
+        Value::Array(parts) => parts
+            .iter()
+            .filter_map(|p| p["text"].as_str())
+            .collect::<Vec<_>>()
+            .join(""),
+        _ => String::new(),
+    };
+    let prompt = msgs
+        .iter()
+        .find(|m| m["role"] == "user")
+        .map(|m| text_of(&m["content"]))
+        .unwrap_or_default();
+    let calls: Vec<&Value> = msgs
+        .iter()
+        .filter(|m| m["role"] == "assistant")
+        .filter_map(|m| m["tool_calls"].as_array())
+        .flatten()
+        .collect();
+    for m in msgs.iter().filter(|m| m["role"] == "tool") {
+        if !calls.iter().any(|c| c["id"] == m["tool_call_id"]) {
+            return json_response(
+                400,
+                r#"{"message":"invalid request: tool message references an unknown tool call id"}"#,
+            );
+        }
+    }
+    let round = msgs
+        .iter()
+        .filter(|m| m["role"] == "assistant" && m.get("tool_calls").is_some())
+        .count();
+    let results: Vec<String> = msgs
+        .iter()
+        .rev()
+        .take_while(|m| m["role"] == "tool")
+        .map(|m| text_of(&m["content"]))
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect();
+    let act = script(&prompt, round, &results);
+    let usage = json!({"billed_units": {"input_tokens": USAGE.0, "output_tokens": USAGE.1},
+        "tokens": {"input_tokens": USAGE.0 + 60, "output_tokens": USAGE.1}});
+    let (message, finish) = match &act {
+        Act::Calls(calls) => (
+            json!({"role": "assistant", "tool_plan": "I will call the tool.",
+                "tool_calls": calls.iter().enumerate().map(|(i, (n, a))| json!({
+                    "id": format!("cohere_{round}_{i}"), "type": "function",
+                    "function": {"name": n, "arguments": a.to_string()}})).collect::<Vec<_>>()}),
+            "TOOL_CALL",
+        ),
+        Act::Text(t) => (
+            json!({"role": "assistant", "content": [{"type": "text", "text": t}]}),
+            "COMPLETE",
+        ),
+        Act::Fail => {
+            return json_response(500, r#"{"message":"model exploded"}"#);
+        }
+    };
+    if body["stream"] != true {
+        let b = json!({"id": format!("c{round}"), "finish_reason": finish, "message": message, "usage": usage});
+        return json_response(200, &b.to_string());
+    }
+    let mut sse = String::new();
+    let mut ev =
+        |name: &str, data: Value| sse.push_str(&format!("event: {name}\ndata: {data}\n\n"));
+    ev(
+        "message-start",
+        json!({"id": format!("c{round}"), "type": "message-start", "delta": {"message": {"role": "assistant",
+        "content": [], "tool_plan": "", "tool_calls": [], "citations": []}}}),
+    );
+    match &act {
+        Act::Calls(calls) => {
+            ev(
+                "tool-plan-delta",
+                json!({"type": "tool-plan-delta", "delta": {"message": {"tool_plan": "I will call the tool."}}}),
+            );
+            for (i, (n, a)) in calls.iter().enumerate() {
+                ev(
+                    "tool-call-start",
+                    json!({"type": "tool-call-start", "index": i, "delta": {"message": {"tool_calls": {
+                    "id": format!("cohere_{round}_{i}"), "type": "function", "function": {"name": n, "arguments": ""}}}}}),
+                );
+                ev(
+                    "tool-call-delta",
+                    json!({"type": "tool-call-delta", "index": i, "delta": {"message": {"tool_calls": {
+                    "function": {"arguments": a.to_string()}}}}}),
+                );
+                ev(
+                    "tool-call-end",
+                    json!({"type": "tool-call-end", "index": i}),
+                );
+            }
+        }
+        Act::Text(t) => {
+            ev(
+                "content-start",
+                json!({"type": "content-start", "index": 0, "delta": {"message": {"content": {"type": "text", "text": ""}}}}),
+            );
+            ev(
+                "content-delta",
+                json!({"type": "content-delta", "index": 0, "delta": {"message": {"content": {"text": t}}}}),
+            );
+            ev("content-end", json!({"type": "content-end", "index": 0}));
+        }
+        Act::Fail => unreachable!(),
+    }
+    ev(
+        "message-end",
+        json!({"type": "message-end", "delta": {"finish_reason": finish, "usage": usage}}),
+    );
+    sse.push_str("data: [DONE]\n\n");
+    let splits: Vec<usize> = (1..sse.len() / 31).map(|i| i * 31).collect();
+    sse_steps(sse.as_bytes(), &splits, Duration::ZERO)
+}

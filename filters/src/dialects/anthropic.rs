@@ -534,7 +534,7 @@ fn user_blocks(content: Option<&Value>, i: usize) -> Result<Vec<Value>, Translat
 // ---- responses -------------------------------------------------------------------------------
 
 #[derive(Deserialize, Default, Debug, Clone)]
-struct NativeUsage {
+pub(crate) struct NativeUsage {
     #[serde(default)]
     input_tokens: Option<u64>,
     #[serde(default)]
@@ -551,7 +551,7 @@ struct NativeUsage {
 
 impl NativeUsage {
     /// Later events carry cumulative values; fields they omit keep their earlier value.
-    fn merge(&mut self, other: &NativeUsage) {
+    pub(crate) fn merge(&mut self, other: &NativeUsage) {
         if other.input_tokens.is_some() {
             self.input_tokens = other.input_tokens;
         }
@@ -570,7 +570,7 @@ impl NativeUsage {
     }
 
     /// OpenAI's `prompt_tokens` includes cached tokens; Anthropic's `input_tokens` does not.
-    fn to_openai(&self) -> Usage {
+    pub(crate) fn to_openai(&self) -> Usage {
         let read = self.cache_read_input_tokens.unwrap_or(0);
         let prompt =
             self.input_tokens.unwrap_or(0) + read + self.cache_creation_input_tokens.unwrap_or(0);

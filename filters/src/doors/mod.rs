@@ -1,0 +1,102 @@
+//! Front doors: the client APIs the gateway serves, each decoded into the canonical exchange and
+//! the answer encoded back.
+//!
+//! The canonical exchange is a Chat Completions request and its answer (a `chat.completion`, or
+//! its chunk stream), with the gateway's carriers for what Chat Completions has no field for
+//! (`thinking_blocks`, `extra_content.google`, `cache_control` on parts). Every dialect already
+//! translates from and to it, so a door is written once and reaches every provider: doors plus
+//! dialects is N + M code, not N x M. When the door's API is the provider's own (Messages to an
+//! Anthropic provider) nothing is translated: the request is relayed with its model rewritten.
+
+pub mod messages;
+
+use bytes::BytesMut;
+
+use crate::dialects::StreamTranslator;
+use crate::stream_relay::StreamEnd;
+use crate::usage::{StreamStats, Usage};
+
+/// The API a request came in through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Door {
+    /// OpenAI Chat Completions (and the other OpenAI endpoints): the canonical API itself.
+    #[default]
+    Chat,
+    /// Anthropic Messages (`/v1/messages`).
+    Messages,
+}
+
+impl Door {
+    pub fn name(self) -> &'static str {
+        match self {
+            Door::Chat => "chat",
+            Door::Messages => "messages",
+        }
+    }
+}
+
+/// A request the door could not decode: a 400 in the door's error shape.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DecodeError {
+    pub message: String,
+    pub param: Option<&'static str>,
+}
+
+impl DecodeError {
+    pub fn new(message: impl Into<String>, param: Option<&'static str>) -> Self {
+        DecodeError {
+            message: message.into(),
+            param,
+        }
+    }
+}
+
+/// Encodes a canonical chunk stream into a door's stream, as it arrives.
+pub trait StreamEncoder: Send {
+    /// Feeds canonical SSE bytes (any split); the door's events are appended to `out`.
+    fn feed(&mut self, canonical: &[u8], out: &mut BytesMut);
+    /// A keep-alive in the door's terms (an SSE comment, Anthropic's `ping`).
+    fn keepalive(&self, out: &mut BytesMut);
+}
+
+/// A stream translator followed by a door's encoder: the dialect's stream in, the door's out.
+pub struct EncodedStream {
+    inner: Box<dyn StreamTranslator>,
+    encoder: Box<dyn StreamEncoder>,
+    mid: BytesMut,
+}
+
+impl EncodedStream {
+    pub fn new(inner: Box<dyn StreamTranslator>, encoder: Box<dyn StreamEncoder>) -> Self {
+        EncodedStream {
+            inner,
+            encoder,
+            mid: BytesMut::with_capacity(4096),
+        }
+    }
+}
+
+impl StreamTranslator for EncodedStream {
+    fn feed(&mut self, chunk: &[u8], out: &mut BytesMut) -> Result<(), crate::sse::EventTooLarge> {
+        let r = self.inner.feed(chunk, &mut self.mid);
+        if !self.mid.is_empty() {
+            self.encoder.feed(&self.mid, out);
+            self.mid.clear();
+        }
+        r
+    }
+
+    fn finish(&mut self, end: StreamEnd, out: &mut BytesMut) {
+        self.inner.finish(end, &mut self.mid);
+        self.encoder.feed(&self.mid, out);
+        self.mid.clear();
+    }
+
+    fn usage(&self) -> Option<&Usage> {
+        self.inner.usage()
+    }
+
+    fn stats(&self) -> &StreamStats {
+        self.inner.stats()
+    }
+}
