@@ -1,0 +1,312 @@
+//! Golden tests for the front doors, door x dialect: every cell of the matrix in docs.
+//!
+//! - `golden/doors/messages/requests/<case>.json` (a Messages request) ->
+//!   `<case>.canonical.json` (the canonical chat request and what was dropped, or the error) ->
+//!   `<case>.<dialect>.json` (what each dialect sends; Anthropic providers are normally sent the
+//!   request as it came, this is the MCP loop's path).
+//! - `golden/<dialect>/<case>.response.json` (native) -> `<case>.response.messages.json`.
+//! - `golden/<dialect>/<case>.stream.sse` (native) -> `<case>.stream.messages.sse`, checked whole,
+//!   byte by byte and split in two at every byte, and against the Messages event grammar.
+//!
+//! `UPDATE_GOLDEN=1 cargo test -p filters --test doors` rewrites the expected files.
+
+use std::path::{Path, PathBuf};
+
+use bytes::BytesMut;
+use filters::dialects::{self, Dialect, RequestOptions, StreamTranslator};
+use filters::doors::messages::{self, MessagesEncoder, PassthroughObserver};
+use filters::doors::EncodedStream;
+use filters::stream_relay::{OpenAiStreamRelay, StreamEnd};
+use serde_json::{json, Value};
+
+const CREATED: u64 = 1_700_000_000;
+const DIALECTS: [Dialect; 4] = [
+    Dialect::Openai,
+    Dialect::Anthropic,
+    Dialect::Google,
+    Dialect::Cohere,
+];
+
+fn dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden")
+}
+
+fn update() -> bool {
+    std::env::var("UPDATE_GOLDEN").is_ok()
+}
+
+fn files(sub: &str, suffix: &str) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir().join(sub))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().ends_with(suffix))
+        .collect();
+    v.sort();
+    assert!(!v.is_empty(), "no {suffix} fixtures in {sub}");
+    v
+}
+
+fn check(expected: &Path, got: &str) {
+    if update() {
+        std::fs::write(expected, got).unwrap();
+        return;
+    }
+    let want = std::fs::read_to_string(expected)
+        .unwrap_or_else(|_| panic!("missing {} (run with UPDATE_GOLDEN=1)", expected.display()));
+    assert_eq!(got, want, "{}", expected.display());
+}
+
+fn pretty(v: &Value) -> String {
+    serde_json::to_string_pretty(v).unwrap() + "\n"
+}
+
+#[test]
+fn messages_requests_through_every_dialect() {
+    for input in files("doors/messages/requests", ".json")
+        .into_iter()
+        .filter(|p| p.file_stem().unwrap().to_str().unwrap().split('.').count() == 1)
+    {
+        let stem = input.file_stem().unwrap().to_str().unwrap().to_string();
+        let decoded = messages::decode_request(&std::fs::read(&input).unwrap());
+        let canonical = match &decoded {
+            Ok(d) => json!({"chat": d.chat, "dropped": d.dropped}),
+            Err(e) => json!({"error": e.message, "param": e.param}),
+        };
+        check(
+            &input.with_file_name(format!("{stem}.canonical.json")),
+            &pretty(&canonical),
+        );
+        let Ok(d) = decoded else { continue };
+        for dialect in DIALECTS {
+            let got = match dialects::translate_request(
+                dialect,
+                &d.chat,
+                &RequestOptions {
+                    default_max_tokens: 1024,
+                    ..Default::default()
+                },
+            ) {
+                Ok(n) => {
+                    json!({"body": serde_json::from_slice::<Value>(&n.body).unwrap(), "dropped": n.dropped})
+                }
+                Err(e) => json!({"error": e.message, "param": e.param}),
+            };
+            check(
+                &input.with_file_name(format!("{stem}.{}.json", dialect.name())),
+                &pretty(&got),
+            );
+        }
+    }
+}
+
+#[test]
+fn responses_of_every_dialect_as_messages() {
+    for d in DIALECTS {
+        for input in files(d.name(), ".response.json") {
+            let native = std::fs::read(&input).unwrap();
+            let canonical = match d {
+                Dialect::Openai => Ok(native.clone()),
+                _ => dialects::translate_response_with(
+                    d,
+                    &native,
+                    "requested-model",
+                    CREATED,
+                    json_tool(&input),
+                )
+                .map(|r| r.body),
+            };
+            let got = match canonical {
+                Ok(body) => {
+                    let m = messages::encode_response(&body).unwrap();
+                    let v: Value = serde_json::from_slice(&m).unwrap();
+                    assert_eq!(v["type"], "message");
+                    assert!(v["id"].as_str().unwrap().starts_with("msg_"));
+                    assert!(v["stop_reason"].is_string(), "{}", input.display());
+                    v
+                }
+                // The provider's own failure: the door answers it as an error.
+                Err(e) => json!({"error": e.message, "code": e.code}),
+            };
+            let name = input
+                .file_name()
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .replace(".response.json", ".response.messages.json");
+            check(&input.with_file_name(name), &pretty(&got));
+        }
+    }
+}
+
+fn json_tool(input: &Path) -> Option<&'static str> {
+    input
+        .file_name()?
+        .to_str()?
+        .starts_with("json_tool.")
+        .then_some("json_response")
+}
+
+fn encoded(d: Dialect, input: &Path, chunks: &[&[u8]]) -> String {
+    let inner: Box<dyn StreamTranslator> = match d {
+        Dialect::Openai => Box::new(OpenAiStreamRelay::new(false, 1 << 20)),
+        _ => dialects::stream_translator_with(
+            d,
+            "requested-model",
+            CREATED,
+            true,
+            1 << 20,
+            json_tool(input),
+        ),
+    };
+    let mut t = EncodedStream::new(inner, Box::new(MessagesEncoder::new("requested-model")));
+    let mut out = BytesMut::new();
+    for c in chunks {
+        t.feed(c, &mut out).unwrap();
+    }
+    t.finish(StreamEnd::Clean, &mut out);
+    String::from_utf8(out.to_vec()).expect("UTF-8")
+}
+
+/// The Messages stream grammar Anthropic's SDKs rely on.
+fn assert_grammar(stream: &str, what: &str) {
+    let events: Vec<(String, Value)> = stream
+        .split("\n\n")
+        .filter(|e| !e.is_empty())
+        .map(|e| {
+            let mut name = String::new();
+            let mut data = Value::Null;
+            for line in e.lines() {
+                if let Some(n) = line.strip_prefix("event: ") {
+                    name = n.to_string();
+                } else if let Some(d) = line.strip_prefix("data: ") {
+                    data = serde_json::from_str(d).unwrap();
+                }
+            }
+            assert_eq!(data["type"], name.as_str(), "{what}: {e}");
+            (name, data)
+        })
+        .collect();
+    assert_eq!(events[0].0, "message_start", "{what}");
+    let last = &events.last().unwrap().0;
+    let failed = last == "error";
+    if !failed {
+        assert_eq!(last, "message_stop", "{what}");
+        assert_eq!(events[events.len() - 2].0, "message_delta", "{what}");
+    }
+    let mut open: Option<u64> = None;
+    let mut next = 0;
+    for (name, data) in &events {
+        match name.as_str() {
+            "content_block_start" => {
+                assert!(open.is_none(), "{what}: block opened inside another");
+                assert_eq!(data["index"], next, "{what}");
+                open = Some(next);
+                next += 1;
+            }
+            "content_block_delta" => assert_eq!(data["index"].as_u64(), open, "{what}"),
+            "content_block_stop" => {
+                assert_eq!(data["index"].as_u64(), open, "{what}");
+                open = None;
+            }
+            "message_delta" => assert!(open.is_none(), "{what}: message_delta with a block open"),
+            _ => {}
+        }
+    }
+}
+
+#[test]
+fn streams_of_every_dialect_as_messages_at_every_split() {
+    for d in DIALECTS {
+        for input in files(d.name(), ".stream.sse") {
+            let raw = std::fs::read(&input).unwrap();
+            let got = encoded(d, &input, &[&raw]);
+            let name = input
+                .file_name()
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .replace(".stream.sse", ".stream.messages.sse");
+            check(&input.with_file_name(name), &got);
+            assert_grammar(&got, &input.display().to_string());
+            let bytes: Vec<&[u8]> = raw.chunks(1).collect();
+            assert_eq!(encoded(d, &input, &bytes), got, "byte by byte: {}", input.display());
+            for at in 0..=raw.len() {
+                let (a, b) = raw.split_at(at);
+                assert_eq!(
+                    encoded(d, &input, &[a, b]),
+                    got,
+                    "split at {at}: {}",
+                    input.display()
+                );
+            }
+        }
+    }
+}
+
+/// A relayed Anthropic stream reaches the client byte for byte, at any split, with its usage
+/// and tool calls read on the way; a cut stream ends with Anthropic's error event.
+#[test]
+fn relayed_anthropic_streams_pass_unchanged() {
+    for input in files("anthropic", ".stream.sse") {
+        let raw = std::fs::read(&input).unwrap();
+        for at in 0..=raw.len() {
+            let (a, b) = raw.split_at(at);
+            let mut t = PassthroughObserver::new(1 << 20);
+            let mut out = BytesMut::new();
+            t.feed(a, &mut out).unwrap();
+            t.feed(b, &mut out).unwrap();
+            t.finish(StreamEnd::Clean, &mut out);
+            // A stream that ends with `message_stop` or the provider's own `error` is complete.
+            let complete = raw.windows(12).any(|w| w == b"message_stop")
+                || raw.windows(12).any(|w| w == b"event: error");
+            if complete {
+                assert_eq!(&out[..], &raw[..], "{}", input.display());
+                if let Some(u) = t.usage() {
+                    assert!(u.total_tokens > 0, "{}", input.display());
+                } else {
+                    panic!("no usage read from {}", input.display());
+                }
+            } else {
+                assert!(out.starts_with(&raw));
+                assert!(String::from_utf8_lossy(&out[raw.len()..]).contains("event: error"));
+            }
+        }
+        let mut t = PassthroughObserver::new(1 << 20);
+        let mut out = BytesMut::new();
+        t.feed(&raw[..raw.len() / 2], &mut out).unwrap();
+        t.finish(
+            StreamEnd::Failed {
+                message: "reset".into(),
+                code: "upstream_error",
+            },
+            &mut out,
+        );
+        assert!(String::from_utf8_lossy(&out).ends_with("\n\n"));
+        assert!(String::from_utf8_lossy(&out).contains("event: error\ndata: "));
+    }
+}
+
+#[test]
+fn errors_take_anthropic_shapes_and_statuses() {
+    let cases = [
+        (400, "invalid_request_error", 400),
+        (401, "authentication_error", 401),
+        (403, "permission_error", 403),
+        (404, "not_found_error", 404),
+        (413, "request_too_large", 413),
+        (429, "rate_limit_error", 429),
+        (500, "api_error", 500),
+        (502, "api_error", 502),
+        (503, "overloaded_error", 529),
+        (504, "timeout_error", 504),
+    ];
+    for (status, kind, want_status) in cases {
+        let body = br#"{"error":{"message":"boom","type":"x","param":null,"code":"some_code"}}"#;
+        let (s, b) = messages::encode_error(status, body);
+        let v: Value = serde_json::from_slice(&b).unwrap();
+        assert_eq!(s, want_status);
+        assert_eq!(v["type"], "error");
+        assert_eq!(v["error"]["type"], kind);
+        assert_eq!(v["error"]["message"], "boom (some_code)");
+    }
+}
