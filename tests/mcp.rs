@@ -1363,3 +1363,79 @@ async fn loop_replies_that_call_client_tools_keep_their_reasoning_state() {
         }
     }
 }
+
+/// The Messages door runs the MCP loop too (on the canonical exchange, whatever the provider),
+/// streamed across rounds as Messages events; Anthropic's signed thinking is carried between
+/// rounds (its mock refuses round 2 without it).
+#[tokio::test]
+async fn messages_door_runs_the_loop_on_every_dialect() {
+    for (provider, model_name) in [
+        ("openai", "openai/gpt-x"),
+        ("anthropic", "claude-sonnet-4-5"),
+    ] {
+        let mcp = HttpMcpServer::start(0).await;
+        let model = MockUpstream::start(if provider == "openai" {
+            openai_model
+        } else {
+            anthropic_model
+        })
+        .await;
+        let gw = GatewayProcess::start(&mcp_env(provider, &model, &mcp), None);
+        wait_for_tools(&gw, 1).await;
+        for stream in [false, true] {
+            let mut req = json!({"model": model_name, "max_tokens": 200, "stream": stream,
+                "messages": [{"role": "user", "content": "add"}]});
+            if provider == "anthropic" {
+                req["thinking"] = json!({"type": "enabled", "budget_tokens": 2048});
+            }
+            let before = model.count();
+            let r = raw_request(
+                gw.addr(),
+                "POST",
+                "/v1/messages",
+                &[("anthropic-version", "2023-06-01")],
+                req.to_string().as_bytes(),
+            )
+            .await;
+            assert_eq!(r.status, 200, "{provider} stream={stream}: {}", r.text());
+            assert_eq!(model.count(), before + 2, "{provider}: two rounds");
+            if stream {
+                let text = r.text();
+                let events: Vec<Value> = sse_data(&text)
+                    .iter()
+                    .map(|d| serde_json::from_str(d).unwrap())
+                    .collect();
+                assert_eq!(events[0]["type"], "message_start", "{text}");
+                assert_eq!(events.last().unwrap()["type"], "message_stop", "{text}");
+                assert_eq!(
+                    events
+                        .iter()
+                        .filter(|e| e["type"] == "message_start")
+                        .count(),
+                    1
+                );
+                let said: String = events
+                    .iter()
+                    .filter_map(|e| e["delta"]["text"].as_str())
+                    .collect();
+                assert_eq!(said, "result: 5", "{text}");
+                let delta = events
+                    .iter()
+                    .find(|e| e["type"] == "message_delta")
+                    .unwrap();
+                assert_eq!(delta["delta"]["stop_reason"], "end_turn");
+                assert_eq!(delta["usage"]["output_tokens"], 10, "both rounds: {delta}");
+            } else {
+                let v = r.json();
+                assert_eq!(v["type"], "message", "{v}");
+                assert_eq!(
+                    v["content"].as_array().unwrap().last().unwrap()["text"],
+                    "result: 5"
+                );
+                assert_eq!(v["stop_reason"], "end_turn");
+                assert_eq!(v["usage"]["output_tokens"], 10, "{v}");
+                assert_eq!(r.headers.get("x-mcp-rounds").map(String::as_str), Some("2"));
+            }
+        }
+    }
+}

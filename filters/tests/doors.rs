@@ -229,7 +229,12 @@ fn streams_of_every_dialect_as_messages_at_every_split() {
             check(&input.with_file_name(name), &got);
             assert_grammar(&got, &input.display().to_string());
             let bytes: Vec<&[u8]> = raw.chunks(1).collect();
-            assert_eq!(encoded(d, &input, &bytes), got, "byte by byte: {}", input.display());
+            assert_eq!(
+                encoded(d, &input, &bytes),
+                got,
+                "byte by byte: {}",
+                input.display()
+            );
             for at in 0..=raw.len() {
                 let (a, b) = raw.split_at(at);
                 assert_eq!(

@@ -76,17 +76,22 @@ def stream_text(model):
     assert final.content[0].text == "no tools needed", final.content
 
 
-def tool_round_trip(model, stream):
+def tool_round_trip(model, stream, **extra):
     first_messages = [{"role": "user", "content": "client"}]
     if stream:
         with client.messages.stream(
-            model=model, max_tokens=256, tools=TOOLS, messages=first_messages
+            model=model, max_tokens=4096, tools=TOOLS, messages=first_messages, **extra
         ) as s:
             first = s.get_final_message()
     else:
         first = client.messages.create(
-            model=model, max_tokens=256, tools=TOOLS, messages=first_messages
+            model=model, max_tokens=4096, tools=TOOLS, messages=first_messages, **extra
         )
+    if extra.get("thinking"):
+        # Signed thinking and redacted thinking, exactly as the provider sent them.
+        kinds = [b.type for b in first.content]
+        assert kinds[:2] == ["thinking", "redacted_thinking"], kinds
+        assert first.content[0].signature == "sig_0", first.content[0]
     assert first.stop_reason == "tool_use", first
     uses = [b for b in first.content if b.type == "tool_use"]
     assert len(uses) == 1, first.content
@@ -102,12 +107,12 @@ def tool_round_trip(model, stream):
     ]
     if stream:
         with client.messages.stream(
-            model=model, max_tokens=256, tools=TOOLS, messages=history
+            model=model, max_tokens=4096, tools=TOOLS, messages=history, **extra
         ) as s:
             second = s.get_final_message()
     else:
         second = client.messages.create(
-            model=model, max_tokens=256, tools=TOOLS, messages=history
+            model=model, max_tokens=4096, tools=TOOLS, messages=history, **extra
         )
     assert second.stop_reason == "end_turn", second
     assert second.content[-1].text == "result: sunny", second.content
@@ -175,6 +180,13 @@ for dialect, model in models.items():
     check(f"{dialect}: tool_use round trip", lambda: tool_round_trip(model, False))
     check(f"{dialect}: tool_use round trip, streamed", lambda: tool_round_trip(model, True))
     check(f"{dialect}: count_tokens", lambda: count_tokens(model))
+    if dialect == "anthropic":
+        thinking = {"type": "enabled", "budget_tokens": 2048}
+        for stream in (False, True):
+            check(
+                f"{dialect}: thinking + tool_use round trip, relayed (stream={stream})",
+                lambda: tool_round_trip(model, stream, thinking=thinking),
+            )
 check("error types", errors)
 print("all SDK checks passed")
 sys.stdout.flush()
