@@ -119,13 +119,19 @@ fn decode(req: MessagesRequest) -> Result<Decoded, DecodeError> {
         }
     }
     let mut extra = Map::new();
+    // No tools left (all were Anthropic's server tools): none at all, and no choice among
+    // them (OpenAI refuses `tools: []` and a `tool_choice` without tools).
     let tools = match &req.tools {
-        Some(tools) => Some(decode_tools(tools, &mut dropped)?),
+        Some(tools) => Some(decode_tools(tools, &mut dropped)?).filter(|t| !t.is_empty()),
         None => None,
     };
-    let tool_choice = match &req.tool_choice {
-        Some(tc) => decode_tool_choice(tc, &mut extra)?,
-        None => None,
+    let tool_choice = match (&req.tool_choice, &tools) {
+        (Some(tc), Some(_)) => decode_tool_choice(tc, &mut extra)?,
+        (Some(_), None) => {
+            dropped.push("tool_choice".into());
+            None
+        }
+        (None, _) => None,
     };
     if let Some(user) = req
         .metadata

@@ -1,14 +1,11 @@
 //! Compatibility with the official `openai` Python SDK (installed from PyPI by `make test`).
 
-mod common;
-mod mcp_support;
-#[path = "mcp_support/model.rs"]
-mod model;
+use crate::model;
 
 use std::process::Command;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use serde_json::{json, Value};
 
 fn tool_call_response() -> String {
@@ -132,7 +129,7 @@ async fn official_openai_python_sdk() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn official_openai_python_sdk_with_keys_and_mcp() {
-    let mcp = mcp_support::HttpMcpServer::start(0).await;
+    let mcp = crate::mcp_support::HttpMcpServer::start(0).await;
     let model = MockUpstream::start(model::openai_model).await;
     let key = "igw-sdk-test-key";
     let hash = key_hash(key);

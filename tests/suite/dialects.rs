@@ -1,11 +1,9 @@
 //! Native dialects end to end: the gateway translates OpenAI requests for mock upstreams that
 //! speak Anthropic Messages, Gemini and Cohere v2 exactly, and translates their answers back.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use serde_json::{json, Value};
 
 fn fixture(name: &str) -> Vec<u8> {

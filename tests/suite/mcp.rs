@@ -2,17 +2,12 @@
 //! 127.0.0.1 and stdio), and mock model upstreams that call tools deterministically in OpenAI's
 //! and Anthropic's wire formats.
 
-mod common;
-mod mcp_support;
-#[path = "mcp_support/model.rs"]
-mod model;
-
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use common::*;
-use mcp_support::HttpMcpServer;
-use model::{anthropic_model, gemini_model, openai_model};
+use crate::common::*;
+use crate::mcp_support::HttpMcpServer;
+use crate::model::{anthropic_model, gemini_model, openai_model};
 use serde_json::{json, Value};
 
 // ---------------------------------------------------------------------------------------------

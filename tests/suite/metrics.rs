@@ -2,13 +2,11 @@
 //! labels per scenario, the exposition validated by `promtool`, and the Grafana dashboard only
 //! querying metrics that exist.
 
-mod common;
-
 use std::collections::HashMap;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use serde_json::{json, Value};
 
 /// `name{labels}` -> value, labels sorted, from the text exposition format.

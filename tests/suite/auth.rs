@@ -1,13 +1,11 @@
 //! Keys, OIDC, limits and budgets, black-box: the gateway binary, a mock provider, a local OIDC
 //! issuer (discovery + JWKS) with keys made in the test, and real `redis-server`s.
 
-mod common;
-
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::*;
+use crate::common::*;
 use serde_json::{json, Value};
 
 /// `[[keys]]` hash of `key`, from the gateway's own `hash-key` subcommand.

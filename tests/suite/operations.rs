@@ -1,15 +1,13 @@
 //! Operations: zero-downtime upgrades (`-d`, `-u`, `-t`), SIGTERM drain, TLS with HTTP/2, and
 //! the deployment files (systemd unit, Dockerfile, compose, Kubernetes manifests).
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use serde_json::{json, Value};
 
 fn alive(pid: i32) -> bool {

@@ -1,10 +1,8 @@
 //! Black-box tests: the gateway binary as a real process, mock providers on real sockets.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use serde_json::{json, Value};
 
 fn chat_body(model: &str) -> Vec<u8> {

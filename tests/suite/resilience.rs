@@ -1,13 +1,11 @@
 //! Pools, health, retries, fallbacks, timeouts and load shedding, black-box: the gateway binary
 //! in front of fault-injecting mock backends.
 
-mod common;
-
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use serde_json::{json, Value};
 
 fn ok_backend(tag: &'static str) -> impl Fn(&Recorded) -> Vec<Step> + Send + Sync + 'static {

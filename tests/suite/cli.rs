@@ -1,10 +1,8 @@
 //! The command line: `-t` validation, error messages naming the key, zero-config start.
 
-mod common;
-
 use std::process::Command;
 
-use common::*;
+use crate::common::*;
 
 fn run(args: &[&str], env: &[(&str, &str)], toml: Option<&str>) -> (i32, String) {
     let dir = temp_dir("cli");
