@@ -117,11 +117,18 @@ pub struct StreamStats {
     pub reasoning: crate::reasoning::TurnState,
 }
 
+/// The gateway's one token estimate, for text it could not count: one token per 4 bytes,
+/// rounded up (the usual rule of thumb for English with BPE tokenizers). Used for reservations
+/// before a call and for usage a provider never reported.
+pub fn estimate_tokens(bytes: usize) -> u64 {
+    (bytes as u64).div_ceil(4)
+}
+
 impl StreamStats {
     /// Completion tokens estimated from the text: one token per 4 bytes, rounded up (the usual
     /// rule of thumb for English with BPE tokenizers). Used only when no usage was reported.
     pub fn estimated_completion_tokens(&self) -> u64 {
-        self.text_bytes.div_ceil(4)
+        estimate_tokens(self.text_bytes as usize)
     }
 
     /// Records the text and tool-call names of one OpenAI chunk payload. Cheap when the chunk has

@@ -1,7 +1,7 @@
 //! The Pingora `ProxyHttp` implementation: the gateway's front door.
 //!
 //! - LLM endpoints (`/v1/chat/completions`, `/v1/completions`, `/v1/embeddings`) and
-//!   `/v1/models` are answered from `request_filter` by the handlers in `crate::handlers`, which
+//!   `/v1/models` are answered from `request_filter` by the front doors (`crate::door`, then `crate::exchange`) and `crate::model_list`, which
 //!   call upstreams with the gateway's own client (see docs/ARCHITECTURE.md for why).
 //! - `/proxy/{provider}/{path}` goes through Pingora's proxy loop unchanged: bodies of any size
 //!   stream both ways, and the filters below only pick the peer and swap credentials.
@@ -23,8 +23,9 @@ use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorType, Result};
 
 use crate::config::{Config, LogFormat};
+use crate::door;
 use crate::errors::ApiError;
-use crate::handlers::{self, llm::Endpoint};
+use crate::exchange::Endpoint;
 use crate::metrics::Metrics;
 use crate::providers::{Provider, Providers};
 use crate::routing::Router;
@@ -46,7 +47,7 @@ pub struct Gateway {
     /// Present when MCP servers are configured.
     pub mcp: Option<Arc<crate::mcp::McpHub>>,
     /// Providers' model lists for `GET /v1/models`.
-    pub models_cache: crate::handlers::models::ModelsCache,
+    pub models_cache: crate::model_list::ModelsCache,
     /// Reasoning state kept for clients that echo only the standard fields.
     pub vault: crate::vault::Vault,
     log_format: LogFormat,
@@ -144,13 +145,21 @@ pub struct RequestCtx {
     pub body_sample: Option<String>,
     /// The client API the request came in through (its errors and answers use its shape).
     pub door: filters::doors::Door,
-    /// What a door other than Chat Completions keeps of the client's request.
-    pub door_request: Option<Box<crate::handlers::door::DoorRequest>>,
+    /// The client's request in its door's API, when the door is not the canonical one.
+    pub original: Option<Box<crate::exchange::OriginalRequest>>,
     /// Set for `/proxy/{provider}/...` requests that go through the proxy loop.
     passthrough: Option<Passthrough>,
     body_seen: usize,
     /// Counts this request as in flight until the context is dropped.
     _in_flight: crate::drain::InFlight,
+}
+
+impl RequestCtx {
+    /// The client hung up: recorded as the request's outcome.
+    pub fn client_left(&mut self) {
+        self.client_gone = true;
+        self.error = Some("client_disconnected");
+    }
 }
 
 struct Passthrough {
@@ -218,7 +227,7 @@ impl ProxyHttp for Gateway {
             upstream_addr: None,
             body_sample: None,
             door: filters::doors::Door::Chat,
-            door_request: None,
+            original: None,
             passthrough: None,
             body_seen: 0,
             _in_flight: crate::drain::InFlight::start(),
@@ -306,27 +315,27 @@ impl ProxyHttp for Gateway {
                 true
             }
             (Method::POST, "/v1/chat/completions") => {
-                handlers::llm::handle(self, session, ctx, Endpoint::Chat).await;
+                door::handle(self, session, ctx, Endpoint::Chat).await;
                 true
             }
             (Method::POST, "/v1/completions") => {
-                handlers::llm::handle(self, session, ctx, Endpoint::Completions).await;
+                door::handle(self, session, ctx, Endpoint::Completions).await;
                 true
             }
             (Method::POST, "/v1/embeddings") => {
-                handlers::llm::handle(self, session, ctx, Endpoint::Embeddings).await;
+                door::handle(self, session, ctx, Endpoint::Embeddings).await;
                 true
             }
             (Method::POST, "/v1/messages") => {
-                handlers::llm::handle(self, session, ctx, Endpoint::Chat).await;
+                door::handle(self, session, ctx, Endpoint::Chat).await;
                 true
             }
             (Method::POST, "/v1/messages/count_tokens") => {
-                handlers::llm::handle(self, session, ctx, Endpoint::CountTokens).await;
+                door::handle(self, session, ctx, Endpoint::CountTokens).await;
                 true
             }
             (Method::GET, "/v1/models") => {
-                handlers::models::handle(self, session, ctx).await;
+                crate::model_list::handle(self, session, ctx).await;
                 true
             }
             (Method::GET, "/v1/mcp/tools") => {

@@ -69,7 +69,10 @@ pub async fn error(session: &mut Session, ctx: &mut RequestCtx, err: &ApiError) 
         // The unread rest of the request body would be parsed as the next request.
         session.set_keepalive(None);
     }
-    let (status, body) = crate::handlers::door::error_body(ctx.door, err.status, err.body());
+    let (status, body) = match ctx.door.encode_error(err.status, &err.body()) {
+        Some((status, body)) => (status, bytes::Bytes::from(body)),
+        None => (err.status, err.body()),
+    };
     let mut h = header(status, "application/json", ctx);
     if let Some(d) = err.retry_after {
         let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);

@@ -63,7 +63,7 @@ async fn metrics_after_every_kind_of_request() {
         let body = req.json();
         match body["model"].as_str().unwrap() {
             "plain" => json_response(200, &chat_completion("plain", "hello")),
-            "stream" => sse_steps(chat_stream("stream", &["a", "b", "c"], true).as_bytes(), &[60], Duration::from_millis(5)),
+            "stream" => sse_steps(chat_stream("stream", &["a", "b", "c"], true).as_bytes(), &[60, 300], Duration::from_millis(5)),
             "limited" => vec![Step::Write(http_response(429, &[("content-type", "application/json")],
                 br#"{"error":{"message":"slow down","type":"requests","param":null,"code":"rate_limit_exceeded"}}"#))],
             "tools" => json_response(200, &json!({"id":"t","object":"chat.completion","created":1,"model":"tools",

@@ -33,6 +33,32 @@ impl Door {
             Door::Messages => "messages",
         }
     }
+
+    /// A canonical `chat.completion` in this door's API; `None` when it is the canonical API.
+    pub fn encode_response(self, canonical: &[u8]) -> Option<Result<Vec<u8>, DecodeError>> {
+        match self {
+            Door::Chat => None,
+            Door::Messages => Some(messages::encode_response(canonical)),
+        }
+    }
+
+    /// The encoder of a canonical chunk stream into this door's; `None` for the canonical API.
+    /// `model` is named when the stream names none.
+    pub fn stream_encoder(self, model: &str) -> Option<Box<dyn StreamEncoder>> {
+        match self {
+            Door::Chat => None,
+            Door::Messages => Some(Box::new(messages::MessagesEncoder::new(model))),
+        }
+    }
+
+    /// An error (status and OpenAI envelope) in this door's shape and status; `None` for the
+    /// canonical API.
+    pub fn encode_error(self, status: u16, envelope: &[u8]) -> Option<(u16, Vec<u8>)> {
+        match self {
+            Door::Chat => None,
+            Door::Messages => Some(messages::encode_error(status, envelope)),
+        }
+    }
 }
 
 /// A request the door could not decode: a 400 in the door's error shape.

@@ -20,8 +20,12 @@ use filters::usage::Usage;
 use pingora::proxy::Session;
 use serde_json::Value;
 
+use super::admission::{limit_error, reserve_for};
+use super::client::{unless_client_leaves, ActiveStream, ClientStream};
 use super::dispatch::{self, Outcome, Served};
-use super::llm::{self, Endpoint, Plan};
+use super::plan::Plan;
+use super::relay::{self, gateway_headers, read_openai_body, relay_error};
+use super::{keep_reasoning_state, needs_reasoning_state, unix_now, Endpoint};
 use crate::errors::ApiError;
 use crate::mcp::{Catalog, McpHub, ToolOutcome};
 use crate::proxy::{respond, Gateway, RequestCtx};
@@ -174,7 +178,9 @@ pub async fn run(
         final_state: None,
     };
     let max = gw.cfg.mcp.max_iterations;
-    let mut out = StreamOut::new(super::door::stream_encoder(ctx, &route.upstream_model));
+    let mut out = ClientStream::new(ctx.door.stream_encoder(&route.upstream_model));
+    // Model of the round that served last (named in the closing usage chunk).
+    let mut last_model = route.upstream_model.clone();
     let result = async {
         for round in 0..max {
             let last = round + 1 == max;
@@ -193,12 +199,14 @@ pub async fn run(
                 Outcome::Ok(s) => s,
                 Outcome::Error(s) => {
                     if out.headers_sent {
-                        out.upstream_error(gw, session, ctx, &s.route, &s.plan, s.resp)
-                            .await;
+                        relay::error_event_from_upstream(
+                            gw, session, ctx, &mut out, &s.plan, s.resp,
+                        )
+                        .await;
                         return Ok(Flow::Stop);
                     }
                     let name = s.route.provider.name.clone();
-                    llm::relay_error(gw, session, ctx, &name, s.plan.dialect, s.resp).await?;
+                    relay_error(gw, session, ctx, &name, s.plan.dialect, s.resp).await?;
                     return Ok(Flow::Stop);
                 }
                 // Nothing was generated for this round, but its prompt was sent.
@@ -214,7 +222,7 @@ pub async fn run(
             } = served;
             let route = &served_route;
             st.serving = (route.provider.name.clone(), route.upstream_model.clone());
-            out.model.clone_from(&route.upstream_model);
+            last_model.clone_from(&route.upstream_model);
             let step = if stream {
                 if !out.headers_sent && !out.send_headers(gw, session, ctx, route, &plan).await {
                     return Ok(Flow::Stop);
@@ -268,7 +276,7 @@ pub async fn run(
         ctx.usage = st.total_usage.clone();
     }
     if let Some(state) = st.final_state.take() {
-        llm::keep_reasoning_state(gw, ctx, &state);
+        keep_reasoning_state(gw, ctx, &state);
     }
     let flow = match result {
         Ok(f) => f,
@@ -283,16 +291,15 @@ pub async fn run(
     match flow {
         Flow::Stop => {
             if out.headers_sent && !ctx.client_gone && !out.closed {
-                out.finish(session, ctx, route, &st, include_usage).await;
+                finish(&mut out, session, ctx, &last_model, &st, include_usage).await;
             }
         }
         Flow::Reply(Reply::Stream, limit) => {
             if limit {
                 // Headers are long gone: say it as an SSE comment before the tail.
-                out.buf
-                    .extend_from_slice(b": mcp max iterations reached\n\n");
+                out.keepalive(b": mcp max iterations reached\n\n");
             }
-            out.finish(session, ctx, route, &st, include_usage).await;
+            finish(&mut out, session, ctx, &last_model, &st, include_usage).await;
         }
         Flow::Reply(Reply::Whole { status, body, plan }, limit) => {
             // One round: the provider's usage is the total; the body is only rewritten when
@@ -305,7 +312,7 @@ pub async fn run(
             };
             ctx.tool_calls
                 .extend(filters::usage::tool_calls_from_body(&body));
-            let door_body = match super::door::encode_body(ctx, &plan, body.clone()) {
+            let door_body = match relay::door_body(ctx, &plan, body.clone()) {
                 Ok(b) => b,
                 Err(e) => {
                     crate::proxy::respond::error(session, ctx, &e).await;
@@ -313,13 +320,13 @@ pub async fn run(
                 }
             };
             // A reply that hands tool calls to the client: keep its reasoning state.
-            if llm::needs_reasoning_state(plan.dialect) {
+            if needs_reasoning_state(plan.dialect) {
                 if let Some(state) = filters::reasoning::TurnState::from_completion(&body) {
-                    llm::keep_reasoning_state(gw, ctx, &state);
+                    keep_reasoning_state(gw, ctx, &state);
                 }
             }
             let mut h = respond::header(status, "application/json", ctx);
-            llm::gateway_headers(&mut h, ctx, route, &plan);
+            gateway_headers(&mut h, ctx, route, &plan);
             // Who served the last round (a fallback may have).
             let _ = h.insert_header("x-gateway-provider", st.serving.0.as_str());
             if let Ok(v) = http::HeaderValue::from_str(&st.serving.1) {
@@ -349,7 +356,7 @@ async fn admit_round(
     let Some(p) = &ctx.principal else {
         return Ok(());
     };
-    let reserve = llm::reserve_for(gw, route, prompt_bytes, ctx.completion_reserve);
+    let reserve = reserve_for(gw, route, prompt_bytes, ctx.completion_reserve);
     match gw.limiter.admit_round(p, reserve).await {
         Ok((adm, headers)) => {
             ctx.round_admissions.push(adm);
@@ -361,7 +368,7 @@ async fn admit_round(
             Ok(())
         }
         Err(denied) => {
-            let (mut err, _) = llm::limit_error(p, denied, reserve.tokens);
+            let (mut err, _) = limit_error(p, denied, reserve.tokens);
             err.message = format!(
                 "The MCP tool loop stopped before round {}: {}",
                 ctx.mcp_rounds + 1,
@@ -406,12 +413,11 @@ async fn read_whole(
     route: &Route<'_>,
     plan: &Plan,
 ) -> Result<Option<(u16, Bytes)>, ApiError> {
-    let read = tokio::select! {
-        r = llm::read_openai_body(gw, ctx, resp, route, plan) => r,
-        _ = session.as_downstream_mut().read_body_or_idle(true) => {
-            llm::mark_client_gone(session, ctx);
-            return Ok(None);
-        }
+    let Some(read) =
+        unless_client_leaves(session, read_openai_body(gw, ctx, resp, route, plan)).await
+    else {
+        ctx.client_left();
+        return Ok(None);
     };
     let (status, body, _) = read?;
     Ok(Some((status, body)))
@@ -473,7 +479,7 @@ async fn whole_as_stream_round(
     session: &mut Session,
     ctx: &mut RequestCtx,
     st: &mut LoopState,
-    out: &mut StreamOut,
+    out: &mut ClientStream,
     resp: UpstreamResponse,
     route: &Route<'_>,
     plan: &Plan,
@@ -512,35 +518,31 @@ async fn stream_round(
     session: &mut Session,
     ctx: &mut RequestCtx,
     st: &mut LoopState,
-    out: &mut StreamOut,
+    out: &mut ClientStream,
     mut resp: UpstreamResponse,
     route: &Route<'_>,
     plan: &Plan,
     last: bool,
 ) -> Step {
     let provider = route.provider.name.as_str();
-    let mut translator = llm::stream_translator(gw, route, plan, true);
+    let mut translator = relay::stream_translator(gw, route, plan, true);
     let mut relay = RoundRelay::new(st.owner.clone(), st.calls_so_far, last);
     let mut mid = BytesMut::with_capacity(4096);
     let mut clean = false;
-    let active = gw
-        .metrics
-        .as_ref()
-        .map(|m| m.active_streams.with_label_values(&[provider]));
-    let _active = active.map(ActiveStream::new);
+    let _active = ActiveStream::new(gw, provider);
     loop {
         let waited = Instant::now();
-        let next = tokio::select! {
-            r = resp.read_chunk() => r,
-            _ = session.as_downstream_mut().read_body_or_idle(true) => {
-                ctx.upstream_wait += waited.elapsed();
-                llm::mark_client_gone(session, ctx);
-                st.add_estimate(plan.body.len(), translator.stats().estimated_completion_tokens());
-                return Step::Stop;
-            }
-        };
+        let next = unless_client_leaves(session, resp.read_chunk()).await;
         ctx.upstream_wait += waited.elapsed();
-        let end = llm::feed_read(ctx, provider, translator.as_mut(), next, &mut mid);
+        let Some(next) = next else {
+            ctx.client_left();
+            st.add_estimate(
+                plan.body.len(),
+                translator.stats().estimated_completion_tokens(),
+            );
+            return Step::Stop;
+        };
+        let end = relay::feed_read(ctx, provider, translator.as_mut(), next, &mut mid);
         let ended = end.is_some();
         if let Some(end) = end {
             clean = end == StreamEnd::Clean;
@@ -624,7 +626,7 @@ fn end_round(
         Decision::LimitReached | Decision::Finish => {
             // The reply goes to the client as it is; if it calls the client's tools, its
             // reasoning state is kept for the client's next turn.
-            if llm::needs_reasoning_state(plan.dialect) && !summary.tool_calls.is_empty() {
+            if needs_reasoning_state(plan.dialect) && !summary.tool_calls.is_empty() {
                 st.final_state = Some(filters::reasoning::TurnState {
                     thinking_blocks: summary
                         .carried
@@ -650,22 +652,6 @@ fn end_round(
     }
 }
 
-/// Counts a stream in `llm_active_streams` while it lives.
-struct ActiveStream(prometheus::IntGauge);
-
-impl ActiveStream {
-    fn new(g: prometheus::IntGauge) -> Self {
-        g.inc();
-        ActiveStream(g)
-    }
-}
-
-impl Drop for ActiveStream {
-    fn drop(&mut self) {
-        self.0.dec();
-    }
-}
-
 /// Runs one round's gateway tool calls concurrently; `None` when the client hung up (the
 /// calls are dropped, which cancels them). A streamed loop sends keep-alive comments meanwhile.
 #[allow(clippy::too_many_arguments)]
@@ -675,7 +661,7 @@ async fn run_tools(
     ctx: &mut RequestCtx,
     hub: &McpHub,
     catalog: &Catalog,
-    out: &mut StreamOut,
+    out: &mut ClientStream,
     route: &Route<'_>,
     calls: &[PendingCall],
 ) -> Option<Vec<ToolOutcome>> {
@@ -689,17 +675,30 @@ async fn run_tools(
     let mut keepalive =
         tokio::time::interval_at(tokio::time::Instant::now() + KEEPALIVE, KEEPALIVE);
     let results = loop {
-        tokio::select! {
-            r = &mut all => break r,
-            _ = keepalive.tick(), if out.headers_sent => {
-                out.buf.extend_from_slice(b": mcp tools running\n\n");
+        // Wait for the tools until the next keep-alive is due (a stream's client is sent one
+        // every KEEPALIVE; a whole answer has nothing to keep alive).
+        let next = keepalive.tick();
+        let waited = unless_client_leaves(session, async {
+            if !out.headers_sent {
+                return Some((&mut all).await);
+            }
+            tokio::select! {
+                r = &mut all => Some(r),
+                _ = next => None,
+            }
+        })
+        .await;
+        match waited {
+            None => {
+                ctx.client_left();
+                return None;
+            }
+            Some(Some(r)) => break r,
+            Some(None) => {
+                out.keepalive(b": mcp tools running\n\n");
                 if !out.flush(session, ctx, false).await {
                     return None;
                 }
-            }
-            _ = session.as_downstream_mut().read_body_or_idle(true) => {
-                llm::mark_client_gone(session, ctx);
-                return None;
             }
         }
     };
@@ -725,172 +724,24 @@ async fn run_tools(
     Some(results)
 }
 
-/// The client side of a streamed loop: headers once, bytes as they come, one tail.
-struct StreamOut {
-    headers_sent: bool,
-    /// The stream's tail (`[DONE]`) was written.
-    closed: bool,
-    buf: BytesMut,
-    first_write: Option<Instant>,
-    last_write: Instant,
-    /// `llm_inter_token_latency_seconds` for this stream, when metrics are on.
-    itl: Option<prometheus::Histogram>,
-    /// Model of the round that served last (named in the closing usage chunk).
-    model: String,
-    /// The door's encoder when the client's API is not Chat Completions (`buf` holds canonical
-    /// chunks; what is written is encoded).
-    encoder: Option<Box<dyn filters::doors::StreamEncoder>>,
-    encoded: BytesMut,
-}
-
-impl StreamOut {
-    fn new(encoder: Option<Box<dyn filters::doors::StreamEncoder>>) -> Self {
-        StreamOut {
-            encoder,
-            encoded: BytesMut::new(),
-            headers_sent: false,
-            closed: false,
-            buf: BytesMut::with_capacity(4096),
-            first_write: None,
-            last_write: Instant::now(),
-            itl: None,
-            model: String::new(),
-        }
-    }
-
-    async fn send_headers(
-        &mut self,
-        gw: &Gateway,
-        session: &mut Session,
-        ctx: &mut RequestCtx,
-        route: &Route<'_>,
-        plan: &Plan,
-    ) -> bool {
-        // Gaps between writes, as for a plain stream (tool time included: it is what the
-        // client waits).
-        self.itl = gw.metrics.as_ref().map(|m| {
-            m.inter_token_latency.with_label_values(&[
-                route.provider.name.as_str(),
-                crate::proxy::record::bounded_model(&route.upstream_model),
-            ])
-        });
-        let mut h = respond::header(200, "text/event-stream", ctx);
-        let _ = h.insert_header(http::header::CACHE_CONTROL, "no-cache");
-        let _ = h.insert_header("x-accel-buffering", "no");
-        llm::gateway_headers(&mut h, ctx, route, plan);
-        if !session.is_http2() {
-            let _ = h.insert_header(http::header::TRANSFER_ENCODING, "chunked");
-        }
-        ctx.status = 200;
-        self.headers_sent = true;
-        if session
-            .write_response_header(Box::new(h), false)
-            .await
-            .is_err()
-        {
-            ctx.client_gone = true;
-            return false;
-        }
-        true
-    }
-
-    /// Writes what is buffered; `false` when the client is gone.
-    async fn flush(&mut self, session: &mut Session, ctx: &mut RequestCtx, last: bool) -> bool {
-        if self.buf.is_empty() && !last {
-            return true;
-        }
-        self.closed |= last;
-        let data = match &mut self.encoder {
-            Some(enc) => {
-                enc.feed(&self.buf, &mut self.encoded);
-                self.buf.clear();
-                self.encoded.split().freeze()
-            }
-            None => self.buf.split().freeze(),
-        };
-        if data.is_empty() && !last {
-            return true;
-        }
-        ctx.bytes_out += data.len();
-        if !data.is_empty() {
-            let now = Instant::now();
-            match (self.first_write, &self.itl) {
-                (None, _) => {
-                    self.first_write = Some(now);
-                    ctx.ttft = Some(now - ctx.start);
-                }
-                (Some(_), Some(h)) => h.observe((now - self.last_write).as_secs_f64()),
-                _ => {}
-            }
-            self.last_write = now;
-        }
-        if session.write_response_body(Some(data), last).await.is_err() {
-            llm::mark_client_gone(session, ctx);
-            return false;
-        }
-        true
-    }
-
-    /// The summed usage chunk (if asked for) and the one `[DONE]`.
-    async fn finish(
-        &mut self,
-        session: &mut Session,
-        ctx: &mut RequestCtx,
-        route: &Route<'_>,
-        st: &LoopState,
-        include_usage: bool,
-    ) {
-        let id = format!("chatcmpl-{}", ctx.request_id);
-        tool_loop::stream_tail(
-            &id,
-            if self.model.is_empty() {
-                &route.upstream_model
-            } else {
-                &self.model
-            },
-            llm::unix_now(),
-            st.total_usage.as_ref(),
-            include_usage,
-            &mut self.buf,
-        );
-        if let Some(f) = self.first_write {
-            ctx.generation = Some(f.elapsed());
-        }
-        self.flush(session, ctx, true).await;
-    }
-
-    /// A gateway error after the stream started: an error event; the tail follows.
-    async fn error_event(&mut self, session: &mut Session, ctx: &mut RequestCtx, e: &ApiError) {
-        ctx.error = Some(e.code.unwrap_or("error"));
-        filters::sse::encode_data(&e.body(), &mut self.buf);
-        self.buf.extend_from_slice(filters::sse::DONE);
-        self.flush(session, ctx, true).await;
-    }
-
-    /// The provider answered a later round with an error status: relay it as an error event.
-    async fn upstream_error(
-        &mut self,
-        gw: &Gateway,
-        session: &mut Session,
-        ctx: &mut RequestCtx,
-        route: &Route<'_>,
-        plan: &Plan,
-        mut resp: UpstreamResponse,
-    ) {
-        let status = resp.status();
-        let body = tokio::select! {
-            r = resp.read_all(64 * 1024) => r.unwrap_or_default(),
-            _ = session.as_downstream_mut().read_body_or_idle(true) => {
-                llm::mark_client_gone(session, ctx);
-                return;
-            }
-        };
-        gw.client.release(resp).await;
-        let provider = route.provider.name.as_str();
-        let env = filters::dialects::translate_error(plan.dialect, status, provider, &body);
-        ctx.error = Some("upstream_error");
-        filters::sse::encode_data(&env, &mut self.buf);
-        self.buf.extend_from_slice(filters::sse::DONE);
-        self.flush(session, ctx, true).await;
-    }
+/// The loop's stream tail: the summed usage chunk (if asked for) and the one `[DONE]`.
+async fn finish(
+    out: &mut ClientStream,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    model: &str,
+    st: &LoopState,
+    include_usage: bool,
+) {
+    let id = format!("chatcmpl-{}", ctx.request_id);
+    tool_loop::stream_tail(
+        &id,
+        model,
+        unix_now(),
+        st.total_usage.as_ref(),
+        include_usage,
+        &mut out.buf,
+    );
+    out.flush(session, ctx, true).await;
+    ctx.generation = out.generation();
 }

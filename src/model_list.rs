@@ -95,7 +95,7 @@ pub async fn handle(gw: &Gateway, session: &mut Session, ctx: &mut RequestCtx) {
                 gw.limiter.settle(&adm, 0, 0.0).await;
             }
             Err(denied) => {
-                let (err, headers) = super::llm::limit_error(p, denied, 0);
+                let (err, headers) = crate::exchange::limit_error(p, denied, 0);
                 if headers.is_some() {
                     ctx.rate_headers = headers;
                 }

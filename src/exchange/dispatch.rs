@@ -6,17 +6,20 @@
 //! 408, 429 and 5xx. A connection reset after the request was written is the answer (502: it
 //! may have been processed), and so is every other status (400, 401, 403, 404, 413, 422, ...).
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use filters::json_object::RawObject;
+use http::{HeaderName, HeaderValue, Method};
 use pingora::proxy::Session;
 
-use super::llm::{self, Endpoint, Plan};
+use super::client::unless_client_leaves;
+use super::plan::{plan_call, Plan};
+use super::Endpoint;
 use crate::errors::ApiError;
 use crate::pool::Pool;
 use crate::proxy::{Gateway, RequestCtx};
 use crate::routing::Route;
-use crate::upstream::{Timeouts, UpstreamError, UpstreamResponse};
+use crate::upstream::{Timeouts, UpstreamError, UpstreamRequest, UpstreamResponse};
 
 /// A response from the backend that served the request.
 pub(super) struct Served<'r> {
@@ -108,10 +111,7 @@ pub(super) async fn dispatch<'r>(
             .get(&candidate.provider.name)
             .map_or(candidate.provider.missing_key(), |p| p.missing_key());
         if i > 0 && !candidate.provider.configured {
-            note(
-                &mut last,
-                super::llm::not_configured(&candidate.provider.name),
-            );
+            note(&mut last, super::not_configured(&candidate.provider.name));
             continue;
         }
         if i > 0 && missing_key {
@@ -134,12 +134,19 @@ pub(super) async fn dispatch<'r>(
         };
         // State the vault added for a native primary is not for other dialects (strict
         // OpenAI-compatible servers refuse unknown message fields).
-        if !llm::needs_reasoning_state(candidate.provider.dialect) {
+        if !super::needs_reasoning_state(candidate.provider.dialect) {
             if let Some(m) = &ctx.client_messages {
                 body.set_raw("messages", m.clone());
             }
         }
-        let plan = llm::plan_call(gw, ctx.door_request.as_deref(), &mut body, &candidate, ep);
+        let plan = plan_call(
+            gw,
+            ctx.door,
+            ctx.original.as_deref(),
+            &mut body,
+            &candidate,
+            ep,
+        );
         if original.is_none() {
             *obj = body;
         }
@@ -202,7 +209,7 @@ fn fallback_allowed(gw: &Gateway, ctx: &RequestCtx, candidate: &Route<'_>) -> Re
         return Ok(());
     };
     let requested = ctx.model.as_deref().unwrap_or("");
-    llm::model_permitted(
+    super::admission::model_permitted(
         gw,
         p,
         requested,
@@ -312,12 +319,12 @@ async fn try_pool<'r>(
                 .with_label_values(&[&pool.name, reason])
                 .inc();
         }
-        tokio::select! {
-            _ = tokio::time::sleep(wait) => {}
-            _ = session.as_downstream_mut().read_body_or_idle(true) => {
-                llm::mark_client_gone(session, ctx);
-                return Ok(Outcome::ClientGone);
-            }
+        if unless_client_leaves(session, tokio::time::sleep(wait))
+            .await
+            .is_none()
+        {
+            ctx.client_left();
+            return Ok(Outcome::ClientGone);
         }
     }
     Err(Stop::Failed(last.unwrap_or_else(|| {
@@ -373,7 +380,7 @@ async fn attempt_once<'r>(
             }
         },
     };
-    match llm::send_to(gw, session, ctx, &backend, plan, timeouts).await {
+    match send_to(gw, session, ctx, &backend, plan, timeouts).await {
         Ok(None) => Attempt::Done(Outcome::ClientGone),
         Err(UpstreamError::Deadline) => Attempt::Deadline,
         Err(e) => {
@@ -488,4 +495,79 @@ fn backoff(cfg: &crate::config::resilience::RetryConfig, attempt: u32) -> Durati
         return Duration::ZERO;
     }
     Duration::from_nanos(r % nanos)
+}
+
+/// Sends the planned call to one backend and waits for the response head while watching the
+/// client: if it hangs up, the upstream call is dropped (its connection closed) instead of
+/// generating tokens nobody reads, and `Ok(None)` is returned. Non-2xx responses are returned
+/// for the caller to judge (retry, fall back, or relay).
+async fn send_to(
+    gw: &Gateway,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    backend: &crate::providers::Provider,
+    plan: &Plan,
+    timeouts: &crate::upstream::Timeouts,
+) -> Result<Option<UpstreamResponse>, UpstreamError> {
+    let accept = if plan.stream {
+        "text/event-stream"
+    } else {
+        "application/json"
+    };
+    let headers = [
+        (
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        ),
+        (http::header::ACCEPT, HeaderValue::from_static(accept)),
+        // The gateway reads responses (usage, SSE events), so ask for them uncompressed.
+        (
+            http::header::ACCEPT_ENCODING,
+            HeaderValue::from_static("identity"),
+        ),
+        (
+            http::header::USER_AGENT,
+            HeaderValue::from_static(concat!("inference-gateway/", env!("CARGO_PKG_VERSION"))),
+        ),
+    ];
+    let with_door_headers;
+    let headers: &[(HeaderName, HeaderValue)] = if plan.headers.is_empty() {
+        &headers
+    } else {
+        with_door_headers = [&headers[..], &plan.headers[..]].concat();
+        &with_door_headers
+    };
+    let req = UpstreamRequest {
+        method: Method::POST,
+        path: &plan.path,
+        headers,
+        body: plan.body.clone(),
+        request_id: &ctx.request_id,
+        timeouts: Some(timeouts),
+    };
+    ctx.upstream_calls += 1;
+    let waited = Instant::now();
+    let sent = unless_client_leaves(session, gw.client.send(backend, &req)).await;
+    ctx.upstream_wait += waited.elapsed();
+    let Some(sent) = sent else {
+        ctx.client_left();
+        // The body was (being) sent: the provider bills the prompt it processed, so the
+        // caller is charged at least the prompt estimate.
+        if ctx.usage.is_none() && ctx.estimated_usage.is_none() {
+            ctx.estimated_usage = Some((filters::usage::estimate_tokens(plan.body.len()), 0));
+        }
+        return Ok(None);
+    };
+    let resp = sent.inspect_err(|e| ctx.upstream_failure = Some(e.reason()))?;
+    ctx.upstream_addr = Some(resp.addr);
+    ctx.upstream_retries += resp.retries;
+    let status = resp.status();
+    if !(200..300).contains(&status) {
+        ctx.upstream_failure = Some(match status {
+            429 => "status_429",
+            500..=599 => "status_5xx",
+            _ => "status_4xx",
+        });
+    }
+    Ok(Some(resp))
 }

@@ -1,0 +1,274 @@
+//! The exchange: one canonical request (Chat Completions, whichever door it came through) is
+//! routed, admitted against the caller's limits, sent in the provider's dialect with retries and
+//! fallbacks (or run through the MCP loop), and its answer relayed back through the door's
+//! encoder. Doors call [`run`]; nothing here knows which door called (only the `Door` value in
+//! the record, whose encoders are pure code in `filters::doors`).
+//!
+//! `admission` (permissions, reserves, limits) -> `plan` (the body and path for one provider)
+//! -> `dispatch` (backends, retries, fallbacks) -> `relay` (the answer to the client, through
+//! `client`'s writer); `tool_loop` repeats plan/dispatch/relay per round.
+
+mod admission;
+mod client;
+mod dispatch;
+mod plan;
+mod relay;
+pub mod tool_loop;
+
+use bytes::Bytes;
+use filters::dialects::Dialect;
+use filters::json_object::{ParseError, RawObject};
+use http::{HeaderName, HeaderValue};
+use pingora::proxy::Session;
+use serde_json::Value;
+
+pub(crate) use self::admission::limit_error;
+use self::admission::{admit, completion_reserve, model_permitted};
+use self::dispatch::{Outcome, Served};
+use self::relay::{relay_error, relay_stream, relay_whole};
+use crate::errors::ApiError;
+use crate::proxy::{respond, Gateway, RequestCtx};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    Chat,
+    Completions,
+    Embeddings,
+    /// `/v1/messages/count_tokens`: routed like chat, counted by the provider where it can.
+    CountTokens,
+}
+
+impl Endpoint {
+    fn streams(self) -> bool {
+        matches!(self, Endpoint::Chat | Endpoint::Completions)
+    }
+}
+
+/// What a door hands the exchange.
+pub struct Inbound {
+    /// The canonical request: a Chat Completions body (or, for `CountTokens`, the door's own).
+    pub body: Bytes,
+    /// Provider of a model name that names none (the Messages door's default provider).
+    pub default_provider: Option<String>,
+    /// `CountTokens`: the door's estimate, the answer where the provider cannot count.
+    pub estimate: Option<u64>,
+}
+
+/// The request as the client sent it, in its door's API, kept for a provider that speaks that
+/// API (relayed with only the model rewritten).
+pub struct OriginalRequest {
+    pub body: Bytes,
+    /// What the canonical request could not carry (`x-gateway-dropped-params` when translated).
+    pub dropped: Vec<String>,
+    /// The client's API headers to forward on a relay (`anthropic-version`, `anthropic-beta`).
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// Relaying is allowed (off in the MCP loop, which works on the canonical exchange).
+    pub relay: bool,
+}
+
+impl OriginalRequest {
+    /// Whether a call to `dialect` is relayed in the client's own API.
+    pub fn relays_to(&self, door: filters::doors::Door, dialect: Dialect) -> bool {
+        self.relay && door == filters::doors::Door::Messages && dialect == Dialect::Anthropic
+    }
+}
+
+/// Serves a canonical request; `Err` only while nothing has been written to the client.
+pub async fn run(
+    gw: &Gateway,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    ep: Endpoint,
+    inbound: Inbound,
+) -> Result<(), ApiError> {
+    let raw = inbound.body;
+    let mut obj =
+        RawObject::parse_limited(&raw, gw.cfg.server.max_json_fields).map_err(|e| match e {
+            ParseError::NotAnObject => ApiError::bad_request(e.to_string()).code("invalid_json"),
+            ParseError::TooManyFields(n) => ApiError::bad_request(format!(
+                "The request body has more than {n} top-level fields (server.max_json_fields)"
+            ))
+            .code("too_many_fields"),
+            ParseError::Syntax(_) | ParseError::DuplicateKey(_) => ApiError::bad_request(format!(
+                "We could not parse the JSON body of your request: {e}"
+            ))
+            .code("invalid_json"),
+        })?;
+    let model: String = obj
+        .get_as("model")
+        .map_err(|_| ApiError::bad_request("model must be a string").param("model"))?
+        .filter(|m: &String| !m.is_empty())
+        .ok_or_else(|| {
+            ApiError::bad_request("you must provide a model parameter")
+                .param("model")
+                .code("missing_model")
+        })?;
+    ctx.model = Some(model.clone());
+
+    let provider_param = query_param(session, "provider");
+    let provider_param = provider_param.or_else(|| {
+        inbound
+            .default_provider
+            .filter(|_| !gw.router.resolves(&model))
+    });
+    let route = gw.router.route(&model, provider_param.as_deref())?;
+    let provider = route.provider.clone();
+    ctx.provider = Some(provider.name.clone());
+    ctx.upstream_model = Some(route.upstream_model.clone());
+    ctx.completion_reserve = completion_reserve(gw, &obj, ep, &route)?;
+    // Permission first: a caller who may not use a model learns nothing more. Then what
+    // cannot be served at all, before anything is counted against the caller's limits.
+    if let Some(p) = &ctx.principal {
+        model_permitted(gw, p, &model, &route, &format!("The model {model:?}"))?;
+    }
+    if !provider.configured {
+        return Err(not_configured(&provider.name));
+    }
+    if ep == Endpoint::CountTokens {
+        // Counted, never charged: no admission against the caller's limits. A provider that
+        // does not speak the door's API cannot count: the door's estimate is the answer.
+        let relayed = ctx
+            .original
+            .as_ref()
+            .is_some_and(|o| o.relays_to(ctx.door, provider.dialect));
+        if !relayed {
+            let n = inbound.estimate.unwrap_or(0);
+            let mut h = respond::header(200, "application/json", ctx);
+            let _ = h.insert_header("x-gateway-provider", provider.name.as_str());
+            let _ = h.insert_header("x-gateway-estimate", "true");
+            let body = Bytes::from(format!("{{\"input_tokens\":{n}}}"));
+            let _ = respond::full(session, ctx, h, body).await;
+            return Ok(());
+        }
+    } else {
+        admit(gw, ctx, &route).await?;
+    }
+    let missing_key = gw
+        .pools
+        .get(&provider.name)
+        .map_or(provider.missing_key(), |p| p.missing_key());
+    if missing_key {
+        return Err(ApiError::bad_request(format!(
+            "Provider {} has no API key configured (set {}_API_KEY)",
+            provider.name,
+            crate::config::providers::env_prefix(&provider.name)
+        ))
+        .code("provider_not_configured"));
+    }
+    if ep == Endpoint::Chat {
+        if let Some(needed) = reasoning_needed(provider.dialect) {
+            restore_reasoning_state(gw, ctx, &mut obj, needed).await?;
+        }
+    }
+    if ep == Endpoint::Chat {
+        // The hub check is a pointer test when MCP is off; the body is looked at only after.
+        if let Some(mcp) = tool_loop::active_hub(gw, session) {
+            if tool_loop::wants_tools(&obj) {
+                // The loop works on the canonical exchange: no relay in the door's own API.
+                if let Some(o) = &mut ctx.original {
+                    o.relay = false;
+                }
+                return tool_loop::run(gw, session, ctx, mcp, obj, &route).await;
+            }
+        }
+    }
+    let served = match dispatch::dispatch(gw, session, ctx, &mut obj, &route, ep).await? {
+        Outcome::Ok(s) => s,
+        Outcome::Error(s) => {
+            let name = s.route.provider.name.clone();
+            return relay_error(gw, session, ctx, &name, s.plan.dialect, s.resp).await;
+        }
+        Outcome::ClientGone => return Ok(()),
+    };
+    drop(obj);
+    let Served { route, plan, resp } = served;
+    if plan.stream && resp.is_event_stream() {
+        relay_stream(gw, session, ctx, resp, &route, &plan).await;
+        return Ok(());
+    }
+    relay_whole(gw, session, ctx, resp, &route, &plan).await
+}
+
+/// The reasoning state a dialect's turns must come back with (Anthropic thinking, Gemini
+/// thought signatures), if any.
+fn reasoning_needed(d: Dialect) -> Option<filters::reasoning::Needed> {
+    match d {
+        Dialect::Anthropic => Some(filters::reasoning::Needed::Thinking),
+        Dialect::Google => Some(filters::reasoning::Needed::Signature),
+        _ => None,
+    }
+}
+
+pub(super) fn needs_reasoning_state(d: Dialect) -> bool {
+    reasoning_needed(d).is_some()
+}
+
+/// The vault's scope for the caller: its principal, or everyone on an open gateway.
+fn vault_scope(ctx: &RequestCtx) -> &str {
+    ctx.principal.as_ref().map_or("", |p| p.id.as_str())
+}
+
+/// Puts kept reasoning state back into assistant turns the client sent without it (SDK stream
+/// accumulators keep only `role`, `content` and `tool_calls`). Cheap when there is nothing to
+/// do: a substring test on the raw messages.
+async fn restore_reasoning_state(
+    gw: &Gateway,
+    ctx: &mut RequestCtx,
+    obj: &mut RawObject<'_>,
+    needed: filters::reasoning::Needed,
+) -> Result<(), ApiError> {
+    if !gw.vault.enabled() {
+        return Ok(());
+    }
+    let Some(raw) = obj.get("messages") else {
+        return Ok(());
+    };
+    if !raw.get().contains("\"tool_calls\"") {
+        return Ok(());
+    }
+    let mut messages: Vec<Value> = serde_json::from_str(raw.get())
+        .map_err(|_| ApiError::bad_request("messages must be an array").param("messages"))?;
+    let ids = filters::reasoning::ids_missing_state(&messages, needed);
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let found = gw.vault.get(vault_scope(ctx), &ids).await;
+    if filters::reasoning::restore(&mut messages, &found, needed) {
+        ctx.client_messages = Some(raw.to_owned());
+        obj.set("messages", &messages);
+    }
+    Ok(())
+}
+
+/// Keeps an answer's reasoning state for the client's next turn.
+pub(super) fn keep_reasoning_state(
+    gw: &Gateway,
+    ctx: &RequestCtx,
+    state: &filters::reasoning::TurnState,
+) {
+    gw.vault.put(vault_scope(ctx), state.entries());
+}
+
+/// A built-in provider nobody configured (e.g. `ollama` at its default URL) is not a target:
+/// its default host may be anything on the gateway's network.
+pub(super) fn not_configured(provider: &str) -> ApiError {
+    let env = crate::config::providers::env_prefix(provider);
+    ApiError::bad_request(format!(
+        "Provider {provider} is not configured (set {env}_API_URL, {env}_API_KEY or {env}_ENABLE=true)"
+    ))
+    .code("provider_not_configured")
+}
+
+pub(crate) fn query_param(session: &Session, name: &str) -> Option<String> {
+    let q = session.req_header().uri.query()?;
+    q.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+        (k == name && !v.is_empty()).then(|| v.to_string())
+    })
+}
+
+pub(super) fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}

@@ -1,0 +1,311 @@
+//! Planning one upstream call: the client's canonical body rewritten for the routed provider
+//! (model, alias defaults and system prefix, `include_usage`), translated into its dialect, or
+//! the client's original request relayed when the provider speaks the door's API.
+
+use bytes::Bytes;
+use filters::dialects::{self, Dialect, RequestOptions};
+use filters::json_object::RawObject;
+use filters::openai::ChatCompletionRequest;
+use http::{HeaderName, HeaderValue};
+use serde_json::{Map, Value};
+
+use super::{Endpoint, OriginalRequest};
+use crate::errors::ApiError;
+use crate::proxy::Gateway;
+use crate::routing::Route;
+
+/// The rewritten OpenAI request.
+struct Prepared {
+    body: Bytes,
+    stream: bool,
+    /// The gateway added `include_usage`; hide the usage-only chunk from the client.
+    strip_usage_chunk: bool,
+}
+
+/// Rewrites the client's body for the routed provider and decides the upstream call.
+pub(super) fn plan_call(
+    gw: &Gateway,
+    door: filters::doors::Door,
+    original: Option<&OriginalRequest>,
+    obj: &mut RawObject<'_>,
+    route: &Route<'_>,
+    ep: Endpoint,
+) -> Result<Plan, ApiError> {
+    let provider = &route.provider;
+    if let Some(o) = original.filter(|o| o.relays_to(door, provider.dialect)) {
+        return plan_relay(o, route, ep);
+    }
+    if ep == Endpoint::CountTokens {
+        return Err(ApiError::bad_request(format!(
+            "Provider {} cannot count tokens",
+            provider.name
+        ))
+        .code("unsupported_request"));
+    }
+    let native = ep == Endpoint::Chat && provider.dialect != Dialect::Openai;
+    let mut dropped = Vec::new();
+    if !native && !provider.stream_usage && obj.remove("stream_options") {
+        // A server that refuses the field (Mistral: 422) reports usage on its own.
+        dropped.push("stream_options".to_string());
+    }
+    let prepared = prepare(obj, route, ep, !native && provider.stream_usage)?;
+    if native {
+        return plan_native(gw, route, prepared);
+    }
+    let path = match ep {
+        Endpoint::Chat | Endpoint::CountTokens => &provider.chat_path,
+        Endpoint::Completions => &provider.completions_path,
+        Endpoint::Embeddings => &provider.embeddings_path,
+    };
+    Ok(Plan {
+        dialect: Dialect::Openai,
+        path: provider.path_and_query(path, None),
+        body: prepared.body,
+        stream: prepared.stream,
+        strip_usage_chunk: prepared.strip_usage_chunk,
+        client_include_usage: !prepared.strip_usage_chunk,
+        dropped,
+        json_tool: None,
+        passthrough: false,
+        headers: Vec::new(),
+    })
+}
+
+/// Everything decided about the upstream call before it is made.
+#[derive(Clone)]
+pub(super) struct Plan {
+    pub(super) dialect: Dialect,
+    pub(super) path: String,
+    pub(super) body: Bytes,
+    pub(super) stream: bool,
+    /// OpenAI dialect: the gateway injected `include_usage`; hide the usage-only chunk.
+    pub(super) strip_usage_chunk: bool,
+    /// The client asked for the usage-only chunk.
+    pub(super) client_include_usage: bool,
+    /// Parameters the target API cannot express.
+    pub(super) dropped: Vec<String>,
+    /// `response_format` emulated with this forced tool (see `NativeRequest::json_tool`).
+    pub(super) json_tool: Option<String>,
+    /// Relayed in the client's own API (door = dialect): the answer is not translated.
+    pub(super) passthrough: bool,
+    /// Headers of the client's API forwarded on a relay (`anthropic-version`, ...).
+    pub(super) headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+/// The model table's entry for a route's upstream model.
+pub(super) fn model_entry<'g>(
+    gw: &'g Gateway,
+    route: &Route<'_>,
+) -> Option<&'g crate::config::ModelEntry> {
+    gw.cfg
+        .model_table
+        .find(&route.provider.name, &route.upstream_model)
+}
+
+/// Translates the (already rewritten) OpenAI body into the provider's native request.
+fn plan_native(gw: &Gateway, route: &Route<'_>, prepared: Prepared) -> Result<Plan, ApiError> {
+    let provider = &route.provider;
+    let req: ChatCompletionRequest = serde_json::from_slice(&prepared.body).map_err(|e| {
+        ApiError::bad_request(format!("Invalid chat completion request: {e}"))
+            .code("invalid_request")
+    })?;
+    let client_include_usage = req
+        .stream_options
+        .as_ref()
+        .and_then(|o| o.include_usage)
+        .unwrap_or(false);
+    // The provider's own setting, else the model's output limit from the model table (not a
+    // flat 4,096 that cuts long answers), else 4,096.
+    let entry = model_entry(gw, route);
+    let opts = RequestOptions {
+        default_max_tokens: provider
+            .default_max_tokens
+            .or(entry.and_then(|e| e.max_output_tokens))
+            .unwrap_or(4096),
+        sampling_exclusive: entry.and_then(|e| e.sampling_exclusive),
+        structured_outputs: entry.and_then(|e| e.structured_outputs),
+        thinking_budget: entry
+            .and_then(|e| e.thinking_budget)
+            .map(|[lo, hi]| (lo, hi)),
+        max_output_tokens: entry.and_then(|e| e.max_output_tokens),
+    };
+    let native = dialects::translate_request(provider.dialect, &req, &opts).map_err(|e| {
+        let mut err = ApiError::bad_request(e.message).code("unsupported_request");
+        err.param = e.param;
+        err
+    })?;
+    let path = match provider.dialect {
+        Dialect::Google => {
+            // The model becomes part of the URL path: allow only model-name characters, so a
+            // name cannot change the method (`x:countTokens?`) or slip past the model lists
+            // (`models/...`).
+            let m = &route.upstream_model;
+            if !m
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+                || m.contains("..")
+            {
+                return Err(ApiError::bad_request(format!(
+                    "Invalid model name {m:?} for provider {}: letters, digits, '-', '_' and '.' only",
+                    provider.name
+                ))
+                .param("model")
+                .code("invalid_model"));
+            }
+            let p = dialects::google::path(&route.upstream_model, native.stream);
+            let (endpoint, query) = p
+                .split_once('?')
+                .map_or((p.as_str(), None), |(a, b)| (a, Some(b)));
+            provider.path_and_query(endpoint, query)
+        }
+        _ => provider.path_and_query(&provider.chat_path, None),
+    };
+    Ok(Plan {
+        dialect: provider.dialect,
+        path,
+        body: Bytes::from(native.body),
+        stream: native.stream,
+        strip_usage_chunk: false,
+        client_include_usage,
+        dropped: native.dropped,
+        json_tool: native.json_tool,
+        passthrough: false,
+        headers: Vec::new(),
+    })
+}
+
+/// Rewrites the request body for the upstream: the routed model name, alias defaults and system
+/// prompt prefix, and `stream_options.include_usage` so usage is never missing from a stream.
+fn prepare(
+    obj: &mut RawObject<'_>,
+    route: &Route<'_>,
+    ep: Endpoint,
+    inject_usage: bool,
+) -> Result<Prepared, ApiError> {
+    obj.set("model", &route.upstream_model);
+    if let Some(alias) = route.alias {
+        for (k, v) in &alias.defaults {
+            if !obj.contains(k) {
+                obj.set(k, v);
+            }
+        }
+        if let (Some(prefix), Endpoint::Chat) = (&alias.system_prompt_prefix, ep) {
+            let messages = prefix_system_prompt(obj, prefix)?;
+            obj.set("messages", &messages);
+        }
+    }
+    let stream = if ep.streams() {
+        obj.get_as::<bool>("stream")
+            .map_err(|_| ApiError::bad_request("stream must be a boolean").param("stream"))?
+            .unwrap_or(false)
+    } else {
+        false
+    };
+    let mut strip_usage_chunk = false;
+    if stream && inject_usage {
+        let mut opts: Map<String, Value> = obj
+            .get_as("stream_options")
+            .map_err(|_| {
+                ApiError::bad_request("stream_options must be an object").param("stream_options")
+            })?
+            .unwrap_or_default();
+        if opts.get("include_usage") != Some(&Value::Bool(true)) {
+            opts.insert("include_usage".into(), Value::Bool(true));
+            obj.set("stream_options", &opts);
+            strip_usage_chunk = true;
+        }
+    }
+    Ok(Prepared {
+        body: Bytes::from(obj.to_vec()),
+        stream,
+        strip_usage_chunk,
+    })
+}
+
+/// Puts `prefix` before the first system message's text, or adds a system message.
+fn prefix_system_prompt(obj: &RawObject<'_>, prefix: &str) -> Result<Vec<Value>, ApiError> {
+    let mut messages: Vec<Value> = obj
+        .get_as("messages")
+        .map_err(|_| ApiError::bad_request("messages must be an array").param("messages"))?
+        .unwrap_or_default();
+    let first_system = messages.first_mut().filter(|m| {
+        matches!(
+            m.get("role").and_then(Value::as_str),
+            Some("system" | "developer")
+        )
+    });
+    match first_system.and_then(|m| m.get_mut("content")) {
+        Some(Value::String(s)) => *s = format!("{prefix}\n\n{s}"),
+        Some(Value::Array(parts)) => {
+            parts.insert(0, serde_json::json!({"type": "text", "text": prefix}))
+        }
+        _ => messages.insert(0, serde_json::json!({"role": "system", "content": prefix})),
+    }
+    Ok(messages)
+}
+
+/// The relay of a Messages request to an Anthropic provider: the client's body with the routed
+/// model, an alias's defaults and system prefix in Messages terms, the client's
+/// `anthropic-version` / `anthropic-beta`.
+pub(super) fn plan_relay(
+    req: &OriginalRequest,
+    route: &Route<'_>,
+    ep: Endpoint,
+) -> Result<Plan, ApiError> {
+    let provider = &route.provider;
+    let mut obj = RawObject::parse(&req.body)
+        .map_err(|e| ApiError::bad_request(format!("Invalid JSON: {e}")).code("invalid_json"))?;
+    obj.set("model", &route.upstream_model);
+    if let Some(alias) = route.alias {
+        for (k, v) in &alias.defaults {
+            // Chat Completions names to Messages names; what Messages cannot take is left out.
+            let key = match k.as_str() {
+                "max_tokens" | "max_completion_tokens" => "max_tokens",
+                "stop" => "stop_sequences",
+                k @ ("temperature" | "top_p" | "top_k" | "metadata" | "thinking"
+                | "service_tier") => k,
+                _ => continue,
+            };
+            if !obj.contains(key) {
+                let v = match (key, v) {
+                    ("stop_sequences", Value::String(s)) => Value::Array(vec![s.clone().into()]),
+                    _ => v.clone(),
+                };
+                obj.set(key, &v);
+            }
+        }
+        if let (Some(prefix), Endpoint::Chat) = (&alias.system_prompt_prefix, ep) {
+            let system = match obj.get_as::<Value>("system") {
+                Ok(Some(Value::String(s))) => Value::String(format!("{prefix}\n\n{s}")),
+                Ok(Some(Value::Array(mut blocks))) => {
+                    blocks.insert(0, serde_json::json!({"type": "text", "text": prefix}));
+                    Value::Array(blocks)
+                }
+                _ => Value::String(prefix.clone()),
+            };
+            obj.set("system", &system);
+        }
+    }
+    let stream = ep == Endpoint::Chat
+        && obj
+            .get_as::<bool>("stream")
+            .map_err(|_| ApiError::bad_request("stream must be a boolean").param("stream"))?
+            .unwrap_or(false);
+    let base = provider.chat_path.as_str();
+    let path = match ep {
+        Endpoint::CountTokens => format!("{base}/count_tokens"),
+        _ => base.to_string(),
+    };
+    Ok(Plan {
+        dialect: Dialect::Anthropic,
+        path: provider.path_and_query(&path, None),
+        body: Bytes::from(obj.to_vec()),
+        stream,
+        strip_usage_chunk: false,
+        client_include_usage: true,
+        dropped: Vec::new(),
+        json_tool: None,
+        passthrough: true,
+        headers: req.headers.clone(),
+    })
+}
