@@ -234,35 +234,58 @@ struct Scenario {
     name: &'static str,
     body_bytes: usize,
     stream: bool,
+    /// Sent to `/v1/messages` (Anthropic's API, translated to the OpenAI mock) instead of
+    /// `/v1/chat/completions`. The mock and bare Pingora answer it the same as chat.
+    messages: bool,
 }
 
-const SCENARIOS: [Scenario; 3] = [
+const SCENARIOS: [Scenario; 5] = [
     Scenario {
         name: "non-stream 1 KB",
         body_bytes: 1024,
         stream: false,
+        messages: false,
     },
     Scenario {
         name: "non-stream 100 KB",
         body_bytes: 100 * 1024,
         stream: false,
+        messages: false,
     },
     Scenario {
         name: "stream 200 chunks",
         body_bytes: 1024,
         stream: true,
+        messages: false,
+    },
+    Scenario {
+        name: "messages 1 KB",
+        body_bytes: 1024,
+        stream: false,
+        messages: true,
+    },
+    Scenario {
+        name: "messages stream 200",
+        body_bytes: 1024,
+        stream: true,
+        messages: true,
     },
 ];
 
 fn request_bytes(s: Scenario) -> Vec<u8> {
     let overhead = 90;
     let filler = "w".repeat(s.body_bytes.saturating_sub(overhead));
+    let (path, max_tokens) = if s.messages {
+        ("/v1/messages", r#""max_tokens":256,"#)
+    } else {
+        ("/v1/chat/completions", "")
+    };
     let body = format!(
-        r#"{{"model":"openai/gpt-4o","messages":[{{"role":"user","content":"{filler}"}}],"stream":{}}}"#,
+        r#"{{"model":"openai/gpt-4o",{max_tokens}"messages":[{{"role":"user","content":"{filler}"}}],"stream":{}}}"#,
         s.stream
     );
     let mut r = format!(
-        "POST /v1/chat/completions HTTP/1.1\r\nhost: bench\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        "POST {path} HTTP/1.1\r\nhost: bench\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
         body.len()
     )
     .into_bytes();

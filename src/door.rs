@@ -12,7 +12,7 @@ use filters::doors::{messages, Door};
 use http::HeaderName;
 use pingora::proxy::Session;
 
-use crate::errors::ApiError;
+use crate::errors::{ApiError, Code};
 use crate::exchange::{self, Endpoint, Inbound, OriginalRequest};
 use crate::proxy::{body, respond, Gateway, RequestCtx};
 
@@ -59,11 +59,10 @@ async fn read_body(
     .await
     .map_err(|_| {
         session.set_keepalive(None);
-        ApiError::new(
-            408,
+        ApiError::of(
+            Code::BodyTimeout,
             format!("Timed out reading the request body (server.body_timeout = {limit:?})"),
         )
-        .code("request_timeout")
     })??;
     ctx.bytes_in = raw.len();
     if gw.cfg.environment == crate::config::Environment::Development {
@@ -84,7 +83,7 @@ fn decode_messages(
     raw: Bytes,
 ) -> Result<Inbound, ApiError> {
     let invalid = |e: filters::doors::DecodeError| {
-        let mut err = ApiError::bad_request(e.message).code("invalid_request");
+        let mut err = ApiError::of(Code::InvalidRequest, e.message);
         err.param = e.param;
         err
     };

@@ -19,7 +19,7 @@ use log::warn;
 use pingora::proxy::Session;
 use serde::Deserialize;
 
-use crate::errors::ApiError;
+use crate::errors::{ApiError, Code};
 use crate::providers::Provider;
 use crate::proxy::{respond, Gateway, RequestCtx};
 use crate::upstream::UpstreamRequest;
@@ -112,9 +112,11 @@ pub async fn handle(gw: &Gateway, session: &mut Session, ctx: &mut RequestCtx) {
         Some(name) => match gw.providers.get(name).filter(|p| p.configured) {
             Some(p) => vec![p.clone()],
             None => {
-                let err = ApiError::bad_request(format!("Unknown provider {name:?} in ?provider="))
-                    .param("provider")
-                    .code("unknown_provider");
+                let err = ApiError::of(
+                    Code::UnknownProvider,
+                    format!("Unknown provider {name:?} in ?provider="),
+                )
+                .param("provider");
                 return respond::error(session, ctx, &err).await;
             }
         },

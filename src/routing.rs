@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use crate::config::{AliasConfig, Config};
-use crate::errors::ApiError;
+use crate::errors::{ApiError, Code};
 use crate::providers::{Provider, Providers};
 
 /// Where a request goes.
@@ -45,9 +45,11 @@ impl Router {
     pub fn route(&self, model: &str, provider_param: Option<&str>) -> Result<Route<'_>, ApiError> {
         let route = if let Some(name) = provider_param {
             let provider = self.provider(name).ok_or_else(|| {
-                ApiError::bad_request(format!("Unknown provider {name:?} in ?provider="))
-                    .param("provider")
-                    .code("unknown_provider")
+                ApiError::of(
+                    Code::UnknownProvider,
+                    format!("Unknown provider {name:?} in ?provider="),
+                )
+                .param("provider")
             })?;
             Route {
                 provider,
@@ -74,12 +76,14 @@ impl Router {
                     alias: None,
                 },
                 None => {
-                    return Err(ApiError::bad_request(format!(
+                    return Err(ApiError::of(
+                        Code::ProviderNotDetermined,
+                        format!(
                         "Unable to determine provider for model {model:?}: use the provider/model \
                          format (e.g. openai/gpt-4o) or the ?provider= query parameter"
-                    ))
-                    .param("model")
-                    .code("provider_not_determined"))
+                    ),
+                    )
+                    .param("model"))
                 }
             }
         };
@@ -118,12 +122,11 @@ impl Router {
         let denied = names.iter().any(|n| self.disallowed.contains(n))
             || (!self.allowed.is_empty() && !names.iter().any(|n| self.allowed.contains(n)));
         if denied {
-            return Err(ApiError::new(
-                403,
+            return Err(ApiError::of(
+                Code::ModelNotAllowed,
                 format!("Model {requested:?} is not allowed on this gateway"),
             )
-            .param("model")
-            .code("model_not_allowed"));
+            .param("model"));
         }
         Ok(())
     }

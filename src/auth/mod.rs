@@ -14,7 +14,7 @@ use subtle::ConstantTimeEq;
 
 use crate::config::auth::LimitsSpec;
 use crate::config::Config;
-use crate::errors::ApiError;
+use crate::errors::{ApiError, Code};
 use crate::routing::Route;
 
 /// An authenticated caller.
@@ -143,7 +143,7 @@ impl Auth {
             if self.required {
                 return Err(unauthorized(
                     "You didn't provide an API key. Send it as Authorization: Bearer <key> or x-api-key.",
-                    "missing_api_key",
+                    Code::MissingApiKey,
                 ));
             }
             return Ok(None);
@@ -159,7 +159,7 @@ impl Auth {
         if self.required {
             return Err(unauthorized(
                 "Incorrect API key provided.",
-                "invalid_api_key",
+                Code::InvalidApiKey,
             ));
         }
         Ok(None)
@@ -178,7 +178,7 @@ impl Auth {
                 if k.expires.is_some_and(|e| SystemTime::now() >= e) {
                     return Err(unauthorized(
                         &format!("API key {} has expired.", k.name),
-                        "expired_api_key",
+                        Code::ExpiredApiKey,
                     ));
                 }
                 return Ok(Some(Principal {
@@ -204,8 +204,8 @@ fn bearer(headers: &http::HeaderMap) -> Option<&str> {
         .filter(|t| !t.is_empty())
 }
 
-pub fn unauthorized(message: &str, code: &'static str) -> ApiError {
-    ApiError::new(401, message).code(code)
+pub fn unauthorized(message: &str, code: Code) -> ApiError {
+    ApiError::of(code, message)
 }
 
 #[cfg(test)]

@@ -72,8 +72,12 @@ impl Oidc {
     }
 
     pub async fn validate(&self, token: &str) -> Result<Principal, ApiError> {
-        let invalid =
-            |why: &str| unauthorized(&format!("Invalid bearer token: {why}."), "invalid_token");
+        let invalid = |why: &str| {
+            unauthorized(
+                &format!("Invalid bearer token: {why}."),
+                crate::errors::Code::InvalidToken,
+            )
+        };
         let header = jsonwebtoken::decode_header(token).map_err(|_| invalid("malformed"))?;
         if !matches!(header.alg, Algorithm::RS256 | Algorithm::ES256) {
             return Err(invalid("only RS256 and ES256 signatures are accepted"));

@@ -6,7 +6,7 @@ use filters::usage;
 
 use super::plan::model_entry;
 use super::Endpoint;
-use crate::errors::ApiError;
+use crate::errors::{ApiError, Code};
 use crate::proxy::{Gateway, RequestCtx};
 use crate::routing::Route;
 
@@ -21,11 +21,11 @@ pub(super) fn model_permitted(
     what: &str,
 ) -> Result<(), ApiError> {
     if !p.allows(requested, route) {
-        return Err(
-            ApiError::new(403, format!("{what} is not allowed for {}", p.name))
-                .param("model")
-                .code("model_not_allowed"),
-        );
+        return Err(ApiError::of(
+            Code::ModelNotAllowed,
+            format!("{what} is not allowed for {}", p.name),
+        )
+        .param("model"));
     }
     if p.limits.budget_usd.is_some()
         && !gw
@@ -33,15 +33,11 @@ pub(super) fn model_permitted(
             .prices
             .has(&route.provider.name, &route.upstream_model)
     {
-        return Err(ApiError::new(
-            403,
-            format!(
+        return Err(ApiError::of(Code::ModelNotPriced, format!(
                 "{what} ({}/{}) has no price, so it cannot be charged to {}'s budget (add it to [models.\"provider/model\"] or [prices])",
                 route.provider.name, route.upstream_model, p.name
-            ),
-        )
-        .param("model")
-        .code("model_not_priced"));
+            ))
+        .param("model"));
     }
     Ok(())
 }
@@ -66,38 +62,40 @@ pub(super) fn completion_reserve(
     let mut max_out: Option<u64> = None;
     for field in ["max_completion_tokens", "max_tokens"] {
         let v = obj.get_as::<u64>(field).map_err(|_| {
-            ApiError::bad_request(format!(
-                "Invalid value for '{field}': expected a non-negative integer."
-            ))
+            ApiError::of(
+                Code::InvalidValue,
+                format!("Invalid value for '{field}': expected a non-negative integer."),
+            )
             .param(field)
-            .code("invalid_value")
         })?;
         max_out = max_out.max(v.filter(|&n| n > 0));
     }
     let mut choices = 1;
     for field in ["n", "best_of"] {
         let v = obj.get_as::<u64>(field).map_err(|_| {
-            ApiError::bad_request(format!(
-                "Invalid value for '{field}': expected a positive integer."
-            ))
+            ApiError::of(
+                Code::InvalidValue,
+                format!("Invalid value for '{field}': expected a positive integer."),
+            )
             .param(field)
-            .code("invalid_value")
         })?;
         match v {
             Some(0) => {
-                return Err(ApiError::bad_request(format!(
-                    "Invalid value for '{field}': expected a positive integer."
-                ))
-                .param(field)
-                .code("invalid_value"))
+                return Err(ApiError::of(
+                    Code::InvalidValue,
+                    format!("Invalid value for '{field}': expected a positive integer."),
+                )
+                .param(field))
             }
             Some(n) if n > limits.max_n => {
-                return Err(ApiError::bad_request(format!(
+                return Err(ApiError::of(
+                    Code::InvalidValue,
+                    format!(
                     "Invalid value for '{field}': at most {} choices per request on this gateway.",
                     limits.max_n
-                ))
-                .param(field)
-                .code("invalid_value"))
+                ),
+                )
+                .param(field))
             }
             Some(n) => choices = choices.max(n),
             None => {}
@@ -185,48 +183,30 @@ pub(crate) fn limit_error(
     let (r, headers) = match denied {
         Denied::Unavailable => {
             return (
-                ApiError::new(
-                    503,
+                ApiError::of(
+                    Code::LimitsUnavailable,
                     "Rate limits cannot be checked right now (limits backend unavailable)",
-                )
-                .code("limits_unavailable"),
+                ),
                 None,
             )
         }
         Denied::Refused(r, headers) => (r, headers),
     };
     let mut err = match r {
-        Refusal::Budget => ApiError::new(
-            429,
-            format!(
+        Refusal::Budget => ApiError::of(Code::InsufficientQuota, format!(
                 "You exceeded your current quota: the budget of {} is spent.",
                 p.name
-            ),
-        )
-        .code("insufficient_quota"),
+            )),
         Refusal::Concurrency => {
-            ApiError::new(429, format!("Too many concurrent requests for {}.", p.name))
-                .code("rate_limit_exceeded")
+            ApiError::of(Code::RateLimitExceeded, format!("Too many concurrent requests for {}.", p.name))
         }
-        Refusal::Rpm => ApiError::new(
-            429,
-            format!("Rate limit reached for {}: requests per minute.", p.name),
-        )
-        .code("rate_limit_exceeded"),
+        Refusal::Rpm => ApiError::of(Code::RateLimitExceeded, format!("Rate limit reached for {}: requests per minute.", p.name)),
         Refusal::Tpm => match p.limits.tpm {
-            Some(tpm) if asked_tokens > tpm => ApiError::new(
-                429,
-                format!(
+            Some(tpm) if asked_tokens > tpm => ApiError::of(Code::RateLimitExceeded, format!(
                     "Request too large for {}: it may use up to {asked_tokens} tokens (prompt, max_tokens x n), more than its limit of {tpm} tokens per minute. Lower max_tokens or n.",
                     p.name
-                ),
-            )
-            .code("rate_limit_exceeded"),
-            _ => ApiError::new(
-                429,
-                format!("Rate limit reached for {}: tokens per minute.", p.name),
-            )
-            .code("rate_limit_exceeded"),
+                )),
+            _ => ApiError::of(Code::RateLimitExceeded, format!("Rate limit reached for {}: tokens per minute.", p.name)),
         },
     };
     let now = std::time::SystemTime::now()

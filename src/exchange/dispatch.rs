@@ -15,7 +15,7 @@ use pingora::proxy::Session;
 use super::client::unless_client_leaves;
 use super::plan::{plan_call, Plan};
 use super::Endpoint;
-use crate::errors::ApiError;
+use crate::errors::{ApiError, Code};
 use crate::pool::Pool;
 use crate::proxy::{Gateway, RequestCtx};
 use crate::routing::Route;
@@ -117,11 +117,13 @@ pub(super) async fn dispatch<'r>(
         if i > 0 && missing_key {
             note(
                 &mut last,
-                ApiError::bad_request(format!(
-                    "Provider {} has no API key configured",
-                    candidate.provider.name
-                ))
-                .code("provider_not_configured"),
+                ApiError::of(
+                    Code::ProviderNotConfigured,
+                    format!(
+                        "Provider {} has no API key configured",
+                        candidate.provider.name
+                    ),
+                ),
             );
             continue;
         }
@@ -196,9 +198,10 @@ pub(super) async fn dispatch<'r>(
             Ok(Outcome::Error(*s))
         }
         Some(Failure::Error(e)) => Err(e),
-        None => {
-            Err(ApiError::new(502, "no provider could serve the request").code("upstream_error"))
-        }
+        None => Err(ApiError::of(
+            Code::UpstreamError,
+            "no provider could serve the request",
+        )),
     }
 }
 
@@ -236,11 +239,10 @@ fn deadline_passed(ctx: &RequestCtx) -> bool {
 }
 
 fn deadline_error() -> ApiError {
-    ApiError::new(
-        504,
+    ApiError::of(
+        Code::Deadline,
         "the request ran out of its total time (timeouts.total)",
     )
-    .code("request_timeout")
 }
 
 /// Tries one provider's pool up to its retry budget.
@@ -252,13 +254,10 @@ async fn try_pool<'r>(
     plan: Plan,
 ) -> Result<Outcome<'r>, Stop<'r>> {
     let Some(pool) = gw.pools.get(&route.provider.name).cloned() else {
-        return Err(Stop::Failed(Failure::Error(
-            ApiError::new(
-                502,
-                format!("provider {} has no backends", route.provider.name),
-            )
-            .code("upstream_error"),
-        )));
+        return Err(Stop::Failed(Failure::Error(ApiError::of(
+            Code::UpstreamError,
+            format!("provider {} has no backends", route.provider.name),
+        ))));
     };
     if ctx.deadline.is_none() {
         let total = route
@@ -328,7 +327,7 @@ async fn try_pool<'r>(
         }
     }
     Err(Stop::Failed(last.unwrap_or_else(|| {
-        Failure::Error(ApiError::new(502, "no attempt was made").code("upstream_error"))
+        Failure::Error(ApiError::of(Code::UpstreamError, "no attempt was made"))
     })))
 }
 
@@ -348,11 +347,10 @@ async fn attempt_once<'r>(
     // taken: a request never holds two.
     ctx.upstream_hold = None;
     let Some((i, mut in_flight)) = pool.select(tried) else {
-        let mut e = ApiError::new(
-            503,
+        let mut e = ApiError::of(
+            Code::NoHealthyBackend,
             format!("provider {}: every backend is unavailable", pool.name),
-        )
-        .code("no_healthy_backend");
+        );
         e.retry_after = Some(pool.retry_in().unwrap_or(Duration::from_secs(1)));
         return Attempt::Skip(e);
     };
@@ -367,14 +365,13 @@ async fn attempt_once<'r>(
                 if let Some(m) = &gw.metrics {
                     m.shed.with_label_values(&[&pool.name]).inc();
                 }
-                let mut e = ApiError::new(
-                    503,
+                let mut e = ApiError::of(
+                    Code::Overloaded,
                     format!(
                         "provider {} is at its concurrency limit; retry shortly",
                         pool.name
                     ),
-                )
-                .code("overloaded");
+                );
                 e.retry_after = Some(shed.retry_after());
                 return Attempt::Skip(e);
             }
@@ -384,7 +381,7 @@ async fn attempt_once<'r>(
         Ok(None) => Attempt::Done(Outcome::ClientGone),
         Err(UpstreamError::Deadline) => Attempt::Deadline,
         Err(e) => {
-            let err = ApiError::new(e.status(), e.message(&pool.name)).code(e.code());
+            let err = ApiError::upstream(&e, &pool.name);
             let reason = match e {
                 // Nothing was sent.
                 UpstreamError::Connect(_) => "connect",

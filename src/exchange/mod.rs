@@ -26,7 +26,7 @@ pub(crate) use self::admission::limit_error;
 use self::admission::{admit, completion_reserve, model_permitted};
 use self::dispatch::{Outcome, Served};
 use self::relay::{relay_error, relay_stream, relay_whole};
-use crate::errors::ApiError;
+use crate::errors::{ApiError, Code};
 use crate::proxy::{respond, Gateway, RequestCtx};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,24 +84,24 @@ pub async fn run(
     let raw = inbound.body;
     let mut obj =
         RawObject::parse_limited(&raw, gw.cfg.server.max_json_fields).map_err(|e| match e {
-            ParseError::NotAnObject => ApiError::bad_request(e.to_string()).code("invalid_json"),
-            ParseError::TooManyFields(n) => ApiError::bad_request(format!(
-                "The request body has more than {n} top-level fields (server.max_json_fields)"
-            ))
-            .code("too_many_fields"),
-            ParseError::Syntax(_) | ParseError::DuplicateKey(_) => ApiError::bad_request(format!(
-                "We could not parse the JSON body of your request: {e}"
-            ))
-            .code("invalid_json"),
+            ParseError::NotAnObject => ApiError::of(Code::InvalidJson, e.to_string()),
+            ParseError::TooManyFields(n) => ApiError::of(
+                Code::TooManyFields,
+                format!(
+                    "The request body has more than {n} top-level fields (server.max_json_fields)"
+                ),
+            ),
+            ParseError::Syntax(_) | ParseError::DuplicateKey(_) => ApiError::of(
+                Code::InvalidJson,
+                format!("We could not parse the JSON body of your request: {e}"),
+            ),
         })?;
     let model: String = obj
         .get_as("model")
-        .map_err(|_| ApiError::bad_request("model must be a string").param("model"))?
+        .map_err(|_| ApiError::of(Code::InvalidRequest, "model must be a string").param("model"))?
         .filter(|m: &String| !m.is_empty())
         .ok_or_else(|| {
-            ApiError::bad_request("you must provide a model parameter")
-                .param("model")
-                .code("missing_model")
+            ApiError::of(Code::MissingModel, "you must provide a model parameter").param("model")
         })?;
     ctx.model = Some(model.clone());
 
@@ -148,12 +148,14 @@ pub async fn run(
         .get(&provider.name)
         .map_or(provider.missing_key(), |p| p.missing_key());
     if missing_key {
-        return Err(ApiError::bad_request(format!(
-            "Provider {} has no API key configured (set {}_API_KEY)",
-            provider.name,
-            crate::config::providers::env_prefix(&provider.name)
-        ))
-        .code("provider_not_configured"));
+        return Err(ApiError::of(
+            Code::ProviderNotConfigured,
+            format!(
+                "Provider {} has no API key configured (set {}_API_KEY)",
+                provider.name,
+                crate::config::providers::env_prefix(&provider.name)
+            ),
+        ));
     }
     if ep == Endpoint::Chat {
         if let Some(needed) = reasoning_needed(provider.dialect) {
@@ -226,8 +228,9 @@ async fn restore_reasoning_state(
     if !raw.get().contains("\"tool_calls\"") {
         return Ok(());
     }
-    let mut messages: Vec<Value> = serde_json::from_str(raw.get())
-        .map_err(|_| ApiError::bad_request("messages must be an array").param("messages"))?;
+    let mut messages: Vec<Value> = serde_json::from_str(raw.get()).map_err(|_| {
+        ApiError::of(Code::InvalidRequest, "messages must be an array").param("messages")
+    })?;
     let ids = filters::reasoning::ids_missing_state(&messages, needed);
     if ids.is_empty() {
         return Ok(());
@@ -253,10 +256,9 @@ pub(super) fn keep_reasoning_state(
 /// its default host may be anything on the gateway's network.
 pub(super) fn not_configured(provider: &str) -> ApiError {
     let env = crate::config::providers::env_prefix(provider);
-    ApiError::bad_request(format!(
+    ApiError::of(Code::ProviderNotConfigured, format!(
         "Provider {provider} is not configured (set {env}_API_URL, {env}_API_KEY or {env}_ENABLE=true)"
     ))
-    .code("provider_not_configured")
 }
 
 pub(crate) fn query_param(session: &Session, name: &str) -> Option<String> {

@@ -10,7 +10,7 @@ use http::{HeaderName, HeaderValue};
 use serde_json::{Map, Value};
 
 use super::{Endpoint, OriginalRequest};
-use crate::errors::ApiError;
+use crate::errors::{ApiError, Code};
 use crate::proxy::Gateway;
 use crate::routing::Route;
 
@@ -36,11 +36,10 @@ pub(super) fn plan_call(
         return plan_relay(o, route, ep);
     }
     if ep == Endpoint::CountTokens {
-        return Err(ApiError::bad_request(format!(
-            "Provider {} cannot count tokens",
-            provider.name
-        ))
-        .code("unsupported_request"));
+        return Err(ApiError::of(
+            Code::UnsupportedRequest,
+            format!("Provider {} cannot count tokens", provider.name),
+        ));
     }
     let native = ep == Endpoint::Chat && provider.dialect != Dialect::Openai;
     let mut dropped = Vec::new();
@@ -106,8 +105,10 @@ pub(super) fn model_entry<'g>(
 fn plan_native(gw: &Gateway, route: &Route<'_>, prepared: Prepared) -> Result<Plan, ApiError> {
     let provider = &route.provider;
     let req: ChatCompletionRequest = serde_json::from_slice(&prepared.body).map_err(|e| {
-        ApiError::bad_request(format!("Invalid chat completion request: {e}"))
-            .code("invalid_request")
+        ApiError::of(
+            Code::InvalidRequest,
+            format!("Invalid chat completion request: {e}"),
+        )
     })?;
     let client_include_usage = req
         .stream_options
@@ -130,7 +131,7 @@ fn plan_native(gw: &Gateway, route: &Route<'_>, prepared: Prepared) -> Result<Pl
         max_output_tokens: entry.and_then(|e| e.max_output_tokens),
     };
     let native = dialects::translate_request(provider.dialect, &req, &opts).map_err(|e| {
-        let mut err = ApiError::bad_request(e.message).code("unsupported_request");
+        let mut err = ApiError::of(Code::UnsupportedRequest, e.message);
         err.param = e.param;
         err
     })?;
@@ -145,12 +146,11 @@ fn plan_native(gw: &Gateway, route: &Route<'_>, prepared: Prepared) -> Result<Pl
                 .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
                 || m.contains("..")
             {
-                return Err(ApiError::bad_request(format!(
+                return Err(ApiError::of(Code::InvalidModel, format!(
                     "Invalid model name {m:?} for provider {}: letters, digits, '-', '_' and '.' only",
                     provider.name
                 ))
-                .param("model")
-                .code("invalid_model"));
+                .param("model"));
             }
             let p = dialects::google::path(&route.upstream_model, native.stream);
             let (endpoint, query) = p
@@ -196,7 +196,9 @@ fn prepare(
     }
     let stream = if ep.streams() {
         obj.get_as::<bool>("stream")
-            .map_err(|_| ApiError::bad_request("stream must be a boolean").param("stream"))?
+            .map_err(|_| {
+                ApiError::of(Code::InvalidRequest, "stream must be a boolean").param("stream")
+            })?
             .unwrap_or(false)
     } else {
         false
@@ -206,7 +208,8 @@ fn prepare(
         let mut opts: Map<String, Value> = obj
             .get_as("stream_options")
             .map_err(|_| {
-                ApiError::bad_request("stream_options must be an object").param("stream_options")
+                ApiError::of(Code::InvalidRequest, "stream_options must be an object")
+                    .param("stream_options")
             })?
             .unwrap_or_default();
         if opts.get("include_usage") != Some(&Value::Bool(true)) {
@@ -226,7 +229,9 @@ fn prepare(
 fn prefix_system_prompt(obj: &RawObject<'_>, prefix: &str) -> Result<Vec<Value>, ApiError> {
     let mut messages: Vec<Value> = obj
         .get_as("messages")
-        .map_err(|_| ApiError::bad_request("messages must be an array").param("messages"))?
+        .map_err(|_| {
+            ApiError::of(Code::InvalidRequest, "messages must be an array").param("messages")
+        })?
         .unwrap_or_default();
     let first_system = messages.first_mut().filter(|m| {
         matches!(
@@ -254,7 +259,7 @@ pub(super) fn plan_relay(
 ) -> Result<Plan, ApiError> {
     let provider = &route.provider;
     let mut obj = RawObject::parse(&req.body)
-        .map_err(|e| ApiError::bad_request(format!("Invalid JSON: {e}")).code("invalid_json"))?;
+        .map_err(|e| ApiError::of(Code::InvalidJson, format!("Invalid JSON: {e}")))?;
     obj.set("model", &route.upstream_model);
     if let Some(alias) = route.alias {
         for (k, v) in &alias.defaults {
@@ -289,7 +294,9 @@ pub(super) fn plan_relay(
     let stream = ep == Endpoint::Chat
         && obj
             .get_as::<bool>("stream")
-            .map_err(|_| ApiError::bad_request("stream must be a boolean").param("stream"))?
+            .map_err(|_| {
+                ApiError::of(Code::InvalidRequest, "stream must be a boolean").param("stream")
+            })?
             .unwrap_or(false);
     let base = provider.chat_path.as_str();
     let path = match ep {

@@ -14,7 +14,7 @@ use pingora::proxy::Session;
 use super::client::{unless_client_leaves, ActiveStream, ClientStream};
 use super::plan::Plan;
 use super::unix_now;
-use crate::errors::ApiError;
+use crate::errors::{ApiError, Code};
 use crate::proxy::{respond, Gateway, RequestCtx};
 use crate::routing::Route;
 use crate::upstream::{UpstreamError, UpstreamResponse};
@@ -36,7 +36,7 @@ pub(super) async fn relay_error(
     let body = match read {
         Ok(b) => b,
         Err(UpstreamError::TooLarge) => Bytes::new(),
-        Err(e) => return Err(ApiError::new(e.status(), e.message(provider)).code(e.code())),
+        Err(e) => return Err(ApiError::upstream(&e, provider)),
     };
     let mut h = respond::header(status, "application/json", ctx);
     for (k, v) in resp.header().headers.iter() {
@@ -138,7 +138,7 @@ pub(super) async fn read_openai_body(
     ctx.upstream_wait += waited.elapsed();
     let raw = read.map_err(|e| {
         ctx.upstream_failure = Some(e.reason());
-        ApiError::new(e.status(), e.message(provider)).code(e.code())
+        ApiError::upstream(&e, provider)
     })?;
     let content_type = resp
         .header_str("content-type")
@@ -163,17 +163,17 @@ pub(super) async fn read_openai_body(
                 ctx.upstream_failure = Some("invalid_response");
                 match e.code {
                     // Read, but the provider says it failed (a malformed tool call...).
-                    Some(code) => {
-                        ApiError::new(502, format!("provider {provider}: {}", e.message)).code(code)
-                    }
-                    None => ApiError::new(
-                        502,
+                    Some(_) => ApiError::of(
+                        Code::UpstreamInvalidOutput,
+                        format!("provider {provider}: {}", e.message),
+                    ),
+                    None => ApiError::of(
+                        Code::UpstreamInvalidResponse,
                         format!(
                             "provider {provider} sent a response the gateway cannot read: {}",
                             e.message
                         ),
-                    )
-                    .code("upstream_invalid_response"),
+                    ),
                 }
             })?;
             Ok((status, Bytes::from(t.body), "application/json".to_string()))
@@ -328,14 +328,13 @@ pub(super) fn door_body(ctx: &RequestCtx, plan: &Plan, body: Bytes) -> Result<By
     match ctx.door.encode_response(&body) {
         None => Ok(body),
         Some(Ok(b)) => Ok(Bytes::from(b)),
-        Some(Err(e)) => Err(ApiError::new(
-            502,
+        Some(Err(e)) => Err(ApiError::of(
+            Code::UpstreamInvalidResponse,
             format!(
                 "the provider's answer cannot be given in the client's API: {}",
                 e.message
             ),
-        )
-        .code("upstream_invalid_response")),
+        )),
     }
 }
 

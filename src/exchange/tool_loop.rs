@@ -26,7 +26,7 @@ use super::dispatch::{self, Outcome, Served};
 use super::plan::Plan;
 use super::relay::{self, gateway_headers, read_openai_body, relay_error};
 use super::{keep_reasoning_state, needs_reasoning_state, unix_now, Endpoint};
-use crate::errors::ApiError;
+use crate::errors::{ApiError, Code};
 use crate::mcp::{Catalog, McpHub, ToolOutcome};
 use crate::proxy::{respond, Gateway, RequestCtx};
 use crate::routing::Route;
@@ -124,15 +124,19 @@ pub async fn run(
 ) -> Result<(), ApiError> {
     let client_tools: Vec<Value> = obj
         .get_as("tools")
-        .map_err(|_| ApiError::bad_request("tools must be an array").param("tools"))?
+        .map_err(|_| ApiError::of(Code::InvalidRequest, "tools must be an array").param("tools"))?
         .unwrap_or_default();
     let mut messages: Vec<Value> = obj
         .get_as("messages")
-        .map_err(|_| ApiError::bad_request("messages must be an array").param("messages"))?
+        .map_err(|_| {
+            ApiError::of(Code::InvalidRequest, "messages must be an array").param("messages")
+        })?
         .unwrap_or_default();
     let stream: bool = obj
         .get_as("stream")
-        .map_err(|_| ApiError::bad_request("stream must be a boolean").param("stream"))?
+        .map_err(|_| {
+            ApiError::of(Code::InvalidRequest, "stream must be a boolean").param("stream")
+        })?
         .unwrap_or(false);
     let include_usage = obj
         .get_as::<Value>("stream_options")
@@ -262,7 +266,10 @@ pub async fn run(
             }
         }
         // The last round always ends in Done or Limit.
-        Err(ApiError::new(500, "tool loop ended without a reply").code("internal_error"))
+        Err(ApiError::of(
+            Code::InternalError,
+            "tool loop ended without a reply",
+        ))
     }
     .await;
     ctx.cost_usd = Some(st.cost);
@@ -491,14 +498,13 @@ async fn whole_as_stream_round(
     };
     let sse = tool_loop::completion_as_sse(&body).ok_or_else(|| {
         ctx.upstream_failure = Some("invalid_response");
-        ApiError::new(
-            502,
+        ApiError::of(
+            Code::UpstreamInvalidResponse,
             format!(
                 "provider {} answered a stream request with a body that is not a chat completion",
                 route.provider.name
             ),
         )
-        .code("upstream_invalid_response")
     })?;
     let mut relay = RoundRelay::new(st.owner.clone(), st.calls_so_far, last);
     // A complete document: cannot exceed the decoder's limits.

@@ -3,14 +3,13 @@
 use bytes::{Bytes, BytesMut};
 use pingora::proxy::Session;
 
-use crate::errors::ApiError;
+use crate::errors::{ApiError, Code};
 
 fn too_large(limit: usize) -> ApiError {
-    ApiError::new(
-        413,
+    ApiError::of(
+        Code::RequestTooLarge,
         format!("Request body is larger than the maximum of {limit} bytes"),
     )
-    .code("request_too_large")
 }
 
 /// Rejects early when `Content-Length` already exceeds `limit`.
@@ -39,13 +38,12 @@ pub async fn read_limited(session: &mut Session, limit: usize) -> Result<Bytes, 
             Err(e) => {
                 let timed_out = matches!(e.etype(), pingora::ErrorType::ReadTimedout);
                 return Err(if timed_out {
-                    ApiError::new(408, "Timed out reading the request body").code("request_timeout")
+                    ApiError::of(Code::BodyTimeout, "Timed out reading the request body")
                 } else {
-                    ApiError::bad_request(format!(
-                        "Could not read the request body: {}",
-                        e.etype().as_str()
-                    ))
-                    .code("invalid_body")
+                    ApiError::of(
+                        Code::InvalidBody,
+                        format!("Could not read the request body: {}", e.etype().as_str()),
+                    )
                 });
             }
         };

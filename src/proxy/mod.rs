@@ -24,7 +24,7 @@ use pingora::{Error, ErrorType, Result};
 
 use crate::config::{Config, LogFormat};
 use crate::door;
-use crate::errors::ApiError;
+use crate::errors::{ApiError, Code};
 use crate::exchange::Endpoint;
 use crate::metrics::Metrics;
 use crate::providers::{Provider, Providers};
@@ -283,9 +283,10 @@ impl ProxyHttp for Gateway {
                 session.set_keepalive(None);
             }
             if in_flight > cap {
-                let mut err =
-                    ApiError::new(503, "The gateway is at its request limit; retry shortly")
-                        .code("server_busy");
+                let mut err = ApiError::of(
+                    Code::ServerBusy,
+                    "The gateway is at its request limit; retry shortly",
+                );
                 err.retry_after = Some(std::time::Duration::from_secs(1));
                 respond::error(session, ctx, &err).await;
                 return Ok(true);
@@ -294,7 +295,7 @@ impl ProxyHttp for Gateway {
         // Only `/proxy` passes other methods through (labelled `other`): anything else answers
         // 405 before any work, so made-up methods cannot reach handlers or logs.
         if ctx.route != "/proxy/{provider}" && record::method_label(&method) == "other" {
-            let err = ApiError::new(405, "Method not allowed").code("method_not_allowed");
+            let err = ApiError::of(Code::MethodNotAllowed, "Method not allowed");
             respond::error(session, ctx, &err).await;
             return Ok(true);
         }
@@ -361,10 +362,12 @@ impl ProxyHttp for Gateway {
                         | "/v1/messages/count_tokens"
                 );
                 let err = if known {
-                    ApiError::new(405, format!("Method {m} is not allowed on {p}"))
-                        .code("method_not_allowed")
+                    ApiError::of(
+                        Code::MethodNotAllowed,
+                        format!("Method {m} is not allowed on {p}"),
+                    )
                 } else {
-                    ApiError::new(404, format!("Invalid URL ({m} {p})")).code("not_found")
+                    ApiError::of(Code::NotFound, format!("Invalid URL ({m} {p})"))
                 };
                 respond::error(session, ctx, &err).await;
                 true
@@ -453,26 +456,24 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
         let provider = ctx.provider.clone().unwrap_or_default();
-        let (status, code, message) = match e.etype() {
+        let (code, message) = match e.etype() {
             ErrorType::HTTPStatus(413) => (
-                413,
-                "request_too_large",
+                Code::RequestTooLarge,
                 "Request body is too large".to_string(),
             ),
-            ErrorType::HTTPStatus(s) => (*s, "error", e.to_string()),
+            // Pingora refused the request itself (a malformed head, a body error).
+            ErrorType::HTTPStatus(s) if *s < 500 => (Code::InvalidRequest, e.to_string()),
             ErrorType::ConnectTimedout
             | ErrorType::ConnectRefused
             | ErrorType::ConnectNoRoute
             | ErrorType::ConnectError
             | ErrorType::TLSHandshakeFailure
             | ErrorType::TLSHandshakeTimedout => (
-                502,
-                "upstream_connect_error",
+                Code::UpstreamConnectError,
                 format!("could not connect to provider {provider}"),
             ),
             ErrorType::ReadTimedout => (
-                504,
-                "upstream_timeout",
+                Code::UpstreamTimeout,
                 format!("provider {provider} timed out"),
             ),
             ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError
@@ -485,14 +486,14 @@ impl ProxyHttp for Gateway {
                 };
             }
             _ => (
-                502,
-                "upstream_error",
+                Code::UpstreamError,
                 format!("request to provider {provider} failed"),
             ),
         };
+        let status = code.status();
         // Only possible while no response header was sent; afterwards the connection is closed.
         if session.response_written().is_none() {
-            let err = ApiError::new(status, message).code(code);
+            let err = ApiError::of(code, message);
             respond::error(session, ctx, &err).await;
         }
         FailToProxy {
@@ -656,7 +657,7 @@ impl Gateway {
         let Some(p) = ctx.principal.clone() else {
             let err = crate::auth::unauthorized(
                 "GET /v1/usage reports on the calling key: send one",
-                "missing_api_key",
+                crate::errors::Code::MissingApiKey,
             );
             respond::error(session, ctx, &err).await;
             return;
@@ -665,8 +666,7 @@ impl Gateway {
             Ok(c) => c,
             Err(e) => {
                 log::warn!("GET /v1/usage: {}", e.0);
-                let err =
-                    ApiError::new(503, "usage is unavailable right now").code("limits_unavailable");
+                let err = ApiError::of(Code::LimitsUnavailable, "usage is unavailable right now");
                 respond::error(session, ctx, &err).await;
                 return;
             }
@@ -691,8 +691,10 @@ impl Gateway {
     /// `GET /v1/mcp/tools`: the MCP tools and servers, when `MCP_EXPOSE` allows it.
     async fn mcp_tools(&self, session: &mut Session, ctx: &mut RequestCtx) {
         if !self.cfg.mcp.expose {
-            let err = ApiError::new(403, "MCP tools are not exposed (set MCP_EXPOSE=true)")
-                .code("mcp_not_exposed");
+            let err = ApiError::of(
+                Code::McpNotExposed,
+                "MCP tools are not exposed (set MCP_EXPOSE=true)",
+            );
             respond::error(session, ctx, &err).await;
             return;
         }
@@ -712,8 +714,10 @@ impl Gateway {
         // Built-in providers nobody configured are not reachable (their default hosts, e.g.
         // `ollama`, may be anything on the gateway's network).
         let Some(provider) = self.providers.get(name).filter(|p| p.configured).cloned() else {
-            let err =
-                ApiError::new(404, format!("Unknown provider {name:?}")).code("unknown_provider");
+            let err = ApiError::of(
+                Code::UnknownProxyProvider,
+                format!("Unknown provider {name:?}"),
+            );
             respond::error(session, ctx, &err).await;
             return true;
         };
@@ -727,8 +731,7 @@ impl Gateway {
         // `/accounts/{id}/ai`) with the provider's credentials, in any spelling an upstream or
         // its CDN might normalise.
         if let Err(why) = check_proxy_path(path) {
-            let err =
-                ApiError::bad_request(format!("Invalid /proxy path: {why}")).code("invalid_path");
+            let err = ApiError::of(Code::InvalidPath, format!("Invalid /proxy path: {why}"));
             respond::error(session, ctx, &err).await;
             return true;
         }
@@ -738,14 +741,10 @@ impl Gateway {
             let all_models = p.limits.models.is_empty()
                 || p.limits.models.iter().any(|m| *m == format!("{name}/*"));
             if !p.may_proxy || !all_models || crate::limits::Limiter::applies(&p.limits) {
-                let err = ApiError::new(
-                    403,
-                    format!(
+                let err = ApiError::of(Code::ProxyNotAllowed, format!(
                         "{} may not use /proxy/{name}: it would bypass the key's model list, limits and budget",
                         p.name
-                    ),
-                )
-                .code("proxy_not_allowed");
+                    ));
                 respond::error(session, ctx, &err).await;
                 return true;
             }

@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
 use super::chunks::ChunkWriter;
+use super::native_stream_parts;
 use super::{
     arguments_object, content_text, finish_dropped, image_url, parse_data_url, stop_list,
     NativeEvents, NativeRequest, OpenAiResponse, RequestOptions, TranslateError,
@@ -1012,28 +1013,10 @@ impl StreamState {
 }
 
 impl NativeEvents for StreamState {
-    fn decoder(&mut self) -> &mut SseDecoder {
-        &mut self.decoder
-    }
-
-    fn writer(&mut self) -> &mut ChunkWriter {
-        &mut self.w
-    }
-
-    fn writer_ref(&self) -> &ChunkWriter {
-        &self.w
-    }
-
-    fn handle(&mut self, data: &[u8], out: &mut BytesMut) {
-        StreamState::handle(self, data, out)
-    }
+    native_stream_parts!();
 
     fn truncated_message(&self) -> &'static str {
         "the provider ended the stream before message_stop"
-    }
-
-    fn usage(&self) -> Option<&Usage> {
-        self.usage.as_ref()
     }
 }
 

@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
 use super::chunks::ChunkWriter;
+use super::native_stream_parts;
 use super::{
     content_text, finish_dropped, image_url, stop_list, NativeEvents, NativeRequest,
     OpenAiResponse, RequestOptions, TranslateError,
@@ -598,21 +599,7 @@ fn data_index(data: &[u8]) -> Option<u32> {
 }
 
 impl NativeEvents for StreamState {
-    fn decoder(&mut self) -> &mut SseDecoder {
-        &mut self.decoder
-    }
-
-    fn writer(&mut self) -> &mut ChunkWriter {
-        &mut self.w
-    }
-
-    fn writer_ref(&self) -> &ChunkWriter {
-        &self.w
-    }
-
-    fn handle(&mut self, data: &[u8], out: &mut BytesMut) {
-        StreamState::handle(self, data, out)
-    }
+    native_stream_parts!();
 
     fn truncated_message(&self) -> &'static str {
         "the provider ended the stream before message-end"
@@ -621,9 +608,5 @@ impl NativeEvents for StreamState {
     fn skip(ev: &SseEvent) -> bool {
         // A trailing `[DONE]` (some deployments send one) carries nothing to translate.
         ev.is_done()
-    }
-
-    fn usage(&self) -> Option<&Usage> {
-        self.usage.as_ref()
     }
 }

@@ -167,6 +167,29 @@ impl StreamTranslator for OpenAiStreamRelay {
     }
 }
 
+/// The parts every native stream state has by the same names (`decoder`, the chunk writer `w`,
+/// `usage`, and an inherent `handle`), as [`NativeEvents`] wants them.
+macro_rules! native_stream_parts {
+    () => {
+        fn decoder(&mut self) -> &mut SseDecoder {
+            &mut self.decoder
+        }
+        fn writer(&mut self) -> &mut ChunkWriter {
+            &mut self.w
+        }
+        fn writer_ref(&self) -> &ChunkWriter {
+            &self.w
+        }
+        fn handle(&mut self, data: &[u8], out: &mut BytesMut) {
+            StreamState::handle(self, data, out)
+        }
+        fn usage(&self) -> Option<&Usage> {
+            self.usage.as_ref()
+        }
+    };
+}
+pub(crate) use native_stream_parts;
+
 /// The per-event part of a native stream translator. `feed` and `finish` (SSE framing, the
 /// unterminated tail, and ending a broken stream with an error and one `[DONE]`) are shared by
 /// every dialect through the blanket `StreamTranslator` impl below.

@@ -18,8 +18,8 @@ use super::{DecodeError, StreamEncoder};
 use crate::dialects::anthropic::NativeUsage;
 use crate::dialects::StreamTranslator;
 use crate::openai::{
-    ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, ChatMessage, FunctionCall,
-    FunctionDef, StreamOptions, Tool, ToolCall,
+    ChatCompletion, ChatCompletionRequest, ChatMessage, FunctionCall, FunctionDef, StreamOptions,
+    Tool, ToolCall,
 };
 use crate::sse::{encode_named, EventTooLarge, SseDecoder};
 use crate::stream_relay::StreamEnd;
@@ -726,6 +726,42 @@ fn error_event(kind: &str, message: &str, out: &mut BytesMut) {
     encode_named("error", e.to_string().as_bytes(), out);
 }
 
+/// What the encoder reads of a canonical chunk (or error event), borrowing its strings: no
+/// catch-all maps, so the per-token parse stays cheap.
+#[derive(Deserialize)]
+struct LeanChunk<'a> {
+    #[serde(default, borrow)]
+    id: std::borrow::Cow<'a, str>,
+    #[serde(default, borrow)]
+    model: std::borrow::Cow<'a, str>,
+    #[serde(default, borrow)]
+    choices: Vec<LeanChoice<'a>>,
+    #[serde(default)]
+    usage: Option<Usage>,
+    #[serde(default)]
+    error: Option<Value>,
+}
+
+#[derive(Deserialize)]
+struct LeanChoice<'a> {
+    #[serde(default, borrow)]
+    delta: LeanDelta<'a>,
+    #[serde(default)]
+    finish_reason: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+struct LeanDelta<'a> {
+    #[serde(default, borrow)]
+    content: Option<std::borrow::Cow<'a, str>>,
+    #[serde(default, borrow)]
+    reasoning_content: Option<std::borrow::Cow<'a, str>>,
+    #[serde(default)]
+    tool_calls: Option<Vec<ToolCall>>,
+    #[serde(default)]
+    thinking_blocks: Option<Vec<Value>>,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Open {
     Text,
@@ -821,7 +857,24 @@ impl MessagesEncoder {
         );
     }
 
-    fn chunk(&mut self, c: ChatCompletionChunk, out: &mut BytesMut) {
+    /// A text-like delta (`text_delta`, `thinking_delta`, `input_json_delta`), written straight
+    /// into `out`: the per-token path builds no JSON tree.
+    fn text_delta(&self, kind: &str, field: &str, text: &str, out: &mut BytesMut) {
+        use bytes::BufMut;
+        use std::fmt::Write as _;
+        let mut head = String::with_capacity(96);
+        let _ = write!(
+            head,
+            "event: content_block_delta\ndata: {{\"type\":\"content_block_delta\",\"index\":{},\"delta\":{{\"type\":\"{kind}\",\"{field}\":",
+            self.next_index - 1
+        );
+        out.reserve(head.len() + text.len() + 8);
+        out.extend_from_slice(head.as_bytes());
+        let _ = serde_json::to_writer(out.writer(), text);
+        out.extend_from_slice(b"}}\n\n");
+    }
+
+    fn chunk(&mut self, c: LeanChunk<'_>, out: &mut BytesMut) {
         self.start(&c.id, &c.model, out);
         if let Some(u) = c.usage {
             self.usage = Some(u);
@@ -830,28 +883,24 @@ impl MessagesEncoder {
             return;
         };
         let d = choice.delta;
-        if let Some(r) = d.extra.get("reasoning_content").and_then(Value::as_str) {
-            if !r.is_empty() {
-                if self.open != Some(Open::Thinking) {
-                    self.open_block(
-                        Open::Thinking,
-                        json!({"type": "thinking", "thinking": "", "signature": ""}),
-                        out,
-                    );
-                }
-                self.delta(json!({"type": "thinking_delta", "thinking": r}), out);
+        if let Some(r) = d.reasoning_content.as_deref().filter(|r| !r.is_empty()) {
+            if self.open != Some(Open::Thinking) {
+                self.open_block(
+                    Open::Thinking,
+                    json!({"type": "thinking", "thinking": "", "signature": ""}),
+                    out,
+                );
             }
+            self.text_delta("thinking_delta", "thinking", r, out);
         }
-        if let Some(Value::Array(blocks)) = d.extra.get("thinking_blocks") {
-            for b in blocks {
-                self.thinking_block(b, out);
-            }
+        for b in d.thinking_blocks.iter().flatten() {
+            self.thinking_block(b, out);
         }
         if let Some(t) = d.content.as_deref().filter(|t| !t.is_empty()) {
             if self.open != Some(Open::Text) {
                 self.open_block(Open::Text, json!({"type": "text", "text": ""}), out);
             }
-            self.delta(json!({"type": "text_delta", "text": t}), out);
+            self.text_delta("text_delta", "text", t, out);
         }
         for call in d.tool_calls.unwrap_or_default() {
             let index = call.index.unwrap_or(0);
@@ -868,10 +917,7 @@ impl MessagesEncoder {
                 );
             }
             if let Some(args) = f.arguments.as_deref().filter(|a| !a.is_empty()) {
-                self.delta(
-                    json!({"type": "input_json_delta", "partial_json": args}),
-                    out,
-                );
+                self.text_delta("input_json_delta", "partial_json", args, out);
             }
         }
         if let Some(f) = choice.finish_reason {
@@ -953,11 +999,10 @@ impl StreamEncoder for MessagesEncoder {
                 self.done(out);
                 continue;
             }
-            let v: Value = match serde_json::from_slice(data) {
-                Ok(v) => v,
-                Err(_) => continue,
+            let Ok(c) = serde_json::from_slice::<LeanChunk<'_>>(data) else {
+                continue;
             };
-            if let Some(e) = v.get("error") {
+            if let Some(e) = &c.error {
                 // Anthropic ends a failed stream with the error event alone.
                 let message = e.get("message").and_then(Value::as_str).unwrap_or("error");
                 let kind = match e.get("code").and_then(Value::as_str) {
@@ -972,9 +1017,7 @@ impl StreamEncoder for MessagesEncoder {
                 self.finished = true;
                 continue;
             }
-            if let Ok(c) = serde_json::from_value::<ChatCompletionChunk>(v) {
-                self.chunk(c, out);
-            }
+            self.chunk(c, out);
         }
     }
 
