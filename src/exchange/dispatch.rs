@@ -88,45 +88,14 @@ pub(super) async fn dispatch<'r>(
         let candidate = if i == 0 {
             route.clone()
         } else {
-            match gw.router.route(&fallbacks[i - 1], None) {
-                Ok(mut r) => {
-                    // The alias's defaults and system prompt apply to its fallbacks too.
-                    r.alias = route.alias;
-                    r
-                }
+            match fallback(gw, ctx, route, &fallbacks[i - 1]) {
+                Ok(r) => r,
                 Err(e) => {
                     note(&mut last, e);
                     continue;
                 }
             }
         };
-        if i > 0 {
-            if let Err(e) = fallback_allowed(gw, ctx, &candidate) {
-                note(&mut last, e);
-                continue;
-            }
-        }
-        let missing_key = gw
-            .pools
-            .get(&candidate.provider.name)
-            .map_or(candidate.provider.missing_key(), |p| p.missing_key());
-        if i > 0 && !candidate.provider.configured {
-            note(&mut last, super::not_configured(&candidate.provider.name));
-            continue;
-        }
-        if i > 0 && missing_key {
-            note(
-                &mut last,
-                ApiError::of(
-                    Code::ProviderNotConfigured,
-                    format!(
-                        "Provider {} has no API key configured",
-                        candidate.provider.name
-                    ),
-                ),
-            );
-            continue;
-        }
         // Without fallbacks the client's object is rewritten in place (no copy); with them,
         // every candidate is planned from a copy and `obj` stays as the client sent it (the
         // MCP loop reuses it for its next round).
@@ -203,6 +172,34 @@ pub(super) async fn dispatch<'r>(
             "no provider could serve the request",
         )),
     }
+}
+
+/// The route of fallback `name` of `route`'s alias, if the caller may use it and it can serve.
+fn fallback<'r>(
+    gw: &'r Gateway,
+    ctx: &RequestCtx,
+    route: &Route<'r>,
+    name: &str,
+) -> Result<Route<'r>, ApiError> {
+    let mut candidate = gw.router.route(name, None)?;
+    // The alias's defaults and system prompt apply to its fallbacks too.
+    candidate.alias = route.alias;
+    fallback_allowed(gw, ctx, &candidate)?;
+    let provider = &candidate.provider;
+    if !provider.configured {
+        return Err(super::not_configured(&provider.name));
+    }
+    let missing_key = gw
+        .pools
+        .get(&provider.name)
+        .map_or(provider.missing_key(), |p| p.missing_key());
+    if missing_key {
+        return Err(ApiError::of(
+            Code::ProviderNotConfigured,
+            format!("Provider {} has no API key configured", provider.name),
+        ));
+    }
+    Ok(candidate)
 }
 
 /// A fallback must pass the caller's checks like the primary: its model list (an alias entry

@@ -82,27 +82,8 @@ pub async fn run(
     inbound: Inbound,
 ) -> Result<(), ApiError> {
     let raw = inbound.body;
-    let mut obj =
-        RawObject::parse_limited(&raw, gw.cfg.server.max_json_fields).map_err(|e| match e {
-            ParseError::NotAnObject => ApiError::of(Code::InvalidJson, e.to_string()),
-            ParseError::TooManyFields(n) => ApiError::of(
-                Code::TooManyFields,
-                format!(
-                    "The request body has more than {n} top-level fields (server.max_json_fields)"
-                ),
-            ),
-            ParseError::Syntax(_) | ParseError::DuplicateKey(_) => ApiError::of(
-                Code::InvalidJson,
-                format!("We could not parse the JSON body of your request: {e}"),
-            ),
-        })?;
-    let model: String = obj
-        .get_as("model")
-        .map_err(|_| ApiError::of(Code::InvalidRequest, "model must be a string").param("model"))?
-        .filter(|m: &String| !m.is_empty())
-        .ok_or_else(|| {
-            ApiError::of(Code::MissingModel, "you must provide a model parameter").param("model")
-        })?;
+    let mut obj = parse_body(gw, &raw)?;
+    let model = model_of(&obj)?;
     ctx.model = Some(model.clone());
 
     let provider_param = query_param(session, "provider");
@@ -132,12 +113,7 @@ pub async fn run(
             .as_ref()
             .is_some_and(|o| o.relays_to(ctx.door, provider.dialect));
         if !relayed {
-            let n = inbound.estimate.unwrap_or(0);
-            let mut h = respond::header(200, "application/json", ctx);
-            let _ = h.insert_header("x-gateway-provider", provider.name.as_str());
-            let _ = h.insert_header("x-gateway-estimate", "true");
-            let body = Bytes::from(format!("{{\"input_tokens\":{n}}}"));
-            let _ = respond::full(session, ctx, h, body).await;
+            answer_estimate(session, ctx, &provider.name, inbound.estimate).await;
             return Ok(());
         }
     } else {
@@ -189,6 +165,47 @@ pub async fn run(
         return Ok(());
     }
     relay_whole(gw, session, ctx, resp, &route, &plan).await
+}
+
+/// The canonical body as a raw object: validated JSON, at most `server.max_json_fields`
+/// top-level fields, no duplicate keys; values stay borrowed slices.
+fn parse_body<'b>(gw: &Gateway, raw: &'b [u8]) -> Result<RawObject<'b>, ApiError> {
+    RawObject::parse_limited(raw, gw.cfg.server.max_json_fields).map_err(|e| match e {
+        ParseError::NotAnObject => ApiError::of(Code::InvalidJson, e.to_string()),
+        ParseError::TooManyFields(n) => ApiError::of(
+            Code::TooManyFields,
+            format!("The request body has more than {n} top-level fields (server.max_json_fields)"),
+        ),
+        ParseError::Syntax(_) | ParseError::DuplicateKey(_) => ApiError::of(
+            Code::InvalidJson,
+            format!("We could not parse the JSON body of your request: {e}"),
+        ),
+    })
+}
+
+/// The requested model: a non-empty string.
+fn model_of(obj: &RawObject<'_>) -> Result<String, ApiError> {
+    obj.get_as::<String>("model")
+        .map_err(|_| ApiError::of(Code::InvalidRequest, "model must be a string").param("model"))?
+        .filter(|m| !m.is_empty())
+        .ok_or_else(|| {
+            ApiError::of(Code::MissingModel, "you must provide a model parameter").param("model")
+        })
+}
+
+/// `count_tokens` where the provider cannot count: the door's estimate, marked as one.
+async fn answer_estimate(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    provider: &str,
+    estimate: Option<u64>,
+) {
+    let n = estimate.unwrap_or(0);
+    let mut h = respond::header(200, "application/json", ctx);
+    let _ = h.insert_header("x-gateway-provider", provider);
+    let _ = h.insert_header("x-gateway-estimate", "true");
+    let body = Bytes::from(format!("{{\"input_tokens\":{n}}}"));
+    let _ = respond::full(session, ctx, h, body).await;
 }
 
 /// The reasoning state a dialect's turns must come back with (Anthropic thinking, Gemini

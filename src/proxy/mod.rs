@@ -177,6 +177,31 @@ const CALLER_CREDENTIALS: &[&str] = &[
     "cookie",
 ];
 
+/// The paths the gateway answers itself, as their own (bounded) metrics label.
+const ROUTES: [&str; 9] = [
+    "/health",
+    "/v1/chat/completions",
+    "/v1/completions",
+    "/v1/embeddings",
+    "/v1/models",
+    "/v1/mcp/tools",
+    "/v1/usage",
+    "/v1/messages",
+    "/v1/messages/count_tokens",
+];
+
+/// The bounded label of a path: one of [`ROUTES`], `/proxy/{provider}`, or `other`.
+fn route_label(path: &str) -> &'static str {
+    if path.starts_with("/proxy/") {
+        return "/proxy/{provider}";
+    }
+    ROUTES
+        .iter()
+        .find(|r| **r == path)
+        .copied()
+        .unwrap_or("other")
+}
+
 fn request_id(session: &Session) -> String {
     crate::request_id::from_header(
         session
@@ -256,19 +281,7 @@ impl ProxyHttp for Gateway {
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         let method = session.req_header().method.clone();
         let path = session.req_header().uri.path().to_string();
-        ctx.route = match path.as_str() {
-            "/health" => "/health",
-            "/v1/chat/completions" => "/v1/chat/completions",
-            "/v1/completions" => "/v1/completions",
-            "/v1/embeddings" => "/v1/embeddings",
-            "/v1/models" => "/v1/models",
-            "/v1/mcp/tools" => "/v1/mcp/tools",
-            "/v1/usage" => "/v1/usage",
-            "/v1/messages" => "/v1/messages",
-            "/v1/messages/count_tokens" => "/v1/messages/count_tokens",
-            p if p.starts_with("/proxy/") => "/proxy/{provider}",
-            _ => "other",
-        };
+        ctx.route = route_label(&path);
         if ctx.route.starts_with("/v1/messages") {
             // Every answer from here on, errors included, is in Anthropic's shape.
             ctx.door = filters::doors::Door::Messages;
@@ -349,19 +362,7 @@ impl ProxyHttp for Gateway {
             }
             (_, p) if p.starts_with("/proxy/") => self.start_passthrough(session, ctx).await,
             (m, p) => {
-                let known = matches!(
-                    p,
-                    "/health"
-                        | "/v1/chat/completions"
-                        | "/v1/completions"
-                        | "/v1/embeddings"
-                        | "/v1/models"
-                        | "/v1/mcp/tools"
-                        | "/v1/usage"
-                        | "/v1/messages"
-                        | "/v1/messages/count_tokens"
-                );
-                let err = if known {
+                let err = if ctx.route != "other" {
                     ApiError::of(
                         Code::MethodNotAllowed,
                         format!("Method {m} is not allowed on {p}"),
