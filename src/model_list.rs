@@ -84,20 +84,20 @@ impl ModelsCache {
 
 pub async fn handle(gw: &Gateway, session: &mut Session, ctx: &mut RequestCtx) {
     // Counts one request of the caller's RPM (and needs a concurrency slot), nothing more.
-    if let Some(p) = &ctx.principal {
+    if let Some(p) = &ctx.caller.principal {
         match gw
             .limiter
             .admit(p, Default::default(), &crate::request_id::generate())
             .await
         {
             Ok((adm, headers)) => {
-                ctx.rate_headers = Some(headers);
+                ctx.caller.rate_headers = Some(headers);
                 gw.limiter.settle(&adm, 0, 0.0).await;
             }
             Err(denied) => {
                 let (err, headers) = crate::exchange::limit_error(p, denied, 0);
                 if headers.is_some() {
-                    ctx.rate_headers = headers;
+                    ctx.caller.rate_headers = headers;
                 }
                 return respond::error(session, ctx, &err).await;
             }
@@ -131,7 +131,7 @@ pub async fn handle(gw: &Gateway, session: &mut Session, ctx: &mut RequestCtx) {
         .iter()
         .map(|p| gw.models_cache.list(gw, p, &ctx.request_id));
     let results = futures::future::join_all(fetches).await;
-    let principal = ctx.principal.as_ref();
+    let principal = ctx.caller.principal.as_ref();
     // A model is listed when the caller could use it: the gateway's allow and deny lists,
     // then the key's model list.
     let usable = |id: &str| match gw.router.route(id, None) {

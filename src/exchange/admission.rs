@@ -146,11 +146,11 @@ pub(super) async fn admit(
     ctx: &mut RequestCtx,
     route: &Route<'_>,
 ) -> Result<(), ApiError> {
-    let Some(p) = &ctx.principal else {
+    let Some(p) = &ctx.caller.principal else {
         return Ok(());
     };
     // Every principal is admitted (its spend is recorded even without limits).
-    let reserve = reserve_for(gw, route, ctx.bytes_in, ctx.completion_reserve);
+    let reserve = reserve_for(gw, route, ctx.bytes_in, ctx.caller.completion_reserve);
     // The concurrency lease is named by the gateway, never by the client's X-Request-Id (a
     // reused id would share one slot).
     match gw
@@ -159,14 +159,14 @@ pub(super) async fn admit(
         .await
     {
         Ok((adm, headers)) => {
-            ctx.admission = Some(adm);
-            ctx.rate_headers = Some(headers);
+            ctx.caller.admission = Some(adm);
+            ctx.caller.rate_headers = Some(headers);
             Ok(())
         }
         Err(denied) => {
             let (err, headers) = limit_error(p, denied, reserve.tokens);
             if headers.is_some() {
-                ctx.rate_headers = headers;
+                ctx.caller.rate_headers = headers;
             }
             Err(err)
         }

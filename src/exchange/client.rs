@@ -7,10 +7,10 @@ use std::time::Instant;
 
 use bytes::BytesMut;
 use filters::doors::StreamEncoder;
+use http::{HeaderName, HeaderValue};
 use pingora::proxy::Session;
 
 use super::plan::Plan;
-use super::relay::gateway_headers;
 use crate::proxy::{respond, Gateway, RequestCtx};
 use crate::routing::Route;
 
@@ -112,7 +112,7 @@ impl ClientStream {
         if !session.is_http2() {
             let _ = h.insert_header(http::header::TRANSFER_ENCODING, "chunked");
         }
-        ctx.status = 200;
+        ctx.answer.status = 200;
         self.headers_sent = true;
         if session
             .write_response_header(Box::new(h), false)
@@ -152,13 +152,13 @@ impl ClientStream {
             return true;
         }
         self.closed |= last;
-        ctx.bytes_out += data.len();
+        ctx.answer.bytes_out += data.len();
         if !data.is_empty() {
             let now = Instant::now();
             match (self.first_write, &self.itl) {
                 (None, _) => {
                     self.first_write = Some(now);
-                    ctx.ttft = Some(now - ctx.start);
+                    ctx.answer.ttft = Some(now - ctx.start);
                 }
                 (Some(_), Some(h)) => h.observe((now - self.last_write).as_secs_f64()),
                 _ => {}
@@ -179,7 +179,7 @@ impl ClientStream {
         ctx: &mut RequestCtx,
         e: &crate::errors::ApiError,
     ) {
-        ctx.error = Some(e.code.unwrap_or("error"));
+        ctx.answer.error = Some(e.code.unwrap_or("error"));
         filters::sse::encode_data(&e.body(), &mut self.buf);
         self.buf.extend_from_slice(filters::sse::DONE);
         self.flush(session, ctx, true).await;
@@ -188,5 +188,31 @@ impl ClientStream {
     /// First write to last write, for the record.
     pub(super) fn generation(&self) -> Option<std::time::Duration> {
         self.first_write.map(|f| self.last_write - f)
+    }
+}
+
+pub(super) fn gateway_headers(
+    h: &mut pingora::http::ResponseHeader,
+    ctx: &RequestCtx,
+    route: &Route<'_>,
+    plan: &Plan,
+) {
+    let _ = h.insert_header("x-gateway-provider", route.provider.name.as_str());
+    // What the door could not carry (unless relayed as sent), then what the dialect could not.
+    let door_dropped = ctx
+        .original
+        .as_ref()
+        .filter(|_| !plan.passthrough)
+        .map_or(&[][..], |d| &d.dropped[..]);
+    if !plan.dropped.is_empty() || !door_dropped.is_empty() {
+        let all: Vec<&str> = door_dropped
+            .iter()
+            .chain(&plan.dropped)
+            .map(String::as_str)
+            .collect();
+        let _ = h.insert_header("x-gateway-dropped-params", all.join(","));
+    }
+    if let Ok(v) = HeaderValue::from_str(&route.upstream_model) {
+        let _ = h.insert_header(HeaderName::from_static("x-gateway-model"), v);
     }
 }

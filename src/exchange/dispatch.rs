@@ -144,8 +144,8 @@ pub(super) async fn dispatch<'r>(
                     .inc();
             }
         }
-        ctx.provider = Some(candidate.provider.name.clone());
-        ctx.upstream_model = Some(candidate.upstream_model.clone());
+        ctx.upstream.provider = Some(candidate.provider.name.clone());
+        ctx.upstream.model = Some(candidate.upstream_model.clone());
         match try_pool(gw, session, ctx, candidate, plan).await {
             Ok(outcome) => return Ok(outcome),
             Err(Stop::Deadline) => return Err(deadline_error()),
@@ -162,8 +162,8 @@ pub(super) async fn dispatch<'r>(
     match last {
         Some(Failure::Response(s)) => {
             // The answer is this candidate's: logs, metrics and the charge name it.
-            ctx.provider = Some(s.route.provider.name.clone());
-            ctx.upstream_model = Some(s.route.upstream_model.clone());
+            ctx.upstream.provider = Some(s.route.provider.name.clone());
+            ctx.upstream.model = Some(s.route.upstream_model.clone());
             Ok(Outcome::Error(*s))
         }
         Some(Failure::Error(e)) => Err(e),
@@ -205,7 +205,7 @@ fn fallback<'r>(
 /// A fallback must pass the caller's checks like the primary: its model list (an alias entry
 /// covers the alias's fallbacks) and, for a budget, a price.
 fn fallback_allowed(gw: &Gateway, ctx: &RequestCtx, candidate: &Route<'_>) -> Result<(), ApiError> {
-    let Some(p) = &ctx.principal else {
+    let Some(p) = &ctx.caller.principal else {
         return Ok(());
     };
     let requested = ctx.model.as_deref().unwrap_or("");
@@ -231,7 +231,8 @@ enum Stop<'r> {
 }
 
 fn deadline_passed(ctx: &RequestCtx) -> bool {
-    ctx.deadline
+    ctx.upstream
+        .deadline
         .is_some_and(|d| tokio::time::Instant::now() >= d)
 }
 
@@ -256,13 +257,13 @@ async fn try_pool<'r>(
             format!("provider {} has no backends", route.provider.name),
         ))));
     };
-    if ctx.deadline.is_none() {
+    if ctx.upstream.deadline.is_none() {
         let total = route
             .alias
             .and_then(|a| a.timeouts.total)
             .or(pool.timeouts.total)
             .or(gw.cfg.client.total_timeout);
-        ctx.deadline = total.map(|d| tokio::time::Instant::from_std(ctx.start) + d.get());
+        ctx.upstream.deadline = total.map(|d| tokio::time::Instant::from_std(ctx.start) + d.get());
     }
     let timeouts = timeouts_for(gw, ctx, &route, &pool);
     let mut tried: Vec<usize> = Vec::with_capacity(2);
@@ -305,7 +306,7 @@ async fn try_pool<'r>(
                 wait = wait.max(ra);
             }
         }
-        if let Some(d) = ctx.deadline {
+        if let Some(d) = ctx.upstream.deadline {
             if tokio::time::Instant::now() + wait >= d {
                 break;
             }
@@ -342,7 +343,7 @@ async fn attempt_once<'r>(
 ) -> Attempt<'r> {
     // The previous round's (MCP loop) permit and in-flight count end here, before a new one is
     // taken: a request never holds two.
-    ctx.upstream_hold = None;
+    ctx.upstream.hold = None;
     let Some((i, mut in_flight)) = pool.select(tried) else {
         let mut e = ApiError::of(
             Code::NoHealthyBackend,
@@ -426,12 +427,12 @@ async fn attempt_once<'r>(
                 }
                 s => {
                     in_flight.success();
-                    ctx.upstream_hold = Some((permit, in_flight));
-                    ctx.provider = Some(route.provider.name.clone());
-                    ctx.upstream_model = Some(route.upstream_model.clone());
+                    ctx.upstream.hold = Some((permit, in_flight));
+                    ctx.upstream.provider = Some(route.provider.name.clone());
+                    ctx.upstream.model = Some(route.upstream_model.clone());
                     if (200..300).contains(&s) {
                         // Recovered: earlier attempts' failures are not this request's outcome.
-                        ctx.upstream_failure = None;
+                        ctx.upstream.failure = None;
                         Attempt::Done(Outcome::Ok(served))
                     } else {
                         Attempt::Done(Outcome::Error(served))
@@ -456,7 +457,7 @@ fn timeouts_for(gw: &Gateway, ctx: &RequestCtx, route: &Route<'_>, pool: &Pool) 
         stream_idle: t
             .stream_idle
             .map_or(c.stream_idle_timeout.get(), |d| d.get()),
-        deadline: ctx.deadline,
+        deadline: ctx.upstream.deadline,
     }
 }
 
@@ -539,25 +540,26 @@ async fn send_to(
         request_id: &ctx.request_id,
         timeouts: Some(timeouts),
     };
-    ctx.upstream_calls += 1;
+    ctx.upstream.calls += 1;
     let waited = Instant::now();
     let sent = unless_client_leaves(session, gw.client.send(backend, &req)).await;
-    ctx.upstream_wait += waited.elapsed();
+    ctx.upstream.wait += waited.elapsed();
     let Some(sent) = sent else {
         ctx.client_left();
         // The body was (being) sent: the provider bills the prompt it processed, so the
         // caller is charged at least the prompt estimate.
-        if ctx.usage.is_none() && ctx.estimated_usage.is_none() {
-            ctx.estimated_usage = Some((filters::usage::estimate_tokens(plan.body.len()), 0));
+        if ctx.answer.usage.is_none() && ctx.answer.estimated_usage.is_none() {
+            ctx.answer.estimated_usage =
+                Some((filters::usage::estimate_tokens(plan.body.len()), 0));
         }
         return Ok(None);
     };
-    let resp = sent.inspect_err(|e| ctx.upstream_failure = Some(e.reason()))?;
-    ctx.upstream_addr = Some(resp.addr);
-    ctx.upstream_retries += resp.retries;
+    let resp = sent.inspect_err(|e| ctx.upstream.failure = Some(e.reason()))?;
+    ctx.upstream.addr = Some(resp.addr);
+    ctx.upstream.retries += resp.retries;
     let status = resp.status();
     if !(200..300).contains(&status) {
-        ctx.upstream_failure = Some(match status {
+        ctx.upstream.failure = Some(match status {
             429 => "status_429",
             500..=599 => "status_5xx",
             _ => "status_4xx",

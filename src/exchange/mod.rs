@@ -94,12 +94,12 @@ pub async fn run(
     });
     let route = gw.router.route(&model, provider_param.as_deref())?;
     let provider = route.provider.clone();
-    ctx.provider = Some(provider.name.clone());
-    ctx.upstream_model = Some(route.upstream_model.clone());
-    ctx.completion_reserve = completion_reserve(gw, &obj, ep, &route)?;
+    ctx.upstream.provider = Some(provider.name.clone());
+    ctx.upstream.model = Some(route.upstream_model.clone());
+    ctx.caller.completion_reserve = completion_reserve(gw, &obj, ep, &route)?;
     // Permission first: a caller who may not use a model learns nothing more. Then what
     // cannot be served at all, before anything is counted against the caller's limits.
-    if let Some(p) = &ctx.principal {
+    if let Some(p) = &ctx.caller.principal {
         model_permitted(gw, p, &model, &route, &format!("The model {model:?}"))?;
     }
     if !provider.configured {
@@ -224,7 +224,7 @@ pub(super) fn needs_reasoning_state(d: Dialect) -> bool {
 
 /// The vault's scope for the caller: its principal, or everyone on an open gateway.
 fn vault_scope(ctx: &RequestCtx) -> &str {
-    ctx.principal.as_ref().map_or("", |p| p.id.as_str())
+    ctx.caller.principal.as_ref().map_or("", |p| p.id.as_str())
 }
 
 /// Puts kept reasoning state back into assistant turns the client sent without it (SDK stream

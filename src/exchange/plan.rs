@@ -137,22 +137,17 @@ fn plan_native(gw: &Gateway, route: &Route<'_>, prepared: Prepared) -> Result<Pl
     })?;
     let path = match provider.dialect {
         Dialect::Google => {
-            // The model becomes part of the URL path: allow only model-name characters, so a
-            // name cannot change the method (`x:countTokens?`) or slip past the model lists
-            // (`models/...`).
             let m = &route.upstream_model;
-            if !m
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
-                || m.contains("..")
-            {
-                return Err(ApiError::of(Code::InvalidModel, format!(
-                    "Invalid model name {m:?} for provider {}: letters, digits, '-', '_' and '.' only",
-                    provider.name
-                ))
-                .param("model"));
-            }
-            let p = dialects::google::path(&route.upstream_model, native.stream);
+            let p = dialects::google::path(m, native.stream).ok_or_else(|| {
+                ApiError::of(
+                    Code::InvalidModel,
+                    format!(
+                        "Invalid model name {m:?} for provider {}: letters, digits, '-', '_' and '.' only",
+                        provider.name
+                    ),
+                )
+                .param("model")
+            })?;
             let (endpoint, query) = p
                 .split_once('?')
                 .map_or((p.as_str(), None), |(a, b)| (a, Some(b)));

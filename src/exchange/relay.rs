@@ -8,10 +8,9 @@ use bytes::{Bytes, BytesMut};
 use filters::dialects::{self, Dialect, StreamTranslator};
 use filters::stream_relay::{OpenAiStreamRelay, StreamEnd};
 use filters::usage;
-use http::{HeaderName, HeaderValue};
 use pingora::proxy::Session;
 
-use super::client::{unless_client_leaves, ActiveStream, ClientStream};
+use super::client::{gateway_headers, unless_client_leaves, ActiveStream, ClientStream};
 use super::plan::Plan;
 use super::unix_now;
 use crate::errors::{ApiError, Code};
@@ -32,7 +31,7 @@ pub(super) async fn relay_error(
     let limit = gw.cfg.client.max_response_body_size.min(1 << 20);
     let waited = Instant::now();
     let read = resp.read_all(limit).await;
-    ctx.upstream_wait += waited.elapsed();
+    ctx.upstream.wait += waited.elapsed();
     let body = match read {
         Ok(b) => b,
         Err(UpstreamError::TooLarge) => Bytes::new(),
@@ -43,12 +42,14 @@ pub(super) async fn relay_error(
         let n = k.as_str();
         // A key's own x-ratelimit-* (set by `respond::header`) are not replaced by the
         // provider account's.
-        if n == "retry-after" || (n.starts_with("x-ratelimit-") && ctx.rate_headers.is_none()) {
+        if n == "retry-after"
+            || (n.starts_with("x-ratelimit-") && ctx.caller.rate_headers.is_none())
+        {
             let _ = h.insert_header(k.clone(), v.clone());
         }
     }
     gw.client.release(resp).await;
-    ctx.error = Some("upstream_error");
+    ctx.answer.error = Some("upstream_error");
     // OpenAI-style bodies pass unchanged; native and non-JSON ones are mapped to the envelope,
     // then to the door's.
     let body = Bytes::from(dialects::translate_error(dialect, status, provider, &body));
@@ -65,32 +66,6 @@ pub(super) async fn relay_error(
     Ok(())
 }
 
-pub(super) fn gateway_headers(
-    h: &mut pingora::http::ResponseHeader,
-    ctx: &RequestCtx,
-    route: &Route<'_>,
-    plan: &Plan,
-) {
-    let _ = h.insert_header("x-gateway-provider", route.provider.name.as_str());
-    // What the door could not carry (unless relayed as sent), then what the dialect could not.
-    let door_dropped = ctx
-        .original
-        .as_ref()
-        .filter(|_| !plan.passthrough)
-        .map_or(&[][..], |d| &d.dropped[..]);
-    if !plan.dropped.is_empty() || !door_dropped.is_empty() {
-        let all: Vec<&str> = door_dropped
-            .iter()
-            .chain(&plan.dropped)
-            .map(String::as_str)
-            .collect();
-        let _ = h.insert_header("x-gateway-dropped-params", all.join(","));
-    }
-    if let Ok(v) = HeaderValue::from_str(&route.upstream_model) {
-        let _ = h.insert_header(HeaderName::from_static("x-gateway-model"), v);
-    }
-}
-
 /// Non-streaming success: relay the body byte-for-byte (OpenAI dialect) or translated, and
 /// record its usage.
 pub(super) async fn relay_whole(
@@ -103,22 +78,22 @@ pub(super) async fn relay_whole(
 ) -> Result<(), ApiError> {
     let (status, body, content_type) = read_openai_body(gw, ctx, resp, route, plan).await?;
     if plan.passthrough {
-        ctx.usage = filters::doors::messages::usage_of_message(&body);
-        ctx.tool_calls = filters::doors::messages::tool_calls_of_message(&body);
+        ctx.answer.usage = filters::doors::messages::usage_of_message(&body);
+        ctx.answer.tool_calls = filters::doors::messages::tool_calls_of_message(&body);
     } else {
         if super::needs_reasoning_state(plan.dialect) {
             if let Some(state) = filters::reasoning::TurnState::from_completion(&body) {
                 super::keep_reasoning_state(gw, ctx, &state);
             }
         }
-        ctx.usage = usage::from_response_body(&body);
-        ctx.tool_calls = usage::tool_calls_from_body(&body);
+        ctx.answer.usage = usage::from_response_body(&body);
+        ctx.answer.tool_calls = usage::tool_calls_from_body(&body);
     }
     let body = door_body(ctx, plan, body)?;
     let mut h = respond::header(status, &content_type, ctx);
     gateway_headers(&mut h, ctx, route, plan);
     if respond::full(session, ctx, h, body).await.is_err() {
-        ctx.client_gone = true;
+        ctx.answer.client_gone = true;
     }
     Ok(())
 }
@@ -135,9 +110,9 @@ pub(super) async fn read_openai_body(
     let provider = &route.provider.name;
     let waited = Instant::now();
     let read = resp.read_all(gw.cfg.client.max_response_body_size).await;
-    ctx.upstream_wait += waited.elapsed();
+    ctx.upstream.wait += waited.elapsed();
     let raw = read.map_err(|e| {
-        ctx.upstream_failure = Some(e.reason());
+        ctx.upstream.failure = Some(e.reason());
         ApiError::upstream(&e, provider)
     })?;
     let content_type = resp
@@ -160,7 +135,7 @@ pub(super) async fn read_openai_body(
                 plan.json_tool.as_deref(),
             )
             .map_err(|e| {
-                ctx.upstream_failure = Some("invalid_response");
+                ctx.upstream.failure = Some("invalid_response");
                 match e.code {
                     // Read, but the provider says it failed (a malformed tool call...).
                     Some(_) => ApiError::of(
@@ -225,7 +200,7 @@ pub(super) fn feed_read(
         Ok(Some(chunk)) => match translator.feed(&chunk, out) {
             Ok(()) => return None,
             Err(_) => {
-                ctx.upstream_failure = Some("oversized_event");
+                ctx.upstream.failure = Some("oversized_event");
                 StreamEnd::Failed {
                     message: format!("provider {provider} sent an oversized stream event"),
                     code: "upstream_stream_error",
@@ -234,7 +209,7 @@ pub(super) fn feed_read(
         },
         Ok(None) => StreamEnd::Clean,
         Err(e) => {
-            ctx.upstream_failure = Some(match e {
+            ctx.upstream.failure = Some(match e {
                 UpstreamError::IdleTimeout => "stream_idle_timeout",
                 _ => "stream_interrupted",
             });
@@ -268,7 +243,7 @@ pub(super) async fn relay_stream(
     loop {
         let waited = Instant::now();
         let next = unless_client_leaves(session, resp.read_chunk()).await;
-        ctx.upstream_wait += waited.elapsed();
+        ctx.upstream.wait += waited.elapsed();
         // Client hung up: `resp` is dropped below, closing the upstream connection so
         // generation stops.
         let Some(next) = next else {
@@ -280,29 +255,29 @@ pub(super) async fn relay_stream(
         if let Some(end) = end {
             clean = end == StreamEnd::Clean;
             if !clean {
-                ctx.error = Some("upstream_stream_error");
+                ctx.answer.error = Some("upstream_stream_error");
             }
         }
         if !out.flush(session, ctx, last).await || last {
             break;
         }
     }
-    ctx.generation = out.generation();
-    ctx.usage = relay.usage().cloned();
+    ctx.answer.generation = out.generation();
+    ctx.answer.usage = relay.usage().cloned();
     let stats = relay.stats();
     if super::needs_reasoning_state(plan.dialect) && !plan.passthrough {
         super::keep_reasoning_state(gw, ctx, &stats.reasoning);
     }
-    ctx.tool_calls = stats.tool_calls.clone();
-    if ctx.usage.is_none() {
+    ctx.answer.tool_calls = stats.tool_calls.clone();
+    if ctx.answer.usage.is_none() {
         // The stream ended (disconnect, failure, or a provider without stream usage) before any
         // usage report: record an estimate rather than nothing (see README "Metrics").
-        ctx.estimated_usage = Some((
+        ctx.answer.estimated_usage = Some((
             usage::estimate_tokens(ctx.bytes_in),
             stats.estimated_completion_tokens(),
         ));
     }
-    if clean && !ctx.client_gone {
+    if clean && !ctx.answer.client_gone {
         gw.client.release(resp).await;
     }
     // Otherwise `resp` is dropped here, closing the upstream connection.
@@ -354,9 +329,9 @@ pub(super) async fn error_event_from_upstream(
         return;
     };
     gw.client.release(resp).await;
-    let provider = ctx.provider.clone().unwrap_or_default();
+    let provider = ctx.upstream.provider.clone().unwrap_or_default();
     let env = dialects::translate_error(plan.dialect, status, &provider, &read.unwrap_or_default());
-    ctx.error = Some("upstream_error");
+    ctx.answer.error = Some("upstream_error");
     filters::sse::encode_data(&env, &mut out.buf);
     out.buf.extend_from_slice(filters::sse::DONE);
     out.flush(session, ctx, true).await;

@@ -21,10 +21,11 @@ use pingora::proxy::Session;
 use serde_json::Value;
 
 use super::admission::{limit_error, reserve_for};
+use super::client::gateway_headers;
 use super::client::{unless_client_leaves, ActiveStream, ClientStream};
 use super::dispatch::{self, Outcome, Served};
 use super::plan::Plan;
-use super::relay::{self, gateway_headers, read_openai_body, relay_error};
+use super::relay::{self, read_openai_body, relay_error};
 use super::{keep_reasoning_state, needs_reasoning_state, unix_now, Endpoint};
 use crate::errors::{ApiError, Code};
 use crate::mcp::{Catalog, McpHub, ToolOutcome};
@@ -306,7 +307,7 @@ impl<'a> Loop<'a> {
                 Step::Run(calls) => calls,
             };
             // The round's response is complete: its load-shedding slot is free while tools run.
-            ctx.upstream_hold = None;
+            ctx.upstream.hold = None;
             let Some(results) = self.run_tools(session, ctx, &route, &calls).await else {
                 return Ok(Flow::Stop);
             };
@@ -327,15 +328,15 @@ impl<'a> Loop<'a> {
     /// if any round had to be estimated).
     fn record(&mut self, ctx: &mut RequestCtx) {
         let st = &mut self.st;
-        ctx.cost_usd = Some(st.cost);
+        ctx.answer.cost_usd = Some(st.cost);
         if st.estimated {
-            ctx.usage = None;
-            ctx.estimated_usage = st
+            ctx.answer.usage = None;
+            ctx.answer.estimated_usage = st
                 .total_usage
                 .as_ref()
                 .map(|u| (u.prompt_tokens, u.completion_tokens));
         } else {
-            ctx.usage = st.total_usage.clone();
+            ctx.answer.usage = st.total_usage.clone();
         }
         if let Some(state) = st.final_state.take() {
             keep_reasoning_state(self.gw, ctx, &state);
@@ -352,7 +353,7 @@ impl<'a> Loop<'a> {
         let flow = match result {
             Ok(f) => f,
             Err(e) if self.out.headers_sent => {
-                if !self.out.closed && !ctx.client_gone {
+                if !self.out.closed && !ctx.answer.client_gone {
                     self.out.error_event(session, ctx, &e).await;
                 }
                 return Ok(());
@@ -361,7 +362,7 @@ impl<'a> Loop<'a> {
         };
         match flow {
             Flow::Stop => {
-                if self.out.headers_sent && !ctx.client_gone && !self.out.closed {
+                if self.out.headers_sent && !ctx.answer.client_gone && !self.out.closed {
                     self.finish(session, ctx).await;
                 }
             }
@@ -400,7 +401,8 @@ impl<'a> Loop<'a> {
             // Unchanged, or not a chat.completion we can edit: as the provider sent it.
             Ok(None) | Err(_) => body,
         };
-        ctx.tool_calls
+        ctx.answer
+            .tool_calls
             .extend(filters::usage::tool_calls_from_body(&body));
         let door_body = match relay::door_body(ctx, plan, body.clone()) {
             Ok(b) => b,
@@ -427,7 +429,7 @@ impl<'a> Loop<'a> {
             let _ = h.insert_header(LIMIT_HEADER, "true");
         }
         if respond::full(session, ctx, h, door_body).await.is_err() {
-            ctx.client_gone = true;
+            ctx.answer.client_gone = true;
         }
     }
 
@@ -443,7 +445,7 @@ impl<'a> Loop<'a> {
             &mut self.out.buf,
         );
         self.out.flush(session, ctx, true).await;
-        ctx.generation = self.out.generation();
+        ctx.answer.generation = self.out.generation();
     }
 
     /// One non-streaming round: read the reply, decide.
@@ -483,7 +485,9 @@ impl<'a> Loop<'a> {
         );
         match decision {
             Decision::Continue(calls) => {
-                ctx.tool_calls.extend(calls.iter().map(|c| c.name.clone()));
+                ctx.answer
+                    .tool_calls
+                    .extend(calls.iter().map(|c| c.name.clone()));
                 self.st.messages.push(tool_loop::assistant_message(
                     reply.content.as_deref(),
                     &calls,
@@ -511,7 +515,7 @@ impl<'a> Loop<'a> {
             return Ok(Step::Stop);
         };
         let sse = tool_loop::completion_as_sse(&body).ok_or_else(|| {
-            ctx.upstream_failure = Some("invalid_response");
+            ctx.upstream.failure = Some("invalid_response");
             ApiError::of(
                 Code::UpstreamInvalidResponse,
                 format!(
@@ -550,7 +554,7 @@ impl<'a> Loop<'a> {
         loop {
             let waited = Instant::now();
             let next = unless_client_leaves(session, resp.read_chunk()).await;
-            ctx.upstream_wait += waited.elapsed();
+            ctx.upstream.wait += waited.elapsed();
             let Some(next) = next else {
                 ctx.client_left();
                 self.st.add_estimate(
@@ -610,14 +614,14 @@ impl<'a> Loop<'a> {
             None => self.st.add_estimate(plan.body.len(), completion_estimate),
         }
         self.st.calls_so_far += summary.tool_calls.len() as u32;
-        ctx.tool_calls.extend(
+        ctx.answer.tool_calls.extend(
             summary
                 .tool_calls
                 .iter()
                 .filter_map(|c| c.function.as_ref()?.name.clone()),
         );
         if summary.failed {
-            ctx.error = Some("upstream_stream_error");
+            ctx.answer.error = Some("upstream_stream_error");
             return Step::Done(Reply::Stream);
         }
         if summary.too_many_calls {
@@ -747,15 +751,15 @@ async fn admit_round(
     route: &Route<'_>,
     prompt_bytes: usize,
 ) -> Result<(), ApiError> {
-    let Some(p) = &ctx.principal else {
+    let Some(p) = &ctx.caller.principal else {
         return Ok(());
     };
-    let reserve = reserve_for(gw, route, prompt_bytes, ctx.completion_reserve);
+    let reserve = reserve_for(gw, route, prompt_bytes, ctx.caller.completion_reserve);
     match gw.limiter.admit_round(p, reserve).await {
         Ok((adm, headers)) => {
-            ctx.round_admissions.push(adm);
+            ctx.caller.round_admissions.push(adm);
             // The round counts no request: keep the request's RPM headers, update the tokens.
-            if let Some(h) = &mut ctx.rate_headers {
+            if let Some(h) = &mut ctx.caller.rate_headers {
                 h.remaining_tokens = headers.remaining_tokens;
                 h.reset = headers.reset;
             }
@@ -768,7 +772,7 @@ async fn admit_round(
                 ctx.mcp_rounds + 1,
                 err.message
             );
-            ctx.error = Some("limit_reached_in_loop");
+            ctx.answer.error = Some("limit_reached_in_loop");
             Err(err)
         }
     }

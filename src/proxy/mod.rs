@@ -78,19 +78,84 @@ impl Gateway {
     }
 }
 
-/// Per-request state, and the one record metrics, the access log and (later) limits are made of.
+/// Per-request state, and the one record metrics, the access log and the limits' settlement
+/// are made of. Grouped by who writes it: the caller (authentication and admission), the
+/// upstream side (dispatch), the answer (relay and the client writer); the rest is the request.
 pub struct RequestCtx {
     pub request_id: String,
     pub start: Instant,
     /// Bounded label for the endpoint (`/v1/chat/completions`, `/proxy/{provider}`, `other`).
     pub route: &'static str,
-    pub provider: Option<String>,
+    /// The client API the request came in through (its errors and answers use its shape).
+    pub door: filters::doors::Door,
+    /// The client's request in its door's API, when the door is not the canonical one.
+    pub original: Option<Box<crate::exchange::OriginalRequest>>,
     /// Model as the client named it.
     pub model: Option<String>,
-    /// Model as sent to the provider.
-    pub upstream_model: Option<String>,
-    pub status: u16,
     pub bytes_in: usize,
+    /// Time spent waiting for MCP tool calls (the tool loop).
+    pub tool_wait: std::time::Duration,
+    /// Model calls made by the MCP tool loop (0: the loop did not run).
+    pub mcp_rounds: u32,
+    /// The client's `messages` before the reasoning vault added state to them: what a fallback
+    /// of a dialect that does not take that state is sent.
+    pub client_messages: Option<Box<serde_json::value::RawValue>>,
+    /// Development only: the start of the request body, for the access log.
+    pub body_sample: Option<String>,
+    pub caller: CallerRecord,
+    pub upstream: UpstreamRecord,
+    pub answer: AnswerRecord,
+    /// Set for `/proxy/{provider}/...` requests that go through the proxy loop.
+    passthrough: Option<Passthrough>,
+    body_seen: usize,
+    /// Counts this request as in flight until the context is dropped.
+    _in_flight: crate::drain::InFlight,
+}
+
+/// Who is calling, and what the request may spend (written by authentication and admission).
+#[derive(Default)]
+pub struct CallerRecord {
+    /// The authenticated caller (keys or OIDC); `None` on an open gateway.
+    pub principal: Option<crate::auth::Principal>,
+    /// The caller's limits admission, settled with the actual usage in `logging`.
+    pub admission: Option<crate::limits::Admission>,
+    /// Admissions of later MCP loop rounds (reservations only: released in `logging`).
+    pub round_admissions: Vec<crate::limits::Admission>,
+    /// Completion tokens one model call of this request may use (`max_tokens` x `n`, or the
+    /// default reserve), reserved against TPM and budget.
+    pub completion_reserve: u64,
+    /// `x-ratelimit-*` values for every response of this request.
+    pub rate_headers: Option<crate::limits::RateHeaders>,
+}
+
+/// The provider side (written by routing and dispatch).
+#[derive(Default)]
+pub struct UpstreamRecord {
+    pub provider: Option<String>,
+    /// Model as sent to the provider.
+    pub model: Option<String>,
+    pub addr: Option<std::net::SocketAddr>,
+    /// Calls sent to the provider (the MCP loop makes one per round).
+    pub calls: u32,
+    /// Why the provider request failed, if it did (`connect`, `timeout`, `status_5xx`, ...).
+    pub failure: Option<&'static str>,
+    pub retries: u32,
+    /// Time spent waiting for the provider (headers and body reads).
+    pub wait: std::time::Duration,
+    /// End of the request's total time (`timeouts.total`), once routed.
+    pub deadline: Option<tokio::time::Instant>,
+    /// The serving backend's load-shedding permit and in-flight count, held until the request
+    /// ends (a stream counts for as long as it runs).
+    pub hold: Option<(
+        Option<tokio::sync::OwnedSemaphorePermit>,
+        crate::pool::InFlight,
+    )>,
+}
+
+/// What the client got (written by the relay and the client writer).
+#[derive(Default)]
+pub struct AnswerRecord {
+    pub status: u16,
     pub bytes_out: usize,
     /// Usage as reported by the provider.
     pub usage: Option<Usage>,
@@ -102,63 +167,18 @@ pub struct RequestCtx {
     pub ttft: Option<std::time::Duration>,
     /// First streamed event to the end of the stream.
     pub generation: Option<std::time::Duration>,
-    /// Time spent waiting for the provider (headers and body reads).
-    pub upstream_wait: std::time::Duration,
-    /// Time spent waiting for MCP tool calls (the tool loop).
-    pub tool_wait: std::time::Duration,
-    /// Model calls made by the MCP tool loop (0: the loop did not run).
-    pub mcp_rounds: u32,
-    /// End of the request's total time (`timeouts.total`), once routed.
-    pub deadline: Option<tokio::time::Instant>,
-    /// The serving backend's load-shedding permit and in-flight count, held until the request
-    /// ends (a stream counts for as long as it runs).
-    pub upstream_hold: Option<(
-        Option<tokio::sync::OwnedSemaphorePermit>,
-        crate::pool::InFlight,
-    )>,
-    /// The authenticated caller (keys or OIDC); `None` on an open gateway.
-    pub principal: Option<crate::auth::Principal>,
-    /// The caller's limits admission, settled with the actual usage in `logging`.
-    pub admission: Option<crate::limits::Admission>,
-    /// Admissions of later MCP loop rounds (reservations only: released in `logging`).
-    pub round_admissions: Vec<crate::limits::Admission>,
-    /// The client's `messages` before the reasoning vault added state to them: what a fallback
-    /// of a dialect that does not take that state is sent.
-    pub client_messages: Option<Box<serde_json::value::RawValue>>,
-    /// Completion tokens one model call of this request may use (`max_tokens` x `n`, or the
-    /// default reserve), reserved against TPM and budget.
-    pub completion_reserve: u64,
-    /// `x-ratelimit-*` values for every response of this request.
-    pub rate_headers: Option<crate::limits::RateHeaders>,
     /// Cost already computed per round (the MCP loop, whose rounds may be served by different
     /// models); otherwise priced from the usage in `logging`.
     pub cost_usd: Option<f64>,
-    /// Calls sent to the provider (the MCP loop makes one per round).
-    pub upstream_calls: u32,
-    /// Why the provider request failed, if it did (`connect`, `timeout`, `status_5xx`, ...).
-    pub upstream_failure: Option<&'static str>,
-    pub upstream_retries: u32,
     pub error: Option<&'static str>,
     pub client_gone: bool,
-    pub upstream_addr: Option<std::net::SocketAddr>,
-    /// Development only: the start of the request body, for the access log.
-    pub body_sample: Option<String>,
-    /// The client API the request came in through (its errors and answers use its shape).
-    pub door: filters::doors::Door,
-    /// The client's request in its door's API, when the door is not the canonical one.
-    pub original: Option<Box<crate::exchange::OriginalRequest>>,
-    /// Set for `/proxy/{provider}/...` requests that go through the proxy loop.
-    passthrough: Option<Passthrough>,
-    body_seen: usize,
-    /// Counts this request as in flight until the context is dropped.
-    _in_flight: crate::drain::InFlight,
 }
 
 impl RequestCtx {
     /// The client hung up: recorded as the request's outcome.
     pub fn client_left(&mut self) {
-        self.client_gone = true;
-        self.error = Some("client_disconnected");
+        self.answer.client_gone = true;
+        self.answer.error = Some("client_disconnected");
     }
 }
 
@@ -221,38 +241,17 @@ impl ProxyHttp for Gateway {
             request_id: String::new(),
             start: Instant::now(),
             route: "other",
-            provider: None,
-            model: None,
-            upstream_model: None,
-            status: 0,
-            bytes_in: 0,
-            bytes_out: 0,
-            usage: None,
-            estimated_usage: None,
-            tool_calls: Vec::new(),
-            ttft: None,
-            generation: None,
-            upstream_wait: std::time::Duration::ZERO,
-            tool_wait: std::time::Duration::ZERO,
-            mcp_rounds: 0,
-            deadline: None,
-            upstream_hold: None,
-            principal: None,
-            admission: None,
-            round_admissions: Vec::new(),
-            completion_reserve: 0,
-            client_messages: None,
-            rate_headers: None,
-            cost_usd: None,
-            upstream_calls: 0,
-            upstream_failure: None,
-            upstream_retries: 0,
-            error: None,
-            client_gone: false,
-            upstream_addr: None,
-            body_sample: None,
             door: filters::doors::Door::Chat,
             original: None,
+            model: None,
+            bytes_in: 0,
+            tool_wait: std::time::Duration::ZERO,
+            mcp_rounds: 0,
+            client_messages: None,
+            body_sample: None,
+            caller: CallerRecord::default(),
+            upstream: UpstreamRecord::default(),
+            answer: AnswerRecord::default(),
             passthrough: None,
             body_seen: 0,
             _in_flight: crate::drain::InFlight::start(),
@@ -316,7 +315,7 @@ impl ProxyHttp for Gateway {
         // unknown paths do not).
         if ctx.route != "/health" && ctx.route != "other" {
             match self.auth.authenticate(&session.req_header().headers).await {
-                Ok(p) => ctx.principal = p,
+                Ok(p) => ctx.caller.principal = p,
                 Err(e) => {
                     respond::error(session, ctx, &e).await;
                     return Ok(true);
@@ -445,7 +444,7 @@ impl ProxyHttp for Gateway {
         resp: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        ctx.status = resp.status.as_u16();
+        ctx.answer.status = resp.status.as_u16();
         resp.insert_header("x-request-id", ctx.request_id.as_str())?;
         Ok(())
     }
@@ -456,7 +455,7 @@ impl ProxyHttp for Gateway {
         e: &Error,
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
-        let provider = ctx.provider.clone().unwrap_or_default();
+        let provider = ctx.upstream.provider.clone().unwrap_or_default();
         let (code, message) = match e.etype() {
             ErrorType::HTTPStatus(413) => (
                 Code::RequestTooLarge,
@@ -480,7 +479,7 @@ impl ProxyHttp for Gateway {
             ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError
                 if e.esource() == &pingora::ErrorSource::Downstream =>
             {
-                ctx.client_gone = true;
+                ctx.answer.client_gone = true;
                 return FailToProxy {
                     error_code: 0,
                     can_reuse_downstream: false,
@@ -504,34 +503,36 @@ impl ProxyHttp for Gateway {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
-        if let Some(adm) = ctx.admission.take() {
+        if let Some(adm) = ctx.caller.admission.take() {
             // Replace the reservation by what was used: exact usage, else the estimate (a
             // stream cut short, a provider without usage), charged at the model's price.
             // Only an answer that was relayed costs anything (a refused, failed or abandoned
             // call generated nothing the caller got).
-            if ctx.usage.is_none()
-                && ctx.estimated_usage.is_none()
-                && (200..300).contains(&ctx.status)
+            if ctx.answer.usage.is_none()
+                && ctx.answer.estimated_usage.is_none()
+                && (200..300).contains(&ctx.answer.status)
             {
                 // Answered without a usage report: charge the byte estimate, not nothing.
-                ctx.estimated_usage = Some((
+                ctx.answer.estimated_usage = Some((
                     (ctx.bytes_in as u64).div_ceil(4),
-                    (ctx.bytes_out as u64).div_ceil(4),
+                    (ctx.answer.bytes_out as u64).div_ceil(4),
                 ));
             }
-            let usage = ctx.usage.clone().or_else(|| {
-                ctx.estimated_usage.map(|(p, c)| filters::usage::Usage {
-                    prompt_tokens: p,
-                    completion_tokens: c,
-                    total_tokens: p + c,
-                    ..Default::default()
-                })
+            let usage = ctx.answer.usage.clone().or_else(|| {
+                ctx.answer
+                    .estimated_usage
+                    .map(|(p, c)| filters::usage::Usage {
+                        prompt_tokens: p,
+                        completion_tokens: c,
+                        total_tokens: p + c,
+                        ..Default::default()
+                    })
             });
-            let (tokens, cost) = match (&usage, &ctx.provider, &ctx.upstream_model) {
+            let (tokens, cost) = match (&usage, &ctx.upstream.provider, &ctx.upstream.model) {
                 // The MCP loop priced each round at the model that served it.
-                (Some(u), _, _) if ctx.cost_usd.is_some() => (
+                (Some(u), _, _) if ctx.answer.cost_usd.is_some() => (
                     u.total_tokens.max(u.prompt_tokens + u.completion_tokens),
-                    ctx.cost_usd.unwrap_or(0.0),
+                    ctx.answer.cost_usd.unwrap_or(0.0),
                 ),
                 (Some(u), Some(p), Some(m)) => (
                     u.total_tokens.max(u.prompt_tokens + u.completion_tokens),
@@ -543,26 +544,27 @@ impl ProxyHttp for Gateway {
             };
             self.limiter.settle(&adm, tokens, cost).await;
         }
-        for round in ctx.round_admissions.drain(..) {
+        for round in ctx.caller.round_admissions.drain(..) {
             self.limiter.settle(&round, 0, 0.0).await;
         }
-        if ctx.status == 0 {
-            ctx.status = session.response_written().map_or(0, |r| r.status.as_u16());
+        if ctx.answer.status == 0 {
+            ctx.answer.status = session.response_written().map_or(0, |r| r.status.as_u16());
         }
         if ctx.passthrough.is_some() {
             ctx.bytes_in = session.body_bytes_read();
-            ctx.bytes_out = session.body_bytes_sent();
+            ctx.answer.bytes_out = session.body_bytes_sent();
         }
         if let Some(m) = &self.metrics {
             crate::proxy::record::metrics(m, session, ctx);
         }
         if log::log_enabled!(target: "access", log::Level::Info) {
             let req = session.req_header();
-            let (prompt, completion, estimated) = match (&ctx.usage, ctx.estimated_usage) {
-                (Some(u), _) => (Some(u.prompt_tokens), Some(u.completion_tokens), false),
-                (None, Some((p, c))) => (Some(p), Some(c), true),
-                (None, None) => (None, None, false),
-            };
+            let (prompt, completion, estimated) =
+                match (&ctx.answer.usage, ctx.answer.estimated_usage) {
+                    (Some(u), _) => (Some(u.prompt_tokens), Some(u.completion_tokens), false),
+                    (None, Some((p, c))) => (Some(p), Some(c), true),
+                    (None, None) => (None, None, false),
+                };
             let record = crate::access_log::AccessRecord {
                 time: crate::access_log::AccessRecord::now(),
                 level: "info",
@@ -570,31 +572,31 @@ impl ProxyHttp for Gateway {
                 request_id: &ctx.request_id,
                 method: record::method_label(&req.method),
                 path: req.uri.path(),
-                status: ctx.status,
-                provider: ctx.provider.as_deref(),
+                status: ctx.answer.status,
+                provider: ctx.upstream.provider.as_deref(),
                 model: ctx.model.as_deref(),
-                upstream_model: ctx.upstream_model.as_deref(),
-                upstream: ctx.upstream_addr.map(|a| a.to_string()),
-                key_id: ctx.principal.as_ref().map(|p| p.name.as_str()),
+                upstream_model: ctx.upstream.model.as_deref(),
+                upstream: ctx.upstream.addr.map(|a| a.to_string()),
+                key_id: ctx.caller.principal.as_ref().map(|p| p.name.as_str()),
                 prompt_tokens: prompt,
                 completion_tokens: completion,
                 usage_estimated: estimated,
-                ttft_ms: ctx.ttft.map(|d| d.as_secs_f64() * 1000.0),
+                ttft_ms: ctx.answer.ttft.map(|d| d.as_secs_f64() * 1000.0),
                 duration_ms: ctx.start.elapsed().as_secs_f64() * 1000.0,
-                upstream_ms: ctx.upstream_wait.as_secs_f64() * 1000.0,
+                upstream_ms: ctx.upstream.wait.as_secs_f64() * 1000.0,
                 tool_ms: (ctx.mcp_rounds > 0).then_some(ctx.tool_wait.as_secs_f64() * 1000.0),
                 mcp_rounds: (ctx.mcp_rounds > 0).then_some(ctx.mcp_rounds),
                 bytes_in: ctx.bytes_in,
-                bytes_out: ctx.bytes_out,
-                error: ctx.error,
-                client_disconnected: ctx.client_gone,
-                tool_calls: &ctx.tool_calls,
+                bytes_out: ctx.answer.bytes_out,
+                error: ctx.answer.error,
+                client_disconnected: ctx.answer.client_gone,
+                tool_calls: &ctx.answer.tool_calls,
                 request_body: ctx.body_sample.as_deref(),
             };
             info!(target: "access", "{}", record.render(self.log_format));
         }
         if let Some(e) = e {
-            if !ctx.client_gone {
+            if !ctx.answer.client_gone {
                 warn!("request {} failed: {e}", ctx.request_id);
             }
         }
@@ -619,7 +621,7 @@ impl Gateway {
                 crate::config::HealthVerbose::Off => false,
                 crate::config::HealthVerbose::Auth => {
                     match self.auth.authenticate(&session.req_header().headers).await {
-                        Ok(p) => ctx.principal = p,
+                        Ok(p) => ctx.caller.principal = p,
                         Err(e) => {
                             respond::error(session, ctx, &e).await;
                             return;
@@ -655,7 +657,7 @@ impl Gateway {
 
     /// `GET /v1/usage`: the calling key's spend, budget and this minute's counts.
     async fn usage(&self, session: &mut Session, ctx: &mut RequestCtx) {
-        let Some(p) = ctx.principal.clone() else {
+        let Some(p) = ctx.caller.principal.clone() else {
             let err = crate::auth::unauthorized(
                 "GET /v1/usage reports on the calling key: send one",
                 crate::errors::Code::MissingApiKey,
@@ -738,7 +740,7 @@ impl Gateway {
         }
         // Raw pass-through bypasses model checks, limits and spend: only keys without any of
         // them (or allowed `provider/*` with no limits) may use it.
-        if let Some(p) = &ctx.principal {
+        if let Some(p) = &ctx.caller.principal {
             let all_models = p.limits.models.is_empty()
                 || p.limits.models.iter().any(|m| *m == format!("{name}/*"));
             if !p.may_proxy || !all_models || crate::limits::Limiter::applies(&p.limits) {
@@ -752,7 +754,7 @@ impl Gateway {
         }
         let endpoint = format!("/{path}");
         let path = provider.path_and_query(&endpoint, uri.query());
-        ctx.provider = Some(provider.name.clone());
+        ctx.upstream.provider = Some(provider.name.clone());
         ctx.passthrough = Some(Passthrough { provider, path });
         false
     }

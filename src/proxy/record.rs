@@ -10,12 +10,12 @@ use crate::metrics::{tool_type, Metrics};
 use crate::proxy::RequestCtx;
 
 pub fn metrics(m: &Metrics, session: &Session, ctx: &RequestCtx) {
-    let provider = ctx.provider.as_deref().unwrap_or("");
+    let provider = ctx.upstream.provider.as_deref().unwrap_or("");
     let method = method_label(&session.req_header().method);
-    let status = ctx.status.to_string();
+    let status = ctx.answer.status.to_string();
     let labels = [provider, method, ctx.route, status.as_str()];
     m.requests.with_label_values(&labels).inc();
-    if !ctx.client_gone || ctx.status != 0 {
+    if !ctx.answer.client_gone || ctx.answer.status != 0 {
         m.responses.with_label_values(&labels).inc();
     }
     let elapsed = ctx.start.elapsed();
@@ -23,7 +23,7 @@ pub fn metrics(m: &Metrics, session: &Session, ctx: &RequestCtx) {
         .with_label_values(&labels)
         .observe(elapsed.as_secs_f64() * 1000.0);
     // Time in the model and in MCP tools is not the gateway's.
-    let overhead = elapsed.saturating_sub(ctx.upstream_wait + ctx.tool_wait);
+    let overhead = elapsed.saturating_sub(ctx.upstream.wait + ctx.tool_wait);
     m.gateway_overhead
         .with_label_values(&[ctx.route])
         .observe(overhead.as_secs_f64());
@@ -32,18 +32,18 @@ pub fn metrics(m: &Metrics, session: &Session, ctx: &RequestCtx) {
         .observe(ctx.bytes_in as f64);
     m.response_body_bytes
         .with_label_values(&[ctx.route])
-        .observe(ctx.bytes_out as f64);
+        .observe(ctx.answer.bytes_out as f64);
 
-    if ctx.upstream_calls > 0 {
+    if ctx.upstream.calls > 0 {
         m.upstream_attempts
             .with_label_values(&[provider])
-            .inc_by(u64::from(ctx.upstream_calls));
-        if ctx.upstream_retries > 0 {
+            .inc_by(u64::from(ctx.upstream.calls));
+        if ctx.upstream.retries > 0 {
             m.upstream_retries
                 .with_label_values(&[provider, "stale_connection"])
-                .inc_by(u64::from(ctx.upstream_retries));
+                .inc_by(u64::from(ctx.upstream.retries));
         }
-        if let Some(reason) = ctx.upstream_failure {
+        if let Some(reason) = ctx.upstream.failure {
             m.upstream_failures
                 .with_label_values(&[provider, reason])
                 .inc();
@@ -52,13 +52,14 @@ pub fn metrics(m: &Metrics, session: &Session, ctx: &RequestCtx) {
 
     let model = bounded(
         &MODELS,
-        ctx.upstream_model
+        ctx.upstream
+            .model
             .as_deref()
             .or(ctx.model.as_deref())
             .unwrap_or(""),
     );
     let tm = [provider, model];
-    let completion = match (&ctx.usage, ctx.estimated_usage) {
+    let completion = match (&ctx.answer.usage, ctx.answer.estimated_usage) {
         (Some(u), _) => {
             m.prompt_tokens
                 .with_label_values(&tm)
@@ -80,11 +81,11 @@ pub fn metrics(m: &Metrics, session: &Session, ctx: &RequestCtx) {
         }
         (None, None) => None,
     };
-    if let Some(t) = ctx.ttft {
+    if let Some(t) = ctx.answer.ttft {
         m.ttft.with_label_values(&tm).observe(t.as_secs_f64());
     }
     // Generation speed: streams from the first event to the end; otherwise the whole call.
-    let gen_time = ctx.generation.unwrap_or(ctx.upstream_wait);
+    let gen_time = ctx.answer.generation.unwrap_or(ctx.upstream.wait);
     if let Some(c) = completion.filter(|c| *c > 0) {
         if gen_time.as_secs_f64() > 0.0 {
             m.output_tokens_per_second
@@ -92,7 +93,7 @@ pub fn metrics(m: &Metrics, session: &Session, ctx: &RequestCtx) {
                 .observe(c as f64 / gen_time.as_secs_f64());
         }
     }
-    for name in &ctx.tool_calls {
+    for name in &ctx.answer.tool_calls {
         let name = bounded(&TOOLS, name);
         m.tool_calls
             .with_label_values(&[provider, model, tool_type(name), name])

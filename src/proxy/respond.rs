@@ -16,7 +16,7 @@ pub fn header(status: u16, content_type: &str, ctx: &RequestCtx) -> ResponseHead
         // Where Anthropic's SDKs look for it (`request_id` on errors and messages).
         let _ = h.insert_header("request-id", ctx.request_id.as_str());
     }
-    if let Some(r) = &ctx.rate_headers {
+    if let Some(r) = &ctx.caller.rate_headers {
         rate_headers(&mut h, r);
     }
     h
@@ -45,8 +45,8 @@ pub async fn full(
     body: Bytes,
 ) -> pingora::Result<()> {
     let _ = h.insert_header(http::header::CONTENT_LENGTH, body.len());
-    ctx.status = h.status.as_u16();
-    ctx.bytes_out = body.len();
+    ctx.answer.status = h.status.as_u16();
+    ctx.answer.bytes_out = body.len();
     session.write_response_header(Box::new(h), false).await?;
     session.write_response_body(Some(body), true).await
 }
@@ -64,7 +64,7 @@ pub async fn json(
 /// Writes an error in the door's envelope (OpenAI's, or Anthropic's on `/v1/messages`; always
 /// `application/json`, even for stream requests).
 pub async fn error(session: &mut Session, ctx: &mut RequestCtx, err: &ApiError) {
-    ctx.error = Some(err.code.unwrap_or("error"));
+    ctx.answer.error = Some(err.code.unwrap_or("error"));
     if err.status == 413 || err.status == 408 || err.status == 400 && !session.is_body_done() {
         // The unread rest of the request body would be parsed as the next request.
         session.set_keepalive(None);

@@ -103,13 +103,23 @@ fn penalties_refused(model: &str) -> bool {
 }
 
 /// The native path for a model: `/models/{model}:generateContent` or the SSE stream variant.
-pub fn path(model: &str, stream: bool) -> String {
-    let model = model.strip_prefix("models/").unwrap_or(model);
-    if stream {
+/// The request path for `model`, or `None` when the name is not a model name: it becomes part
+/// of the URL path, so only model-name characters are allowed (a name must not change the
+/// method, `x:countTokens?`, or slip past model lists, `models/...`).
+pub fn path(model: &str, stream: bool) -> Option<String> {
+    let safe = model
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        && !model.contains("..")
+        && !model.is_empty();
+    if !safe {
+        return None;
+    }
+    Some(if stream {
         format!("/models/{model}:streamGenerateContent?alt=sse")
     } else {
         format!("/models/{model}:generateContent")
-    }
+    })
 }
 
 pub fn translate_request(
