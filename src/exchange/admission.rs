@@ -6,8 +6,9 @@ use filters::usage;
 
 use super::plan::model_entry;
 use super::Endpoint;
+use super::Exchange;
 use crate::errors::{ApiError, Code};
-use crate::proxy::{Gateway, RequestCtx};
+use crate::proxy::Gateway;
 use crate::routing::Route;
 
 /// Whether `p` may use `route` (requested as `requested`): its model list, and a price when it
@@ -138,41 +139,6 @@ pub(super) fn reserve_for(
     }
 }
 
-/// The caller's limits (keys, OIDC tiers; the model allowance is checked before): 429 or 503
-/// before any upstream call; on success the admission is kept for settlement when the request
-/// ends.
-pub(super) async fn admit(
-    gw: &Gateway,
-    ctx: &mut RequestCtx,
-    route: &Route<'_>,
-) -> Result<(), ApiError> {
-    let Some(p) = &ctx.caller.principal else {
-        return Ok(());
-    };
-    // Every principal is admitted (its spend is recorded even without limits).
-    let reserve = reserve_for(gw, route, ctx.bytes_in, ctx.caller.completion_reserve);
-    // The concurrency lease is named by the gateway, never by the client's X-Request-Id (a
-    // reused id would share one slot).
-    match gw
-        .limiter
-        .admit(p, reserve, &crate::request_id::generate())
-        .await
-    {
-        Ok((adm, headers)) => {
-            ctx.caller.admission = Some(adm);
-            ctx.caller.rate_headers = Some(headers);
-            Ok(())
-        }
-        Err(denied) => {
-            let (err, headers) = limit_error(p, denied, reserve.tokens);
-            if headers.is_some() {
-                ctx.caller.rate_headers = headers;
-            }
-            Err(err)
-        }
-    }
-}
-
 /// The answer to a refused admission (and its `x-ratelimit-*` values).
 pub(crate) fn limit_error(
     p: &crate::auth::Principal,
@@ -220,4 +186,43 @@ pub(crate) fn limit_error(
         Refusal::Rpm | Refusal::Tpm => Some(crate::limits::retry_after(&headers)),
     };
     (err, Some(headers))
+}
+
+impl<'g> Exchange<'g, '_> {
+    /// The caller's limits (keys, OIDC tiers; the model allowance is checked before): 429 or 503
+    /// before any upstream call; on success the admission is kept for settlement when the request
+    /// ends.
+    pub(super) async fn admit(&mut self, route: &Route<'_>) -> Result<(), ApiError> {
+        let Some(p) = &self.ctx.caller.principal else {
+            return Ok(());
+        };
+        // Every principal is admitted (its spend is recorded even without limits).
+        let reserve = reserve_for(
+            self.gw,
+            route,
+            self.ctx.bytes_in,
+            self.ctx.caller.completion_reserve,
+        );
+        // The concurrency lease is named by the gateway, never by the client's X-Request-Id (a
+        // reused id would share one slot).
+        match self
+            .gw
+            .limiter
+            .admit(p, reserve, &crate::request_id::generate())
+            .await
+        {
+            Ok((adm, headers)) => {
+                self.ctx.caller.admission = Some(adm);
+                self.ctx.caller.rate_headers = Some(headers);
+                Ok(())
+            }
+            Err(denied) => {
+                let (err, headers) = limit_error(p, denied, reserve.tokens);
+                if headers.is_some() {
+                    self.ctx.caller.rate_headers = headers;
+                }
+                Err(err)
+            }
+        }
+    }
 }

@@ -10,11 +10,11 @@ use std::time::{Duration, Instant};
 
 use filters::json_object::RawObject;
 use http::{HeaderName, HeaderValue, Method};
-use pingora::proxy::Session;
 
 use super::client::unless_client_leaves;
 use super::plan::{plan_call, Plan};
 use super::Endpoint;
+use super::Exchange;
 use crate::errors::{ApiError, Code};
 use crate::pool::Pool;
 use crate::proxy::{Gateway, RequestCtx};
@@ -60,118 +60,6 @@ enum Attempt<'r> {
 enum Failure<'r> {
     Response(Box<Served<'r>>),
     Error(ApiError),
-}
-
-pub(super) async fn dispatch<'r>(
-    gw: &'r Gateway,
-    session: &mut Session,
-    ctx: &mut RequestCtx,
-    obj: &mut RawObject<'_>,
-    route: &Route<'r>,
-    ep: Endpoint,
-) -> Result<Outcome<'r>, ApiError> {
-    let fallbacks: &[String] = route.alias.map_or(&[], |a| &a.fallbacks);
-    // The request as the client sent it, for re-planning against each fallback.
-    let original = (!fallbacks.is_empty()).then(|| obj.clone());
-    let mut last: Option<Failure<'r>> = None;
-    // A fallback that cannot be used (unknown, no key, cannot express the request) must not
-    // replace the real upstream failure as the answer.
-    let note = |last: &mut Option<Failure<'r>>, e: ApiError| {
-        if last.is_none() {
-            *last = Some(Failure::Error(e));
-        }
-    };
-    for i in 0..=fallbacks.len() {
-        if deadline_passed(ctx) {
-            return Err(deadline_error());
-        }
-        let candidate = if i == 0 {
-            route.clone()
-        } else {
-            match fallback(gw, ctx, route, &fallbacks[i - 1]) {
-                Ok(r) => r,
-                Err(e) => {
-                    note(&mut last, e);
-                    continue;
-                }
-            }
-        };
-        // Without fallbacks the client's object is rewritten in place (no copy); with them,
-        // every candidate is planned from a copy and `obj` stays as the client sent it (the
-        // MCP loop reuses it for its next round).
-        let mut body = match &original {
-            Some(o) => o.clone(),
-            None => std::mem::take(obj),
-        };
-        // State the vault added for a native primary is not for other dialects (strict
-        // OpenAI-compatible servers refuse unknown message fields).
-        if !super::needs_reasoning_state(candidate.provider.dialect) {
-            if let Some(m) = &ctx.client_messages {
-                body.set_raw("messages", m.clone());
-            }
-        }
-        let plan = plan_call(
-            gw,
-            ctx.door,
-            ctx.original.as_deref(),
-            &mut body,
-            &candidate,
-            ep,
-        );
-        if original.is_none() {
-            *obj = body;
-        }
-        let plan = match plan {
-            Ok(p) => p,
-            // The client's request is bad for the primary: that is the answer. A fallback that
-            // cannot express it is skipped.
-            Err(e) if i == 0 => return Err(e),
-            Err(e) => {
-                note(&mut last, e);
-                continue;
-            }
-        };
-        if i > 0 {
-            log::info!(
-                "request {}: falling back to {}/{}",
-                ctx.request_id,
-                candidate.provider.name,
-                candidate.upstream_model
-            );
-            if let Some(m) = &gw.metrics {
-                m.fallbacks
-                    .with_label_values(&[&route.provider.name, &candidate.provider.name])
-                    .inc();
-            }
-        }
-        ctx.upstream.provider = Some(candidate.provider.name.clone());
-        ctx.upstream.model = Some(candidate.upstream_model.clone());
-        match try_pool(gw, session, ctx, candidate, plan).await {
-            Ok(outcome) => return Ok(outcome),
-            Err(Stop::Deadline) => return Err(deadline_error()),
-            Err(Stop::Fatal(e)) => return Err(e),
-            Err(Stop::Failed(f)) => {
-                // Keep an upstream response over a gateway-side error.
-                if matches!(f, Failure::Response(_)) || !matches!(last, Some(Failure::Response(_)))
-                {
-                    last = Some(f);
-                }
-            }
-        }
-    }
-    match last {
-        Some(Failure::Response(s)) => {
-            // The answer is this candidate's: logs, metrics and the charge name it.
-            ctx.upstream.provider = Some(s.route.provider.name.clone());
-            ctx.upstream.model = Some(s.route.upstream_model.clone());
-            Ok(Outcome::Error(*s))
-        }
-        Some(Failure::Error(e)) => Err(e),
-        None => Err(ApiError::of(
-            Code::UpstreamError,
-            "no provider could serve the request",
-        )),
-    }
 }
 
 /// The route of fallback `name` of `route`'s alias, if the caller may use it and it can serve.
@@ -243,206 +131,6 @@ fn deadline_error() -> ApiError {
     )
 }
 
-/// Tries one provider's pool up to its retry budget.
-async fn try_pool<'r>(
-    gw: &Gateway,
-    session: &mut Session,
-    ctx: &mut RequestCtx,
-    route: Route<'r>,
-    plan: Plan,
-) -> Result<Outcome<'r>, Stop<'r>> {
-    let Some(pool) = gw.pools.get(&route.provider.name).cloned() else {
-        return Err(Stop::Failed(Failure::Error(ApiError::of(
-            Code::UpstreamError,
-            format!("provider {} has no backends", route.provider.name),
-        ))));
-    };
-    if ctx.upstream.deadline.is_none() {
-        let total = route
-            .alias
-            .and_then(|a| a.timeouts.total)
-            .or(pool.timeouts.total)
-            .or(gw.cfg.client.total_timeout);
-        ctx.upstream.deadline = total.map(|d| tokio::time::Instant::from_std(ctx.start) + d.get());
-    }
-    let timeouts = timeouts_for(gw, ctx, &route, &pool);
-    let mut tried: Vec<usize> = Vec::with_capacity(2);
-    let mut last: Option<Failure<'r>> = None;
-    let attempts = pool.retry.attempts.max(1);
-    for attempt in 0..attempts {
-        if deadline_passed(ctx) {
-            return Err(Stop::Deadline);
-        }
-        let (reason, retry_after, error) = match attempt_once(
-            gw, session, ctx, &pool, &mut tried, &route, &plan, &timeouts,
-        )
-        .await
-        {
-            Attempt::Done(o) => return Ok(o),
-            Attempt::Deadline => return Err(Stop::Deadline),
-            Attempt::Fatal(e) => return Err(Stop::Fatal(e)),
-            // Nothing left to try here: the last real failure says more than "no backend".
-            Attempt::Skip(e) => {
-                return Err(Stop::Failed(last.unwrap_or(Failure::Error(e))));
-            }
-            Attempt::Retry {
-                reason,
-                retry_after,
-                error,
-            } => (reason, retry_after, error),
-        };
-        last = Some(error);
-        if attempt + 1 == attempts {
-            break;
-        }
-        let mut wait = backoff(&pool.retry, attempt);
-        if let Some(ra) = retry_after {
-            // Another backend may answer at once; the same one only after Retry-After, and
-            // only if that is worth waiting for (else the next fallback, if any).
-            if !pool.has_untried(&tried) {
-                if ra > pool.retry.max_retry_after.get() {
-                    break;
-                }
-                wait = wait.max(ra);
-            }
-        }
-        if let Some(d) = ctx.upstream.deadline {
-            if tokio::time::Instant::now() + wait >= d {
-                break;
-            }
-        }
-        if let Some(m) = &gw.metrics {
-            m.upstream_retries
-                .with_label_values(&[&pool.name, reason])
-                .inc();
-        }
-        if unless_client_leaves(session, tokio::time::sleep(wait))
-            .await
-            .is_none()
-        {
-            ctx.client_left();
-            return Ok(Outcome::ClientGone);
-        }
-    }
-    Err(Stop::Failed(last.unwrap_or_else(|| {
-        Failure::Error(ApiError::of(Code::UpstreamError, "no attempt was made"))
-    })))
-}
-
-/// One call to one backend of `pool`.
-#[allow(clippy::too_many_arguments)]
-async fn attempt_once<'r>(
-    gw: &Gateway,
-    session: &mut Session,
-    ctx: &mut RequestCtx,
-    pool: &std::sync::Arc<Pool>,
-    tried: &mut Vec<usize>,
-    route: &Route<'r>,
-    plan: &Plan,
-    timeouts: &Timeouts,
-) -> Attempt<'r> {
-    // The previous round's (MCP loop) permit and in-flight count end here, before a new one is
-    // taken: a request never holds two.
-    ctx.upstream.hold = None;
-    let Some((i, mut in_flight)) = pool.select(tried) else {
-        let mut e = ApiError::of(
-            Code::NoHealthyBackend,
-            format!("provider {}: every backend is unavailable", pool.name),
-        );
-        e.retry_after = Some(pool.retry_in().unwrap_or(Duration::from_secs(1)));
-        return Attempt::Skip(e);
-    };
-    tried.push(i);
-    let backend = in_flight.slot().provider.clone();
-    let permit = match &pool.shed {
-        None => None,
-        Some(shed) => match shed.acquire().await {
-            Ok(p) => Some(p),
-            Err(_) => {
-                // Dropping `in_flight` releases a claimed probe.
-                if let Some(m) = &gw.metrics {
-                    m.shed.with_label_values(&[&pool.name]).inc();
-                }
-                let mut e = ApiError::of(
-                    Code::Overloaded,
-                    format!(
-                        "provider {} is at its concurrency limit; retry shortly",
-                        pool.name
-                    ),
-                );
-                e.retry_after = Some(shed.retry_after());
-                return Attempt::Skip(e);
-            }
-        },
-    };
-    match send_to(gw, session, ctx, &backend, plan, timeouts).await {
-        Ok(None) => Attempt::Done(Outcome::ClientGone),
-        Err(UpstreamError::Deadline) => Attempt::Deadline,
-        Err(e) => {
-            let err = ApiError::upstream(&e, &pool.name);
-            let reason = match e {
-                // Nothing was sent.
-                UpstreamError::Connect(_) => "connect",
-                UpstreamError::FirstByteTimeout => "timeout",
-                // Closed or reset after the request was sent: it may have run (and been
-                // billed); not repeated. The backend still counts it as a failure.
-                _ => {
-                    in_flight.failure();
-                    return Attempt::Fatal(err);
-                }
-            };
-            in_flight.failure();
-            Attempt::Retry {
-                reason,
-                retry_after: None,
-                error: Failure::Error(err),
-            }
-        }
-        Ok(Some(resp)) => {
-            let status = resp.status();
-            let retry_after = retry_after(&resp);
-            let served = Served {
-                route: route.clone(),
-                plan: plan.clone(),
-                resp,
-            };
-            match status {
-                429 => {
-                    // Alive, just busy: not a failure of the backend, but left alone for its
-                    // Retry-After while others can serve.
-                    in_flight.rate_limited(retry_after);
-                    Attempt::Retry {
-                        reason: "status_429",
-                        retry_after,
-                        error: Failure::Response(Box::new(served)),
-                    }
-                }
-                408 | 500..=599 => {
-                    in_flight.failure();
-                    Attempt::Retry {
-                        reason: "status_5xx",
-                        retry_after,
-                        error: Failure::Response(Box::new(served)),
-                    }
-                }
-                s => {
-                    in_flight.success();
-                    ctx.upstream.hold = Some((permit, in_flight));
-                    ctx.upstream.provider = Some(route.provider.name.clone());
-                    ctx.upstream.model = Some(route.upstream_model.clone());
-                    if (200..300).contains(&s) {
-                        // Recovered: earlier attempts' failures are not this request's outcome.
-                        ctx.upstream.failure = None;
-                        Attempt::Done(Outcome::Ok(served))
-                    } else {
-                        Attempt::Done(Outcome::Error(served))
-                    }
-                }
-            }
-        }
-    }
-}
-
 /// Timeouts of a call: alias over provider over `client.*`, and the request's deadline.
 fn timeouts_for(gw: &Gateway, ctx: &RequestCtx, route: &Route<'_>, pool: &Pool) -> Timeouts {
     let t = route
@@ -492,78 +180,380 @@ fn backoff(cfg: &crate::config::resilience::RetryConfig, attempt: u32) -> Durati
     Duration::from_nanos(r % nanos)
 }
 
-/// Sends the planned call to one backend and waits for the response head while watching the
-/// client: if it hangs up, the upstream call is dropped (its connection closed) instead of
-/// generating tokens nobody reads, and `Ok(None)` is returned. Non-2xx responses are returned
-/// for the caller to judge (retry, fall back, or relay).
-async fn send_to(
-    gw: &Gateway,
-    session: &mut Session,
-    ctx: &mut RequestCtx,
-    backend: &crate::providers::Provider,
-    plan: &Plan,
-    timeouts: &crate::upstream::Timeouts,
-) -> Result<Option<UpstreamResponse>, UpstreamError> {
-    let accept = if plan.stream {
-        "text/event-stream"
-    } else {
-        "application/json"
-    };
-    let headers = [
-        (
-            http::header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        ),
-        (http::header::ACCEPT, HeaderValue::from_static(accept)),
-        // The gateway reads responses (usage, SSE events), so ask for them uncompressed.
-        (
-            http::header::ACCEPT_ENCODING,
-            HeaderValue::from_static("identity"),
-        ),
-        (
-            http::header::USER_AGENT,
-            HeaderValue::from_static(concat!("inference-gateway/", env!("CARGO_PKG_VERSION"))),
-        ),
-    ];
-    let with_door_headers;
-    let headers: &[(HeaderName, HeaderValue)] = if plan.headers.is_empty() {
-        &headers
-    } else {
-        with_door_headers = [&headers[..], &plan.headers[..]].concat();
-        &with_door_headers
-    };
-    let req = UpstreamRequest {
-        method: Method::POST,
-        path: &plan.path,
-        headers,
-        body: plan.body.clone(),
-        request_id: &ctx.request_id,
-        timeouts: Some(timeouts),
-    };
-    ctx.upstream.calls += 1;
-    let waited = Instant::now();
-    let sent = unless_client_leaves(session, gw.client.send(backend, &req)).await;
-    ctx.upstream.wait += waited.elapsed();
-    let Some(sent) = sent else {
-        ctx.client_left();
-        // The body was (being) sent: the provider bills the prompt it processed, so the
-        // caller is charged at least the prompt estimate.
-        if ctx.answer.usage.is_none() && ctx.answer.estimated_usage.is_none() {
-            ctx.answer.estimated_usage =
-                Some((filters::usage::estimate_tokens(plan.body.len()), 0));
+impl<'g> Exchange<'g, '_> {
+    pub(super) async fn dispatch(
+        &mut self,
+        obj: &mut RawObject<'_>,
+        route: &Route<'g>,
+        ep: Endpoint,
+    ) -> Result<Outcome<'g>, ApiError> {
+        let fallbacks: &[String] = route.alias.map_or(&[], |a| &a.fallbacks);
+        // The request as the client sent it, for re-planning against each fallback.
+        let original = (!fallbacks.is_empty()).then(|| obj.clone());
+        let mut last: Option<Failure<'g>> = None;
+        // A fallback that cannot be used (unknown, no key, cannot express the request) must not
+        // replace the real upstream failure as the answer.
+        let note = |last: &mut Option<Failure<'g>>, e: ApiError| {
+            if last.is_none() {
+                *last = Some(Failure::Error(e));
+            }
+        };
+        for i in 0..=fallbacks.len() {
+            if deadline_passed(self.ctx) {
+                return Err(deadline_error());
+            }
+            let candidate = if i == 0 {
+                route.clone()
+            } else {
+                match fallback(self.gw, self.ctx, route, &fallbacks[i - 1]) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        note(&mut last, e);
+                        continue;
+                    }
+                }
+            };
+            // Without fallbacks the client's object is rewritten in place (no copy); with them,
+            // every candidate is planned from a copy and `obj` stays as the client sent it (the
+            // MCP loop reuses it for its next round).
+            let mut body = match &original {
+                Some(o) => o.clone(),
+                None => std::mem::take(obj),
+            };
+            // State the vault added for a native primary is not for other dialects (strict
+            // OpenAI-compatible servers refuse unknown message fields).
+            if !super::needs_reasoning_state(candidate.provider.dialect) {
+                if let Some(m) = &self.ctx.client_messages {
+                    body.set_raw("messages", m.clone());
+                }
+            }
+            let plan = plan_call(
+                self.gw,
+                self.ctx.door,
+                self.ctx.original.as_deref(),
+                &mut body,
+                &candidate,
+                ep,
+            );
+            if original.is_none() {
+                *obj = body;
+            }
+            let plan = match plan {
+                Ok(p) => p,
+                // The client's request is bad for the primary: that is the answer. A fallback that
+                // cannot express it is skipped.
+                Err(e) if i == 0 => return Err(e),
+                Err(e) => {
+                    note(&mut last, e);
+                    continue;
+                }
+            };
+            if i > 0 {
+                log::info!(
+                    "request {}: falling back to {}/{}",
+                    self.ctx.request_id,
+                    candidate.provider.name,
+                    candidate.upstream_model
+                );
+                if let Some(m) = &self.gw.metrics {
+                    m.fallbacks
+                        .with_label_values(&[&route.provider.name, &candidate.provider.name])
+                        .inc();
+                }
+            }
+            self.ctx.upstream.provider = Some(candidate.provider.name.clone());
+            self.ctx.upstream.model = Some(candidate.upstream_model.clone());
+            match self.try_pool(candidate, plan).await {
+                Ok(outcome) => return Ok(outcome),
+                Err(Stop::Deadline) => return Err(deadline_error()),
+                Err(Stop::Fatal(e)) => return Err(e),
+                Err(Stop::Failed(f)) => {
+                    // Keep an upstream response over a gateway-side error.
+                    if matches!(f, Failure::Response(_))
+                        || !matches!(last, Some(Failure::Response(_)))
+                    {
+                        last = Some(f);
+                    }
+                }
+            }
         }
-        return Ok(None);
-    };
-    let resp = sent.inspect_err(|e| ctx.upstream.failure = Some(e.reason()))?;
-    ctx.upstream.addr = Some(resp.addr);
-    ctx.upstream.retries += resp.retries;
-    let status = resp.status();
-    if !(200..300).contains(&status) {
-        ctx.upstream.failure = Some(match status {
-            429 => "status_429",
-            500..=599 => "status_5xx",
-            _ => "status_4xx",
-        });
+        match last {
+            Some(Failure::Response(s)) => {
+                // The answer is this candidate's: logs, metrics and the charge name it.
+                self.ctx.upstream.provider = Some(s.route.provider.name.clone());
+                self.ctx.upstream.model = Some(s.route.upstream_model.clone());
+                Ok(Outcome::Error(*s))
+            }
+            Some(Failure::Error(e)) => Err(e),
+            None => Err(ApiError::of(
+                Code::UpstreamError,
+                "no provider could serve the request",
+            )),
+        }
     }
-    Ok(Some(resp))
+
+    /// Tries one provider's pool up to its retry budget.
+    async fn try_pool(&mut self, route: Route<'g>, plan: Plan) -> Result<Outcome<'g>, Stop<'g>> {
+        let Some(pool) = self.gw.pools.get(&route.provider.name).cloned() else {
+            return Err(Stop::Failed(Failure::Error(ApiError::of(
+                Code::UpstreamError,
+                format!("provider {} has no backends", route.provider.name),
+            ))));
+        };
+        if self.ctx.upstream.deadline.is_none() {
+            let total = route
+                .alias
+                .and_then(|a| a.timeouts.total)
+                .or(pool.timeouts.total)
+                .or(self.gw.cfg.client.total_timeout);
+            self.ctx.upstream.deadline =
+                total.map(|d| tokio::time::Instant::from_std(self.ctx.start) + d.get());
+        }
+        let timeouts = timeouts_for(self.gw, self.ctx, &route, &pool);
+        let mut tried: Vec<usize> = Vec::with_capacity(2);
+        let mut last: Option<Failure<'g>> = None;
+        let attempts = pool.retry.attempts.max(1);
+        for attempt in 0..attempts {
+            if deadline_passed(self.ctx) {
+                return Err(Stop::Deadline);
+            }
+            let (reason, retry_after, error) = match self
+                .attempt_once(&pool, &mut tried, &route, &plan, &timeouts)
+                .await
+            {
+                Attempt::Done(o) => return Ok(o),
+                Attempt::Deadline => return Err(Stop::Deadline),
+                Attempt::Fatal(e) => return Err(Stop::Fatal(e)),
+                // Nothing left to try here: the last real failure says more than "no backend".
+                Attempt::Skip(e) => {
+                    return Err(Stop::Failed(last.unwrap_or(Failure::Error(e))));
+                }
+                Attempt::Retry {
+                    reason,
+                    retry_after,
+                    error,
+                } => (reason, retry_after, error),
+            };
+            last = Some(error);
+            if attempt + 1 == attempts {
+                break;
+            }
+            let mut wait = backoff(&pool.retry, attempt);
+            if let Some(ra) = retry_after {
+                // Another backend may answer at once; the same one only after Retry-After, and
+                // only if that is worth waiting for (else the next fallback, if any).
+                if !pool.has_untried(&tried) {
+                    if ra > pool.retry.max_retry_after.get() {
+                        break;
+                    }
+                    wait = wait.max(ra);
+                }
+            }
+            if let Some(d) = self.ctx.upstream.deadline {
+                if tokio::time::Instant::now() + wait >= d {
+                    break;
+                }
+            }
+            if let Some(m) = &self.gw.metrics {
+                m.upstream_retries
+                    .with_label_values(&[&pool.name, reason])
+                    .inc();
+            }
+            if unless_client_leaves(self.session, tokio::time::sleep(wait))
+                .await
+                .is_none()
+            {
+                self.ctx.client_left();
+                return Ok(Outcome::ClientGone);
+            }
+        }
+        Err(Stop::Failed(last.unwrap_or_else(|| {
+            Failure::Error(ApiError::of(Code::UpstreamError, "no attempt was made"))
+        })))
+    }
+
+    /// One call to one backend of `pool`.
+    async fn attempt_once(
+        &mut self,
+        pool: &std::sync::Arc<Pool>,
+        tried: &mut Vec<usize>,
+        route: &Route<'g>,
+        plan: &Plan,
+        timeouts: &Timeouts,
+    ) -> Attempt<'g> {
+        // The previous round's (MCP loop) permit and in-flight count end here, before a new one is
+        // taken: a request never holds two.
+        self.ctx.upstream.hold = None;
+        let Some((i, mut in_flight)) = pool.select(tried) else {
+            let mut e = ApiError::of(
+                Code::NoHealthyBackend,
+                format!("provider {}: every backend is unavailable", pool.name),
+            );
+            e.retry_after = Some(pool.retry_in().unwrap_or(Duration::from_secs(1)));
+            return Attempt::Skip(e);
+        };
+        tried.push(i);
+        let backend = in_flight.slot().provider.clone();
+        let permit = match &pool.shed {
+            None => None,
+            Some(shed) => match shed.acquire().await {
+                Ok(p) => Some(p),
+                Err(_) => {
+                    // Dropping `in_flight` releases a claimed probe.
+                    if let Some(m) = &self.gw.metrics {
+                        m.shed.with_label_values(&[&pool.name]).inc();
+                    }
+                    let mut e = ApiError::of(
+                        Code::Overloaded,
+                        format!(
+                            "provider {} is at its concurrency limit; retry shortly",
+                            pool.name
+                        ),
+                    );
+                    e.retry_after = Some(shed.retry_after());
+                    return Attempt::Skip(e);
+                }
+            },
+        };
+        match self.send_to(&backend, plan, timeouts).await {
+            Ok(None) => Attempt::Done(Outcome::ClientGone),
+            Err(UpstreamError::Deadline) => Attempt::Deadline,
+            Err(e) => {
+                let err = ApiError::upstream(&e, &pool.name);
+                let reason = match e {
+                    // Nothing was sent.
+                    UpstreamError::Connect(_) => "connect",
+                    UpstreamError::FirstByteTimeout => "timeout",
+                    // Closed or reset after the request was sent: it may have run (and been
+                    // billed); not repeated. The backend still counts it as a failure.
+                    _ => {
+                        in_flight.failure();
+                        return Attempt::Fatal(err);
+                    }
+                };
+                in_flight.failure();
+                Attempt::Retry {
+                    reason,
+                    retry_after: None,
+                    error: Failure::Error(err),
+                }
+            }
+            Ok(Some(resp)) => {
+                let status = resp.status();
+                let retry_after = retry_after(&resp);
+                let served = Served {
+                    route: route.clone(),
+                    plan: plan.clone(),
+                    resp,
+                };
+                match status {
+                    429 => {
+                        // Alive, just busy: not a failure of the backend, but left alone for its
+                        // Retry-After while others can serve.
+                        in_flight.rate_limited(retry_after);
+                        Attempt::Retry {
+                            reason: "status_429",
+                            retry_after,
+                            error: Failure::Response(Box::new(served)),
+                        }
+                    }
+                    408 | 500..=599 => {
+                        in_flight.failure();
+                        Attempt::Retry {
+                            reason: "status_5xx",
+                            retry_after,
+                            error: Failure::Response(Box::new(served)),
+                        }
+                    }
+                    s => {
+                        in_flight.success();
+                        self.ctx.upstream.hold = Some((permit, in_flight));
+                        self.ctx.upstream.provider = Some(route.provider.name.clone());
+                        self.ctx.upstream.model = Some(route.upstream_model.clone());
+                        if (200..300).contains(&s) {
+                            // Recovered: earlier attempts' failures are not this request's outcome.
+                            self.ctx.upstream.failure = None;
+                            Attempt::Done(Outcome::Ok(served))
+                        } else {
+                            Attempt::Done(Outcome::Error(served))
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sends the planned call to one backend and waits for the response head while watching the
+    /// client: if it hangs up, the upstream call is dropped (its connection closed) instead of
+    /// generating tokens nobody reads, and `Ok(None)` is returned. Non-2xx responses are returned
+    /// for the caller to judge (retry, fall back, or relay).
+    async fn send_to(
+        &mut self,
+        backend: &crate::providers::Provider,
+        plan: &Plan,
+        timeouts: &crate::upstream::Timeouts,
+    ) -> Result<Option<UpstreamResponse>, UpstreamError> {
+        let accept = if plan.stream {
+            "text/event-stream"
+        } else {
+            "application/json"
+        };
+        let headers = [
+            (
+                http::header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            ),
+            (http::header::ACCEPT, HeaderValue::from_static(accept)),
+            // The gateway reads responses (usage, SSE events), so ask for them uncompressed.
+            (
+                http::header::ACCEPT_ENCODING,
+                HeaderValue::from_static("identity"),
+            ),
+            (
+                http::header::USER_AGENT,
+                HeaderValue::from_static(concat!("inference-gateway/", env!("CARGO_PKG_VERSION"))),
+            ),
+        ];
+        let with_door_headers;
+        let headers: &[(HeaderName, HeaderValue)] = if plan.headers.is_empty() {
+            &headers
+        } else {
+            with_door_headers = [&headers[..], &plan.headers[..]].concat();
+            &with_door_headers
+        };
+        let req = UpstreamRequest {
+            method: Method::POST,
+            path: &plan.path,
+            headers,
+            body: plan.body.clone(),
+            request_id: &self.ctx.request_id,
+            timeouts: Some(timeouts),
+        };
+        self.ctx.upstream.calls += 1;
+        let waited = Instant::now();
+        let sent = unless_client_leaves(self.session, self.gw.client.send(backend, &req)).await;
+        self.ctx.upstream.wait += waited.elapsed();
+        let Some(sent) = sent else {
+            self.ctx.client_left();
+            // The body was (being) sent: the provider bills the prompt it processed, so the
+            // caller is charged at least the prompt estimate.
+            if self.ctx.answer.usage.is_none() && self.ctx.answer.estimated_usage.is_none() {
+                self.ctx.answer.estimated_usage =
+                    Some((filters::usage::estimate_tokens(plan.body.len()), 0));
+            }
+            return Ok(None);
+        };
+        let resp = sent.inspect_err(|e| self.ctx.upstream.failure = Some(e.reason()))?;
+        self.ctx.upstream.addr = Some(resp.addr);
+        self.ctx.upstream.retries += resp.retries;
+        let status = resp.status();
+        if !(200..300).contains(&status) {
+            self.ctx.upstream.failure = Some(match status {
+                429 => "status_429",
+                500..=599 => "status_5xx",
+                _ => "status_4xx",
+            });
+        }
+        Ok(Some(resp))
+    }
 }

@@ -23,9 +23,8 @@ use pingora::proxy::Session;
 use serde_json::Value;
 
 pub(crate) use self::admission::limit_error;
-use self::admission::{admit, completion_reserve, model_permitted};
+use self::admission::{completion_reserve, model_permitted};
 use self::dispatch::{Outcome, Served};
-use self::relay::{relay_error, relay_stream, relay_whole};
 use crate::errors::{ApiError, Code};
 use crate::proxy::{respond, Gateway, RequestCtx};
 
@@ -73,100 +72,6 @@ impl OriginalRequest {
     }
 }
 
-/// Serves a canonical request; `Err` only while nothing has been written to the client.
-pub async fn run(
-    gw: &Gateway,
-    session: &mut Session,
-    ctx: &mut RequestCtx,
-    ep: Endpoint,
-    inbound: Inbound,
-) -> Result<(), ApiError> {
-    let raw = inbound.body;
-    let mut obj = parse_body(gw, &raw)?;
-    let model = model_of(&obj)?;
-    ctx.model = Some(model.clone());
-
-    let provider_param = query_param(session, "provider");
-    let provider_param = provider_param.or_else(|| {
-        inbound
-            .default_provider
-            .filter(|_| !gw.router.resolves(&model))
-    });
-    let route = gw.router.route(&model, provider_param.as_deref())?;
-    let provider = route.provider.clone();
-    ctx.upstream.provider = Some(provider.name.clone());
-    ctx.upstream.model = Some(route.upstream_model.clone());
-    ctx.caller.completion_reserve = completion_reserve(gw, &obj, ep, &route)?;
-    // Permission first: a caller who may not use a model learns nothing more. Then what
-    // cannot be served at all, before anything is counted against the caller's limits.
-    if let Some(p) = &ctx.caller.principal {
-        model_permitted(gw, p, &model, &route, &format!("The model {model:?}"))?;
-    }
-    if !provider.configured {
-        return Err(not_configured(&provider.name));
-    }
-    if ep == Endpoint::CountTokens {
-        // Counted, never charged: no admission against the caller's limits. A provider that
-        // does not speak the door's API cannot count: the door's estimate is the answer.
-        let relayed = ctx
-            .original
-            .as_ref()
-            .is_some_and(|o| o.relays_to(ctx.door, provider.dialect));
-        if !relayed {
-            answer_estimate(session, ctx, &provider.name, inbound.estimate).await;
-            return Ok(());
-        }
-    } else {
-        admit(gw, ctx, &route).await?;
-    }
-    let missing_key = gw
-        .pools
-        .get(&provider.name)
-        .map_or(provider.missing_key(), |p| p.missing_key());
-    if missing_key {
-        return Err(ApiError::of(
-            Code::ProviderNotConfigured,
-            format!(
-                "Provider {} has no API key configured (set {}_API_KEY)",
-                provider.name,
-                crate::config::providers::env_prefix(&provider.name)
-            ),
-        ));
-    }
-    if ep == Endpoint::Chat {
-        if let Some(needed) = reasoning_needed(provider.dialect) {
-            restore_reasoning_state(gw, ctx, &mut obj, needed).await?;
-        }
-    }
-    if ep == Endpoint::Chat {
-        // The hub check is a pointer test when MCP is off; the body is looked at only after.
-        if let Some(mcp) = tool_loop::active_hub(gw, session) {
-            if tool_loop::wants_tools(&obj) {
-                // The loop works on the canonical exchange: no relay in the door's own API.
-                if let Some(o) = &mut ctx.original {
-                    o.relay = false;
-                }
-                return tool_loop::run(gw, session, ctx, mcp, obj, &route).await;
-            }
-        }
-    }
-    let served = match dispatch::dispatch(gw, session, ctx, &mut obj, &route, ep).await? {
-        Outcome::Ok(s) => s,
-        Outcome::Error(s) => {
-            let name = s.route.provider.name.clone();
-            return relay_error(gw, session, ctx, &name, s.plan.dialect, s.resp).await;
-        }
-        Outcome::ClientGone => return Ok(()),
-    };
-    drop(obj);
-    let Served { route, plan, resp } = served;
-    if plan.stream && resp.is_event_stream() {
-        relay_stream(gw, session, ctx, resp, &route, &plan).await;
-        return Ok(());
-    }
-    relay_whole(gw, session, ctx, resp, &route, &plan).await
-}
-
 /// The canonical body as a raw object: validated JSON, at most `server.max_json_fields`
 /// top-level fields, no duplicate keys; values stay borrowed slices.
 fn parse_body<'b>(gw: &Gateway, raw: &'b [u8]) -> Result<RawObject<'b>, ApiError> {
@@ -193,21 +98,6 @@ fn model_of(obj: &RawObject<'_>) -> Result<String, ApiError> {
         })
 }
 
-/// `count_tokens` where the provider cannot count: the door's estimate, marked as one.
-async fn answer_estimate(
-    session: &mut Session,
-    ctx: &mut RequestCtx,
-    provider: &str,
-    estimate: Option<u64>,
-) {
-    let n = estimate.unwrap_or(0);
-    let mut h = respond::header(200, "application/json", ctx);
-    let _ = h.insert_header("x-gateway-provider", provider);
-    let _ = h.insert_header("x-gateway-estimate", "true");
-    let body = Bytes::from(format!("{{\"input_tokens\":{n}}}"));
-    let _ = respond::full(session, ctx, h, body).await;
-}
-
 /// The reasoning state a dialect's turns must come back with (Anthropic thinking, Gemini
 /// thought signatures), if any.
 fn reasoning_needed(d: Dialect) -> Option<filters::reasoning::Needed> {
@@ -225,48 +115,6 @@ pub(super) fn needs_reasoning_state(d: Dialect) -> bool {
 /// The vault's scope for the caller: its principal, or everyone on an open gateway.
 fn vault_scope(ctx: &RequestCtx) -> &str {
     ctx.caller.principal.as_ref().map_or("", |p| p.id.as_str())
-}
-
-/// Puts kept reasoning state back into assistant turns the client sent without it (SDK stream
-/// accumulators keep only `role`, `content` and `tool_calls`). Cheap when there is nothing to
-/// do: a substring test on the raw messages.
-async fn restore_reasoning_state(
-    gw: &Gateway,
-    ctx: &mut RequestCtx,
-    obj: &mut RawObject<'_>,
-    needed: filters::reasoning::Needed,
-) -> Result<(), ApiError> {
-    if !gw.vault.enabled() {
-        return Ok(());
-    }
-    let Some(raw) = obj.get("messages") else {
-        return Ok(());
-    };
-    if !raw.get().contains("\"tool_calls\"") {
-        return Ok(());
-    }
-    let mut messages: Vec<Value> = serde_json::from_str(raw.get()).map_err(|_| {
-        ApiError::of(Code::InvalidRequest, "messages must be an array").param("messages")
-    })?;
-    let ids = filters::reasoning::ids_missing_state(&messages, needed);
-    if ids.is_empty() {
-        return Ok(());
-    }
-    let found = gw.vault.get(vault_scope(ctx), &ids).await;
-    if filters::reasoning::restore(&mut messages, &found, needed) {
-        ctx.client_messages = Some(raw.to_owned());
-        obj.set("messages", &messages);
-    }
-    Ok(())
-}
-
-/// Keeps an answer's reasoning state for the client's next turn.
-pub(super) fn keep_reasoning_state(
-    gw: &Gateway,
-    ctx: &RequestCtx,
-    state: &filters::reasoning::TurnState,
-) {
-    gw.vault.put(vault_scope(ctx), state.entries());
 }
 
 /// A built-in provider nobody configured (e.g. `ollama` at its default URL) is not a target:
@@ -290,4 +138,175 @@ pub(super) fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
+}
+
+/// One request on its way through the exchange: the gateway, the client's connection and the
+/// request's record, held together so the steps of the path are its methods (`serve`,
+/// `dispatch`, `relay_*`) instead of helpers passing all three along.
+pub struct Exchange<'g, 's> {
+    pub gw: &'g Gateway,
+    pub session: &'s mut Session,
+    pub ctx: &'s mut RequestCtx,
+}
+
+impl<'g, 's> Exchange<'g, 's> {
+    /// The three, for one step taken outside an exchange's own methods (the MCP loop's rounds).
+    pub(super) fn of(gw: &'g Gateway, session: &'s mut Session, ctx: &'s mut RequestCtx) -> Self {
+        Exchange { gw, session, ctx }
+    }
+}
+
+/// Serves a canonical request; `Err` only while nothing has been written to the client.
+pub async fn run(
+    gw: &Gateway,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    ep: Endpoint,
+    inbound: Inbound,
+) -> Result<(), ApiError> {
+    Exchange { gw, session, ctx }.serve(ep, inbound).await
+}
+
+impl<'g> Exchange<'g, '_> {
+    /// Serves a canonical request; `Err` only while nothing has been written to the client.
+    /// Serves a canonical request; `Err` only while nothing has been written to the client.
+    async fn serve(&mut self, ep: Endpoint, inbound: Inbound) -> Result<(), ApiError> {
+        let raw = inbound.body;
+        let mut obj = parse_body(self.gw, &raw)?;
+        let model = model_of(&obj)?;
+        self.ctx.model = Some(model.clone());
+
+        let provider_param = query_param(self.session, "provider");
+        let provider_param = provider_param.or_else(|| {
+            inbound
+                .default_provider
+                .filter(|_| !self.gw.router.resolves(&model))
+        });
+        let route = self.gw.router.route(&model, provider_param.as_deref())?;
+        let provider = route.provider.clone();
+        self.ctx.upstream.provider = Some(provider.name.clone());
+        self.ctx.upstream.model = Some(route.upstream_model.clone());
+        self.ctx.caller.completion_reserve = completion_reserve(self.gw, &obj, ep, &route)?;
+        // Permission first: a caller who may not use a model learns nothing more. Then what
+        // cannot be served at all, before anything is counted against the caller's limits.
+        if let Some(p) = &self.ctx.caller.principal {
+            model_permitted(self.gw, p, &model, &route, &format!("The model {model:?}"))?;
+        }
+        if !provider.configured {
+            return Err(not_configured(&provider.name));
+        }
+        if ep == Endpoint::CountTokens {
+            // Counted, never charged: no admission against the caller's limits. A provider that
+            // does not speak the door's API cannot count: the door's estimate is the answer.
+            let relayed = self
+                .ctx
+                .original
+                .as_ref()
+                .is_some_and(|o| o.relays_to(self.ctx.door, provider.dialect));
+            if !relayed {
+                self.answer_estimate(&provider.name, inbound.estimate).await;
+                return Ok(());
+            }
+        } else {
+            self.admit(&route).await?;
+        }
+        let missing_key = self
+            .gw
+            .pools
+            .get(&provider.name)
+            .map_or(provider.missing_key(), |p| p.missing_key());
+        if missing_key {
+            return Err(ApiError::of(
+                Code::ProviderNotConfigured,
+                format!(
+                    "Provider {} has no API key configured (set {}_API_KEY)",
+                    provider.name,
+                    crate::config::providers::env_prefix(&provider.name)
+                ),
+            ));
+        }
+        if ep == Endpoint::Chat {
+            if let Some(needed) = reasoning_needed(provider.dialect) {
+                self.restore_reasoning_state(&mut obj, needed).await?;
+            }
+        }
+        if ep == Endpoint::Chat {
+            // The hub check is a pointer test when MCP is off; the body is looked at only after.
+            if let Some(mcp) = tool_loop::active_hub(self.gw, self.session) {
+                if tool_loop::wants_tools(&obj) {
+                    // The loop works on the canonical exchange: no relay in the door's own API.
+                    if let Some(o) = &mut self.ctx.original {
+                        o.relay = false;
+                    }
+                    return tool_loop::run(self.gw, self.session, self.ctx, mcp, obj, &route).await;
+                }
+            }
+        }
+        let served = match self.dispatch(&mut obj, &route, ep).await? {
+            Outcome::Ok(s) => s,
+            Outcome::Error(s) => {
+                let name = s.route.provider.name.clone();
+                return self.relay_error(&name, s.plan.dialect, s.resp).await;
+            }
+            Outcome::ClientGone => return Ok(()),
+        };
+        drop(obj);
+        let Served { route, plan, resp } = served;
+        if plan.stream && resp.is_event_stream() {
+            self.relay_stream(resp, &route, &plan).await;
+            return Ok(());
+        }
+        self.relay_whole(resp, &route, &plan).await
+    }
+
+    /// Puts kept reasoning state back into assistant turns the client sent without it (SDK stream
+    /// accumulators keep only `role`, `content` and `tool_calls`). Cheap when there is nothing to
+    /// do: a substring test on the raw messages.
+    async fn restore_reasoning_state(
+        &mut self,
+        obj: &mut RawObject<'_>,
+        needed: filters::reasoning::Needed,
+    ) -> Result<(), ApiError> {
+        if !self.gw.vault.enabled() {
+            return Ok(());
+        }
+        let Some(raw) = obj.get("messages") else {
+            return Ok(());
+        };
+        if !raw.get().contains("\"tool_calls\"") {
+            return Ok(());
+        }
+        let mut messages: Vec<Value> = serde_json::from_str(raw.get()).map_err(|_| {
+            ApiError::of(Code::InvalidRequest, "messages must be an array").param("messages")
+        })?;
+        let ids = filters::reasoning::ids_missing_state(&messages, needed);
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let found = self.gw.vault.get(vault_scope(self.ctx), &ids).await;
+        if filters::reasoning::restore(&mut messages, &found, needed) {
+            self.ctx.client_messages = Some(raw.to_owned());
+            obj.set("messages", &messages);
+        }
+        Ok(())
+    }
+
+    /// `count_tokens` where the provider cannot count: the door's estimate, marked as one.
+    async fn answer_estimate(&mut self, provider: &str, estimate: Option<u64>) {
+        let n = estimate.unwrap_or(0);
+        let mut h = respond::header(200, "application/json", self.ctx);
+        let _ = h.insert_header("x-gateway-provider", provider);
+        let _ = h.insert_header("x-gateway-estimate", "true");
+        let body = Bytes::from(format!("{{\"input_tokens\":{n}}}"));
+        let _ = respond::full(self.session, self.ctx, h, body).await;
+    }
+}
+
+/// Keeps an answer's reasoning state for the client's next turn.
+pub(super) fn keep_reasoning_state(
+    gw: &Gateway,
+    ctx: &RequestCtx,
+    state: &filters::reasoning::TurnState,
+) {
+    gw.vault.put(vault_scope(ctx), state.entries());
 }

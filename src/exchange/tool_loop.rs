@@ -23,10 +23,10 @@ use serde_json::Value;
 use super::admission::{limit_error, reserve_for};
 use super::client::gateway_headers;
 use super::client::{unless_client_leaves, ActiveStream, ClientStream};
-use super::dispatch::{self, Outcome, Served};
+use super::dispatch::{Outcome, Served};
 use super::plan::Plan;
-use super::relay::{self, read_openai_body, relay_error};
-use super::{keep_reasoning_state, needs_reasoning_state, unix_now, Endpoint};
+use super::relay::{self, read_openai_body};
+use super::{keep_reasoning_state, needs_reasoning_state, unix_now, Endpoint, Exchange};
 use crate::errors::{ApiError, Code};
 use crate::mcp::{Catalog, McpHub, ToolOutcome};
 use crate::proxy::{respond, Gateway, RequestCtx};
@@ -247,34 +247,30 @@ impl<'a> Loop<'a> {
             }
             self.st.rounds += 1;
             ctx.mcp_rounds = self.st.rounds;
-            let served =
-                match dispatch::dispatch(self.gw, session, ctx, obj, self.route, Endpoint::Chat)
-                    .await?
-                {
-                    Outcome::Ok(s) => s,
-                    Outcome::Error(s) => {
-                        if self.out.headers_sent {
-                            relay::error_event_from_upstream(
-                                self.gw,
-                                session,
-                                ctx,
-                                &mut self.out,
-                                &s.plan,
-                                s.resp,
-                            )
+            let served = match Exchange::of(self.gw, session, ctx)
+                .dispatch(obj, self.route, Endpoint::Chat)
+                .await?
+            {
+                Outcome::Ok(s) => s,
+                Outcome::Error(s) => {
+                    if self.out.headers_sent {
+                        Exchange::of(self.gw, session, ctx)
+                            .error_event_from_upstream(&mut self.out, &s.plan, s.resp)
                             .await;
-                            return Ok(Flow::Stop);
-                        }
-                        let name = s.route.provider.name.clone();
-                        relay_error(self.gw, session, ctx, &name, s.plan.dialect, s.resp).await?;
                         return Ok(Flow::Stop);
                     }
-                    // Nothing was generated for this round, but its prompt was sent.
-                    Outcome::ClientGone => {
-                        self.st.add_estimate(obj.byte_len(), 0);
-                        return Ok(Flow::Stop);
-                    }
-                };
+                    let name = s.route.provider.name.clone();
+                    Exchange::of(self.gw, session, ctx)
+                        .relay_error(&name, s.plan.dialect, s.resp)
+                        .await?;
+                    return Ok(Flow::Stop);
+                }
+                // Nothing was generated for this round, but its prompt was sent.
+                Outcome::ClientGone => {
+                    self.st.add_estimate(obj.byte_len(), 0);
+                    return Ok(Flow::Stop);
+                }
+            };
             let Served { route, plan, resp } = served;
             self.st.serving = (route.provider.name.clone(), route.upstream_model.clone());
             self.last_model.clone_from(&route.upstream_model);

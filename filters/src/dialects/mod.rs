@@ -9,6 +9,7 @@ pub mod anthropic;
 pub mod chunks;
 pub mod cohere;
 pub mod google;
+pub mod model_list;
 
 use bytes::BytesMut;
 use serde::Deserialize;
