@@ -239,3 +239,40 @@ async fn bare_names_route_to_the_default_provider_and_relays_change_only_the_mod
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["content"][0]["text"], "from openai");
 }
+
+/// An alias used on the Messages door to an Anthropic provider: its defaults and system prefix
+/// arrive in Messages terms, and the client's own values win.
+#[tokio::test(flavor = "multi_thread")]
+async fn aliases_apply_in_messages_terms_on_a_relay() {
+    let anthropic = MockUpstream::start(|req| {
+        json_response(
+            200,
+            &json!({"id": "msg_1", "type": "message", "role": "assistant", "model": req.json()["model"],
+                "content": [{"type": "text", "text": "ok"}], "stop_reason": "end_turn",
+                "stop_sequence": null, "usage": {"input_tokens": 3, "output_tokens": 1}})
+            .to_string(),
+        )
+    })
+    .await;
+    let toml = "[aliases.kind]\ntarget = \"anthropic/claude-sonnet-4-5\"\nsystem_prompt_prefix = \"Be kind.\"\n\
+                [aliases.kind.defaults]\ntemperature = 0.2\nstop = \"END\"\nmax_completion_tokens = 99\nfrequency_penalty = 0.5\n";
+    let gw = InProcessGateway::start(
+        &provider_env(&[("anthropic", anthropic.url("/v1"))]),
+        Some(toml),
+    );
+    let body = json!({"model": "kind", "max_tokens": 10, "system": "sys",
+        "messages": [{"role": "user", "content": "hi"}]});
+    let r = post_messages(&gw, "/v1/messages", &[], body.to_string().as_bytes()).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let sent = anthropic.last().json();
+    assert_eq!(sent["model"], "claude-sonnet-4-5");
+    assert_eq!(sent["system"], "Be kind.\n\nsys");
+    assert_eq!(sent["temperature"], 0.2);
+    assert_eq!(sent["stop_sequences"], json!(["END"]));
+    // The client's max_tokens wins over the alias's; a chat-only default is left out.
+    assert_eq!(sent["max_tokens"], 10);
+    assert!(
+        sent.get("frequency_penalty").is_none() && sent.get("stop").is_none(),
+        "{sent}"
+    );
+}
