@@ -15,7 +15,8 @@ use std::path::{Path, PathBuf};
 use bytes::BytesMut;
 use filters::dialects::{self, Dialect, RequestOptions, StreamTranslator};
 use filters::doors::messages::{self, MessagesEncoder, PassthroughObserver};
-use filters::doors::EncodedStream;
+use filters::doors::responses::{self, ResponseMeta, ResponsesEncoder};
+use filters::doors::{EncodedStream, StreamEncoder};
 use filters::stream_relay::{OpenAiStreamRelay, StreamEnd};
 use serde_json::{json, Value};
 
@@ -313,5 +314,209 @@ fn errors_take_anthropic_shapes_and_statuses() {
         assert_eq!(v["type"], "error");
         assert_eq!(v["error"]["type"], kind);
         assert_eq!(v["error"]["message"], "boom (some_code)");
+    }
+}
+
+// ---- the Responses row ------------------------------------------------------------------------
+
+fn meta() -> ResponseMeta {
+    ResponseMeta {
+        id: "resp_test".into(),
+        created_at: CREATED,
+        // The fixtures' tool names that stand for `custom` tools.
+        custom_tools: vec!["apply_patch".into()],
+        previous_response_id: None,
+        store: true,
+    }
+}
+
+#[test]
+fn responses_requests_through_every_dialect() {
+    for input in files("doors/responses/requests", ".json")
+        .into_iter()
+        .filter(|p| p.file_stem().unwrap().to_str().unwrap().split('.').count() == 1)
+    {
+        let stem = input.file_stem().unwrap().to_str().unwrap().to_string();
+        let decoded = responses::decode_request(&std::fs::read(&input).unwrap());
+        let canonical = match &decoded {
+            Ok(d) => json!({"chat": d.chat, "dropped": d.dropped, "hosted_tools": d.hosted_tools,
+                "custom_tools": d.custom_tools, "store": d.store, "encrypted_reasoning": d.encrypted_reasoning,
+                "sealed_reasoning": d.sealed_reasoning}),
+            Err(e) => json!({"error": e.message, "param": e.param}),
+        };
+        check(
+            &input.with_file_name(format!("{stem}.canonical.json")),
+            &pretty(&canonical),
+        );
+        let Ok(d) = decoded else { continue };
+        for dialect in DIALECTS {
+            let got = match dialects::translate_request(
+                dialect,
+                &d.chat,
+                &RequestOptions {
+                    default_max_tokens: 1024,
+                    ..Default::default()
+                },
+            ) {
+                Ok(n) => {
+                    json!({"body": serde_json::from_slice::<Value>(&n.body).unwrap(), "dropped": n.dropped})
+                }
+                Err(e) => json!({"error": e.message, "param": e.param}),
+            };
+            check(
+                &input.with_file_name(format!("{stem}.{}.json", dialect.name())),
+                &pretty(&got),
+            );
+        }
+    }
+}
+
+#[test]
+fn responses_of_every_dialect_as_response_objects() {
+    for d in DIALECTS {
+        for input in files(d.name(), ".response.json") {
+            let native = std::fs::read(&input).unwrap();
+            let canonical = match d {
+                Dialect::Openai => Ok(native.clone()),
+                _ => dialects::translate_response_with(
+                    d,
+                    &native,
+                    "requested-model",
+                    CREATED,
+                    json_tool(&input),
+                )
+                .map(|r| r.body),
+            };
+            let got = match canonical {
+                Ok(body) => {
+                    let r = responses::encode_response(&body, &meta()).unwrap();
+                    let v: Value = serde_json::from_slice(&r).unwrap();
+                    assert_eq!(v["object"], "response");
+                    assert!(v["output"].is_array(), "{}", input.display());
+                    v
+                }
+                Err(e) => json!({"error": e.message, "code": e.code}),
+            };
+            let name = input
+                .file_name()
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .replace(".response.json", ".response.responses.json");
+            check(&input.with_file_name(name), &pretty(&got));
+        }
+    }
+}
+
+fn encoded_responses(d: Dialect, input: &Path, chunks: &[&[u8]]) -> String {
+    let mut inner: Box<dyn StreamTranslator> = match d {
+        Dialect::Openai => Box::new(OpenAiStreamRelay::new(false, 1 << 20)),
+        _ => dialects::stream_translator_with(
+            d,
+            "requested-model",
+            CREATED,
+            true,
+            1 << 20,
+            json_tool(input),
+        ),
+    };
+    let mut enc = ResponsesEncoder::new(meta(), "requested-model");
+    let (mut mid, mut out) = (BytesMut::new(), BytesMut::new());
+    for c in chunks {
+        inner.feed(c, &mut mid).unwrap();
+        enc.feed(&mid, &mut out);
+        mid.clear();
+    }
+    inner.finish(StreamEnd::Clean, &mut mid);
+    enc.feed(&mid, &mut out);
+    String::from_utf8(out.to_vec()).expect("UTF-8")
+}
+
+/// The Responses stream grammar the OpenAI SDK's stream helper relies on.
+fn assert_responses_grammar(stream: &str, what: &str) {
+    let events: Vec<Value> = stream
+        .split("\n\n")
+        // Keep-alive comments are SSE the SDKs skip.
+        .filter(|e| !e.is_empty() && !e.starts_with(':'))
+        .map(|e| {
+            let name = e.lines().find_map(|l| l.strip_prefix("event: ")).unwrap();
+            let data = e.lines().find_map(|l| l.strip_prefix("data: ")).unwrap();
+            let v: Value = serde_json::from_str(data).unwrap();
+            assert_eq!(v["type"], name, "{what}");
+            v
+        })
+        .collect();
+    for (i, e) in events.iter().enumerate() {
+        assert_eq!(e["sequence_number"], i as u64, "{what}");
+    }
+    assert_eq!(events[0]["type"], "response.created", "{what}");
+    assert_eq!(events[1]["type"], "response.in_progress", "{what}");
+    let last = events.last().unwrap()["type"].as_str().unwrap();
+    assert!(
+        matches!(
+            last,
+            "response.completed" | "response.incomplete" | "response.failed"
+        ),
+        "{what}: ends with {last}"
+    );
+    let mut open: Option<u64> = None;
+    for e in &events {
+        match e["type"].as_str().unwrap() {
+            "response.output_item.added" => {
+                assert!(open.is_none(), "{what}: item inside an item");
+                open = e["output_index"].as_u64();
+            }
+            "response.output_item.done" => {
+                assert_eq!(e["output_index"].as_u64(), open, "{what}");
+                open = None;
+            }
+            t if t.ends_with(".delta") => assert_eq!(e["output_index"].as_u64(), open, "{what}"),
+            _ => {}
+        }
+    }
+    if last != "response.failed" {
+        let r = &events.last().unwrap()["response"];
+        assert_eq!(
+            r["output"].as_array().unwrap().len() as u64,
+            events
+                .iter()
+                .filter(|e| e["type"] == "response.output_item.done")
+                .count() as u64,
+            "{what}"
+        );
+    }
+}
+
+#[test]
+fn streams_of_every_dialect_as_responses_events_at_every_split() {
+    for d in DIALECTS {
+        for input in files(d.name(), ".stream.sse") {
+            let raw = std::fs::read(&input).unwrap();
+            let got = encoded_responses(d, &input, &[&raw]);
+            let name = input
+                .file_name()
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .replace(".stream.sse", ".stream.responses.sse");
+            check(&input.with_file_name(name), &got);
+            assert_responses_grammar(&got, &input.display().to_string());
+            let bytes: Vec<&[u8]> = raw.chunks(1).collect();
+            assert_eq!(
+                encoded_responses(d, &input, &bytes),
+                got,
+                "byte by byte: {}",
+                input.display()
+            );
+            for at in 0..=raw.len() {
+                let (a, b) = raw.split_at(at);
+                assert_eq!(
+                    encoded_responses(d, &input, &[a, b]),
+                    got,
+                    "split at {at}: {}",
+                    input.display()
+                );
+            }
+        }
     }
 }

@@ -14,7 +14,7 @@ use bytes::BytesMut;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
-use super::{DecodeError, StreamEncoder};
+use super::{DecodeError, LeanChunk, StreamEncoder};
 use crate::dialects::anthropic::NativeUsage;
 use crate::dialects::StreamTranslator;
 use crate::openai::{
@@ -724,42 +724,6 @@ pub fn encode_error(status: u16, body: &[u8]) -> (u16, Vec<u8>) {
 fn error_event(kind: &str, message: &str, out: &mut BytesMut) {
     let e = json!({"type": "error", "error": {"type": kind, "message": message}});
     encode_named("error", e.to_string().as_bytes(), out);
-}
-
-/// What the encoder reads of a canonical chunk (or error event), borrowing its strings: no
-/// catch-all maps, so the per-token parse stays cheap.
-#[derive(Deserialize)]
-struct LeanChunk<'a> {
-    #[serde(default, borrow)]
-    id: std::borrow::Cow<'a, str>,
-    #[serde(default, borrow)]
-    model: std::borrow::Cow<'a, str>,
-    #[serde(default, borrow)]
-    choices: Vec<LeanChoice<'a>>,
-    #[serde(default)]
-    usage: Option<Usage>,
-    #[serde(default)]
-    error: Option<Value>,
-}
-
-#[derive(Deserialize)]
-struct LeanChoice<'a> {
-    #[serde(default, borrow)]
-    delta: LeanDelta<'a>,
-    #[serde(default)]
-    finish_reason: Option<String>,
-}
-
-#[derive(Deserialize, Default)]
-struct LeanDelta<'a> {
-    #[serde(default, borrow)]
-    content: Option<std::borrow::Cow<'a, str>>,
-    #[serde(default, borrow)]
-    reasoning_content: Option<std::borrow::Cow<'a, str>>,
-    #[serde(default)]
-    tool_calls: Option<Vec<ToolCall>>,
-    #[serde(default)]
-    thinking_blocks: Option<Vec<Value>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

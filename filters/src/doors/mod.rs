@@ -9,10 +9,15 @@
 //! Anthropic provider) nothing is translated: the request is relayed with its model rewritten.
 
 pub mod messages;
+pub mod responses;
 
 use bytes::BytesMut;
 
+use serde::Deserialize;
+use serde_json::Value;
+
 use crate::dialects::StreamTranslator;
+use crate::openai::ToolCall;
 use crate::stream_relay::StreamEnd;
 use crate::usage::{StreamStats, Usage};
 
@@ -125,4 +130,40 @@ impl StreamTranslator for EncodedStream {
     fn stats(&self) -> &StreamStats {
         self.inner.stats()
     }
+}
+
+/// What the encoder reads of a canonical chunk (or error event), borrowing its strings: no
+/// catch-all maps, so the per-token parse stays cheap.
+#[derive(Deserialize)]
+pub(crate) struct LeanChunk<'a> {
+    #[serde(default, borrow)]
+    pub(crate) id: std::borrow::Cow<'a, str>,
+    #[serde(default, borrow)]
+    pub(crate) model: std::borrow::Cow<'a, str>,
+    #[serde(default, borrow)]
+    pub(crate) choices: Vec<LeanChoice<'a>>,
+    #[serde(default)]
+    pub(crate) usage: Option<Usage>,
+    #[serde(default)]
+    pub(crate) error: Option<Value>,
+}
+
+#[derive(Deserialize)]
+pub(crate) struct LeanChoice<'a> {
+    #[serde(default, borrow)]
+    pub(crate) delta: LeanDelta<'a>,
+    #[serde(default)]
+    pub(crate) finish_reason: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+pub(crate) struct LeanDelta<'a> {
+    #[serde(default, borrow)]
+    pub(crate) content: Option<std::borrow::Cow<'a, str>>,
+    #[serde(default, borrow)]
+    pub(crate) reasoning_content: Option<std::borrow::Cow<'a, str>>,
+    #[serde(default)]
+    pub(crate) tool_calls: Option<Vec<ToolCall>>,
+    #[serde(default)]
+    pub(crate) thinking_blocks: Option<Vec<Value>>,
 }
