@@ -8,19 +8,25 @@
 //! - `golden/<dialect>/<case>.stream.sse` (native) -> `<case>.stream.messages.sse`, checked whole,
 //!   byte by byte and split in two at every byte, and against the Messages event grammar.
 //!
+//! The Responses door has the same three kinds of fixtures under `doors/responses/requests`,
+//! `.response.responses.json` and `.stream.responses.sse`.
+//!
 //! `UPDATE_GOLDEN=1 cargo test -p filters --test doors` rewrites the expected files.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use bytes::BytesMut;
 use filters::dialects::{self, Dialect, RequestOptions, StreamTranslator};
 use filters::doors::messages::{self, MessagesEncoder, PassthroughObserver};
 use filters::doors::responses::{self, ResponseMeta, ResponsesEncoder};
-use filters::doors::{EncodedStream, StreamEncoder};
-use filters::stream_relay::{OpenAiStreamRelay, StreamEnd};
+use filters::doors::StreamEncoder;
+use filters::openai::ChatCompletionRequest;
+use filters::stream_relay::StreamEnd;
 use serde_json::{json, Value};
 
-const CREATED: u64 = 1_700_000_000;
+mod support;
+use support::{check_text as check, files, stream_translator, CREATED};
+
 const DIALECTS: [Dialect; 4] = [
     Dialect::Openai,
     Dialect::Anthropic,
@@ -28,65 +34,44 @@ const DIALECTS: [Dialect; 4] = [
     Dialect::Cohere,
 ];
 
-fn dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden")
-}
-
-fn update() -> bool {
-    std::env::var("UPDATE_GOLDEN").is_ok()
-}
-
-fn files(sub: &str, suffix: &str) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(dir().join(sub))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.to_string_lossy().ends_with(suffix))
-        .collect();
-    v.sort();
-    assert!(!v.is_empty(), "no {suffix} fixtures in {sub}");
-    v
-}
-
-fn check(expected: &Path, got: &str) {
-    if update() {
-        std::fs::write(expected, got).unwrap();
-        return;
-    }
-    let want = std::fs::read_to_string(expected)
-        .unwrap_or_else(|_| panic!("missing {} (run with UPDATE_GOLDEN=1)", expected.display()));
-    assert_eq!(got, want, "{}", expected.display());
-}
-
 fn pretty(v: &Value) -> String {
     serde_json::to_string_pretty(v).unwrap() + "\n"
 }
 
-#[test]
-fn messages_requests_through_every_dialect() {
-    for input in files("doors/messages/requests", ".json")
+/// Every request fixture of a door through its decoder (`<case>.canonical.json`) and on to every
+/// dialect (`<case>.<dialect>.json`). `decode` gives the canonical request and what else the
+/// fixture should record, or the error as JSON.
+fn request_matrix(
+    sub: &str,
+    decode: impl Fn(&[u8]) -> Result<(ChatCompletionRequest, Value), Value>,
+) {
+    for input in files(sub, ".json")
         .into_iter()
         .filter(|p| p.file_stem().unwrap().to_str().unwrap().split('.').count() == 1)
     {
         let stem = input.file_stem().unwrap().to_str().unwrap().to_string();
-        let decoded = messages::decode_request(&std::fs::read(&input).unwrap());
+        let decoded = decode(&std::fs::read(&input).unwrap());
         let canonical = match &decoded {
-            Ok(d) => json!({"chat": d.chat, "dropped": d.dropped}),
-            Err(e) => json!({"error": e.message, "param": e.param}),
+            Ok((chat, info)) => {
+                let mut v = json!({"chat": chat});
+                for (k, x) in info.as_object().unwrap() {
+                    v[k] = x.clone();
+                }
+                v
+            }
+            Err(e) => e.clone(),
         };
         check(
             &input.with_file_name(format!("{stem}.canonical.json")),
             &pretty(&canonical),
         );
-        let Ok(d) = decoded else { continue };
+        let Ok((chat, _)) = decoded else { continue };
         for dialect in DIALECTS {
-            let got = match dialects::translate_request(
-                dialect,
-                &d.chat,
-                &RequestOptions {
-                    default_max_tokens: 1024,
-                    ..Default::default()
-                },
-            ) {
+            let opts = RequestOptions {
+                default_max_tokens: 1024,
+                ..Default::default()
+            };
+            let got = match dialects::translate_request(dialect, &chat, &opts) {
                 Ok(n) => {
                     json!({"body": serde_json::from_slice::<Value>(&n.body).unwrap(), "dropped": n.dropped})
                 }
@@ -100,32 +85,25 @@ fn messages_requests_through_every_dialect() {
     }
 }
 
-#[test]
-fn responses_of_every_dialect_as_messages() {
+/// Every dialect's response fixture as a canonical body, encoded by a door into
+/// `<case>.response.<door>.json` (a provider's own failure is recorded as the error).
+fn response_matrix(door: &str, encode: impl Fn(&[u8]) -> Value) {
     for d in DIALECTS {
         for input in files(d.name(), ".response.json") {
             let native = std::fs::read(&input).unwrap();
             let canonical = match d {
-                Dialect::Openai => Ok(native.clone()),
+                Dialect::Openai => Ok(native),
                 _ => dialects::translate_response_with(
                     d,
                     &native,
                     "requested-model",
                     CREATED,
-                    json_tool(&input),
+                    support::json_tool(&input),
                 )
                 .map(|r| r.body),
             };
             let got = match canonical {
-                Ok(body) => {
-                    let m = messages::encode_response(&body).unwrap();
-                    let v: Value = serde_json::from_slice(&m).unwrap();
-                    assert_eq!(v["type"], "message");
-                    assert!(v["id"].as_str().unwrap().starts_with("msg_"));
-                    assert!(v["stop_reason"].is_string(), "{}", input.display());
-                    v
-                }
-                // The provider's own failure: the door answers it as an error.
+                Ok(body) => encode(&body),
                 Err(e) => json!({"error": e.message, "code": e.code}),
             };
             let name = input
@@ -133,39 +111,91 @@ fn responses_of_every_dialect_as_messages() {
                 .unwrap()
                 .to_str()
                 .unwrap()
-                .replace(".response.json", ".response.messages.json");
+                .replace(".response.json", &format!(".response.{door}.json"));
             check(&input.with_file_name(name), &pretty(&got));
         }
     }
 }
 
-fn json_tool(input: &Path) -> Option<&'static str> {
-    input
-        .file_name()?
-        .to_str()?
-        .starts_with("json_tool.")
-        .then_some("json_response")
+/// A dialect's stream fixture, fed in `chunks`, through its translator and a door's encoder.
+fn encode_stream(
+    d: Dialect,
+    input: &Path,
+    chunks: &[&[u8]],
+    mut encoder: Box<dyn StreamEncoder>,
+) -> String {
+    let mut inner = stream_translator(d, input, true);
+    let (mut mid, mut out) = (BytesMut::new(), BytesMut::new());
+    for c in chunks {
+        inner.feed(c, &mut mid).unwrap();
+        encoder.feed(&mid, &mut out);
+        mid.clear();
+    }
+    inner.finish(StreamEnd::Clean, &mut mid);
+    encoder.feed(&mid, &mut out);
+    String::from_utf8(out.to_vec()).expect("UTF-8")
 }
 
-fn encoded(d: Dialect, input: &Path, chunks: &[&[u8]]) -> String {
-    let inner: Box<dyn StreamTranslator> = match d {
-        Dialect::Openai => Box::new(OpenAiStreamRelay::new(false, 1 << 20)),
-        _ => dialects::stream_translator_with(
-            d,
-            "requested-model",
-            CREATED,
-            true,
-            1 << 20,
-            json_tool(input),
-        ),
-    };
-    let mut t = EncodedStream::new(inner, Box::new(MessagesEncoder::new("requested-model")));
-    let mut out = BytesMut::new();
-    for c in chunks {
-        t.feed(c, &mut out).unwrap();
+/// Every dialect's stream fixture through a door's encoder into `<case>.stream.<door>.sse`:
+/// checked whole, byte by byte and split in two at every byte (the output must never change),
+/// and against the door's event grammar.
+fn stream_matrix(
+    door: &str,
+    encoder: impl Fn() -> Box<dyn StreamEncoder>,
+    grammar: fn(&str, &str),
+) {
+    for d in DIALECTS {
+        for input in files(d.name(), ".stream.sse") {
+            let raw = std::fs::read(&input).unwrap();
+            let got = encode_stream(d, &input, &[&raw], encoder());
+            let name = input
+                .file_name()
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .replace(".stream.sse", &format!(".stream.{door}.sse"));
+            check(&input.with_file_name(name), &got);
+            grammar(&got, &input.display().to_string());
+            let bytes: Vec<&[u8]> = raw.chunks(1).collect();
+            assert_eq!(
+                encode_stream(d, &input, &bytes, encoder()),
+                got,
+                "byte by byte: {}",
+                input.display()
+            );
+            for at in 0..=raw.len() {
+                let (a, b) = raw.split_at(at);
+                assert_eq!(
+                    encode_stream(d, &input, &[a, b], encoder()),
+                    got,
+                    "split at {at}: {}",
+                    input.display()
+                );
+            }
+        }
     }
-    t.finish(StreamEnd::Clean, &mut out);
-    String::from_utf8(out.to_vec()).expect("UTF-8")
+}
+
+// ---- the Messages row -------------------------------------------------------------------------
+
+#[test]
+fn messages_requests_through_every_dialect() {
+    request_matrix("doors/messages/requests", |body| {
+        messages::decode_request(body)
+            .map(|d| (d.chat, json!({"dropped": d.dropped})))
+            .map_err(|e| json!({"error": e.message, "param": e.param}))
+    });
+}
+
+#[test]
+fn responses_of_every_dialect_as_messages() {
+    response_matrix("messages", |body| {
+        let v: Value = serde_json::from_slice(&messages::encode_response(body).unwrap()).unwrap();
+        assert_eq!(v["type"], "message");
+        assert!(v["id"].as_str().unwrap().starts_with("msg_"));
+        assert!(v["stop_reason"].is_string());
+        v
+    });
 }
 
 /// The Messages stream grammar Anthropic's SDKs rely on.
@@ -217,36 +247,11 @@ fn assert_grammar(stream: &str, what: &str) {
 
 #[test]
 fn streams_of_every_dialect_as_messages_at_every_split() {
-    for d in DIALECTS {
-        for input in files(d.name(), ".stream.sse") {
-            let raw = std::fs::read(&input).unwrap();
-            let got = encoded(d, &input, &[&raw]);
-            let name = input
-                .file_name()
-                .unwrap()
-                .to_str()
-                .unwrap()
-                .replace(".stream.sse", ".stream.messages.sse");
-            check(&input.with_file_name(name), &got);
-            assert_grammar(&got, &input.display().to_string());
-            let bytes: Vec<&[u8]> = raw.chunks(1).collect();
-            assert_eq!(
-                encoded(d, &input, &bytes),
-                got,
-                "byte by byte: {}",
-                input.display()
-            );
-            for at in 0..=raw.len() {
-                let (a, b) = raw.split_at(at);
-                assert_eq!(
-                    encoded(d, &input, &[a, b]),
-                    got,
-                    "split at {at}: {}",
-                    input.display()
-                );
-            }
-        }
-    }
+    stream_matrix(
+        "messages",
+        || Box::new(MessagesEncoder::new("requested-model")),
+        assert_grammar,
+    );
 }
 
 /// A relayed Anthropic stream reaches the client byte for byte, at any split, with its usage
@@ -332,104 +337,27 @@ fn meta() -> ResponseMeta {
 
 #[test]
 fn responses_requests_through_every_dialect() {
-    for input in files("doors/responses/requests", ".json")
-        .into_iter()
-        .filter(|p| p.file_stem().unwrap().to_str().unwrap().split('.').count() == 1)
-    {
-        let stem = input.file_stem().unwrap().to_str().unwrap().to_string();
-        let decoded = responses::decode_request(&std::fs::read(&input).unwrap());
-        let canonical = match &decoded {
-            Ok(d) => json!({"chat": d.chat, "dropped": d.dropped, "hosted_tools": d.hosted_tools,
-                "custom_tools": d.custom_tools, "store": d.store, "encrypted_reasoning": d.encrypted_reasoning,
-                "sealed_reasoning": d.sealed_reasoning}),
-            Err(e) => json!({"error": e.message, "param": e.param}),
-        };
-        check(
-            &input.with_file_name(format!("{stem}.canonical.json")),
-            &pretty(&canonical),
-        );
-        let Ok(d) = decoded else { continue };
-        for dialect in DIALECTS {
-            let got = match dialects::translate_request(
-                dialect,
-                &d.chat,
-                &RequestOptions {
-                    default_max_tokens: 1024,
-                    ..Default::default()
-                },
-            ) {
-                Ok(n) => {
-                    json!({"body": serde_json::from_slice::<Value>(&n.body).unwrap(), "dropped": n.dropped})
-                }
-                Err(e) => json!({"error": e.message, "param": e.param}),
-            };
-            check(
-                &input.with_file_name(format!("{stem}.{}.json", dialect.name())),
-                &pretty(&got),
-            );
-        }
-    }
+    request_matrix("doors/responses/requests", |body| {
+        responses::decode_request(body)
+            .map(|d| {
+                let info = json!({"dropped": d.dropped, "hosted_tools": d.hosted_tools,
+                    "custom_tools": d.custom_tools, "store": d.store,
+                    "encrypted_reasoning": d.encrypted_reasoning, "sealed_reasoning": d.sealed_reasoning});
+                (d.chat, info)
+            })
+            .map_err(|e| json!({"error": e.message, "param": e.param}))
+    });
 }
 
 #[test]
 fn responses_of_every_dialect_as_response_objects() {
-    for d in DIALECTS {
-        for input in files(d.name(), ".response.json") {
-            let native = std::fs::read(&input).unwrap();
-            let canonical = match d {
-                Dialect::Openai => Ok(native.clone()),
-                _ => dialects::translate_response_with(
-                    d,
-                    &native,
-                    "requested-model",
-                    CREATED,
-                    json_tool(&input),
-                )
-                .map(|r| r.body),
-            };
-            let got = match canonical {
-                Ok(body) => {
-                    let r = responses::encode_response(&body, &meta()).unwrap();
-                    let v: Value = serde_json::from_slice(&r).unwrap();
-                    assert_eq!(v["object"], "response");
-                    assert!(v["output"].is_array(), "{}", input.display());
-                    v
-                }
-                Err(e) => json!({"error": e.message, "code": e.code}),
-            };
-            let name = input
-                .file_name()
-                .unwrap()
-                .to_str()
-                .unwrap()
-                .replace(".response.json", ".response.responses.json");
-            check(&input.with_file_name(name), &pretty(&got));
-        }
-    }
-}
-
-fn encoded_responses(d: Dialect, input: &Path, chunks: &[&[u8]]) -> String {
-    let mut inner: Box<dyn StreamTranslator> = match d {
-        Dialect::Openai => Box::new(OpenAiStreamRelay::new(false, 1 << 20)),
-        _ => dialects::stream_translator_with(
-            d,
-            "requested-model",
-            CREATED,
-            true,
-            1 << 20,
-            json_tool(input),
-        ),
-    };
-    let mut enc = ResponsesEncoder::new(meta(), "requested-model");
-    let (mut mid, mut out) = (BytesMut::new(), BytesMut::new());
-    for c in chunks {
-        inner.feed(c, &mut mid).unwrap();
-        enc.feed(&mid, &mut out);
-        mid.clear();
-    }
-    inner.finish(StreamEnd::Clean, &mut mid);
-    enc.feed(&mid, &mut out);
-    String::from_utf8(out.to_vec()).expect("UTF-8")
+    response_matrix("responses", |body| {
+        let v: Value =
+            serde_json::from_slice(&responses::encode_response(body, &meta()).unwrap()).unwrap();
+        assert_eq!(v["object"], "response");
+        assert!(v["output"].is_array());
+        v
+    });
 }
 
 /// The Responses stream grammar the OpenAI SDK's stream helper relies on.
@@ -489,34 +417,9 @@ fn assert_responses_grammar(stream: &str, what: &str) {
 
 #[test]
 fn streams_of_every_dialect_as_responses_events_at_every_split() {
-    for d in DIALECTS {
-        for input in files(d.name(), ".stream.sse") {
-            let raw = std::fs::read(&input).unwrap();
-            let got = encoded_responses(d, &input, &[&raw]);
-            let name = input
-                .file_name()
-                .unwrap()
-                .to_str()
-                .unwrap()
-                .replace(".stream.sse", ".stream.responses.sse");
-            check(&input.with_file_name(name), &got);
-            assert_responses_grammar(&got, &input.display().to_string());
-            let bytes: Vec<&[u8]> = raw.chunks(1).collect();
-            assert_eq!(
-                encoded_responses(d, &input, &bytes),
-                got,
-                "byte by byte: {}",
-                input.display()
-            );
-            for at in 0..=raw.len() {
-                let (a, b) = raw.split_at(at);
-                assert_eq!(
-                    encoded_responses(d, &input, &[a, b]),
-                    got,
-                    "split at {at}: {}",
-                    input.display()
-                );
-            }
-        }
-    }
+    stream_matrix(
+        "responses",
+        || Box::new(ResponsesEncoder::new(meta(), "requested-model")),
+        assert_responses_grammar,
+    );
 }

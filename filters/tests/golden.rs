@@ -9,7 +9,7 @@
 //! `UPDATE_GOLDEN=1 cargo test -p filters --test golden` rewrites the expected files; review the
 //! diff before committing.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use bytes::BytesMut;
 use filters::dialects::{self, Dialect, RequestOptions};
@@ -17,27 +17,10 @@ use filters::openai::ChatCompletionRequest;
 use filters::stream_relay::StreamEnd;
 use serde_json::{json, Value};
 
-const CREATED: u64 = 1_700_000_000;
+mod support;
+use support::{check_text, files, json_tool, update, CREATED};
+
 const DIALECTS: [Dialect; 3] = [Dialect::Anthropic, Dialect::Google, Dialect::Cohere];
-
-fn dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden")
-}
-
-fn update() -> bool {
-    std::env::var("UPDATE_GOLDEN").is_ok()
-}
-
-fn files(sub: &str, suffix: &str) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(dir().join(sub))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.to_string_lossy().ends_with(suffix))
-        .collect();
-    v.sort();
-    assert!(!v.is_empty(), "no {suffix} fixtures in {sub}");
-    v
-}
 
 fn check_json(expected_path: &Path, got: Value) {
     if update() {
@@ -55,20 +38,6 @@ fn check_json(expected_path: &Path, got: Value) {
         )
     });
     let want: Value = serde_json::from_str(&text).unwrap();
-    assert_eq!(got, want, "{}", expected_path.display());
-}
-
-fn check_text(expected_path: &Path, got: &str) {
-    if update() {
-        std::fs::write(expected_path, got).unwrap();
-        return;
-    }
-    let want = std::fs::read_to_string(expected_path).unwrap_or_else(|_| {
-        panic!(
-            "missing {} (run with UPDATE_GOLDEN=1)",
-            expected_path.display()
-        )
-    });
     assert_eq!(got, want, "{}", expected_path.display());
 }
 
@@ -137,16 +106,6 @@ fn responses() {
             check_json(&input.with_file_name(name), body);
         }
     }
-}
-
-/// Fixtures named `json_tool.*` answer a request whose `response_format` was emulated with the
-/// forced tool `json_response`.
-fn json_tool(input: &Path) -> Option<&'static str> {
-    input
-        .file_name()?
-        .to_str()?
-        .starts_with("json_tool.")
-        .then_some("json_response")
 }
 
 fn translate_stream(

@@ -202,7 +202,7 @@ pub(super) fn gateway_headers(
     let door_dropped = ctx
         .original
         .as_ref()
-        .filter(|_| !plan.passthrough)
+        .filter(|_| plan.relayed.is_none())
         .map_or(&[][..], |d| &d.dropped[..]);
     if !plan.dropped.is_empty() || !door_dropped.is_empty() {
         let all: Vec<&str> = door_dropped

@@ -68,7 +68,7 @@ pub struct OriginalRequest {
 impl OriginalRequest {
     /// Whether a call to `dialect` is relayed in the client's own API.
     pub fn relays_to(&self, door: filters::doors::Door, dialect: Dialect) -> bool {
-        self.relay && door == filters::doors::Door::Messages && dialect == Dialect::Anthropic
+        self.relay && door.native_dialect() == Some(dialect)
     }
 }
 

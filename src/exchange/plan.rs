@@ -33,7 +33,7 @@ pub(super) fn plan_call(
 ) -> Result<Plan, ApiError> {
     let provider = &route.provider;
     if let Some(o) = original.filter(|o| o.relays_to(door, provider.dialect)) {
-        return plan_relay(o, route, ep);
+        return plan_relay(door, o, route, ep);
     }
     if ep == Endpoint::CountTokens {
         return Err(ApiError::of(
@@ -65,7 +65,7 @@ pub(super) fn plan_call(
         client_include_usage: !prepared.strip_usage_chunk,
         dropped,
         json_tool: None,
-        passthrough: false,
+        relayed: None,
         headers: Vec::new(),
     })
 }
@@ -85,8 +85,9 @@ pub(super) struct Plan {
     pub(super) dropped: Vec<String>,
     /// `response_format` emulated with this forced tool (see `NativeRequest::json_tool`).
     pub(super) json_tool: Option<String>,
-    /// Relayed in the client's own API (door = dialect): the answer is not translated.
-    pub(super) passthrough: bool,
+    /// Relayed in the client's own API (the door's native dialect): the answer is not
+    /// translated, and the door reads its usage.
+    pub(super) relayed: Option<filters::doors::Door>,
     /// Headers of the client's API forwarded on a relay (`anthropic-version`, ...).
     pub(super) headers: Vec<(HeaderName, HeaderValue)>,
 }
@@ -164,7 +165,7 @@ fn plan_native(gw: &Gateway, route: &Route<'_>, prepared: Prepared) -> Result<Pl
         client_include_usage,
         dropped: native.dropped,
         json_tool: native.json_tool,
-        passthrough: false,
+        relayed: None,
         headers: Vec::new(),
     })
 }
@@ -244,70 +245,50 @@ fn prefix_system_prompt(obj: &RawObject<'_>, prefix: &str) -> Result<Vec<Value>,
     Ok(messages)
 }
 
-/// The relay of a Messages request to an Anthropic provider: the client's body with the routed
-/// model, an alias's defaults and system prefix in Messages terms, the client's
-/// `anthropic-version` / `anthropic-beta`.
+/// No alias defaults.
+static EMPTY: std::sync::LazyLock<Map<String, Value>> = std::sync::LazyLock::new(Map::new);
+
+/// The relay of a request to a provider of the door's own API (Messages to Anthropic): the
+/// client's body rewritten by the door (`Door::relay_body`) and its API
+/// headers (`anthropic-version` / `anthropic-beta`).
 pub(super) fn plan_relay(
+    door: filters::doors::Door,
     req: &OriginalRequest,
     route: &Route<'_>,
     ep: Endpoint,
 ) -> Result<Plan, ApiError> {
     let provider = &route.provider;
-    let mut obj = RawObject::parse(&req.body)
-        .map_err(|e| ApiError::of(Code::InvalidJson, format!("Invalid JSON: {e}")))?;
-    obj.set("model", &route.upstream_model);
-    if let Some(alias) = route.alias {
-        for (k, v) in &alias.defaults {
-            // Chat Completions names to Messages names; what Messages cannot take is left out.
-            let key = match k.as_str() {
-                "max_tokens" | "max_completion_tokens" => "max_tokens",
-                "stop" => "stop_sequences",
-                k @ ("temperature" | "top_p" | "top_k" | "metadata" | "thinking"
-                | "service_tier") => k,
-                _ => continue,
-            };
-            if !obj.contains(key) {
-                let v = match (key, v) {
-                    ("stop_sequences", Value::String(s)) => Value::Array(vec![s.clone().into()]),
-                    _ => v.clone(),
-                };
-                obj.set(key, &v);
-            }
-        }
-        if let (Some(prefix), Endpoint::Chat) = (&alias.system_prompt_prefix, ep) {
-            let system = match obj.get_as::<Value>("system") {
-                Ok(Some(Value::String(s))) => Value::String(format!("{prefix}\n\n{s}")),
-                Ok(Some(Value::Array(mut blocks))) => {
-                    blocks.insert(0, serde_json::json!({"type": "text", "text": prefix}));
-                    Value::Array(blocks)
-                }
-                _ => Value::String(prefix.clone()),
-            };
-            obj.set("system", &system);
-        }
-    }
-    let stream = ep == Endpoint::Chat
-        && obj
-            .get_as::<bool>("stream")
-            .map_err(|_| {
-                ApiError::of(Code::InvalidRequest, "stream must be a boolean").param("stream")
-            })?
-            .unwrap_or(false);
+    let alias = route.alias;
+    let (body, stream) = door
+        .relay_body(
+            &req.body,
+            &route.upstream_model,
+            alias.map_or(&EMPTY, |a| &a.defaults),
+            alias
+                .and_then(|a| a.system_prompt_prefix.as_deref())
+                .filter(|_| ep == Endpoint::Chat),
+        )
+        .map_err(|e| {
+            let mut err = ApiError::of(Code::InvalidRequest, e.message);
+            err.param = e.param;
+            err
+        })?;
+    let stream = stream && ep == Endpoint::Chat;
     let base = provider.chat_path.as_str();
     let path = match ep {
         Endpoint::CountTokens => format!("{base}/count_tokens"),
         _ => base.to_string(),
     };
     Ok(Plan {
-        dialect: Dialect::Anthropic,
+        dialect: provider.dialect,
         path: provider.path_and_query(&path, None),
-        body: Bytes::from(obj.to_vec()),
+        body: Bytes::from(body),
         stream,
         strip_usage_chunk: false,
         client_include_usage: true,
         dropped: Vec::new(),
         json_tool: None,
-        passthrough: true,
+        relayed: Some(door),
         headers: req.headers.clone(),
     })
 }

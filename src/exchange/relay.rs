@@ -41,7 +41,7 @@ pub(super) async fn read_openai_body(
         .to_string();
     let status = resp.status();
     gw.client.release(resp).await;
-    if plan.passthrough {
+    if plan.relayed.is_some() {
         return Ok((status, raw, content_type));
     }
     match plan.dialect {
@@ -85,10 +85,8 @@ pub(super) fn stream_translator(
     loop_round: bool,
 ) -> Box<dyn StreamTranslator> {
     let max_event = gw.cfg.client.max_response_body_size;
-    if plan.passthrough {
-        return Box::new(filters::doors::messages::PassthroughObserver::new(
-            max_event,
-        ));
+    if let Some(door) = plan.relayed {
+        return door.relay_observer(max_event);
     }
     match plan.dialect {
         Dialect::Openai => Box::new(OpenAiStreamRelay::new(
@@ -149,7 +147,7 @@ pub(super) fn door_encoder(
     route: &Route<'_>,
     plan: &Plan,
 ) -> Option<Box<dyn filters::doors::StreamEncoder>> {
-    if plan.passthrough {
+    if plan.relayed.is_some() {
         return None;
     }
     ctx.door.stream_encoder(&route.upstream_model)
@@ -157,7 +155,7 @@ pub(super) fn door_encoder(
 
 /// A canonical body in the door's API (unchanged when relayed or when the door is canonical).
 pub(super) fn door_body(ctx: &RequestCtx, plan: &Plan, body: Bytes) -> Result<Bytes, ApiError> {
-    if plan.passthrough {
+    if plan.relayed.is_some() {
         return Ok(body);
     }
     match ctx.door.encode_response(&body) {
@@ -230,9 +228,8 @@ impl<'g> Exchange<'g, '_> {
     ) -> Result<(), ApiError> {
         let (status, body, content_type) =
             read_openai_body(self.gw, self.ctx, resp, route, plan).await?;
-        if plan.passthrough {
-            self.ctx.answer.usage = filters::doors::messages::usage_of_message(&body);
-            self.ctx.answer.tool_calls = filters::doors::messages::tool_calls_of_message(&body);
+        if let Some(door) = plan.relayed {
+            (self.ctx.answer.usage, self.ctx.answer.tool_calls) = door.relay_usage(&body);
         } else {
             if super::needs_reasoning_state(plan.dialect) {
                 if let Some(state) = filters::reasoning::TurnState::from_completion(&body) {
@@ -297,7 +294,7 @@ impl<'g> Exchange<'g, '_> {
         self.ctx.answer.generation = out.generation();
         self.ctx.answer.usage = relay.usage().cloned();
         let stats = relay.stats();
-        if super::needs_reasoning_state(plan.dialect) && !plan.passthrough {
+        if super::needs_reasoning_state(plan.dialect) && plan.relayed.is_none() {
             super::keep_reasoning_state(self.gw, self.ctx, &stats.reasoning);
         }
         self.ctx.answer.tool_calls = stats.tool_calls.clone();

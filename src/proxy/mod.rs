@@ -462,6 +462,7 @@ impl ProxyHttp for Gateway {
                 "Request body is too large".to_string(),
             ),
             // Pingora refused the request itself (a malformed head, a body error).
+            ErrorType::HTTPStatus(408) => (Code::BodyTimeout, e.to_string()),
             ErrorType::HTTPStatus(s) if *s < 500 => (Code::InvalidRequest, e.to_string()),
             ErrorType::ConnectTimedout
             | ErrorType::ConnectRefused

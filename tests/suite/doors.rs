@@ -213,6 +213,11 @@ async fn bare_names_route_to_the_default_provider_and_relays_change_only_the_mod
         r.headers.get("x-gateway-estimate").map(String::as_str),
         Some("true")
     );
+    // A count_tokens body without a model, or not JSON: 400 in Anthropic's shape.
+    for bad in [&br#"{"messages":[]}"#[..], b"[1,2"] {
+        let r = post_messages(&gw, "/v1/messages/count_tokens", &[], bad).await;
+        assert_anthropic_error(&r, 400, "invalid_request_error");
+    }
 
     // What the target cannot take is named.
     let body = json!({"model": "openai/gpt-4.1", "max_tokens": 10, "top_k": 5,

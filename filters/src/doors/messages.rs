@@ -568,6 +568,53 @@ fn decode_tool_choice(
     }))
 }
 
+// ---- relays --------------------------------------------------------------------------------
+
+/// A Messages request as relayed to a provider of the same API: the client's body with the
+/// routed `model`, and an alias's defaults (Chat Completions names given in Messages terms;
+/// what Messages cannot take is left out; the client's own values win) and system prefix.
+/// Returns the body and whether it asks for a stream.
+pub fn relay_body(
+    body: &[u8],
+    model: &str,
+    defaults: &Map<String, Value>,
+    system_prefix: Option<&str>,
+) -> Result<(Vec<u8>, bool), DecodeError> {
+    let mut obj = crate::json_object::RawObject::parse(body)
+        .map_err(|e| DecodeError::new(format!("Invalid JSON: {e}"), None))?;
+    obj.set("model", model);
+    for (k, v) in defaults {
+        let key = match k.as_str() {
+            "max_tokens" | "max_completion_tokens" => "max_tokens",
+            "stop" => "stop_sequences",
+            k @ ("temperature" | "top_p" | "top_k" | "metadata" | "thinking" | "service_tier") => k,
+            _ => continue,
+        };
+        if !obj.contains(key) {
+            match (key, v) {
+                ("stop_sequences", Value::String(s)) => obj.set(key, &[s]),
+                _ => obj.set(key, v),
+            }
+        }
+    }
+    if let Some(prefix) = system_prefix {
+        let system = match obj.get_as::<Value>("system") {
+            Ok(Some(Value::String(s))) => Value::String(format!("{prefix}\n\n{s}")),
+            Ok(Some(Value::Array(mut blocks))) => {
+                blocks.insert(0, json!({"type": "text", "text": prefix}));
+                Value::Array(blocks)
+            }
+            _ => Value::String(prefix.to_string()),
+        };
+        obj.set("system", &system);
+    }
+    let stream = obj
+        .get_as::<bool>("stream")
+        .map_err(|_| DecodeError::new("stream: Input should be a valid boolean", Some("stream")))?
+        .unwrap_or(false);
+    Ok((obj.to_vec(), stream))
+}
+
 // ---- answers ---------------------------------------------------------------------------------
 
 /// A chat `finish_reason` as a Messages `stop_reason`.
@@ -826,14 +873,12 @@ impl MessagesEncoder {
     fn text_delta(&self, kind: &str, field: &str, text: &str, out: &mut BytesMut) {
         use bytes::BufMut;
         use std::fmt::Write as _;
-        let mut head = String::with_capacity(96);
+        out.reserve(96 + text.len());
         let _ = write!(
-            head,
+            out,
             "event: content_block_delta\ndata: {{\"type\":\"content_block_delta\",\"index\":{},\"delta\":{{\"type\":\"{kind}\",\"{field}\":",
             self.next_index - 1
         );
-        out.reserve(head.len() + text.len() + 8);
-        out.extend_from_slice(head.as_bytes());
         let _ = serde_json::to_writer(out.writer(), text);
         out.extend_from_slice(b"}}\n\n");
     }

@@ -39,6 +39,58 @@ impl Door {
         }
     }
 
+    /// The dialect that speaks this door's API natively: its providers get the client's
+    /// request as it came (model rewritten), not a translation.
+    pub fn native_dialect(self) -> Option<crate::dialects::Dialect> {
+        match self {
+            // Chat Completions to an OpenAI-compatible provider is the canonical path itself.
+            Door::Chat => None,
+            Door::Messages => Some(crate::dialects::Dialect::Anthropic),
+        }
+    }
+
+    /// The client's request in this door's API, rewritten for a relay to its native dialect:
+    /// the routed model, an alias's defaults and system prefix. Returns the body and whether it
+    /// streams.
+    pub fn relay_body(
+        self,
+        body: &[u8],
+        model: &str,
+        defaults: &serde_json::Map<String, Value>,
+        system_prefix: Option<&str>,
+    ) -> Result<(Vec<u8>, bool), DecodeError> {
+        match self {
+            Door::Chat => Err(DecodeError::new("the chat door does not relay", None)),
+            Door::Messages => messages::relay_body(body, model, defaults, system_prefix),
+        }
+    }
+
+    /// The observer of a relayed stream (passed unchanged; usage and tool calls read).
+    pub fn relay_observer(self, max_event_bytes: usize) -> Box<dyn StreamTranslator> {
+        match self {
+            // Never relayed (see `native_dialect`); an OpenAI relay would be the same thing.
+            Door::Chat => Box::new(crate::stream_relay::OpenAiStreamRelay::new(
+                false,
+                max_event_bytes,
+            )),
+            Door::Messages => Box::new(messages::PassthroughObserver::new(max_event_bytes)),
+        }
+    }
+
+    /// Usage and tool-call names of a relayed whole answer.
+    pub fn relay_usage(self, body: &[u8]) -> (Option<Usage>, Vec<String>) {
+        match self {
+            Door::Chat => (
+                crate::usage::from_response_body(body),
+                crate::usage::tool_calls_from_body(body),
+            ),
+            Door::Messages => (
+                messages::usage_of_message(body),
+                messages::tool_calls_of_message(body),
+            ),
+        }
+    }
+
     /// A canonical `chat.completion` in this door's API; `None` when it is the canonical API.
     pub fn encode_response(self, canonical: &[u8]) -> Option<Result<Vec<u8>, DecodeError>> {
         match self {
