@@ -40,8 +40,13 @@ async fn serve(
             estimate: None,
         },
         Door::Messages => decode_messages(gw, session, ctx, ep, raw)?,
+        Door::Responses => crate::responses::decode(gw, ctx, raw).await?,
     };
-    exchange::run(gw, session, ctx, ep, inbound).await
+    exchange::run(gw, session, ctx, ep, inbound).await?;
+    if ctx.door == Door::Responses {
+        crate::responses::keep(gw, ctx).await;
+    }
+    Ok(())
 }
 
 /// The whole body within `server.body_timeout` (a client trickling one byte per read timeout
@@ -108,6 +113,9 @@ fn decode_messages(
         dropped,
         headers,
         relay: true,
+        hosted_tools: Vec::new(),
+        previous_upstream: false,
+        relay_thin: None,
     }));
     Ok(Inbound {
         body,

@@ -47,6 +47,13 @@ pub enum Code {
     McpNotExposed,
     /// 404: unknown path.
     NotFound,
+    /// A stored response that does not exist for this caller (unknown, expired, deleted, or
+    /// another key's).
+    ResponseNotFound,
+    /// A hosted tool (web search, ...) for a provider that cannot run it.
+    UnsupportedTool,
+    /// A reasoning item's `encrypted_content` this gateway did not seal, or altered.
+    InvalidEncryptedContent,
     /// 404: `/proxy/{unknown or unconfigured}/...`.
     UnknownProxyProvider,
     /// 405
@@ -95,10 +102,12 @@ impl Code {
             | UnsupportedRequest
             | InvalidModel
             | InvalidPath
-            | InvalidBody => 400,
+            | InvalidBody
+            | UnsupportedTool
+            | InvalidEncryptedContent => 400,
             MissingApiKey | InvalidApiKey | ExpiredApiKey | InvalidToken => 401,
             ModelNotAllowed | ModelNotPriced | ProxyNotAllowed | McpNotExposed => 403,
-            NotFound | UnknownProxyProvider => 404,
+            NotFound | UnknownProxyProvider | ResponseNotFound => 404,
             MethodNotAllowed => 405,
             BodyTimeout => 408,
             RequestTooLarge => 413,
@@ -139,6 +148,9 @@ impl Code {
             ProxyNotAllowed => "proxy_not_allowed",
             McpNotExposed => "mcp_not_exposed",
             NotFound => "not_found",
+            ResponseNotFound => "response_not_found",
+            UnsupportedTool => "unsupported_tool",
+            InvalidEncryptedContent => "invalid_encrypted_content",
             MethodNotAllowed => "method_not_allowed",
             BodyTimeout | Deadline => "request_timeout",
             RequestTooLarge => "request_too_large",

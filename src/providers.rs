@@ -39,6 +39,9 @@ pub struct Provider {
     pub default_max_tokens: Option<u64>,
     /// Accepts `stream_options` (see `ProviderConfig::stream_usage`).
     pub stream_usage: bool,
+    /// Serves the OpenAI Responses API on `responses_path` (`responses_api = "native"`).
+    pub responses_native: bool,
+    pub responses_path: String,
     /// Last resolved address of `host:port`.
     addr: RwLock<Option<SocketAddr>>,
 }
@@ -126,6 +129,11 @@ impl Provider {
                 .unwrap_or_default(),
             default_max_tokens: p.default_max_tokens,
             stream_usage: p.stream_usage.unwrap_or(true),
+            responses_native: p.responses_api.as_deref() == Some("native"),
+            responses_path: p
+                .responses_path
+                .clone()
+                .unwrap_or_else(|| "/responses".into()),
         })
     }
 

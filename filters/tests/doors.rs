@@ -324,15 +324,126 @@ fn errors_take_anthropic_shapes_and_statuses() {
 
 // ---- the Responses row ------------------------------------------------------------------------
 
+/// A transparent stand-in for the gateway's AEAD sealer: golden files show what is sealed.
+struct TestSealer;
+
+impl responses::Sealer for TestSealer {
+    fn seal(&self, plaintext: &[u8]) -> String {
+        format!(
+            "{}{}",
+            responses::SEAL_PREFIX,
+            String::from_utf8_lossy(plaintext)
+        )
+    }
+    fn open(&self, sealed: &str) -> Option<Vec<u8>> {
+        let body = sealed.strip_prefix(responses::SEAL_PREFIX)?;
+        body.starts_with('{').then(|| body.as_bytes().to_vec())
+    }
+}
+
 fn meta() -> ResponseMeta {
     ResponseMeta {
-        id: "resp_test".into(),
+        id: "resp_gw_test".into(),
         created_at: CREATED,
         // The fixtures' tool names that stand for `custom` tools.
         custom_tools: vec!["apply_patch".into()],
         previous_response_id: None,
         store: true,
+        sealer: Some(responses::SealerRef(std::sync::Arc::new(TestSealer))),
+        show_encrypted: true,
     }
+}
+
+/// Reasoning state survives a stateless round trip (Codex's `store: false`): the answer's
+/// items, replayed as input, put the provider's state back on the turn; altered state is
+/// refused, a provider's own is left alone.
+#[test]
+fn sealed_reasoning_round_trips_and_refuses_tampering() {
+    let chat = json!({"id": "c", "object": "chat.completion", "created": 1, "model": "m",
+        "choices": [{"index": 0, "finish_reason": "tool_calls", "message": {"role": "assistant",
+            "content": null, "reasoning_content": "thinking about it",
+            "thinking_blocks": [{"type": "thinking", "thinking": "t", "signature": "sig_0"}],
+            "tool_calls": [{"id": "call_1", "type": "function",
+                "function": {"name": "apply_patch", "arguments": "{\"input\":\"x\"}"},
+                "extra_content": {"google": {"thought_signature": "gsig"}}}]}}]});
+    let mut m = meta();
+    m.show_encrypted = false;
+    let enc = responses::encode_response(chat.to_string().as_bytes(), &m).unwrap();
+    let shown: Value = serde_json::from_slice(&enc.body).unwrap();
+    assert!(
+        shown["output"][0].get("encrypted_content").is_none(),
+        "not asked for"
+    );
+    let doc: Value = serde_json::from_slice(&enc.document.unwrap()).unwrap();
+    let reasoning = &doc["output"][0];
+    assert_eq!(reasoning["type"], "reasoning");
+    let sealed = reasoning["encrypted_content"].as_str().unwrap();
+    assert_eq!(doc["output"][1]["type"], "custom_tool_call");
+    let mut input = vec![json!({"role": "user", "content": "go"})];
+    input.extend(doc["output"].as_array().unwrap().iter().cloned());
+    input.push(json!({"type": "custom_tool_call_output", "call_id": "call_1", "output": "done"}));
+    let req = |input: &Vec<Value>| {
+        json!({"model": "m", "input": input, "tools": [{"type": "custom", "name": "apply_patch"}]})
+            .to_string()
+    };
+    let d = responses::decode_request_with(req(&input).as_bytes(), Some(&TestSealer)).unwrap();
+    let assistant = &d.chat.messages[1];
+    assert_eq!(assistant.role, "assistant");
+    assert_eq!(
+        assistant.extra["thinking_blocks"],
+        json!([{"type": "thinking", "thinking": "t", "signature": "sig_0"}])
+    );
+    let call = &assistant.tool_calls.as_ref().unwrap()[0];
+    assert_eq!(
+        call.function.as_ref().unwrap().arguments.as_deref(),
+        Some("{\"input\":\"x\"}")
+    );
+    assert_eq!(
+        call.extra["extra_content"],
+        json!({"google": {"thought_signature": "gsig"}})
+    );
+    // Altered: refused with its own code.
+    let mut bad = input.clone();
+    bad[1]["encrypted_content"] = json!(sealed.replace("sig_0", "sig_X").replacen('{', "x", 1));
+    let e = responses::decode_request_with(req(&bad).as_bytes(), Some(&TestSealer)).unwrap_err();
+    assert_eq!(e.code, Some("invalid_encrypted_content"));
+    assert_eq!(e.param, Some("input"));
+    // Without the gateway's key (a stateless decoder) a sealed item is refused too.
+    assert!(responses::decode_request(req(&input).as_bytes()).is_err());
+    // A provider's own encrypted_content is not the gateway's to open: left for that provider.
+    let mut foreign = input.clone();
+    foreign[1]["encrypted_content"] = json!("gAAAAB-openai-state");
+    let d = responses::decode_request_with(req(&foreign).as_bytes(), Some(&TestSealer)).unwrap();
+    assert_eq!(d.foreign_reasoning, 1);
+    assert!(d.chat.messages[1].extra.get("thinking_blocks").is_none());
+}
+
+/// What is relayed to an OpenAI Responses upstream carries nothing only the gateway reads.
+#[test]
+fn relays_to_openai_drop_gateway_items() {
+    let body = json!({"model": "alias", "input": [
+        {"role": "user", "content": "hi", "id": "msg_gw_1_in0"},
+        {"type": "reasoning", "id": "rs_resp_gw_1", "summary": [], "encrypted_content": "igw1:x"},
+        {"type": "reasoning", "id": "rs_abc", "summary": [], "encrypted_content": "gAAAA"},
+        {"type": "function_call", "id": "fc_gw_call_1", "call_id": "call_1", "name": "f", "arguments": "{}"}
+    ]});
+    let (out, stream) = responses::relay_body(
+        body.to_string().as_bytes(),
+        "gpt-5",
+        &Default::default(),
+        Some("Be brief."),
+    )
+    .unwrap();
+    let v: Value = serde_json::from_slice(&out).unwrap();
+    assert!(!stream);
+    assert_eq!(v["model"], "gpt-5");
+    assert_eq!(v["instructions"], "Be brief.");
+    let items = v["input"].as_array().unwrap();
+    assert_eq!(items.len(), 3, "{items:?}");
+    assert!(items[0].get("id").is_none());
+    assert_eq!(items[1]["id"], "rs_abc");
+    assert!(items[2].get("id").is_none());
+    assert_eq!(items[2]["call_id"], "call_1");
 }
 
 #[test]
@@ -342,7 +453,7 @@ fn responses_requests_through_every_dialect() {
             .map(|d| {
                 let info = json!({"dropped": d.dropped, "hosted_tools": d.hosted_tools,
                     "custom_tools": d.custom_tools, "store": d.store,
-                    "encrypted_reasoning": d.encrypted_reasoning, "sealed_reasoning": d.sealed_reasoning});
+                    "encrypted_reasoning": d.encrypted_reasoning, "foreign_reasoning": d.foreign_reasoning});
                 (d.chat, info)
             })
             .map_err(|e| json!({"error": e.message, "param": e.param}))
@@ -353,7 +464,8 @@ fn responses_requests_through_every_dialect() {
 fn responses_of_every_dialect_as_response_objects() {
     response_matrix("responses", |body| {
         let v: Value =
-            serde_json::from_slice(&responses::encode_response(body, &meta()).unwrap()).unwrap();
+            serde_json::from_slice(&responses::encode_response(body, &meta()).unwrap().body)
+                .unwrap();
         assert_eq!(v["object"], "response");
         assert!(v["output"].is_array());
         v

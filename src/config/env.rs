@@ -230,6 +230,18 @@ pub(super) fn apply(cfg: &mut Config, getenv: GetEnv) -> Result<(), ConfigError>
         cfg.reasoning.vault_max_bytes,
         parse(getenv, "REASONING_VAULT_MAX_BYTES")?
     );
+    set!(
+        cfg.responses.max_entries,
+        parse(getenv, "RESPONSES_MAX_ENTRIES")?
+    );
+    set!(
+        cfg.responses.max_bytes,
+        parse(getenv, "RESPONSES_MAX_BYTES")?
+    );
+    set!(cfg.responses.ttl, duration(getenv, "RESPONSES_TTL")?);
+    if let Some(v) = get(getenv, "RESPONSES_ENCRYPTION_KEY") {
+        cfg.responses.encryption_key = Some(Secret::new(v.trim()));
+    }
     if let Some(v) = get(getenv, "DOORS_MESSAGES_DEFAULT_PROVIDER") {
         cfg.doors.messages.default_provider = v.trim().to_string();
     }
@@ -260,6 +272,9 @@ pub(super) fn apply(cfg: &mut Config, getenv: GetEnv) -> Result<(), ConfigError>
         // A behaviour switch: it does not make a provider configured (reachable) by itself.
         if let Some(s) = bool_var(getenv, &format!("{prefix}_STREAM_USAGE"))? {
             cfg.providers.entry(name.clone()).or_default().stream_usage = Some(s);
+        }
+        if let Some(r) = get(getenv, &format!("{prefix}_RESPONSES_API")) {
+            cfg.providers.entry(name.clone()).or_default().responses_api = Some(r.trim().into());
         }
         if url.is_none()
             && key.is_none()

@@ -86,6 +86,35 @@ pub struct Config {
     pub reasoning: ReasoningConfig,
     /// The client APIs besides Chat Completions (`/v1/messages`).
     pub doors: DoorsConfig,
+    /// Stored responses of the Responses door (`/v1/responses`).
+    pub responses: ResponsesConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ResponsesConfig {
+    /// Responses kept in memory, oldest dropped first (`RESPONSES_MAX_ENTRIES`); 0 keeps none
+    /// (`store: true` then answers without keeping anything).
+    pub max_entries: usize,
+    /// Bytes of stored responses kept in memory, oldest dropped first (`RESPONSES_MAX_BYTES`).
+    pub max_bytes: usize,
+    /// How long a stored response lives, in memory and in Redis (`RESPONSES_TTL`).
+    pub ttl: HumanDuration,
+    /// Key sealing reasoning state into `encrypted_content` (`RESPONSES_ENCRYPTION_KEY`): 32
+    /// bytes as 64 hex digits or base64. Unset: a random key per process (sealed items do
+    /// not survive a restart or move between replicas).
+    pub encryption_key: Option<Secret>,
+}
+
+impl Default for ResponsesConfig {
+    fn default() -> Self {
+        ResponsesConfig {
+            max_entries: 10_000,
+            max_bytes: 256 << 20,
+            ttl: HumanDuration::secs(24 * 3600),
+            encryption_key: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -386,6 +415,7 @@ impl Default for Config {
             prices: BTreeMap::new(),
             model_table: ModelTable::default(),
             reasoning: ReasoningConfig::default(),
+            responses: ResponsesConfig::default(),
             doors: DoorsConfig::default(),
         }
     }
@@ -543,6 +573,7 @@ impl Config {
                 "reasoning.vault_ttl (REASONING_VAULT_TTL)",
                 self.reasoning.vault_ttl,
             ),
+            ("responses.ttl (RESPONSES_TTL)", self.responses.ttl),
             (
                 "client.connect_timeout (CLIENT_CONNECT_TIMEOUT)",
                 self.client.connect_timeout,
@@ -635,6 +666,9 @@ impl Config {
             return Err(ConfigError(
                 "client.total_timeout (CLIENT_TOTAL_TIMEOUT): must be greater than 0".into(),
             ));
+        }
+        if let Some(k) = &self.responses.encryption_key {
+            crate::seal::SealKey::from_config(Some(k.expose()))?;
         }
         let dp = &self.doors.messages.default_provider;
         if !dp.is_empty() && !self.providers.contains_key(dp.as_str()) {

@@ -53,6 +53,12 @@ pub struct ProviderConfig {
     /// `extra_forbidden`) and reports usage in its last chunk anyway. Off: `stream_options` is
     /// never sent.
     pub stream_usage: Option<bool>,
+    /// How `/v1/responses` reaches this provider: `native` (an OpenAI Responses server: the
+    /// request is relayed on `responses_path`) or `chat` (translated to its chat API). Default
+    /// `native` for the built-in `openai`, else `chat`.
+    pub responses_api: Option<String>,
+    /// Path of the Responses endpoint under `url` (default `/responses`).
+    pub responses_path: Option<String>,
     /// `false` removes the provider entirely.
     pub enabled: Option<bool>,
     /// Several backends serving this provider (see README "Resilience"); `url` stays the
@@ -128,6 +134,14 @@ impl ProviderConfig {
             return Err(ConfigError(format!(
                 "providers.{name}.url: {url:?} has no host"
             )));
+        }
+        if let Some(r) = &self.responses_api {
+            if r != "native" && r != "chat" {
+                return Err(ConfigError(format!(
+                    "providers.{name}.responses_api ({}_RESPONSES_API): {r:?} is not native or chat",
+                    env_prefix(name)
+                )));
+            }
         }
         if let Some(a) = &self.auth {
             let ok = matches!(
@@ -474,6 +488,15 @@ pub(super) fn merge_builtins(
         p.embeddings_path
             .get_or_insert_with(|| "/embeddings".into());
         p.models_path.get_or_insert_with(|| "/models".into());
+        p.responses_path.get_or_insert_with(|| "/responses".into());
+        // OpenAI's own API serves Responses; any other server says so (`responses_api`).
+        p.responses_api.get_or_insert_with(|| {
+            if name == "openai" && d == Dialect::Openai {
+                "native".into()
+            } else {
+                "chat".into()
+            }
+        });
         if let Some(u) = &mut p.url {
             while u.ends_with('/') {
                 u.pop();

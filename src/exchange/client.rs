@@ -144,6 +144,11 @@ impl ClientStream {
             Some(enc) => {
                 enc.feed(&self.buf, &mut self.encoded);
                 self.buf.clear();
+                if last {
+                    if let Some(d) = enc.document() {
+                        ctx.answer.document = Some(d.into());
+                    }
+                }
                 self.encoded.split().freeze()
             }
             None => self.buf.split().freeze(),

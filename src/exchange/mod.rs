@@ -63,12 +63,28 @@ pub struct OriginalRequest {
     pub headers: Vec<(HeaderName, HeaderValue)>,
     /// Relaying is allowed (off in the MCP loop, which works on the canonical exchange).
     pub relay: bool,
+    /// Hosted tools (web search, ...): only a provider serving the door's API runs them.
+    pub hosted_tools: Vec<String>,
+    /// `previous_response_id` the gateway does not hold: only a Responses upstream may.
+    pub previous_upstream: bool,
+    /// The request as the client sent it, for a relay to the provider (by name) that holds
+    /// its `previous_response_id` itself (`body` has the conversation expanded).
+    pub relay_thin: Option<(String, Bytes)>,
 }
 
 impl OriginalRequest {
-    /// Whether a call to `dialect` is relayed in the client's own API.
-    pub fn relays_to(&self, door: filters::doors::Door, dialect: Dialect) -> bool {
-        self.relay && door.native_dialect() == Some(dialect)
+    /// Whether a call to `provider` is relayed in the client's own API: Messages to an
+    /// Anthropic provider, Responses to one serving the Responses API (`responses_api`).
+    pub fn relays_to(
+        &self,
+        door: filters::doors::Door,
+        provider: &crate::providers::Provider,
+    ) -> bool {
+        self.relay
+            && match door {
+                filters::doors::Door::Responses => provider.responses_native,
+                d => d.native_dialect() == Some(provider.dialect),
+            }
     }
 }
 
@@ -134,7 +150,7 @@ pub(crate) fn query_param(session: &Session, name: &str) -> Option<String> {
     })
 }
 
-pub(super) fn unix_now() -> u64 {
+pub(crate) fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
@@ -202,7 +218,7 @@ impl<'g> Exchange<'g, '_> {
                 .ctx
                 .original
                 .as_ref()
-                .is_some_and(|o| o.relays_to(self.ctx.door, provider.dialect));
+                .is_some_and(|o| o.relays_to(self.ctx.door, &provider));
             if !relayed {
                 self.answer_estimate(&provider.name, inbound.estimate).await;
                 return Ok(());

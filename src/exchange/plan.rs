@@ -32,8 +32,28 @@ pub(super) fn plan_call(
     ep: Endpoint,
 ) -> Result<Plan, ApiError> {
     let provider = &route.provider;
-    if let Some(o) = original.filter(|o| o.relays_to(door, provider.dialect)) {
+    if let Some(o) = original.filter(|o| o.relays_to(door, provider)) {
         return plan_relay(door, o, route, ep);
+    }
+    if let Some(o) = original {
+        // What only a provider of the door's own API can do.
+        if let Some(tool) = o.hosted_tools.first() {
+            return Err(ApiError::of(
+                Code::UnsupportedTool,
+                format!(
+                    "The hosted tool {tool:?} is only run by an OpenAI Responses provider; provider {} cannot run it",
+                    provider.name
+                ),
+            )
+            .param("tools"));
+        }
+        if o.previous_upstream {
+            return Err(ApiError::of(
+                Code::ResponseNotFound,
+                "Response with this previous_response_id not found.",
+            )
+            .param("previous_response_id"));
+        }
     }
     if ep == Endpoint::CountTokens {
         return Err(ApiError::of(
@@ -259,9 +279,13 @@ pub(super) fn plan_relay(
 ) -> Result<Plan, ApiError> {
     let provider = &route.provider;
     let alias = route.alias;
+    let client_body = match &req.relay_thin {
+        Some((holder, thin)) if *holder == provider.name => thin,
+        _ => &req.body,
+    };
     let (body, stream) = door
         .relay_body(
-            &req.body,
+            client_body,
             &route.upstream_model,
             alias.map_or(&EMPTY, |a| &a.defaults),
             alias
@@ -274,7 +298,10 @@ pub(super) fn plan_relay(
             err
         })?;
     let stream = stream && ep == Endpoint::Chat;
-    let base = provider.chat_path.as_str();
+    let base = match door {
+        filters::doors::Door::Responses => provider.responses_path.as_str(),
+        _ => provider.chat_path.as_str(),
+    };
     let path = match ep {
         Endpoint::CountTokens => format!("{base}/count_tokens"),
         _ => base.to_string(),

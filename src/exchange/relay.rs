@@ -150,17 +150,31 @@ pub(super) fn door_encoder(
     if plan.relayed.is_some() {
         return None;
     }
-    ctx.door.stream_encoder(&route.upstream_model)
+    ctx.door.stream_encoder(
+        &route.upstream_model,
+        ctx.responses.as_ref().map(|t| &t.meta),
+    )
 }
 
-/// A canonical body in the door's API (unchanged when relayed or when the door is canonical).
-pub(super) fn door_body(ctx: &RequestCtx, plan: &Plan, body: Bytes) -> Result<Bytes, ApiError> {
+/// A canonical body in the door's API (unchanged when relayed or when the door is canonical);
+/// the door's copy to keep goes to `ctx.answer.document`.
+pub(super) fn door_body(ctx: &mut RequestCtx, plan: &Plan, body: Bytes) -> Result<Bytes, ApiError> {
     if plan.relayed.is_some() {
+        if ctx.responses.is_some() {
+            ctx.answer.document = Some(body.clone());
+        }
         return Ok(body);
     }
-    match ctx.door.encode_response(&body) {
+    let meta = ctx.responses.as_ref().map(|t| &t.meta);
+    match ctx.door.encode_response(&body, meta) {
         None => Ok(body),
-        Some(Ok(b)) => Ok(Bytes::from(b)),
+        Some(Ok(e)) => {
+            let body = Bytes::from(e.body);
+            if ctx.responses.is_some() {
+                ctx.answer.document = Some(e.document.map_or_else(|| body.clone(), Bytes::from));
+            }
+            Ok(body)
+        }
         Some(Err(e)) => Err(ApiError::of(
             Code::UpstreamInvalidResponse,
             format!(
@@ -292,6 +306,9 @@ impl<'g> Exchange<'g, '_> {
             }
         }
         self.ctx.answer.generation = out.generation();
+        if plan.relayed.is_some() && self.ctx.responses.is_some() {
+            self.ctx.answer.document = relay.document().map(Bytes::from);
+        }
         self.ctx.answer.usage = relay.usage().cloned();
         let stats = relay.stats();
         if super::needs_reasoning_state(plan.dialect) && plan.relayed.is_none() {

@@ -219,7 +219,10 @@ impl<'a> Loop<'a> {
                 limiter: gw.limiter.clone(),
                 final_state: None,
             },
-            out: ClientStream::new(ctx.door.stream_encoder(&route.upstream_model)),
+            out: ClientStream::new(ctx.door.stream_encoder(
+                &route.upstream_model,
+                ctx.responses.as_ref().map(|t| &t.meta),
+            )),
             last_model: route.upstream_model.clone(),
             stream,
             include_usage,

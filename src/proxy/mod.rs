@@ -50,6 +50,8 @@ pub struct Gateway {
     pub models_cache: crate::model_list::ModelsCache,
     /// Reasoning state kept for clients that echo only the standard fields.
     pub vault: crate::vault::Vault,
+    /// Stored responses of the Responses door, and its sealing key.
+    pub responses: crate::responses::ResponseStore,
     log_format: LogFormat,
 }
 
@@ -67,6 +69,7 @@ impl Gateway {
             mcp,
             models_cache: Default::default(),
             vault: crate::vault::Vault::from_config(&cfg),
+            responses: crate::responses::ResponseStore::from_config(&cfg),
             pools,
             router: Router::new(&cfg, providers.clone()),
             client: UpstreamClient::new(&cfg.client),
@@ -90,6 +93,8 @@ pub struct RequestCtx {
     pub door: filters::doors::Door,
     /// The client's request in its door's API, when the door is not the canonical one.
     pub original: Option<Box<crate::exchange::OriginalRequest>>,
+    /// The Responses door's turn (ids, sealing, what to store).
+    pub responses: Option<Box<crate::responses::Turn>>,
     /// Model as the client named it.
     pub model: Option<String>,
     pub bytes_in: usize,
@@ -172,6 +177,8 @@ pub struct AnswerRecord {
     pub cost_usd: Option<f64>,
     pub error: Option<&'static str>,
     pub client_gone: bool,
+    /// The answer as the door keeps it (the Responses door's `response` object).
+    pub document: Option<bytes::Bytes>,
 }
 
 impl RequestCtx {
@@ -198,7 +205,7 @@ const CALLER_CREDENTIALS: &[&str] = &[
 ];
 
 /// The paths the gateway answers itself, as their own (bounded) metrics label.
-const ROUTES: [&str; 9] = [
+const ROUTES: [&str; 12] = [
     "/health",
     "/v1/chat/completions",
     "/v1/completions",
@@ -208,12 +215,22 @@ const ROUTES: [&str; 9] = [
     "/v1/usage",
     "/v1/messages",
     "/v1/messages/count_tokens",
+    "/v1/responses",
+    "/v1/responses/{id}",
+    "/v1/responses/{id}/input_items",
 ];
 
 /// The bounded label of a path: one of [`ROUTES`], `/proxy/{provider}`, or `other`.
 fn route_label(path: &str) -> &'static str {
     if path.starts_with("/proxy/") {
         return "/proxy/{provider}";
+    }
+    if let Some(rest) = path.strip_prefix("/v1/responses/") {
+        return match rest.split_once('/') {
+            None if !rest.is_empty() => "/v1/responses/{id}",
+            Some((id, "input_items")) if !id.is_empty() => "/v1/responses/{id}/input_items",
+            _ => "other",
+        };
     }
     ROUTES
         .iter()
@@ -243,6 +260,7 @@ impl ProxyHttp for Gateway {
             route: "other",
             door: filters::doors::Door::Chat,
             original: None,
+            responses: None,
             model: None,
             bytes_in: 0,
             tool_wait: std::time::Duration::ZERO,
@@ -284,6 +302,8 @@ impl ProxyHttp for Gateway {
         if ctx.route.starts_with("/v1/messages") {
             // Every answer from here on, errors included, is in Anthropic's shape.
             ctx.door = filters::doors::Door::Messages;
+        } else if ctx.route.starts_with("/v1/responses") {
+            ctx.door = filters::doors::Door::Responses;
         }
         // Overload: Pingora 0.9 cannot cap accepted connections (its connection filter sees
         // accepts but never closes), so requests in flight are capped instead, and past half
@@ -345,6 +365,17 @@ impl ProxyHttp for Gateway {
             }
             (Method::POST, "/v1/messages/count_tokens") => {
                 door::handle(self, session, ctx, Endpoint::CountTokens).await;
+                true
+            }
+            (Method::POST, "/v1/responses") => {
+                door::handle(self, session, ctx, Endpoint::Chat).await;
+                true
+            }
+            (m, p)
+                if p.starts_with("/v1/responses/") && crate::responses::route(&m, p).is_some() =>
+            {
+                let (action, id) = crate::responses::route(&m, p).expect("matched");
+                crate::responses::serve(self, session, ctx, action, &id).await;
                 true
             }
             (Method::GET, "/v1/models") => {

@@ -50,6 +50,11 @@ fn script(prompt: &str, round: usize, results: &[String]) -> Act {
         ]),
         ("late", 0) => Act::Calls(vec![("mcp_late", json!({}))]),
         ("plain", _) => Act::Text("no tools needed".into()),
+        // Codex's freeform tool: one string argument.
+        ("patch", 0) => Act::Calls(vec![(
+            "apply_patch",
+            json!({"input": "*** Begin Patch\n*** Add File: a.txt\n+hi\n*** End Patch"}),
+        )]),
         _ => Act::Text(format!("result: {joined}")),
     }
 }
@@ -553,5 +558,236 @@ pub fn cohere_model(req: &Recorded) -> Vec<Step> {
     );
     sse.push_str("data: [DONE]\n\n");
     let splits: Vec<usize> = (1..sse.len() / 31).map(|i| i * 31).collect();
+    sse_steps(sse.as_bytes(), &splits, Duration::ZERO)
+}
+
+/// Reads a Responses request: prompt (the first user message), round (function calls in the
+/// input), latest tool results.
+fn responses_state(req: &Value) -> (String, usize, Vec<String>) {
+    let items = match &req["input"] {
+        Value::String(s) => return (s.clone(), 0, Vec::new()),
+        Value::Array(items) => items.clone(),
+        _ => Vec::new(),
+    };
+    let text = |c: &Value| match c {
+        Value::String(s) => s.clone(),
+        Value::Array(parts) => parts[0]["text"].as_str().unwrap_or("").to_string(),
+        _ => String::new(),
+    };
+    let prompt = items
+        .iter()
+        .find(|i| i["role"] == "user")
+        .map(|i| text(&i["content"]))
+        .unwrap_or_default();
+    let calls = ["function_call", "custom_tool_call"];
+    let round = items
+        .iter()
+        .filter(|i| calls.contains(&i["type"].as_str().unwrap_or("")))
+        .count();
+    let results = items
+        .iter()
+        .rev()
+        .take_while(|i| i["type"].as_str().is_some_and(|t| t.ends_with("_output")))
+        .map(|i| i["output"].as_str().unwrap_or("").to_string())
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect();
+    (prompt, round, results)
+}
+
+/// An OpenAI Responses server (`POST /v1/responses`) that follows [`script`], as OpenAI checks
+/// it: `input` items must be well formed (a reasoning item needs OpenAI's own id or
+/// `encrypted_content`; item ids must be OpenAI's), and `previous_response_id` must be one it
+/// issued (`resp_upstream_...`). Also `GET /v1/responses/resp_upstream_known`.
+pub fn openai_responses_model(req: &Recorded) -> Vec<Step> {
+    let not_found = |id: &str| {
+        json_response(
+            404,
+            &json!({"error": {"message": format!("Response with id '{id}' not found."),
+                "type": "invalid_request_error", "param": "previous_response_id", "code": null}})
+            .to_string(),
+        )
+    };
+    // Ids deleted upstream (process-wide: the mock's ids are the same in every test).
+    static DELETED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let deleted = |id: &str| DELETED.lock().unwrap().iter().any(|d| d == id);
+    if req.method == "DELETE" {
+        let id = req.path.rsplit('/').next().unwrap_or("");
+        if !id.starts_with("resp_upstream_") || deleted(id) {
+            return not_found(id);
+        }
+        DELETED.lock().unwrap().push(id.to_string());
+        return json_response(
+            200,
+            &json!({"id": id, "object": "response", "deleted": true}).to_string(),
+        );
+    }
+    if req.method == "GET" {
+        return match req.path.rsplit('/').next() {
+            Some("resp_upstream_known") => json_response(
+                200,
+                &json!({"id": "resp_upstream_known", "object": "response", "status": "completed",
+                    "model": "gpt-test", "output": [], "created_at": 1})
+                .to_string(),
+            ),
+            Some(id) => not_found(id),
+            None => not_found(""),
+        };
+    }
+    let body = req.json();
+    if let Some(id) = body["previous_response_id"].as_str() {
+        if !id.starts_with("resp_upstream_") || deleted(id) {
+            return not_found(id);
+        }
+    }
+    for item in body["input"].as_array().into_iter().flatten() {
+        let id = item["id"].as_str().unwrap_or("");
+        let bad_id = !id.is_empty() && id.contains("_gw_");
+        let bad_reasoning = item["type"] == "reasoning"
+            && item["encrypted_content"]
+                .as_str()
+                .is_some_and(|e| !e.starts_with("openai:"));
+        if bad_id || bad_reasoning {
+            return json_response(
+                400,
+                &json!({"error": {"message": format!("Invalid input item: {item}"),
+                    "type": "invalid_request_error", "param": "input", "code": null}})
+                .to_string(),
+            );
+        }
+    }
+    let (prompt, round, results) = responses_state(&body);
+    let (prompt, round) = match body["previous_response_id"].as_str() {
+        // The upstream's own state: a conversation it holds.
+        Some(_) => ("continued".to_string(), 1),
+        None => (prompt, round),
+    };
+    let act = match prompt.as_str() {
+        "continued" if !results.is_empty() => Act::Text(format!("result: {}", results.join(" | "))),
+        "continued" => Act::Text("continued upstream".into()),
+        _ => script(&prompt, round, &results),
+    };
+    if let Act::Fail = act {
+        return json_response(
+            500,
+            r#"{"error":{"message":"model exploded","type":"server_error","param":null,"code":null}}"#,
+        );
+    }
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(1);
+    let id = format!(
+        "resp_upstream_{}",
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    );
+    let custom: Vec<String> = body["tools"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|t| t["type"] == "custom")
+        .filter_map(|t| t["name"].as_str().map(str::to_string))
+        .collect();
+    let output: Vec<Value> = match &act {
+        Act::Calls(calls) => calls
+            .iter()
+            .enumerate()
+            .map(|(i, (n, a))| {
+                let call_id = format!("call_{round}_{i}");
+                if custom.iter().any(|c| c == n) {
+                    json!({"type": "custom_tool_call", "id": format!("ctc_{round}{i}"), "call_id": call_id,
+                        "name": n, "input": a["input"], "status": "completed"})
+                } else {
+                    json!({"type": "function_call", "id": format!("fc_{round}{i}"), "call_id": call_id,
+                        "name": n, "arguments": a.to_string(), "status": "completed"})
+                }
+            })
+            .collect(),
+        Act::Text(t) => vec![json!({"type": "message", "id": format!("msg_{round}"), "status": "completed",
+            "role": "assistant", "content": [{"type": "output_text", "text": t, "annotations": []}]})],
+        Act::Fail => unreachable!(),
+    };
+    let usage = json!({"input_tokens": USAGE.0, "input_tokens_details": {"cached_tokens": 0},
+        "output_tokens": USAGE.1, "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": USAGE.0 + USAGE.1});
+    let response = |status: &str, output: &[Value], usage: &Value| {
+        json!({"id": id, "object": "response", "created_at": 1, "status": status, "error": null,
+            "incomplete_details": null, "model": body["model"], "output": output,
+            "parallel_tool_calls": true, "previous_response_id": body["previous_response_id"],
+            "store": body["store"].as_bool().unwrap_or(true), "text": {"format": {"type": "text"}},
+            "tool_choice": "auto", "tools": body["tools"].as_array().cloned().unwrap_or_default(),
+            "usage": usage, "metadata": {}})
+    };
+    if body["stream"] != true {
+        return json_response(200, &response("completed", &output, &usage).to_string());
+    }
+    let mut events = vec![
+        json!({"type": "response.created", "response": response("in_progress", &[], &Value::Null)}),
+        json!({"type": "response.in_progress", "response": response("in_progress", &[], &Value::Null)}),
+    ];
+    for (i, item) in output.iter().enumerate() {
+        let mut added = item.clone();
+        added["status"] = json!("in_progress");
+        match item["type"].as_str().unwrap() {
+            "message" => {
+                added["content"] = json!([]);
+                events.push(
+                    json!({"type": "response.output_item.added", "output_index": i, "item": added}),
+                );
+                events.push(json!({"type": "response.content_part.added", "item_id": item["id"], "output_index": i,
+                    "content_index": 0, "part": {"type": "output_text", "text": "", "annotations": []}}));
+                let text = item["content"][0]["text"].as_str().unwrap();
+                for w in text.split_inclusive(' ') {
+                    events.push(json!({"type": "response.output_text.delta", "item_id": item["id"], "output_index": i,
+                        "content_index": 0, "delta": w, "logprobs": []}));
+                }
+                events.push(json!({"type": "response.output_text.done", "item_id": item["id"], "output_index": i,
+                    "content_index": 0, "text": text, "logprobs": []}));
+                events.push(json!({"type": "response.content_part.done", "item_id": item["id"], "output_index": i,
+                    "content_index": 0, "part": item["content"][0]}));
+            }
+            "function_call" => {
+                added["arguments"] = json!("");
+                events.push(
+                    json!({"type": "response.output_item.added", "output_index": i, "item": added}),
+                );
+                let args = item["arguments"].as_str().unwrap();
+                let (x, y) = args.split_at(args.len() / 2);
+                for part in [x, y] {
+                    events.push(json!({"type": "response.function_call_arguments.delta", "item_id": item["id"],
+                        "output_index": i, "delta": part}));
+                }
+                events.push(
+                    json!({"type": "response.function_call_arguments.done", "item_id": item["id"],
+                    "output_index": i, "arguments": args}),
+                );
+            }
+            _ => {
+                added["input"] = json!("");
+                events.push(
+                    json!({"type": "response.output_item.added", "output_index": i, "item": added}),
+                );
+                events.push(
+                    json!({"type": "response.custom_tool_call_input.delta", "item_id": item["id"],
+                    "output_index": i, "delta": item["input"]}),
+                );
+                events.push(
+                    json!({"type": "response.custom_tool_call_input.done", "item_id": item["id"],
+                    "output_index": i, "input": item["input"]}),
+                );
+            }
+        }
+        events.push(json!({"type": "response.output_item.done", "output_index": i, "item": item}));
+    }
+    events.push(
+        json!({"type": "response.completed", "response": response("completed", &output, &usage)}),
+    );
+    let mut sse = String::new();
+    for (n, mut e) in events.into_iter().enumerate() {
+        e["sequence_number"] = json!(n);
+        sse.push_str(&format!(
+            "event: {}\ndata: {e}\n\n",
+            e["type"].as_str().unwrap()
+        ));
+    }
+    let splits: Vec<usize> = (1..sse.len() / 37).map(|i| i * 37).collect();
     sse_steps(sse.as_bytes(), &splits, Duration::ZERO)
 }

@@ -244,3 +244,65 @@ async fn official_anthropic_python_sdk_on_every_dialect() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn official_openai_python_sdk_responses_on_every_dialect() {
+    let responses = MockUpstream::start(model::openai_responses_model).await;
+    let compat = MockUpstream::start(model::openai_model).await;
+    let anthropic = MockUpstream::start(|req| {
+        if req.header("anthropic-version").is_none() {
+            return json_response(400, r#"{"type":"error","error":{"type":"invalid_request_error","message":"anthropic-version: header is required"}}"#);
+        }
+        model::anthropic_model(req)
+    })
+    .await;
+    let gemini = MockUpstream::start(model::gemini_model).await;
+    let cohere = MockUpstream::start(model::cohere_model).await;
+    let key = "sk-gw-responses-sdk";
+    let toml = format!(
+        "[[keys]]\nname = \"sdk\"\nhash = \"{}\"\n\n[providers.vllm]\nurl = \"{}\"\nauth = \"none\"\n",
+        key_hash(key),
+        compat.url("/v1")
+    );
+    let gw = GatewayProcess::start(
+        &provider_env(&[
+            ("openai", responses.url("/v1")),
+            ("anthropic", anthropic.url("/v1")),
+            ("google", gemini.url("/v1beta")),
+            ("cohere", cohere.url("")),
+        ]),
+        Some(&toml),
+    );
+    let models = json!({
+        "openai (Responses API)": "openai/gpt-test",
+        "OpenAI-compatible chat": "vllm/llama",
+        "anthropic": "anthropic/claude-sonnet-4-5",
+        "gemini": "google/gemini-3-pro-preview",
+        "cohere": "cohere/command-a-03-2025",
+    })
+    .to_string();
+    run_sdk_script(
+        &gw,
+        "openai_responses.py",
+        &[("MODELS", &models), ("GATEWAY_KEY", key)],
+    )
+    .await;
+    // OpenAI got the Responses API itself (model rewritten), never chat completions.
+    let native = responses.requests();
+    assert!(!native.is_empty());
+    assert!(native
+        .iter()
+        .filter(|r| r.method == "POST")
+        .all(|r| r.path == "/v1/responses" && r.json()["model"] == "gpt-test"));
+    // The chat server got chat completions.
+    assert!(compat
+        .requests()
+        .iter()
+        .all(|r| r.path == "/v1/chat/completions"));
+    // The caller's key never reaches a provider.
+    for up in [&responses, &compat, &anthropic, &gemini, &cohere] {
+        for r in up.requests() {
+            assert!(!format!("{:?}", r.headers).contains(key));
+        }
+    }
+}

@@ -151,6 +151,11 @@ pub trait StreamTranslator: Send {
     fn usage(&self) -> Option<&Usage>;
     /// Tool calls and generated text so far (metrics, and the usage estimate on disconnect).
     fn stats(&self) -> &StreamStats;
+    /// After the stream: the answer as a document the server keeps (a relayed Responses
+    /// stream's final `response` object), once.
+    fn document(&mut self) -> Option<Vec<u8>> {
+        None
+    }
 }
 
 impl StreamTranslator for OpenAiStreamRelay {

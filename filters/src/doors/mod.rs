@@ -29,6 +29,8 @@ pub enum Door {
     Chat,
     /// Anthropic Messages (`/v1/messages`).
     Messages,
+    /// OpenAI Responses (`/v1/responses`).
+    Responses,
 }
 
 impl Door {
@@ -36,6 +38,7 @@ impl Door {
         match self {
             Door::Chat => "chat",
             Door::Messages => "messages",
+            Door::Responses => "responses",
         }
     }
 
@@ -46,6 +49,9 @@ impl Door {
             // Chat Completions to an OpenAI-compatible provider is the canonical path itself.
             Door::Chat => None,
             Door::Messages => Some(crate::dialects::Dialect::Anthropic),
+            // Relayed to providers configured as OpenAI Responses servers, whatever the dialect
+            // of their chat endpoint (the server decides, per provider).
+            Door::Responses => None,
         }
     }
 
@@ -62,6 +68,7 @@ impl Door {
         match self {
             Door::Chat => Err(DecodeError::new("the chat door does not relay", None)),
             Door::Messages => messages::relay_body(body, model, defaults, system_prefix),
+            Door::Responses => responses::relay_body(body, model, defaults, system_prefix),
         }
     }
 
@@ -74,6 +81,7 @@ impl Door {
                 max_event_bytes,
             )),
             Door::Messages => Box::new(messages::PassthroughObserver::new(max_event_bytes)),
+            Door::Responses => Box::new(responses::RelayObserver::new(max_event_bytes)),
         }
     }
 
@@ -88,23 +96,48 @@ impl Door {
                 messages::usage_of_message(body),
                 messages::tool_calls_of_message(body),
             ),
+            Door::Responses => responses::usage_of_response(body),
         }
     }
 
     /// A canonical `chat.completion` in this door's API; `None` when it is the canonical API.
-    pub fn encode_response(self, canonical: &[u8]) -> Option<Result<Vec<u8>, DecodeError>> {
+    /// `meta`: the Responses door's ids and sealing.
+    pub fn encode_response(
+        self,
+        canonical: &[u8],
+        meta: Option<&responses::ResponseMeta>,
+    ) -> Option<Result<responses::Encoded, DecodeError>> {
         match self {
             Door::Chat => None,
-            Door::Messages => Some(messages::encode_response(canonical)),
+            Door::Messages => {
+                Some(
+                    messages::encode_response(canonical).map(|body| responses::Encoded {
+                        body,
+                        document: None,
+                    }),
+                )
+            }
+            Door::Responses => Some(responses::encode_response(
+                canonical,
+                meta.unwrap_or(&responses::ResponseMeta::default()),
+            )),
         }
     }
 
     /// The encoder of a canonical chunk stream into this door's; `None` for the canonical API.
     /// `model` is named when the stream names none.
-    pub fn stream_encoder(self, model: &str) -> Option<Box<dyn StreamEncoder>> {
+    pub fn stream_encoder(
+        self,
+        model: &str,
+        meta: Option<&responses::ResponseMeta>,
+    ) -> Option<Box<dyn StreamEncoder>> {
         match self {
             Door::Chat => None,
             Door::Messages => Some(Box::new(messages::MessagesEncoder::new(model))),
+            Door::Responses => Some(Box::new(responses::ResponsesEncoder::new(
+                meta.cloned().unwrap_or_default(),
+                model,
+            ))),
         }
     }
 
@@ -114,6 +147,8 @@ impl Door {
         match self {
             Door::Chat => None,
             Door::Messages => Some(messages::encode_error(status, envelope)),
+            // OpenAI's envelope is the canonical one.
+            Door::Responses => None,
         }
     }
 }
@@ -123,6 +158,8 @@ impl Door {
 pub struct DecodeError {
     pub message: String,
     pub param: Option<&'static str>,
+    /// An error code more precise than the door's generic one.
+    pub code: Option<&'static str>,
 }
 
 impl DecodeError {
@@ -130,7 +167,13 @@ impl DecodeError {
         DecodeError {
             message: message.into(),
             param,
+            code: None,
         }
+    }
+
+    pub fn with_code(mut self, code: &'static str) -> Self {
+        self.code = Some(code);
+        self
     }
 }
 
@@ -140,6 +183,11 @@ pub trait StreamEncoder: Send {
     fn feed(&mut self, canonical: &[u8], out: &mut BytesMut);
     /// A keep-alive in the door's terms (an SSE comment, Anthropic's `ping`).
     fn keepalive(&self, out: &mut BytesMut);
+    /// After the last event: the answer as a document the server keeps (the Responses door's
+    /// `response` object), once.
+    fn document(&mut self) -> Option<Vec<u8>> {
+        None
+    }
 }
 
 /// A stream translator followed by a door's encoder: the dialect's stream in, the door's out.
@@ -181,6 +229,10 @@ impl StreamTranslator for EncodedStream {
 
     fn stats(&self) -> &StreamStats {
         self.inner.stats()
+    }
+
+    fn document(&mut self) -> Option<Vec<u8>> {
+        self.encoder.document()
     }
 }
 

@@ -13,13 +13,43 @@ use bytes::BytesMut;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
+use std::collections::HashMap;
+use std::sync::Arc;
+
 use super::{DecodeError, LeanChunk, StreamEncoder};
 use crate::openai::{
     ChatCompletion, ChatCompletionRequest, ChatMessage, FunctionCall, FunctionDef, StreamOptions,
     Tool, ToolCall,
 };
+use crate::reasoning::TurnState;
 use crate::sse::{encode_named, SseDecoder};
-use crate::usage::Usage;
+use crate::usage::{StreamStats, Usage};
+
+/// Marks `encrypted_content` sealed by a gateway (base64 never contains `:`); anything else is
+/// a provider's own (OpenAI's) and is only meaningful to that provider.
+pub const SEAL_PREFIX: &str = "igw1:";
+
+/// Authenticated encryption of reasoning state (the gateway's key; pure code only sees this).
+pub trait Sealer: Send + Sync {
+    /// `SEAL_PREFIX` followed by the sealed bytes.
+    fn seal(&self, plaintext: &[u8]) -> String;
+    /// The plaintext, or `None` when the text was not sealed with this key or was altered.
+    fn open(&self, sealed: &str) -> Option<Vec<u8>>;
+}
+
+/// A shared sealer (a newtype so the metadata can be `Debug`).
+#[derive(Clone)]
+pub struct SealerRef(pub Arc<dyn Sealer>);
+
+impl std::fmt::Debug for SealerRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Sealer")
+    }
+}
+
+/// Ids the gateway issues carry this marker (`resp_gw_...`, `msg_gw_...`): they mean nothing
+/// to an OpenAI Responses upstream and are removed from what is relayed to one.
+pub const ID_MARKER: &str = "_gw_";
 
 /// A `POST /v1/responses` body. Fields the gateway does not name are kept in `extra`.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -80,9 +110,9 @@ pub struct Decoded {
     pub previous_response_id: Option<String>,
     /// `include: ["reasoning.encrypted_content"]`: reasoning items carry sealed state.
     pub encrypted_reasoning: bool,
-    /// `encrypted_content` of the reasoning items in the input, in order, for the server to
-    /// unseal.
-    pub sealed_reasoning: Vec<String>,
+    /// Reasoning items of the input whose `encrypted_content` is a provider's own (OpenAI's):
+    /// they can only go back to that provider.
+    pub foreign_reasoning: usize,
 }
 
 /// The schema a `custom` tool gets as a function: one string argument.
@@ -100,8 +130,19 @@ fn local_shell_parameters() -> Value {
     }, "required": ["command"]})
 }
 
-/// Decodes a Responses request into the canonical Chat Completions request.
+/// Decodes a Responses request into the canonical Chat Completions request (no sealed
+/// reasoning accepted: see [`decode_request_with`]).
 pub fn decode_request(body: &[u8]) -> Result<Decoded, DecodeError> {
+    decode_request_with(body, None)
+}
+
+/// Decodes a Responses request; reasoning items sealed by `sealer` put their provider state
+/// (thinking blocks, signatures) back on their turn. A sealed item that does not open is
+/// refused: state cannot be forged or moved between gateways with different keys.
+pub fn decode_request_with(
+    body: &[u8],
+    sealer: Option<&dyn Sealer>,
+) -> Result<Decoded, DecodeError> {
     let req: ResponsesRequest = serde_json::from_slice(body)
         .map_err(|e| DecodeError::new(format!("Invalid Responses request: {e}"), None))?;
     if req.model.is_empty() {
@@ -119,7 +160,7 @@ pub fn decode_request(body: &[u8]) -> Result<Decoded, DecodeError> {
             ..Default::default()
         });
     }
-    let mut sealed_reasoning = Vec::new();
+    let mut state = Restored::default();
     match &req.input {
         None | Some(Value::Null) => {}
         Some(Value::String(s)) => messages.push(ChatMessage {
@@ -129,8 +170,9 @@ pub fn decode_request(body: &[u8]) -> Result<Decoded, DecodeError> {
         }),
         Some(Value::Array(items)) => {
             for (i, item) in items.iter().enumerate() {
-                decode_item(i, item, &mut messages, &mut sealed_reasoning, &mut dropped)?;
+                decode_item(i, item, &mut messages, &mut state, sealer, &mut dropped)?;
             }
+            state.apply_calls(&mut messages);
         }
         Some(_) => {
             return Err(DecodeError::new(
@@ -251,8 +293,101 @@ pub fn decode_request(body: &[u8]) -> Result<Decoded, DecodeError> {
         store: req.store.unwrap_or(true),
         previous_response_id: req.previous_response_id,
         encrypted_reasoning,
-        sealed_reasoning,
+        foreign_reasoning: state.foreign,
     })
+}
+
+/// Provider state unsealed from reasoning items, on its way back onto its turn.
+#[derive(Default)]
+struct Restored {
+    /// Thinking blocks of a reasoning item that came before its turn's assistant message.
+    pending_thinking: Option<Vec<Value>>,
+    /// `extra_content` (Gemini signatures) by tool-call id.
+    calls: HashMap<String, Value>,
+    foreign: usize,
+}
+
+impl Restored {
+    /// An assistant message starts: it takes the pending thinking blocks.
+    fn on_assistant(&mut self, m: &mut ChatMessage) {
+        if let Some(blocks) = self.pending_thinking.take() {
+            m.extra
+                .insert("thinking_blocks".into(), Value::Array(blocks));
+        }
+    }
+
+    /// A reasoning item's state: thinking blocks go on the current assistant turn when the
+    /// item follows it (a trailing state item), else on the next one.
+    fn add(&mut self, s: TurnState, messages: &mut [ChatMessage]) {
+        if !s.thinking_blocks.is_empty() {
+            match messages.last_mut() {
+                Some(m) if m.role == "assistant" && m.tool_call_id.is_none() => {
+                    if !m.extra.contains_key("thinking_blocks") {
+                        m.extra
+                            .insert("thinking_blocks".into(), Value::Array(s.thinking_blocks));
+                    }
+                }
+                _ => self.pending_thinking = Some(s.thinking_blocks),
+            }
+        }
+        for (id, extra) in s.calls {
+            if let Some(x) = extra {
+                self.calls.insert(id, x);
+            }
+        }
+    }
+
+    /// Signatures back on their tool calls (the client's own `extra_content` wins).
+    fn apply_calls(&mut self, messages: &mut [ChatMessage]) {
+        if self.calls.is_empty() {
+            return;
+        }
+        for m in messages.iter_mut().filter(|m| m.role == "assistant") {
+            for c in m.tool_calls.iter_mut().flatten() {
+                if let Some(x) = c.id.as_ref().and_then(|id| self.calls.remove(id)) {
+                    c.extra.entry("extra_content").or_insert(x);
+                }
+            }
+        }
+    }
+}
+
+/// The wire form of sealed state: a turn's thinking blocks and its calls' `extra_content`.
+fn state_json(s: &TurnState) -> Vec<u8> {
+    let calls: Map<String, Value> = s
+        .calls
+        .iter()
+        .filter_map(|(id, x)| Some((id.clone(), x.clone()?)))
+        .collect();
+    serde_json::to_vec(&json!({"thinking_blocks": s.thinking_blocks, "calls": calls}))
+        .expect("serializes")
+}
+
+fn state_from_json(b: &[u8]) -> Option<TurnState> {
+    let v: Value = serde_json::from_slice(b).ok()?;
+    let thinking_blocks = v
+        .get("thinking_blocks")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let calls = v
+        .get("calls")
+        .and_then(Value::as_object)
+        .map(|m| {
+            m.iter()
+                .map(|(k, x)| (k.clone(), Some(x.clone())))
+                .collect()
+        })
+        .unwrap_or_default();
+    Some(TurnState {
+        thinking_blocks,
+        calls,
+    })
+}
+
+/// Whether a turn has state a provider needs back.
+fn has_state(s: &TurnState) -> bool {
+    !s.thinking_blocks.is_empty() || s.calls.iter().any(|(_, x)| x.is_some())
 }
 
 fn item_type(v: &Value) -> &str {
@@ -274,15 +409,20 @@ fn content_text(v: Option<&Value>) -> String {
 
 /// An assistant message to put tool calls on: the last message if it is an assistant turn
 /// (calls of one turn are consecutive items), else a new one.
-fn assistant_for_calls(messages: &mut Vec<ChatMessage>) -> &mut ChatMessage {
+fn assistant_for_calls<'m>(
+    messages: &'m mut Vec<ChatMessage>,
+    state: &mut Restored,
+) -> &'m mut ChatMessage {
     let reuse = messages
         .last()
         .is_some_and(|m| m.role == "assistant" && m.tool_call_id.is_none());
     if !reuse {
-        messages.push(ChatMessage {
+        let mut m = ChatMessage {
             role: "assistant".into(),
             ..Default::default()
-        });
+        };
+        state.on_assistant(&mut m);
+        messages.push(m);
     }
     messages.last_mut().expect("pushed")
 }
@@ -291,7 +431,8 @@ fn decode_item(
     i: usize,
     item: &Value,
     messages: &mut Vec<ChatMessage>,
-    sealed: &mut Vec<String>,
+    state: &mut Restored,
+    sealer: Option<&dyn Sealer>,
     dropped: &mut Vec<String>,
 ) -> Result<(), DecodeError> {
     let field = |f: &str| {
@@ -309,11 +450,15 @@ fn decode_item(
                 "assistant" => Value::String(content_text(item.get("content"))),
                 _ => input_content(i, item.get("content"))?,
             };
-            messages.push(ChatMessage {
+            let mut m = ChatMessage {
                 role: role.to_string(),
                 content: Some(content),
                 ..Default::default()
-            });
+            };
+            if role == "assistant" {
+                state.on_assistant(&mut m);
+            }
+            messages.push(m);
         }
         "function_call" => {
             let call = ToolCall {
@@ -330,7 +475,7 @@ fn decode_item(
                 }),
                 ..Default::default()
             };
-            assistant_for_calls(messages)
+            assistant_for_calls(messages, state)
                 .tool_calls
                 .get_or_insert_with(Vec::new)
                 .push(call);
@@ -346,7 +491,7 @@ fn decode_item(
                 }),
                 ..Default::default()
             };
-            assistant_for_calls(messages)
+            assistant_for_calls(messages, state)
                 .tool_calls
                 .get_or_insert_with(Vec::new)
                 .push(call);
@@ -370,7 +515,7 @@ fn decode_item(
                 }),
                 ..Default::default()
             };
-            assistant_for_calls(messages)
+            assistant_for_calls(messages, state)
                 .tool_calls
                 .get_or_insert_with(Vec::new)
                 .push(call);
@@ -393,11 +538,22 @@ fn decode_item(
                 ..Default::default()
             });
         }
-        "reasoning" => {
-            if let Some(e) = item.get("encrypted_content").and_then(Value::as_str) {
-                sealed.push(e.to_string());
+        "reasoning" => match item.get("encrypted_content").and_then(Value::as_str) {
+            Some(e) if e.starts_with(SEAL_PREFIX) => {
+                let refused = || {
+                    DecodeError::new(
+                        format!("input[{i}]: the encrypted_content of this reasoning item was not issued by this gateway or was altered"),
+                        Some("input"),
+                    )
+                    .with_code("invalid_encrypted_content")
+                };
+                let plain = sealer.and_then(|s| s.open(e)).ok_or_else(refused)?;
+                let s = state_from_json(&plain).ok_or_else(refused)?;
+                state.add(s, messages);
             }
-        }
+            Some(_) => state.foreign += 1,
+            None => {}
+        },
         "item_reference" => {
             return Err(DecodeError::new(
                 format!("input[{i}]: item_reference needs a stored response; send the item itself"),
@@ -542,6 +698,41 @@ pub struct ResponseMeta {
     pub custom_tools: Vec<String>,
     pub previous_response_id: Option<String>,
     pub store: bool,
+    /// Seals the provider's reasoning state into reasoning items' `encrypted_content`.
+    pub sealer: Option<SealerRef>,
+    /// The client asked for `reasoning.encrypted_content`; otherwise sealed state is kept only
+    /// in the server's copy (see [`Encoded::document`]).
+    pub show_encrypted: bool,
+}
+
+impl ResponseMeta {
+    fn seal(&self, s: &TurnState) -> Option<String> {
+        let sealer = self.sealer.as_ref()?;
+        has_state(s).then(|| sealer.0.seal(&state_json(s)))
+    }
+
+    /// An item as the client sees it: sealed state only when asked for.
+    fn client_item(&self, item: &Value) -> Value {
+        let mut v = item.clone();
+        if !self.show_encrypted {
+            if let Value::Object(m) = &mut v {
+                m.remove("encrypted_content");
+            }
+        }
+        v
+    }
+
+    fn client_output(&self, output: &[Value]) -> Vec<Value> {
+        output.iter().map(|i| self.client_item(i)).collect()
+    }
+}
+
+/// A response object for the client, and the server's copy when it differs (sealed reasoning
+/// state the client did not ask to see).
+#[derive(Debug, Clone)]
+pub struct Encoded {
+    pub body: Vec<u8>,
+    pub document: Option<Vec<u8>>,
 }
 
 /// Canonical usage as Responses usage.
@@ -573,7 +764,7 @@ fn call_item(meta: &ResponseMeta, call_id: &str, name: &str, arguments: &str) ->
             .ok()
             .and_then(|v| v.get("input").and_then(Value::as_str).map(str::to_string))
             .unwrap_or_else(|| arguments.to_string());
-        return json!({"type": "custom_tool_call", "id": format!("ctc_{call_id}"), "call_id": call_id,
+        return json!({"type": "custom_tool_call", "id": format!("ctc_gw_{call_id}"), "call_id": call_id,
             "name": name, "input": input, "status": "completed"});
     }
     if name == "local_shell" {
@@ -581,10 +772,10 @@ fn call_item(meta: &ResponseMeta, call_id: &str, name: &str, arguments: &str) ->
         if let Value::Object(m) = &mut action {
             m.insert("type".into(), json!("exec"));
         }
-        return json!({"type": "local_shell_call", "id": format!("lsh_{call_id}"), "call_id": call_id,
+        return json!({"type": "local_shell_call", "id": format!("lsh_gw_{call_id}"), "call_id": call_id,
             "action": action, "status": "completed"});
     }
-    json!({"type": "function_call", "id": format!("fc_{call_id}"), "call_id": call_id,
+    json!({"type": "function_call", "id": format!("fc_gw_{call_id}"), "call_id": call_id,
         "name": name, "arguments": arguments, "status": "completed"})
 }
 
@@ -607,21 +798,45 @@ fn response_object(
 }
 
 /// Encodes a `chat.completion` as a `response` object.
-pub fn encode_response(chat: &[u8], meta: &ResponseMeta) -> Result<Vec<u8>, DecodeError> {
+pub fn encode_response(chat: &[u8], meta: &ResponseMeta) -> Result<Encoded, DecodeError> {
     let c: ChatCompletion = serde_json::from_slice(chat)
         .map_err(|e| DecodeError::new(format!("not a chat completion: {e}"), None))?;
     let mut output = Vec::new();
     let mut finish = None;
+    let mut sealed = false;
     if let Some(choice) = c.choices.into_iter().next() {
         let m = choice.message;
-        if let Some(r) = m
+        let state = TurnState {
+            thinking_blocks: m
+                .extra
+                .get("thinking_blocks")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default(),
+            calls: m
+                .tool_calls
+                .iter()
+                .flatten()
+                .filter_map(|c| Some((c.id.clone()?, c.extra.get("extra_content").cloned())))
+                .collect(),
+        };
+        let summary: Vec<Value> = m
             .extra
             .get("reasoning_content")
             .and_then(Value::as_str)
             .filter(|r| !r.is_empty())
-        {
-            output.push(json!({"type": "reasoning", "id": format!("rs_{}", meta.id),
-                "summary": [{"type": "summary_text", "text": r}]}));
+            .map(|r| json!({"type": "summary_text", "text": r}))
+            .into_iter()
+            .collect();
+        let encrypted = meta.seal(&state);
+        if !summary.is_empty() || encrypted.is_some() {
+            let mut item =
+                json!({"type": "reasoning", "id": format!("rs_{}", meta.id), "summary": summary});
+            if let Some(e) = encrypted {
+                item["encrypted_content"] = Value::String(e);
+                sealed = true;
+            }
+            output.push(item);
         }
         let text = content_text(m.content.as_ref());
         if !text.is_empty() {
@@ -640,16 +855,277 @@ pub fn encode_response(chat: &[u8], meta: &ResponseMeta) -> Result<Vec<u8>, Deco
         finish = choice.finish_reason;
     }
     let (status, incomplete) = status_of(finish.as_deref());
-    let v = response_object(
-        meta,
-        &c.model,
-        status,
-        incomplete,
-        output,
-        responses_usage(c.usage.as_ref()),
-        Value::Null,
-    );
-    Ok(serde_json::to_vec(&v).expect("serializes"))
+    let usage = responses_usage(c.usage.as_ref());
+    let object = |output: Vec<Value>| {
+        let v = response_object(
+            meta,
+            &c.model,
+            status,
+            incomplete.clone(),
+            output,
+            usage.clone(),
+            Value::Null,
+        );
+        serde_json::to_vec(&v).expect("serializes")
+    };
+    if sealed && !meta.show_encrypted {
+        let body = object(meta.client_output(&output));
+        return Ok(Encoded {
+            body,
+            document: Some(object(output)),
+        });
+    }
+    Ok(Encoded {
+        body: object(output),
+        document: None,
+    })
+}
+
+/// Removes what only this gateway understands from a request relayed to an OpenAI Responses
+/// upstream: reasoning items it sealed (another provider's state) or issued without a
+/// provider's own `encrypted_content`, and the ids it gave items (unknown to that upstream).
+pub fn strip_gateway_items(items: &mut Vec<Value>) {
+    items.retain(|item| {
+        if item_type(item) != "reasoning" {
+            return true;
+        }
+        let ours_sealed = item
+            .get("encrypted_content")
+            .and_then(Value::as_str)
+            .is_some_and(|e| e.starts_with(SEAL_PREFIX));
+        let ours_id = item
+            .get("id")
+            .and_then(Value::as_str)
+            .is_some_and(|i| i.contains(ID_MARKER));
+        !(ours_sealed || ours_id)
+    });
+    for item in items.iter_mut() {
+        if let Value::Object(m) = item {
+            if m.get("id")
+                .and_then(Value::as_str)
+                .is_some_and(|i| i.contains(ID_MARKER))
+            {
+                m.remove("id");
+            }
+        }
+    }
+}
+
+/// A Responses request rewritten for a relay to an OpenAI Responses upstream: the routed model,
+/// an alias's defaults (where the client set none) and system prefix (before `instructions`).
+/// Returns the body and whether it streams.
+pub fn relay_body(
+    body: &[u8],
+    model: &str,
+    defaults: &Map<String, Value>,
+    system_prefix: Option<&str>,
+) -> Result<(Vec<u8>, bool), DecodeError> {
+    let mut obj = crate::json_object::RawObject::parse(body)
+        .map_err(|e| DecodeError::new(format!("Invalid JSON: {e}"), None))?;
+    obj.set("model", model);
+    if let Ok(Some(Value::Array(mut items))) = obj.get_as::<Value>("input") {
+        let before = items.len();
+        let marked = obj
+            .get("input")
+            .is_some_and(|r| r.get().contains(ID_MARKER));
+        if marked
+            || obj
+                .get("input")
+                .is_some_and(|r| r.get().contains(SEAL_PREFIX))
+        {
+            strip_gateway_items(&mut items);
+            let _ = before;
+            obj.set("input", &items);
+        }
+    }
+    for (k, v) in defaults {
+        let key = match k.as_str() {
+            "max_tokens" | "max_completion_tokens" => "max_output_tokens",
+            k @ ("temperature" | "top_p" | "service_tier" | "metadata") => k,
+            _ => continue,
+        };
+        if !obj.contains(key) {
+            obj.set(key, v);
+        }
+    }
+    if let Some(prefix) = system_prefix {
+        let instructions = match obj.get_as::<String>("instructions") {
+            Ok(Some(i)) if !i.is_empty() => format!("{prefix}\n\n{i}"),
+            _ => prefix.to_string(),
+        };
+        obj.set("instructions", &instructions);
+    }
+    let stream = obj
+        .get_as::<bool>("stream")
+        .map_err(|_| DecodeError::new("stream: Input should be a valid boolean", Some("stream")))?
+        .unwrap_or(false);
+    Ok((obj.to_vec(), stream))
+}
+
+/// Usage of a Responses usage object in canonical terms.
+fn usage_of(u: &Value) -> Option<Usage> {
+    let n = |p: &str| u.pointer(p).and_then(Value::as_u64);
+    let input = n("/input_tokens")?;
+    let output = n("/output_tokens").unwrap_or(0);
+    let mut usage = Usage {
+        prompt_tokens: input,
+        completion_tokens: output,
+        total_tokens: n("/total_tokens").unwrap_or(input + output),
+        ..Default::default()
+    };
+    if let Some(c) = n("/input_tokens_details/cached_tokens") {
+        usage.prompt_tokens_details = Some(crate::usage::PromptTokensDetails {
+            cached_tokens: Some(c),
+            ..Default::default()
+        });
+    }
+    Some(usage)
+}
+
+/// Names of the tool calls among a response's output items.
+fn tool_calls_of(output: Option<&Value>) -> Vec<String> {
+    output
+        .and_then(Value::as_array)
+        .map(|items| {
+            items
+                .iter()
+                .filter(|i| {
+                    matches!(
+                        item_type(i),
+                        "function_call" | "custom_tool_call" | "local_shell_call"
+                    )
+                })
+                .map(|i| {
+                    i.get("name")
+                        .and_then(Value::as_str)
+                        .unwrap_or("local_shell")
+                        .to_string()
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Usage and tool-call names of a relayed `response` object.
+pub fn usage_of_response(body: &[u8]) -> (Option<Usage>, Vec<String>) {
+    let Ok(v) = serde_json::from_slice::<Value>(body) else {
+        return (None, Vec::new());
+    };
+    (
+        v.get("usage").and_then(usage_of),
+        tool_calls_of(v.get("output")),
+    )
+}
+
+/// Watches a relayed Responses stream (passed unchanged): usage, tool calls, and the final
+/// `response` object for the server's copy.
+pub struct RelayObserver {
+    decoder: SseDecoder,
+    usage: Option<Usage>,
+    stats: StreamStats,
+    document: Option<Vec<u8>>,
+    ended: bool,
+    seq: u64,
+}
+
+impl RelayObserver {
+    pub fn new(max_event_bytes: usize) -> Self {
+        RelayObserver {
+            decoder: SseDecoder::with_limit(max_event_bytes),
+            usage: None,
+            stats: StreamStats::default(),
+            document: None,
+            ended: false,
+            seq: 0,
+        }
+    }
+
+    fn observe(&mut self, data: &[u8]) {
+        #[derive(Deserialize)]
+        struct Ev<'a> {
+            #[serde(rename = "type", default, borrow)]
+            kind: std::borrow::Cow<'a, str>,
+            #[serde(default)]
+            sequence_number: Option<u64>,
+            #[serde(default, borrow)]
+            delta: Option<std::borrow::Cow<'a, str>>,
+            #[serde(default)]
+            item: Option<Value>,
+            #[serde(default)]
+            response: Option<Value>,
+        }
+        let Ok(ev) = serde_json::from_slice::<Ev<'_>>(data) else {
+            return;
+        };
+        if let Some(n) = ev.sequence_number {
+            self.seq = n + 1;
+        }
+        match ev.kind.as_ref() {
+            "response.output_text.delta"
+            | "response.reasoning_summary_text.delta"
+            | "response.function_call_arguments.delta" => {
+                self.stats.text_bytes += ev.delta.map_or(0, |d| d.len() as u64);
+            }
+            "response.output_item.added" => {
+                if let Some(item) = &ev.item {
+                    let names = tool_calls_of(Some(&Value::Array(vec![item.clone()])));
+                    self.stats.tool_calls.extend(names);
+                }
+            }
+            "response.completed" | "response.incomplete" | "response.failed" => {
+                self.ended = true;
+                if let Some(r) = ev.response {
+                    self.usage = r.get("usage").and_then(usage_of);
+                    self.document = serde_json::to_vec(&r).ok();
+                }
+            }
+            "error" => self.ended = true,
+            _ => {}
+        }
+    }
+}
+
+impl crate::dialects::StreamTranslator for RelayObserver {
+    fn feed(&mut self, chunk: &[u8], out: &mut BytesMut) -> Result<(), crate::sse::EventTooLarge> {
+        out.extend_from_slice(chunk);
+        self.decoder.push(chunk)?;
+        while let Some(ev) = self.decoder.next_event() {
+            if let Some(data) = ev.data {
+                self.observe(&data);
+            }
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self, end: crate::stream_relay::StreamEnd, out: &mut BytesMut) {
+        // A stream cut before its last event gets OpenAI's `error` event.
+        if self.ended {
+            return;
+        }
+        let (message, code) = match end {
+            crate::stream_relay::StreamEnd::Failed { message, code } => (message, code),
+            crate::stream_relay::StreamEnd::Clean => (
+                "the provider's stream ended before response.completed".to_string(),
+                "upstream_stream_error",
+            ),
+        };
+        let ev = json!({"type": "error", "code": code, "message": message,
+            "param": null, "sequence_number": self.seq});
+        encode_named("error", ev.to_string().as_bytes(), out);
+        self.ended = true;
+    }
+
+    fn usage(&self) -> Option<&Usage> {
+        self.usage.as_ref()
+    }
+
+    fn stats(&self) -> &StreamStats {
+        &self.stats
+    }
+
+    fn document(&mut self) -> Option<Vec<u8>> {
+        self.document.take()
+    }
 }
 
 /// The output item being streamed.
@@ -681,6 +1157,11 @@ pub struct ResponsesEncoder {
     output: Vec<Value>,
     finish: Option<String>,
     usage: Option<Usage>,
+    /// Provider state seen in the stream, sealed into a reasoning item.
+    thinking: Vec<Value>,
+    call_state: Vec<(String, Option<Value>)>,
+    /// The final response object (the server's copy).
+    document: Option<Vec<u8>>,
 }
 
 impl ResponsesEncoder {
@@ -696,6 +1177,9 @@ impl ResponsesEncoder {
             output: Vec::new(),
             finish: None,
             usage: None,
+            thinking: Vec::new(),
+            call_state: Vec::new(),
+            document: None,
         }
     }
 
@@ -706,16 +1190,80 @@ impl ResponsesEncoder {
         encode_named(name, v.to_string().as_bytes(), out);
     }
 
-    fn snapshot(&self, status: &str, incomplete: Value, usage: Value, error: Value) -> Value {
-        response_object(
+    /// The response as the client sees it, and (after the last event) the server's copy.
+    fn snapshot(&mut self, status: &str, incomplete: Value, usage: Value, error: Value) -> Value {
+        let last = status != "in_progress";
+        let client = response_object(
             &self.meta,
             &self.model,
             status,
-            incomplete,
-            self.output.clone(),
-            usage,
-            error,
-        )
+            incomplete.clone(),
+            self.meta.client_output(&self.output),
+            usage.clone(),
+            error.clone(),
+        );
+        if last {
+            let doc = response_object(
+                &self.meta,
+                &self.model,
+                status,
+                incomplete,
+                self.output.clone(),
+                usage,
+                error,
+            );
+            self.document = serde_json::to_vec(&doc).ok();
+        }
+        client
+    }
+
+    /// Sealed state for an item, when there is any (`calls`: with the calls' signatures).
+    fn take_sealed(&mut self, calls: bool) -> Option<String> {
+        let state = TurnState {
+            thinking_blocks: std::mem::take(&mut self.thinking),
+            calls: if calls {
+                std::mem::take(&mut self.call_state)
+            } else {
+                Vec::new()
+            },
+        };
+        let sealed = self.meta.seal(&state);
+        if sealed.is_none() {
+            // Nothing sealed (no sealer): what was taken is not needed again.
+            return None;
+        }
+        sealed
+    }
+
+    /// The provider state left at the end (Gemini signatures, thinking without a summary):
+    /// a reasoning item of its own after the turn's items.
+    fn trailing_state(&mut self, out: &mut BytesMut) {
+        if self.meta.sealer.is_none() || (self.thinking.is_empty() && self.call_state.is_empty()) {
+            return;
+        }
+        let Some(sealed) = self.take_sealed(true) else {
+            return;
+        };
+        let id = self.item_id("rs");
+        let index = self.output.len();
+        let item =
+            json!({"type": "reasoning", "id": id, "summary": [], "encrypted_content": sealed});
+        let shown = self.meta.client_item(&item);
+        let mut added = shown.clone();
+        if let Value::Object(m) = &mut added {
+            m.remove("encrypted_content");
+        }
+        self.event(
+            "response.output_item.added",
+            json!({"output_index": index, "item": added}),
+            out,
+        );
+        self.event(
+            "response.output_item.done",
+            json!({"output_index": index, "item": shown}),
+            out,
+        );
+        self.output.push(item);
     }
 
     fn start(&mut self, model: &str, out: &mut BytesMut) {
@@ -798,10 +1346,14 @@ impl ResponsesEncoder {
                     "summary_index": 0, "part": {"type": "summary_text", "text": text}}),
                     out,
                 );
-                let item = json!({"type": "reasoning", "id": id, "summary": [{"type": "summary_text", "text": text}]});
+                let mut item = json!({"type": "reasoning", "id": id, "summary": [{"type": "summary_text", "text": text}]});
+                if let Some(sealed) = self.take_sealed(false) {
+                    item["encrypted_content"] = Value::String(sealed);
+                }
+                let shown = self.meta.client_item(&item);
                 self.event(
                     "response.output_item.done",
-                    json!({"output_index": index, "item": item}),
+                    json!({"output_index": index, "item": shown}),
                     out,
                 );
                 self.output.push(item);
@@ -883,6 +1435,9 @@ impl ResponsesEncoder {
             return;
         };
         let d = choice.delta;
+        if let Some(blocks) = d.thinking_blocks {
+            self.thinking.extend(blocks);
+        }
         if let Some(r) = d.reasoning_content.as_deref().filter(|r| !r.is_empty()) {
             self.open_reasoning(out);
             let (id, index) = (self.item_id("rs"), self.output.len());
@@ -911,6 +1466,15 @@ impl ResponsesEncoder {
         }
         for call in d.tool_calls.unwrap_or_default() {
             let index = call.index.unwrap_or(0);
+            if let Some(x) = call.extra.get("extra_content") {
+                let id = call.id.clone().or_else(|| match &self.open {
+                    Some(Open::Call { call_id, .. }) => Some(call_id.clone()),
+                    _ => None,
+                });
+                if let Some(id) = id {
+                    self.call_state.push((id, Some(x.clone())));
+                }
+            }
             let f = call.function.unwrap_or_default();
             let same = matches!(&self.open, Some(Open::Call { index: i, .. }) if *i == index);
             if !same {
@@ -944,7 +1508,7 @@ impl ResponsesEncoder {
                 {
                     arguments.push_str(args);
                     if !self.meta.custom_tools.iter().any(|c| c == name) && name != "local_shell" {
-                        streamed = Some(format!("fc_{call_id}"));
+                        streamed = Some(format!("fc_gw_{call_id}"));
                     }
                 }
                 if let Some(id) = streamed {
@@ -971,6 +1535,7 @@ impl ResponsesEncoder {
         let model = self.model.clone();
         self.start(&model, out);
         self.close(out);
+        self.trailing_state(out);
         let (status, incomplete) = status_of(self.finish.as_deref());
         let usage = responses_usage(self.usage.as_ref());
         let r = self.snapshot(status, incomplete, usage, Value::Null);
@@ -1028,5 +1593,9 @@ impl StreamEncoder for ResponsesEncoder {
 
     fn keepalive(&self, out: &mut BytesMut) {
         out.extend_from_slice(b": keep-alive\n\n");
+    }
+
+    fn document(&mut self) -> Option<Vec<u8>> {
+        self.document.take()
     }
 }
