@@ -20,4 +20,5 @@ mod mcp;
 mod metrics;
 mod operations;
 mod resilience;
+mod responses;
 mod sdk;
