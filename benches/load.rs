@@ -197,6 +197,8 @@ fn spawn_gateway_with(
         .env("TELEMETRY_METRICS_PORT", free_port().to_string())
         .env("OPENAI_API_URL", format!("http://127.0.0.1:{upstream}/v1"))
         .env("OPENAI_API_KEY", "sk-bench")
+        // The Responses rows measure the translating door (the mock speaks chat completions).
+        .env("OPENAI_RESPONSES_API", "chat")
         .stdout(Stdio::null())
         .stderr(Stdio::null());
     for (k, v) in env {
@@ -234,56 +236,90 @@ struct Scenario {
     name: &'static str,
     body_bytes: usize,
     stream: bool,
-    /// Sent to `/v1/messages` (Anthropic's API, translated to the OpenAI mock) instead of
-    /// `/v1/chat/completions`. The mock and bare Pingora answer it the same as chat.
-    messages: bool,
+    /// The door: `/v1/chat/completions`, or `/v1/messages` / `/v1/responses` (translated to
+    /// the OpenAI mock's chat completions). The mock and bare Pingora answer them as chat.
+    door: Door,
 }
 
-const SCENARIOS: [Scenario; 5] = [
+#[derive(Clone, Copy, PartialEq)]
+enum Door {
+    Chat,
+    Messages,
+    Responses,
+}
+
+const SCENARIOS: [Scenario; 7] = [
     Scenario {
         name: "non-stream 1 KB",
         body_bytes: 1024,
         stream: false,
-        messages: false,
+        door: Door::Chat,
     },
     Scenario {
         name: "non-stream 100 KB",
         body_bytes: 100 * 1024,
         stream: false,
-        messages: false,
+        door: Door::Chat,
     },
     Scenario {
         name: "stream 200 chunks",
         body_bytes: 1024,
         stream: true,
-        messages: false,
+        door: Door::Chat,
     },
     Scenario {
         name: "messages 1 KB",
         body_bytes: 1024,
         stream: false,
-        messages: true,
+        door: Door::Messages,
     },
     Scenario {
         name: "messages stream 200",
         body_bytes: 1024,
         stream: true,
-        messages: true,
+        door: Door::Messages,
+    },
+    Scenario {
+        name: "responses 1 KB",
+        body_bytes: 1024,
+        stream: false,
+        door: Door::Responses,
+    },
+    Scenario {
+        name: "responses stream 200",
+        body_bytes: 1024,
+        stream: true,
+        door: Door::Responses,
     },
 ];
 
 fn request_bytes(s: Scenario) -> Vec<u8> {
     let overhead = 90;
     let filler = "w".repeat(s.body_bytes.saturating_sub(overhead));
-    let (path, max_tokens) = if s.messages {
-        ("/v1/messages", r#""max_tokens":256,"#)
-    } else {
-        ("/v1/chat/completions", "")
+    let (path, body) = match s.door {
+        Door::Chat => (
+            "/v1/chat/completions",
+            format!(
+                r#"{{"model":"openai/gpt-4o","messages":[{{"role":"user","content":"{filler}"}}],"stream":{}}}"#,
+                s.stream
+            ),
+        ),
+        Door::Messages => (
+            "/v1/messages",
+            format!(
+                r#"{{"model":"openai/gpt-4o","max_tokens":256,"messages":[{{"role":"user","content":"{filler}"}}],"stream":{}}}"#,
+                s.stream
+            ),
+        ),
+        // `store` left at its default (true): every answer is kept, as for a real client.
+        Door::Responses => (
+            "/v1/responses",
+            format!(
+                r#"{{"model":"openai/gpt-4o","input":"{filler}","stream":{}}}"#,
+                s.stream
+            ),
+        ),
     };
-    let body = format!(
-        r#"{{"model":"openai/gpt-4o",{max_tokens}"messages":[{{"role":"user","content":"{filler}"}}],"stream":{}}}"#,
-        s.stream
-    );
     let mut r = format!(
         "POST {path} HTTP/1.1\r\nhost: bench\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
         body.len()

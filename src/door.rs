@@ -114,6 +114,7 @@ fn decode_messages(
         headers,
         relay: true,
         hosted_tools: Vec::new(),
+        native_only: Vec::new(),
         previous_upstream: false,
         relay_thin: None,
     }));

@@ -20,6 +20,9 @@ use crate::config::Config;
 pub struct KvStore {
     memory: Mutex<Memory>,
     redis: Option<Arc<RedisKv>>,
+    /// Redis is the truth when it answers (a delete on one replica holds for all); memory is
+    /// the fallback while it does not. Otherwise memory is read first (a cache of Redis).
+    redis_first: bool,
     ttl: Duration,
     max_bytes: usize,
     max_entries: usize,
@@ -29,10 +32,32 @@ pub struct KvStore {
 
 #[derive(Default)]
 struct Memory {
-    entries: HashMap<String, (Instant, Arc<str>)>,
-    /// Insertion order, for eviction (oldest first).
-    order: VecDeque<String>,
+    /// Value, expiry and the generation of its last write.
+    entries: HashMap<String, (Instant, Arc<str>, u64)>,
+    /// Writes in order, for eviction (oldest first); a record whose generation is not the
+    /// entry's is stale (the key was written again or deleted) and skipped.
+    order: VecDeque<(String, u64)>,
     bytes: usize,
+    generation: u64,
+}
+
+impl Memory {
+    fn remove(&mut self, key: &str) -> Option<(Instant, Arc<str>, u64)> {
+        let e = self.entries.remove(key)?;
+        self.bytes -= key.len() + e.1.len();
+        Some(e)
+    }
+
+    /// Drops stale order records once they outnumber the entries (repeated writes of one key,
+    /// deletes): the queue stays proportional to what is stored.
+    fn compact(&mut self) {
+        if self.order.len() <= 2 * self.entries.len() + 1024 {
+            return;
+        }
+        let entries = &self.entries;
+        self.order
+            .retain(|(k, g)| entries.get(k).is_some_and(|e| e.2 == *g));
+    }
 }
 
 struct RedisKv {
@@ -51,6 +76,8 @@ pub struct Bounds {
     pub max_bytes: usize,
     pub max_entries: usize,
     pub max_value: usize,
+    /// See `KvStore::redis_first`.
+    pub redis_first: bool,
 }
 
 impl KvStore {
@@ -67,6 +94,7 @@ impl KvStore {
                     down_until: Mutex::new(None),
                 })
             }),
+            redis_first: b.redis_first,
             ttl: b.ttl,
             max_bytes: b.max_bytes,
             max_entries: b.max_entries,
@@ -100,29 +128,42 @@ impl KvStore {
             let mut m = self.memory.lock().unwrap_or_else(|e| e.into_inner());
             for (key, text) in items {
                 if text.len() > self.max_value {
+                    log::warn!(
+                        "state store: a value of {} bytes is over the per-value bound ({}); not kept",
+                        text.len(),
+                        self.max_value
+                    );
                     continue;
                 }
+                m.generation += 1;
+                let g = m.generation;
+                m.remove(&key);
                 m.bytes += key.len() + text.len();
-                if let Some((_, old)) = m.entries.insert(key.clone(), (expires, text.clone())) {
-                    m.bytes -= key.len() + old.len();
-                } else {
-                    m.order.push_back(key.clone());
-                }
+                m.entries.insert(key.clone(), (expires, text.clone(), g));
+                m.order.push_back((key.clone(), g));
                 batch.push((key, text));
             }
-            // Oldest first, past the bounds or the TTL.
-            while m.bytes > self.max_bytes
-                || m.entries.len() > self.max_entries
-                || m.order
-                    .front()
-                    .and_then(|k| m.entries.get(k))
-                    .is_some_and(|(exp, _)| *exp <= now)
-            {
-                let Some(k) = m.order.pop_front() else { break };
-                if let Some((_, v)) = m.entries.remove(&k) {
-                    m.bytes -= k.len() + v.len();
+            // Oldest first, past the bounds or the TTL; stale records on the way are dropped.
+            loop {
+                let Some((k, g)) = m.order.front().cloned() else {
+                    break;
+                };
+                let live = m.entries.get(&k).filter(|e| e.2 == g).map(|e| e.0);
+                let evict = match live {
+                    None => true,
+                    Some(exp) => {
+                        exp <= now || m.bytes > self.max_bytes || m.entries.len() > self.max_entries
+                    }
+                };
+                if !evict {
+                    break;
+                }
+                m.order.pop_front();
+                if live.is_some() {
+                    m.remove(&k);
                 }
             }
+            m.compact();
         }
         let r = self.redis.clone()?;
         if batch.is_empty() {
@@ -142,16 +183,28 @@ impl KvStore {
         if !self.enabled() || keys.is_empty() {
             return found;
         }
+        if let (Some(r), true) = (&self.redis, self.redis_first) {
+            let wanted: Vec<&str> = keys.iter().map(String::as_str).collect();
+            match r.get(&wanted).await {
+                Ok(values) => return values.into_iter().map(|v| v.map(Arc::from)).collect(),
+                Err(e) => {
+                    log::warn!("state store: Redis read failed, using this replica's copy: {e}")
+                }
+            }
+        }
         let now = Instant::now();
         let mut missing = Vec::new();
         {
             let m = self.memory.lock().unwrap_or_else(|e| e.into_inner());
             for (i, k) in keys.iter().enumerate() {
                 match m.entries.get(k) {
-                    Some((exp, v)) if *exp > now => found[i] = Some(v.clone()),
+                    Some((exp, v, _)) if *exp > now => found[i] = Some(v.clone()),
                     _ => missing.push(i),
                 }
             }
+        }
+        if self.redis_first {
+            return found;
         }
         if let (Some(r), false) = (&self.redis, missing.is_empty()) {
             let wanted: Vec<&str> = missing.iter().map(|i| keys[*i].as_str()).collect();
@@ -171,14 +224,10 @@ impl KvStore {
     pub async fn delete(&self, key: &str) -> bool {
         let mut found = {
             let mut m = self.memory.lock().unwrap_or_else(|e| e.into_inner());
-            match m.entries.remove(key) {
-                Some((exp, v)) => {
-                    m.bytes -= key.len() + v.len();
-                    m.order.retain(|k| k != key);
-                    exp > Instant::now()
-                }
-                None => false,
-            }
+            // Its order record goes stale and is skipped later (no scan under the lock).
+            let gone = m.remove(key).is_some_and(|e| e.0 > Instant::now());
+            m.compact();
+            gone
         };
         if let Some(r) = &self.redis {
             match r.delete(key).await {
@@ -192,7 +241,11 @@ impl KvStore {
     #[cfg(test)]
     pub(crate) fn memory_bytes(&self) -> (usize, usize) {
         let m = self.memory.lock().unwrap();
-        let sum = m.entries.iter().map(|(k, (_, t))| k.len() + t.len()).sum();
+        let sum = m
+            .entries
+            .iter()
+            .map(|(k, (_, t, _))| k.len() + t.len())
+            .sum();
         (m.bytes, sum)
     }
 }
@@ -270,5 +323,57 @@ impl RedisKv {
                 .map_err(|e| e.to_string())
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store(max_bytes: usize, max_entries: usize) -> KvStore {
+        KvStore::new(
+            &Config::default(),
+            "t",
+            Bounds {
+                ttl: Duration::from_secs(60),
+                max_bytes,
+                max_entries,
+                max_value: 1 << 20,
+                redis_first: false,
+            },
+        )
+    }
+
+    fn put(s: &KvStore, k: &str, v: &str) {
+        assert!(
+            s.put(vec![(k.into(), Arc::from(v))]).is_none(),
+            "no Redis here"
+        );
+    }
+
+    #[tokio::test]
+    async fn rewrites_move_to_the_back_and_deletes_leave_no_scan() {
+        let s = store(1 << 20, 2);
+        put(&s, "a", "1");
+        put(&s, "b", "2");
+        put(&s, "a", "3"); // a is now the newest
+        put(&s, "c", "4"); // evicts b, the oldest write
+        let got = s.get(&["a".into(), "b".into(), "c".into()]).await;
+        assert_eq!(got[0].as_deref(), Some("3"));
+        assert!(got[1].is_none());
+        assert!(s.delete("c").await);
+        assert!(!s.delete("c").await);
+        let (counted, real) = s.memory_bytes();
+        assert_eq!(counted, real);
+        // Many rewrites of one key keep the order queue bounded.
+        for i in 0..10_000 {
+            put(&s, "a", &i.to_string());
+        }
+        let m = s.memory.lock().unwrap();
+        assert!(
+            m.order.len() <= 2 * m.entries.len() + 1024,
+            "{}",
+            m.order.len()
+        );
     }
 }

@@ -206,6 +206,9 @@ pub fn build_server(cfg: Config, launch: Launch) -> Result<(Server, String), Str
     if cfg.auth.oidc_issuer.is_some() && cfg.auth.tiers.is_empty() {
         warn!("OIDC without auth.tiers: every token the issuer signs for this audience has no limits (raw /proxy stays refused to them)");
     }
+    if cfg.limits.redis_url.is_some() && cfg.responses.encryption_key.is_none() {
+        warn!("REDIS_URL without responses.encryption_key (RESPONSES_ENCRYPTION_KEY): reasoning items sealed by this replica for store:false clients cannot be opened by another replica or after a restart (stored responses are not affected)");
+    }
     let open = cfg.keys.is_empty() && !cfg.auth.enable && cfg.auth.oidc_issuer.is_none();
     if open && !matches!(cfg.server.host.as_str(), "127.0.0.1" | "::1" | "localhost") {
         warn!("listening on {} without client authentication: anyone who can reach this port can use the configured provider keys", cfg.server.host);

@@ -102,6 +102,10 @@ pub async fn handle(gw: &Gateway, session: &mut Session, ctx: &mut RequestCtx) {
             }
         }
     }
+    let include = match Include::parse(session.req_header().uri.query()) {
+        Ok(i) => i,
+        Err(e) => return respond::error(session, ctx, &e).await,
+    };
     let wanted = session.req_header().uri.query().and_then(|q| {
         q.split('&')
             .find_map(|kv| kv.strip_prefix("provider="))
@@ -157,7 +161,13 @@ pub async fn handle(gw: &Gateway, session: &mut Session, ctx: &mut RequestCtx) {
                 created: now,
                 owned_by: provider.to_string(),
                 served_by: provider.to_string(),
+                ..Default::default()
             });
+        }
+    }
+    if include.any() {
+        for m in &mut data {
+            include.describe(gw, m);
         }
     }
     let list = ModelList {
@@ -166,6 +176,99 @@ pub async fn handle(gw: &Gateway, session: &mut Session, ctx: &mut RequestCtx) {
     };
     let body = Bytes::from(serde_json::to_vec(&list).expect("model list serializes"));
     let _ = respond::json(session, ctx, 200, body).await;
+}
+
+/// `?include=context_window,pricing,modalities` (comma-separated or repeated): what the Go
+/// gateway's SDK asks for, from the model table.
+#[derive(Default)]
+struct Include {
+    context_window: bool,
+    pricing: bool,
+    modalities: bool,
+}
+
+/// When the built-in model table's prices were last checked (`pricing.updated_at`).
+const MODEL_TABLE_CHECKED: &str = "2026-12-01T00:00:00Z";
+
+impl Include {
+    fn parse(query: Option<&str>) -> Result<Include, ApiError> {
+        let mut inc = Include::default();
+        let lists = query
+            .unwrap_or("")
+            .split('&')
+            .filter_map(|kv| kv.strip_prefix("include="))
+            .map(|v| percent_encoding::percent_decode_str(v).decode_utf8_lossy());
+        for list in lists {
+            for v in list.split(',').map(str::trim).filter(|v| !v.is_empty()) {
+                match v {
+                    "context_window" => inc.context_window = true,
+                    "pricing" => inc.pricing = true,
+                    "modalities" => inc.modalities = true,
+                    other => {
+                        return Err(ApiError::of(
+                            Code::InvalidValue,
+                            format!("Unsupported include value: {other:?}. Supported values: pricing, context_window, modalities"),
+                        )
+                        .param("include"))
+                    }
+                }
+            }
+        }
+        Ok(inc)
+    }
+
+    fn any(&self) -> bool {
+        self.context_window || self.pricing || self.modalities
+    }
+
+    /// Adds what was asked for (`null` where the model table has nothing).
+    fn describe(&self, gw: &Gateway, m: &mut Model) {
+        use filters::openai::{per_token, ContextWindow, Modalities, Pricing};
+        let entry = gw.router.route(&m.id, None).ok().and_then(|r| {
+            gw.cfg
+                .model_table
+                .find(&r.provider.name, &r.upstream_model)
+                .cloned()
+        });
+        let e = entry.as_ref();
+        if self.context_window {
+            m.context_window = Some(
+                e.and_then(|e| e.context_window)
+                    .map(|tokens| ContextWindow {
+                        tokens,
+                        source: "provider".into(),
+                    }),
+            );
+        }
+        if self.pricing {
+            m.pricing = Some(e.and_then(|e| {
+                Some(Pricing {
+                    currency: "USD".into(),
+                    input_per_token: per_token(e.input?),
+                    output_per_token: per_token(e.output?),
+                    cache_read_per_token: e.cached_input.map(per_token),
+                    cache_write_per_token: e.cache_write_5m.map(per_token),
+                    source: "provider".into(),
+                    updated_at: MODEL_TABLE_CHECKED.into(),
+                    subscription: false,
+                })
+            }));
+        }
+        if self.modalities {
+            m.modalities = Some(e.filter(|e| !e.modalities.is_empty()).map(|e| {
+                Modalities {
+                    // The Go gateway's values; a PDF is read as text and images.
+                    input: e
+                        .modalities
+                        .iter()
+                        .filter(|k| matches!(k.as_str(), "text" | "image" | "audio" | "video"))
+                        .cloned()
+                        .collect(),
+                    output: vec!["text".into()],
+                }
+            }));
+        }
+    }
 }
 
 fn unix_now() -> u64 {

@@ -35,6 +35,7 @@ impl Vault {
                     max_bytes: cfg.reasoning.vault_max_bytes,
                     max_entries: usize::MAX,
                     max_value: MAX_ENTRY_BYTES,
+                    redis_first: false,
                 },
             ),
         }
@@ -97,6 +98,7 @@ mod tests {
                 max_bytes,
                 max_entries: usize::MAX,
                 max_value: MAX_ENTRY_BYTES,
+                redis_first: false,
             },
         );
         v

@@ -176,6 +176,71 @@ pub struct Model {
     pub owned_by: String,
     /// Which gateway provider serves this id (an extension the Go gateway introduced).
     pub served_by: String,
+    /// `?include=context_window`: from the model table (`null` when it has no entry).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context_window: Option<Option<ContextWindow>>,
+    /// `?include=pricing`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pricing: Option<Option<Pricing>>,
+    /// `?include=modalities`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub modalities: Option<Option<Modalities>>,
+}
+
+/// The Go gateway's `ContextWindow` (its SDK parses these names).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ContextWindow {
+    pub tokens: u64,
+    /// `runtime`, `provider` or `community`.
+    pub source: String,
+}
+
+/// The Go gateway's `Pricing`: decimal strings, in `currency` per single token.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Pricing {
+    pub currency: String,
+    pub input_per_token: String,
+    pub output_per_token: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_read_per_token: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_write_per_token: Option<String>,
+    /// `provider` or `community`.
+    pub source: String,
+    /// RFC 3339.
+    pub updated_at: String,
+    #[serde(default)]
+    pub subscription: bool,
+}
+
+/// The Go gateway's `ModelModalities`: `text`, `image`, `audio`, `video`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Modalities {
+    pub input: Vec<String>,
+    pub output: Vec<String>,
+}
+
+/// USD per million tokens as the per-token decimal string the Go gateway's SDK reads
+/// (`2.5` -> `"0.0000025"`): the decimal point moved six places on the number's shortest
+/// exact text, so no binary rounding shows.
+pub fn per_token(per_million: f64) -> String {
+    let s = format!("{per_million}");
+    let (int, frac) = s.split_once('.').unwrap_or((&s, ""));
+    let digits = format!("{int}{frac}");
+    // The value is digits * 10^-(frac.len() + 6).
+    let scale = frac.len() + 6;
+    let digits = digits.trim_start_matches('0');
+    if digits.is_empty() {
+        return "0".into();
+    }
+    let out = if digits.len() > scale {
+        let (a, b) = digits.split_at(digits.len() - scale);
+        format!("{a}.{b}")
+    } else {
+        format!("0.{}{digits}", "0".repeat(scale - digits.len()))
+    };
+    let out = out.trim_end_matches('0');
+    out.trim_end_matches('.').to_string()
 }
 
 /// OpenAI's error envelope `{"error":{"message","type","param","code"}}`. The official SDKs map
@@ -271,5 +336,18 @@ mod tests {
             String::from_utf8(e.to_bytes()).unwrap(),
             r#"{"error":{"message":"m","type":"invalid_request_error","param":"model","code":null}}"#
         );
+    }
+}
+
+#[cfg(test)]
+mod per_token_tests {
+    #[test]
+    fn per_million_to_per_token() {
+        assert_eq!(super::per_token(2.5), "0.0000025");
+        assert_eq!(super::per_token(10.0), "0.00001");
+        assert_eq!(super::per_token(0.075), "0.000000075");
+        assert_eq!(super::per_token(15.0), "0.000015");
+        assert_eq!(super::per_token(1500000.0), "1.5");
+        assert_eq!(super::per_token(0.0), "0");
     }
 }

@@ -453,7 +453,7 @@ fn responses_requests_through_every_dialect() {
             .map(|d| {
                 let info = json!({"dropped": d.dropped, "hosted_tools": d.hosted_tools,
                     "custom_tools": d.custom_tools, "store": d.store,
-                    "encrypted_reasoning": d.encrypted_reasoning, "foreign_reasoning": d.foreign_reasoning});
+                    "encrypted_reasoning": d.encrypted_reasoning, "foreign_reasoning": d.foreign_reasoning, "native_only": d.native_only});
                 (d.chat, info)
             })
             .map_err(|e| json!({"error": e.message, "param": e.param}))

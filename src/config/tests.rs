@@ -392,3 +392,43 @@ fn stream_usage_defaults_and_env_without_configuring() {
     let cfg = load("", &[("MISTRAL_STREAM_USAGE", "true")]).unwrap();
     assert_eq!(cfg.providers["mistral"].stream_usage, Some(true));
 }
+
+#[test]
+fn responses_settings_and_the_responses_api_switch() {
+    let cfg = load("", &[]).unwrap();
+    assert_eq!(cfg.responses.max_entries, 10_000);
+    assert_eq!(
+        cfg.responses.ttl.get(),
+        std::time::Duration::from_secs(86_400)
+    );
+    assert_eq!(
+        cfg.providers["openai"].responses_api.as_deref(),
+        Some("native")
+    );
+    assert_eq!(cfg.providers["groq"].responses_api.as_deref(), Some("chat"));
+    let cfg = load(
+        "[responses]\nmax_entries = 5\nttl = \"1h\"\n[providers.vllm]\nurl = \"http://h/v1\"\nresponses_api = \"native\"\n",
+        &[("GROQ_RESPONSES_API", "native"), ("RESPONSES_MAX_BYTES", "1024")],
+    )
+    .unwrap();
+    assert_eq!(cfg.responses.max_entries, 5);
+    assert_eq!(cfg.responses.max_bytes, 1024);
+    assert_eq!(
+        cfg.providers["vllm"].responses_api.as_deref(),
+        Some("native")
+    );
+    assert_eq!(
+        cfg.providers["groq"].responses_api.as_deref(),
+        Some("native")
+    );
+    let e = load("", &[("OPENAI_RESPONSES_API", "yes")]).unwrap_err();
+    assert!(e.0.contains("OPENAI_RESPONSES_API"), "{e:?}");
+    let key = "ab".repeat(32);
+    assert!(load("", &[("RESPONSES_ENCRYPTION_KEY", key.as_str())]).is_ok());
+    let e = load("", &[("RESPONSES_ENCRYPTION_KEY", "short")]).unwrap_err();
+    assert!(e.0.contains("RESPONSES_ENCRYPTION_KEY"), "{e:?}");
+    assert!(
+        !format!("{e:?}").contains("short"),
+        "the key is never printed"
+    );
+}

@@ -200,7 +200,7 @@ impl<'g> Exchange<'g, '_> {
         let reserve = reserve_for(
             self.gw,
             route,
-            self.ctx.bytes_in,
+            self.ctx.prompt_bytes.unwrap_or(self.ctx.bytes_in),
             self.ctx.caller.completion_reserve,
         );
         // The concurrency lease is named by the gateway, never by the client's X-Request-Id (a

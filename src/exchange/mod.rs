@@ -65,6 +65,8 @@ pub struct OriginalRequest {
     pub relay: bool,
     /// Hosted tools (web search, ...): only a provider serving the door's API runs them.
     pub hosted_tools: Vec<String>,
+    /// Input only a provider serving the door's API reads (file ids, item references).
+    pub native_only: Vec<String>,
     /// `previous_response_id` the gateway does not hold: only a Responses upstream may.
     pub previous_upstream: bool,
     /// The request as the client sent it, for a relay to the provider (by name) that holds

@@ -47,6 +47,13 @@ pub(super) fn plan_call(
             )
             .param("tools"));
         }
+        if let Some(what) = o.native_only.first() {
+            return Err(ApiError::of(
+                Code::InvalidRequest,
+                format!("{what}; provider {} cannot read it", provider.name),
+            )
+            .param("input"));
+        }
         if o.previous_upstream {
             return Err(ApiError::of(
                 Code::ResponseNotFound,

@@ -319,7 +319,7 @@ impl<'g> Exchange<'g, '_> {
             // The stream ended (disconnect, failure, or a provider without stream usage) before any
             // usage report: record an estimate rather than nothing (see README "Metrics").
             self.ctx.answer.estimated_usage = Some((
-                usage::estimate_tokens(self.ctx.bytes_in),
+                usage::estimate_tokens(self.ctx.prompt_bytes.unwrap_or(self.ctx.bytes_in)),
                 stats.estimated_completion_tokens(),
             ));
         }

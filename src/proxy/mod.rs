@@ -98,6 +98,9 @@ pub struct RequestCtx {
     /// Model as the client named it.
     pub model: Option<String>,
     pub bytes_in: usize,
+    /// The prompt's size when the door added to what the client sent (a stored conversation
+    /// expanded from `previous_response_id`): what limits and estimates count.
+    pub prompt_bytes: Option<usize>,
     /// Time spent waiting for MCP tool calls (the tool loop).
     pub tool_wait: std::time::Duration,
     /// Model calls made by the MCP tool loop (0: the loop did not run).
@@ -263,6 +266,7 @@ impl ProxyHttp for Gateway {
             responses: None,
             model: None,
             bytes_in: 0,
+            prompt_bytes: None,
             tool_wait: std::time::Duration::ZERO,
             mcp_rounds: 0,
             client_messages: None,
@@ -546,7 +550,7 @@ impl ProxyHttp for Gateway {
             {
                 // Answered without a usage report: charge the byte estimate, not nothing.
                 ctx.answer.estimated_usage = Some((
-                    (ctx.bytes_in as u64).div_ceil(4),
+                    (ctx.prompt_bytes.unwrap_or(ctx.bytes_in) as u64).div_ceil(4),
                     (ctx.answer.bytes_out as u64).div_ceil(4),
                 ));
             }

@@ -207,6 +207,9 @@ async fn stored_responses_belong_to_their_key_and_are_shared_through_redis() {
     let up = MockUpstream::start(model::anthropic_model).await;
     let mut env = provider_env(&[("anthropic", up.url("/v1"))]);
     env.push(("REDIS_URL", redis.url()));
+    // Only the store can carry the thinking the tool turn needs back; the two gateways have
+    // different (random) sealing keys.
+    env.push(("REASONING_VAULT_MAX_BYTES", "0".into()));
     let toml = keys_toml(&[("a", KEY), ("b", "sk-responses-b")]);
     let gw1 = InProcessGateway::start(&env, Some(&toml));
     let gw2 = InProcessGateway::start(&env, Some(&toml));
@@ -216,7 +219,7 @@ async fn stored_responses_belong_to_their_key_and_are_shared_through_redis() {
         &gw1,
         KEY,
         &json!({"model": "anthropic/claude-sonnet-4-5", "input": "client", "tools": tools,
-            "instructions": "Be brief."}),
+            "instructions": "Be brief.", "reasoning": {"effort": "high"}}),
     )
     .await;
     assert_eq!(r.status, 200, "{}", r.text());
@@ -235,6 +238,7 @@ async fn stored_responses_belong_to_their_key_and_are_shared_through_redis() {
         &gw2,
         KEY,
         &json!({"model": "anthropic/claude-sonnet-4-5", "previous_response_id": id, "tools": tools,
+            "reasoning": {"effort": "high"},
             "input": [{"type": "function_call_output", "call_id": call["call_id"], "output": "sunny"}]}),
     )
     .await;
@@ -242,10 +246,27 @@ async fn stored_responses_belong_to_their_key_and_are_shared_through_redis() {
     let second = r.json();
     assert_eq!(second["output"][0]["content"][0]["text"], "result: sunny");
     assert_eq!(second["previous_response_id"], json!(id));
-    // The upstream got the whole conversation; instructions are not inherited (as OpenAI).
+    // The upstream got the whole conversation, the tool turn with its signed thinking (kept
+    // by gateway 1, sealed again by gateway 2); instructions are not inherited (as OpenAI's).
     let sent = up.last().json();
     assert!(sent.get("system").is_none(), "{sent}");
     assert_eq!(sent["messages"].as_array().unwrap().len(), 3, "{sent}");
+    assert_eq!(sent["thinking"]["type"], "enabled", "{sent}");
+    assert_eq!(
+        sent["messages"][1]["content"][0]["signature"], "sig_0",
+        "{sent}"
+    );
+    // What a client is shown never carries the store's opened state.
+    let r = get(&gw2, KEY, &format!("/v1/responses/{id}"), "GET").await;
+    assert!(!r.text().contains("gateway_state"), "{}", r.text());
+    let r = get(
+        &gw2,
+        KEY,
+        &format!("/v1/responses/{id}?include[]=reasoning.encrypted_content"),
+        "GET",
+    )
+    .await;
+    assert!(r.text().contains("igw1:"), "{}", r.text());
     // The other key: every route answers 404 as for an unknown id.
     let other = "sk-responses-b";
     for (method, path) in [
@@ -266,7 +287,14 @@ async fn stored_responses_belong_to_their_key_and_are_shared_through_redis() {
     // The owner sees it from either gateway; input items page by page.
     let r = get(&gw2, KEY, &format!("/v1/responses/{id}"), "GET").await;
     assert_eq!(r.status, 200, "{}", r.text());
-    assert_eq!(r.json()["output"], first["output"]);
+    let strip = |v: &Value| {
+        let mut v = v["output"].clone();
+        for i in v.as_array_mut().unwrap() {
+            i.as_object_mut().unwrap().remove("encrypted_content");
+        }
+        v
+    };
+    assert_eq!(strip(&r.json()), strip(&first));
     let sid = second["id"].as_str().unwrap();
     let three = json!({"model": "anthropic/claude-sonnet-4-5", "previous_response_id": sid,
         "input": [{"role": "user", "content": "one"}, {"role": "user", "content": "two"},
@@ -306,11 +334,11 @@ async fn stored_responses_belong_to_their_key_and_are_shared_through_redis() {
     );
     let r = get(&gw2, KEY, &page("?limit=0"), "GET").await;
     assert_eq!(r.status, 400, "{}", r.text());
-    // Deleted on one gateway: gone on the other.
-    let r = get(&gw1, KEY, &format!("/v1/responses/{id}"), "DELETE").await;
+    // Deleted on one gateway: gone on the other, the one that wrote it included.
+    let r = get(&gw2, KEY, &format!("/v1/responses/{id}"), "DELETE").await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["deleted"], true);
-    let r = get(&gw2, KEY, &format!("/v1/responses/{id}"), "GET").await;
+    let r = get(&gw1, KEY, &format!("/v1/responses/{id}"), "GET").await;
     assert_openai_error(&r, 404, "response_not_found", "response_id");
 }
 
@@ -325,7 +353,7 @@ async fn hosted_tools_and_upstream_ids_go_only_to_a_responses_upstream() {
             ("openai", openai.url("/v1")),
             ("anthropic", anthropic.url("/v1")),
         ]),
-        Some(&keys_toml(&[("a", KEY)])),
+        Some(&keys_toml(&[("a", KEY), ("b", "sk-responses-b")])),
     );
     let hosted = |model: &str| {
         json!({"model": model, "input": "plain",
@@ -391,6 +419,36 @@ async fn hosted_tools_and_upstream_ids_go_only_to_a_responses_upstream() {
         .map(|m| m["role"].as_str().unwrap())
         .collect();
     assert_eq!(roles, ["user", "assistant", "user"], "{sent}");
+    // That mirror is key a's: key b is never forwarded to the upstream for it.
+    let before = openai.count();
+    for (method, path) in [
+        ("GET", format!("/v1/responses/{id}")),
+        ("DELETE", format!("/v1/responses/{id}")),
+    ] {
+        let r = get(&gw, "sk-responses-b", &path, method).await;
+        assert_openai_error(&r, 404, "response_not_found", "response_id");
+    }
+    let r = post(
+        &gw,
+        "sk-responses-b",
+        &json!({"model": "openai/gpt-test", "previous_response_id": id, "input": "mine now"}),
+    )
+    .await;
+    assert_openai_error(&r, 404, "response_not_found", "previous_response_id");
+    assert_eq!(openai.count(), before);
+    // Ids are `[A-Za-z0-9_-]`: anything else is unknown (and never forwarded).
+    let r = get(&gw, KEY, "/v1/responses/a%7Cb", "GET").await;
+    assert_openai_error(&r, 404, "response_not_found", "response_id");
+    assert_eq!(openai.count(), before);
+    // A file id is read only by the Responses upstream: relayed there, refused elsewhere.
+    let file = |model: &str| {
+        json!({"model": model, "input": [{"role": "user", "content": [
+            {"type": "input_text", "text": "plain"}, {"type": "input_image", "file_id": "file-abc"}]}]})
+    };
+    let r = post(&gw, KEY, &file("openai/gpt-test")).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = post(&gw, KEY, &file("anthropic/claude-sonnet-4-5")).await;
+    assert_openai_error(&r, 400, "invalid_request", "input");
 }
 
 /// The MCP loop serves Responses requests, its rounds streamed as Responses events.
@@ -441,4 +499,70 @@ async fn the_mcp_loop_runs_on_the_responses_door() {
         let g = get(&gw, KEY, &format!("/v1/responses/{id}"), "GET").await;
         assert_eq!(g.status, 200, "{}", g.text());
     }
+}
+
+/// `GET /v1/models?include=...` with the field names and units of the Go gateway's SDK
+/// (`inference_gateway/models.py`: `context_window.tokens`, `pricing.input_per_token` as a
+/// decimal string per token, `modalities.input` / `output` of text|image|audio|video).
+#[tokio::test(flavor = "multi_thread")]
+async fn models_include_context_window_pricing_and_modalities() {
+    let up = MockUpstream::start(|_| {
+        json_response(
+            200,
+            r#"{"object":"list","data":[{"id":"gpt-4o","object":"model","created":1,"owned_by":"openai"},{"id":"unlisted-x","object":"model","created":1,"owned_by":"openai"}]}"#,
+        )
+    })
+    .await;
+    let gw = InProcessGateway::start(&provider_env(&[("openai", up.url("/v1"))]), None);
+    let r = raw_request(gw.addr, "GET", "/v1/models", &[], b"").await;
+    let plain = r.json();
+    assert!(
+        plain["data"][0].get("pricing").is_none(),
+        "only when asked: {plain}"
+    );
+    let r = raw_request(
+        gw.addr,
+        "GET",
+        "/v1/models?include=context_window,pricing,modalities",
+        &[],
+        b"",
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    let model = |id: &str| {
+        v["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["id"] == id)
+            .cloned()
+            .unwrap_or_else(|| panic!("{id} in {v}"))
+    };
+    let m = model("openai/gpt-4o");
+    assert_eq!(
+        m["context_window"],
+        json!({"tokens": 128000, "source": "provider"})
+    );
+    let p = &m["pricing"];
+    assert_eq!(p["currency"], "USD");
+    assert_eq!(p["input_per_token"], "0.0000025");
+    assert_eq!(p["output_per_token"], "0.00001");
+    assert_eq!(p["cache_read_per_token"], "0.00000125");
+    assert_eq!(p["source"], "provider");
+    assert!(p["updated_at"].as_str().unwrap().ends_with('Z'));
+    assert_eq!(p["subscription"], false);
+    assert_eq!(
+        m["modalities"],
+        json!({"input": ["text", "image"], "output": ["text"]})
+    );
+    // A model the table does not know: the fields are there, null.
+    let u = model("openai/unlisted-x");
+    assert!(u["pricing"].is_null() && u["context_window"].is_null() && u["modalities"].is_null());
+    // One at a time, and an unknown value is a 400 naming the parameter.
+    let r = raw_request(gw.addr, "GET", "/v1/models?include=pricing", &[], b"").await;
+    assert!(r.json()["data"][0].get("modalities").is_none());
+    let r = raw_request(gw.addr, "GET", "/v1/models?include=price", &[], b"").await;
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert_eq!(r.json()["error"]["param"], "include");
 }

@@ -76,6 +76,7 @@ pub fn parse_models(provider: &str, body: &[u8], now: u64) -> Result<Vec<Model>,
                     .unwrap_or(now),
                 owned_by: e.owned_by.unwrap_or_else(|| provider.to_string()),
                 served_by: provider.to_string(),
+                ..Default::default()
             })
         })
         .collect())

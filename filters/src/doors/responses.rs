@@ -10,7 +10,7 @@
 //! module only reads and writes their wire form.
 
 use bytes::BytesMut;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
 use std::collections::HashMap;
@@ -52,43 +52,43 @@ impl std::fmt::Debug for SealerRef {
 pub const ID_MARKER: &str = "_gw_";
 
 /// A `POST /v1/responses` body. Fields the gateway does not name are kept in `extra`.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 pub struct ResponsesRequest {
     #[serde(default)]
     pub model: String,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub input: Option<Value>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub instructions: Option<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tools: Option<Vec<Value>>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tool_choice: Option<Value>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub text: Option<Value>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reasoning: Option<Value>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_output_tokens: Option<u64>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub temperature: Option<f64>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub top_p: Option<f64>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parallel_tool_calls: Option<bool>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stream: Option<bool>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub store: Option<bool>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous_response_id: Option<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub include: Option<Vec<String>>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service_tier: Option<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metadata: Option<Value>,
     #[serde(flatten)]
     pub extra: Map<String, Value>,
@@ -113,6 +113,9 @@ pub struct Decoded {
     /// Reasoning items of the input whose `encrypted_content` is a provider's own (OpenAI's):
     /// they can only go back to that provider.
     pub foreign_reasoning: usize,
+    /// Input only an OpenAI Responses upstream can read (file ids, item references, content
+    /// types chat has no part for), one message each: relayed there, refused elsewhere.
+    pub native_only: Vec<String>,
 }
 
 /// The schema a `custom` tool gets as a function: one string argument.
@@ -143,8 +146,21 @@ pub fn decode_request_with(
     body: &[u8],
     sealer: Option<&dyn Sealer>,
 ) -> Result<Decoded, DecodeError> {
-    let req: ResponsesRequest = serde_json::from_slice(body)
-        .map_err(|e| DecodeError::new(format!("Invalid Responses request: {e}"), None))?;
+    let req = parse_request(body)?;
+    decode_parsed(req, sealer)
+}
+
+/// A Responses request's typed form (fields it does not name kept in `extra`).
+pub fn parse_request(body: &[u8]) -> Result<ResponsesRequest, DecodeError> {
+    serde_json::from_slice(body)
+        .map_err(|e| DecodeError::new(format!("Invalid Responses request: {e}"), None))
+}
+
+/// [`decode_request_with`] on a parsed request (the server parses once, to read state fields).
+pub fn decode_parsed(
+    req: ResponsesRequest,
+    sealer: Option<&dyn Sealer>,
+) -> Result<Decoded, DecodeError> {
     if req.model.is_empty() {
         return Err(DecodeError::new(
             "Missing required parameter: 'model'.",
@@ -294,6 +310,7 @@ pub fn decode_request_with(
         previous_response_id: req.previous_response_id,
         encrypted_reasoning,
         foreign_reasoning: state.foreign,
+        native_only: state.native_only,
     })
 }
 
@@ -305,6 +322,8 @@ struct Restored {
     /// `extra_content` (Gemini signatures) by tool-call id.
     calls: HashMap<String, Value>,
     foreign: usize,
+    /// Input only a Responses upstream can read (see [`Decoded::native_only`]).
+    native_only: Vec<String>,
 }
 
 impl Restored {
@@ -448,7 +467,7 @@ fn decode_item(
             let role = field("role")?;
             let content = match role {
                 "assistant" => Value::String(content_text(item.get("content"))),
-                _ => input_content(i, item.get("content"))?,
+                _ => input_content(i, item.get("content"), &mut state.native_only)?,
             };
             let mut m = ChatMessage {
                 role: role.to_string(),
@@ -554,12 +573,9 @@ fn decode_item(
             Some(_) => state.foreign += 1,
             None => {}
         },
-        "item_reference" => {
-            return Err(DecodeError::new(
-                format!("input[{i}]: item_reference needs a stored response; send the item itself"),
-                Some("input"),
-            ))
-        }
+        "item_reference" => state.native_only.push(format!(
+            "input[{i}]: item_reference needs the provider's own stored items (an OpenAI Responses provider); send the item itself"
+        )),
         other => {
             let name = format!("input.{other}");
             if !dropped.contains(&name) {
@@ -571,7 +587,13 @@ fn decode_item(
 }
 
 /// A user, system or developer message's content: text, images and files as chat parts.
-fn input_content(i: usize, content: Option<&Value>) -> Result<Value, DecodeError> {
+/// Parts only a Responses upstream can read (file ids, file URLs) are reported in
+/// `native_only` and left out of the canonical request.
+fn input_content(
+    i: usize,
+    content: Option<&Value>,
+    native_only: &mut Vec<String>,
+) -> Result<Value, DecodeError> {
     let parts = match content {
         Some(Value::String(s)) => return Ok(Value::String(s.clone())),
         Some(Value::Array(parts)) => parts,
@@ -585,12 +607,12 @@ fn input_content(i: usize, content: Option<&Value>) -> Result<Value, DecodeError
                 "text": p.get("text").and_then(Value::as_str).unwrap_or(""),
             })),
             "input_image" => {
-                let url = p.get("image_url").and_then(Value::as_str).ok_or_else(|| {
-                    DecodeError::new(
-                        format!("input[{i}]: input_image needs image_url (file ids need OpenAI's file store)"),
-                        Some("input"),
-                    )
-                })?;
+                let Some(url) = p.get("image_url").and_then(Value::as_str) else {
+                    native_only.push(format!(
+                        "input[{i}]: an input_image without image_url (a file id) needs OpenAI's file store"
+                    ));
+                    continue;
+                };
                 let mut image = json!({"url": url});
                 if let Some(d) = p.get("detail") {
                     image["detail"] = d.clone();
@@ -598,24 +620,21 @@ fn input_content(i: usize, content: Option<&Value>) -> Result<Value, DecodeError
                 out.push(json!({"type": "image_url", "image_url": image}));
             }
             "input_file" => {
-                let data = p.get("file_data").and_then(Value::as_str).ok_or_else(|| {
-                    DecodeError::new(
-                        format!("input[{i}]: input_file needs file_data (file ids and URLs need OpenAI's file store)"),
-                        Some("input"),
-                    )
-                })?;
+                let Some(data) = p.get("file_data").and_then(Value::as_str) else {
+                    native_only.push(format!(
+                        "input[{i}]: an input_file without file_data (a file id or URL) needs OpenAI's file store"
+                    ));
+                    continue;
+                };
                 let mut file = json!({"file_data": data});
                 if let Some(f) = p.get("filename") {
                     file["filename"] = f.clone();
                 }
                 out.push(json!({"type": "file", "file": file}));
             }
-            other => {
-                return Err(DecodeError::new(
-                    format!("input[{i}]: content type {other:?} is not supported"),
-                    Some("input"),
-                ))
-            }
+            other => native_only.push(format!(
+                "input[{i}]: content type {other:?} is only read by an OpenAI Responses provider"
+            )),
         }
     }
     Ok(Value::Array(out))
@@ -1144,6 +1163,15 @@ enum Open {
     },
 }
 
+/// Which delta event.
+#[derive(Clone, Copy)]
+enum Delta<'a> {
+    Text,
+    Reasoning,
+    /// A function call's arguments, with its item id.
+    Arguments(&'a str),
+}
+
 /// Encodes a canonical chunk stream as the Responses event sequence.
 pub struct ResponsesEncoder {
     meta: ResponseMeta,
@@ -1426,6 +1454,49 @@ impl ResponsesEncoder {
         }
     }
 
+    /// A delta event, written straight into `out` (the per-token path builds no JSON tree),
+    /// its keys in the order the other events have them (sorted).
+    fn delta(&mut self, kind: Delta<'_>, delta: &str, out: &mut BytesMut) {
+        use bytes::BufMut;
+        use std::fmt::Write as _;
+        let index = self.output.len();
+        let name = match kind {
+            Delta::Text => "response.output_text.delta",
+            Delta::Reasoning => "response.reasoning_summary_text.delta",
+            Delta::Arguments(_) => "response.function_call_arguments.delta",
+        };
+        out.reserve(160 + delta.len());
+        let _ = write!(out, "event: {name}\ndata: {{");
+        if let Delta::Text = kind {
+            out.extend_from_slice(b"\"content_index\":0,");
+        }
+        out.extend_from_slice(b"\"delta\":");
+        let _ = serde_json::to_writer(out.writer(), delta);
+        out.extend_from_slice(b",\"item_id\":");
+        match kind {
+            // The gateway's own ids: ASCII letters, digits and `_`.
+            Delta::Text => {
+                let _ = write!(out, "\"msg_{}_{index}\"", self.meta.id);
+            }
+            Delta::Reasoning => {
+                let _ = write!(out, "\"rs_{}_{index}\"", self.meta.id);
+            }
+            Delta::Arguments(id) => {
+                let _ = serde_json::to_writer(out.writer(), id);
+            }
+        }
+        let _ = write!(
+            out,
+            ",\"output_index\":{index},\"sequence_number\":{}",
+            self.seq
+        );
+        self.seq += 1;
+        if let Delta::Reasoning = kind {
+            out.extend_from_slice(b",\"summary_index\":0");
+        }
+        let _ = write!(out, ",\"type\":\"{name}\"}}\n\n");
+    }
+
     fn chunk(&mut self, c: LeanChunk<'_>, out: &mut BytesMut) {
         self.start(&c.model, out);
         if let Some(u) = c.usage {
@@ -1440,29 +1511,17 @@ impl ResponsesEncoder {
         }
         if let Some(r) = d.reasoning_content.as_deref().filter(|r| !r.is_empty()) {
             self.open_reasoning(out);
-            let (id, index) = (self.item_id("rs"), self.output.len());
             if let Some(Open::Reasoning { text }) = &mut self.open {
                 text.push_str(r);
             }
-            self.event(
-                "response.reasoning_summary_text.delta",
-                json!({"item_id": id,
-                "output_index": index, "summary_index": 0, "delta": r}),
-                out,
-            );
+            self.delta(Delta::Reasoning, r, out);
         }
         if let Some(t) = d.content.as_deref().filter(|t| !t.is_empty()) {
             self.open_message(out);
-            let (id, index) = (self.item_id("msg"), self.output.len());
             if let Some(Open::Message { text }) = &mut self.open {
                 text.push_str(t);
             }
-            self.event(
-                "response.output_text.delta",
-                json!({"item_id": id, "output_index": index,
-                "content_index": 0, "delta": t}),
-                out,
-            );
+            self.delta(Delta::Text, t, out);
         }
         for call in d.tool_calls.unwrap_or_default() {
             let index = call.index.unwrap_or(0);
@@ -1497,7 +1556,6 @@ impl ResponsesEncoder {
                 });
             }
             if let Some(args) = f.arguments.as_deref().filter(|a| !a.is_empty()) {
-                let output_index = self.output.len();
                 let mut streamed = None;
                 if let Some(Open::Call {
                     arguments,
@@ -1512,12 +1570,7 @@ impl ResponsesEncoder {
                     }
                 }
                 if let Some(id) = streamed {
-                    self.event(
-                        "response.function_call_arguments.delta",
-                        json!({"item_id": id,
-                        "output_index": output_index, "delta": args}),
-                        out,
-                    );
+                    self.delta(Delta::Arguments(&id), args, out);
                 }
             }
         }
