@@ -144,10 +144,7 @@ impl KvStore {
                 batch.push((key, text));
             }
             // Oldest first, past the bounds or the TTL; stale records on the way are dropped.
-            loop {
-                let Some((k, g)) = m.order.front().cloned() else {
-                    break;
-                };
+            while let Some((k, g)) = m.order.front().cloned() {
                 let live = m.entries.get(&k).filter(|e| e.2 == g).map(|e| e.0);
                 let evict = match live {
                     None => true,

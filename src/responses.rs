@@ -285,7 +285,7 @@ pub async fn decode(gw: &Gateway, ctx: &mut RequestCtx, raw: Bytes) -> Result<In
         Some(id) => previous(gw, &scope, id, &raw).await?,
         None => Previous::default(),
     };
-    let expanded = if prev.history.is_empty() && !previous_id.is_some() {
+    let expanded = if prev.history.is_empty() && previous_id.is_none() {
         raw
     } else {
         if !prev.history.is_empty() {

@@ -1255,12 +1255,8 @@ impl ResponsesEncoder {
                 Vec::new()
             },
         };
-        let sealed = self.meta.seal(&state);
-        if sealed.is_none() {
-            // Nothing sealed (no sealer): what was taken is not needed again.
-            return None;
-        }
-        sealed
+        // Nothing sealed (no sealer or no state): what was taken is not needed again.
+        self.meta.seal(&state)
     }
 
     /// The provider state left at the end (Gemini signatures, thinking without a summary):
