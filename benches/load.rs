@@ -10,7 +10,8 @@
 //!   process's peak RSS. Ratios against the bare proxy and the mock are printed, and the results
 //!   are written as JSON to `target/bench/` for comparison across commits.
 //!
-//! Settings: BENCH_CONCURRENCY (32), BENCH_SECONDS (5), BENCH_GATEWAY_THREADS (1).
+//! Settings: BENCH_CONCURRENCY (32), BENCH_SECONDS (5), BENCH_GATEWAY_THREADS (1),
+//! BENCH_SCENARIOS (comma-separated parts of scenario names, e.g. `responses`; default all).
 //!
 //! Other modes (`BENCH_MODE`):
 //! - `auth`: the cost of keys and limits (open, key, key + limits in memory, in Redis);
@@ -495,7 +496,10 @@ fn drive() {
         "scenario", "target", "RPS", "p50 us", "p99 us", "TTFT p50", "TTFT p99", "errors", "RSS MB"
     );
     let mut results = Vec::new();
-    for scenario in SCENARIOS {
+    // BENCH_SCENARIOS: comma-separated parts of scenario names to run (default: all).
+    let only = std::env::var("BENCH_SCENARIOS").unwrap_or_default();
+    let wanted = |name: &str| only.is_empty() || only.split(',').any(|p| name.contains(p.trim()));
+    for scenario in SCENARIOS.into_iter().filter(|s| wanted(s.name)) {
         let mut rps_of = std::collections::HashMap::new();
         for t in targets {
             let (mut st, secs) = rt.block_on(load(t.port, scenario, concurrency, seconds));
