@@ -492,8 +492,18 @@ async fn serve_inner(
     let scope = scope(ctx).to_string();
     // An upstream's id is asked of the upstream only for its owner (or when nobody here owns
     // it: created before the gateway, or by another client).
+    let allowed = |p: &crate::providers::Provider| {
+        ctx.caller
+            .principal
+            .as_ref()
+            .is_none_or(|c| c.may_use_provider(&p.name))
+    };
     let upstream = match native_provider(gw) {
-        Some(p) if !id.contains(ID_MARKER) && !gw.responses.owned_by_another(&scope, id).await => {
+        Some(p)
+            if !id.contains(ID_MARKER)
+                && allowed(&p)
+                && !gw.responses.owned_by_another(&scope, id).await =>
+        {
             Some(p)
         }
         _ => None,

@@ -35,6 +35,15 @@ pub struct Principal {
 
 impl Principal {
     /// Whether `requested` (as the client named it), routed to `route`, is allowed.
+    /// Whether any model of `provider` is allowed (what may be asked of the provider beyond
+    /// a model call, such as a stored response by id).
+    pub fn may_use_provider(&self, provider: &str) -> bool {
+        let m = &self.limits.models;
+        m.is_empty()
+            || m.iter()
+                .any(|allowed| allowed.split_once('/').is_some_and(|(p, _)| p == provider))
+    }
+
     pub fn allows(&self, requested: &str, route: &Route<'_>) -> bool {
         let m = &self.limits.models;
         if m.is_empty() {

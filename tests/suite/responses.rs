@@ -353,7 +353,11 @@ async fn hosted_tools_and_upstream_ids_go_only_to_a_responses_upstream() {
             ("openai", openai.url("/v1")),
             ("anthropic", anthropic.url("/v1")),
         ]),
-        Some(&keys_toml(&[("a", KEY), ("b", "sk-responses-b")])),
+        Some(&format!(
+            "{}\n[[keys]]\nname = \"c\"\nhash = \"{}\"\nmodels = [\"anthropic/*\"]\n",
+            keys_toml(&[("a", KEY), ("b", "sk-responses-b")]),
+            key_hash("sk-responses-c")
+        )),
     );
     let hosted = |model: &str| {
         json!({"model": model, "input": "plain",
@@ -372,10 +376,21 @@ async fn hosted_tools_and_upstream_ids_go_only_to_a_responses_upstream() {
     assert_eq!(sent.path, "/v1/responses");
     assert_eq!(sent.json()["tools"][0]["type"], "web_search_preview");
     assert_eq!(sent.json()["model"], "gpt-test");
-    // An id the gateway never issued: the upstream's to answer.
+    // An id the gateway never issued: the upstream's to answer...
     let r = get(&gw, KEY, "/v1/responses/resp_upstream_known", "GET").await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["id"], "resp_upstream_known");
+    // ... for a key that may use that provider at all.
+    let before = openai.count();
+    let r = get(
+        &gw,
+        "sk-responses-c",
+        "/v1/responses/resp_upstream_known",
+        "GET",
+    )
+    .await;
+    assert_openai_error(&r, 404, "response_not_found", "response_id");
+    assert_eq!(openai.count(), before);
     let r = post(
         &gw,
         KEY,
