@@ -4,7 +4,8 @@
 #   test:  python3 + the official `openai` and `anthropic` SDKs (compatibility tests), promtool (Debian package
 #          `prometheus`) to validate the metrics exposition, systemd-analyze (package `systemd`)
 #          to verify the unit file, redis-server (shared limits across replicas), openssl
-#          (RSA keys for the OIDC tests)
+#          (RSA keys for the OIDC tests), the PostgreSQL server (the store's tests start a
+#          cluster of their own on a free port, run as the `postgres` user)
 # Usage: scripts/deps.sh build|test
 set -euo pipefail
 what="${1:-build}"
@@ -23,6 +24,7 @@ if [ "$what" = "test" ]; then
   command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
   command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
   command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+  ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
 fi
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "deps: installing ${missing[*]}"
@@ -43,4 +45,7 @@ if [ "$what" = "test" ]; then
       || python3 -m pip install -q --disable-pip-version-check --break-system-packages "anthropic>=0.40"
   fi
   python3 -c "import anthropic; print('deps: anthropic SDK', anthropic.__version__)"
+  # PostgreSQL refuses to run as root: the tests run it as this user.
+  id postgres >/dev/null 2>&1 || $sudo_cmd useradd --system --no-create-home --shell /usr/sbin/nologin postgres
+  ls -d /usr/lib/postgresql/*/bin | tail -1 | sed 's/^/deps: postgresql /'
 fi

@@ -47,6 +47,16 @@ pub enum Code {
     McpNotExposed,
     /// 404: unknown path.
     NotFound,
+    /// The admin API without (or with a wrong) admin key.
+    InvalidAdminKey,
+    /// The control plane's store is not configured or not reachable.
+    StoreUnavailable,
+    /// An object of the configuration file changed through the admin API.
+    ReadOnly,
+    /// A name already taken.
+    AlreadyExists,
+    /// An admin request's field is unknown or has the wrong type or value.
+    InvalidField,
     /// A stored response that does not exist for this caller (unknown, expired, deleted, or
     /// another key's).
     ResponseNotFound,
@@ -105,7 +115,9 @@ impl Code {
             | InvalidBody
             | UnsupportedTool
             | InvalidEncryptedContent => 400,
-            MissingApiKey | InvalidApiKey | ExpiredApiKey | InvalidToken => 401,
+            MissingApiKey | InvalidApiKey | ExpiredApiKey | InvalidToken | InvalidAdminKey => 401,
+            ReadOnly | AlreadyExists => 409,
+            InvalidField => 422,
             ModelNotAllowed | ModelNotPriced | ProxyNotAllowed | McpNotExposed => 403,
             NotFound | UnknownProxyProvider | ResponseNotFound => 404,
             MethodNotAllowed => 405,
@@ -119,7 +131,9 @@ impl Code {
             | UpstreamResponseTooLarge
             | UpstreamInvalidOutput
             | UpstreamIdleTimeout => 502,
-            Overloaded | NoHealthyBackend | LimitsUnavailable | ServerBusy => 503,
+            Overloaded | NoHealthyBackend | LimitsUnavailable | ServerBusy | StoreUnavailable => {
+                503
+            }
             UpstreamTimeout | Deadline => 504,
         }
     }
@@ -148,6 +162,11 @@ impl Code {
             ProxyNotAllowed => "proxy_not_allowed",
             McpNotExposed => "mcp_not_exposed",
             NotFound => "not_found",
+            InvalidAdminKey => "invalid_admin_key",
+            StoreUnavailable => "store_unavailable",
+            ReadOnly => "read_only",
+            AlreadyExists => "already_exists",
+            InvalidField => "invalid_field",
             ResponseNotFound => "response_not_found",
             UnsupportedTool => "unsupported_tool",
             InvalidEncryptedContent => "invalid_encrypted_content",

@@ -4,8 +4,10 @@
 //! and benchmarks can build a gateway in their own process ([`testing::InProcessGateway`]).
 
 pub mod access_log;
+pub mod admin;
 pub mod auth;
 pub mod config;
+pub mod control;
 pub mod daemon_ready;
 pub mod door;
 pub mod drain;
@@ -24,6 +26,7 @@ pub mod resolver;
 pub mod responses;
 pub mod routing;
 pub mod seal;
+pub mod store;
 pub mod testing;
 pub mod upstream;
 pub mod vault;
@@ -158,7 +161,46 @@ pub fn build_server(cfg: Config, launch: Launch) -> Result<(Server, String), Str
             metrics: metrics.clone(),
         },
     ));
-    let gateway = Gateway::new(cfg.clone(), providers.clone(), metrics, mcp, pools.clone());
+    // The control plane's store: migrated and read before serving (a short-lived runtime does
+    // the start-up work; serving connections are made by the runtimes that use them).
+    let control = match cfg.store.database_url.as_ref() {
+        Some(url) => {
+            // On a thread of its own: the caller may be inside a runtime (tests start gateways
+            // in process from async code).
+            let start = std::thread::scope(|s| {
+                s.spawn(|| {
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .map_err(|e| e.to_string())?;
+                    rt.block_on(control::Start::open(url.expose()))
+                })
+                .join()
+                .map_err(|_| "store start-up failed".to_string())?
+            })?;
+            info!(
+                "store: {} ({} stored keys)",
+                store::redacted(url.expose()),
+                start.keys.len()
+            );
+            Some(start)
+        }
+        None => None,
+    };
+    let gateway = Gateway::new(
+        cfg.clone(),
+        providers.clone(),
+        metrics,
+        mcp,
+        pools.clone(),
+        control,
+    );
+    if let Some(cp) = &gateway.control {
+        server.add_service(background_service(
+            "control-sync",
+            control::SyncService(cp.clone()),
+        ));
+    }
     let mut proxy =
         pingora::proxy::http_proxy_service_with_name(&server.configuration, gateway, "gateway");
     let addr = cfg.listen_addr();

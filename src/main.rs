@@ -37,6 +37,29 @@ enum Command {
         #[arg(long)]
         stdin: bool,
     },
+    /// Apply the store's schema migrations (`DATABASE_URL`) and exit; the server also applies
+    /// them at start.
+    Migrate,
+}
+
+/// Runs `work` on the store named by the configuration (for `-t` and `migrate`).
+fn with_store(
+    cfg: &Config,
+    work: impl AsyncFnOnce(&inference_gateway::store::Store) -> Result<(), String>,
+) -> Result<(), String> {
+    let Some(url) = cfg.store.database_url.as_ref() else {
+        return Ok(());
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    rt.block_on(async {
+        let store = inference_gateway::store::Store::connect_lazy(url.expose())?;
+        let r = work(&store).await;
+        store.close().await;
+        r
+    })
 }
 
 fn main() -> ExitCode {
@@ -78,8 +101,34 @@ fn main() -> ExitCode {
         eprintln!("inference-gateway: {e}");
         return ExitCode::from(2);
     }
+    if let Some(url) = cfg.store.database_url.as_ref() {
+        if cli.daemon && inference_gateway::store::Store::relative_sqlite(url.expose()) {
+            eprintln!("inference-gateway: DATABASE_URL: a daemon needs an absolute SQLite path (sqlite:///var/lib/...), the working directory changes");
+            return ExitCode::from(2);
+        }
+    }
+    if let Some(Command::Migrate) = &cli.command {
+        if cfg.store.database_url.is_none() {
+            eprintln!("inference-gateway: migrate: no store configured (set DATABASE_URL)");
+            return ExitCode::from(2);
+        }
+        return match with_store(&cfg, async |s| s.migrate().await) {
+            Ok(()) => {
+                println!("store migrated");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("inference-gateway: {e}");
+                ExitCode::from(2)
+            }
+        };
+    }
     if cli.test {
         if let Err(e) = prepare(&cfg) {
+            eprintln!("inference-gateway: {e}");
+            return ExitCode::from(2);
+        }
+        if let Err(e) = with_store(&cfg, async |s| s.check_writable().await) {
             eprintln!("inference-gateway: {e}");
             return ExitCode::from(2);
         }

@@ -71,12 +71,40 @@ struct KeyEntry {
     limits: Arc<LimitsSpec>,
 }
 
+/// Keys by the first 8 bytes of their digest; the whole digest is compared in constant time.
+type KeyTable = HashMap<[u8; 8], Vec<KeyEntry>>;
+
 pub struct Auth {
-    /// Credentials are required (keys configured, or `auth.enable`).
-    pub required: bool,
-    /// By the first 8 bytes of the digest; the whole digest is compared in constant time.
-    keys: HashMap<[u8; 8], Vec<KeyEntry>>,
+    /// Credentials are required (keys configured, `auth.enable`, an issuer).
+    configured_required: bool,
+    /// Keys from the configuration file.
+    keys: KeyTable,
+    /// Keys issued through the admin API: the control plane's snapshot, swapped whole when the
+    /// store changes (a read lock held for one lookup; never the store itself).
+    store_keys: std::sync::RwLock<Arc<KeyTable>>,
+    /// The store has issued keys (revoked ones count: revoking the last key must not open the
+    /// gateway): callers must authenticate, as with keys in the file.
+    store_has_keys: std::sync::atomic::AtomicBool,
     pub oidc: Option<Arc<oidc::Oidc>>,
+}
+
+fn digest_of(hash: &str) -> [u8; 32] {
+    let hexd = hash.trim_start_matches("sha256:").to_ascii_lowercase();
+    let mut digest = [0u8; 32];
+    for (i, d) in digest.iter_mut().enumerate() {
+        // Validated where it was written: 64 hex digits.
+        *d = hexd
+            .get(2 * i..2 * i + 2)
+            .and_then(|h| u8::from_str_radix(h, 16).ok())
+            .unwrap_or(0);
+    }
+    digest
+}
+
+fn insert(table: &mut KeyTable, e: KeyEntry) {
+    let mut prefix = [0u8; 8];
+    prefix.copy_from_slice(&e.digest[..8]);
+    table.entry(prefix).or_default().push(e);
 }
 
 /// SHA-256 of a key, as `sha256:<hex>` (what `[[keys]].hash` holds).
@@ -100,35 +128,74 @@ pub fn new_key() -> String {
 
 impl Auth {
     pub fn from_config(cfg: &Config) -> Auth {
-        let mut keys: HashMap<[u8; 8], Vec<KeyEntry>> = HashMap::new();
+        let mut keys = KeyTable::new();
         for k in &cfg.keys {
-            let hexd = k.hash.trim_start_matches("sha256:").to_ascii_lowercase();
-            let mut digest = [0u8; 32];
-            for (i, d) in digest.iter_mut().enumerate() {
-                // Validated at load: 64 hex digits.
-                *d = u8::from_str_radix(&hexd[2 * i..2 * i + 2], 16).unwrap_or(0);
-            }
             let expires = k
                 .expires
                 .as_deref()
                 .and_then(|e| humantime::parse_rfc3339_weak(e).ok());
-            let mut prefix = [0u8; 8];
-            prefix.copy_from_slice(&digest[..8]);
-            keys.entry(prefix).or_default().push(KeyEntry {
-                digest,
-                name: k.name.clone(),
-                owner: k.owner.clone(),
-                metadata: Arc::new(k.metadata.clone()),
-                expires,
-                limits: Arc::new(k.limits.clone()),
-            });
+            insert(
+                &mut keys,
+                KeyEntry {
+                    digest: digest_of(&k.hash),
+                    name: k.name.clone(),
+                    owner: k.owner.clone(),
+                    metadata: Arc::new(k.metadata.clone()),
+                    expires,
+                    limits: Arc::new(k.limits.clone()),
+                },
+            );
         }
         Auth {
             // Configuring keys or an issuer means callers must identify themselves.
-            required: cfg.auth.enable || !cfg.keys.is_empty() || cfg.auth.oidc_issuer.is_some(),
+            configured_required: cfg.auth.enable
+                || !cfg.keys.is_empty()
+                || cfg.auth.oidc_issuer.is_some(),
             keys,
+            store_keys: Default::default(),
+            store_has_keys: Default::default(),
             oidc: oidc::Oidc::from_config(cfg).map(Arc::new),
         }
+    }
+
+    /// Whether callers must authenticate: keys (in the file or the store), `auth.enable`, or
+    /// an issuer.
+    pub fn required(&self) -> bool {
+        self.configured_required
+            || self
+                .store_has_keys
+                .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Replaces the keys issued through the admin API (the live ones of the store's snapshot).
+    pub fn set_store_keys(&self, stored: &[crate::store::keys::StoredKey]) {
+        let mut table = KeyTable::new();
+        for k in stored.iter().filter(|k| k.revoked_at.is_none()) {
+            let s = &k.spec;
+            insert(
+                &mut table,
+                KeyEntry {
+                    digest: digest_of(&k.hash),
+                    name: k.name.clone(),
+                    owner: k.owner.clone(),
+                    metadata: Arc::new(s.metadata.clone()),
+                    expires: k.expires_at.map(|ms| {
+                        SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64)
+                    }),
+                    limits: Arc::new(LimitsSpec {
+                        models: s.models.clone(),
+                        rpm: s.rpm,
+                        tpm: s.tpm,
+                        max_concurrent: s.max_concurrent,
+                        budget_usd: s.budget_usd,
+                        budget_period: s.budget_period,
+                    }),
+                },
+            );
+        }
+        *self.store_keys.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(table);
+        self.store_has_keys
+            .store(!stored.is_empty(), std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The caller of a request, `Ok(None)` when the gateway is open and no known credential
@@ -137,7 +204,8 @@ impl Auth {
         &self,
         headers: &http::HeaderMap,
     ) -> Result<Option<Principal>, ApiError> {
-        if !self.required {
+        let required = self.required();
+        if !required {
             // Open gateway: no keys, no issuer. Whatever token a client sends is ignored.
             return Ok(None);
         }
@@ -149,7 +217,7 @@ impl Auth {
                 .filter(|t| !t.is_empty())
         });
         let Some(token) = token else {
-            if self.required {
+            if required {
                 return Err(unauthorized(
                     "You didn't provide an API key. Send it as Authorization: Bearer <key> or x-api-key.",
                     Code::MissingApiKey,
@@ -165,7 +233,7 @@ impl Auth {
                 return oidc.validate(token).await.map(Some);
             }
         }
-        if self.required {
+        if required {
             return Err(unauthorized(
                 "Incorrect API key provided.",
                 Code::InvalidApiKey,
@@ -179,7 +247,23 @@ impl Auth {
         let digest = d.as_ref();
         let mut prefix = [0u8; 8];
         prefix.copy_from_slice(&digest[..8]);
-        let Some(candidates) = self.keys.get(&prefix) else {
+        if let Some(p) = Self::find(&self.keys, &prefix, digest)? {
+            return Ok(Some(p));
+        }
+        let store = self
+            .store_keys
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        Self::find(&store, &prefix, digest)
+    }
+
+    fn find(
+        table: &KeyTable,
+        prefix: &[u8; 8],
+        digest: &[u8],
+    ) -> Result<Option<Principal>, ApiError> {
+        let Some(candidates) = table.get(prefix) else {
             return Ok(None);
         };
         for k in candidates {

@@ -64,7 +64,7 @@ pub struct LimitsSpec {
     pub budget_period: BudgetPeriod,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum BudgetPeriod {
     Daily,
@@ -85,8 +85,9 @@ pub struct KeyConfig {
     pub hash: String,
     #[serde(default)]
     pub owner: Option<String>,
-    /// RFC 3339 time after which the key is refused.
-    #[serde(default)]
+    /// RFC 3339 time after which the key is refused (`expires_at` also accepted, the admin
+    /// API's name).
+    #[serde(default, alias = "expires_at")]
     pub expires: Option<String>,
     #[serde(default)]
     pub metadata: BTreeMap<String, String>,
@@ -145,7 +146,12 @@ pub struct Price {
 }
 
 impl AuthConfig {
-    pub(super) fn validate(&self, keys: &[KeyConfig]) -> Result<(), ConfigError> {
+    /// `control_plane`: keys can also come from the admin API (a store and an admin key).
+    pub(super) fn validate(
+        &self,
+        keys: &[KeyConfig],
+        control_plane: bool,
+    ) -> Result<(), ConfigError> {
         if self.oidc_issuer.is_some() != self.oidc_client_id.is_some() {
             return Err(ConfigError(
                 "auth.oidc_issuer (AUTH_OIDC_ISSUER) and auth.oidc_client_id (AUTH_OIDC_CLIENT_ID) go together".into(),
@@ -158,9 +164,9 @@ impl AuthConfig {
                 )));
             }
         }
-        if self.enable && keys.is_empty() && self.oidc_issuer.is_none() {
+        if self.enable && keys.is_empty() && self.oidc_issuer.is_none() && !control_plane {
             return Err(ConfigError(
-                "auth.enable (AUTH_ENABLE): needs [[keys]] or auth.oidc_issuer, or nobody could call"
+                "auth.enable (AUTH_ENABLE): needs [[keys]], auth.oidc_issuer, or a store (DATABASE_URL) with an admin key (ADMIN_API_KEY) to issue keys, or nobody could call"
                     .into(),
             ));
         }

@@ -239,6 +239,15 @@ pub(super) fn apply(cfg: &mut Config, getenv: GetEnv) -> Result<(), ConfigError>
         parse(getenv, "RESPONSES_MAX_BYTES")?
     );
     set!(cfg.responses.ttl, duration(getenv, "RESPONSES_TTL")?);
+    if let Some(v) = get(getenv, "DATABASE_URL") {
+        cfg.store.database_url = Some(Secret::new(v.trim()));
+    }
+    if let Some(v) = get(getenv, "ADMIN_API_KEY") {
+        cfg.admin.api_key = Some(Secret::new(v.trim()));
+    }
+    if let Some(v) = get(getenv, "ADMIN_API_KEY_FILE") {
+        cfg.admin.api_key_file = Some(std::path::PathBuf::from(v.trim()));
+    }
     if let Some(v) = get(getenv, "RESPONSES_ENCRYPTION_KEY") {
         cfg.responses.encryption_key = Some(Secret::new(v.trim()));
     }

@@ -88,6 +88,39 @@ pub struct Config {
     pub doors: DoorsConfig,
     /// Stored responses of the Responses door (`/v1/responses`).
     pub responses: ResponsesConfig,
+    /// The control plane's store (`DATABASE_URL`).
+    pub store: StoreConfig,
+    /// The admin API (`/admin/v1`).
+    pub admin: AdminConfig,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// `sqlite://path` (one node; relative to the working directory) or `postgres://...`
+    /// (several replicas) (`DATABASE_URL`). Unset: keys, aliases and spend live in the
+    /// configuration and in memory, as without a control plane.
+    pub database_url: Option<Secret>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// The admin API's credential (`ADMIN_API_KEY`), sent as `X-Admin-Key` or
+    /// `Authorization: Bearer`. Unset: `/admin/v1` does not exist.
+    pub api_key: Option<Secret>,
+    /// File holding it (`ADMIN_API_KEY_FILE`); trailing whitespace is ignored.
+    pub api_key_file: Option<std::path::PathBuf>,
+}
+
+impl AdminConfig {
+    /// The admin credential, when one is configured.
+    pub fn key(&self) -> Option<&str> {
+        self.api_key
+            .as_ref()
+            .map(|k| k.expose())
+            .filter(|k| !k.is_empty())
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -204,6 +237,11 @@ impl Config {
             Environment::Production => LogFormat::Json,
             Environment::Development => LogFormat::Text,
         })
+    }
+
+    /// Keys can come from the admin API: a store and an admin credential.
+    pub fn control_plane(&self) -> bool {
+        self.store.database_url.is_some() && self.admin.key().is_some()
     }
 
     /// Whether callers must authenticate (keys, OIDC or `auth.enable`).
@@ -416,6 +454,8 @@ impl Default for Config {
             model_table: ModelTable::default(),
             reasoning: ReasoningConfig::default(),
             responses: ResponsesConfig::default(),
+            store: StoreConfig::default(),
+            admin: AdminConfig::default(),
             doors: DoorsConfig::default(),
         }
     }
@@ -458,6 +498,17 @@ impl Config {
         cfg.model_table = ModelTable::build(&models::builtin(), &cfg.models.table, &cfg.prices);
         providers::merge_builtins(&mut cfg.providers)?;
         providers::load_key_files(&mut cfg.providers)?;
+        if cfg.admin.key().is_none() {
+            if let Some(path) = &cfg.admin.api_key_file {
+                let key = std::fs::read_to_string(path).map_err(|e| {
+                    ConfigError(format!(
+                        "admin.api_key_file (ADMIN_API_KEY_FILE): cannot read {}: {e}",
+                        path.display()
+                    ))
+                })?;
+                cfg.admin.api_key = Some(Secret::new(key.trim_end()));
+            }
+        }
         cfg.validate()?;
         Ok(cfg)
     }
@@ -637,7 +688,20 @@ impl Config {
         if let Some(r) = &self.retry {
             r.validate("retry")?;
         }
-        self.auth.validate(&self.keys)?;
+        self.auth.validate(&self.keys, self.control_plane())?;
+        if let Some(url) = &self.store.database_url {
+            if crate::store::Kind::of(url.expose()).is_none() {
+                return Err(ConfigError(format!(
+                    "store.database_url (DATABASE_URL): {} is not sqlite://path or postgres://...",
+                    crate::store::redacted(url.expose())
+                )));
+            }
+        }
+        if self.admin.key().is_some_and(|k| k.len() < 16) {
+            return Err(ConfigError(
+                "admin.api_key (ADMIN_API_KEY): use at least 16 characters (inference-gateway hash-key makes a random one)".into(),
+            ));
+        }
         if self.limits.redis_timeout.get().is_zero() {
             return Err(ConfigError(
                 "limits.redis_timeout (REDIS_TIMEOUT): must be greater than 0".into(),

@@ -356,7 +356,17 @@ fn auth_and_limits_validation() {
         (
             "[auth]\nenable = true\n".into(),
             vec![],
-            "needs [[keys]] or auth.oidc_issuer",
+            "needs [[keys]], auth.oidc_issuer, or a store",
+        ),
+        (
+            String::new(),
+            vec![("DATABASE_URL", "mysql://u:pw@h/db")],
+            "sqlite://path or postgres",
+        ),
+        (
+            String::new(),
+            vec![("ADMIN_API_KEY", "short")],
+            "at least 16",
         ),
         (
             String::new(),
@@ -431,4 +441,37 @@ fn responses_settings_and_the_responses_api_switch() {
         !format!("{e:?}").contains("short"),
         "the key is never printed"
     );
+}
+
+#[test]
+fn store_and_admin_settings() {
+    // AUTH_ENABLE without keys is valid when keys come from the admin API.
+    let cfg = load(
+        "[auth]\nenable = true\n",
+        &[
+            ("DATABASE_URL", "sqlite://igw.db"),
+            ("ADMIN_API_KEY", "admin-key-0123456789"),
+        ],
+    )
+    .unwrap();
+    assert!(cfg.control_plane());
+    assert_eq!(cfg.admin.key(), Some("admin-key-0123456789"));
+    assert!(!format!("{:?}", cfg.admin).contains("admin-key-0123456789"));
+    // The key from a file (trailing newline ignored); an explicit key wins.
+    let f = std::env::temp_dir().join(format!("igw-admin-{}", uuid::Uuid::new_v4()));
+    std::fs::write(&f, "file-admin-key-0123456789\n").unwrap();
+    let path = f.to_string_lossy().to_string();
+    let cfg = load("", &[("ADMIN_API_KEY_FILE", path.as_str())]).unwrap();
+    assert_eq!(cfg.admin.key(), Some("file-admin-key-0123456789"));
+    assert!(!cfg.control_plane(), "no store");
+    let _ = std::fs::remove_file(f);
+    let e = load(
+        "",
+        &[
+            ("DATABASE_URL", "postgres://u:hunter2hunter2@h/db"),
+            ("ADMIN_API_KEY", "x"),
+        ],
+    )
+    .unwrap_err();
+    assert!(!e.0.contains("hunter2"), "{e:?}");
 }

@@ -52,6 +52,8 @@ pub struct Gateway {
     pub vault: crate::vault::Vault,
     /// Stored responses of the Responses door, and its sealing key.
     pub responses: crate::responses::ResponseStore,
+    /// The control plane (a store is configured): keys issued at run time.
+    pub control: Option<Arc<crate::control::ControlPlane>>,
     log_format: LogFormat,
 }
 
@@ -62,9 +64,13 @@ impl Gateway {
         metrics: Option<Arc<Metrics>>,
         mcp: Option<Arc<crate::mcp::McpHub>>,
         pools: Arc<crate::pool::Pools>,
+        control: Option<crate::control::Start>,
     ) -> Self {
+        let auth = Arc::new(crate::auth::Auth::from_config(&cfg));
         Gateway {
-            auth: Arc::new(crate::auth::Auth::from_config(&cfg)),
+            control: control
+                .map(|start| Arc::new(crate::control::ControlPlane::new(start, auth.clone()))),
+            auth,
             limiter: Arc::new(crate::limits::Limiter::from_config(&cfg, metrics.clone())),
             mcp,
             models_cache: Default::default(),
@@ -228,6 +234,9 @@ fn route_label(path: &str) -> &'static str {
     if path.starts_with("/proxy/") {
         return "/proxy/{provider}";
     }
+    if path.starts_with("/admin/") {
+        return "/admin/v1";
+    }
     if let Some(rest) = path.strip_prefix("/v1/responses/") {
         return match rest.split_once('/') {
             None if !rest.is_empty() => "/v1/responses/{id}",
@@ -337,6 +346,11 @@ impl ProxyHttp for Gateway {
         }
         // Every API endpoint needs a caller once keys or OIDC are configured (`/health` and
         // unknown paths do not).
+        if ctx.route == "/admin/v1" {
+            // The admin API has its own credential (never an API key).
+            crate::admin::handle(self, session, ctx).await;
+            return Ok(true);
+        }
         if ctx.route != "/health" && ctx.route != "other" {
             match self.auth.authenticate(&session.req_header().headers).await {
                 Ok(p) => ctx.caller.principal = p,

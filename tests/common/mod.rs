@@ -780,3 +780,115 @@ impl Drop for RedisServer {
         self.kill();
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// PostgreSQL
+// ---------------------------------------------------------------------------------------------
+
+/// One real PostgreSQL cluster for the whole test run (installed by scripts/deps.sh test),
+/// started on a free port as the `postgres` user (PostgreSQL refuses to run as root), in a
+/// temporary directory, stopped when the test process exits (a watchdog shell waits on a pipe
+/// the process holds). Each test makes its own database.
+pub struct Postgres {
+    pub port: u16,
+    bin: PathBuf,
+    _watchdog: Mutex<Child>,
+}
+
+static POSTGRES: std::sync::OnceLock<Postgres> = std::sync::OnceLock::new();
+
+pub fn postgres() -> &'static Postgres {
+    POSTGRES.get_or_init(Postgres::start)
+}
+
+impl Postgres {
+    fn start() -> Postgres {
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .expect("PostgreSQL server (scripts/deps.sh test installs it)")
+            .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
+            .filter(|p| p.join("initdb").exists())
+            .max()
+            .expect("PostgreSQL server binaries under /usr/lib/postgresql/*/bin");
+        let dir = temp_dir("pg");
+        let status = Command::new("chown")
+            .args(["postgres:postgres", &dir.to_string_lossy()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "chown the PostgreSQL directory");
+        let data = dir.join("data");
+        let out = Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .arg(bin.join("initdb"))
+            .args(["-A", "trust", "-U", "postgres", "--no-sync", "-D"])
+            .arg(&data)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "initdb failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let port = free_port();
+        let script = format!(
+            "runuser -u postgres -- {pg} -D {data} -p {port} -k {dir} -c listen_addresses=127.0.0.1 \
+             -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200 \
+             >{dir}/log 2>&1 & read _; runuser -u postgres -- {ctl} -D {data} stop -m immediate >/dev/null 2>&1",
+            pg = bin.join("postgres").display(),
+            ctl = bin.join("pg_ctl").display(),
+            data = data.display(),
+            dir = dir.display(),
+        );
+        let watchdog = Command::new("sh")
+            .args(["-c", &script])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let ok = Command::new(bin.join("pg_isready"))
+                .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+                .stdout(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            if ok {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "PostgreSQL did not start: {}",
+                std::fs::read_to_string(dir.join("log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Postgres {
+            port,
+            bin,
+            _watchdog: Mutex::new(watchdog),
+        }
+    }
+
+    /// A new empty database; its URL.
+    pub fn database(&self, name: &str) -> String {
+        let out = Command::new(self.bin.join("psql"))
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "postgres",
+                "-c",
+            ])
+            .arg(format!("CREATE DATABASE {name}"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "CREATE DATABASE {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        format!("postgres://postgres@127.0.0.1:{}/{name}", self.port)
+    }
+}

@@ -11,6 +11,7 @@ mod mcp_support;
 #[path = "../mcp_support/model.rs"]
 mod model;
 
+mod admin;
 mod auth;
 mod cli;
 mod dialects;

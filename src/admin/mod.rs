@@ -1,0 +1,212 @@
+//! The admin API (`/admin/v1`): the control plane's keys at run time, in JSON, with the
+//! OpenAI-style error envelope. It exists only when an admin credential is configured
+//! (`ADMIN_API_KEY`); every route then needs it (`X-Admin-Key` or `Authorization: Bearer`,
+//! compared in constant time). Writes go to the store (`DATABASE_URL`) and the replica's
+//! snapshot is refreshed at once; other replicas follow within a second (`crate::control`).
+
+mod keys;
+
+use bytes::Bytes;
+use http::Method;
+use pingora::proxy::Session;
+use serde_json::{Map, Value};
+use subtle::ConstantTimeEq;
+
+use crate::control::ControlPlane;
+use crate::errors::{ApiError, Code};
+use crate::proxy::{body, respond, Gateway, RequestCtx};
+
+/// Largest admin request body (a key is a few hundred bytes).
+const MAX_BODY: usize = 64 * 1024;
+
+/// Serves a request under `/admin/`; every answer is written here.
+pub async fn handle(gw: &Gateway, session: &mut Session, ctx: &mut RequestCtx) {
+    if let Err(e) = serve(gw, session, ctx).await {
+        respond::error(session, ctx, &e).await;
+    }
+}
+
+async fn serve(gw: &Gateway, session: &mut Session, ctx: &mut RequestCtx) -> Result<(), ApiError> {
+    let path = session.req_header().uri.path().to_string();
+    let method = session.req_header().method.clone();
+    // Without an admin credential the admin API does not exist.
+    let Some(expected) = gw.cfg.admin.key() else {
+        return Err(ApiError::of(
+            Code::NotFound,
+            format!("Invalid URL ({method} {path})"),
+        ));
+    };
+    authenticate(&session.req_header().headers, expected)?;
+    let rest = path.strip_prefix("/admin/v1/").unwrap_or("");
+    let parts: Vec<&str> = rest.split('/').filter(|p| !p.is_empty()).collect();
+    let query = session.req_header().uri.query().unwrap_or("").to_string();
+    let req = AdminRequest {
+        method: &method,
+        parts: &parts,
+        query: &query,
+    };
+    let (status, body) = match parts.first().copied() {
+        Some("keys") => keys::route(gw, session, ctx, &req).await?,
+        _ => {
+            return Err(ApiError::of(
+                Code::NotFound,
+                format!("Invalid URL ({method} {path})"),
+            ))
+        }
+    };
+    let body = Bytes::from(serde_json::to_vec(&body).expect("serializes"));
+    let _ = respond::json(session, ctx, status, body).await;
+    Ok(())
+}
+
+struct AdminRequest<'a> {
+    method: &'a Method,
+    parts: &'a [&'a str],
+    query: &'a str,
+}
+
+impl AdminRequest<'_> {
+    fn param(&self, name: &str) -> Option<String> {
+        self.query.split('&').find_map(|kv| {
+            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+            (k == name).then(|| {
+                percent_encoding::percent_decode_str(v)
+                    .decode_utf8_lossy()
+                    .into_owned()
+            })
+        })
+    }
+
+    fn not_allowed(&self) -> ApiError {
+        ApiError::of(
+            Code::MethodNotAllowed,
+            format!("Method {} is not allowed here", self.method),
+        )
+    }
+}
+
+/// The admin credential, from `X-Admin-Key` or `Authorization: Bearer`, compared in constant
+/// time (as digests, so the length does not leak either).
+fn authenticate(headers: &http::HeaderMap, expected: &str) -> Result<(), ApiError> {
+    let sent = headers
+        .get("x-admin-key")
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| {
+            let v = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
+            let (scheme, token) = v.trim().split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then_some(token)
+        })
+        .map(str::trim)
+        .filter(|t| !t.is_empty());
+    let Some(sent) = sent else {
+        return Err(ApiError::of(
+            Code::InvalidAdminKey,
+            "The admin API needs the admin key (X-Admin-Key or Authorization: Bearer)",
+        ));
+    };
+    let d = |s: &str| ring::digest::digest(&ring::digest::SHA256, s.as_bytes());
+    if !bool::from(d(sent).as_ref().ct_eq(d(expected).as_ref())) {
+        return Err(ApiError::of(Code::InvalidAdminKey, "Incorrect admin key"));
+    }
+    Ok(())
+}
+
+/// The control plane, or 503 naming what is missing.
+fn control(gw: &Gateway) -> Result<&ControlPlane, ApiError> {
+    gw.control.as_deref().ok_or_else(|| {
+        ApiError::of(
+            Code::StoreUnavailable,
+            "This route needs a store: set DATABASE_URL (sqlite://path or postgres://...)",
+        )
+    })
+}
+
+/// The request's JSON object (at most `MAX_BODY` bytes).
+async fn json_body(
+    gw: &Gateway,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+) -> Result<Map<String, Value>, ApiError> {
+    let limit = gw.cfg.server.body_timeout.get();
+    let raw = tokio::time::timeout(limit, body::read_limited(session, MAX_BODY))
+        .await
+        .map_err(|_| {
+            session.set_keepalive(None);
+            ApiError::of(Code::BodyTimeout, "Timed out reading the request body")
+        })??;
+    ctx.bytes_in = raw.len();
+    match serde_json::from_slice::<Value>(&raw) {
+        Ok(Value::Object(m)) => Ok(m),
+        Ok(_) => Err(ApiError::of(
+            Code::InvalidJson,
+            "The request body must be a JSON object",
+        )),
+        Err(e) => Err(ApiError::of(
+            Code::InvalidJson,
+            format!("We could not parse the JSON body of your request: {e}"),
+        )),
+    }
+}
+
+/// `limit` (default 100, at most 1,000) and `cursor` of a list.
+fn page_params(req: &AdminRequest<'_>) -> Result<(usize, Option<String>), ApiError> {
+    let limit = match req.param("limit") {
+        None => 100,
+        Some(v) => v
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=1000).contains(n))
+            .ok_or_else(|| {
+                ApiError::of(
+                    Code::InvalidValue,
+                    "limit must be an integer from 1 to 1000",
+                )
+                .param("limit")
+            })?,
+    };
+    Ok((limit, req.param("cursor").filter(|c| !c.is_empty())))
+}
+
+/// One page of `items` (each with an `id`) after `cursor`: `{"data", "next_cursor"}`.
+fn page(items: Vec<Value>, limit: usize, cursor: Option<&str>) -> Result<Value, ApiError> {
+    let start = match cursor {
+        None => 0,
+        Some(c) => {
+            items
+                .iter()
+                .position(|i| i["id"].as_str() == Some(c))
+                .ok_or_else(|| {
+                    ApiError::of(
+                        Code::InvalidValue,
+                        "cursor does not name an item of this list",
+                    )
+                    .param("cursor")
+                })?
+                + 1
+        }
+    };
+    let rest = items.len().saturating_sub(start);
+    let data: Vec<Value> = items.into_iter().skip(start).take(limit).collect();
+    let next = (rest > data.len())
+        .then(|| {
+            data.last()
+                .and_then(|i| i["id"].as_str())
+                .map(str::to_string)
+        })
+        .flatten();
+    Ok(serde_json::json!({"object": "list", "data": data, "next_cursor": next}))
+}
+
+/// Unix milliseconds as RFC 3339.
+fn rfc3339(ms: i64) -> String {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+fn store_failed(e: crate::store::StoreError) -> ApiError {
+    log::warn!("admin API: store failed: {e}");
+    ApiError::of(
+        Code::StoreUnavailable,
+        "The store could not be reached; nothing was changed",
+    )
+}

@@ -1,0 +1,133 @@
+//! The control plane's in-memory side: a snapshot of what the store holds (keys issued through
+//! the admin API), kept current on every replica. The request path reads only the snapshot
+//! (through `Auth`), never the store: a slow or unreachable database cannot stall or fail a
+//! request, it only delays changes.
+//!
+//! Changes reach the replica that made them at once (it refreshes after its own write) and every
+//! other replica within `SYNC_INTERVAL`: a background task polls the store's change counter (one
+//! indexed row) and reloads when it moved. With SQLite, the old and new process of an upgrade
+//! share the file and see each other's changes the same way.
+
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+
+use crate::auth::Auth;
+use crate::store::keys::StoredKey;
+use crate::store::{Store, StoreError};
+
+/// How often every replica looks for changes.
+pub const SYNC_INTERVAL: Duration = Duration::from_millis(400);
+
+pub struct ControlPlane {
+    pub store: Store,
+    auth: Arc<Auth>,
+    keys: RwLock<Arc<Vec<StoredKey>>>,
+    version: AtomicI64,
+    /// The last refresh failed (the store is unreachable): the snapshot is stale.
+    pub stale: std::sync::atomic::AtomicBool,
+}
+
+/// What start-up read from the store before serving.
+pub struct Start {
+    pub store: Store,
+    pub keys: Vec<StoredKey>,
+    pub version: i64,
+}
+
+impl Start {
+    /// Opens the store, applies migrations and reads the first snapshot. A short-lived pool does
+    /// the start-up work (its connections belong to the runtime given); the one returned for
+    /// serving connects lazily on the runtimes that use it.
+    pub async fn open(url: &str) -> Result<Start, String> {
+        let boot = Store::connect_lazy(url)?;
+        let loaded = async {
+            boot.migrate().await?;
+            let version = boot.version().await.map_err(|e| format!("store: {e}"))?;
+            let keys = boot.keys().await.map_err(|e| format!("store: {e}"))?;
+            Ok::<_, String>((version, keys))
+        }
+        .await;
+        boot.close().await;
+        let (version, keys) = loaded?;
+        Ok(Start {
+            store: Store::connect_lazy(url)?,
+            keys,
+            version,
+        })
+    }
+}
+
+impl ControlPlane {
+    pub fn new(start: Start, auth: Arc<Auth>) -> ControlPlane {
+        auth.set_store_keys(&start.keys);
+        ControlPlane {
+            store: start.store,
+            auth,
+            keys: RwLock::new(Arc::new(start.keys)),
+            version: AtomicI64::new(start.version),
+            stale: Default::default(),
+        }
+    }
+
+    /// The keys the store held at the last refresh (revoked ones included).
+    pub fn keys(&self) -> Arc<Vec<StoredKey>> {
+        self.keys.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Reloads the snapshot from the store (after this replica's own write, or when the change
+    /// counter moved).
+    pub async fn refresh(&self) -> Result<(), StoreError> {
+        let version = self.store.version().await?;
+        let keys = self.store.keys().await?;
+        self.auth.set_store_keys(&keys);
+        *self.keys.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(keys);
+        self.version.store(version, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// One poll: reload when the counter moved.
+    async fn poll(&self) -> Result<(), StoreError> {
+        let v = self.store.version().await?;
+        if v != self.version.load(Ordering::Relaxed) {
+            self.refresh().await?;
+        }
+        Ok(())
+    }
+}
+
+/// Keeps the snapshot current (a background service).
+pub struct SyncService(pub Arc<ControlPlane>);
+
+#[async_trait]
+impl BackgroundService for SyncService {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut tick = tokio::time::interval(SYNC_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = tick.tick() => {}
+            }
+            let r = tokio::time::timeout(Duration::from_secs(5), self.0.poll()).await;
+            let failed = match r {
+                Ok(Ok(())) => None,
+                Ok(Err(e)) => Some(e.to_string()),
+                Err(_) => Some("timed out".to_string()),
+            };
+            let was_stale = self.0.stale.swap(failed.is_some(), Ordering::Relaxed);
+            match failed {
+                // Logged once per outage, not every tick.
+                Some(e) if !was_stale => log::warn!(
+                    "control plane: the store is unreachable ({e}); serving from the last snapshot"
+                ),
+                None if was_stale => log::info!("control plane: the store is reachable again"),
+                _ => {}
+            }
+        }
+    }
+}

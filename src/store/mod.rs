@@ -1,0 +1,252 @@
+//! The control plane's store (`DATABASE_URL`): SQLite for one node (`sqlite://path`), PostgreSQL
+//! for several (`postgres://...`), one code path through sqlx's `Any` driver with portable SQL
+//! (text ids, BIGINT unix milliseconds, JSON as text). Migrations are embedded and applied at
+//! start (`inference-gateway migrate` too).
+//!
+//! Nothing here is on the request path: the admin API writes through it, and every replica
+//! keeps an in-memory snapshot (`crate::control`) that a background task refreshes when the
+//! `changes` counter moves.
+
+pub mod keys;
+
+use std::borrow::Cow;
+use std::time::Duration;
+
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::{AnyPool, Row};
+
+/// The schema, in order. A migration is never edited once released: add a new one.
+const MIGRATIONS: [(i64, &str, &str); 1] =
+    [(1, "keys", include_str!("../../migrations/0001_keys.sql"))];
+
+#[derive(Debug)]
+pub enum StoreError {
+    /// A unique constraint (a live key's name) refused the write.
+    Duplicate,
+    Other(String),
+}
+
+impl std::fmt::Display for StoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreError::Duplicate => f.write_str("duplicate"),
+            StoreError::Other(e) => f.write_str(e),
+        }
+    }
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        match &e {
+            sqlx::Error::Database(d) if d.is_unique_violation() => StoreError::Duplicate,
+            _ => StoreError::Other(e.to_string()),
+        }
+    }
+}
+
+/// Which database a URL names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Sqlite,
+    Postgres,
+}
+
+impl Kind {
+    pub fn of(url: &str) -> Option<Kind> {
+        if url.starts_with("sqlite:") {
+            Some(Kind::Sqlite)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Some(Kind::Postgres)
+        } else {
+            None
+        }
+    }
+}
+
+pub struct Store {
+    pool: AnyPool,
+    pub kind: Kind,
+}
+
+/// A SQLite URL that creates its file (`mode=rwc`) unless the user chose a mode.
+fn connect_url(url: &str, kind: Kind) -> String {
+    if kind == Kind::Sqlite && !url.contains("mode=") {
+        let sep = if url.contains('?') { '&' } else { '?' };
+        return format!("{url}{sep}mode=rwc");
+    }
+    url.to_string()
+}
+
+/// The URL with any password replaced, for messages.
+pub fn redacted(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let userinfo = &url[s + 3..at];
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!("{}://{user}:***@{}", &url[..s], &url[at + 1..])
+        }
+        _ => url.to_string(),
+    }
+}
+
+impl Store {
+    /// Connects (lazily: connections are made by the runtime that first uses them, so a pool
+    /// opened during start-up is not tied to a runtime that is gone).
+    pub fn connect_lazy(url: &str) -> Result<Store, String> {
+        sqlx::any::install_default_drivers();
+        let kind = Kind::of(url).ok_or_else(|| {
+            format!(
+                "DATABASE_URL {}: expected sqlite://path or postgres://...",
+                redacted(url)
+            )
+        })?;
+        let pool = AnyPoolOptions::new()
+            .max_connections(if kind == Kind::Sqlite { 4 } else { 8 })
+            .acquire_timeout(Duration::from_secs(5))
+            .idle_timeout(Some(Duration::from_secs(60)))
+            .connect_lazy(&connect_url(url, kind))
+            .map_err(|e| format!("DATABASE_URL {}: {e}", redacted(url)))?;
+        Ok(Store { pool, kind })
+    }
+
+    /// Applies the embedded migrations not yet applied.
+    pub async fn migrate(&self) -> Result<(), String> {
+        if self.kind == Kind::Sqlite {
+            // Readers do not wait for the writer; the old and new process of an upgrade share
+            // the file.
+            sqlx::query("PRAGMA journal_mode=WAL")
+                .execute(&self.pool)
+                .await
+                .map_err(|e| format!("store: {e}"))?;
+        }
+        let migrations: Vec<Migration> = MIGRATIONS
+            .iter()
+            .map(|(v, d, sql)| {
+                Migration::new(
+                    *v,
+                    Cow::Borrowed(*d),
+                    MigrationType::Simple,
+                    Cow::Borrowed(*sql),
+                    false,
+                )
+            })
+            .collect();
+        let migrator = Migrator {
+            migrations: Cow::Owned(migrations),
+            ..Migrator::DEFAULT
+        };
+        migrator
+            .run(&self.pool)
+            .await
+            .map_err(|e| format!("store migrations: {e}"))
+    }
+
+    /// That the store opens and can be written (`-t`): a table created in a transaction that
+    /// is rolled back (DDL is transactional in both SQLite and PostgreSQL), so nothing stays.
+    pub async fn check_writable(&self) -> Result<(), String> {
+        let mut tx = self.pool.begin().await.map_err(|e| format!("store: {e}"))?;
+        sqlx::query("CREATE TABLE igw_write_check (x INTEGER)")
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| format!("store is not writable: {e}"))?;
+        tx.rollback().await.map_err(|e| format!("store: {e}"))
+    }
+
+    /// A relative SQLite path (`sqlite://igw.db`): resolved against the working directory,
+    /// which a daemon changes.
+    pub fn relative_sqlite(url: &str) -> bool {
+        Kind::of(url) == Some(Kind::Sqlite) && {
+            let path = url
+                .trim_start_matches("sqlite:")
+                .trim_start_matches("//")
+                .split('?')
+                .next()
+                .unwrap_or("");
+            !path.starts_with('/') && path != ":memory:"
+        }
+    }
+
+    /// The change counter every replica polls.
+    pub async fn version(&self) -> Result<i64, StoreError> {
+        let row = sqlx::query("SELECT seq FROM changes WHERE id = 1")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.try_get::<i64, _>(0)?)
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    pub(crate) fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+}
+
+/// Bumps the change counter inside a write's transaction.
+pub(crate) async fn bump(tx: &mut sqlx::Transaction<'_, sqlx::Any>) -> Result<(), StoreError> {
+    sqlx::query("UPDATE changes SET seq = seq + 1 WHERE id = 1")
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+pub(crate) fn opt_i64(row: &AnyRow, col: &str) -> Result<Option<i64>, StoreError> {
+    Ok(row.try_get::<Option<i64>, _>(col)?)
+}
+
+pub(crate) fn opt_str(row: &AnyRow, col: &str) -> Result<Option<String>, StoreError> {
+    Ok(row.try_get::<Option<String>, _>(col)?)
+}
+
+/// Milliseconds since the epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls() {
+        assert_eq!(Kind::of("sqlite://a.db"), Some(Kind::Sqlite));
+        assert_eq!(Kind::of("postgres://u:p@h/db"), Some(Kind::Postgres));
+        assert_eq!(Kind::of("mysql://h"), None);
+        assert!(Store::relative_sqlite("sqlite://igw.db"));
+        assert!(Store::relative_sqlite("sqlite:igw.db?mode=rwc"));
+        assert!(!Store::relative_sqlite("sqlite:///var/lib/igw/igw.db"));
+        assert!(!Store::relative_sqlite("postgres://h/db"));
+        assert_eq!(
+            connect_url("sqlite://a.db", Kind::Sqlite),
+            "sqlite://a.db?mode=rwc"
+        );
+        assert_eq!(
+            redacted("postgres://igw:s3cret@db:5432/igw"),
+            "postgres://igw:***@db:5432/igw"
+        );
+        assert!(!redacted("postgres://igw:s3cret@db/igw").contains("s3cret"));
+    }
+
+    #[tokio::test]
+    async fn sqlite_migrates_once_and_counts_changes() {
+        let dir = std::env::temp_dir().join(format!("igw-store-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let url = format!("sqlite://{}", dir.join("s.db").display());
+        let s = Store::connect_lazy(&url).unwrap();
+        s.check_writable().await.unwrap();
+        s.migrate().await.unwrap();
+        s.migrate().await.unwrap();
+        s.check_writable().await.unwrap();
+        assert_eq!(s.version().await.unwrap(), 0);
+        let mut tx = s.pool.begin().await.unwrap();
+        bump(&mut tx).await.unwrap();
+        tx.commit().await.unwrap();
+        assert_eq!(s.version().await.unwrap(), 1);
+        s.close().await;
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}

@@ -1,0 +1,483 @@
+//! The control plane: the admin API's keys on a real store (SQLite in process, PostgreSQL with
+//! two gateway processes), the snapshot the request path reads, and bad admin input.
+
+use std::time::{Duration, Instant};
+
+use inference_gateway::testing::InProcessGateway;
+use serde_json::{json, Value};
+
+use crate::common::*;
+
+const ADMIN: &str = "admin-key-for-tests-0123456789";
+
+async fn admin(addr: std::net::SocketAddr, method: &str, path: &str, body: &Value) -> RawResponse {
+    let b = if body.is_null() {
+        Vec::new()
+    } else {
+        body.to_string().into_bytes()
+    };
+    raw_request(
+        addr,
+        method,
+        path,
+        &[("x-admin-key", ADMIN), ("content-type", "application/json")],
+        &b,
+    )
+    .await
+}
+
+async fn chat(addr: std::net::SocketAddr, key: &str, model: &str) -> RawResponse {
+    let auth = format!("Bearer {key}");
+    let body = json!({"model": model, "messages": [{"role": "user", "content": "hi"}]});
+    raw_request(
+        addr,
+        "POST",
+        "/v1/chat/completions",
+        &[("authorization", &auth)],
+        body.to_string().as_bytes(),
+    )
+    .await
+}
+
+fn assert_error(r: &RawResponse, status: u16, code: &str) {
+    assert_eq!(r.status, status, "{}", r.text());
+    assert_eq!(r.json()["error"]["code"], code, "{}", r.text());
+}
+
+async fn mock() -> MockUpstream {
+    MockUpstream::start(|req| {
+        let m = req.json()["model"].as_str().unwrap_or("").to_string();
+        json_response(200, &chat_completion(&m, "hello"))
+    })
+    .await
+}
+
+fn config_key() -> String {
+    format!(
+        "[[keys]]\nname = \"from-file\"\nhash = \"{}\"\n",
+        key_hash("sk-from-the-file")
+    )
+}
+
+/// Create, use, limit, list (never the secret), change, revoke; keys of the file are read-only;
+/// bad input is 4xx; everything survives a restart on the same SQLite file.
+#[tokio::test(flavor = "multi_thread")]
+async fn key_lifecycle_on_sqlite() {
+    let up = mock().await;
+    let dir = temp_dir("sqlite-store");
+    let mut env = provider_env(&[("openai", up.url("/v1"))]);
+    env.push((
+        "DATABASE_URL",
+        format!("sqlite://{}", dir.join("igw.db").display()),
+    ));
+    env.push(("ADMIN_API_KEY", ADMIN.into()));
+    let gw = InProcessGateway::start(&env, Some(&config_key()));
+    let a = gw.addr;
+
+    // The admin key, and only it.
+    let r = raw_request(a, "GET", "/admin/v1/keys", &[], b"").await;
+    assert_error(&r, 401, "invalid_admin_key");
+    let r = raw_request(a, "GET", "/admin/v1/keys", &[("x-admin-key", "nope")], b"").await;
+    assert_error(&r, 401, "invalid_admin_key");
+    let r = raw_request(
+        a,
+        "GET",
+        "/admin/v1/keys",
+        &[("authorization", "Bearer sk-from-the-file")],
+        b"",
+    )
+    .await;
+    assert_error(&r, 401, "invalid_admin_key");
+    let bearer = format!("Bearer {ADMIN}");
+    let r = raw_request(
+        a,
+        "GET",
+        "/admin/v1/keys",
+        &[("authorization", &bearer)],
+        b"",
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+
+    // Create: the key once, its hash never.
+    let r = admin(
+        a,
+        "POST",
+        "/admin/v1/keys",
+        &json!({"name": "alice", "rpm_limit": 1, "allowed_models": ["openai/*"], "owner": "team-a",
+            "metadata": {"env": "test"}, "expires_at": "2099-01-01T00:00:00Z"}),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let created = r.json();
+    let key = created["key"].as_str().unwrap().to_string();
+    let id = created["api_key"]["id"].as_str().unwrap().to_string();
+    assert!(key.starts_with("igw-"), "{key}");
+    assert_eq!(created["api_key"]["key_prefix"], key[..12]);
+    assert_eq!(created["api_key"]["rpm"], 1);
+    assert_eq!(created["api_key"]["models"], json!(["openai/*"]));
+    assert_eq!(created["api_key"]["source"], "store");
+    assert!(!created["api_key"].to_string().contains("sha256:"));
+
+    // Used at once on this replica, with its limits and model list.
+    let r = chat(a, &key, "openai/gpt-x").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = chat(a, &key, "openai/gpt-x").await;
+    assert_error(&r, 429, "rate_limit_exceeded");
+    let r = chat(a, &key, "anthropic/claude").await;
+    assert_error(&r, 403, "model_not_allowed");
+    // The file's key still works beside it; an unknown key does not.
+    assert_eq!(
+        chat(a, "sk-from-the-file", "openai/gpt-x").await.status,
+        200
+    );
+    assert_error(
+        &chat(a, "igw-nope", "openai/gpt-x").await,
+        401,
+        "invalid_api_key",
+    );
+
+    // Listed, never with the secret; the file's key read-only.
+    let r = admin(a, "GET", "/admin/v1/keys", &Value::Null).await;
+    let text = r.text();
+    assert!(!text.contains(&key) && !text.contains("sha256:"), "{text}");
+    let ids: Vec<String> = r.json()["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ids, ["config:from-file".to_string(), id.clone()]);
+    for (m, body) in [("PUT", json!({"rpm": 5})), ("DELETE", Value::Null)] {
+        let r = admin(a, m, "/admin/v1/keys/config:from-file", &body).await;
+        assert_error(&r, 409, "read_only");
+    }
+    let r = admin(
+        a,
+        "GET",
+        &format!("/admin/v1/keys/{id}/usage"),
+        &Value::Null,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["requests_this_minute"], 1, "{}", r.text());
+    assert_eq!(r.json()["limits"]["rpm"], 1);
+
+    // Bad input: 400, 409, 413, 422 naming the field, 404, 405.
+    let raw = |body: &'static [u8]| async move {
+        raw_request(a, "POST", "/admin/v1/keys", &[("x-admin-key", ADMIN)], body).await
+    };
+    assert_error(&raw(b"{not json").await, 400, "invalid_json");
+    assert_error(&raw(b"[1,2]").await, 400, "invalid_json");
+    let big = format!("{{\"name\":\"x\",\"owner\":\"{}\"}}", "a".repeat(100_000));
+    let r = raw_request(
+        a,
+        "POST",
+        "/admin/v1/keys",
+        &[("x-admin-key", ADMIN)],
+        big.as_bytes(),
+    )
+    .await;
+    assert_error(&r, 413, "request_too_large");
+    for (body, param) in [
+        (json!({"name": "b", "rpm": "ten"}), json!("rpm")),
+        (
+            json!({"name": "b", "budget_period": "hourly"}),
+            json!("budget_period"),
+        ),
+        (
+            json!({"name": "b", "expires_at": "tomorrow"}),
+            json!("expires_at"),
+        ),
+        (json!({"name": "b c"}), json!("name")),
+        (json!({"rpm": 1}), json!("name")),
+        (json!({"name": "b", "colour": "red"}), Value::Null),
+    ] {
+        let r = admin(a, "POST", "/admin/v1/keys", &body).await;
+        assert_error(&r, 422, "invalid_field");
+        assert_eq!(r.json()["error"]["param"], param, "{body}");
+    }
+    assert!(admin(
+        a,
+        "POST",
+        "/admin/v1/keys",
+        &json!({"name": "b", "colour": "red"})
+    )
+    .await
+    .text()
+    .contains("colour"));
+    for name in ["alice", "from-file"] {
+        let r = admin(a, "POST", "/admin/v1/keys", &json!({"name": name})).await;
+        assert_error(&r, 409, "already_exists");
+    }
+    assert_error(
+        &admin(a, "GET", "/admin/v1/keys/key_nope", &Value::Null).await,
+        404,
+        "not_found",
+    );
+    assert_error(
+        &admin(a, "PATCH", "/admin/v1/keys", &json!({})).await,
+        405,
+        "method_not_allowed",
+    );
+    assert_error(
+        &admin(a, "GET", "/admin/v1/nothing", &Value::Null).await,
+        404,
+        "not_found",
+    );
+
+    // Pages.
+    for n in ["bob", "carol"] {
+        let r = admin(a, "POST", "/admin/v1/keys", &json!({"name": n})).await;
+        assert_eq!(r.status, 201, "{}", r.text());
+    }
+    let mut seen = Vec::new();
+    let mut cursor = String::new();
+    loop {
+        let q = match cursor.is_empty() {
+            true => "/admin/v1/keys?limit=2".to_string(),
+            false => format!("/admin/v1/keys?limit=2&cursor={cursor}"),
+        };
+        let v = admin(a, "GET", &q, &Value::Null).await.json();
+        for k in v["data"].as_array().unwrap() {
+            seen.push(k["name"].as_str().unwrap().to_string());
+        }
+        match v["next_cursor"].as_str() {
+            Some(c) => cursor = c.to_string(),
+            None => break,
+        }
+    }
+    assert_eq!(seen, ["from-file", "alice", "bob", "carol"]);
+    assert_error(
+        &admin(a, "GET", "/admin/v1/keys?limit=5000", &Value::Null).await,
+        400,
+        "invalid_value",
+    );
+
+    // A partial update takes effect at once.
+    let r = admin(
+        a,
+        "PUT",
+        &format!("/admin/v1/keys/{id}"),
+        &json!({"rpm": null, "owner": "team-b"}),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["rpm"], Value::Null);
+    assert_eq!(r.json()["owner"], "team-b");
+    assert_eq!(r.json()["models"], json!(["openai/*"]), "untouched");
+    assert_eq!(chat(a, &key, "openai/gpt-x").await.status, 200);
+
+    // Revoked: refused, kept for the ledger (listed on request).
+    let r = admin(a, "DELETE", &format!("/admin/v1/keys/{id}"), &Value::Null).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r.json()["revoked_at"].is_string());
+    assert_error(&chat(a, &key, "openai/gpt-x").await, 401, "invalid_api_key");
+    let names = |v: Value| -> Vec<String> {
+        v["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| k["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert!(
+        !names(admin(a, "GET", "/admin/v1/keys", &Value::Null).await.json())
+            .contains(&"alice".to_string())
+    );
+    assert!(names(
+        admin(
+            a,
+            "GET",
+            "/admin/v1/keys?include_revoked=true",
+            &Value::Null
+        )
+        .await
+        .json()
+    )
+    .contains(&"alice".to_string()));
+    // Its name can be used again.
+    let r = admin(a, "POST", "/admin/v1/keys", &json!({"name": "alice"})).await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let alice2 = r.json()["key"].as_str().unwrap().to_string();
+    // A new gateway on the same file (the first keeps running, as during an upgrade): the keys
+    // and the revocation are read back from the store.
+    let _old = gw;
+    let gw = InProcessGateway::start(&env, Some(&config_key()));
+    assert_error(
+        &chat(gw.addr, &key, "openai/gpt-x").await,
+        401,
+        "invalid_api_key",
+    );
+    assert_eq!(chat(gw.addr, &alice2, "openai/gpt-x").await.status, 200);
+    // Revoking every key does not open the gateway.
+    let listed = admin(gw.addr, "GET", "/admin/v1/keys", &Value::Null)
+        .await
+        .json();
+    for k in listed["data"].as_array().unwrap() {
+        let id = k["id"].as_str().unwrap();
+        if !id.starts_with("config:") {
+            admin(
+                gw.addr,
+                "DELETE",
+                &format!("/admin/v1/keys/{id}"),
+                &Value::Null,
+            )
+            .await;
+        }
+    }
+    let r = raw_request(
+        gw.addr,
+        "POST",
+        "/v1/chat/completions",
+        &[],
+        json!({"model": "openai/gpt-x", "messages": [{"role": "user", "content": "hi"}]})
+            .to_string()
+            .as_bytes(),
+    )
+    .await;
+    assert_error(&r, 401, "missing_api_key");
+}
+
+/// Without an admin key the admin API does not exist; without a store it lists the file's
+/// keys and cannot issue any. AUTH_ENABLE without keys is valid with a store and an admin key.
+#[tokio::test(flavor = "multi_thread")]
+async fn admin_api_exists_only_with_an_admin_key() {
+    let up = mock().await;
+    let env = provider_env(&[("openai", up.url("/v1"))]);
+    let gw = InProcessGateway::start(&env, Some(&config_key()));
+    let r = admin(gw.addr, "GET", "/admin/v1/keys", &Value::Null).await;
+    assert_error(&r, 404, "not_found");
+    let mut env2 = env.clone();
+    env2.push(("ADMIN_API_KEY", ADMIN.into()));
+    let gw = InProcessGateway::start(&env2, Some(&config_key()));
+    let r = admin(gw.addr, "GET", "/admin/v1/keys", &Value::Null).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["data"][0]["id"], "config:from-file");
+    let r = admin(gw.addr, "POST", "/admin/v1/keys", &json!({"name": "x"})).await;
+    assert_error(&r, 503, "store_unavailable");
+    // With a store: AUTH_ENABLE and no keys at all is a gateway that waits for keys.
+    let dir = temp_dir("auth-enable");
+    let mut env3 = env.clone();
+    env3.push(("ADMIN_API_KEY", ADMIN.into()));
+    env3.push(("AUTH_ENABLE", "true".into()));
+    env3.push((
+        "DATABASE_URL",
+        format!("sqlite://{}", dir.join("s.db").display()),
+    ));
+    let gw = InProcessGateway::start(&env3, None);
+    assert_error(
+        &chat(gw.addr, "anything", "openai/gpt-x").await,
+        401,
+        "invalid_api_key",
+    );
+    let key = admin(gw.addr, "POST", "/admin/v1/keys", &json!({"name": "first"}))
+        .await
+        .json()["key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(chat(gw.addr, &key, "openai/gpt-x").await.status, 200);
+}
+
+/// Two gateway processes on one PostgreSQL: a key made on one is served by the other within a
+/// second, and its revocation too. `-t` checks the store; `migrate` applies the schema.
+#[tokio::test(flavor = "multi_thread")]
+async fn two_gateways_share_keys_through_postgres() {
+    let up = mock().await;
+    let url = postgres().database("two_gateways");
+    let mut env = provider_env(&[("openai", up.url("/v1"))]);
+    env.push(("DATABASE_URL", url.clone()));
+    env.push(("ADMIN_API_KEY", ADMIN.into()));
+    let run = |args: &[&str], env: &[(&str, String)]| {
+        let mut c = std::process::Command::new(bin());
+        c.env_clear().args(args);
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        c.output().unwrap()
+    };
+    let out = run(&["migrate"], &env);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("store migrated"));
+    let out = run(&["-t"], &env);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A store that cannot be opened or written fails the check, naming no password.
+    let mut bad = env.clone();
+    bad.retain(|(k, _)| *k != "DATABASE_URL");
+    bad.push((
+        "DATABASE_URL",
+        format!(
+            "postgres://postgres:pw-secret@127.0.0.1:{}/nope",
+            postgres().port
+        ),
+    ));
+    let out = run(&["-t"], &bad);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("pw-secret"));
+    let mut bad = env.clone();
+    bad.retain(|(k, _)| *k != "DATABASE_URL");
+    bad.push(("DATABASE_URL", "sqlite:///nonexistent-dir/igw.db".into()));
+    assert_eq!(run(&["-t"], &bad).status.code(), Some(2));
+
+    let gw1 = GatewayProcess::start(&env, None);
+    let gw2 = GatewayProcess::start(&env, None);
+    let r = admin(
+        gw1.addr(),
+        "POST",
+        "/admin/v1/keys",
+        &json!({"name": "shared", "tpm": 100000}),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let key = r.json()["key"].as_str().unwrap().to_string();
+    let id = r.json()["api_key"]["id"].as_str().unwrap().to_string();
+    let t = Instant::now();
+    while chat(gw2.addr(), &key, "openai/gpt-x").await.status != 200 {
+        assert!(
+            t.elapsed() < Duration::from_secs(1),
+            "the key did not reach the second gateway within 1 s"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let created_after = t.elapsed();
+    let r = admin(
+        gw1.addr(),
+        "DELETE",
+        &format!("/admin/v1/keys/{id}"),
+        &Value::Null,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let t = Instant::now();
+    while chat(gw2.addr(), &key, "openai/gpt-x").await.status != 401 {
+        assert!(
+            t.elapsed() < Duration::from_secs(1),
+            "the revocation did not reach the second gateway within 1 s"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    println!(
+        "PostgreSQL: a new key reached the second gateway after {created_after:?}, its revocation after {:?}",
+        t.elapsed()
+    );
+    // The second gateway lists what the first made (revoked, on request).
+    let v = admin(
+        gw2.addr(),
+        "GET",
+        "/admin/v1/keys?include_revoked=true",
+        &Value::Null,
+    )
+    .await
+    .json();
+    assert_eq!(v["data"][0]["name"], "shared");
+    assert!(v["data"][0]["revoked_at"].is_string());
+}
