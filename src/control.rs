@@ -17,6 +17,8 @@ use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 
 use crate::auth::Auth;
+use crate::config::auth::{BudgetPeriod, KeyConfig};
+use crate::limits::Limiter;
 use crate::store::keys::StoredKey;
 use crate::store::{Store, StoreError};
 
@@ -25,7 +27,13 @@ pub const SYNC_INTERVAL: Duration = Duration::from_millis(400);
 
 pub struct ControlPlane {
     pub store: Store,
+    /// Spend booked off the request path (`crate::ledger`).
+    pub ledger: crate::ledger::Ledger,
     auth: Arc<Auth>,
+    limiter: Arc<Limiter>,
+    /// Each budgeted key's spend in its current period, from the ledger at start (given to
+    /// Redis by the sync service, which can wait for it).
+    seeds: std::sync::Mutex<Vec<Seed>>,
     keys: RwLock<Arc<Vec<StoredKey>>>,
     version: AtomicI64,
     /// The last refresh failed (the store is unreachable): the snapshot is stale.
@@ -37,37 +45,84 @@ pub struct Start {
     pub store: Store,
     pub keys: Vec<StoredKey>,
     pub version: i64,
+    /// Budgeted principals' spend in their current period (the ledger is the source of truth:
+    /// a restart does not forget it).
+    pub seeds: Vec<Seed>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Seed {
+    pub principal: String,
+    pub period: BudgetPeriod,
+    pub spend_micro: i64,
+}
+
+/// Principals with a budget: keys of the file and of the store.
+fn budgeted(cfg_keys: &[KeyConfig], stored: &[StoredKey]) -> Vec<(String, BudgetPeriod)> {
+    let file = cfg_keys
+        .iter()
+        .filter(|k| k.limits.budget_usd.is_some())
+        .map(|k| (format!("key:{}", k.name), k.limits.budget_period));
+    let store = stored
+        .iter()
+        .filter(|k| k.revoked_at.is_none() && k.spec.budget_usd.is_some())
+        .map(|k| (format!("key:{}", k.name), k.spec.budget_period));
+    file.chain(store).collect()
 }
 
 impl Start {
     /// Opens the store, applies migrations and reads the first snapshot. A short-lived pool does
     /// the start-up work (its connections belong to the runtime given); the one returned for
     /// serving connects lazily on the runtimes that use it.
-    pub async fn open(url: &str) -> Result<Start, String> {
+    pub async fn open(url: &str, cfg_keys: &[KeyConfig]) -> Result<Start, String> {
         let boot = Store::connect_lazy(url)?;
         let loaded = async {
             boot.migrate().await?;
             let version = boot.version().await.map_err(|e| format!("store: {e}"))?;
             let keys = boot.keys().await.map_err(|e| format!("store: {e}"))?;
-            Ok::<_, String>((version, keys))
+            let now = crate::store::now_ms() as u64 / 1000;
+            let mut seeds = Vec::new();
+            for (principal, period) in budgeted(cfg_keys, &keys) {
+                let since = (crate::limits::period_start_secs(period, now) / 3600) as i64;
+                let spend_micro = boot
+                    .spend_since(&principal, since)
+                    .await
+                    .map_err(|e| format!("store: {e}"))?;
+                if spend_micro > 0 {
+                    seeds.push(Seed {
+                        principal,
+                        period,
+                        spend_micro,
+                    });
+                }
+            }
+            Ok::<_, String>((version, keys, seeds))
         }
         .await;
         boot.close().await;
-        let (version, keys) = loaded?;
+        let (version, keys, seeds) = loaded?;
         Ok(Start {
             store: Store::connect_lazy(url)?,
             keys,
             version,
+            seeds,
         })
     }
 }
 
 impl ControlPlane {
-    pub fn new(start: Start, auth: Arc<Auth>) -> ControlPlane {
+    pub fn new(start: Start, auth: Arc<Auth>, limiter: Arc<Limiter>) -> ControlPlane {
         auth.set_store_keys(&start.keys);
+        // In this process's counters before the first request.
+        for s in &start.seeds {
+            limiter.seed_spend_local(&s.principal, s.period, s.spend_micro);
+        }
         ControlPlane {
             store: start.store,
+            ledger: Default::default(),
             auth,
+            limiter,
+            seeds: std::sync::Mutex::new(start.seeds),
             keys: RwLock::new(Arc::new(start.keys)),
             version: AtomicI64::new(start.version),
             stale: Default::default(),
@@ -106,6 +161,14 @@ pub struct SyncService(pub Arc<ControlPlane>);
 #[async_trait]
 impl BackgroundService for SyncService {
     async fn start(&self, mut shutdown: ShutdownWatch) {
+        // Redis's counters are seeded where absent (another replica may have them already).
+        let seeds = std::mem::take(&mut *self.0.seeds.lock().unwrap_or_else(|e| e.into_inner()));
+        for s in seeds {
+            self.0
+                .limiter
+                .seed_spend_shared(&s.principal, s.period, s.spend_micro)
+                .await;
+        }
         let mut tick = tokio::time::interval(SYNC_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {

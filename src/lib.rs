@@ -14,6 +14,7 @@ pub mod drain;
 pub mod errors;
 pub mod exchange;
 pub mod kv;
+pub mod ledger;
 pub mod limits;
 pub mod mcp;
 pub mod metrics;
@@ -173,7 +174,7 @@ pub fn build_server(cfg: Config, launch: Launch) -> Result<(Server, String), Str
                         .enable_all()
                         .build()
                         .map_err(|e| e.to_string())?;
-                    rt.block_on(control::Start::open(url.expose()))
+                    rt.block_on(control::Start::open(url.expose(), &cfg.keys))
                 })
                 .join()
                 .map_err(|_| "store start-up failed".to_string())?
@@ -199,6 +200,10 @@ pub fn build_server(cfg: Config, launch: Launch) -> Result<(Server, String), Str
         server.add_service(background_service(
             "control-sync",
             control::SyncService(cp.clone()),
+        ));
+        server.add_service(background_service(
+            "ledger",
+            ledger::LedgerService(cp.clone()),
         ));
     }
     let mut proxy =

@@ -427,8 +427,8 @@ async fn revoke(gw: &Gateway, id: &str) -> Result<Value, ApiError> {
 /// Live usage of a key against its limits and budget (this replica's counters, or Redis's).
 async fn usage(gw: &Gateway, id: &str) -> Result<Value, ApiError> {
     let listed = find(gw, id)?;
-    let (name, limits, owner) = match &listed {
-        Listed::Config(c) => (c.name.clone(), c.limits.clone(), c.owner.clone()),
+    let (name, limits, owner, team) = match &listed {
+        Listed::Config(c) => (c.name.clone(), c.limits.clone(), c.owner.clone(), None),
         Listed::Store(k) => {
             let s = &k.spec;
             (
@@ -442,6 +442,7 @@ async fn usage(gw: &Gateway, id: &str) -> Result<Value, ApiError> {
                     budget_period: s.budget_period,
                 },
                 k.owner.clone(),
+                k.team.clone(),
             )
         }
     };
@@ -450,6 +451,7 @@ async fn usage(gw: &Gateway, id: &str) -> Result<Value, ApiError> {
         name: name.clone(),
         limits: std::sync::Arc::new(limits),
         owner,
+        team,
         metadata: Default::default(),
         may_proxy: true,
     };

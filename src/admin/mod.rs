@@ -5,6 +5,7 @@
 //! snapshot is refreshed at once; other replicas follow within a second (`crate::control`).
 
 mod keys;
+mod spend;
 
 use bytes::Bytes;
 use http::Method;
@@ -47,6 +48,7 @@ async fn serve(gw: &Gateway, session: &mut Session, ctx: &mut RequestCtx) -> Res
     };
     let (status, body) = match parts.first().copied() {
         Some("keys") => keys::route(gw, session, ctx, &req).await?,
+        Some("spend") if parts.len() == 1 => (200, spend::report(gw, &req).await?),
         _ => {
             return Err(ApiError::of(
                 Code::NotFound,

@@ -27,6 +27,8 @@ pub struct Principal {
     pub limits: Arc<LimitsSpec>,
     /// A key's `owner` and `metadata` (shown in `/v1/usage`).
     pub owner: Option<String>,
+    /// A key's team (keys issued through the admin API): its spend is booked under it too.
+    pub team: Option<String>,
     pub metadata: Arc<std::collections::BTreeMap<String, String>>,
     /// May use raw `/proxy/*` (which no limit or model list can meter) when its limits allow:
     /// keys, and OIDC principals with a configured tier, never a token that got "no tiers".
@@ -66,6 +68,7 @@ struct KeyEntry {
     digest: [u8; 32],
     name: String,
     owner: Option<String>,
+    team: Option<String>,
     metadata: Arc<std::collections::BTreeMap<String, String>>,
     expires: Option<SystemTime>,
     limits: Arc<LimitsSpec>,
@@ -140,6 +143,7 @@ impl Auth {
                     digest: digest_of(&k.hash),
                     name: k.name.clone(),
                     owner: k.owner.clone(),
+                    team: None,
                     metadata: Arc::new(k.metadata.clone()),
                     expires,
                     limits: Arc::new(k.limits.clone()),
@@ -178,6 +182,7 @@ impl Auth {
                     digest: digest_of(&k.hash),
                     name: k.name.clone(),
                     owner: k.owner.clone(),
+                    team: k.team.clone(),
                     metadata: Arc::new(s.metadata.clone()),
                     expires: k.expires_at.map(|ms| {
                         SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64)
@@ -279,6 +284,7 @@ impl Auth {
                     name: k.name.clone(),
                     limits: k.limits.clone(),
                     owner: k.owner.clone(),
+                    team: k.team.clone(),
                     metadata: k.metadata.clone(),
                     may_proxy: true,
                 }));

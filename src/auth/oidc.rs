@@ -145,6 +145,7 @@ impl Oidc {
             name: subject,
             limits,
             may_proxy,
+            team: None,
             owner: None,
             metadata: Default::default(),
         })

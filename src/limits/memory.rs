@@ -129,6 +129,16 @@ impl Memory {
         })
     }
 
+    /// A period's spend from the store's ledger (at start): kept unless more is already known.
+    pub fn seed_spend(&self, id: &str, minute: u64, period: &str, micro: i64) {
+        self.with(id, |e| {
+            e.roll(minute, period);
+            if e.period == period {
+                e.spend_micro = e.spend_micro.max(micro);
+            }
+        });
+    }
+
     /// Redis failed at settlement: keep the spend here at least.
     pub fn settle_spend_only(&self, id: &str, at: &Settlement) {
         self.with(id, |e| {

@@ -132,6 +132,20 @@ pub fn period_key(p: BudgetPeriod, now_secs: u64) -> String {
     }
 }
 
+/// When the budget period containing `now_secs` began (Unix seconds; 0 for `total`).
+pub fn period_start_secs(p: BudgetPeriod, now_secs: u64) -> u64 {
+    let days = now_secs / 86_400;
+    match p {
+        BudgetPeriod::Daily => days * 86_400,
+        BudgetPeriod::Weekly => (days - (days + 3) % 7) * 86_400,
+        BudgetPeriod::Monthly => {
+            let (y, m) = civil_month(days as i64);
+            days_from_civil(y, m).max(0) as u64 * 86_400
+        }
+        BudgetPeriod::Total => 0,
+    }
+}
+
 /// Seconds until the budget period after `now_secs` begins (`None` for `total`).
 pub fn period_reset_secs(p: BudgetPeriod, now_secs: u64) -> Option<u64> {
     let days = now_secs / 86_400;
@@ -189,6 +203,24 @@ impl Limiter {
             failure_mode: cfg.limits.failure_mode,
             prices: prices::Prices::from_config(cfg),
             metrics,
+        }
+    }
+
+    /// A principal's spend in its current budget period, from the store's ledger (at start),
+    /// in this process's counters.
+    pub fn seed_spend_local(&self, id: &str, period: BudgetPeriod, micro: i64) {
+        let now = unix_secs();
+        self.memory
+            .seed_spend(id, now / 60, &period_key(period, now), micro);
+    }
+
+    /// The same in Redis, where no replica has a counter yet (never added twice).
+    pub async fn seed_spend_shared(&self, id: &str, period: BudgetPeriod, micro: i64) {
+        if let Some(r) = &self.redis {
+            let now = unix_secs();
+            if let Err(e) = r.seed_spend(id, &period_key(period, now), micro).await {
+                self.backend_error(&e);
+            }
         }
     }
 
@@ -367,6 +399,29 @@ pub fn retry_after(h: &RateHeaders) -> Duration {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn period_starts() {
+        // 2026-12-02 (a Wednesday) 10:00 UTC.
+        let now = 1_796_205_600;
+        let day = 1_796_169_600;
+        assert_eq!(period_start_secs(BudgetPeriod::Daily, now), day);
+        assert_eq!(
+            period_start_secs(BudgetPeriod::Weekly, now),
+            day - 2 * 86_400
+        );
+        assert_eq!(period_start_secs(BudgetPeriod::Monthly, now), day - 86_400);
+        assert_eq!(period_start_secs(BudgetPeriod::Total, now), 0);
+        for p in [
+            BudgetPeriod::Daily,
+            BudgetPeriod::Weekly,
+            BudgetPeriod::Monthly,
+        ] {
+            let start = period_start_secs(p, now);
+            assert_eq!(period_key(p, start), period_key(p, now), "{p:?}");
+            assert_ne!(period_key(p, start - 1), period_key(p, now), "{p:?}");
+        }
+    }
     use super::*;
 
     #[test]

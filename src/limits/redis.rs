@@ -111,6 +111,16 @@ fn now_ms() -> u64 {
 
 /// A reconnecting Redis connection bounded by `timeout` per call (shared by the limits and the
 /// reasoning vault).
+/// How long a period's spend key lives (past its period; 0: for ever).
+fn spend_ttl(period: &str) -> u64 {
+    match period.chars().next() {
+        Some('d') => 2 * 86_400,
+        Some('w') => 8 * 86_400,
+        Some('m') => 32 * 86_400,
+        _ => 0,
+    }
+}
+
 pub(crate) async fn connect(url: &str, timeout: Duration) -> Result<ConnectionManager, String> {
     let client = redis::Client::open(url).map_err(|e| format!("invalid REDIS_URL: {e}"))?;
     let cfg = redis::aio::ConnectionManagerConfig::new()
@@ -232,14 +242,30 @@ impl Redis {
         self.guarded(self.settle_inner(a, at)).await
     }
 
+    /// Sets a period's spend where Redis has none (from the store's ledger at start: never
+    /// added twice, and never over a counter replicas already share).
+    pub async fn seed_spend(&self, id: &str, period: &str, micro: i64) -> Result<(), BackendError> {
+        self.guarded(async {
+            let mut conn = self.conn().await?;
+            let mut cmd = redis::cmd("SET");
+            cmd.arg(self.key(id, &format!("s:{period}")))
+                .arg(micro)
+                .arg("NX");
+            let ttl = spend_ttl(period);
+            if ttl > 0 {
+                cmd.arg("EX").arg(ttl);
+            }
+            cmd.query_async::<Option<String>>(&mut conn)
+                .await
+                .map(|_| ())
+                .map_err(|e| BackendError(e.to_string()))
+        })
+        .await
+    }
+
     async fn settle_inner(&self, a: &Ask, at: &Settlement) -> Result<(), BackendError> {
         let mut conn = self.conn().await?;
-        let ttl: u64 = match at.period.chars().next() {
-            Some('d') => 2 * 86_400,
-            Some('w') => 8 * 86_400,
-            Some('m') => 32 * 86_400,
-            _ => 0,
-        };
+        let ttl = spend_ttl(&at.period);
         let mut inv = self.settle.prepare_invoke();
         inv.key(self.key(&a.id, &format!("t:{}", a.minute)))
             .key(self.key(&a.id, &format!("t:{}", at.minute)))

@@ -67,11 +67,17 @@ impl Gateway {
         control: Option<crate::control::Start>,
     ) -> Self {
         let auth = Arc::new(crate::auth::Auth::from_config(&cfg));
+        let limiter = Arc::new(crate::limits::Limiter::from_config(&cfg, metrics.clone()));
         Gateway {
-            control: control
-                .map(|start| Arc::new(crate::control::ControlPlane::new(start, auth.clone()))),
+            control: control.map(|start| {
+                Arc::new(crate::control::ControlPlane::new(
+                    start,
+                    auth.clone(),
+                    limiter.clone(),
+                ))
+            }),
             auth,
-            limiter: Arc::new(crate::limits::Limiter::from_config(&cfg, metrics.clone())),
+            limiter,
             mcp,
             models_cache: Default::default(),
             vault: crate::vault::Vault::from_config(&cfg),
@@ -593,6 +599,23 @@ impl ProxyHttp for Gateway {
                 (None, _, _) => (0, 0.0),
             };
             self.limiter.settle(&adm, tokens, cost).await;
+            // The store's ledger: budgets survive restarts, /admin/v1/spend reports it.
+            if let (Some(cp), Some(p)) = (&self.control, &ctx.caller.principal) {
+                if let Some(u) = &usage {
+                    cp.ledger.book(crate::ledger::Booking {
+                        principal: p.id.clone(),
+                        team: p.team.clone().unwrap_or_default(),
+                        model: match (&ctx.upstream.provider, &ctx.upstream.model) {
+                            (Some(pr), Some(m)) => format!("{pr}/{m}"),
+                            _ => ctx.model.clone().unwrap_or_default(),
+                        },
+                        prompt_tokens: u.prompt_tokens,
+                        completion_tokens: u.completion_tokens,
+                        spend_micro: (cost.clamp(0.0, 1e12) * 1e6).round() as i64,
+                        at_secs: crate::store::now_ms() as u64 / 1000,
+                    });
+                }
+            }
         }
         for round in ctx.caller.round_admissions.drain(..) {
             self.limiter.settle(&round, 0, 0.0).await;

@@ -8,6 +8,7 @@
 //! `changes` counter moves.
 
 pub mod keys;
+pub mod ledger;
 
 use std::borrow::Cow;
 use std::time::Duration;
@@ -17,8 +18,14 @@ use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::{AnyPool, Row};
 
 /// The schema, in order. A migration is never edited once released: add a new one.
-const MIGRATIONS: [(i64, &str, &str); 1] =
-    [(1, "keys", include_str!("../../migrations/0001_keys.sql"))];
+const MIGRATIONS: [(i64, &str, &str); 2] = [
+    (1, "keys", include_str!("../../migrations/0001_keys.sql")),
+    (
+        2,
+        "ledger",
+        include_str!("../../migrations/0002_ledger.sql"),
+    ),
+];
 
 #[derive(Debug)]
 pub enum StoreError {

@@ -480,4 +480,162 @@ async fn two_gateways_share_keys_through_postgres() {
     .json();
     assert_eq!(v["data"][0]["name"], "shared");
     assert!(v["data"][0]["revoked_at"].is_string());
+    // Spend booked by either gateway lands in the one ledger (PostgreSQL's upsert and sums).
+    let r = admin(
+        gw1.addr(),
+        "POST",
+        "/admin/v1/keys",
+        &json!({"name": "payer", "team": "t1", "budget_usd": 10}),
+    )
+    .await;
+    let key = r.json()["key"].as_str().unwrap().to_string();
+    let t = Instant::now();
+    while chat(gw2.addr(), &key, "openai/gpt-4o").await.status != 200 {
+        assert!(t.elapsed() < Duration::from_secs(1));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(chat(gw1.addr(), &key, "openai/gpt-4o").await.status, 200);
+    assert_eq!(chat(gw2.addr(), &key, "openai/gpt-4o").await.status, 200);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let v = admin(
+            gw1.addr(),
+            "GET",
+            "/admin/v1/spend?group_by=team",
+            &Value::Null,
+        )
+        .await
+        .json();
+        if v["data"][0]["requests"] == 3 {
+            assert_eq!(v["data"][0]["team"], "t1");
+            assert_eq!(v["data"][0]["prompt_tokens"], 27);
+            assert!(v["total"]["spend_usd"].as_f64().unwrap() > 0.0, "{v}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "{v}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Spend goes to the store's ledger off the request path: reported by key, team, model and day,
+/// and a restart loads the period's spend back (a spent budget stays spent).
+#[tokio::test(flavor = "multi_thread")]
+async fn spend_is_booked_in_the_ledger_and_survives_a_restart() {
+    let up = mock().await;
+    let dir = temp_dir("ledger");
+    let mut env = provider_env(&[("openai", up.url("/v1"))]);
+    env.push((
+        "DATABASE_URL",
+        format!("sqlite://{}", dir.join("igw.db").display()),
+    ));
+    env.push(("ADMIN_API_KEY", ADMIN.into()));
+    let gw = InProcessGateway::start(&env, None);
+    let r = admin(
+        gw.addr,
+        "POST",
+        "/admin/v1/keys",
+        &json!({"name": "spender", "team": "research", "budget_usd": 0.0002, "budget_period": "monthly"}),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let key = r.json()["key"].as_str().unwrap().to_string();
+    let id = r.json()["api_key"]["id"].as_str().unwrap().to_string();
+    // Each answer costs the mock's usage at gpt-4o's price; the budget allows a few.
+    let mut ok = 0;
+    for _ in 0..20 {
+        match chat(gw.addr, &key, "openai/gpt-4o").await.status {
+            200 => ok += 1,
+            429 => break,
+            s => panic!("status {s}"),
+        }
+    }
+    assert!(
+        (1..20).contains(&ok),
+        "{ok} requests before the budget ran out"
+    );
+    let spent = admin(
+        gw.addr,
+        "GET",
+        &format!("/admin/v1/keys/{id}/usage"),
+        &Value::Null,
+    )
+    .await
+    .json()["spend_usd"]
+        .as_f64()
+        .unwrap();
+    assert!(spent >= 0.0002, "{spent}");
+    // In the ledger within about a second.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let report = loop {
+        let v = admin(gw.addr, "GET", "/admin/v1/spend?group_by=key", &Value::Null)
+            .await
+            .json();
+        if v["total"]["requests"] == ok {
+            break v;
+        }
+        assert!(Instant::now() < deadline, "{v}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(report["data"][0]["key"], "spender", "{report}");
+    assert_eq!(report["data"][0]["principal"], "key:spender");
+    assert!(
+        (report["data"][0]["spend_usd"].as_f64().unwrap() - spent).abs() < 1e-9,
+        "{report}"
+    );
+    let by = |g: &str| {
+        let gw = gw.addr;
+        let q = format!("/admin/v1/spend?group_by={g}");
+        async move { admin(gw, "GET", &q, &Value::Null).await.json() }
+    };
+    assert_eq!(by("team").await["data"][0]["team"], "research");
+    assert_eq!(by("model").await["data"][0]["model"], "openai/gpt-4o");
+    let today =
+        humantime::format_rfc3339(std::time::SystemTime::now()).to_string()[..10].to_string();
+    assert_eq!(by("day").await["data"][0]["day"], today);
+    // A window before any spend is empty; bad parameters are 400s naming them.
+    let r = admin(
+        gw.addr,
+        "GET",
+        "/admin/v1/spend?from=2020-01-01&to=2020-02-01",
+        &Value::Null,
+    )
+    .await;
+    assert_eq!(r.json()["data"], json!([]), "{}", r.text());
+    for (q, param) in [
+        ("group_by=user", "group_by"),
+        ("from=yesterday", "from"),
+        ("from=2030-01-01&to=2020-01-01", "from"),
+    ] {
+        let r = admin(
+            gw.addr,
+            "GET",
+            &format!("/admin/v1/spend?{q}"),
+            &Value::Null,
+        )
+        .await;
+        assert_error(&r, 400, "invalid_value");
+        assert_eq!(r.json()["error"]["param"], param);
+    }
+
+    // A new process on the same store: the month's spend is loaded back, the budget stays spent.
+    let gw2 = InProcessGateway::start(&env, None);
+    let again = admin(
+        gw2.addr,
+        "GET",
+        &format!("/admin/v1/keys/{id}/usage"),
+        &Value::Null,
+    )
+    .await
+    .json()["spend_usd"]
+        .as_f64()
+        .unwrap();
+    assert!(
+        (again - spent).abs() < 1e-9,
+        "{again} after the restart, {spent} before"
+    );
+    assert_error(
+        &chat(gw2.addr, &key, "openai/gpt-4o").await,
+        429,
+        "insufficient_quota",
+    );
 }
