@@ -20,9 +20,14 @@ RUN apt-get update \
  && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin gateway
 COPY --from=build /src/target/release/inference-gateway /usr/local/bin/inference-gateway
 COPY conf/gateway.toml /etc/inference-gateway/gateway.toml
+# The control plane's store (SQLite): keys issued at run time and the spend ledger. Mount a
+# volume here to keep them, or set DATABASE_URL=postgres://... for several replicas.
+RUN mkdir -p /var/lib/inference-gateway && chown 10001:10001 /var/lib/inference-gateway
+VOLUME ["/var/lib/inference-gateway"]
 USER 10001:10001
 ENV SERVER_HOST=0.0.0.0 \
     SERVER_PORT=8080 \
+    DATABASE_URL=sqlite:///var/lib/inference-gateway/igw.db \
     SERVER_PID_FILE=/tmp/inference-gateway.pid \
     SERVER_UPGRADE_SOCK=/tmp/inference-gateway-upgrade.sock
 EXPOSE 8080 9464

@@ -477,6 +477,9 @@ fn systemd_unit_verifies_and_matches_the_binary() {
         "ProtectSystem=strict",
         "DynamicUser=yes",
         "LimitNOFILE=",
+        // The store lives in the unit's state directory.
+        "StateDirectory=inference-gateway",
+        "Environment=DATABASE_URL=sqlite:///var/lib/inference-gateway/",
     ] {
         assert!(unit.contains(needle), "{needle}");
     }
@@ -537,9 +540,23 @@ fn kubernetes_manifests_parse_and_agree() {
         "HorizontalPodAutoscaler",
         "PodDisruptionBudget",
         "ServiceMonitor",
+        "StatefulSet",
     ] {
         assert!(kinds.iter().any(|x| x == k), "{k} missing");
     }
+    // The store: PostgreSQL (the replicas share it), its password from the same Secret.
+    let secret = docs.iter().find(|d| d["kind"] == "Secret").unwrap();
+    assert!(secret["stringData"]["DATABASE_URL"]
+        .as_str()
+        .unwrap()
+        .starts_with("postgres://"));
+    let pg = docs.iter().find(|d| d["kind"] == "StatefulSet").unwrap();
+    let pg_env = &pg["spec"]["template"]["spec"]["containers"][0]["env"];
+    assert!(pg_env
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .any(|e| e["valueFrom"]["secretKeyRef"]["key"] == "POSTGRES_PASSWORD"));
     let find = |kind: &str| docs.iter().find(|d| d["kind"] == kind).unwrap();
     let dep = find("Deployment");
     let c = &dep["spec"]["template"]["spec"]["containers"][0];
@@ -597,6 +614,8 @@ fn dockerfile_and_compose_agree_with_the_readme() {
         "HEALTHCHECK",
         "/health",
         "ENTRYPOINT [\"/usr/local/bin/inference-gateway\"]",
+        "VOLUME [\"/var/lib/inference-gateway\"]",
+        "DATABASE_URL=sqlite:///var/lib/inference-gateway/",
     ] {
         assert!(dockerfile.contains(needle), "Dockerfile lacks {needle}");
     }
@@ -613,6 +632,16 @@ fn dockerfile_and_compose_agree_with_the_readme() {
             .unwrap();
     assert!(compose["services"]["gateway"]["build"].is_string());
     assert!(compose["services"]["prometheus"].is_mapping());
+    let gw_env = &compose["services"]["gateway"]["environment"];
+    assert!(gw_env["DATABASE_URL"]
+        .as_str()
+        .unwrap()
+        .starts_with("postgres://igw:igw@postgres:5432/"));
+    assert!(compose["services"]["postgres"]["healthcheck"].is_mapping());
+    assert_eq!(
+        compose["services"]["gateway"]["depends_on"]["postgres"]["condition"],
+        "service_healthy"
+    );
     let prom: serde_yaml::Value = serde_yaml::from_str(
         &std::fs::read_to_string(repo("deploy/compose-prometheus.yml")).unwrap(),
     )
