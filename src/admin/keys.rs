@@ -32,14 +32,14 @@ pub(super) async fn route(
         (&Method::GET, []) => list(gw, req).map(|v| (200, v)),
         (&Method::POST, []) => {
             let fields = json_body(gw, session, ctx).await?;
-            create(gw, fields).await.map(|v| (201, v))
+            create(gw, req, fields).await.map(|v| (201, v))
         }
         (&Method::GET, [id]) => Ok((200, key_json(&find(gw, id)?))),
         (&Method::PUT | &Method::PATCH, [id]) => {
             let fields = json_body(gw, session, ctx).await?;
-            update(gw, id, fields).await.map(|v| (200, v))
+            update(gw, req, id, fields).await.map(|v| (200, v))
         }
-        (&Method::DELETE, [id]) => revoke(gw, id).await.map(|v| (200, v)),
+        (&Method::DELETE, [id]) => revoke(gw, req, id).await.map(|v| (200, v)),
         (&Method::GET, [id, "usage"]) => usage(gw, id).await.map(|v| (200, v)),
         (_, [] | [_] | [_, "usage"]) => Err(req.not_allowed()),
         _ => Err(ApiError::of(Code::NotFound, "Invalid URL")),
@@ -333,8 +333,13 @@ fn duplicate(name: &str) -> ApiError {
     .param("name")
 }
 
-async fn create(gw: &Gateway, body: Map<String, Value>) -> Result<Value, ApiError> {
+async fn create(
+    gw: &Gateway,
+    req: &AdminRequest<'_>,
+    body: Map<String, Value>,
+) -> Result<Value, ApiError> {
     let cp = control(gw)?;
+    let given: Vec<String> = body.keys().cloned().collect();
     let f = fields(body)?;
     let Some(name) = f.name.clone() else {
         return Err(invalid("name", "required"));
@@ -358,7 +363,12 @@ async fn create(gw: &Gateway, body: Map<String, Value>) -> Result<Value, ApiErro
         revoked_at: None,
     };
     f.apply(&mut key);
-    match cp.store.insert_key(&key).await {
+    let audit = req.audit(
+        "key.create",
+        &key.id,
+        json!({"name": key.name, "fields": given}),
+    );
+    match cp.store.insert_key(&key, &audit).await {
         Ok(()) => {}
         Err(StoreError::Duplicate) => return Err(duplicate(&name)),
         Err(e) => return Err(store_failed(e)),
@@ -371,7 +381,12 @@ async fn create(gw: &Gateway, body: Map<String, Value>) -> Result<Value, ApiErro
     Ok(json!({"key": secret, "api_key": key_json(&Listed::Store(key))}))
 }
 
-async fn update(gw: &Gateway, id: &str, body: Map<String, Value>) -> Result<Value, ApiError> {
+async fn update(
+    gw: &Gateway,
+    req: &AdminRequest<'_>,
+    id: &str,
+    body: Map<String, Value>,
+) -> Result<Value, ApiError> {
     let mut key = match find(gw, id)? {
         Listed::Config(c) => return Err(read_only(&c.name)),
         Listed::Store(k) => k,
@@ -383,6 +398,7 @@ async fn update(gw: &Gateway, id: &str, body: Map<String, Value>) -> Result<Valu
         ));
     }
     let cp = control(gw)?;
+    let given: Vec<String> = body.keys().cloned().collect();
     let f = fields(body)?;
     if let Some(n) = &f.name {
         if *n != key.name && name_taken(gw, n, Some(&key.id)) {
@@ -391,7 +407,12 @@ async fn update(gw: &Gateway, id: &str, body: Map<String, Value>) -> Result<Valu
     }
     f.apply(&mut key);
     key.updated_at = now_ms();
-    match cp.store.update_key(&key).await {
+    let audit = req.audit(
+        "key.update",
+        &key.id,
+        json!({"name": key.name, "fields": given}),
+    );
+    match cp.store.update_key(&key, &audit).await {
         Ok(true) => {}
         Ok(false) => return Err(not_found(id)),
         Err(StoreError::Duplicate) => return Err(duplicate(&key.name)),
@@ -404,14 +425,15 @@ async fn update(gw: &Gateway, id: &str, body: Map<String, Value>) -> Result<Valu
     Ok(key_json(&Listed::Store(key)))
 }
 
-async fn revoke(gw: &Gateway, id: &str) -> Result<Value, ApiError> {
+async fn revoke(gw: &Gateway, req: &AdminRequest<'_>, id: &str) -> Result<Value, ApiError> {
     let key = match find(gw, id)? {
         Listed::Config(c) => return Err(read_only(&c.name)),
         Listed::Store(k) => k,
     };
     let cp = control(gw)?;
     if key.revoked_at.is_none() {
-        match cp.store.revoke_key(id, now_ms()).await {
+        let audit = req.audit("key.revoke", id, json!({"name": key.name}));
+        match cp.store.revoke_key(id, now_ms(), &audit).await {
             Ok(_) => {}
             Err(e) => return Err(store_failed(e)),
         }

@@ -41,14 +41,21 @@ async fn serve(gw: &Gateway, session: &mut Session, ctx: &mut RequestCtx) -> Res
     let rest = path.strip_prefix("/admin/v1/").unwrap_or("");
     let parts: Vec<&str> = rest.split('/').filter(|p| !p.is_empty()).collect();
     let query = session.req_header().uri.query().unwrap_or("").to_string();
+    let client = session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| a.ip().to_string())
+        .unwrap_or_default();
     let req = AdminRequest {
         method: &method,
         parts: &parts,
         query: &query,
+        client: &client,
     };
     let (status, body) = match parts.first().copied() {
         Some("keys") => keys::route(gw, session, ctx, &req).await?,
         Some("spend") if parts.len() == 1 => (200, spend::report(gw, &req).await?),
+        Some("audit") if parts.len() == 1 => (200, audit(gw, &req).await?),
         _ => {
             return Err(ApiError::of(
                 Code::NotFound,
@@ -65,9 +72,22 @@ struct AdminRequest<'a> {
     method: &'a Method,
     parts: &'a [&'a str],
     query: &'a str,
+    /// The caller's address (for the audit log).
+    client: &'a str,
 }
 
 impl AdminRequest<'_> {
+    /// An audit record of a change made by this request (the admin key is the actor).
+    fn audit(&self, action: &str, target: &str, detail: Value) -> crate::store::audit::AuditEntry {
+        crate::store::audit::AuditEntry::new(
+            "admin-key",
+            self.client,
+            action,
+            target,
+            detail.to_string(),
+        )
+    }
+
     fn param(&self, name: &str) -> Option<String> {
         self.query.split('&').find_map(|kv| {
             let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
@@ -195,6 +215,45 @@ fn page(items: Vec<Value>, limit: usize, cursor: Option<&str>) -> Result<Value, 
                 .and_then(|i| i["id"].as_str())
                 .map(str::to_string)
         })
+        .flatten();
+    Ok(serde_json::json!({"object": "list", "data": data, "next_cursor": next}))
+}
+
+/// `GET /admin/v1/audit?limit=&cursor=`: changes made through the admin API, newest first.
+async fn audit(gw: &Gateway, req: &AdminRequest<'_>) -> Result<Value, ApiError> {
+    if req.method != Method::GET {
+        return Err(req.not_allowed());
+    }
+    let cp = control(gw)?;
+    let (limit, cursor) = page_params(req)?;
+    let before = match cursor {
+        None => None,
+        Some(c) => Some(
+            c.split_once('.')
+                .and_then(|(at, id)| Some((at.parse::<i64>().ok()?, id.to_string())))
+                .ok_or_else(|| {
+                    ApiError::of(Code::InvalidValue, "cursor is not one this list gave")
+                        .param("cursor")
+                })?,
+        ),
+    };
+    let rows = cp
+        .store
+        .audit(limit + 1, before)
+        .await
+        .map_err(store_failed)?;
+    let more = rows.len() > limit;
+    let data: Vec<Value> = rows
+        .iter()
+        .take(limit)
+        .map(|e| {
+            serde_json::json!({"id": e.id, "object": "audit_entry", "at": rfc3339(e.at),
+                "actor": e.actor, "client": e.client, "action": e.action, "target": e.target,
+                "detail": serde_json::from_str::<Value>(&e.detail).unwrap_or(Value::Null)})
+        })
+        .collect();
+    let next = more
+        .then(|| rows.get(limit - 1).map(|e| format!("{}.{}", e.at, e.id)))
         .flatten();
     Ok(serde_json::json!({"object": "list", "data": data, "next_cursor": next}))
 }

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use sqlx::Row;
 
+use super::audit::AuditEntry;
 use super::{bump, opt_i64, opt_str, Store, StoreError};
 use crate::config::auth::BudgetPeriod;
 
@@ -79,7 +80,7 @@ impl Store {
         rows.iter().map(from_row).collect()
     }
 
-    pub async fn insert_key(&self, k: &StoredKey) -> Result<(), StoreError> {
+    pub async fn insert_key(&self, k: &StoredKey, audit: &AuditEntry) -> Result<(), StoreError> {
         let spec = serde_json::to_string(&k.spec).expect("serializes");
         let mut tx = self.pool().begin().await?;
         sqlx::query(&format!(
@@ -98,13 +99,13 @@ impl Store {
         .bind(k.revoked_at)
         .execute(&mut *tx)
         .await?;
-        bump(&mut tx).await?;
+        bump(&mut tx, audit).await?;
         tx.commit().await?;
         Ok(())
     }
 
     /// Writes a key's changeable fields; `false` when it does not exist.
-    pub async fn update_key(&self, k: &StoredKey) -> Result<bool, StoreError> {
+    pub async fn update_key(&self, k: &StoredKey, audit: &AuditEntry) -> Result<bool, StoreError> {
         let spec = serde_json::to_string(&k.spec).expect("serializes");
         let mut tx = self.pool().begin().await?;
         let done = sqlx::query(
@@ -122,13 +123,18 @@ impl Store {
         if done.rows_affected() == 0 {
             return Ok(false);
         }
-        bump(&mut tx).await?;
+        bump(&mut tx, audit).await?;
         tx.commit().await?;
         Ok(true)
     }
 
     /// Revokes a live key; `false` when there is none with this id.
-    pub async fn revoke_key(&self, id: &str, at: i64) -> Result<bool, StoreError> {
+    pub async fn revoke_key(
+        &self,
+        id: &str,
+        at: i64,
+        audit: &AuditEntry,
+    ) -> Result<bool, StoreError> {
         let mut tx = self.pool().begin().await?;
         let done = sqlx::query(
             "UPDATE api_keys SET revoked_at = $1, updated_at = $2 WHERE id = $3 AND revoked_at IS NULL",
@@ -141,7 +147,7 @@ impl Store {
         if done.rows_affected() == 0 {
             return Ok(false);
         }
-        bump(&mut tx).await?;
+        bump(&mut tx, audit).await?;
         tx.commit().await?;
         Ok(true)
     }

@@ -7,6 +7,7 @@
 //! keeps an in-memory snapshot (`crate::control`) that a background task refreshes when the
 //! `changes` counter moves.
 
+pub mod audit;
 pub mod keys;
 pub mod ledger;
 
@@ -18,13 +19,14 @@ use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::{AnyPool, Row};
 
 /// The schema, in order. A migration is never edited once released: add a new one.
-const MIGRATIONS: [(i64, &str, &str); 2] = [
+const MIGRATIONS: [(i64, &str, &str); 3] = [
     (1, "keys", include_str!("../../migrations/0001_keys.sql")),
     (
         2,
         "ledger",
         include_str!("../../migrations/0002_ledger.sql"),
     ),
+    (3, "audit", include_str!("../../migrations/0003_audit.sql")),
 ];
 
 #[derive(Debug)]
@@ -191,12 +193,15 @@ impl Store {
     }
 }
 
-/// Bumps the change counter inside a write's transaction.
-pub(crate) async fn bump(tx: &mut sqlx::Transaction<'_, sqlx::Any>) -> Result<(), StoreError> {
+/// Bumps the change counter inside a write's transaction, and records who made the change.
+pub(crate) async fn bump(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    audit: &audit::AuditEntry,
+) -> Result<(), StoreError> {
     sqlx::query("UPDATE changes SET seq = seq + 1 WHERE id = 1")
         .execute(&mut **tx)
         .await?;
-    Ok(())
+    audit::record(tx, audit).await
 }
 
 pub(crate) fn opt_i64(row: &AnyRow, col: &str) -> Result<Option<i64>, StoreError> {
@@ -250,9 +255,14 @@ mod tests {
         s.check_writable().await.unwrap();
         assert_eq!(s.version().await.unwrap(), 0);
         let mut tx = s.pool.begin().await.unwrap();
-        bump(&mut tx).await.unwrap();
+        let entry =
+            audit::AuditEntry::new("admin-key", "127.0.0.1", "key.create", "key_1", "{}".into());
+        bump(&mut tx, &entry).await.unwrap();
         tx.commit().await.unwrap();
         assert_eq!(s.version().await.unwrap(), 1);
+        let page = s.audit(10, None).await.unwrap();
+        assert_eq!(page.len(), 1);
+        assert_eq!(page[0].action, "key.create");
         s.close().await;
         let _ = std::fs::remove_dir_all(dir);
     }

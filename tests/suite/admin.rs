@@ -300,6 +300,49 @@ async fn key_lifecycle_on_sqlite() {
     let r = admin(a, "POST", "/admin/v1/keys", &json!({"name": "alice"})).await;
     assert_eq!(r.status, 201, "{}", r.text());
     let alice2 = r.json()["key"].as_str().unwrap().to_string();
+
+    // Every change is in the audit log, newest first, without a secret.
+    let v = admin(a, "GET", "/admin/v1/audit", &Value::Null)
+        .await
+        .json();
+    let actions: Vec<&str> = v["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            "key.create",
+            "key.revoke",
+            "key.update",
+            "key.create",
+            "key.create",
+            "key.create"
+        ],
+        "{v}"
+    );
+    assert_eq!(v["data"][1]["target"], json!(id));
+    assert_eq!(v["data"][2]["detail"]["fields"], json!(["owner", "rpm"]));
+    assert_eq!(v["data"][0]["actor"], "admin-key");
+    assert_eq!(v["data"][0]["client"], "127.0.0.1");
+    let all = v.to_string();
+    assert!(!all.contains(&key) && !all.contains(&alice2) && !all.contains("sha256:"));
+    let first = admin(a, "GET", "/admin/v1/audit?limit=4", &Value::Null)
+        .await
+        .json();
+    let cursor = first["next_cursor"].as_str().unwrap().to_string();
+    let rest = admin(
+        a,
+        "GET",
+        &format!("/admin/v1/audit?limit=4&cursor={cursor}"),
+        &Value::Null,
+    )
+    .await
+    .json();
+    assert_eq!(rest["data"].as_array().unwrap().len(), 2, "{rest}");
+    assert_eq!(rest["next_cursor"], Value::Null);
     // A new gateway on the same file (the first keeps running, as during an upgrade): the keys
     // and the revocation are read back from the store.
     let _old = gw;
@@ -515,6 +558,23 @@ async fn two_gateways_share_keys_through_postgres() {
         assert!(Instant::now() < deadline, "{v}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // One audit log for both gateways.
+    let v = admin(gw2.addr(), "GET", "/admin/v1/audit?limit=2", &Value::Null)
+        .await
+        .json();
+    assert_eq!(v["data"][0]["action"], "key.create", "{v}");
+    assert_eq!(v["data"][1]["action"], "key.revoke", "{v}");
+    let c = v["next_cursor"].as_str().unwrap();
+    let v = admin(
+        gw2.addr(),
+        "GET",
+        &format!("/admin/v1/audit?cursor={c}"),
+        &Value::Null,
+    )
+    .await
+    .json();
+    assert_eq!(v["data"][0]["action"], "key.create", "{v}");
+    assert_eq!(v["next_cursor"], Value::Null);
 }
 
 /// Spend goes to the store's ledger off the request path: reported by key, team, model and day,
