@@ -20,6 +20,7 @@ use crate::auth::Auth;
 use crate::config::auth::{BudgetPeriod, KeyConfig};
 use crate::limits::Limiter;
 use crate::store::keys::StoredKey;
+use crate::store::teams::StoredTeam;
 use crate::store::{Store, StoreError};
 
 /// How often every replica looks for changes.
@@ -31,6 +32,7 @@ pub struct ControlPlane {
     pub ledger: crate::ledger::Ledger,
     auth: Arc<Auth>,
     limiter: Arc<Limiter>,
+    teams: RwLock<Arc<Vec<StoredTeam>>>,
     /// Each budgeted key's spend in its current period, from the ledger at start (given to
     /// Redis by the sync service, which can wait for it).
     seeds: std::sync::Mutex<Vec<Seed>>,
@@ -44,6 +46,7 @@ pub struct ControlPlane {
 pub struct Start {
     pub store: Store,
     pub keys: Vec<StoredKey>,
+    pub teams: Vec<StoredTeam>,
     pub version: i64,
     /// Budgeted principals' spend in their current period (the ledger is the source of truth:
     /// a restart does not forget it).
@@ -57,7 +60,8 @@ pub struct Seed {
     pub spend_micro: i64,
 }
 
-/// Principals with a budget: keys of the file and of the store.
+/// Principals with a budget: keys of the file and of the store (teams apart: their spend is
+/// their keys').
 fn budgeted(cfg_keys: &[KeyConfig], stored: &[StoredKey]) -> Vec<(String, BudgetPeriod)> {
     let file = cfg_keys
         .iter()
@@ -80,6 +84,7 @@ impl Start {
             boot.migrate().await?;
             let version = boot.version().await.map_err(|e| format!("store: {e}"))?;
             let keys = boot.keys().await.map_err(|e| format!("store: {e}"))?;
+            let teams = boot.teams().await.map_err(|e| format!("store: {e}"))?;
             let now = crate::store::now_ms() as u64 / 1000;
             let mut seeds = Vec::new();
             for (principal, period) in budgeted(cfg_keys, &keys) {
@@ -96,14 +101,33 @@ impl Start {
                     });
                 }
             }
-            Ok::<_, String>((version, keys, seeds))
+            for t in teams
+                .iter()
+                .filter(|t| t.deleted_at.is_none() && t.spec.budget_usd.is_some())
+            {
+                let period = t.spec.budget_period;
+                let since = (crate::limits::period_start_secs(period, now) / 3600) as i64;
+                let spend_micro = boot
+                    .team_spend_since(&t.name, since)
+                    .await
+                    .map_err(|e| format!("store: {e}"))?;
+                if spend_micro > 0 {
+                    seeds.push(Seed {
+                        principal: format!("team:{}", t.name),
+                        period,
+                        spend_micro,
+                    });
+                }
+            }
+            Ok::<_, String>((version, keys, teams, seeds))
         }
         .await;
         boot.close().await;
-        let (version, keys, seeds) = loaded?;
+        let (version, keys, teams, seeds) = loaded?;
         Ok(Start {
             store: Store::connect_lazy(url)?,
             keys,
+            teams,
             version,
             seeds,
         })
@@ -112,7 +136,7 @@ impl Start {
 
 impl ControlPlane {
     pub fn new(start: Start, auth: Arc<Auth>, limiter: Arc<Limiter>) -> ControlPlane {
-        auth.set_store_keys(&start.keys);
+        auth.set_store_keys(&start.keys, &start.teams);
         // In this process's counters before the first request.
         for s in &start.seeds {
             limiter.seed_spend_local(&s.principal, s.period, s.spend_micro);
@@ -124,6 +148,7 @@ impl ControlPlane {
             limiter,
             seeds: std::sync::Mutex::new(start.seeds),
             keys: RwLock::new(Arc::new(start.keys)),
+            teams: RwLock::new(Arc::new(start.teams)),
             version: AtomicI64::new(start.version),
             stale: Default::default(),
         }
@@ -134,13 +159,20 @@ impl ControlPlane {
         self.keys.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
+    /// The teams the store held at the last refresh (deleted ones included).
+    pub fn teams(&self) -> Arc<Vec<StoredTeam>> {
+        self.teams.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
     /// Reloads the snapshot from the store (after this replica's own write, or when the change
     /// counter moved).
     pub async fn refresh(&self) -> Result<(), StoreError> {
         let version = self.store.version().await?;
         let keys = self.store.keys().await?;
-        self.auth.set_store_keys(&keys);
+        let teams = self.store.teams().await?;
+        self.auth.set_store_keys(&keys, &teams);
         *self.keys.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(keys);
+        *self.teams.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(teams);
         self.version.store(version, Ordering::Relaxed);
         Ok(())
     }

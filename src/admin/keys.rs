@@ -130,22 +130,22 @@ fn list(gw: &Gateway, req: &AdminRequest<'_>) -> Result<Value, ApiError> {
 
 /// The fields of a create or update body; each `Some` when present (`Some(None)`: cleared).
 #[derive(Default)]
-struct Fields {
-    name: Option<String>,
-    owner: Option<Option<String>>,
-    team: Option<Option<String>>,
-    models: Option<Vec<String>>,
-    rpm: Option<Option<u64>>,
-    tpm: Option<Option<u64>>,
-    max_concurrent: Option<Option<u64>>,
-    budget_usd: Option<Option<f64>>,
-    budget_period: Option<BudgetPeriod>,
-    expires_at: Option<Option<i64>>,
-    metadata: Option<BTreeMap<String, String>>,
-    tools: Option<Vec<String>>,
+pub(super) struct Fields {
+    pub(super) name: Option<String>,
+    pub(super) owner: Option<Option<String>>,
+    pub(super) team: Option<Option<String>>,
+    pub(super) models: Option<Vec<String>>,
+    pub(super) rpm: Option<Option<u64>>,
+    pub(super) tpm: Option<Option<u64>>,
+    pub(super) max_concurrent: Option<Option<u64>>,
+    pub(super) budget_usd: Option<Option<f64>>,
+    pub(super) budget_period: Option<BudgetPeriod>,
+    pub(super) expires_at: Option<Option<i64>>,
+    pub(super) metadata: Option<BTreeMap<String, String>>,
+    pub(super) tools: Option<Vec<String>>,
 }
 
-fn invalid(field: &'static str, what: &str) -> ApiError {
+pub(super) fn invalid(field: &'static str, what: &str) -> ApiError {
     ApiError::of(Code::InvalidField, format!("{field}: {what}")).param(field)
 }
 
@@ -186,18 +186,35 @@ fn strings(field: &'static str, v: &Value) -> Result<Vec<String>, ApiError> {
         .collect()
 }
 
-fn valid_name(n: &str) -> bool {
+pub(super) fn valid_name(n: &str) -> bool {
     !n.is_empty()
         && n.len() <= 64
         && n.bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'@'))
 }
 
+/// Which object a body describes: a team takes only the shared limits and budget.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Object {
+    Key,
+    Team,
+}
+
 /// Reads a body's fields (seed 003's names accepted as aliases: `rpm_limit`, `tpm_limit`,
 /// `allowed_models`); an unknown field or a wrong type is 422 naming it.
-fn fields(body: Map<String, Value>) -> Result<Fields, ApiError> {
+pub(super) fn fields(body: Map<String, Value>, object: Object) -> Result<Fields, ApiError> {
     let mut f = Fields::default();
     for (k, v) in &body {
+        let key_only = matches!(
+            k.as_str(),
+            "owner" | "team" | "models" | "allowed_models" | "expires_at" | "tools"
+        );
+        if object == Object::Team && key_only {
+            return Err(ApiError::of(
+                Code::InvalidField,
+                format!("Unknown field {k:?} (a team has name, rpm, tpm, max_concurrent, budget_usd, budget_period, metadata)"),
+            ));
+        }
         match k.as_str() {
             "name" => {
                 let n = v.as_str().filter(|n| valid_name(n)).ok_or_else(|| {
@@ -274,7 +291,7 @@ fn fields(body: Map<String, Value>) -> Result<Fields, ApiError> {
 
 impl Fields {
     /// Applies the fields present to a key.
-    fn apply(self, k: &mut StoredKey) {
+    pub(super) fn apply(self, k: &mut StoredKey) {
         let s = &mut k.spec;
         if let Some(v) = self.name {
             k.name = v;
@@ -315,6 +332,26 @@ impl Fields {
     }
 }
 
+/// A key's team must be a live team.
+fn team_exists(gw: &Gateway, f: &Fields) -> Result<(), ApiError> {
+    let Some(Some(team)) = &f.team else {
+        return Ok(());
+    };
+    let known = gw.control.as_deref().is_some_and(|cp| {
+        cp.teams()
+            .iter()
+            .any(|t| t.deleted_at.is_none() && t.name == *team)
+    });
+    if known {
+        Ok(())
+    } else {
+        Err(invalid(
+            "team",
+            &format!("no team named {team:?} (create it under /admin/v1/teams)"),
+        ))
+    }
+}
+
 /// A name a configuration key or another live stored key has: 409.
 fn name_taken(gw: &Gateway, name: &str, except: Option<&str>) -> bool {
     gw.cfg.keys.iter().any(|k| k.name == name)
@@ -340,7 +377,8 @@ async fn create(
 ) -> Result<Value, ApiError> {
     let cp = control(gw)?;
     let given: Vec<String> = body.keys().cloned().collect();
-    let f = fields(body)?;
+    let f = fields(body, Object::Key)?;
+    team_exists(gw, &f)?;
     let Some(name) = f.name.clone() else {
         return Err(invalid("name", "required"));
     };
@@ -399,7 +437,8 @@ async fn update(
     }
     let cp = control(gw)?;
     let given: Vec<String> = body.keys().cloned().collect();
-    let f = fields(body)?;
+    let f = fields(body, Object::Key)?;
+    team_exists(gw, &f)?;
     if let Some(n) = &f.name {
         if *n != key.name && name_taken(gw, n, Some(&key.id)) {
             return Err(duplicate(n));
@@ -474,6 +513,7 @@ async fn usage(gw: &Gateway, id: &str) -> Result<Value, ApiError> {
         limits: std::sync::Arc::new(limits),
         owner,
         team,
+        team_limits: None,
         metadata: Default::default(),
         may_proxy: true,
     };

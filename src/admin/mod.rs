@@ -6,6 +6,7 @@
 
 mod keys;
 mod spend;
+mod teams;
 
 use bytes::Bytes;
 use http::Method;
@@ -54,6 +55,7 @@ async fn serve(gw: &Gateway, session: &mut Session, ctx: &mut RequestCtx) -> Res
     };
     let (status, body) = match parts.first().copied() {
         Some("keys") => keys::route(gw, session, ctx, &req).await?,
+        Some("teams") => teams::route(gw, session, ctx, &req).await?,
         Some("spend") if parts.len() == 1 => (200, spend::report(gw, &req).await?),
         Some("audit") if parts.len() == 1 => (200, audit(gw, &req).await?),
         _ => {

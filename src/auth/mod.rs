@@ -29,6 +29,8 @@ pub struct Principal {
     pub owner: Option<String>,
     /// A key's team (keys issued through the admin API): its spend is booked under it too.
     pub team: Option<String>,
+    /// The team's limits and budget, shared by its keys: a request must pass both.
+    pub team_limits: Option<Arc<LimitsSpec>>,
     pub metadata: Arc<std::collections::BTreeMap<String, String>>,
     /// May use raw `/proxy/*` (which no limit or model list can meter) when its limits allow:
     /// keys, and OIDC principals with a configured tier, never a token that got "no tiers".
@@ -36,6 +38,22 @@ pub struct Principal {
 }
 
 impl Principal {
+    /// The principal the limiter counts the key's team as (`team:<name>`), when the key has a
+    /// team with limits.
+    pub fn team_principal(&self) -> Option<Principal> {
+        let (team, limits) = (self.team.as_ref()?, self.team_limits.as_ref()?);
+        Some(Principal {
+            id: format!("team:{team}"),
+            name: format!("team {team}"),
+            limits: limits.clone(),
+            owner: None,
+            team: None,
+            team_limits: None,
+            metadata: Default::default(),
+            may_proxy: true,
+        })
+    }
+
     /// Whether `requested` (as the client named it), routed to `route`, is allowed.
     /// Whether any model of `provider` is allowed (what may be asked of the provider beyond
     /// a model call, such as a stored response by id).
@@ -69,6 +87,7 @@ struct KeyEntry {
     name: String,
     owner: Option<String>,
     team: Option<String>,
+    team_limits: Option<Arc<LimitsSpec>>,
     metadata: Arc<std::collections::BTreeMap<String, String>>,
     expires: Option<SystemTime>,
     limits: Arc<LimitsSpec>,
@@ -89,6 +108,18 @@ pub struct Auth {
     /// gateway): callers must authenticate, as with keys in the file.
     store_has_keys: std::sync::atomic::AtomicBool,
     pub oidc: Option<Arc<oidc::Oidc>>,
+}
+
+/// The limits of a stored key or team.
+pub fn limits_of(s: &crate::store::keys::KeySpec) -> LimitsSpec {
+    LimitsSpec {
+        models: s.models.clone(),
+        rpm: s.rpm,
+        tpm: s.tpm,
+        max_concurrent: s.max_concurrent,
+        budget_usd: s.budget_usd,
+        budget_period: s.budget_period,
+    }
 }
 
 fn digest_of(hash: &str) -> [u8; 32] {
@@ -144,6 +175,7 @@ impl Auth {
                     name: k.name.clone(),
                     owner: k.owner.clone(),
                     team: None,
+                    team_limits: None,
                     metadata: Arc::new(k.metadata.clone()),
                     expires,
                     limits: Arc::new(k.limits.clone()),
@@ -171,8 +203,18 @@ impl Auth {
                 .load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// Replaces the keys issued through the admin API (the live ones of the store's snapshot).
-    pub fn set_store_keys(&self, stored: &[crate::store::keys::StoredKey]) {
+    /// Replaces the keys issued through the admin API (the live ones of the store's snapshot),
+    /// with their live teams' limits.
+    pub fn set_store_keys(
+        &self,
+        stored: &[crate::store::keys::StoredKey],
+        teams: &[crate::store::teams::StoredTeam],
+    ) {
+        let team_limits: HashMap<&str, Arc<LimitsSpec>> = teams
+            .iter()
+            .filter(|t| t.deleted_at.is_none())
+            .map(|t| (t.name.as_str(), Arc::new(limits_of(&t.spec))))
+            .collect();
         let mut table = KeyTable::new();
         for k in stored.iter().filter(|k| k.revoked_at.is_none()) {
             let s = &k.spec;
@@ -183,18 +225,12 @@ impl Auth {
                     name: k.name.clone(),
                     owner: k.owner.clone(),
                     team: k.team.clone(),
+                    team_limits: k.team.as_deref().and_then(|t| team_limits.get(t).cloned()),
                     metadata: Arc::new(s.metadata.clone()),
                     expires: k.expires_at.map(|ms| {
                         SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64)
                     }),
-                    limits: Arc::new(LimitsSpec {
-                        models: s.models.clone(),
-                        rpm: s.rpm,
-                        tpm: s.tpm,
-                        max_concurrent: s.max_concurrent,
-                        budget_usd: s.budget_usd,
-                        budget_period: s.budget_period,
-                    }),
+                    limits: Arc::new(limits_of(s)),
                 },
             );
         }
@@ -285,6 +321,7 @@ impl Auth {
                     limits: k.limits.clone(),
                     owner: k.owner.clone(),
                     team: k.team.clone(),
+                    team_limits: k.team_limits.clone(),
                     metadata: k.metadata.clone(),
                     may_proxy: true,
                 }));

@@ -146,6 +146,7 @@ impl Oidc {
             limits,
             may_proxy,
             team: None,
+            team_limits: None,
             owner: None,
             metadata: Default::default(),
         })

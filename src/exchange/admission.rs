@@ -212,6 +212,26 @@ impl<'g> Exchange<'g, '_> {
             .await
         {
             Ok((adm, headers)) => {
+                // The key's team: its shared limits and budget must admit the request too;
+                // when they do not, the key's admission is given back.
+                if let Some(team) = p.team_principal() {
+                    match self
+                        .gw
+                        .limiter
+                        .admit(&team, reserve, &crate::request_id::generate())
+                        .await
+                    {
+                        Ok((team_adm, _)) => self.ctx.caller.team_admission = Some(team_adm),
+                        Err(denied) => {
+                            self.gw.limiter.settle(&adm, 0, 0.0).await;
+                            let (err, headers) = limit_error(&team, denied, reserve.tokens);
+                            if headers.is_some() {
+                                self.ctx.caller.rate_headers = headers;
+                            }
+                            return Err(err);
+                        }
+                    }
+                }
                 self.ctx.caller.admission = Some(adm);
                 self.ctx.caller.rate_headers = Some(headers);
                 Ok(())

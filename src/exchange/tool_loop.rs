@@ -754,6 +754,23 @@ async fn admit_round(
         return Ok(());
     };
     let reserve = reserve_for(gw, route, prompt_bytes, ctx.caller.completion_reserve);
+    // The key's team is asked first (its round admission is given back with the others).
+    let team = p.team_principal();
+    if let Some(t) = &team {
+        match gw.limiter.admit_round(t, reserve).await {
+            Ok((adm, _)) => ctx.caller.round_admissions.push(adm),
+            Err(denied) => {
+                let (mut err, _) = limit_error(t, denied, reserve.tokens);
+                err.message = format!(
+                    "The MCP tool loop stopped before round {}: {}",
+                    ctx.mcp_rounds + 1,
+                    err.message
+                );
+                ctx.answer.error = Some("limit_reached_in_loop");
+                return Err(err);
+            }
+        }
+    }
     match gw.limiter.admit_round(p, reserve).await {
         Ok((adm, headers)) => {
             ctx.caller.round_admissions.push(adm);

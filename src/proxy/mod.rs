@@ -141,6 +141,8 @@ pub struct CallerRecord {
     pub admission: Option<crate::limits::Admission>,
     /// Admissions of later MCP loop rounds (reservations only: released in `logging`).
     pub round_admissions: Vec<crate::limits::Admission>,
+    /// The key's team's admission (its shared limits and budget), settled like the key's.
+    pub team_admission: Option<crate::limits::Admission>,
     /// Completion tokens one model call of this request may use (`max_tokens` x `n`, or the
     /// default reserve), reserved against TPM and budget.
     pub completion_reserve: u64,
@@ -599,6 +601,9 @@ impl ProxyHttp for Gateway {
                 (None, _, _) => (0, 0.0),
             };
             self.limiter.settle(&adm, tokens, cost).await;
+            if let Some(team) = ctx.caller.team_admission.take() {
+                self.limiter.settle(&team, tokens, cost).await;
+            }
             // The store's ledger: budgets survive restarts, /admin/v1/spend reports it.
             if let (Some(cp), Some(p)) = (&self.control, &ctx.caller.principal) {
                 if let Some(u) = &usage {

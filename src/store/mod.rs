@@ -10,6 +10,7 @@
 pub mod audit;
 pub mod keys;
 pub mod ledger;
+pub mod teams;
 
 use std::borrow::Cow;
 use std::time::Duration;
@@ -19,7 +20,7 @@ use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::{AnyPool, Row};
 
 /// The schema, in order. A migration is never edited once released: add a new one.
-const MIGRATIONS: [(i64, &str, &str); 3] = [
+const MIGRATIONS: [(i64, &str, &str); 4] = [
     (1, "keys", include_str!("../../migrations/0001_keys.sql")),
     (
         2,
@@ -27,6 +28,7 @@ const MIGRATIONS: [(i64, &str, &str); 3] = [
         include_str!("../../migrations/0002_ledger.sql"),
     ),
     (3, "audit", include_str!("../../migrations/0003_audit.sql")),
+    (4, "teams", include_str!("../../migrations/0004_teams.sql")),
 ];
 
 #[derive(Debug)]

@@ -527,6 +527,14 @@ async fn two_gateways_share_keys_through_postgres() {
     let r = admin(
         gw1.addr(),
         "POST",
+        "/admin/v1/teams",
+        &json!({"name": "t1"}),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let r = admin(
+        gw1.addr(),
+        "POST",
         "/admin/v1/keys",
         &json!({"name": "payer", "team": "t1", "budget_usd": 10}),
     )
@@ -563,7 +571,7 @@ async fn two_gateways_share_keys_through_postgres() {
         .await
         .json();
     assert_eq!(v["data"][0]["action"], "key.create", "{v}");
-    assert_eq!(v["data"][1]["action"], "key.revoke", "{v}");
+    assert_eq!(v["data"][1]["action"], "team.create", "{v}");
     let c = v["next_cursor"].as_str().unwrap();
     let v = admin(
         gw2.addr(),
@@ -573,7 +581,13 @@ async fn two_gateways_share_keys_through_postgres() {
     )
     .await
     .json();
-    assert_eq!(v["data"][0]["action"], "key.create", "{v}");
+    let rest: Vec<&str> = v["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(rest, ["key.revoke", "key.create"], "{v}");
     assert_eq!(v["next_cursor"], Value::Null);
 }
 
@@ -590,6 +604,14 @@ async fn spend_is_booked_in_the_ledger_and_survives_a_restart() {
     ));
     env.push(("ADMIN_API_KEY", ADMIN.into()));
     let gw = InProcessGateway::start(&env, None);
+    let r = admin(
+        gw.addr,
+        "POST",
+        "/admin/v1/teams",
+        &json!({"name": "research"}),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.text());
     let r = admin(
         gw.addr,
         "POST",
@@ -698,4 +720,163 @@ async fn spend_is_booked_in_the_ledger_and_survives_a_restart() {
         429,
         "insufficient_quota",
     );
+}
+
+/// A team's limits and budget are shared by its keys: a request passes both its key's and its
+/// team's, and the team's spend comes back after a restart.
+#[tokio::test(flavor = "multi_thread")]
+async fn team_limits_and_budget_are_shared_by_its_keys() {
+    let up = mock().await;
+    let dir = temp_dir("teams");
+    let mut env = provider_env(&[("openai", up.url("/v1"))]);
+    env.push((
+        "DATABASE_URL",
+        format!("sqlite://{}", dir.join("igw.db").display()),
+    ));
+    env.push(("ADMIN_API_KEY", ADMIN.into()));
+    let gw = InProcessGateway::start(&env, None);
+    let a = gw.addr;
+    let team = |body: Value| async move { admin(a, "POST", "/admin/v1/teams", &body).await };
+    let r = team(json!({"name": "research", "rpm": 3})).await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let research = r.json()["id"].as_str().unwrap().to_string();
+    assert_error(
+        &team(json!({"name": "research"})).await,
+        409,
+        "already_exists",
+    );
+    let r = team(json!({"name": "x", "models": ["openai/*"]})).await;
+    assert_error(&r, 422, "invalid_field");
+    let r = admin(
+        a,
+        "PUT",
+        &format!("/admin/v1/teams/{research}"),
+        &json!({"name": "other"}),
+    )
+    .await;
+    assert_error(&r, 422, "invalid_field");
+    // A key names an existing team.
+    let r = admin(
+        a,
+        "POST",
+        "/admin/v1/keys",
+        &json!({"name": "k0", "team": "ghost"}),
+    )
+    .await;
+    assert_error(&r, 422, "invalid_field");
+    assert_eq!(r.json()["error"]["param"], "team");
+    let key = |name: &str, team: &str| {
+        let body = json!({"name": name, "team": team});
+        async move {
+            let r = admin(a, "POST", "/admin/v1/keys", &body).await;
+            assert_eq!(r.status, 201, "{}", r.text());
+            r.json()["key"].as_str().unwrap().to_string()
+        }
+    };
+    let (k1, k2) = (key("k1", "research").await, key("k2", "research").await);
+    // Three requests a minute for the team, whichever key sends them.
+    for k in [&k1, &k2, &k1] {
+        assert_eq!(chat(a, k, "openai/gpt-4o").await.status, 200);
+    }
+    let r = chat(a, &k2, "openai/gpt-4o").await;
+    assert_error(&r, 429, "rate_limit_exceeded");
+    assert!(
+        r.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("research"),
+        "{}",
+        r.text()
+    );
+    let u = admin(
+        a,
+        "GET",
+        &format!("/admin/v1/teams/{research}/usage"),
+        &Value::Null,
+    )
+    .await
+    .json();
+    assert_eq!(u["requests_this_minute"], 3, "{u}");
+
+    // A budget for two keys (each answer costs about $0.0000525).
+    let r = team(json!({"name": "frugal", "budget_usd": 0.0001, "budget_period": "monthly"})).await;
+    let frugal = r.json()["id"].as_str().unwrap().to_string();
+    let (k3, k4) = (key("k3", "frugal").await, key("k4", "frugal").await);
+    assert_eq!(chat(a, &k3, "openai/gpt-4o").await.status, 200);
+    assert_eq!(chat(a, &k4, "openai/gpt-4o").await.status, 200);
+    assert_error(
+        &chat(a, &k3, "openai/gpt-4o").await,
+        429,
+        "insufficient_quota",
+    );
+    let u = admin(
+        a,
+        "GET",
+        &format!("/admin/v1/teams/{frugal}/usage"),
+        &Value::Null,
+    )
+    .await
+    .json();
+    let spent = u["spend_usd"].as_f64().unwrap();
+    assert!(spent >= 0.0001, "{u}");
+    // The ledger has it before the restart (written within about a second).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let v = admin(a, "GET", "/admin/v1/spend?group_by=team", &Value::Null)
+            .await
+            .json();
+        let frugal_row = v["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|g| g["team"] == "frugal")
+            .cloned();
+        if frugal_row.is_some_and(|g| g["requests"] == 2) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{v}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // A new process: the team's month is loaded back from the ledger.
+    let gw2 = InProcessGateway::start(&env, None);
+    assert_error(
+        &chat(gw2.addr, &k4, "openai/gpt-4o").await,
+        429,
+        "insufficient_quota",
+    );
+    let u = admin(
+        gw2.addr,
+        "GET",
+        &format!("/admin/v1/teams/{frugal}/usage"),
+        &Value::Null,
+    )
+    .await
+    .json();
+    assert!(
+        (u["spend_usd"].as_f64().unwrap() - spent).abs() < 1e-9,
+        "{u}"
+    );
+    // Deleting the team lifts its shared limits (the keys' own still apply).
+    let r = admin(
+        gw2.addr,
+        "DELETE",
+        &format!("/admin/v1/teams/{frugal}"),
+        &Value::Null,
+    )
+    .await;
+    assert!(r.json()["deleted_at"].is_string(), "{}", r.text());
+    assert_eq!(chat(gw2.addr, &k4, "openai/gpt-4o").await.status, 200);
+    let listed = admin(gw2.addr, "GET", "/admin/v1/teams", &Value::Null)
+        .await
+        .json();
+    assert_eq!(listed["data"].as_array().unwrap().len(), 1, "{listed}");
+    let all = admin(
+        gw2.addr,
+        "GET",
+        "/admin/v1/teams?include_deleted=true",
+        &Value::Null,
+    )
+    .await
+    .json();
+    assert_eq!(all["data"].as_array().unwrap().len(), 2, "{all}");
 }

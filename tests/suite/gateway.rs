@@ -1086,8 +1086,9 @@ fn find_bytes(hay: &[u8], needle: &[u8]) -> bool {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn requests_in_flight_are_capped() {
+    // Slow enough that all four are in flight together even on a loaded machine.
     let up = MockUpstream::start(|_| {
-        let mut steps = vec![Step::Sleep(Duration::from_millis(800))];
+        let mut steps = vec![Step::Sleep(Duration::from_millis(2500))];
         steps.extend(json_response(200, &chat_completion("m", "slow")));
         steps
     })
