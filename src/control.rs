@@ -135,7 +135,12 @@ impl Start {
 }
 
 impl ControlPlane {
-    pub fn new(start: Start, auth: Arc<Auth>, limiter: Arc<Limiter>) -> ControlPlane {
+    pub fn new(
+        start: Start,
+        auth: Arc<Auth>,
+        limiter: Arc<Limiter>,
+        metrics: Option<Arc<crate::metrics::Metrics>>,
+    ) -> ControlPlane {
         auth.set_store_keys(&start.keys, &start.teams);
         // In this process's counters before the first request.
         for s in &start.seeds {
@@ -143,7 +148,7 @@ impl ControlPlane {
         }
         ControlPlane {
             store: start.store,
-            ledger: Default::default(),
+            ledger: crate::ledger::Ledger::new(metrics),
             auth,
             limiter,
             seeds: std::sync::Mutex::new(start.seeds),
@@ -157,6 +162,19 @@ impl ControlPlane {
     /// The keys the store held at the last refresh (revoked ones included).
     pub fn keys(&self) -> Arc<Vec<StoredKey>> {
         self.keys.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// What `/health?verbose` says about the store.
+    pub fn describe(&self) -> serde_json::Value {
+        serde_json::json!({
+            "kind": match self.store.kind {
+                crate::store::Kind::Sqlite => "sqlite",
+                crate::store::Kind::Postgres => "postgres",
+            },
+            "reachable": !self.stale.load(Ordering::Relaxed),
+            "ledger_rows_written": self.ledger.written.load(Ordering::Relaxed),
+            "ledger_bookings_dropped": self.ledger.dropped.load(Ordering::Relaxed),
+        })
     }
 
     /// The teams the store held at the last refresh (deleted ones included).

@@ -39,29 +39,45 @@ pub struct Booking {
 pub struct Ledger {
     tx: mpsc::Sender<Booking>,
     rx: Mutex<Option<mpsc::Receiver<Booking>>>,
+    metrics: Option<Arc<crate::metrics::Metrics>>,
     /// Bookings dropped (channel full, or the store down for too long).
     pub dropped: AtomicU64,
     /// Ledger rows written.
     pub written: AtomicU64,
 }
 
-impl Default for Ledger {
-    fn default() -> Self {
+impl Ledger {
+    pub fn new(metrics: Option<Arc<crate::metrics::Metrics>>) -> Self {
         let (tx, rx) = mpsc::channel(CHANNEL);
         Ledger {
             tx,
             rx: Mutex::new(Some(rx)),
+            metrics,
             dropped: AtomicU64::new(0),
             written: AtomicU64::new(0),
         }
     }
-}
 
-impl Ledger {
     /// Queues a booking (never waits).
     pub fn book(&self, b: Booking) {
-        if self.tx.try_send(b).is_err() && self.dropped.fetch_add(1, Ordering::Relaxed) == 0 {
-            log::warn!("ledger: bookings are being dropped (the writer cannot keep up)");
+        if self.tx.try_send(b).is_err() {
+            self.drop_one();
+        }
+    }
+
+    fn drop_one(&self) {
+        if self.dropped.fetch_add(1, Ordering::Relaxed) == 0 {
+            log::warn!("ledger: bookings are being dropped (the queue is full or the store has been down too long)");
+        }
+        if let Some(m) = &self.metrics {
+            m.ledger.with_label_values(&["dropped"]).inc();
+        }
+    }
+
+    fn wrote(&self, rows: u64) {
+        self.written.fetch_add(rows, Ordering::Relaxed);
+        if let Some(m) = &self.metrics {
+            m.ledger.with_label_values(&["written"]).inc_by(rows);
         }
     }
 }
@@ -102,9 +118,7 @@ impl LedgerService {
         match tokio::time::timeout(Duration::from_secs(5), cp.store.add_to_ledger(&rows)).await {
             Ok(Ok(())) => {
                 totals.clear();
-                cp.ledger
-                    .written
-                    .fetch_add(rows.len() as u64, Ordering::Relaxed);
+                cp.ledger.wrote(rows.len() as u64);
             }
             // Kept for the next tick: written when the store is back.
             Ok(Err(e)) => log::warn!("ledger: write failed, kept for later: {e}"),
@@ -114,7 +128,7 @@ impl LedgerService {
 
     fn take(&self, totals: &mut Totals, b: Booking) {
         if !add(totals, b) {
-            self.0.ledger.dropped.fetch_add(1, Ordering::Relaxed);
+            self.0.ledger.drop_one();
         }
     }
 }

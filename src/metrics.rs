@@ -71,6 +71,9 @@ pub struct Metrics {
     pub spend: prometheus::CounterVec,
     /// Failed calls to the limits backend (Redis).
     pub limits_backend_errors: prometheus::IntCounter,
+    /// Spend-ledger rows written to the store, and bookings dropped (queue full, or the store
+    /// down for too long).
+    pub ledger: prometheus::IntCounterVec,
     pub ttft: HistogramVec,
     pub inter_token_latency: HistogramVec,
     pub output_tokens_per_second: HistogramVec,
@@ -171,6 +174,11 @@ impl Metrics {
             },
             limits_backend_errors: {
                 let c = prometheus::IntCounter::new("llm_limits_backend_errors_total", "Failed calls to the limits backend (Redis)").expect("valid metric");
+                r.register(Box::new(c.clone())).expect("unique metric");
+                c
+            },
+            ledger: {
+                let c = prometheus::IntCounterVec::new(Opts::new("llm_ledger_rows_total", "Spend-ledger rows written to the store (outcome=written) and bookings dropped (outcome=dropped)"), &["outcome"]).expect("valid metric");
                 r.register(Box::new(c.clone())).expect("unique metric");
                 c
             },

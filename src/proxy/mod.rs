@@ -74,6 +74,7 @@ impl Gateway {
                     start,
                     auth.clone(),
                     limiter.clone(),
+                    metrics.clone(),
                 ))
             }),
             auth,
@@ -716,15 +717,17 @@ impl Gateway {
                 .filter(|p| p.slots.iter().any(|s| s.provider.configured))
                 .map(|p| (p.name.clone(), p.describe()))
                 .collect();
-            Bytes::from(
-                serde_json::to_vec(&serde_json::json!({
-                    "status": if draining { "draining" } else { "ok" },
-                    "version": env!("CARGO_PKG_VERSION"),
-                    "uptime_seconds": crate::drain::uptime().as_secs(),
-                    "providers": providers,
-                }))
-                .unwrap_or_default(),
-            )
+            let mut v = serde_json::json!({
+                "status": if draining { "draining" } else { "ok" },
+                "version": env!("CARGO_PKG_VERSION"),
+                "uptime_seconds": crate::drain::uptime().as_secs(),
+                "providers": providers,
+            });
+            if let Some(cp) = &self.control {
+                // Serving from the last snapshot when the store is unreachable.
+                v["store"] = cp.describe();
+            }
+            Bytes::from(serde_json::to_vec(&v).unwrap_or_default())
         } else if draining {
             Bytes::from_static(br#"{"status":"draining"}"#)
         } else {

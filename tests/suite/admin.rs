@@ -659,6 +659,24 @@ async fn spend_is_booked_in_the_ledger_and_survives_a_restart() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert_eq!(report["data"][0]["key"], "spender", "{report}");
+    // /health?verbose says where the store is and what the ledger wrote.
+    let auth = format!("Bearer {key}");
+    let h = raw_request(
+        gw.addr,
+        "GET",
+        "/health?verbose",
+        &[("authorization", &auth)],
+        b"",
+    )
+    .await
+    .json();
+    assert_eq!(h["store"]["kind"], "sqlite", "{h}");
+    assert_eq!(h["store"]["reachable"], true, "{h}");
+    assert!(
+        h["store"]["ledger_rows_written"].as_u64().unwrap() >= 1,
+        "{h}"
+    );
+    assert_eq!(h["store"]["ledger_bookings_dropped"], 0, "{h}");
     assert_eq!(report["data"][0]["principal"], "key:spender");
     assert!(
         (report["data"][0]["spend_usd"].as_f64().unwrap() - spent).abs() < 1e-9,
