@@ -27,6 +27,7 @@ pub mod resolver;
 pub mod responses;
 pub mod routing;
 pub mod seal;
+pub mod stats;
 pub mod store;
 pub mod testing;
 pub mod upstream;
@@ -196,6 +197,12 @@ pub fn build_server(cfg: Config, launch: Launch) -> Result<(Server, String), Str
         pools.clone(),
         control,
     );
+    if let Some(s) = &gateway.stats {
+        server.add_service(background_service(
+            "admin-stats",
+            stats::StatsService(s.clone()),
+        ));
+    }
     if let Some(cp) = &gateway.control {
         server.add_service(background_service(
             "control-sync",

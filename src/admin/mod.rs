@@ -58,6 +58,14 @@ async fn serve(gw: &Gateway, session: &mut Session, ctx: &mut RequestCtx) -> Res
         Some("teams") => teams::route(gw, session, ctx, &req).await?,
         Some("spend") if parts.len() == 1 => (200, spend::report(gw, &req).await?),
         Some("audit") if parts.len() == 1 => (200, audit(gw, &req).await?),
+        Some("health") if parts.len() == 1 => (200, health(gw, &req)?),
+        Some("stats") if parts.len() == 1 => {
+            if method != Method::GET {
+                return Err(req.not_allowed());
+            }
+            let stats = gw.stats.as_deref().map(crate::stats::Stats::listing);
+            (200, stats.unwrap_or(Value::Null))
+        }
         _ => {
             return Err(ApiError::of(
                 Code::NotFound,
@@ -219,6 +227,33 @@ fn page(items: Vec<Value>, limit: usize, cursor: Option<&str>) -> Result<Value, 
         })
         .flatten();
     Ok(serde_json::json!({"object": "list", "data": data, "next_cursor": next}))
+}
+
+/// `GET /admin/v1/health`: this replica's providers and backends (health, ejections, in
+/// flight, latency), MCP servers (whatever `MCP_EXPOSE` says), the store, version and uptime:
+/// what the UI and the CLI show.
+fn health(gw: &Gateway, req: &AdminRequest<'_>) -> Result<Value, ApiError> {
+    if req.method != Method::GET {
+        return Err(req.not_allowed());
+    }
+    let providers: Map<String, Value> = gw
+        .pools
+        .iter()
+        .filter(|p| p.slots.iter().any(|s| s.provider.configured))
+        .map(|p| (p.name.clone(), p.describe()))
+        .collect();
+    let mcp = gw.mcp.as_ref().map_or(Value::Array(Vec::new()), |hub| {
+        hub.tools_listing()["servers"].clone()
+    });
+    Ok(serde_json::json!({
+        "object": "health",
+        "status": if crate::drain::draining() { "draining" } else { "ok" },
+        "version": env!("CARGO_PKG_VERSION"),
+        "uptime_seconds": crate::drain::uptime().as_secs(),
+        "providers": providers,
+        "mcp_servers": mcp,
+        "store": gw.control.as_deref().map(ControlPlane::describe),
+    }))
 }
 
 /// `GET /admin/v1/audit?limit=&cursor=`: changes made through the admin API, newest first.

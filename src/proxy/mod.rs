@@ -54,6 +54,8 @@ pub struct Gateway {
     pub responses: crate::responses::ResponseStore,
     /// The control plane (a store is configured): keys issued at run time.
     pub control: Option<Arc<crate::control::ControlPlane>>,
+    /// This replica's recent activity, for the admin API (kept when it exists).
+    pub stats: Option<Arc<crate::stats::Stats>>,
     log_format: LogFormat,
 }
 
@@ -67,6 +69,10 @@ impl Gateway {
         control: Option<crate::control::Start>,
     ) -> Self {
         let auth = Arc::new(crate::auth::Auth::from_config(&cfg));
+        let stats = cfg
+            .admin
+            .key()
+            .map(|_| Arc::new(crate::stats::Stats::default()));
         let limiter = Arc::new(crate::limits::Limiter::from_config(&cfg, metrics.clone()));
         Gateway {
             control: control.map(|start| {
@@ -78,6 +84,7 @@ impl Gateway {
                 ))
             }),
             auth,
+            stats,
             limiter,
             mcp,
             models_cache: Default::default(),
@@ -562,6 +569,8 @@ impl ProxyHttp for Gateway {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        // What the caller was charged (for the admin API's stats).
+        let mut spent_micro = 0i64;
         if let Some(adm) = ctx.caller.admission.take() {
             // Replace the reservation by what was used: exact usage, else the estimate (a
             // stream cut short, a provider without usage), charged at the model's price.
@@ -602,6 +611,7 @@ impl ProxyHttp for Gateway {
                 (None, _, _) => (0, 0.0),
             };
             self.limiter.settle(&adm, tokens, cost).await;
+            spent_micro = (cost.clamp(0.0, 1e12) * 1e6).round() as i64;
             if let Some(team) = ctx.caller.team_admission.take() {
                 self.limiter.settle(&team, tokens, cost).await;
             }
@@ -635,6 +645,25 @@ impl ProxyHttp for Gateway {
         }
         if let Some(m) = &self.metrics {
             crate::proxy::record::metrics(m, session, ctx);
+        }
+        if let Some(stats) = &self.stats {
+            let (prompt, completion) = match (&ctx.answer.usage, ctx.answer.estimated_usage) {
+                (Some(u), _) => (u.prompt_tokens, u.completion_tokens),
+                (None, Some(pc)) => pc,
+                (None, None) => (0, 0),
+            };
+            // API requests only (not /health, the admin API or unknown paths).
+            if ctx.route.starts_with("/v1/") || ctx.route.starts_with("/proxy/") {
+                stats.record(crate::stats::Record {
+                    status: ctx.answer.status,
+                    provider: ctx.upstream.provider.as_deref(),
+                    prompt_tokens: prompt,
+                    completion_tokens: completion,
+                    spend_micro: spent_micro,
+                    duration: ctx.start.elapsed(),
+                    ttft: ctx.answer.ttft,
+                });
+            }
         }
         if log::log_enabled!(target: "access", log::Level::Info) {
             let req = session.req_header();

@@ -399,6 +399,37 @@ async fn admin_api_exists_only_with_an_admin_key() {
     assert_eq!(r.json()["data"][0]["id"], "config:from-file");
     let r = admin(gw.addr, "POST", "/admin/v1/keys", &json!({"name": "x"})).await;
     assert_error(&r, 503, "store_unavailable");
+    // Health for the UI and the CLI: providers with their backends, version, uptime.
+    let h = admin(gw.addr, "GET", "/admin/v1/health", &Value::Null).await;
+    assert_eq!(h.status, 200, "{}", h.text());
+    let h = h.json();
+    assert_eq!(h["status"], "ok");
+    assert_eq!(h["version"], env!("CARGO_PKG_VERSION"));
+    assert!(h["providers"]["openai"].is_object(), "{h}");
+    assert!(h["store"].is_null());
+    let r = raw_request(gw.addr, "GET", "/admin/v1/health", &[], b"").await;
+    assert_error(&r, 401, "invalid_admin_key");
+    // This replica's recent activity: the interval so far counts the file key's requests.
+    for _ in 0..3 {
+        assert_eq!(
+            chat(gw.addr, "sk-from-the-file", "openai/gpt-x")
+                .await
+                .status,
+            200
+        );
+    }
+    let s = admin(gw.addr, "GET", "/admin/v1/stats", &Value::Null)
+        .await
+        .json();
+    assert_eq!(s["object"], "stats", "{s}");
+    assert_eq!(s["interval_seconds"], 10);
+    assert_eq!(s["current"]["requests"], 3, "{s}");
+    assert_eq!(s["current"]["requests_by_provider"]["openai"], 3, "{s}");
+    assert!(
+        s["current"]["latency_p50_ms"].as_f64().unwrap() > 0.0,
+        "{s}"
+    );
+    assert_eq!(s["current"]["error_rate"], 0.0);
     // With a store: AUTH_ENABLE and no keys at all is a gateway that waits for keys.
     let dir = temp_dir("auth-enable");
     let mut env3 = env.clone();
