@@ -278,6 +278,7 @@ pub async fn decode(gw: &Gateway, ctx: &mut RequestCtx, raw: Bytes) -> Result<In
             .param("input"))
         }
     };
+    // (A wrong type was refused by the typed parse, naming the field.)
     let previous_id = req.previous_response_id.clone().filter(|s| !s.is_empty());
     let scope = scope(ctx).to_string();
     let sealer = Arc::new(gw.responses.seal.for_scope(&scope));

@@ -388,7 +388,9 @@ pub struct Settlement {
     pub period: String,
 }
 
-fn usd_to_micro(usd: f64) -> i64 {
+/// Dollars as the integer micro-dollars limits, the ledger and stats count (never negative,
+/// never absurd).
+pub fn usd_to_micro(usd: f64) -> i64 {
     (usd.clamp(0.0, 1e12) * 1e6).round() as i64
 }
 

@@ -611,7 +611,7 @@ impl ProxyHttp for Gateway {
                 (None, _, _) => (0, 0.0),
             };
             self.limiter.settle(&adm, tokens, cost).await;
-            spent_micro = (cost.clamp(0.0, 1e12) * 1e6).round() as i64;
+            spent_micro = crate::limits::usd_to_micro(cost);
             if let Some(team) = ctx.caller.team_admission.take() {
                 self.limiter.settle(&team, tokens, cost).await;
             }
@@ -627,7 +627,7 @@ impl ProxyHttp for Gateway {
                         },
                         prompt_tokens: u.prompt_tokens,
                         completion_tokens: u.completion_tokens,
-                        spend_micro: (cost.clamp(0.0, 1e12) * 1e6).round() as i64,
+                        spend_micro: spent_micro,
                         at_secs: crate::store::now_ms() as u64 / 1000,
                     });
                 }

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::Row;
 
 use super::audit::AuditEntry;
-use super::{bump, opt_i64, opt_str, Store, StoreError};
+use super::{finish, opt_i64, opt_str, Store, StoreError};
 use crate::config::auth::BudgetPeriod;
 
 /// What a key may do, kept as JSON (`spec`): the TOML key's fields.
@@ -99,9 +99,7 @@ impl Store {
         .bind(k.revoked_at)
         .execute(&mut *tx)
         .await?;
-        bump(&mut tx, audit).await?;
-        tx.commit().await?;
-        Ok(())
+        finish(tx, 1, audit).await.map(|_| ())
     }
 
     /// Writes a key's changeable fields; `false` when it does not exist.
@@ -120,12 +118,7 @@ impl Store {
         .bind(&k.id)
         .execute(&mut *tx)
         .await?;
-        if done.rows_affected() == 0 {
-            return Ok(false);
-        }
-        bump(&mut tx, audit).await?;
-        tx.commit().await?;
-        Ok(true)
+        finish(tx, done.rows_affected(), audit).await
     }
 
     /// Revokes a live key; `false` when there is none with this id.
@@ -144,11 +137,6 @@ impl Store {
         .bind(id)
         .execute(&mut *tx)
         .await?;
-        if done.rows_affected() == 0 {
-            return Ok(false);
-        }
-        bump(&mut tx, audit).await?;
-        tx.commit().await?;
-        Ok(true)
+        finish(tx, done.rows_affected(), audit).await
     }
 }

@@ -195,6 +195,21 @@ impl Store {
     }
 }
 
+/// Ends a write that changes at most one row: when it changed one, bumps the change counter,
+/// records the audit entry and commits (`true`); otherwise rolls back (`false`).
+pub(crate) async fn finish(
+    mut tx: sqlx::Transaction<'_, sqlx::Any>,
+    rows_affected: u64,
+    audit: &audit::AuditEntry,
+) -> Result<bool, StoreError> {
+    if rows_affected == 0 {
+        return Ok(false);
+    }
+    bump(&mut tx, audit).await?;
+    tx.commit().await?;
+    Ok(true)
+}
+
 /// Bumps the change counter inside a write's transaction, and records who made the change.
 pub(crate) async fn bump(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,

@@ -4,7 +4,7 @@ use sqlx::Row;
 
 use super::audit::AuditEntry;
 use super::keys::KeySpec;
-use super::{bump, opt_i64, Store, StoreError};
+use super::{finish, opt_i64, Store, StoreError};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoredTeam {
@@ -57,9 +57,7 @@ impl Store {
         .bind(t.deleted_at)
         .execute(&mut *tx)
         .await?;
-        bump(&mut tx, audit).await?;
-        tx.commit().await?;
-        Ok(())
+        finish(tx, 1, audit).await.map(|_| ())
     }
 
     /// Writes a live team's limits; `false` when there is none with this id.
@@ -78,12 +76,7 @@ impl Store {
         .bind(&t.id)
         .execute(&mut *tx)
         .await?;
-        if done.rows_affected() == 0 {
-            return Ok(false);
-        }
-        bump(&mut tx, audit).await?;
-        tx.commit().await?;
-        Ok(true)
+        finish(tx, done.rows_affected(), audit).await
     }
 
     /// Deletes a live team (kept for the ledger and audit); `false` when there is none.
@@ -102,12 +95,7 @@ impl Store {
         .bind(id)
         .execute(&mut *tx)
         .await?;
-        if done.rows_affected() == 0 {
-            return Ok(false);
-        }
-        bump(&mut tx, audit).await?;
-        tx.commit().await?;
-        Ok(true)
+        finish(tx, done.rows_affected(), audit).await
     }
 
     /// A team's spend from `since_hour` on (micro-dollars), whichever of its keys spent it.

@@ -365,6 +365,28 @@ async fn hosted_tools_and_upstream_ids_go_only_to_a_responses_upstream() {
     };
     let r = post(&gw, KEY, &hosted("anthropic/claude-sonnet-4-5")).await;
     assert_openai_error(&r, 400, "unsupported_tool", "tools");
+    // Malformed requests: OpenAI's envelope, naming the field, nothing sent.
+    for (body, param) in [
+        (
+            json!({"model": "anthropic/claude-sonnet-4-5", "input": 5}),
+            "input",
+        ),
+        (
+            json!({"model": "anthropic/claude-sonnet-4-5", "input": "x", "previous_response_id": 7}),
+            "previous_response_id",
+        ),
+        (json!({"input": "x"}), "model"),
+    ] {
+        let r = post(&gw, KEY, &body).await;
+        assert_eq!(r.status, 400, "{}", r.text());
+        assert_eq!(
+            r.json()["error"]["type"],
+            "invalid_request_error",
+            "{}",
+            r.text()
+        );
+        assert_eq!(r.json()["error"]["param"], param, "{}", r.text());
+    }
     assert!(r.json()["error"]["message"]
         .as_str()
         .unwrap()

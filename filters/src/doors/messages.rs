@@ -14,7 +14,7 @@ use bytes::BytesMut;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
-use super::{DecodeError, LeanChunk, StreamEncoder};
+use super::{Canonical, DecodeError, LeanChunk, StreamEncoder};
 use crate::dialects::anthropic::NativeUsage;
 use crate::dialects::StreamTranslator;
 use crate::openai::{
@@ -999,34 +999,25 @@ impl StreamEncoder for MessagesEncoder {
             if self.finished {
                 continue;
             }
-            let Some(data) = ev.data.as_deref() else {
-                // A keep-alive comment.
-                self.keepalive(out);
-                continue;
-            };
-            if ev.is_done() {
-                self.done(out);
-                continue;
+            match super::classify(&ev) {
+                Canonical::Keepalive => self.keepalive(out),
+                Canonical::Done => self.done(out),
+                Canonical::Error { message, code } => {
+                    // Anthropic ends a failed stream with the error event alone.
+                    let kind = match code.as_deref() {
+                        Some(c) if c.contains("overloaded") => "overloaded_error",
+                        _ => "api_error",
+                    };
+                    let message = match code.as_deref() {
+                        Some(c) if !message.contains(c) => format!("{message} ({c})"),
+                        _ => message,
+                    };
+                    error_event(kind, &message, out);
+                    self.finished = true;
+                }
+                Canonical::Chunk(c) => self.chunk(c, out),
+                Canonical::Skip => {}
             }
-            let Ok(c) = serde_json::from_slice::<LeanChunk<'_>>(data) else {
-                continue;
-            };
-            if let Some(e) = &c.error {
-                // Anthropic ends a failed stream with the error event alone.
-                let message = e.get("message").and_then(Value::as_str).unwrap_or("error");
-                let kind = match e.get("code").and_then(Value::as_str) {
-                    Some(c) if c.contains("overloaded") => "overloaded_error",
-                    _ => "api_error",
-                };
-                let message = match e.get("code").and_then(Value::as_str) {
-                    Some(c) if !message.contains(c) => format!("{message} ({c})"),
-                    _ => message.to_string(),
-                };
-                error_event(kind, &message, out);
-                self.finished = true;
-                continue;
-            }
-            self.chunk(c, out);
         }
     }
 

@@ -236,6 +236,46 @@ impl StreamTranslator for EncodedStream {
     }
 }
 
+/// One event of the canonical stream, as a door's encoder reads it.
+pub(crate) enum Canonical<'a> {
+    /// A keep-alive comment.
+    Keepalive,
+    /// `[DONE]`.
+    Done,
+    /// An error event (`{"error": {...}}`): its message and code.
+    Error {
+        message: String,
+        code: Option<String>,
+    },
+    Chunk(LeanChunk<'a>),
+    /// Not a chunk the encoders read.
+    Skip,
+}
+
+/// Classifies a canonical event (the gateway's own output: complete, bounded events).
+pub(crate) fn classify(ev: &crate::sse::SseEvent) -> Canonical<'_> {
+    let Some(data) = ev.data.as_deref() else {
+        return Canonical::Keepalive;
+    };
+    if ev.is_done() {
+        return Canonical::Done;
+    }
+    let Ok(c) = serde_json::from_slice::<LeanChunk<'_>>(data) else {
+        return Canonical::Skip;
+    };
+    match &c.error {
+        Some(e) => Canonical::Error {
+            message: e
+                .get("message")
+                .and_then(Value::as_str)
+                .unwrap_or("error")
+                .to_string(),
+            code: e.get("code").and_then(Value::as_str).map(str::to_string),
+        },
+        None => Canonical::Chunk(c),
+    }
+}
+
 /// What the encoder reads of a canonical chunk (or error event), borrowing its strings: no
 /// catch-all maps, so the per-token parse stays cheap.
 #[derive(Deserialize)]

@@ -16,7 +16,7 @@ use serde_json::{json, Map, Value};
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::{DecodeError, LeanChunk, StreamEncoder};
+use super::{Canonical, DecodeError, LeanChunk, StreamEncoder};
 use crate::openai::{
     ChatCompletion, ChatCompletionRequest, ChatMessage, FunctionCall, FunctionDef, StreamOptions,
     Tool, ToolCall,
@@ -152,8 +152,45 @@ pub fn decode_request_with(
 
 /// A Responses request's typed form (fields it does not name kept in `extra`).
 pub fn parse_request(body: &[u8]) -> Result<ResponsesRequest, DecodeError> {
-    serde_json::from_slice(body)
-        .map_err(|e| DecodeError::new(format!("Invalid Responses request: {e}"), None))
+    serde_json::from_slice(body).map_err(|e| {
+        let param = mistyped_field(body);
+        let message = match param {
+            Some(f) => format!("Invalid type for '{f}': {e}"),
+            None => format!("Invalid Responses request: {e}"),
+        };
+        DecodeError::new(message, param)
+    })
+}
+
+/// The typed field a body that did not parse has the wrong type in (the error path only: serde's
+/// message does not name it).
+fn mistyped_field(body: &[u8]) -> Option<&'static str> {
+    let v: Map<String, Value> = serde_json::from_slice(body).ok()?;
+    let string: fn(&Value) -> bool = |v| v.is_string() || v.is_null();
+    let number: fn(&Value) -> bool = |v| v.is_number() || v.is_null();
+    let boolean: fn(&Value) -> bool = |v| v.is_boolean() || v.is_null();
+    let array: fn(&Value) -> bool = |v| v.is_array() || v.is_null();
+    let count: fn(&Value) -> bool = |v| v.is_u64() || v.is_null();
+    type Check = (&'static str, fn(&Value) -> bool);
+    let checks: [Check; 13] = [
+        ("model", string),
+        ("instructions", string),
+        ("previous_response_id", string),
+        ("user", string),
+        ("service_tier", string),
+        ("max_output_tokens", count),
+        ("temperature", number),
+        ("top_p", number),
+        ("stream", boolean),
+        ("store", boolean),
+        ("parallel_tool_calls", boolean),
+        ("tools", array),
+        ("include", array),
+    ];
+    checks
+        .into_iter()
+        .find(|(f, ok)| v.get(*f).is_some_and(|x| !ok(x)))
+        .map(|(f, _)| f)
 }
 
 /// [`decode_request_with`] on a parsed request (the server parses once, to read state fields).
@@ -1615,28 +1652,13 @@ impl StreamEncoder for ResponsesEncoder {
             if self.finished {
                 continue;
             }
-            let Some(data) = ev.data.as_deref() else {
-                self.keepalive(out);
-                continue;
-            };
-            if ev.is_done() {
-                self.done(out);
-                continue;
+            match super::classify(&ev) {
+                Canonical::Keepalive => self.keepalive(out),
+                Canonical::Done => self.done(out),
+                Canonical::Error { message, code } => self.fail(&message, code.as_deref(), out),
+                Canonical::Chunk(c) => self.chunk(c, out),
+                Canonical::Skip => {}
             }
-            let Ok(c) = serde_json::from_slice::<LeanChunk<'_>>(data) else {
-                continue;
-            };
-            if let Some(e) = &c.error {
-                let message = e
-                    .get("message")
-                    .and_then(Value::as_str)
-                    .unwrap_or("error")
-                    .to_string();
-                let code = e.get("code").and_then(Value::as_str).map(str::to_string);
-                self.fail(&message, code.as_deref(), out);
-                continue;
-            }
-            self.chunk(c, out);
         }
     }
 
