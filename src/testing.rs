@@ -66,12 +66,22 @@ impl InProcessGateway {
     }
 }
 
-/// A port nothing listens on right now.
+/// A port nothing listens on right now, never the same twice in one process: Pingora binds
+/// with SO_REUSEPORT, so two gateways given one port would both bind it and share its
+/// connections (a test would reach another test's gateway).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("bind 127.0.0.1:0")
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("bind 127.0.0.1:0");
+        let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// The test runner's signals stay the test runner's: the in-process server never takes them.

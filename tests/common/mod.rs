@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener as StdListener, TcpStream as StdStream};
+use std::net::{SocketAddr, TcpStream as StdStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -25,12 +25,10 @@ pub struct GatewayProcess {
     log: PathBuf,
 }
 
+/// Never the same port twice in this process (see `inference_gateway::testing::free_port`,
+/// which shares the list: in-process gateways and processes both take ports here).
 pub fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    inference_gateway::testing::free_port()
 }
 
 pub fn temp_dir(tag: &str) -> PathBuf {
