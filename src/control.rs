@@ -8,6 +8,7 @@
 //! indexed row) and reloads when it moved. With SQLite, the old and new process of an upgrade
 //! share the file and see each other's changes the same way.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -19,6 +20,7 @@ use pingora::services::background::BackgroundService;
 use crate::auth::Auth;
 use crate::config::auth::{BudgetPeriod, KeyConfig};
 use crate::limits::Limiter;
+use crate::store::catalog::Entry;
 use crate::store::keys::StoredKey;
 use crate::store::teams::StoredTeam;
 use crate::store::{Store, StoreError};
@@ -33,6 +35,9 @@ pub struct ControlPlane {
     auth: Arc<Auth>,
     limiter: Arc<Limiter>,
     teams: RwLock<Arc<Vec<StoredTeam>>>,
+    /// Providers, models and backends (built into the router by `crate::catalog`).
+    catalog: RwLock<Arc<Vec<Entry>>>,
+    routing: Routing,
     /// Each budgeted key's spend in its current period, from the ledger at start (given to
     /// Redis by the sync service, which can wait for it).
     seeds: std::sync::Mutex<Vec<Seed>>,
@@ -42,11 +47,47 @@ pub struct ControlPlane {
     pub stale: std::sync::atomic::AtomicBool,
 }
 
+/// Where the catalog is published: the router's and the pools' run-time layers.
+pub struct Routing {
+    pub router: Arc<crate::routing::Router>,
+    pub pools: Arc<crate::pool::Pools>,
+    pub retry: Option<crate::config::resilience::RetryConfig>,
+    /// Pools built from unchanged entries are kept (their backends' health with them).
+    built: std::sync::Mutex<BTreeMap<String, crate::catalog::Built>>,
+}
+
+impl Routing {
+    pub fn new(
+        router: Arc<crate::routing::Router>,
+        pools: Arc<crate::pool::Pools>,
+        retry: Option<crate::config::resilience::RetryConfig>,
+    ) -> Routing {
+        Routing {
+            router,
+            pools,
+            retry,
+            built: Default::default(),
+        }
+    }
+
+    fn publish(&self, entries: &[Entry]) {
+        let mut built = self.built.lock().unwrap_or_else(|e| e.into_inner());
+        crate::catalog::apply(
+            entries,
+            &self.router,
+            &self.pools,
+            self.retry.as_ref(),
+            &mut built,
+        );
+    }
+}
+
 /// What start-up read from the store before serving.
 pub struct Start {
     pub store: Store,
     pub keys: Vec<StoredKey>,
     pub teams: Vec<StoredTeam>,
+    pub catalog: Vec<Entry>,
     pub version: i64,
     /// Budgeted principals' spend in their current period (the ledger is the source of truth:
     /// a restart does not forget it).
@@ -85,6 +126,7 @@ impl Start {
             let version = boot.version().await.map_err(|e| format!("store: {e}"))?;
             let keys = boot.keys().await.map_err(|e| format!("store: {e}"))?;
             let teams = boot.teams().await.map_err(|e| format!("store: {e}"))?;
+            let catalog = boot.catalog().await.map_err(|e| format!("store: {e}"))?;
             let now = crate::store::now_ms() as u64 / 1000;
             let mut seeds = Vec::new();
             for (principal, period) in budgeted(cfg_keys, &keys) {
@@ -119,15 +161,16 @@ impl Start {
                     });
                 }
             }
-            Ok::<_, String>((version, keys, teams, seeds))
+            Ok::<_, String>((version, keys, teams, catalog, seeds))
         }
         .await;
         boot.close().await;
-        let (version, keys, teams, seeds) = loaded?;
+        let (version, keys, teams, catalog, seeds) = loaded?;
         Ok(Start {
             store: Store::connect_lazy(url)?,
             keys,
             teams,
+            catalog,
             version,
             seeds,
         })
@@ -140,8 +183,10 @@ impl ControlPlane {
         auth: Arc<Auth>,
         limiter: Arc<Limiter>,
         metrics: Option<Arc<crate::metrics::Metrics>>,
+        routing: Routing,
     ) -> ControlPlane {
         auth.set_store_keys(&start.keys, &start.teams);
+        routing.publish(&start.catalog);
         // In this process's counters before the first request.
         for s in &start.seeds {
             limiter.seed_spend_local(&s.principal, s.period, s.spend_micro);
@@ -154,6 +199,8 @@ impl ControlPlane {
             seeds: std::sync::Mutex::new(start.seeds),
             keys: RwLock::new(Arc::new(start.keys)),
             teams: RwLock::new(Arc::new(start.teams)),
+            catalog: RwLock::new(Arc::new(start.catalog)),
+            routing,
             version: AtomicI64::new(start.version),
             stale: Default::default(),
         }
@@ -182,13 +229,24 @@ impl ControlPlane {
         self.teams.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
+    /// The catalog at the last refresh.
+    pub fn catalog(&self) -> Arc<Vec<Entry>> {
+        self.catalog
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     /// Reloads the snapshot from the store (after this replica's own write, or when the change
     /// counter moved).
     pub async fn refresh(&self) -> Result<(), StoreError> {
         let version = self.store.version().await?;
         let keys = self.store.keys().await?;
         let teams = self.store.teams().await?;
+        let catalog = self.store.catalog().await?;
         self.auth.set_store_keys(&keys, &teams);
+        self.routing.publish(&catalog);
+        *self.catalog.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(catalog);
         *self.keys.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(keys);
         *self.teams.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(teams);
         self.version.store(version, Ordering::Relaxed);

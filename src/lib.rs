@@ -6,6 +6,7 @@
 pub mod access_log;
 pub mod admin;
 pub mod auth;
+pub mod catalog;
 pub mod config;
 pub mod control;
 pub mod daemon_ready;

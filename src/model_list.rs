@@ -112,8 +112,8 @@ pub async fn handle(gw: &Gateway, session: &mut Session, ctx: &mut RequestCtx) {
             .map(str::to_string)
     });
     let providers: Vec<Arc<Provider>> = match &wanted {
-        Some(name) => match gw.providers.get(name).filter(|p| p.configured) {
-            Some(p) => vec![p.clone()],
+        Some(name) => match gw.router.provider_named(name).filter(|p| p.configured) {
+            Some(p) => vec![p],
             None => {
                 let err = ApiError::of(
                     Code::UnknownProvider,
@@ -126,8 +126,9 @@ pub async fn handle(gw: &Gateway, session: &mut Session, ctx: &mut RequestCtx) {
         None => gw
             .providers
             .iter()
-            .filter(|p| p.configured && !p.missing_key())
             .cloned()
+            .chain(gw.router.runtime_providers())
+            .filter(|p| p.configured && !p.missing_key())
             .collect(),
     };
     let fetches = providers
@@ -150,17 +151,16 @@ pub async fn handle(gw: &Gateway, session: &mut Session, ctx: &mut RequestCtx) {
     }
     if wanted.is_none() {
         let now = unix_now();
-        for (alias, a) in gw.router.aliases() {
-            if !usable(alias) {
+        for (alias, provider) in gw.router.aliases() {
+            if !usable(&alias) {
                 continue;
             }
-            let provider = a.target.split_once('/').map_or("", |(p, _)| p);
             data.push(Model {
-                id: alias.clone(),
+                id: alias,
                 object: "model".into(),
                 created: now,
-                owned_by: provider.to_string(),
-                served_by: provider.to_string(),
+                owned_by: provider.clone(),
+                served_by: provider,
                 ..Default::default()
             });
         }

@@ -68,7 +68,8 @@ impl BackgroundService for DnsRefresher {
                         .is_some_and(|pool| !pool.uses_provider_url())
             };
             let providers = self.providers.iter().filter(|p| !replaced(p));
-            for p in providers.chain(self.pools.backend_providers()) {
+            let backends = self.pools.backend_providers();
+            for p in providers.chain(backends.iter()) {
                 if p.is_ip_literal() || !(p.configured || p.cached_addr().is_some()) {
                     continue;
                 }

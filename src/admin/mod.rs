@@ -4,6 +4,7 @@
 //! compared in constant time). Writes go to the store (`DATABASE_URL`) and the replica's
 //! snapshot is refreshed at once; other replicas follow within a second (`crate::control`).
 
+mod catalog;
 mod keys;
 mod spend;
 mod teams;
@@ -56,6 +57,19 @@ async fn serve(gw: &Gateway, session: &mut Session, ctx: &mut RequestCtx) -> Res
     let (status, body) = match parts.first().copied() {
         Some("keys") => keys::route(gw, session, ctx, &req).await?,
         Some("teams") => teams::route(gw, session, ctx, &req).await?,
+        Some("providers") => {
+            catalog::route(
+                gw,
+                session,
+                ctx,
+                &req,
+                crate::store::catalog::Kind::Provider,
+            )
+            .await?
+        }
+        Some("models") => {
+            catalog::route(gw, session, ctx, &req, crate::store::catalog::Kind::Model).await?
+        }
         Some("spend") if parts.len() == 1 => (200, spend::report(gw, &req).await?),
         Some("audit") if parts.len() == 1 => (200, audit(gw, &req).await?),
         Some("health") if parts.len() == 1 => (200, health(gw, &req)?),
@@ -238,6 +252,7 @@ fn health(gw: &Gateway, req: &AdminRequest<'_>) -> Result<Value, ApiError> {
     }
     let providers: Map<String, Value> = gw
         .pools
+        .all()
         .iter()
         .filter(|p| p.slots.iter().any(|s| s.provider.configured))
         .map(|p| (p.name.clone(), p.describe()))

@@ -64,7 +64,7 @@ impl Principal {
                 .any(|allowed| allowed.split_once('/').is_some_and(|(p, _)| p == provider))
     }
 
-    pub fn allows(&self, requested: &str, route: &Route<'_>) -> bool {
+    pub fn allows(&self, requested: &str, route: &Route) -> bool {
         let m = &self.limits.models;
         if m.is_empty() {
             return true;

@@ -113,7 +113,7 @@ impl ProviderConfig {
         self.enabled.unwrap_or(true)
     }
 
-    pub(super) fn validate(&self, name: &str) -> Result<(), ConfigError> {
+    pub(crate) fn validate(&self, name: &str) -> Result<(), ConfigError> {
         super::resilience::validate_pool(self, name)?;
         let url = self.url();
         if url.is_empty() {
@@ -470,6 +470,16 @@ pub(super) fn merge_builtins(
         p.models_path.get_or_insert_with(|| e.models.to_string());
     }
     for (name, p) in providers.iter_mut() {
+        fill_defaults(name, p)?;
+    }
+    providers.retain(|_, p| p.enabled());
+    Ok(())
+}
+
+/// A provider's dialect, endpoint paths and Responses mode where it says nothing (also for
+/// providers added at run time).
+pub(crate) fn fill_defaults(name: &str, p: &mut ProviderConfig) -> Result<(), ConfigError> {
+    {
         // A pool without `url`: the first backend names the provider.
         if p.url.is_none() {
             p.url = p.backends.first().map(|b| b.url.clone());
@@ -503,7 +513,6 @@ pub(super) fn merge_builtins(
             }
         }
     }
-    providers.retain(|_, p| p.enabled());
     Ok(())
 }
 

@@ -222,6 +222,6 @@ impl RetryConfig {
     }
 }
 
-pub(super) fn validate_alias_timeouts(alias: &str, t: &TimeoutsConfig) -> Result<(), ConfigError> {
+pub(crate) fn validate_alias_timeouts(alias: &str, t: &TimeoutsConfig) -> Result<(), ConfigError> {
     t.validate(&format!("aliases.{alias}"))
 }

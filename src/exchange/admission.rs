@@ -18,7 +18,7 @@ pub(super) fn model_permitted(
     gw: &Gateway,
     p: &crate::auth::Principal,
     requested: &str,
-    route: &Route<'_>,
+    route: &Route,
     what: &str,
 ) -> Result<(), ApiError> {
     if !p.allows(requested, route) {
@@ -52,7 +52,7 @@ pub(super) fn completion_reserve(
     gw: &Gateway,
     obj: &RawObject<'_>,
     ep: Endpoint,
-    route: &Route<'_>,
+    route: &Route,
 ) -> Result<u64, ApiError> {
     if matches!(ep, Endpoint::Embeddings | Endpoint::CountTokens) {
         return Ok(0);
@@ -118,7 +118,7 @@ pub(super) fn completion_reserve(
 /// their cost at `route`'s price.
 pub(super) fn reserve_for(
     gw: &Gateway,
-    route: &Route<'_>,
+    route: &Route,
     prompt_bytes: usize,
     completion: u64,
 ) -> crate::limits::Reserve {
@@ -192,7 +192,7 @@ impl<'g> Exchange<'g, '_> {
     /// The caller's limits (keys, OIDC tiers; the model allowance is checked before): 429 or 503
     /// before any upstream call; on success the admission is kept for settlement when the request
     /// ends.
-    pub(super) async fn admit(&mut self, route: &Route<'_>) -> Result<(), ApiError> {
+    pub(super) async fn admit(&mut self, route: &Route) -> Result<(), ApiError> {
         let Some(p) = &self.ctx.caller.principal else {
             return Ok(());
         };

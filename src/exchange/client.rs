@@ -95,7 +95,7 @@ impl ClientStream {
         gw: &Gateway,
         session: &mut Session,
         ctx: &mut RequestCtx,
-        route: &Route<'_>,
+        route: &Route,
         plan: &Plan,
     ) -> bool {
         // Gaps between writes (tool time included in a loop: it is what the client waits).
@@ -199,7 +199,7 @@ impl ClientStream {
 pub(super) fn gateway_headers(
     h: &mut pingora::http::ResponseHeader,
     ctx: &RequestCtx,
-    route: &Route<'_>,
+    route: &Route,
     plan: &Plan,
 ) {
     let _ = h.insert_header("x-gateway-provider", route.provider.name.as_str());

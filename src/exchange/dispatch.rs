@@ -22,17 +22,17 @@ use crate::routing::Route;
 use crate::upstream::{Timeouts, UpstreamError, UpstreamRequest, UpstreamResponse};
 
 /// A response from the backend that served the request.
-pub(super) struct Served<'r> {
-    pub(super) route: Route<'r>,
+pub(super) struct Served {
+    pub(super) route: Route,
     pub(super) plan: Plan,
     pub(super) resp: UpstreamResponse,
 }
 
-pub(super) enum Outcome<'r> {
+pub(super) enum Outcome {
     /// A 2xx response, ready to relay.
-    Ok(Served<'r>),
+    Ok(Served),
     /// The final answer is an upstream error response (relay its status and body).
-    Error(Served<'r>),
+    Error(Served),
     /// The client hung up while waiting.
     ClientGone,
 }
@@ -40,13 +40,13 @@ pub(super) enum Outcome<'r> {
 /// What one attempt came to. (`Done` is large, but it is moved once per attempt; boxing it
 /// would cost an allocation on every request.)
 #[allow(clippy::large_enum_variant)]
-enum Attempt<'r> {
-    Done(Outcome<'r>),
+enum Attempt {
+    Done(Outcome),
     /// Worth another try; `Retry-After` if the upstream gave one.
     Retry {
         reason: &'static str,
         retry_after: Option<Duration>,
-        error: Failure<'r>,
+        error: Failure,
     },
     /// This provider cannot serve now (shed, no healthy backend): next fallback.
     Skip(ApiError),
@@ -57,21 +57,16 @@ enum Attempt<'r> {
 }
 
 /// The last failure, kept to answer with if nothing succeeds.
-enum Failure<'r> {
-    Response(Box<Served<'r>>),
+enum Failure {
+    Response(Box<Served>),
     Error(ApiError),
 }
 
 /// The route of fallback `name` of `route`'s alias, if the caller may use it and it can serve.
-fn fallback<'r>(
-    gw: &'r Gateway,
-    ctx: &RequestCtx,
-    route: &Route<'r>,
-    name: &str,
-) -> Result<Route<'r>, ApiError> {
+fn fallback(gw: &Gateway, ctx: &RequestCtx, route: &Route, name: &str) -> Result<Route, ApiError> {
     let mut candidate = gw.router.route(name, None)?;
     // The alias's defaults and system prompt apply to its fallbacks too.
-    candidate.alias = route.alias;
+    candidate.alias = route.alias.clone();
     fallback_allowed(gw, ctx, &candidate)?;
     let provider = &candidate.provider;
     if !provider.configured {
@@ -92,7 +87,7 @@ fn fallback<'r>(
 
 /// A fallback must pass the caller's checks like the primary: its model list (an alias entry
 /// covers the alias's fallbacks) and, for a budget, a price.
-fn fallback_allowed(gw: &Gateway, ctx: &RequestCtx, candidate: &Route<'_>) -> Result<(), ApiError> {
+fn fallback_allowed(gw: &Gateway, ctx: &RequestCtx, candidate: &Route) -> Result<(), ApiError> {
     let Some(p) = &ctx.caller.principal else {
         return Ok(());
     };
@@ -110,8 +105,8 @@ fn fallback_allowed(gw: &Gateway, ctx: &RequestCtx, candidate: &Route<'_>) -> Re
 }
 
 /// Why a pool gave up.
-enum Stop<'r> {
-    Failed(Failure<'r>),
+enum Stop {
+    Failed(Failure),
     /// The request's total time ran out: no more attempts anywhere.
     Deadline,
     /// Answer with this; no fallback.
@@ -132,9 +127,10 @@ fn deadline_error() -> ApiError {
 }
 
 /// Timeouts of a call: alias over provider over `client.*`, and the request's deadline.
-fn timeouts_for(gw: &Gateway, ctx: &RequestCtx, route: &Route<'_>, pool: &Pool) -> Timeouts {
+fn timeouts_for(gw: &Gateway, ctx: &RequestCtx, route: &Route, pool: &Pool) -> Timeouts {
     let t = route
         .alias
+        .as_ref()
         .map(|a| a.timeouts)
         .unwrap_or_default()
         .over(pool.timeouts);
@@ -184,16 +180,16 @@ impl<'g> Exchange<'g, '_> {
     pub(super) async fn dispatch(
         &mut self,
         obj: &mut RawObject<'_>,
-        route: &Route<'g>,
+        route: &Route,
         ep: Endpoint,
-    ) -> Result<Outcome<'g>, ApiError> {
-        let fallbacks: &[String] = route.alias.map_or(&[], |a| &a.fallbacks);
+    ) -> Result<Outcome, ApiError> {
+        let fallbacks: &[String] = route.alias.as_ref().map_or(&[], |a| &a.fallbacks);
         // The request as the client sent it, for re-planning against each fallback.
         let original = (!fallbacks.is_empty()).then(|| obj.clone());
-        let mut last: Option<Failure<'g>> = None;
+        let mut last: Option<Failure> = None;
         // A fallback that cannot be used (unknown, no key, cannot express the request) must not
         // replace the real upstream failure as the answer.
-        let note = |last: &mut Option<Failure<'g>>, e: ApiError| {
+        let note = |last: &mut Option<Failure>, e: ApiError| {
             if last.is_none() {
                 *last = Some(Failure::Error(e));
             }
@@ -293,8 +289,8 @@ impl<'g> Exchange<'g, '_> {
     }
 
     /// Tries one provider's pool up to its retry budget.
-    async fn try_pool(&mut self, route: Route<'g>, plan: Plan) -> Result<Outcome<'g>, Stop<'g>> {
-        let Some(pool) = self.gw.pools.get(&route.provider.name).cloned() else {
+    async fn try_pool(&mut self, route: Route, plan: Plan) -> Result<Outcome, Stop> {
+        let Some(pool) = self.gw.pools.get(&route.provider.name) else {
             return Err(Stop::Failed(Failure::Error(ApiError::of(
                 Code::UpstreamError,
                 format!("provider {} has no backends", route.provider.name),
@@ -303,6 +299,7 @@ impl<'g> Exchange<'g, '_> {
         if self.ctx.upstream.deadline.is_none() {
             let total = route
                 .alias
+                .as_ref()
                 .and_then(|a| a.timeouts.total)
                 .or(pool.timeouts.total)
                 .or(self.gw.cfg.client.total_timeout);
@@ -311,7 +308,7 @@ impl<'g> Exchange<'g, '_> {
         }
         let timeouts = timeouts_for(self.gw, self.ctx, &route, &pool);
         let mut tried: Vec<usize> = Vec::with_capacity(2);
-        let mut last: Option<Failure<'g>> = None;
+        let mut last: Option<Failure> = None;
         let attempts = pool.retry.attempts.max(1);
         for attempt in 0..attempts {
             if deadline_passed(self.ctx) {
@@ -377,10 +374,10 @@ impl<'g> Exchange<'g, '_> {
         &mut self,
         pool: &std::sync::Arc<Pool>,
         tried: &mut Vec<usize>,
-        route: &Route<'g>,
+        route: &Route,
         plan: &Plan,
         timeouts: &Timeouts,
-    ) -> Attempt<'g> {
+    ) -> Attempt {
         // The previous round's (MCP loop) permit and in-flight count end here, before a new one is
         // taken: a request never holds two.
         self.ctx.upstream.hold = None;

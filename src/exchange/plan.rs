@@ -28,7 +28,7 @@ pub(super) fn plan_call(
     door: filters::doors::Door,
     original: Option<&OriginalRequest>,
     obj: &mut RawObject<'_>,
-    route: &Route<'_>,
+    route: &Route,
     ep: Endpoint,
 ) -> Result<Plan, ApiError> {
     let provider = &route.provider;
@@ -122,7 +122,7 @@ pub(super) struct Plan {
 /// The model table's entry for a route's upstream model.
 pub(super) fn model_entry<'g>(
     gw: &'g Gateway,
-    route: &Route<'_>,
+    route: &Route,
 ) -> Option<&'g crate::config::ModelEntry> {
     gw.cfg
         .model_table
@@ -130,7 +130,7 @@ pub(super) fn model_entry<'g>(
 }
 
 /// Translates the (already rewritten) OpenAI body into the provider's native request.
-fn plan_native(gw: &Gateway, route: &Route<'_>, prepared: Prepared) -> Result<Plan, ApiError> {
+fn plan_native(gw: &Gateway, route: &Route, prepared: Prepared) -> Result<Plan, ApiError> {
     let provider = &route.provider;
     let req: ChatCompletionRequest = serde_json::from_slice(&prepared.body).map_err(|e| {
         ApiError::of(
@@ -201,12 +201,12 @@ fn plan_native(gw: &Gateway, route: &Route<'_>, prepared: Prepared) -> Result<Pl
 /// prompt prefix, and `stream_options.include_usage` so usage is never missing from a stream.
 fn prepare(
     obj: &mut RawObject<'_>,
-    route: &Route<'_>,
+    route: &Route,
     ep: Endpoint,
     inject_usage: bool,
 ) -> Result<Prepared, ApiError> {
     obj.set("model", &route.upstream_model);
-    if let Some(alias) = route.alias {
+    if let Some(alias) = route.alias.as_deref() {
         for (k, v) in &alias.defaults {
             if !obj.contains(k) {
                 obj.set(k, v);
@@ -281,11 +281,11 @@ static EMPTY: std::sync::LazyLock<Map<String, Value>> = std::sync::LazyLock::new
 pub(super) fn plan_relay(
     door: filters::doors::Door,
     req: &OriginalRequest,
-    route: &Route<'_>,
+    route: &Route,
     ep: Endpoint,
 ) -> Result<Plan, ApiError> {
     let provider = &route.provider;
-    let alias = route.alias;
+    let alias = route.alias.as_deref();
     let client_body = match &req.relay_thin {
         Some((holder, thin)) if *holder == provider.name => thin,
         _ => &req.body,

@@ -24,7 +24,7 @@ pub(super) async fn read_openai_body(
     gw: &Gateway,
     ctx: &mut RequestCtx,
     mut resp: UpstreamResponse,
-    route: &Route<'_>,
+    route: &Route,
     plan: &Plan,
 ) -> Result<(u16, Bytes, String), ApiError> {
     let provider = &route.provider.name;
@@ -80,7 +80,7 @@ pub(super) async fn read_openai_body(
 /// `loop_round`: the MCP loop reads every round's usage itself, so nothing is stripped.
 pub(super) fn stream_translator(
     gw: &Gateway,
-    route: &Route<'_>,
+    route: &Route,
     plan: &Plan,
     loop_round: bool,
 ) -> Box<dyn StreamTranslator> {
@@ -144,7 +144,7 @@ pub(super) fn feed_read(
 /// The door's stream encoder, unless the answer is relayed in the door's own API.
 pub(super) fn door_encoder(
     ctx: &RequestCtx,
-    route: &Route<'_>,
+    route: &Route,
     plan: &Plan,
 ) -> Option<Box<dyn filters::doors::StreamEncoder>> {
     if plan.relayed.is_some() {
@@ -237,7 +237,7 @@ impl<'g> Exchange<'g, '_> {
     pub(super) async fn relay_whole(
         &mut self,
         resp: UpstreamResponse,
-        route: &Route<'_>,
+        route: &Route,
         plan: &Plan,
     ) -> Result<(), ApiError> {
         let (status, body, content_type) =
@@ -269,7 +269,7 @@ impl<'g> Exchange<'g, '_> {
     pub(super) async fn relay_stream(
         &mut self,
         mut resp: UpstreamResponse,
-        route: &Route<'_>,
+        route: &Route,
         plan: &Plan,
     ) {
         let provider = route.provider.name.as_str();

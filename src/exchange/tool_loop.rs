@@ -121,7 +121,7 @@ pub async fn run(
     ctx: &mut RequestCtx,
     (hub, catalog): (Arc<McpHub>, Arc<Catalog>),
     mut obj: RawObject<'_>,
-    route: &Route<'_>,
+    route: &Route,
 ) -> Result<(), ApiError> {
     let mut lp = Loop::new(gw, ctx, hub, catalog, &mut obj, route)?;
     let result = lp.rounds(session, ctx, &mut obj).await;
@@ -135,7 +135,7 @@ struct Loop<'a> {
     hub: Arc<McpHub>,
     catalog: Arc<Catalog>,
     /// The route the client asked for (a round may be served by one of its fallbacks).
-    route: &'a Route<'a>,
+    route: &'a Route,
     st: LoopState,
     out: ClientStream,
     /// Model of the round that served last (named in the closing usage chunk).
@@ -156,7 +156,7 @@ impl<'a> Loop<'a> {
         hub: Arc<McpHub>,
         catalog: Arc<Catalog>,
         obj: &mut RawObject<'_>,
-        route: &'a Route<'a>,
+        route: &'a Route,
     ) -> Result<Self, ApiError> {
         let client_tools: Vec<Value> = obj
             .get_as("tools")
@@ -453,7 +453,7 @@ impl<'a> Loop<'a> {
         session: &mut Session,
         ctx: &mut RequestCtx,
         resp: UpstreamResponse,
-        route: &Route<'_>,
+        route: &Route,
         plan: &Plan,
         last: bool,
     ) -> Result<Step, ApiError> {
@@ -505,7 +505,7 @@ impl<'a> Loop<'a> {
         session: &mut Session,
         ctx: &mut RequestCtx,
         resp: UpstreamResponse,
-        route: &Route<'_>,
+        route: &Route,
         plan: &Plan,
         last: bool,
     ) -> Result<Step, ApiError> {
@@ -540,7 +540,7 @@ impl<'a> Loop<'a> {
         session: &mut Session,
         ctx: &mut RequestCtx,
         mut resp: UpstreamResponse,
-        route: &Route<'_>,
+        route: &Route,
         plan: &Plan,
         last: bool,
     ) -> Step {
@@ -678,7 +678,7 @@ impl<'a> Loop<'a> {
         &mut self,
         session: &mut Session,
         ctx: &mut RequestCtx,
-        route: &Route<'_>,
+        route: &Route,
         calls: &[PendingCall],
     ) -> Option<Vec<ToolOutcome>> {
         let started = Instant::now();
@@ -747,7 +747,7 @@ impl<'a> Loop<'a> {
 async fn admit_round(
     gw: &Gateway,
     ctx: &mut RequestCtx,
-    route: &Route<'_>,
+    route: &Route,
     prompt_bytes: usize,
 ) -> Result<(), ApiError> {
     let Some(p) = &ctx.caller.principal else {
@@ -824,7 +824,7 @@ async fn read_whole(
     session: &mut Session,
     ctx: &mut RequestCtx,
     resp: UpstreamResponse,
-    route: &Route<'_>,
+    route: &Route,
     plan: &Plan,
 ) -> Result<Option<(u16, Bytes)>, ApiError> {
     let Some(read) =

@@ -36,21 +36,24 @@ struct Streak {
 #[async_trait]
 impl BackgroundService for HealthService {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        let watched: Vec<Arc<Pool>> = self
-            .pools
-            .iter()
-            .filter(|p| p.slots.len() > 1 || p.health_check.is_some())
-            .cloned()
-            .collect();
-        if watched.is_empty() {
-            return;
-        }
+        // Pools the control plane adds later are watched for the gauge (their health checks
+        // are the configuration's only).
+        let watched = |pools: &Pools| -> Vec<Arc<Pool>> {
+            pools
+                .all()
+                .into_iter()
+                .filter(|p| p.slots.len() > 1 || p.health_check.is_some())
+                .collect()
+        };
         // One task per checked pool: a slow pool never delays another, nor the gauge below.
-        let checkers: Vec<_> = watched
+        let checkers: Vec<_> = watched(&self.pools)
             .iter()
             .filter(|p| p.health_check.is_some())
             .map(|p| tokio::spawn(check_forever(p.clone(), self.client.clone())))
             .collect();
+        if self.metrics.is_none() && checkers.is_empty() {
+            return;
+        }
         let mut tick = tokio::time::interval(Duration::from_millis(250));
         loop {
             tokio::select! {
@@ -58,7 +61,7 @@ impl BackgroundService for HealthService {
                 _ = shutdown.changed() => break,
             }
             if let Some(m) = &self.metrics {
-                for pool in &watched {
+                for pool in &watched(&self.pools) {
                     for s in &pool.slots {
                         m.backend_up
                             .with_label_values(&[&pool.name, &s.label])

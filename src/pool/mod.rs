@@ -207,7 +207,7 @@ pub struct Pool {
 }
 
 impl Pool {
-    fn from_config(
+    pub(crate) fn from_config(
         name: &str,
         p: &ProviderConfig,
         provider: &Arc<Provider>,
@@ -424,9 +424,11 @@ impl Slot {
     }
 }
 
-/// The pools of every provider, by provider name.
+/// The pools of every provider, by provider name: the configuration's, and those the control
+/// plane adds at run time (swapped whole, read without a lock).
 pub struct Pools {
     by_name: BTreeMap<String, Arc<Pool>>,
+    runtime: arc_swap::ArcSwap<BTreeMap<String, Arc<Pool>>>,
 }
 
 impl Pools {
@@ -441,25 +443,51 @@ impl Pools {
                 Arc::new(Pool::from_config(name, p, provider, cfg.retry.as_ref())?),
             );
         }
-        Ok(Pools { by_name })
+        Ok(Pools {
+            by_name,
+            runtime: Default::default(),
+        })
     }
 
-    pub fn get(&self, name: &str) -> Option<&Arc<Pool>> {
-        self.by_name.get(name)
+    pub fn get(&self, name: &str) -> Option<Arc<Pool>> {
+        match self.by_name.get(name) {
+            Some(p) => Some(p.clone()),
+            None => self.runtime.load().get(name).cloned(),
+        }
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = &Arc<Pool>> {
-        self.by_name.values()
-    }
-
-    /// Every backend built from `backends` (the provider's own entry is refreshed with the
-    /// providers), for DNS refresh.
-    pub fn backend_providers(&self) -> impl Iterator<Item = &Arc<Provider>> {
+    /// Every pool, the configuration's first.
+    pub fn all(&self) -> Vec<Arc<Pool>> {
+        let runtime = self.runtime.load();
         self.by_name
             .values()
+            .chain(runtime.values())
+            .cloned()
+            .collect()
+    }
+
+    /// A pool added at run time (the catalog reuses unchanged ones, keeping their health).
+    pub fn runtime_pool(&self, name: &str) -> Option<Arc<Pool>> {
+        self.runtime.load().get(name).cloned()
+    }
+
+    /// Replaces the pools added at run time.
+    pub fn set_runtime(&self, pools: BTreeMap<String, Arc<Pool>>) {
+        self.runtime.store(Arc::new(pools));
+    }
+
+    /// Every backend with an address of its own to refresh: those built from `backends` (the
+    /// provider's own entry is refreshed with the providers) and every run-time backend.
+    pub fn backend_providers(&self) -> Vec<Arc<Provider>> {
+        let own = self
+            .by_name
+            .values()
             .flat_map(|p| p.slots.iter())
-            .filter(|s| s.own_provider)
-            .map(|s| &s.provider)
+            .filter(|s| s.own_provider);
+        let runtime = self.runtime.load();
+        own.chain(runtime.values().flat_map(|p| p.slots.iter()))
+            .map(|s| s.provider.clone())
+            .collect()
     }
 }
 

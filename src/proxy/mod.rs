@@ -36,7 +36,7 @@ use filters::usage::Usage;
 pub struct Gateway {
     pub cfg: Arc<Config>,
     pub providers: Arc<Providers>,
-    pub router: Router,
+    pub router: Arc<Router>,
     pub client: UpstreamClient,
     /// Every provider's backend pool.
     pub pools: Arc<crate::pool::Pools>,
@@ -74,6 +74,7 @@ impl Gateway {
             .key()
             .map(|_| Arc::new(crate::stats::Stats::default()));
         let limiter = Arc::new(crate::limits::Limiter::from_config(&cfg, metrics.clone()));
+        let router = Arc::new(Router::new(&cfg, providers.clone()));
         Gateway {
             control: control.map(|start| {
                 Arc::new(crate::control::ControlPlane::new(
@@ -81,6 +82,7 @@ impl Gateway {
                     auth.clone(),
                     limiter.clone(),
                     metrics.clone(),
+                    crate::control::Routing::new(router.clone(), pools.clone(), cfg.retry.clone()),
                 ))
             }),
             auth,
@@ -91,7 +93,7 @@ impl Gateway {
             vault: crate::vault::Vault::from_config(&cfg),
             responses: crate::responses::ResponseStore::from_config(&cfg),
             pools,
-            router: Router::new(&cfg, providers.clone()),
+            router,
             client: UpstreamClient::new(&cfg.client),
             providers,
             metrics,
@@ -741,6 +743,7 @@ impl Gateway {
         let body = if verbose {
             let providers: serde_json::Map<String, serde_json::Value> = self
                 .pools
+                .all()
                 .iter()
                 // Configured providers only (the built-in table lists them all).
                 .filter(|p| p.slots.iter().any(|s| s.provider.configured))

@@ -8,6 +8,7 @@
 //! `changes` counter moves.
 
 pub mod audit;
+pub mod catalog;
 pub mod keys;
 pub mod ledger;
 pub mod teams;
@@ -20,7 +21,7 @@ use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::{AnyPool, Row};
 
 /// The schema, in order. A migration is never edited once released: add a new one.
-const MIGRATIONS: [(i64, &str, &str); 4] = [
+const MIGRATIONS: [(i64, &str, &str); 5] = [
     (1, "keys", include_str!("../../migrations/0001_keys.sql")),
     (
         2,
@@ -29,6 +30,11 @@ const MIGRATIONS: [(i64, &str, &str); 4] = [
     ),
     (3, "audit", include_str!("../../migrations/0003_audit.sql")),
     (4, "teams", include_str!("../../migrations/0004_teams.sql")),
+    (
+        5,
+        "catalog",
+        include_str!("../../migrations/0005_catalog.sql"),
+    ),
 ];
 
 #[derive(Debug)]

@@ -929,3 +929,446 @@ async fn team_limits_and_budget_are_shared_by_its_keys() {
     .json();
     assert_eq!(all["data"].as_array().unwrap().len(), 2, "{all}");
 }
+
+/// A mock OpenAI-compatible server that names itself in every answer.
+async fn named_mock(name: &'static str) -> MockUpstream {
+    MockUpstream::start(move |req| {
+        let body: Value = serde_json::from_slice(&req.body).unwrap_or_default();
+        if req.method == "GET" {
+            return json_response(200, r#"{"object":"list","data":[]}"#);
+        }
+        let m = body["model"].as_str().unwrap_or("").to_string();
+        json_response(200, &chat_completion(&m, name))
+    })
+    .await
+}
+
+fn answer(r: &RawResponse) -> String {
+    r.json()["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// Models (aliases, and seed 003's models with backends of their own) and providers added,
+/// changed and removed at run time; provider keys write-only; the file's objects read-only;
+/// bad input 4xx; everything read back by a new gateway on the same SQLite file.
+#[tokio::test(flavor = "multi_thread")]
+async fn models_and_providers_at_run_time() {
+    let up = named_mock("hello").await;
+    let b1 = named_mock("from-b1").await;
+    let b2 = named_mock("from-b2").await;
+    let dir = temp_dir("catalog-store");
+    let mut env = provider_env(&[("openai", up.url("/v1"))]);
+    env.push((
+        "DATABASE_URL",
+        format!("sqlite://{}", dir.join("igw.db").display()),
+    ));
+    env.push(("ADMIN_API_KEY", ADMIN.into()));
+    let toml = "[aliases.smart]\ntarget = \"openai/gpt-4o\"\n";
+    let gw = InProcessGateway::start(&env, Some(toml));
+    let a = gw.addr;
+    let open_chat = |model: &str| {
+        let body = json!({"model": model, "messages": [{"role": "user", "content": "hi"}]});
+        async move { post_chat(a, body.to_string().as_bytes()).await }
+    };
+
+    // The file's alias and provider are listed, read-only.
+    let models = admin(a, "GET", "/admin/v1/models", &Value::Null)
+        .await
+        .json();
+    assert_eq!(models["data"][0]["id"], "config:smart", "{models}");
+    assert_eq!(models["data"][0]["source"], "config");
+    assert_eq!(models["data"][0]["target"], "openai/gpt-4o");
+    let r = admin(
+        a,
+        "PUT",
+        "/admin/v1/models/config:smart",
+        &json!({"target": "openai/x"}),
+    )
+    .await;
+    assert_error(&r, 409, "read_only");
+    let providers = admin(a, "GET", "/admin/v1/providers", &Value::Null)
+        .await
+        .json();
+    let openai = providers["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["id"] == "config:openai")
+        .cloned()
+        .unwrap_or_else(|| panic!("{providers}"));
+    assert_eq!(openai["source"], "config");
+    assert_eq!(openai["has_api_key"], true);
+    assert!(
+        !providers.to_string().contains("sk-openai-test"),
+        "{providers}"
+    );
+    let r = admin(
+        a,
+        "DELETE",
+        "/admin/v1/providers/config:openai",
+        &Value::Null,
+    )
+    .await;
+    assert_error(&r, 409, "read_only");
+
+    // Seed 003's flow: a model, then its backends.
+    let r = admin(
+        a,
+        "POST",
+        "/admin/v1/models",
+        &json!({"name": "llama-3", "model_id": "meta-llama/Llama-3.1-70B-Instruct",
+            "default_params": {"temperature": 0.7}}),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let model = r.json();
+    let mid = model["id"].as_str().unwrap().to_string();
+    assert_eq!(model["routable"], false);
+    assert_eq!(model["defaults"]["temperature"], 0.7);
+    assert_error(&open_chat("llama-3").await, 400, "provider_not_determined");
+    let r = admin(
+        a,
+        "POST",
+        &format!("/admin/v1/models/{mid}/backends"),
+        &json!({"url": b1.url(""), "weight": 1}),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let bk1 = r.json()["id"].as_str().unwrap().to_string();
+    let r = open_chat("llama-3").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(answer(&r), "from-b1");
+    let sent = b1.last().json();
+    assert_eq!(sent["model"], "meta-llama/Llama-3.1-70B-Instruct");
+    assert_eq!(sent["temperature"], 0.7);
+    assert!(b1.last().header("authorization").is_none());
+    // A second backend with its own key: both serve, the key goes to its backend only.
+    let r = admin(
+        a,
+        "POST",
+        &format!("/admin/v1/models/{mid}/backends"),
+        &json!({"url": b2.url(""), "weight": 1, "api_key": "sk-backend-two-secret"}),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert_eq!(r.json()["has_api_key"], true);
+    assert!(!r.text().contains("sk-backend-two-secret"));
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..6 {
+        let r = open_chat("llama-3").await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        seen.insert(answer(&r));
+    }
+    assert_eq!(seen.len(), 2, "both backends serve: {seen:?}");
+    assert_eq!(
+        b2.last().header("authorization"),
+        Some("Bearer sk-backend-two-secret")
+    );
+    assert!(b1
+        .requests()
+        .iter()
+        .all(|r| r.header("authorization").is_none()));
+    // Take b1 out: b2 serves everything.
+    let r = admin(
+        a,
+        "PUT",
+        &format!("/admin/v1/models/{mid}/backends/{bk1}"),
+        &json!({"active": false}),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["active"], false);
+    let before = b1.count();
+    for _ in 0..3 {
+        assert_eq!(answer(&open_chat("llama-3").await), "from-b2");
+    }
+    assert_eq!(b1.count(), before);
+    let listed = admin(a, "GET", &format!("/admin/v1/models/{mid}"), &Value::Null).await;
+    assert_eq!(listed.json()["backends"].as_array().unwrap().len(), 2);
+    assert_eq!(listed.json()["routable"], true);
+    assert!(!listed.text().contains("sk-backend-two-secret"));
+
+    // An alias to a provider's model, with seed 003's transforms.
+    let r = admin(
+        a,
+        "POST",
+        "/admin/v1/models",
+        &json!({"name": "fast", "target": "openai/gpt-4o-mini", "fallbacks": ["smart"],
+            "transforms": {"system_prompt_prefix": "Be brief."}}),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let fast = r.json()["id"].as_str().unwrap().to_string();
+    let r = open_chat("fast").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let sent = up.last().json();
+    assert_eq!(sent["model"], "gpt-4o-mini");
+    assert_eq!(sent["messages"][0]["role"], "system");
+    assert!(sent["messages"][0]["content"]
+        .as_str()
+        .unwrap()
+        .starts_with("Be brief."));
+    // Listed by /v1/models beside the file's alias.
+    let ids = raw_request(a, "GET", "/v1/models", &[], b"").await.json();
+    let ids: Vec<&str> = ids["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m["id"].as_str())
+        .collect();
+    assert!(
+        ids.contains(&"fast") && ids.contains(&"llama-3") && ids.contains(&"smart"),
+        "{ids:?}"
+    );
+    // Changed (PUT is partial), then deleted.
+    let r = admin(
+        a,
+        "PUT",
+        &format!("/admin/v1/models/{fast}"),
+        &json!({"target": "openai/gpt-4.1-nano"}),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["system_prompt_prefix"], "Be brief.");
+    open_chat("fast").await;
+    assert_eq!(up.last().json()["model"], "gpt-4.1-nano");
+    let r = admin(
+        a,
+        "DELETE",
+        &format!("/admin/v1/models/{fast}"),
+        &Value::Null,
+    )
+    .await;
+    assert_eq!(r.json()["deleted"], true, "{}", r.text());
+    assert_error(&open_chat("fast").await, 400, "provider_not_determined");
+    let r = admin(a, "GET", &format!("/admin/v1/models/{fast}"), &Value::Null).await;
+    assert_error(&r, 404, "not_found");
+
+    // A provider at run time: routable by prefix, its key write-only.
+    let r = admin(
+        a,
+        "POST",
+        "/admin/v1/providers",
+        &json!({"name": "local", "url": b1.url("/v1"), "api_key": "sk-local-provider-secret"}),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let local = r.json();
+    assert_eq!(local["has_api_key"], true);
+    assert!(!r.text().contains("sk-local-provider-secret"));
+    let r = open_chat("local/qwen").await;
+    assert_eq!(answer(&r), "from-b1", "{}", r.text());
+    assert_eq!(b1.last().path, "/v1/chat/completions");
+    assert_eq!(b1.last().json()["model"], "qwen");
+    assert_eq!(
+        b1.last().header("authorization"),
+        Some("Bearer sk-local-provider-secret")
+    );
+    // Pool members replace its url (as `backends` in the file), with its key unless they
+    // have their own.
+    let pid = local["id"].as_str().unwrap().to_string();
+    let r = admin(
+        a,
+        "POST",
+        &format!("/admin/v1/providers/{pid}/backends"),
+        &json!({"url": b2.url("/v1"), "weight": 3}),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    for _ in 0..3 {
+        assert_eq!(answer(&open_chat("local/qwen").await), "from-b2");
+    }
+    assert_eq!(
+        b2.last().header("authorization"),
+        Some("Bearer sk-local-provider-secret")
+    );
+    let r = admin(
+        a,
+        "POST",
+        &format!("/admin/v1/providers/{pid}/backends"),
+        &json!({"url": b1.url("/v1")}),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..8 {
+        seen.insert(answer(&open_chat("local/qwen").await));
+    }
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    let all = admin(a, "GET", "/admin/v1/providers", &Value::Null).await;
+    assert!(!all.text().contains("sk-local-provider-secret"));
+    let audit = admin(a, "GET", "/admin/v1/audit?limit=100", &Value::Null).await;
+    assert!(audit.text().contains("provider.create"), "{}", audit.text());
+    assert!(!audit.text().contains("sk-local-provider-secret"));
+    assert!(!audit.text().contains("sk-backend-two-secret"));
+
+    // Bad input: taken names, unknown fields, wrong types, bad URLs, unknown targets.
+    for (path, body, status, code, param) in [
+        (
+            "/admin/v1/providers",
+            json!({"name": "openai", "url": "http://h"}),
+            409,
+            "already_exists",
+            "name",
+        ),
+        (
+            "/admin/v1/providers",
+            json!({"name": "local", "url": "http://h"}),
+            409,
+            "already_exists",
+            "name",
+        ),
+        (
+            "/admin/v1/models",
+            json!({"name": "smart", "target": "openai/x"}),
+            409,
+            "already_exists",
+            "name",
+        ),
+        (
+            "/admin/v1/providers",
+            json!({"name": "p2", "url": "ftp://h"}),
+            422,
+            "invalid_field",
+            "url",
+        ),
+        (
+            "/admin/v1/providers",
+            json!({"name": "p2"}),
+            422,
+            "invalid_field",
+            "url",
+        ),
+        (
+            "/admin/v1/providers",
+            json!({"name": "p2", "url": "http://h", "max_concurrent": "many"}),
+            422,
+            "invalid_field",
+            "max_concurrent",
+        ),
+        (
+            "/admin/v1/providers",
+            json!({"name": "p 2", "url": "http://h"}),
+            422,
+            "invalid_field",
+            "name",
+        ),
+        (
+            "/admin/v1/providers",
+            json!({"name": "p2", "url": "http://h", "dialect": "klingon"}),
+            422,
+            "invalid_field",
+            "dialect",
+        ),
+        (
+            "/admin/v1/models",
+            json!({"name": "m2", "target": "nowhere/x"}),
+            422,
+            "invalid_field",
+            "target",
+        ),
+        (
+            "/admin/v1/models",
+            json!({"name": "m2", "target": "openai"}),
+            422,
+            "invalid_field",
+            "target",
+        ),
+        (
+            "/admin/v1/models",
+            json!({"name": "m2", "target": "openai/x", "fallbacks": ["nope/x"]}),
+            422,
+            "invalid_field",
+            "fallbacks",
+        ),
+        (
+            "/admin/v1/models",
+            json!({"name": "m2", "target": "openai/x", "defaults": {"stream": true}}),
+            422,
+            "invalid_field",
+            "defaults",
+        ),
+        (
+            "/admin/v1/models",
+            json!({"target": "openai/x"}),
+            422,
+            "invalid_field",
+            "name",
+        ),
+        (
+            &format!("/admin/v1/models/{mid}/backends"),
+            json!({"url": "not a url"}),
+            422,
+            "invalid_field",
+            "url",
+        ),
+        (
+            &format!("/admin/v1/models/{mid}/backends"),
+            json!({"url": "http://h", "weight": 0}),
+            422,
+            "invalid_field",
+            "weight",
+        ),
+    ] {
+        let r = admin(a, "POST", path, &body).await;
+        assert_error(&r, status, code);
+        assert_eq!(r.json()["error"]["param"], param, "{body}: {}", r.text());
+    }
+    let r = admin(
+        a,
+        "POST",
+        "/admin/v1/providers",
+        &json!({"name": "p2", "url": "http://h", "colour": "blue"}),
+    )
+    .await;
+    assert_error(&r, 422, "invalid_field");
+    assert!(r.text().contains("colour"), "{}", r.text());
+    let r = raw_request(
+        a,
+        "POST",
+        "/admin/v1/models",
+        &[("x-admin-key", ADMIN)],
+        b"{nope",
+    )
+    .await;
+    assert_error(&r, 400, "invalid_json");
+
+    // A new gateway on the same file routes what the first one added.
+    let _old = gw;
+    let gw = InProcessGateway::start(&env, Some(toml));
+    let again = post_chat(
+        gw.addr,
+        json!({"model": "llama-3", "messages": [{"role": "user", "content": "hi"}]})
+            .to_string()
+            .as_bytes(),
+    )
+    .await;
+    assert_eq!(answer(&again), "from-b2", "{}", again.text());
+    let r = post_chat(
+        gw.addr,
+        json!({"model": "local/qwen", "messages": [{"role": "user", "content": "hi"}]})
+            .to_string()
+            .as_bytes(),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    // Deleting a provider removes its pool members and its routes.
+    let r = admin(
+        gw.addr,
+        "DELETE",
+        &format!("/admin/v1/providers/{pid}"),
+        &Value::Null,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = post_chat(
+        gw.addr,
+        json!({"model": "local/qwen", "messages": [{"role": "user", "content": "hi"}]})
+            .to_string()
+            .as_bytes(),
+    )
+    .await;
+    assert_error(&r, 400, "provider_not_determined");
+}
