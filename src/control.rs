@@ -32,6 +32,8 @@ pub struct ControlPlane {
     pub store: Store,
     /// Spend booked off the request path (`crate::ledger`).
     pub ledger: crate::ledger::Ledger,
+    /// Requests' records, written off the request path (`None`: retention zero).
+    pub requests: Option<crate::request_log::RequestLog>,
     auth: Arc<Auth>,
     limiter: Arc<Limiter>,
     teams: RwLock<Arc<Vec<StoredTeam>>>,
@@ -184,6 +186,7 @@ impl ControlPlane {
         limiter: Arc<Limiter>,
         metrics: Option<Arc<crate::metrics::Metrics>>,
         routing: Routing,
+        store_cfg: &crate::config::StoreConfig,
     ) -> ControlPlane {
         auth.set_store_keys(&start.keys, &start.teams);
         routing.publish(&start.catalog);
@@ -193,6 +196,7 @@ impl ControlPlane {
         }
         ControlPlane {
             store: start.store,
+            requests: crate::request_log::RequestLog::new(store_cfg, metrics.clone()),
             ledger: crate::ledger::Ledger::new(metrics),
             auth,
             limiter,
@@ -221,6 +225,8 @@ impl ControlPlane {
             "reachable": !self.stale.load(Ordering::Relaxed),
             "ledger_rows_written": self.ledger.written.load(Ordering::Relaxed),
             "ledger_bookings_dropped": self.ledger.dropped.load(Ordering::Relaxed),
+            "request_log_rows_written": self.requests.as_ref().map(|r| r.written.load(Ordering::Relaxed)),
+            "request_log_rows_dropped": self.requests.as_ref().map(|r| r.dropped.load(Ordering::Relaxed)),
         })
     }
 

@@ -70,6 +70,9 @@ async fn read_body(
         )
     })??;
     ctx.bytes_in = raw.len();
+    if ctx.log_bodies {
+        ctx.logged_body = Some(crate::request_log::body_text(&raw));
+    }
     if gw.cfg.environment == crate::config::Environment::Development {
         // Development only: production never logs bodies.
         let end = raw.len().min(1024);

@@ -24,6 +24,7 @@ pub mod pool;
 pub mod providers;
 pub mod proxy;
 pub mod request_id;
+pub mod request_log;
 pub mod resolver;
 pub mod responses;
 pub mod routing;
@@ -213,6 +214,12 @@ pub fn build_server(cfg: Config, launch: Launch) -> Result<(Server, String), Str
             "ledger",
             ledger::LedgerService(cp.clone()),
         ));
+        if cp.requests.is_some() {
+            server.add_service(background_service(
+                "request-log",
+                request_log::RequestLogService(cp.clone()),
+            ));
+        }
     }
     let mut proxy =
         pingora::proxy::http_proxy_service_with_name(&server.configuration, gateway, "gateway");

@@ -74,6 +74,8 @@ pub struct Metrics {
     /// Spend-ledger rows written to the store, and bookings dropped (queue full, or the store
     /// down for too long).
     pub ledger: prometheus::IntCounterVec,
+    /// Request-log rows written to the store, and rows dropped (buffer full).
+    pub request_log: prometheus::IntCounterVec,
     pub ttft: HistogramVec,
     pub inter_token_latency: HistogramVec,
     pub output_tokens_per_second: HistogramVec,
@@ -179,6 +181,11 @@ impl Metrics {
             },
             ledger: {
                 let c = prometheus::IntCounterVec::new(Opts::new("llm_ledger_rows_total", "Spend-ledger rows written to the store (outcome=written) and bookings dropped (outcome=dropped)"), &["outcome"]).expect("valid metric");
+                r.register(Box::new(c.clone())).expect("unique metric");
+                c
+            },
+            request_log: {
+                let c = prometheus::IntCounterVec::new(Opts::new("llm_request_log_rows_total", "Request-log rows written to the store (outcome=written) and rows dropped (outcome=dropped)"), &["outcome"]).expect("valid metric");
                 r.register(Box::new(c.clone())).expect("unique metric");
                 c
             },

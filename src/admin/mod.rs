@@ -6,6 +6,7 @@
 
 mod catalog;
 mod keys;
+mod requests;
 mod spend;
 mod teams;
 
@@ -70,6 +71,7 @@ async fn serve(gw: &Gateway, session: &mut Session, ctx: &mut RequestCtx) -> Res
         Some("models") => {
             catalog::route(gw, session, ctx, &req, crate::store::catalog::Kind::Model).await?
         }
+        Some("requests") => (200, requests::route(gw, &req).await?),
         Some("spend") if parts.len() == 1 => (200, spend::report(gw, &req).await?),
         Some("audit") if parts.len() == 1 => (200, audit(gw, &req).await?),
         Some("health") if parts.len() == 1 => (200, health(gw, &req)?),

@@ -242,6 +242,11 @@ pub(super) fn apply(cfg: &mut Config, getenv: GetEnv) -> Result<(), ConfigError>
     if let Some(v) = get(getenv, "DATABASE_URL") {
         cfg.store.database_url = Some(Secret::new(v.trim()));
     }
+    set!(
+        cfg.store.request_log_retention,
+        duration(getenv, "STORE_REQUEST_LOG_RETENTION")?
+    );
+    set!(cfg.store.log_bodies, bool_var(getenv, "STORE_LOG_BODIES")?);
     if let Some(v) = get(getenv, "ADMIN_API_KEY") {
         cfg.admin.api_key = Some(Secret::new(v.trim()));
     }

@@ -94,13 +94,29 @@ pub struct Config {
     pub admin: AdminConfig,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {
     /// `sqlite://path` (one node; relative to the working directory) or `postgres://...`
     /// (several replicas) (`DATABASE_URL`). Unset: keys, aliases and spend live in the
     /// configuration and in memory, as without a control plane.
     pub database_url: Option<Secret>,
+    /// How long the request log (`/admin/v1/requests`) keeps a request
+    /// (`STORE_REQUEST_LOG_RETENTION`, default 7 days; `0s` keeps no request log).
+    pub request_log_retention: HumanDuration,
+    /// The request log keeps request and response bodies too (`STORE_LOG_BODIES`, default
+    /// off; at most 64 KiB of each).
+    pub log_bodies: bool,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            database_url: None,
+            request_log_retention: HumanDuration::secs(7 * 24 * 3600),
+            log_bodies: false,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

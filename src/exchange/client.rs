@@ -158,6 +158,14 @@ impl ClientStream {
         }
         self.closed |= last;
         ctx.answer.bytes_out += data.len();
+        if ctx.log_bodies {
+            // The stream as sent, up to the request log's limit.
+            let kept = ctx.answer.logged_body.get_or_insert_with(String::new);
+            let room = crate::request_log::MAX_BODY.saturating_sub(kept.len());
+            if room > 0 {
+                kept.push_str(&String::from_utf8_lossy(&data[..data.len().min(room)]));
+            }
+        }
         if !data.is_empty() {
             let now = Instant::now();
             match (self.first_write, &self.itl) {

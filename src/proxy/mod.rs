@@ -57,6 +57,8 @@ pub struct Gateway {
     /// This replica's recent activity, for the admin API (kept when it exists).
     pub stats: Option<Arc<crate::stats::Stats>>,
     log_format: LogFormat,
+    /// `store.log_bodies` with a request log to keep them in.
+    log_bodies: bool,
 }
 
 impl Gateway {
@@ -83,6 +85,7 @@ impl Gateway {
                     limiter.clone(),
                     metrics.clone(),
                     crate::control::Routing::new(router.clone(), pools.clone(), cfg.retry.clone()),
+                    &cfg.store,
                 ))
             }),
             auth,
@@ -98,6 +101,9 @@ impl Gateway {
             providers,
             metrics,
             log_format: cfg.log_format(),
+            log_bodies: cfg.store.log_bodies
+                && cfg.store.database_url.is_some()
+                && !cfg.store.request_log_retention.get().is_zero(),
             cfg,
         }
     }
@@ -132,6 +138,10 @@ pub struct RequestCtx {
     pub client_messages: Option<Box<serde_json::value::RawValue>>,
     /// Development only: the start of the request body, for the access log.
     pub body_sample: Option<String>,
+    /// Bodies go to the request log (`store.log_bodies`).
+    pub log_bodies: bool,
+    /// The request body as the request log keeps it (`store.log_bodies`).
+    pub logged_body: Option<String>,
     pub caller: CallerRecord,
     pub upstream: UpstreamRecord,
     pub answer: AnswerRecord,
@@ -206,6 +216,8 @@ pub struct AnswerRecord {
     pub client_gone: bool,
     /// The answer as the door keeps it (the Responses door's `response` object).
     pub document: Option<bytes::Bytes>,
+    /// The answer as the request log keeps it (`store.log_bodies`; at most 64 KiB).
+    pub logged_body: Option<String>,
 }
 
 impl RequestCtx {
@@ -298,6 +310,8 @@ impl ProxyHttp for Gateway {
             mcp_rounds: 0,
             client_messages: None,
             body_sample: None,
+            log_bodies: self.log_bodies,
+            logged_body: None,
             caller: CallerRecord::default(),
             upstream: UpstreamRecord::default(),
             answer: AnswerRecord::default(),
@@ -667,7 +681,14 @@ impl ProxyHttp for Gateway {
                 });
             }
         }
-        if log::log_enabled!(target: "access", log::Level::Info) {
+        // API requests go to the store's request log (`/admin/v1/requests`) when there is one.
+        let request_log = self
+            .control
+            .as_deref()
+            .and_then(|cp| cp.requests.as_ref())
+            .filter(|_| ctx.route.starts_with("/v1/") || ctx.route.starts_with("/proxy/"));
+        let access = log::log_enabled!(target: "access", log::Level::Info);
+        if access || request_log.is_some() {
             let req = session.req_header();
             let (prompt, completion, estimated) =
                 match (&ctx.answer.usage, ctx.answer.estimated_usage) {
@@ -703,7 +724,30 @@ impl ProxyHttp for Gateway {
                 tool_calls: &ctx.answer.tool_calls,
                 request_body: ctx.body_sample.as_deref(),
             };
-            info!(target: "access", "{}", record.render(self.log_format));
+            if access {
+                info!(target: "access", "{}", record.render(self.log_format));
+            }
+            if let Some(log) = request_log {
+                let principal = ctx.caller.principal.as_ref();
+                log.record(crate::store::requests::RequestRow {
+                    id: format!("req_{}", uuid::Uuid::new_v4().simple()),
+                    request_id: ctx.request_id.clone(),
+                    at: crate::store::now_ms(),
+                    key_name: principal.map(|p| p.name.clone()).unwrap_or_default(),
+                    team: principal.and_then(|p| p.team.clone()).unwrap_or_default(),
+                    model: ctx.model.clone().unwrap_or_default(),
+                    provider: ctx.upstream.provider.clone().unwrap_or_default(),
+                    upstream_model: ctx.upstream.model.clone().unwrap_or_default(),
+                    status: i64::from(ctx.answer.status),
+                    duration_ms: ctx.start.elapsed().as_millis() as i64,
+                    prompt_tokens: prompt.unwrap_or(0) as i64,
+                    completion_tokens: completion.unwrap_or(0) as i64,
+                    spend_micro: spent_micro,
+                    record: serde_json::to_string(&record).unwrap_or_default(),
+                    request_body: ctx.logged_body.take(),
+                    response_body: ctx.answer.logged_body.take(),
+                });
+            }
         }
         if let Some(e) = e {
             if !ctx.answer.client_gone {

@@ -47,6 +47,9 @@ pub async fn full(
     let _ = h.insert_header(http::header::CONTENT_LENGTH, body.len());
     ctx.answer.status = h.status.as_u16();
     ctx.answer.bytes_out = body.len();
+    if ctx.log_bodies {
+        ctx.answer.logged_body = Some(crate::request_log::body_text(&body));
+    }
     session.write_response_header(Box::new(h), false).await?;
     session.write_response_body(Some(body), true).await
 }

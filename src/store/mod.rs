@@ -11,6 +11,7 @@ pub mod audit;
 pub mod catalog;
 pub mod keys;
 pub mod ledger;
+pub mod requests;
 pub mod teams;
 
 use std::borrow::Cow;
@@ -21,7 +22,7 @@ use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::{AnyPool, Row};
 
 /// The schema, in order. A migration is never edited once released: add a new one.
-const MIGRATIONS: [(i64, &str, &str); 5] = [
+const MIGRATIONS: [(i64, &str, &str); 6] = [
     (1, "keys", include_str!("../../migrations/0001_keys.sql")),
     (
         2,
@@ -34,6 +35,11 @@ const MIGRATIONS: [(i64, &str, &str); 5] = [
         5,
         "catalog",
         include_str!("../../migrations/0005_catalog.sql"),
+    ),
+    (
+        6,
+        "request_log",
+        include_str!("../../migrations/0006_request_log.sql"),
     ),
 ];
 

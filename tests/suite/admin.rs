@@ -620,6 +620,28 @@ async fn two_gateways_share_keys_through_postgres() {
         .collect();
     assert_eq!(rest, ["key.revoke", "key.create"], "{v}");
     assert_eq!(v["next_cursor"], Value::Null);
+    // A model added on one replica routes on the other within a second.
+    let r = admin(
+        gw1.addr(),
+        "POST",
+        "/admin/v1/models",
+        &json!({"name": "shared-model", "target": "openai/gpt-4o-mini"}),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let t = Instant::now();
+    while chat(gw2.addr(), &key, "shared-model").await.status != 200 {
+        assert!(
+            t.elapsed() < Duration::from_secs(1),
+            "the model did not reach the second gateway within 1 s"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    println!(
+        "PostgreSQL: a new model routed on the second gateway after {:?}",
+        t.elapsed()
+    );
+    assert_eq!(up.last().json()["model"], "gpt-4o-mini");
 }
 
 /// Spend goes to the store's ledger off the request path: reported by key, team, model and day,
@@ -1371,4 +1393,244 @@ async fn models_and_providers_at_run_time() {
     )
     .await;
     assert_error(&r, 400, "provider_not_determined");
+}
+
+/// The request log: every API request's record in the store (bodies with `store.log_bodies`),
+/// filtered by key, model and status, paged newest first; pruned past its retention.
+#[tokio::test(flavor = "multi_thread")]
+async fn request_log_on_sqlite() {
+    let up = MockUpstream::start(|req| {
+        let body = req.json();
+        let m = body["model"].as_str().unwrap_or("").to_string();
+        if body["stream"] == true {
+            sse_steps(
+                chat_stream(&m, &["hel", "lo"], true).as_bytes(),
+                &[],
+                Duration::ZERO,
+            )
+        } else {
+            json_response(200, &chat_completion(&m, "hello"))
+        }
+    })
+    .await;
+    let dir = temp_dir("request-log");
+    let mut env = provider_env(&[("openai", up.url("/v1"))]);
+    env.push((
+        "DATABASE_URL",
+        format!("sqlite://{}", dir.join("igw.db").display()),
+    ));
+    env.push(("ADMIN_API_KEY", ADMIN.into()));
+    env.push(("STORE_LOG_BODIES", "true".into()));
+    let gw = InProcessGateway::start(&env, None);
+    let a = gw.addr;
+    let mut keys = Vec::new();
+    for (name, models) in [
+        ("alice", json!(["openai/*"])),
+        ("bob", json!(["openai/gpt-4o"])),
+    ] {
+        let r = admin(
+            a,
+            "POST",
+            "/admin/v1/keys",
+            &json!({"name": name, "models": models}),
+        )
+        .await;
+        assert_eq!(r.status, 201, "{}", r.text());
+        keys.push(r.json()["key"].as_str().unwrap().to_string());
+    }
+    let r = chat(a, &keys[0], "openai/gpt-x").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let first_id = r.headers["x-request-id"].clone();
+    let auth = format!("Bearer {}", keys[0]);
+    let body = json!({"model": "openai/gpt-y", "stream": true,
+        "messages": [{"role": "user", "content": "stream please"}]});
+    let r = raw_request(
+        a,
+        "POST",
+        "/v1/chat/completions",
+        &[("authorization", &auth)],
+        body.to_string().as_bytes(),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_error(
+        &chat(a, &keys[1], "openai/gpt-x").await,
+        403,
+        "model_not_allowed",
+    );
+
+    // Written within about a second, off the request path.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let all = loop {
+        let v = admin(a, "GET", "/admin/v1/requests", &Value::Null)
+            .await
+            .json();
+        if v["data"].as_array().is_some_and(|d| d.len() >= 3) {
+            break v;
+        }
+        assert!(Instant::now() < deadline, "{v}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let rows = all["data"].as_array().unwrap();
+    assert_eq!(rows.len(), 3, "{all}");
+    // Newest first.
+    assert_eq!(rows[0]["key"], "bob");
+    assert_eq!(rows[0]["status"], 403);
+    assert_eq!(rows[1]["model"], "openai/gpt-y");
+    assert_eq!(rows[2]["request_id"], first_id.as_str());
+    assert_eq!(rows[2]["provider"], "openai");
+    assert_eq!(rows[2]["upstream_model"], "gpt-x");
+    assert_eq!(rows[2]["prompt_tokens"], 9);
+    assert_eq!(rows[2]["path"], "/v1/chat/completions");
+    assert!(
+        rows[2].get("request_body").is_none(),
+        "bodies only in the detail"
+    );
+    for k in &keys {
+        assert!(
+            !all.to_string().contains(k.as_str()),
+            "a caller key in the log"
+        );
+    }
+    // Filters.
+    let q = |query: &'static str| async move {
+        admin(
+            a,
+            "GET",
+            &format!("/admin/v1/requests?{query}"),
+            &Value::Null,
+        )
+        .await
+        .json()
+    };
+    assert_eq!(q("key=alice").await["data"].as_array().unwrap().len(), 2);
+    assert_eq!(q("status=4xx").await["data"][0]["key"], "bob");
+    assert_eq!(q("status=403").await["data"].as_array().unwrap().len(), 1);
+    assert_eq!(q("status=200").await["data"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        q("model=openai/gpt-y").await["data"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    let by_id = admin(
+        a,
+        "GET",
+        &format!("/admin/v1/requests?request_id={first_id}"),
+        &Value::Null,
+    )
+    .await
+    .json();
+    assert_eq!(by_id["data"].as_array().unwrap().len(), 1);
+    // A key's admin id works as well as its name.
+    let listed = admin(a, "GET", "/admin/v1/keys", &Value::Null).await.json();
+    let bob_id = listed["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["name"] == "bob")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let v = admin(
+        a,
+        "GET",
+        &format!("/admin/v1/requests?key={bob_id}"),
+        &Value::Null,
+    )
+    .await;
+    assert_eq!(
+        v.json()["data"].as_array().unwrap().len(),
+        1,
+        "{}",
+        v.text()
+    );
+    // Pages.
+    let p1 = q("limit=2").await;
+    assert_eq!(p1["data"].as_array().unwrap().len(), 2);
+    let c = p1["next_cursor"].as_str().unwrap().to_string();
+    let p2 = admin(
+        a,
+        "GET",
+        &format!("/admin/v1/requests?limit=2&cursor={c}"),
+        &Value::Null,
+    )
+    .await
+    .json();
+    assert_eq!(p2["data"].as_array().unwrap().len(), 1);
+    assert_eq!(p2["data"][0]["request_id"], first_id.as_str());
+    assert_eq!(p2["next_cursor"], Value::Null);
+    // The detail has the record and the bodies (store.log_bodies).
+    let id = rows[2]["id"].as_str().unwrap();
+    let d = admin(a, "GET", &format!("/admin/v1/requests/{id}"), &Value::Null)
+        .await
+        .json();
+    assert!(
+        d["request_body"].as_str().unwrap().contains("\"hi\""),
+        "{d}"
+    );
+    assert!(
+        d["response_body"].as_str().unwrap().contains("hello"),
+        "{d}"
+    );
+    assert_eq!(d["record"]["status"], 200);
+    let sid = rows[1]["id"].as_str().unwrap();
+    let d = admin(a, "GET", &format!("/admin/v1/requests/{sid}"), &Value::Null)
+        .await
+        .json();
+    let streamed = d["response_body"].as_str().unwrap();
+    assert!(
+        streamed.contains("data: ") && streamed.contains("[DONE]"),
+        "{d}"
+    );
+    // Bad input.
+    assert_error(
+        &admin(a, "GET", "/admin/v1/requests?status=abc", &Value::Null).await,
+        400,
+        "invalid_value",
+    );
+    assert_error(
+        &admin(a, "GET", "/admin/v1/requests?cursor=zzz", &Value::Null).await,
+        400,
+        "invalid_value",
+    );
+    assert_error(
+        &admin(a, "GET", "/admin/v1/requests/req_nope", &Value::Null).await,
+        404,
+        "not_found",
+    );
+    assert_error(
+        &admin(a, "POST", "/admin/v1/requests", &json!({})).await,
+        405,
+        "method_not_allowed",
+    );
+    let health = raw_request(a, "GET", "/health?verbose", &[], b"")
+        .await
+        .json();
+    assert!(
+        health["store"]["request_log_rows_written"]
+            .as_u64()
+            .unwrap()
+            >= 3,
+        "{health}"
+    );
+
+    // Past the retention: pruned when a gateway starts (and every ten minutes).
+    let _old = gw;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    env.push(("STORE_REQUEST_LOG_RETENTION", "1s".into()));
+    let gw = InProcessGateway::start(&env, None);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let v = admin(gw.addr, "GET", "/admin/v1/requests", &Value::Null)
+            .await
+            .json();
+        if v["data"].as_array().is_some_and(|d| d.is_empty()) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not pruned: {v}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
