@@ -126,7 +126,7 @@ impl Store {
         })?;
         let pool = AnyPoolOptions::new()
             .max_connections(if kind == Kind::Sqlite { 4 } else { 8 })
-            .acquire_timeout(Duration::from_secs(5))
+            .acquire_timeout(Duration::from_secs(2))
             .idle_timeout(Some(Duration::from_secs(60)))
             .connect_lazy(&connect_url(url, kind))
             .map_err(|e| format!("DATABASE_URL {}: {e}", redacted(url)))?;

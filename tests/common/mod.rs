@@ -790,17 +790,77 @@ impl Drop for RedisServer {
 pub struct Postgres {
     pub port: u16,
     bin: PathBuf,
+    dir: PathBuf,
     _watchdog: Mutex<Child>,
 }
 
 static POSTGRES: std::sync::OnceLock<Postgres> = std::sync::OnceLock::new();
 
 pub fn postgres() -> &'static Postgres {
-    POSTGRES.get_or_init(Postgres::start)
+    POSTGRES.get_or_init(|| Postgres::start(false))
 }
 
 impl Postgres {
-    fn start() -> Postgres {
+    /// A cluster of the caller's own, to kill and restart (the shared one is everyone's). Its
+    /// commits survive a kill (`synchronous_commit` on, as in production): what the gateway was
+    /// told is written must still be there when the server comes back.
+    pub fn private() -> Postgres {
+        Postgres::start(true)
+    }
+
+    /// `durable`: commits are flushed before they are acknowledged (a kill loses none). The
+    /// shared cluster trades that for speed (the server is never killed).
+    fn server_options(port: u16, dir: &std::path::Path, durable: bool) -> String {
+        format!(
+            "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit={} -c full_page_writes=off -c max_connections=200",
+            dir.display(),
+            if durable { "on" } else { "off" }
+        )
+    }
+
+    /// Stops the server at once (`pg_ctl stop -m immediate`: connections are cut, as in a crash).
+    pub fn kill(&self) {
+        let out = Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .arg(self.bin.join("pg_ctl"))
+            .arg("-D")
+            .arg(self.dir.join("data"))
+            .args(["stop", "-m", "immediate"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "pg_ctl stop: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Starts the server again on the same port and data (waits until it accepts connections).
+    pub fn restart(&self) {
+        let out = Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .arg(self.bin.join("pg_ctl"))
+            .arg("-D")
+            .arg(self.dir.join("data"))
+            .arg("-l")
+            .arg(self.dir.join("log-restarted"))
+            .args([
+                "-o",
+                &Postgres::server_options(self.port, &self.dir, true),
+                "-w",
+                "start",
+            ])
+            .stdout(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "pg_ctl start: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn start(durable: bool) -> Postgres {
         let bin = std::fs::read_dir("/usr/lib/postgresql")
             .expect("PostgreSQL server (scripts/deps.sh test installs it)")
             .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
@@ -828,9 +888,9 @@ impl Postgres {
         );
         let port = free_port();
         let script = format!(
-            "runuser -u postgres -- {pg} -D {data} -p {port} -k {dir} -c listen_addresses=127.0.0.1 \
-             -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200 \
+            "runuser -u postgres -- {pg} -D {data} {options} \
              >{dir}/log 2>&1 & read _; runuser -u postgres -- {ctl} -D {data} stop -m immediate >/dev/null 2>&1",
+            options = Postgres::server_options(port, &dir, durable),
             pg = bin.join("postgres").display(),
             ctl = bin.join("pg_ctl").display(),
             data = data.display(),
@@ -863,6 +923,7 @@ impl Postgres {
         Postgres {
             port,
             bin,
+            dir,
             _watchdog: Mutex::new(watchdog),
         }
     }

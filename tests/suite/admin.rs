@@ -1634,3 +1634,136 @@ async fn request_log_on_sqlite() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// The database dies mid-load: requests keep succeeding from the snapshot, `/health?verbose`
+/// says the store is unreachable, admin writes are refused (503), and the spend ledger and the
+/// request log written meanwhile land once the database is back.
+#[tokio::test(flavor = "multi_thread")]
+async fn database_outage_mid_load() {
+    let up = mock().await;
+    let pg = Postgres::private();
+    let url = pg.database("outage");
+    let mut env = provider_env(&[("openai", up.url("/v1"))]);
+    env.push(("DATABASE_URL", url));
+    env.push(("ADMIN_API_KEY", ADMIN.into()));
+    let gw = GatewayProcess::start(&env, None);
+    let a = gw.addr();
+    let r = admin(
+        a,
+        "POST",
+        "/admin/v1/keys",
+        &json!({"name": "steady", "budget_usd": 100}),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let key = r.json()["key"].as_str().unwrap().to_string();
+    let reachable = |a| async move {
+        raw_request(a, "GET", "/health?verbose", &[], b"")
+            .await
+            .json()["store"]["reachable"]
+            .as_bool()
+    };
+    assert_eq!(reachable(a).await, Some(true));
+
+    // Load from four callers until told to stop.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let workers: Vec<_> = (0..4)
+        .map(|_| {
+            let (stop, key) = (stop.clone(), key.clone());
+            tokio::spawn(async move {
+                let mut statuses = Vec::new();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    statuses.push(chat(a, &key, "openai/gpt-4o").await.status);
+                }
+                statuses
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    pg.kill();
+    let down = Instant::now();
+    while reachable(a).await != Some(false) {
+        assert!(
+            down.elapsed() < Duration::from_secs(5),
+            "the outage was not noticed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let noticed = down.elapsed();
+    // Changes cannot be made while it is down; nothing hangs.
+    let t = Instant::now();
+    let r = admin(
+        a,
+        "POST",
+        "/admin/v1/keys",
+        &json!({"name": "during-outage"}),
+    )
+    .await;
+    assert_error(&r, 503, "store_unavailable");
+    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    pg.restart();
+    let back = Instant::now();
+    while reachable(a).await != Some(true) {
+        assert!(
+            back.elapsed() < Duration::from_secs(10),
+            "the store did not come back"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut statuses = Vec::new();
+    for w in workers {
+        statuses.extend(w.await.unwrap());
+    }
+    let n = statuses.len() as u64;
+    assert!(n >= 20, "{n} requests");
+    assert!(
+        statuses.iter().all(|s| *s == 200),
+        "every request succeeds through the outage: {:?}",
+        statuses.iter().filter(|s| **s != 200).collect::<Vec<_>>()
+    );
+    // What was booked during the outage lands: the ledger counts every request, and so does
+    // the request log.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let spend = admin(a, "GET", "/admin/v1/spend?group_by=key", &Value::Null)
+            .await
+            .json();
+        // Every page of the request log.
+        let (mut listed, mut cursor) = (0u64, String::new());
+        let logged = loop {
+            let page = format!("/admin/v1/requests?key=steady&limit=1000&cursor={cursor}");
+            let logged = admin(a, "GET", &page, &Value::Null).await.json();
+            listed += logged["data"].as_array().map_or(0, Vec::len) as u64;
+            match logged["next_cursor"].as_str() {
+                Some(c) => cursor = c.to_string(),
+                None => break logged,
+            }
+        };
+        if spend["data"][0]["requests"] == n && listed == n {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "ledger {} and request log {listed} of {n} requests: {spend} {logged} {}",
+            spend["data"][0]["requests"],
+            gw.log_text()
+                .lines()
+                .filter(|l| l.contains("WARN"))
+                .take(40)
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    println!(
+        "database outage: {n} requests, all 200; the outage noticed after {noticed:?}; every booking written after the restart"
+    );
+    let health = raw_request(a, "GET", "/health?verbose", &[], b"")
+        .await
+        .json();
+    assert_eq!(health["store"]["ledger_bookings_dropped"], 0, "{health}");
+    assert_eq!(health["store"]["request_log_rows_dropped"], 0, "{health}");
+}
