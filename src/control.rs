@@ -285,10 +285,21 @@ impl BackgroundService for SyncService {
         }
         let mut tick = tokio::time::interval(SYNC_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Expired caller state (stored responses) is removed now and then.
+        let mut prune = tokio::time::interval(Duration::from_secs(600));
+        prune.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = shutdown.changed() => return,
                 _ = tick.tick() => {}
+                _ = prune.tick() => {
+                    match tokio::time::timeout(Duration::from_secs(30), self.0.store.prune_state()).await {
+                        Ok(Ok(n)) if n > 0 => log::info!("control plane: removed {n} expired stored responses"),
+                        Ok(Err(e)) => log::debug!("control plane: pruning state failed: {e}"),
+                        _ => {}
+                    }
+                    continue;
+                }
             }
             let r = tokio::time::timeout(Duration::from_secs(5), self.0.poll()).await;
             let failed = match r {

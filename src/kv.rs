@@ -19,9 +19,9 @@ use crate::config::Config;
 
 pub struct KvStore {
     memory: Mutex<Memory>,
-    redis: Option<Arc<RedisKv>>,
-    /// Redis is the truth when it answers (a delete on one replica holds for all); memory is
-    /// the fallback while it does not. Otherwise memory is read first (a cache of Redis).
+    redis: Option<Arc<Shared>>,
+    /// The shared tier is the truth when it answers (a delete on one replica holds for all);
+    /// memory is the fallback while it does not. Otherwise memory is read first (a cache).
     redis_first: bool,
     ttl: Duration,
     max_bytes: usize,
@@ -86,13 +86,13 @@ impl KvStore {
         KvStore {
             memory: Mutex::new(Memory::default()),
             redis: cfg.limits.redis_url.as_ref().map(|u| {
-                Arc::new(RedisKv {
+                Arc::new(Shared::Redis(RedisKv {
                     url: u.expose().to_string(),
                     prefix: format!("{}:{namespace}:", cfg.limits.redis_prefix),
                     timeout: cfg.limits.redis_timeout.get(),
                     conn: OnceCell::new(),
                     down_until: Mutex::new(None),
-                })
+                }))
             }),
             redis_first: b.redis_first,
             ttl: b.ttl,
@@ -100,6 +100,16 @@ impl KvStore {
             max_entries: b.max_entries,
             max_value: b.max_value,
         }
+    }
+
+    /// Keeps the shared copy in the control plane's store (`DATABASE_URL`) instead of Redis:
+    /// durable, and the truth every replica reads first.
+    pub fn use_store(&mut self, store: crate::store::Store, namespace: &str) {
+        self.redis = Some(Arc::new(Shared::Sql {
+            store,
+            namespace: namespace.to_string(),
+        }));
+        self.redis_first = true;
     }
 
     /// Whether the store keeps anything.
@@ -169,7 +179,7 @@ impl KvStore {
         let ttl = self.ttl;
         Some(async move {
             if let Err(e) = r.put(batch, ttl).await {
-                log::warn!("state store: Redis write failed: {e}");
+                log::warn!("state store: shared write failed: {e}");
             }
         })
     }
@@ -185,7 +195,7 @@ impl KvStore {
             match r.get(&wanted).await {
                 Ok(values) => return values.into_iter().map(|v| v.map(Arc::from)).collect(),
                 Err(e) => {
-                    log::warn!("state store: Redis read failed, using this replica's copy: {e}")
+                    log::warn!("state store: shared read failed, using this replica's copy: {e}")
                 }
             }
         }
@@ -211,7 +221,7 @@ impl KvStore {
                         found[i] = v.map(Arc::from);
                     }
                 }
-                Err(e) => log::warn!("state store: Redis read failed: {e}"),
+                Err(e) => log::warn!("state store: shared read failed: {e}"),
             }
         }
         found
@@ -229,7 +239,7 @@ impl KvStore {
         if let Some(r) = &self.redis {
             match r.delete(key).await {
                 Ok(n) => found |= n > 0,
-                Err(e) => log::warn!("state store: Redis delete failed: {e}"),
+                Err(e) => log::warn!("state store: shared delete failed: {e}"),
             }
         }
         found
@@ -244,6 +254,52 @@ impl KvStore {
             .map(|(k, (_, t, _))| k.len() + t.len())
             .sum();
         (m.bytes, sum)
+    }
+}
+
+/// Where replicas share a namespace: Redis, or the control plane's store.
+enum Shared {
+    Redis(RedisKv),
+    Sql {
+        store: crate::store::Store,
+        namespace: String,
+    },
+}
+
+/// Longest wait for the store (its pool gives up on a connection within 2 s).
+const SQL_TIMEOUT: Duration = Duration::from_secs(3);
+
+async fn sql<T>(
+    op: impl Future<Output = Result<T, crate::store::StoreError>>,
+) -> Result<T, String> {
+    match tokio::time::timeout(SQL_TIMEOUT, op).await {
+        Ok(r) => r.map_err(|e| e.to_string()),
+        Err(_) => Err("the store timed out".into()),
+    }
+}
+
+impl Shared {
+    async fn put(&self, batch: Vec<(String, Arc<str>)>, ttl: Duration) -> Result<(), String> {
+        match self {
+            Shared::Redis(r) => r.put(batch, ttl).await,
+            Shared::Sql { store, namespace } => {
+                sql(store.put_state(namespace, &batch, ttl.as_millis() as i64)).await
+            }
+        }
+    }
+
+    async fn get(&self, keys: &[&str]) -> Result<Vec<Option<String>>, String> {
+        match self {
+            Shared::Redis(r) => r.get(keys).await,
+            Shared::Sql { store, namespace } => sql(store.get_state(namespace, keys)).await,
+        }
+    }
+
+    async fn delete(&self, key: &str) -> Result<u64, String> {
+        match self {
+            Shared::Redis(r) => r.delete(key).await,
+            Shared::Sql { store, namespace } => sql(store.delete_state(namespace, key)).await,
+        }
     }
 }
 

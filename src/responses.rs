@@ -63,6 +63,11 @@ impl ResponseStore {
         }
     }
 
+    /// Keeps stored responses in the control plane's store (`DATABASE_URL`).
+    pub fn use_store(&mut self, store: crate::store::Store) {
+        self.kv.use_store(store, "resp");
+    }
+
     fn key(scope: &str, id: &str) -> String {
         // Ids never contain `|` (`valid_id`), so the last `|` splits scope and id.
         format!("{scope}|{id}")

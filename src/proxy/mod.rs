@@ -77,24 +77,30 @@ impl Gateway {
             .map(|_| Arc::new(crate::stats::Stats::default()));
         let limiter = Arc::new(crate::limits::Limiter::from_config(&cfg, metrics.clone()));
         let router = Arc::new(Router::new(&cfg, providers.clone()));
+        let control = control.map(|start| {
+            Arc::new(crate::control::ControlPlane::new(
+                start,
+                auth.clone(),
+                limiter.clone(),
+                metrics.clone(),
+                crate::control::Routing::new(router.clone(), pools.clone(), cfg.retry.clone()),
+                &cfg.store,
+            ))
+        });
+        let mut responses = crate::responses::ResponseStore::from_config(&cfg);
+        if let Some(cp) = &control {
+            // Stored responses live in the store: durable, and seen by every replica.
+            responses.use_store(cp.store.clone());
+        }
         Gateway {
-            control: control.map(|start| {
-                Arc::new(crate::control::ControlPlane::new(
-                    start,
-                    auth.clone(),
-                    limiter.clone(),
-                    metrics.clone(),
-                    crate::control::Routing::new(router.clone(), pools.clone(), cfg.retry.clone()),
-                    &cfg.store,
-                ))
-            }),
+            control,
             auth,
             stats,
             limiter,
             mcp,
             models_cache: Default::default(),
             vault: crate::vault::Vault::from_config(&cfg),
-            responses: crate::responses::ResponseStore::from_config(&cfg),
+            responses,
             pools,
             router,
             client: UpstreamClient::new(&cfg.client),

@@ -12,6 +12,7 @@ pub mod catalog;
 pub mod keys;
 pub mod ledger;
 pub mod requests;
+pub mod state;
 pub mod teams;
 
 use std::borrow::Cow;
@@ -22,7 +23,7 @@ use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::{AnyPool, Row};
 
 /// The schema, in order. A migration is never edited once released: add a new one.
-const MIGRATIONS: [(i64, &str, &str); 6] = [
+const MIGRATIONS: [(i64, &str, &str); 7] = [
     (1, "keys", include_str!("../../migrations/0001_keys.sql")),
     (
         2,
@@ -41,6 +42,7 @@ const MIGRATIONS: [(i64, &str, &str); 6] = [
         "request_log",
         include_str!("../../migrations/0006_request_log.sql"),
     ),
+    (7, "state", include_str!("../../migrations/0007_state.sql")),
 ];
 
 #[derive(Debug)]
@@ -87,6 +89,8 @@ impl Kind {
     }
 }
 
+/// Cheap to clone (the pool is shared).
+#[derive(Clone)]
 pub struct Store {
     pool: AnyPool,
     pub kind: Kind,

@@ -603,3 +603,78 @@ async fn models_include_context_window_pricing_and_modalities() {
     assert_eq!(r.status, 400, "{}", r.text());
     assert_eq!(r.json()["error"]["param"], "include");
 }
+
+/// With a store (`DATABASE_URL`) stored responses live in it: a conversation continues on
+/// another gateway and after a restart, still only for its key, and a delete holds for all.
+#[tokio::test(flavor = "multi_thread")]
+async fn stored_responses_live_in_the_store() {
+    let up = MockUpstream::start(model::anthropic_model).await;
+    let dir = temp_dir("responses-store");
+    let mut env = provider_env(&[("anthropic", up.url("/v1"))]);
+    env.push((
+        "DATABASE_URL",
+        format!("sqlite://{}", dir.join("igw.db").display()),
+    ));
+    // Only the store can carry the thinking the tool turn needs back.
+    env.push(("REASONING_VAULT_MAX_BYTES", "0".into()));
+    let toml = keys_toml(&[("a", KEY), ("b", "sk-responses-b")]);
+    let gw1 = InProcessGateway::start(&env, Some(&toml));
+    let tools = json!([{"type": "function", "name": "get_weather",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}]);
+    let r = post(
+        &gw1,
+        KEY,
+        &json!({"model": "anthropic/claude-sonnet-4-5", "input": "client", "tools": tools,
+            "reasoning": {"effort": "high"}}),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let first = r.json();
+    let id = first["id"].as_str().unwrap().to_string();
+    let call = first["output"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["type"] == "function_call")
+        .unwrap()
+        .clone();
+    // A second gateway on the same store (its memory holds nothing) continues it.
+    let gw2 = InProcessGateway::start(&env, Some(&toml));
+    let r = post(
+        &gw2,
+        KEY,
+        &json!({"model": "anthropic/claude-sonnet-4-5", "previous_response_id": id, "tools": tools,
+            "reasoning": {"effort": "high"},
+            "input": [{"type": "function_call_output", "call_id": call["call_id"], "output": "sunny"}]}),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let second = r.json()["id"].as_str().unwrap().to_string();
+    let sent = up.last().json();
+    assert_eq!(sent["messages"].as_array().unwrap().len(), 3, "{sent}");
+    assert_eq!(
+        sent["messages"][1]["content"][0]["signature"], "sig_0",
+        "{sent}"
+    );
+    // Only its key sees it.
+    let r = get(
+        &gw2,
+        "sk-responses-b",
+        &format!("/v1/responses/{id}"),
+        "GET",
+    )
+    .await;
+    assert_openai_error(&r, 404, "response_not_found", "response_id");
+    // A gateway started afterwards (a restart) has both turns.
+    let gw3 = InProcessGateway::start(&env, Some(&toml));
+    for rid in [&id, &second] {
+        let r = get(&gw3, KEY, &format!("/v1/responses/{rid}"), "GET").await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert!(!r.text().contains("gateway_state"), "{}", r.text());
+    }
+    // Deleted on one: gone on the one that wrote it (its memory still had it).
+    let r = get(&gw3, KEY, &format!("/v1/responses/{id}"), "DELETE").await;
+    assert_eq!(r.json()["deleted"], true, "{}", r.text());
+    let r = get(&gw1, KEY, &format!("/v1/responses/{id}"), "GET").await;
+    assert_openai_error(&r, 404, "response_not_found", "response_id");
+}
