@@ -34,13 +34,13 @@ async fn serve(gw: &Gateway, session: &mut Session, ctx: &mut RequestCtx) -> Res
     let path = session.req_header().uri.path().to_string();
     let method = session.req_header().method.clone();
     // Without an admin credential the admin API does not exist.
-    let Some(expected) = gw.cfg.admin.key() else {
+    if !gw.cfg.admin_api() {
         return Err(ApiError::of(
             Code::NotFound,
             format!("Invalid URL ({method} {path})"),
         ));
-    };
-    authenticate(&session.req_header().headers, expected)?;
+    }
+    let actor = authenticate(gw, &session.req_header().headers).await?;
     let rest = path.strip_prefix("/admin/v1/").unwrap_or("");
     let parts: Vec<&str> = rest.split('/').filter(|p| !p.is_empty()).collect();
     let query = session.req_header().uri.query().unwrap_or("").to_string();
@@ -50,6 +50,7 @@ async fn serve(gw: &Gateway, session: &mut Session, ctx: &mut RequestCtx) -> Res
         .map(|a| a.ip().to_string())
         .unwrap_or_default();
     let req = AdminRequest {
+        actor: &actor,
         method: &method,
         parts: &parts,
         query: &query,
@@ -95,6 +96,8 @@ async fn serve(gw: &Gateway, session: &mut Session, ctx: &mut RequestCtx) -> Res
 }
 
 struct AdminRequest<'a> {
+    /// Who is asking: `admin-key`, or `oidc:<subject>` (an admin claim).
+    actor: &'a str,
     method: &'a Method,
     parts: &'a [&'a str],
     query: &'a str,
@@ -106,7 +109,7 @@ impl AdminRequest<'_> {
     /// An audit record of a change made by this request (the admin key is the actor).
     fn audit(&self, action: &str, target: &str, detail: Value) -> crate::store::audit::AuditEntry {
         crate::store::audit::AuditEntry::new(
-            "admin-key",
+            self.actor,
             self.client,
             action,
             target,
@@ -133,9 +136,10 @@ impl AdminRequest<'_> {
     }
 }
 
-/// The admin credential, from `X-Admin-Key` or `Authorization: Bearer`, compared in constant
-/// time (as digests, so the length does not leak either).
-fn authenticate(headers: &http::HeaderMap, expected: &str) -> Result<(), ApiError> {
+/// The admin credential, from `X-Admin-Key` or `Authorization: Bearer`: the admin key
+/// (compared in constant time, as digests, so the length does not leak either), or an OIDC
+/// token carrying `admin.oidc_claim`. Answers who it is, for the audit log.
+async fn authenticate(gw: &Gateway, headers: &http::HeaderMap) -> Result<String, ApiError> {
     let sent = headers
         .get("x-admin-key")
         .and_then(|v| v.to_str().ok())
@@ -152,11 +156,40 @@ fn authenticate(headers: &http::HeaderMap, expected: &str) -> Result<(), ApiErro
             "The admin API needs the admin key (X-Admin-Key or Authorization: Bearer)",
         ));
     };
-    let d = |s: &str| ring::digest::digest(&ring::digest::SHA256, s.as_bytes());
-    if !bool::from(d(sent).as_ref().ct_eq(d(expected).as_ref())) {
-        return Err(ApiError::of(Code::InvalidAdminKey, "Incorrect admin key"));
+    if let Some(expected) = gw.cfg.admin.key() {
+        let d = |s: &str| ring::digest::digest(&ring::digest::SHA256, s.as_bytes());
+        if bool::from(d(sent).as_ref().ct_eq(d(expected).as_ref())) {
+            return Ok("admin-key".into());
+        }
     }
-    Ok(())
+    let claim = gw
+        .cfg
+        .admin
+        .oidc_claim
+        .as_deref()
+        .and_then(|c| c.split_once('='));
+    if let (Some((name, wanted)), Some(oidc)) = (claim, &gw.auth.oidc) {
+        if crate::auth::oidc::looks_like_jwt(sent) {
+            let claims = oidc
+                .verify(sent)
+                .await
+                .map_err(|e| ApiError::of(Code::InvalidAdminKey, e.message))?;
+            let holds = match claims.get(name) {
+                Some(Value::String(s)) => s == wanted,
+                Some(Value::Array(a)) => a.iter().any(|v| v.as_str() == Some(wanted)),
+                _ => false,
+            };
+            if !holds {
+                return Err(ApiError::of(
+                    Code::InvalidAdminKey,
+                    format!("The token does not carry the admin claim ({name})"),
+                ));
+            }
+            let subject = claims.get("sub").and_then(Value::as_str).unwrap_or("?");
+            return Ok(format!("oidc:{subject}"));
+        }
+    }
+    Err(ApiError::of(Code::InvalidAdminKey, "Incorrect admin key"))
 }
 
 /// The control plane, or 503 naming what is missing.

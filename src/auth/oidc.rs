@@ -72,6 +72,13 @@ impl Oidc {
     }
 
     pub async fn validate(&self, token: &str) -> Result<Principal, ApiError> {
+        let claims = self.verify(token).await?;
+        self.principal(&claims)
+    }
+
+    /// The claims of a token this issuer signed for this audience (signature, expiry, issuer
+    /// and audience checked).
+    pub async fn verify(&self, token: &str) -> Result<Map<String, Value>, ApiError> {
         let invalid = |why: &str| {
             unauthorized(
                 &format!("Invalid bearer token: {why}."),
@@ -121,11 +128,20 @@ impl Oidc {
                 _ => "cannot be verified",
             })
         })?;
-        let claims = data.claims;
+        Ok(data.claims)
+    }
+
+    /// The caller a token's claims name, with the limits of its tier.
+    fn principal(&self, claims: &Map<String, Value>) -> Result<Principal, ApiError> {
         let subject = claims
             .get(&self.subject_claim)
             .and_then(Value::as_str)
-            .ok_or_else(|| invalid("no subject"))?
+            .ok_or_else(|| {
+                unauthorized(
+                    "Invalid bearer token: no subject.",
+                    crate::errors::Code::InvalidToken,
+                )
+            })?
             .to_string();
         // A missing or unknown tier gets the default tier (required with tiers, see
         // `AuthConfig::validate`). Without any tiers every token is unlimited by configuration,

@@ -250,6 +250,9 @@ pub(super) fn apply(cfg: &mut Config, getenv: GetEnv) -> Result<(), ConfigError>
     if let Some(v) = get(getenv, "ADMIN_API_KEY") {
         cfg.admin.api_key = Some(Secret::new(v.trim()));
     }
+    if let Some(v) = get(getenv, "ADMIN_OIDC_CLAIM") {
+        cfg.admin.oidc_claim = Some(v.trim().to_string());
+    }
     if let Some(v) = get(getenv, "ADMIN_API_KEY_FILE") {
         cfg.admin.api_key_file = Some(std::path::PathBuf::from(v.trim()));
     }

@@ -127,6 +127,10 @@ pub struct AdminConfig {
     pub api_key: Option<Secret>,
     /// File holding it (`ADMIN_API_KEY_FILE`); trailing whitespace is ignored.
     pub api_key_file: Option<std::path::PathBuf>,
+    /// `claim=value` (`ADMIN_OIDC_CLAIM`, e.g. `groups=igw-admins`): an OIDC token of
+    /// `auth.oidc_issuer` whose claim is (or, for a list, contains) the value is an admin
+    /// credential too.
+    pub oidc_claim: Option<String>,
 }
 
 impl AdminConfig {
@@ -257,7 +261,13 @@ impl Config {
 
     /// Keys can come from the admin API: a store and an admin credential.
     pub fn control_plane(&self) -> bool {
-        self.store.database_url.is_some() && self.admin.key().is_some()
+        self.store.database_url.is_some() && self.admin_api()
+    }
+
+    /// Whether the admin API exists: an admin key, or an OIDC admin claim.
+    pub fn admin_api(&self) -> bool {
+        self.admin.key().is_some()
+            || (self.admin.oidc_claim.is_some() && self.auth.oidc_issuer.is_some())
     }
 
     /// Whether callers must authenticate (keys, OIDC or `auth.enable`).
@@ -717,6 +727,22 @@ impl Config {
             return Err(ConfigError(
                 "admin.api_key (ADMIN_API_KEY): use at least 16 characters (inference-gateway hash-key makes a random one)".into(),
             ));
+        }
+        if let Some(c) = &self.admin.oidc_claim {
+            if self.auth.oidc_issuer.is_none() {
+                return Err(ConfigError(
+                    "admin.oidc_claim (ADMIN_OIDC_CLAIM): needs auth.oidc_issuer (AUTH_OIDC_ISSUER)"
+                        .into(),
+                ));
+            }
+            if !c
+                .split_once('=')
+                .is_some_and(|(k, v)| !k.is_empty() && !v.is_empty())
+            {
+                return Err(ConfigError(format!(
+                    "admin.oidc_claim (ADMIN_OIDC_CLAIM): {c:?} is not claim=value"
+                )));
+            }
         }
         if self.limits.redis_timeout.get().is_zero() {
             return Err(ConfigError(

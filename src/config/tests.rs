@@ -474,4 +474,35 @@ fn store_and_admin_settings() {
     )
     .unwrap_err();
     assert!(!e.0.contains("hunter2"), "{e:?}");
+    // An OIDC admin claim makes the admin API without a key, and needs an issuer.
+    let oidc = [
+        ("AUTH_OIDC_ISSUER", "https://issuer.example"),
+        ("AUTH_OIDC_CLIENT_ID", "gateway"),
+        ("ADMIN_OIDC_CLAIM", "groups=igw-admins"),
+    ];
+    let cfg = load("", &oidc).unwrap();
+    assert!(cfg.admin_api() && cfg.admin.key().is_none());
+    let e = load("", &[("ADMIN_OIDC_CLAIM", "groups=igw-admins")]).unwrap_err();
+    assert!(e.0.contains("auth.oidc_issuer"), "{e:?}");
+    let e = load("", &[oidc[0], oidc[1], ("ADMIN_OIDC_CLAIM", "groups")]).unwrap_err();
+    assert!(e.0.contains("claim=value"), "{e:?}");
+    // The request log's settings.
+    let cfg = load(
+        "[store]\nrequest_log_retention = \"2d\"\n",
+        &[("STORE_LOG_BODIES", "true")],
+    )
+    .unwrap();
+    assert_eq!(cfg.store.request_log_retention.get().as_secs(), 2 * 86400);
+    assert!(cfg.store.log_bodies);
+    let cfg = load("", &[("STORE_REQUEST_LOG_RETENTION", "0s")]).unwrap();
+    assert!(cfg.store.request_log_retention.get().is_zero());
+    assert_eq!(
+        load("", &[])
+            .unwrap()
+            .store
+            .request_log_retention
+            .get()
+            .as_secs(),
+        7 * 86400
+    );
 }

@@ -72,9 +72,8 @@ impl Gateway {
     ) -> Self {
         let auth = Arc::new(crate::auth::Auth::from_config(&cfg));
         let stats = cfg
-            .admin
-            .key()
-            .map(|_| Arc::new(crate::stats::Stats::default()));
+            .admin_api()
+            .then(|| Arc::new(crate::stats::Stats::default()));
         let limiter = Arc::new(crate::limits::Limiter::from_config(&cfg, metrics.clone()));
         let router = Arc::new(Router::new(&cfg, providers.clone()));
         let control = control.map(|start| {

@@ -561,7 +561,29 @@ async fn oidc_tokens_are_checked_against_the_issuer() {
         ("AUTH_OIDC_ISSUER", iss.clone()),
         ("AUTH_OIDC_CLIENT_ID", "gateway".to_string()),
     ]);
+    // Tokens carrying the admin claim are admin credentials (the admin API exists without an
+    // admin key).
+    env.push(("ADMIN_OIDC_CLAIM", "groups=igw-admins".to_string()));
     let untiered = GatewayProcess::start(&env, None);
+    let mut admin_claims = good();
+    admin_claims["groups"] = json!(["dev", "igw-admins"]);
+    let admin_token = token(&k1, admin_claims.clone());
+    let r = get(&untiered, "/admin/v1/health", &admin_token).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let mut other = good();
+    other["groups"] = json!(["dev"]);
+    let mut expired = admin_claims.clone();
+    expired["exp"] = json!(now() - 600);
+    for (what, t) in [
+        ("no admin claim", token(&k1, other)),
+        ("no groups at all", token(&k1, good())),
+        ("expired", token(&k1, expired)),
+        ("not a token", "some-guess-at-an-admin-key".to_string()),
+    ] {
+        let r = get(&untiered, "/admin/v1/health", &t).await;
+        assert_eq!(r.status, 401, "{what}: {}", r.text());
+        assert_eq!(r.json()["error"]["code"], "invalid_admin_key", "{what}");
+    }
     let t = token(&k1, good());
     assert_eq!(call(&untiered, Some(&t), &body).await.status, 200);
     let r = get(&untiered, "/proxy/openai/models", &t).await;
