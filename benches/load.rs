@@ -14,7 +14,9 @@
 //! BENCH_SCENARIOS (comma-separated parts of scenario names, e.g. `responses`; default all).
 //!
 //! Other modes (`BENCH_MODE`):
-//! - `auth`: the cost of keys and limits (open, key, key + limits in memory, in Redis);
+//! - `auth`: the cost of keys and limits (open, key, key + limits in memory, in Redis; with a
+//!   store: a file key against the same key from the admin API, and the request log), each
+//!   cell BENCH_REPEATS (3) times round robin, medians;
 //! - `soak`: non-stream 1 KB load on the gateway for BENCH_SOAK_SECONDS (60) or until
 //!   BENCH_SOAK_REQUESTS (1,000,000), RSS sampled every second: start, peak, end (memory must
 //!   plateau);
@@ -550,10 +552,16 @@ fn auth() {
     let threads = env_num("BENCH_GATEWAY_THREADS", 1);
     let mock = spawn_role("mock (direct)", "mock", &[]);
     let hash = |k: &str| {
-        let out = Command::new(env!("CARGO_BIN_EXE_inference-gateway"))
-            .args(["hash-key", k])
-            .output()
+        use std::io::Write;
+        // The key on standard input (never on a command line).
+        let mut child = Command::new(env!("CARGO_BIN_EXE_inference-gateway"))
+            .args(["hash-key", "--stdin"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
             .unwrap();
+        writeln!(child.stdin.take().unwrap(), "{k}").unwrap();
+        let out = child.wait_with_output().unwrap();
         let text = String::from_utf8(out.stdout).unwrap();
         text.lines()
             .find_map(|l| l.strip_prefix("hash: "))
@@ -584,19 +592,64 @@ fn auth() {
     if redis.is_some() {
         wait_listening(redis_port);
     }
-    let mut cells: Vec<(&str, Proc, &str)> = vec![
-        ("open", spawn_gateway(mock.port, threads, false), ""),
+    let bearer = "authorization: Bearer igw-bench\r\n".to_string();
+    let mut cells: Vec<(&str, Proc, String)> = vec![
+        (
+            "open",
+            spawn_gateway(mock.port, threads, false),
+            String::new(),
+        ),
         (
             "key, no limits",
             spawn_gateway_with(mock.port, threads, false, &[], Some(&plain_key)),
-            "authorization: Bearer igw-bench\r\n",
+            bearer.clone(),
         ),
         (
             "key + limits (memory)",
             spawn_gateway_with(mock.port, threads, false, &[], Some(&limited_key)),
-            "authorization: Bearer igw-bench\r\n",
+            bearer.clone(),
         ),
     ];
+    // With a store (SQLite) and the admin API: the same limited key from the file and issued
+    // through the admin API, on gateways that are otherwise the same (both book spend in the
+    // ledger and keep admin stats), so their ratio is the cost of where the key comes from.
+    let store_dir = std::env::temp_dir().join(format!("igw-bench-store-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&store_dir);
+    std::fs::create_dir_all(&store_dir).unwrap();
+    let admin_key = "bench-admin-key-0123456789";
+    let store_env = |db: &str, request_log: bool| {
+        vec![
+            (
+                "DATABASE_URL",
+                format!("sqlite://{}", store_dir.join(db).display()),
+            ),
+            ("ADMIN_API_KEY", admin_key.to_string()),
+            (
+                "STORE_REQUEST_LOG_RETENTION",
+                if request_log { "7d" } else { "0s" }.to_string(),
+            ),
+        ]
+    };
+    cells.push((
+        "store: file key + limits",
+        spawn_gateway_with(
+            mock.port,
+            threads,
+            false,
+            &store_env("a.db", false),
+            Some(&limited_key),
+        ),
+        bearer.clone(),
+    ));
+    let limited_body = r#"{"name":"k2","rpm":100000000,"tpm":100000000000,"max_concurrent":100000,"budget_usd":1000000000.0}"#;
+    for (name, db, request_log) in [
+        ("store: store key + limits", "b.db", false),
+        ("  + request log", "c.db", true),
+    ] {
+        let p = spawn_gateway_with(mock.port, threads, false, &store_env(db, request_log), None);
+        let key = create_key(p.port, admin_key, limited_body);
+        cells.push((name, p, format!("authorization: Bearer {key}\r\n")));
+    }
     if redis.is_some() {
         cells.push((
             "key + limits (Redis)",
@@ -607,7 +660,7 @@ fn auth() {
                 &[("REDIS_URL", format!("redis://127.0.0.1:{redis_port}/"))],
                 Some(&limited_key),
             ),
-            "authorization: Bearer igw-bench\r\n",
+            bearer.clone(),
         ));
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -615,38 +668,82 @@ fn auth() {
         .enable_all()
         .build()
         .unwrap();
-    println!("auth cost: non-stream 1 KB, concurrency {concurrency}, {seconds} s per cell, {threads} gateway thread(s)\n");
+    // Every cell is run `repeats` times, round robin (the box's drift hits every cell alike);
+    // the median is reported.
+    let repeats = env_num("BENCH_REPEATS", 3).max(1) as usize;
+    println!("auth cost: non-stream 1 KB, concurrency {concurrency}, {seconds} s per cell, median of {repeats} rounds, {threads} gateway thread(s)\n");
     println!(
-        "{:<24} {:>10} {:>9} {:>9} {:>7} {:>8}",
+        "{:<26} {:>10} {:>9} {:>9} {:>7} {:>8}",
         "gateway", "RPS", "p50 us", "p99 us", "errors", "vs open"
     );
-    let mut open_rps = 0.0;
-    for (name, p, headers) in &cells {
-        let (mut st, secs) = rt.block_on(load_with(
-            p.port,
-            SCENARIOS[0],
-            concurrency,
-            seconds,
-            headers,
-        ));
-        let rps = st.latencies_us.len() as f64 / secs;
-        if open_rps == 0.0 {
-            open_rps = rps;
+    // Per cell, per round: (RPS, p50, p99, errors).
+    let mut runs: Vec<Vec<(f64, u64, u64, u64)>> = vec![Vec::new(); cells.len()];
+    for _ in 0..repeats {
+        for (i, (_, p, headers)) in cells.iter().enumerate() {
+            let (mut st, secs) = rt.block_on(load_with(
+                p.port,
+                SCENARIOS[0],
+                concurrency,
+                seconds,
+                headers,
+            ));
+            let rps = st.latencies_us.len() as f64 / secs;
+            let (p50, p99) = (
+                pct(&mut st.latencies_us, 0.5),
+                pct(&mut st.latencies_us, 0.99),
+            );
+            runs[i].push((rps, p50, p99, st.errors));
         }
-        let (p50, p99) = (
-            pct(&mut st.latencies_us, 0.5),
-            pct(&mut st.latencies_us, 0.99),
-        );
-        println!(
-            "{name:<24} {rps:>10.0} {p50:>9} {p99:>9} {:>7} {:>8.2}",
-            st.errors,
-            rps / open_rps
-        );
     }
+    let median = |v: &[(f64, u64, u64, u64)]| {
+        let mut v = v.to_vec();
+        v.sort_by(|a, b| a.0.total_cmp(&b.0));
+        v[v.len() / 2]
+    };
+    let open_rps = median(&runs[0]).0;
+    let mut rows = Vec::new();
+    for ((name, _, _), r) in cells.iter().zip(&runs) {
+        let (rps, p50, p99, errors) = median(r);
+        let spread = r.iter().map(|x| x.0).fold(f64::MAX, f64::min)
+            ..=r.iter().map(|x| x.0).fold(0.0, f64::max);
+        println!(
+            "{name:<26} {rps:>10.0} {p50:>9} {p99:>9} {errors:>7} {:>8.2}   (RPS {:.0}-{:.0})",
+            rps / open_rps,
+            spread.start(),
+            spread.end()
+        );
+        rows.push((*name, rps));
+    }
+    let rps_of = |n: &str| rows.iter().find(|r| r.0 == n).map_or(0.0, |r| r.1);
+    println!(
+        "\nkeys from the store vs keys from the file (same gateway otherwise): {:.2}\nthe store's own cost (ledger, stats) on a file key: {:.2}",
+        rps_of("store: store key + limits") / rps_of("store: file key + limits"),
+        rps_of("store: file key + limits") / rps_of("key + limits (memory)")
+    );
+    drop(cells);
+    let _ = std::fs::remove_dir_all(&store_dir);
     if let Some(mut r) = redis {
         let _ = r.kill();
         let _ = r.wait();
     }
+}
+
+/// Issues a key through the admin API; the plaintext key.
+fn create_key(port: u16, admin: &str, body: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        s,
+        "POST /admin/v1/keys HTTP/1.1\r\nhost: bench\r\nx-admin-key: {admin}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let json = out.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    let v: serde_json::Value =
+        serde_json::from_str(json).unwrap_or_else(|e| panic!("admin API answered {out:?}: {e}"));
+    v["key"].as_str().expect("a key").to_string()
 }
 
 // ---------------------------------------------------------------------------------- soak

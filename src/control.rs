@@ -4,9 +4,11 @@
 //! request, it only delays changes.
 //!
 //! Changes reach the replica that made them at once (it refreshes after its own write) and every
-//! other replica within `SYNC_INTERVAL`: a background task polls the store's change counter (one
-//! indexed row) and reloads when it moved. With SQLite, the old and new process of an upgrade
-//! share the file and see each other's changes the same way.
+//! other replica at once on PostgreSQL (each write notifies `igw_changes`; every replica
+//! LISTENs) and within `SYNC_INTERVAL` in any case: a background task polls the store's change
+//! counter (one indexed row) and reloads when it moved, the safety net for a lost notification.
+//! With SQLite, the old and new process of an upgrade share the file and see each other's
+//! changes by the poll.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -47,6 +49,8 @@ pub struct ControlPlane {
     version: AtomicI64,
     /// The last refresh failed (the store is unreachable): the snapshot is stale.
     pub stale: std::sync::atomic::AtomicBool,
+    /// Another replica changed the store (PostgreSQL's notification): poll now.
+    changed: tokio::sync::Notify,
 }
 
 /// Where the catalog is published: the router's and the pools' run-time layers.
@@ -207,6 +211,7 @@ impl ControlPlane {
             routing,
             version: AtomicI64::new(start.version),
             stale: Default::default(),
+            changed: tokio::sync::Notify::new(),
         }
     }
 
@@ -283,6 +288,15 @@ impl BackgroundService for SyncService {
                 .seed_spend_shared(&s.principal, s.period, s.spend_micro)
                 .await;
         }
+        // PostgreSQL tells every replica of a change at once (LISTEN); the poll stays as the
+        // safety net (and is all SQLite has).
+        let cp = self.0.clone();
+        let listener = tokio::spawn(async move {
+            let notify = cp.clone();
+            cp.store
+                .listen_for_changes(move || notify.changed.notify_one())
+                .await;
+        });
         let mut tick = tokio::time::interval(SYNC_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // Expired caller state (stored responses) is removed now and then.
@@ -290,8 +304,12 @@ impl BackgroundService for SyncService {
         prune.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                _ = shutdown.changed() => return,
+                _ = shutdown.changed() => {
+                    listener.abort();
+                    return;
+                }
                 _ = tick.tick() => {}
+                _ = self.0.changed.notified() => {}
                 _ = prune.tick() => {
                     match tokio::time::timeout(Duration::from_secs(30), self.0.store.prune_state()).await {
                         Ok(Ok(n)) if n > 0 => log::info!("control plane: removed {n} expired stored responses"),

@@ -305,8 +305,22 @@ impl Catalog<'_> {
         page(items, limit, cursor.as_deref())
     }
 
-    /// Refuses a name the file, the built-in table or another stored object uses.
+    /// Refuses a name the file, the built-in table or another stored object uses, and a model
+    /// name that would shadow `provider/model` routing (`openai/gpt-4o` as an alias).
     fn check_free(&self, name: &str) -> Result<(), ApiError> {
+        if let Some((p, _)) = name.split_once('/') {
+            let provider = self.gw.router.provider_named(p).is_some()
+                || self
+                    .entries()
+                    .iter()
+                    .any(|e| e.kind == Kind::Provider && e.name == p);
+            if provider {
+                return Err(invalid(
+                    "name",
+                    &format!("{p:?} is a provider: this name would hide provider/model routing"),
+                ));
+            }
+        }
         let taken_by_file = self.gw.cfg.providers.contains_key(name)
             || self.gw.cfg.aliases.contains_key(name)
             || self.gw.providers.get(name).is_some();

@@ -94,7 +94,12 @@ impl Kind {
 pub struct Store {
     pool: AnyPool,
     pub kind: Kind,
+    /// For PostgreSQL's change notifications (a connection of their own).
+    url: std::sync::Arc<str>,
 }
+
+/// The channel every admin write notifies on PostgreSQL (`LISTEN igw_changes`).
+pub const CHANGES_CHANNEL: &str = "igw_changes";
 
 /// A SQLite URL that creates its file (`mode=rwc`) unless the user chose a mode.
 fn connect_url(url: &str, kind: Kind) -> String {
@@ -134,7 +139,11 @@ impl Store {
             .idle_timeout(Some(Duration::from_secs(60)))
             .connect_lazy(&connect_url(url, kind))
             .map_err(|e| format!("DATABASE_URL {}: {e}", redacted(url)))?;
-        Ok(Store { pool, kind })
+        Ok(Store {
+            pool,
+            kind,
+            url: url.into(),
+        })
     }
 
     /// Applies the embedded migrations not yet applied.
@@ -209,6 +218,43 @@ impl Store {
     pub(crate) fn pool(&self) -> &AnyPool {
         &self.pool
     }
+
+    /// Waits for change notifications (PostgreSQL only) and calls `changed` for each, and
+    /// after every reconnection (a notification may have been missed meanwhile). Returns only
+    /// if the store is not PostgreSQL.
+    pub async fn listen_for_changes(&self, changed: impl Fn()) {
+        if self.kind != Kind::Postgres {
+            return;
+        }
+        loop {
+            let listener = async {
+                let mut l = sqlx::postgres::PgListener::connect(&self.url).await?;
+                l.listen(CHANGES_CHANNEL).await?;
+                Ok::<_, sqlx::Error>(l)
+            };
+            let mut l = match listener.await {
+                Ok(l) => l,
+                Err(e) => {
+                    log::debug!("store: LISTEN failed ({e}); polling meanwhile");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
+            changed();
+            loop {
+                match l.try_recv().await {
+                    Ok(Some(_)) => changed(),
+                    // The connection was lost (and is made again on the next call).
+                    Ok(None) => changed(),
+                    Err(e) => {
+                        log::debug!("store: LISTEN connection failed ({e})");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        break;
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// Ends a write that changes at most one row: when it changed one, bumps the change counter,
@@ -234,6 +280,13 @@ pub(crate) async fn bump(
     sqlx::query("UPDATE changes SET seq = seq + 1 WHERE id = 1")
         .execute(&mut **tx)
         .await?;
+    if tx.backend_name() == "PostgreSQL" {
+        // Delivered at commit to every replica's LISTEN: they reload at once rather than at
+        // their next poll.
+        sqlx::query(&format!("SELECT pg_notify('{CHANGES_CHANNEL}', '')"))
+            .execute(&mut **tx)
+            .await?;
+    }
     audit::record(tx, audit).await
 }
 

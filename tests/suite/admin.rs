@@ -1320,6 +1320,20 @@ async fn models_and_providers_at_run_time() {
             "name",
         ),
         (
+            "/admin/v1/models",
+            json!({"name": "openai/gpt-4o", "target": "openai/x"}),
+            422,
+            "invalid_field",
+            "name",
+        ),
+        (
+            "/admin/v1/models",
+            json!({"name": "local/qwen", "target": "openai/x"}),
+            422,
+            "invalid_field",
+            "name",
+        ),
+        (
             &format!("/admin/v1/models/{mid}/backends"),
             json!({"url": "not a url"}),
             422,
