@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what building and testing need on a fresh Debian/Ubuntu machine with Rust:
 #   build: a C compiler and cmake (pingora-core builds zlib-ng with cmake)
-#   test:  python3 + the official `openai` and `anthropic` SDKs (compatibility tests), promtool (Debian package
+#   test:  python3 + the official `openai`, `anthropic` and `mcp` (2.x) SDKs (compatibility tests), promtool (Debian package
 #          `prometheus`) to validate the metrics exposition, systemd-analyze (package `systemd`)
 #          to verify the unit file, redis-server (shared limits across replicas), openssl
 #          (RSA keys for the OIDC tests), the PostgreSQL server (the store's tests start a
@@ -45,6 +45,14 @@ if [ "$what" = "test" ]; then
       || python3 -m pip install -q --disable-pip-version-check --break-system-packages "anthropic>=0.40"
   fi
   python3 -c "import anthropic; print('deps: anthropic SDK', anthropic.__version__)"
+  # The official MCP SDK, 2.x: its client speaks the stateless 2026-07-28 protocol and the
+  # handshake (mode="legacy"), the two generations /mcp serves.
+  if ! python3 -c "import mcp, httpx2, sys; from importlib.metadata import version; sys.exit(not version('mcp').startswith('2.'))" >/dev/null 2>&1; then
+    echo "deps: installing the MCP Python SDK"
+    python3 -m pip install -q --disable-pip-version-check "mcp>=2.3,<3" 2>/dev/null \
+      || python3 -m pip install -q --disable-pip-version-check --break-system-packages "mcp>=2.3,<3"
+  fi
+  python3 -c "from importlib.metadata import version; print('deps: mcp SDK', version('mcp'))"
   # PostgreSQL refuses to run as root: the tests run it as this user.
   id postgres >/dev/null 2>&1 || $sudo_cmd useradd --system --no-create-home --shell /usr/sbin/nologin postgres
   ls -d /usr/lib/postgresql/*/bin | tail -1 | sed 's/^/deps: postgresql /'

@@ -273,7 +273,11 @@ pub fn build_server(cfg: Config, launch: Launch) -> Result<(Server, String), Str
     }
     let open = cfg.keys.is_empty() && !cfg.auth.enable && cfg.auth.oidc_issuer.is_none();
     if open && !matches!(cfg.server.host.as_str(), "127.0.0.1" | "::1" | "localhost") {
-        warn!("listening on {} without client authentication: anyone who can reach this port can use the configured provider keys", cfg.server.host);
+        warn!("listening on {} without client authentication: anyone who can reach this port can use the configured provider keys{}", cfg.server.host,
+            if cfg.mcp.expose { " and every tool on /mcp (MCP_EXPOSE)" } else { "" });
+    }
+    if cfg.mcp.expose && cfg.auth.oidc_issuer.is_some() && cfg.server.public_url.is_none() {
+        warn!("MCP_EXPOSE with OIDC but no server.public_url (SERVER_PUBLIC_URL): /mcp cannot point MCP clients at its OAuth metadata");
     }
     Ok((server, addr))
 }

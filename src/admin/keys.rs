@@ -60,7 +60,7 @@ fn key_json(k: &Listed) -> Value {
                 "key_prefix": null, "owner": c.owner, "team": null, "models": l.models,
                 "rpm": l.rpm, "tpm": l.tpm, "max_concurrent": l.max_concurrent,
                 "budget_usd": l.budget_usd, "budget_period": l.budget_period,
-                "expires_at": c.expires, "metadata": c.metadata, "tools": [],
+                "expires_at": c.expires, "metadata": c.metadata, "tools": l.tools,
                 "created_at": null, "updated_at": null, "revoked_at": null, "source": "config"})
         }
         Listed::Store(k) => {
@@ -495,6 +495,7 @@ async fn usage(gw: &Gateway, id: &str) -> Result<Value, ApiError> {
             (
                 k.name.clone(),
                 LimitsSpec {
+                    tools: k.spec.tools.clone(),
                     models: s.models.clone(),
                     rpm: s.rpm,
                     tpm: s.tpm,

@@ -119,6 +119,7 @@ pub fn limits_of(s: &crate::store::keys::KeySpec) -> LimitsSpec {
         max_concurrent: s.max_concurrent,
         budget_usd: s.budget_usd,
         budget_period: s.budget_period,
+        tools: s.tools.clone(),
     }
 }
 

@@ -62,6 +62,9 @@ pub struct LimitsSpec {
     /// Spend allowed per `budget_period`, in USD.
     pub budget_usd: Option<f64>,
     pub budget_period: BudgetPeriod,
+    /// Tools allowed on `/mcp` and in the server-side MCP loop: `/mcp` names (the loop's
+    /// `mcp_` prefix stripped), `*` for any run of characters. Empty: all.
+    pub tools: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]

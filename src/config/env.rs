@@ -104,6 +104,9 @@ pub(super) fn apply(cfg: &mut Config, getenv: GetEnv) -> Result<(), ConfigError>
     set!(s.max_json_fields, parse(getenv, "SERVER_MAX_JSON_FIELDS")?);
     set!(s.body_timeout, duration(getenv, "SERVER_BODY_TIMEOUT")?);
     set!(s.max_connections, parse(getenv, "SERVER_MAX_CONNECTIONS")?);
+    if let Some(v) = get(getenv, "SERVER_PUBLIC_URL") {
+        s.public_url = Some(v.trim().trim_end_matches('/').to_string());
+    }
     if let Some(v) = get(getenv, "SERVER_HEALTH_VERBOSE") {
         s.health_verbose = Some(match v.trim().to_ascii_lowercase().as_str() {
             "public" => super::HealthVerbose::Public,

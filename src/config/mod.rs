@@ -342,6 +342,10 @@ pub struct ServerConfig {
     /// Who may see `/health?verbose`: `public`, `auth` (a valid key or token) or `off`.
     /// Default: `auth` when keys or OIDC are configured, else `public`.
     pub health_verbose: Option<HealthVerbose>,
+    /// The URL clients reach the gateway at (`SERVER_PUBLIC_URL`, e.g.
+    /// `https://gateway.example.com`): what `/mcp`'s OAuth metadata names (never taken from
+    /// `Host`).
+    pub public_url: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -372,6 +376,7 @@ impl Default for ServerConfig {
             body_timeout: HumanDuration::secs(60),
             max_connections: 10_000,
             health_verbose: None,
+            public_url: None,
         }
     }
 }
@@ -727,6 +732,15 @@ impl Config {
             return Err(ConfigError(
                 "admin.api_key (ADMIN_API_KEY): use at least 16 characters (inference-gateway hash-key makes a random one)".into(),
             ));
+        }
+        if let Some(u) = &self.server.public_url {
+            let ok = (u.starts_with("http://") || u.starts_with("https://"))
+                && u.parse::<http::Uri>().is_ok_and(|x| x.host().is_some());
+            if !ok {
+                return Err(ConfigError(format!(
+                    "server.public_url (SERVER_PUBLIC_URL): {u:?} is not an http(s) URL"
+                )));
+            }
         }
         if let Some(c) = &self.admin.oidc_claim {
             if self.auth.oidc_issuer.is_none() {

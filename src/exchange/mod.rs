@@ -8,7 +8,7 @@
 //! -> `dispatch` (backends, retries, fallbacks) -> `relay` (the answer to the client, through
 //! `client`'s writer); `tool_loop` repeats plan/dispatch/relay per round.
 
-mod admission;
+pub(crate) mod admission;
 mod client;
 mod dispatch;
 mod plan;
@@ -256,7 +256,16 @@ impl<'g> Exchange<'g, '_> {
                     if let Some(o) = &mut self.ctx.original {
                         o.relay = false;
                     }
-                    return tool_loop::run(self.gw, self.session, self.ctx, mcp, obj, &route).await;
+                    // Boxed: the loop's state is large, and debug builds start futures on the stack.
+                    return Box::pin(tool_loop::run(
+                        self.gw,
+                        self.session,
+                        self.ctx,
+                        mcp,
+                        obj,
+                        &route,
+                    ))
+                    .await;
                 }
             }
         }

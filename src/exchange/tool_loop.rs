@@ -145,6 +145,8 @@ struct Loop<'a> {
     /// A forced tool choice applies to the first round only, or a forced gateway tool would
     /// be called again every round.
     forced_choice: bool,
+    /// The key's tool allowlist (`/mcp` names; empty: all).
+    allow: Vec<String>,
 }
 
 impl<'a> Loop<'a> {
@@ -191,12 +193,21 @@ impl<'a> Loop<'a> {
         if tool_loop::drop_unanswered_gateway_calls(&mut messages, &owner) {
             obj.set("messages", &messages);
         }
+        let allow: Vec<String> = ctx
+            .caller
+            .principal
+            .as_ref()
+            .map(|p| p.limits.tools.clone())
+            .unwrap_or_default();
         let mut tools = client_tools;
         let before = tools.len();
         tools.extend(
             catalog
                 .openai_tools()
                 .filter(|t| owner.is_gateway_tool(&t.name))
+                .filter(|t| {
+                    crate::mcp::exposed::allowed(&allow, crate::mcp::exposed::exposed_name(t))
+                })
                 .map(|t| t.definition.clone()),
         );
         if tools.len() > before {
@@ -227,6 +238,7 @@ impl<'a> Loop<'a> {
             stream,
             include_usage,
             forced_choice,
+            allow,
         })
     }
 
@@ -682,11 +694,23 @@ impl<'a> Loop<'a> {
         calls: &[PendingCall],
     ) -> Option<Vec<ToolOutcome>> {
         let started = Instant::now();
-        let all = futures::future::join_all(
-            calls
-                .iter()
-                .map(|c| self.hub.call_tool(&self.catalog, &c.name, &c.arguments)),
-        );
+        let allow = &self.allow;
+        let catalog = &self.catalog;
+        let hub = &self.hub;
+        let all = futures::future::join_all(calls.iter().map(|c| async move {
+            // A tool the key may not use was never offered: as unknown as any other name.
+            let permitted = catalog.get(&c.name).is_some_and(|t| {
+                crate::mcp::exposed::allowed(allow, crate::mcp::exposed::exposed_name(t))
+            });
+            if !permitted {
+                return crate::mcp::ToolOutcome {
+                    content: format!("Error: unknown tool {:?}", c.name),
+                    error: Some("unknown_tool"),
+                    duration: Duration::ZERO,
+                };
+            }
+            hub.call_tool(catalog, &c.name, &c.arguments).await
+        }));
         tokio::pin!(all);
         let mut keepalive =
             tokio::time::interval_at(tokio::time::Instant::now() + KEEPALIVE, KEEPALIVE);

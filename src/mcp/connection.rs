@@ -27,6 +27,7 @@ use super::McpHub;
 /// The gateway's MCP client identity and notification handling.
 struct Handler {
     tools_changed: Arc<Notify>,
+    progress: super::ProgressRoutes,
 }
 
 impl ClientHandler for Handler {
@@ -42,6 +43,27 @@ impl ClientHandler for Handler {
 
     async fn on_tool_list_changed(&self, _context: NotificationContext<RoleClient>) {
         self.tools_changed.notify_one();
+    }
+
+    async fn on_progress(
+        &self,
+        params: rmcp::model::ProgressNotificationParam,
+        _context: NotificationContext<RoleClient>,
+    ) {
+        // Progress of a call made for an `/mcp` client: passed on to it.
+        let token = match &params.progress_token.0 {
+            rmcp::model::NumberOrString::String(s) => s.to_string(),
+            rmcp::model::NumberOrString::Number(n) => n.to_string(),
+        };
+        let tx = self
+            .progress
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&token)
+            .cloned();
+        if let Some(tx) = tx {
+            let _ = tx.send(params);
+        }
     }
 }
 
@@ -116,7 +138,10 @@ type Running = RunningService<RoleClient, Handler>;
 
 async fn connect(hub: &McpHub, slot: usize, tools_changed: Arc<Notify>) -> Result<Running, String> {
     let s = &hub.servers[slot];
-    let handler = Handler { tools_changed };
+    let handler = Handler {
+        tools_changed,
+        progress: hub.progress.clone(),
+    };
     let timeout = hub.cfg.client_timeout.get();
     let running = if let Some(url) = &s.cfg.url {
         let mut config = StreamableHttpClientTransportConfig::with_uri(url.as_str());

@@ -9,7 +9,10 @@
 //! - [`naming`] decides the `mcp_` names the model sees.
 
 pub mod connection;
+pub mod exposed;
+pub mod loopback;
 pub mod naming;
+pub mod server;
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -54,6 +57,9 @@ pub struct CatalogTool {
     /// The OpenAI `tools[]` entry.
     pub definition: Value,
     pub healthy: bool,
+    /// The tool as its server describes it (title, annotations, output schema: what `/mcp`
+    /// passes on).
+    pub spec: Arc<rmcp::model::Tool>,
 }
 
 /// The tools of every server, rebuilt whenever a server's tools or health change.
@@ -93,10 +99,21 @@ pub struct ToolOutcome {
     pub duration: Duration,
 }
 
+/// Where a server's `notifications/progress` go: the `/mcp` call that asked for them, by the
+/// progress token the gateway put on the upstream call.
+pub type ProgressRoutes = Arc<
+    std::sync::Mutex<
+        HashMap<String, tokio::sync::mpsc::UnboundedSender<rmcp::model::ProgressNotificationParam>>,
+    >,
+>;
+
 pub struct McpHub {
     pub cfg: McpConfig,
     pub servers: Vec<Arc<ServerSlot>>,
     catalog: RwLock<Arc<Catalog>>,
+    /// Bumped whenever the tool names change (`/mcp` sends `list_changed`).
+    changes: tokio::sync::watch::Sender<u64>,
+    pub(crate) progress: ProgressRoutes,
     /// Serialises `publish`: two servers changing at once must not publish out of order.
     publishing: std::sync::Mutex<()>,
     metrics: Option<Arc<crate::metrics::Metrics>>,
@@ -125,6 +142,8 @@ impl McpHub {
             cfg: cfg.clone(),
             servers,
             catalog: RwLock::new(Arc::new(Catalog::default())),
+            changes: tokio::sync::watch::channel(0).0,
+            progress: Default::default(),
             publishing: std::sync::Mutex::new(()),
             metrics,
         });
@@ -134,6 +153,11 @@ impl McpHub {
 
     pub fn catalog(&self) -> Arc<Catalog> {
         self.catalog.read().expect("catalog lock").clone()
+    }
+
+    /// Changes of the offered tools (a counter; `/mcp` tells its listeners).
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
     }
 
     /// A server connected (or refreshed its tools).
@@ -211,6 +235,7 @@ impl McpHub {
                 cat.by_name.insert(name.clone(), cat.tools.len());
                 cat.healthy_tools += usize::from(st.healthy);
                 cat.tools.push(CatalogTool {
+                    spec: Arc::new(t.clone()),
                     definition: json!({"type": "function", "function": function}),
                     name,
                     original: t.name.to_string(),
@@ -232,7 +257,120 @@ impl McpHub {
             }
         }
         drop(states);
+        let offered =
+            |c: &Catalog| -> Vec<String> { c.openai_tools().map(|t| t.name.clone()).collect() };
+        let changed = offered(&self.catalog()) != offered(&cat);
         *self.catalog.write().expect("catalog lock") = Arc::new(cat);
+        if changed {
+            self.changes.send_modify(|n| *n += 1);
+        }
+    }
+
+    /// Calls a tool for an MCP client of the gateway (`/mcp`): the server's whole result, with
+    /// its progress notifications passed to `progress` (the call carries a progress token of
+    /// the gateway's). Dropping the future cancels the call on the server.
+    pub async fn call_for_client(
+        &self,
+        tool: &CatalogTool,
+        arguments: Map<String, Value>,
+        progress: Option<
+            tokio::sync::mpsc::UnboundedSender<rmcp::model::ProgressNotificationParam>,
+        >,
+    ) -> Result<CallToolResult, String> {
+        let slot = &self.servers[tool.server];
+        let peer = slot.state.read().expect("server lock").peer.clone();
+        let Some(peer) = peer else {
+            return Err(format!("MCP server {} is unavailable", slot.name));
+        };
+        let params = CallToolRequestParams::new(tool.original.clone()).with_arguments(arguments);
+        let request =
+            rmcp::model::ClientRequest::CallToolRequest(rmcp::model::CallToolRequest::new(params));
+        // rmcp gives every request a progress token of its own: progress is routed by it.
+        let mut handle = match peer
+            .send_request_with_option(request, rmcp::service::PeerRequestOptions::no_options())
+            .await
+        {
+            Ok(h) => h,
+            Err(e) => {
+                slot.broken.notify_one();
+                return Err(slot.redact(&e.to_string()));
+            }
+        };
+        /// Removes the progress route, and cancels the call on the server unless it answered
+        /// (the client left, the call timed out).
+        struct Guard<'a> {
+            routes: &'a ProgressRoutes,
+            token: Option<String>,
+            pending: Option<(Peer<RoleClient>, rmcp::model::RequestId)>,
+        }
+        impl Drop for Guard<'_> {
+            fn drop(&mut self) {
+                if let Some(t) = &self.token {
+                    self.routes
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .remove(t);
+                }
+                if let Some((peer, id)) = self.pending.take() {
+                    tokio::spawn(async move {
+                        let _ = peer
+                            .notify_cancelled(rmcp::model::CancelledNotificationParam::new(
+                                Some(id),
+                                Some("the gateway's client cancelled".into()),
+                            ))
+                            .await;
+                    });
+                }
+            }
+        }
+        let mut guard = Guard {
+            routes: &self.progress,
+            token: None,
+            pending: Some((peer.clone(), handle.id.clone())),
+        };
+        if let Some(tx) = progress {
+            let token = match &handle.progress_token.0 {
+                rmcp::model::NumberOrString::String(s) => s.to_string(),
+                rmcp::model::NumberOrString::Number(n) => n.to_string(),
+            };
+            self.progress
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(token.clone(), tx);
+            guard.token = Some(token);
+        }
+        let r = tokio::time::timeout(slot.call_timeout, &mut handle.rx).await;
+        if r.is_ok() {
+            guard.pending = None;
+        }
+        drop(guard);
+        match r {
+            Err(_) => Err(format!(
+                "tool {} timed out after {} ms",
+                tool.original,
+                slot.call_timeout.as_millis()
+            )),
+            Ok(Err(_)) => {
+                slot.broken.notify_one();
+                Err(format!("MCP server {} closed the connection", slot.name))
+            }
+            Ok(Ok(Ok(rmcp::model::ServerResult::CallToolResult(result)))) => Ok(result),
+            Ok(Ok(Ok(_))) => Err(format!(
+                "tool {} answered with something other than a result (user input or a task), which the gateway cannot relay",
+                tool.original
+            )),
+            Ok(Ok(Err(e))) => {
+                if peer.is_transport_closed()
+                    || matches!(
+                        e,
+                        rmcp::ServiceError::TransportSend(_) | rmcp::ServiceError::TransportClosed
+                    )
+                {
+                    slot.broken.notify_one();
+                }
+                Err(slot.redact(&e.to_string()))
+            }
+        }
     }
 
     /// Runs one tool call. Never fails: every problem becomes the outcome's text, which the

@@ -56,6 +56,8 @@ pub struct Gateway {
     pub control: Option<Arc<crate::control::ControlPlane>>,
     /// This replica's recent activity, for the admin API (kept when it exists).
     pub stats: Option<Arc<crate::stats::Stats>>,
+    /// `/mcp`: the gateway as an MCP server.
+    pub mcp_server: crate::mcp::server::McpServer,
     log_format: LogFormat,
     /// `store.log_bodies` with a request log to keep them in.
     log_bodies: bool,
@@ -92,6 +94,7 @@ impl Gateway {
             responses.use_store(cp.store.clone());
         }
         Gateway {
+            mcp_server: crate::mcp::server::McpServer::new(&cfg),
             control,
             auth,
             stats,
@@ -249,8 +252,10 @@ const CALLER_CREDENTIALS: &[&str] = &[
 ];
 
 /// The paths the gateway answers itself, as their own (bounded) metrics label.
-const ROUTES: [&str; 12] = [
+const ROUTES: [&str; 14] = [
     "/health",
+    "/mcp",
+    "/.well-known/oauth-protected-resource/mcp",
     "/v1/chat/completions",
     "/v1/completions",
     "/v1/embeddings",
@@ -388,11 +393,28 @@ impl ProxyHttp for Gateway {
             crate::admin::handle(self, session, ctx).await;
             return Ok(true);
         }
+        if ctx.route == "/.well-known/oauth-protected-resource/mcp" {
+            crate::mcp::server::resource_metadata(self, session, ctx).await;
+            return Ok(true);
+        }
+        // `/mcp` is refused before anything else unless MCP_EXPOSE says so (as the Go gateway).
+        if ctx.route == "/mcp" && !self.cfg.mcp.expose {
+            let err = ApiError::of(
+                Code::McpNotExposed,
+                "The gateway's MCP server is not exposed (set MCP_EXPOSE=true)",
+            );
+            respond::error(session, ctx, &err).await;
+            return Ok(true);
+        }
         if ctx.route != "/health" && ctx.route != "other" {
             match self.auth.authenticate(&session.req_header().headers).await {
                 Ok(p) => ctx.caller.principal = p,
                 Err(e) => {
-                    respond::error(session, ctx, &e).await;
+                    if ctx.route == "/mcp" {
+                        crate::mcp::server::unauthorized(self, session, ctx, &e).await;
+                    } else {
+                        respond::error(session, ctx, &e).await;
+                    }
                     return Ok(true);
                 }
             }
@@ -435,6 +457,12 @@ impl ProxyHttp for Gateway {
             }
             (Method::GET, "/v1/models") => {
                 crate::model_list::handle(self, session, ctx).await;
+                true
+            }
+            (_, "/mcp") => {
+                // Boxed: its state (a tool call, an SSE stream) must not grow every request's
+                // future (debug builds put futures on the stack when they start).
+                Box::pin(crate::mcp::server::handle(self, session, ctx)).await;
                 true
             }
             (Method::GET, "/v1/mcp/tools") => {

@@ -42,6 +42,13 @@ pub struct SleepArgs {
     pub ms: u64,
 }
 
+#[derive(Deserialize, rmcp::schemars::JsonSchema)]
+#[schemars(crate = "rmcp::schemars")]
+pub struct CountArgs {
+    /// How many steps (one progress notification each)
+    pub n: u32,
+}
+
 /// What the tests observe of the server.
 #[derive(Default)]
 pub struct Observed {
@@ -107,6 +114,29 @@ impl McpTestServer {
         };
         o.running.fetch_sub(1, Ordering::SeqCst);
         r
+    }
+
+    #[tool(description = "Counts to n, reporting progress at each step")]
+    async fn count(
+        &self,
+        Parameters(CountArgs { n }): Parameters<CountArgs>,
+        meta: rmcp::model::RequestMetaObject,
+        peer: rmcp::Peer<RoleServer>,
+    ) -> String {
+        self.observed.calls.fetch_add(1, Ordering::SeqCst);
+        if let Some(token) = meta.get_progress_token() {
+            for i in 1..=n {
+                let _ = peer
+                    .notify_progress(
+                        rmcp::model::ProgressNotificationParam::new(token.clone(), f64::from(i))
+                            .with_total(f64::from(n))
+                            .with_message(format!("step {i}")),
+                    )
+                    .await;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        format!("counted to {n}")
     }
 
     #[tool(description = "Always fails")]

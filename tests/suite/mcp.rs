@@ -558,7 +558,10 @@ async fn list_changed_notification_refreshes_tools() {
         .map(|t| t["name"].as_str().unwrap())
         .collect();
     // All pages (two tools a page) were read.
-    assert_eq!(names, ["mcp_add", "mcp_echo", "mcp_fail", "mcp_sleep"]);
+    assert_eq!(
+        names,
+        ["mcp_add", "mcp_count", "mcp_echo", "mcp_fail", "mcp_sleep"]
+    );
     s.mcp.server.reveal_late_tool();
     let deadline = Instant::now() + Duration::from_secs(5);
     let mut v = v;
@@ -652,6 +655,7 @@ include_tools = ["mcp_echo"]
         .collect();
     let expect = [
         ("math", "mcp_add"),
+        ("math", "mcp_count"),
         ("math", "mcp_echo"),
         ("math", "mcp_sleep"),
         ("second", "mcp_second__add"),
@@ -776,7 +780,7 @@ async fn metrics_count_rounds_tool_calls_and_servers() {
         .trim_end_matches("/mcp");
     for line in [
         format!("llm_mcp_server_up{{server=\"{server}\"}} 1"),
-        format!("llm_mcp_tools{{server=\"{server}\"}} 4"),
+        format!("llm_mcp_tools{{server=\"{server}\"}} 5"),
         "llm_tool_calls_success_total{model=\"gpt-4o\",provider=\"openai\",tool_name=\"mcp_add\",tool_type=\"mcp\"} 1".to_string(),
         "llm_tool_calls_failure_total{error_type=\"tool_error\",model=\"gpt-4o\",provider=\"openai\",tool_name=\"mcp_fail\",tool_type=\"mcp\"} 1".to_string(),
         "llm_tool_calls_total{model=\"gpt-4o\",provider=\"openai\",tool_name=\"mcp_add\",tool_type=\"mcp\"} 1".to_string(),
@@ -1433,4 +1437,360 @@ async fn messages_door_runs_the_loop_on_every_dialect() {
             }
         }
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The gateway as an MCP server (/mcp)
+// ---------------------------------------------------------------------------------------------
+
+fn mcp_keys_toml() -> String {
+    format!(
+        "[[keys]]\nname = \"full\"\nhash = \"{}\"\n\n[[keys]]\nname = \"limited\"\nhash = \"{}\"\ntools = [\"add\", \"gateway_*\"]\n\n[[keys]]\nname = \"counted\"\nhash = \"{}\"\nrpm = 3\n",
+        key_hash("sk-mcp-full"),
+        key_hash("sk-mcp-limited"),
+        key_hash("sk-mcp-counted"),
+    )
+}
+
+/// A stateless (2026-07-28) request with its required headers and `_meta`.
+async fn mcp_modern(
+    addr: std::net::SocketAddr,
+    key: &str,
+    id: u64,
+    method: &str,
+    mut params: Value,
+) -> RawResponse {
+    params["_meta"] = json!({"io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientCapabilities": {}});
+    let name = params["name"].as_str().map(str::to_string);
+    let body = json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params});
+    let auth = format!("Bearer {key}");
+    let mut headers = vec![
+        ("authorization", auth.as_str()),
+        ("content-type", "application/json"),
+        ("accept", "application/json, text/event-stream"),
+        ("mcp-protocol-version", "2026-07-28"),
+        ("mcp-method", method),
+    ];
+    if let Some(n) = &name {
+        headers.push(("mcp-name", n.as_str()));
+    }
+    raw_request(addr, "POST", "/mcp", &headers, body.to_string().as_bytes()).await
+}
+
+/// `/mcp` with the official MCP Python SDK in both protocol generations (tools of the MCP
+/// server and the gateway's own, progress passed through, allowlists), and on the wire: the
+/// header and `_meta` rules, sessions, RPM per call, metrics.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_gateway_is_an_mcp_server() {
+    let check = std::process::Command::new("python3")
+        .args(["-c", "import mcp, httpx2"])
+        .output()
+        .expect("python3 is needed");
+    assert!(
+        check.status.success(),
+        "the mcp Python SDK (2.x) is missing: run `make test` (it installs it) or `pip install mcp==2.3.0`"
+    );
+    let mcp = HttpMcpServer::start(0).await;
+    let model = MockUpstream::start(|req| {
+        if req.method == "GET" {
+            return json_response(
+                200,
+                r#"{"object":"list","data":[{"id":"gpt-4o","object":"model","created":1,"owned_by":"openai"}]}"#,
+            );
+        }
+        openai_model(req)
+    })
+    .await;
+    let mut env = mcp_env("openai", &model, &mcp);
+    let metrics_port = free_port();
+    env.push(("TELEMETRY_ENABLE", "true".into()));
+    env.push(("TELEMETRY_METRICS_PORT", metrics_port.to_string()));
+    let gw = GatewayProcess::start(&env, Some(&mcp_keys_toml()));
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let r = mcp_modern(gw.addr(), "sk-mcp-full", 1, "tools/list", json!({})).await;
+        if r.text().contains("\"add\"") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{}", r.text());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // The official SDK, both generations.
+    let path = format!("{}/tests/sdk/mcp_server.py", env!("CARGO_MANIFEST_DIR"));
+    let url = gw.url("");
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("python3")
+            .arg(path)
+            .env("GATEWAY_URL", url)
+            .env("GATEWAY_KEY", "sk-mcp-full")
+            .env("LIMITED_KEY", "sk-mcp-limited")
+            .env("MODEL", "openai/gpt-4o")
+            .output()
+            .expect("run python3")
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    println!("{stdout}");
+    assert!(
+        out.status.success() && stdout.contains("all SDK checks passed"),
+        "MCP SDK checks failed:\n{stdout}\n{}\ngateway log:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        gw.log_text()
+    );
+
+    let a = gw.addr();
+    // On the wire: a stateless request without its headers or _meta is a 400 with the
+    // protocol's codes; an unknown version names the supported ones; an unknown method 404.
+    let body = json!({"jsonrpc": "2.0", "id": 7, "method": "tools/list", "params": {}});
+    let post = |headers: Vec<(&'static str, &'static str)>| {
+        let body = body.to_string();
+        async move {
+            let mut h = vec![("authorization", "Bearer sk-mcp-full")];
+            h.extend(headers);
+            raw_request(a, "POST", "/mcp", &h, body.as_bytes()).await
+        }
+    };
+    let r = post(vec![("mcp-protocol-version", "2026-07-28")]).await;
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert_eq!(r.json()["error"]["code"], -32020);
+    let r = post(vec![
+        ("mcp-protocol-version", "2026-07-28"),
+        ("mcp-method", "tools/list"),
+    ])
+    .await;
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert_eq!(r.json()["error"]["code"], -32602);
+    let r = post(vec![
+        ("mcp-protocol-version", "2099-01-01"),
+        ("mcp-method", "tools/list"),
+    ])
+    .await;
+    assert_eq!(r.json()["error"]["code"], -32022, "{}", r.text());
+    assert!(r.json()["error"]["data"]["supported"]
+        .as_array()
+        .unwrap()
+        .contains(&json!("2026-07-28")));
+    let r = mcp_modern(a, "sk-mcp-full", 8, "resources/list", json!({})).await;
+    assert_eq!(r.status, 404, "{}", r.text());
+    assert_eq!(r.json()["error"]["code"], -32601);
+    let r = mcp_modern(a, "sk-mcp-full", 9, "server/discover", json!({})).await;
+    let d = r.json();
+    assert_eq!(d["result"]["resultType"], "complete", "{d}");
+    assert!(d["result"]["supportedVersions"]
+        .as_array()
+        .unwrap()
+        .contains(&json!("2025-11-25")));
+    assert_eq!(d["result"]["capabilities"]["tools"]["listChanged"], true);
+    assert_eq!(
+        d["result"]["_meta"]["io.modelcontextprotocol/serverInfo"]["name"],
+        "inference-gateway"
+    );
+    // The Mcp-Name header must name the tool.
+    let r = mcp_modern(
+        a,
+        "sk-mcp-full",
+        10,
+        "tools/call",
+        json!({"name": "add", "arguments": {"a": 1, "b": 1}}),
+    )
+    .await;
+    assert_eq!(
+        r.json()["result"]["content"][0]["text"],
+        "2",
+        "{}",
+        r.text()
+    );
+    let call = json!({"jsonrpc": "2.0", "id": 11, "method": "tools/call", "params": {"name": "add",
+        "arguments": {"a": 1, "b": 1}, "_meta": {"io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientCapabilities": {}}}});
+    let r = raw_request(
+        a,
+        "POST",
+        "/mcp",
+        &[
+            ("authorization", "Bearer sk-mcp-full"),
+            ("mcp-protocol-version", "2026-07-28"),
+            ("mcp-method", "tools/call"),
+            ("mcp-name", "echo"),
+        ],
+        call.to_string().as_bytes(),
+    )
+    .await;
+    assert_eq!(r.json()["error"]["code"], -32020, "{}", r.text());
+
+    // The handshake protocol: a session from initialize, required afterwards, per caller.
+    let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}});
+    let r = raw_request(
+        a,
+        "POST",
+        "/mcp",
+        &[("authorization", "Bearer sk-mcp-full")],
+        init.to_string().as_bytes(),
+    )
+    .await;
+    assert_eq!(
+        r.json()["result"]["protocolVersion"],
+        "2025-06-18",
+        "{}",
+        r.text()
+    );
+    let sid = r.headers["mcp-session-id"].clone();
+    let list = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"}).to_string();
+    let legacy = |key: &'static str, sid: Option<String>| {
+        let list = list.clone();
+        async move {
+            let auth = format!("Bearer {key}");
+            let mut h = vec![("authorization", auth.as_str())];
+            if let Some(s) = &sid {
+                h.push(("mcp-session-id", s.as_str()));
+            }
+            raw_request(a, "POST", "/mcp", &h, list.as_bytes()).await
+        }
+    };
+    let r = legacy("sk-mcp-full", None).await;
+    assert_eq!(r.status, 400, "no session: {}", r.text());
+    let r = legacy("sk-mcp-limited", Some(sid.clone())).await;
+    assert_eq!(r.status, 404, "another key's session: {}", r.text());
+    let r = legacy("sk-mcp-full", Some(sid.clone())).await;
+    assert!(r.text().contains("\"gateway_chat\""), "{}", r.text());
+    assert!(
+        r.json()["result"].get("resultType").is_none(),
+        "results of the handshake protocol have no resultType"
+    );
+    let r = raw_request(
+        a,
+        "DELETE",
+        "/mcp",
+        &[
+            ("authorization", "Bearer sk-mcp-full"),
+            ("mcp-session-id", &sid),
+        ],
+        b"",
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = legacy("sk-mcp-full", Some(sid.clone())).await;
+    assert_eq!(r.status, 404, "a deleted session: {}", r.text());
+
+    // Each tools/call counts against the key's RPM; tools/list does not.
+    for i in 0..5 {
+        let r = mcp_modern(a, "sk-mcp-counted", 100 + i, "tools/list", json!({})).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    let mut refused = None;
+    for i in 0..4 {
+        let r = mcp_modern(
+            a,
+            "sk-mcp-counted",
+            200 + i,
+            "tools/call",
+            json!({"name": "add", "arguments": {"a": 1, "b": 2}}),
+        )
+        .await;
+        if r.json()["error"]["code"] == -32029 {
+            refused = Some(i);
+            assert_eq!(r.status, 429, "{}", r.text());
+            break;
+        }
+        assert_eq!(
+            r.json()["result"]["content"][0]["text"],
+            "3",
+            "{}",
+            r.text()
+        );
+    }
+    assert_eq!(
+        refused,
+        Some(3),
+        "the fourth call in the minute is refused (rpm 3)"
+    );
+
+    // A bad key: 401 (no OIDC here, so no metadata header); metrics by tool_type.
+    let r = mcp_modern(a, "not-a-key", 1, "tools/list", json!({})).await;
+    assert_eq!(r.status, 401, "{}", r.text());
+    assert!(!r.headers.contains_key("www-authenticate"));
+    let m = raw_request(
+        ([127, 0, 0, 1], metrics_port).into(),
+        "GET",
+        "/metrics",
+        &[],
+        b"",
+    )
+    .await
+    .text();
+    let has = |tool_type: &str, tool: &str| {
+        m.lines().any(|l| {
+            l.starts_with("llm_tool_calls_total{")
+                && l.contains(&format!("tool_type=\"{tool_type}\""))
+                && l.contains(&format!("tool_name=\"{tool}\""))
+        })
+    };
+    assert!(has("gateway", "gateway_chat"), "{m}");
+    assert!(has("mcp", "add"), "{m}");
+}
+
+/// `/mcp` is refused (403) before auth unless MCP_EXPOSE; with OIDC a 401 names the RFC 9728
+/// metadata, which names the issuer and is built from server.public_url (never `Host`).
+#[tokio::test(flavor = "multi_thread")]
+async fn mcp_endpoint_gating_and_oauth_metadata() {
+    let model = MockUpstream::start(openai_model).await;
+    let env = provider_env(&[("openai", model.url("/v1"))]);
+    let gw = GatewayProcess::start(&env, Some(&mcp_keys_toml()));
+    let r = mcp_modern(gw.addr(), "not-a-key", 1, "tools/list", json!({})).await;
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert_eq!(r.json()["error"]["code"], "mcp_not_exposed");
+    let mut oidc = env.clone();
+    oidc.push(("MCP_EXPOSE", "true".into()));
+    oidc.push((
+        "AUTH_OIDC_ISSUER",
+        "https://issuer.example.com/realm".into(),
+    ));
+    oidc.push(("AUTH_OIDC_CLIENT_ID", "gateway".into()));
+    oidc.push(("SERVER_PUBLIC_URL", "https://gw.example.com/".into()));
+    let gw = GatewayProcess::start(&oidc, None);
+    let r = raw_request(
+        gw.addr(),
+        "POST",
+        "/mcp",
+        &[],
+        br#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#,
+    )
+    .await;
+    assert_eq!(r.status, 401, "{}", r.text());
+    assert_eq!(
+        r.headers["www-authenticate"],
+        "Bearer resource_metadata=\"https://gw.example.com/.well-known/oauth-protected-resource/mcp\""
+    );
+    let r = raw_request(
+        gw.addr(),
+        "GET",
+        "/.well-known/oauth-protected-resource/mcp",
+        &[],
+        b"",
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    assert_eq!(v["resource"], "https://gw.example.com/mcp");
+    assert_eq!(
+        v["authorization_servers"],
+        json!(["https://issuer.example.com/realm"])
+    );
+    // Without OIDC there is no metadata to give.
+    let mut open = env.clone();
+    open.push(("MCP_EXPOSE", "true".into()));
+    let gw2 = GatewayProcess::start(&open, None);
+    let r = raw_request(
+        gw2.addr(),
+        "GET",
+        "/.well-known/oauth-protected-resource/mcp",
+        &[],
+        b"",
+    )
+    .await;
+    assert_eq!(r.status, 404, "{}", r.text());
 }
