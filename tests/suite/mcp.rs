@@ -1794,3 +1794,106 @@ async fn mcp_endpoint_gating_and_oauth_metadata() {
     .await;
     assert_eq!(r.status, 404, "{}", r.text());
 }
+
+/// Reads from `s` until `needle` has arrived (or panics after `limit`); everything read so far.
+async fn read_until(
+    s: &mut tokio::net::TcpStream,
+    buf: &mut Vec<u8>,
+    needle: &str,
+    limit: Duration,
+) {
+    use tokio::io::AsyncReadExt;
+    let deadline = Instant::now() + limit;
+    while !String::from_utf8_lossy(buf).contains(needle) {
+        let mut chunk = [0u8; 4096];
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, s.read(&mut chunk)).await {
+            Ok(Ok(n)) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+            other => panic!(
+                "{needle:?} did not arrive ({other:?}): {}",
+                String::from_utf8_lossy(buf)
+            ),
+        }
+    }
+}
+
+/// A change of the offered tools reaches `/mcp`'s listeners: a stateless
+/// `subscriptions/listen` stream and a handshake session's GET stream.
+#[tokio::test(flavor = "multi_thread")]
+async fn mcp_listeners_hear_list_changed() {
+    use tokio::io::AsyncWriteExt;
+    let s = setup(&[]).await;
+    let a = s.gw.addr();
+    // The stateless protocol: subscriptions/listen.
+    let listen =
+        json!({"jsonrpc": "2.0", "id": "sub-1", "method": "subscriptions/listen", "params": {
+        "notifications": {"toolsListChanged": true},
+        "_meta": {"io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                  "io.modelcontextprotocol/clientCapabilities": {}}}})
+        .to_string();
+    let mut modern = tokio::net::TcpStream::connect(a).await.unwrap();
+    modern
+        .write_all(
+            format!(
+                "POST /mcp HTTP/1.1\r\nhost: gw\r\ncontent-type: application/json\r\naccept: application/json, text/event-stream\r\nmcp-protocol-version: 2026-07-28\r\nmcp-method: subscriptions/listen\r\ncontent-length: {}\r\n\r\n{listen}",
+                listen.len()
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    let mut modern_buf = Vec::new();
+    read_until(
+        &mut modern,
+        &mut modern_buf,
+        "subscriptions/acknowledged",
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(String::from_utf8_lossy(&modern_buf).contains("\"toolsListChanged\":true"));
+    // The handshake protocol: a session, then its GET stream.
+    let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}});
+    let r = raw_request(a, "POST", "/mcp", &[], init.to_string().as_bytes()).await;
+    let sid = r.headers["mcp-session-id"].clone();
+    let mut legacy = tokio::net::TcpStream::connect(a).await.unwrap();
+    legacy
+        .write_all(
+            format!("GET /mcp HTTP/1.1\r\nhost: gw\r\naccept: text/event-stream\r\nmcp-session-id: {sid}\r\n\r\n")
+                .as_bytes(),
+        )
+        .await
+        .unwrap();
+    let mut legacy_buf = Vec::new();
+    read_until(
+        &mut legacy,
+        &mut legacy_buf,
+        "text/event-stream",
+        Duration::from_secs(5),
+    )
+    .await;
+    // The MCP server shows a new tool and says so; the gateway re-lists and tells both.
+    s.mcp.server.reveal_late_tool();
+    read_until(
+        &mut modern,
+        &mut modern_buf,
+        "notifications/tools/list_changed",
+        Duration::from_secs(10),
+    )
+    .await;
+    assert!(
+        String::from_utf8_lossy(&modern_buf)
+            .contains("\"io.modelcontextprotocol/subscriptionId\":\"sub-1\""),
+        "{}",
+        String::from_utf8_lossy(&modern_buf)
+    );
+    read_until(
+        &mut legacy,
+        &mut legacy_buf,
+        "notifications/tools/list_changed",
+        Duration::from_secs(10),
+    )
+    .await;
+    let r = mcp_modern(a, "", 5, "tools/list", json!({})).await;
+    assert!(r.text().contains("\"late\""), "{}", r.text());
+}
