@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what building and testing need on a fresh Debian/Ubuntu machine with Rust:
 #   build: a C compiler and cmake (pingora-core builds zlib-ng with cmake)
-#   test:  python3 + the official `openai`, `anthropic` and `mcp` (2.x) SDKs (compatibility tests), promtool (Debian package
+#   test:  python3 + the official `openai`, `anthropic`, `mcp` (2.x) and `a2a-sdk` (1.x) SDKs (compatibility tests), promtool (Debian package
 #          `prometheus`) to validate the metrics exposition, systemd-analyze (package `systemd`)
 #          to verify the unit file, redis-server (shared limits across replicas), openssl
 #          (RSA keys for the OIDC tests), the PostgreSQL server (the store's tests start a
@@ -53,6 +53,14 @@ if [ "$what" = "test" ]; then
       || python3 -m pip install -q --disable-pip-version-check --break-system-packages "mcp>=2.3,<3"
   fi
   python3 -c "from importlib.metadata import version; print('deps: mcp SDK', version('mcp'))"
+  # The official A2A SDK (1.x serves A2A 1.0, and 0.3 through its compatibility adapter): the
+  # tests' agent. uvicorn serves it.
+  if ! python3 -c "import a2a.server.routes, uvicorn" >/dev/null 2>&1; then
+    echo "deps: installing the A2A Python SDK"
+    python3 -m pip install -q --disable-pip-version-check "a2a-sdk[http-server]>=1.3,<2" uvicorn 2>/dev/null \
+      || python3 -m pip install -q --disable-pip-version-check --break-system-packages "a2a-sdk[http-server]>=1.3,<2" uvicorn
+  fi
+  python3 -c "from importlib.metadata import version; print('deps: a2a-sdk', version('a2a-sdk'))"
   # PostgreSQL refuses to run as root: the tests run it as this user.
   id postgres >/dev/null 2>&1 || $sudo_cmd useradd --system --no-create-home --shell /usr/sbin/nologin postgres
   ls -d /usr/lib/postgresql/*/bin | tail -1 | sed 's/^/deps: postgresql /'

@@ -45,6 +45,7 @@ pub enum Code {
     ProxyNotAllowed,
     /// 403: `GET /v1/mcp/tools` without `MCP_EXPOSE`.
     McpNotExposed,
+    A2aNotExposed,
     /// 404: unknown path.
     NotFound,
     /// The admin API without (or with a wrong) admin key.
@@ -118,7 +119,9 @@ impl Code {
             MissingApiKey | InvalidApiKey | ExpiredApiKey | InvalidToken | InvalidAdminKey => 401,
             ReadOnly | AlreadyExists => 409,
             InvalidField => 422,
-            ModelNotAllowed | ModelNotPriced | ProxyNotAllowed | McpNotExposed => 403,
+            ModelNotAllowed | ModelNotPriced | ProxyNotAllowed | McpNotExposed | A2aNotExposed => {
+                403
+            }
             NotFound | UnknownProxyProvider | ResponseNotFound => 404,
             MethodNotAllowed => 405,
             BodyTimeout => 408,
@@ -161,6 +164,7 @@ impl Code {
             ModelNotPriced => "model_not_priced",
             ProxyNotAllowed => "proxy_not_allowed",
             McpNotExposed => "mcp_not_exposed",
+            A2aNotExposed => "a2a_not_exposed",
             NotFound => "not_found",
             InvalidAdminKey => "invalid_admin_key",
             StoreUnavailable => "store_unavailable",

@@ -3,6 +3,7 @@
 //! The binary (`src/main.rs`) is the command line; everything else is this library, so tests
 //! and benchmarks can build a gateway in their own process ([`testing::InProcessGateway`]).
 
+pub mod a2a;
 pub mod access_log;
 pub mod admin;
 pub mod auth;
@@ -157,6 +158,24 @@ pub fn build_server(cfg: Config, launch: Launch) -> Result<(Server, String), Str
             }
         );
     }
+    let a2a = (!cfg.a2a.agents.is_empty()).then(|| a2a::A2aHub::new(&cfg.a2a));
+    if let Some(hub) = &a2a {
+        server
+            .add_service(background_service(
+                "a2a",
+                a2a::DiscoveryService { hub: hub.clone() },
+            ))
+            .add_dependency(&bootstrap);
+        info!(
+            "A2A: {} agents, tools {}",
+            hub.agents.len(),
+            if cfg.a2a.enable {
+                "offered to models"
+            } else {
+                "not offered (A2A_ENABLE)"
+            }
+        );
+    }
     server.add_service(background_service(
         "backend-health",
         pool::health::HealthService {
@@ -196,6 +215,7 @@ pub fn build_server(cfg: Config, launch: Launch) -> Result<(Server, String), Str
         providers.clone(),
         metrics,
         mcp,
+        a2a,
         pools.clone(),
         control,
     );

@@ -210,10 +210,13 @@ impl Metrics {
     }
 }
 
-/// `tool_type` label: `mcp` for the gateway's MCP tools, else `standard_tool_use`.
+/// `tool_type` label: `mcp` / `a2a` for the gateway's MCP and A2A tools, else
+/// `standard_tool_use`.
 pub fn tool_type(name: &str) -> &'static str {
     if name.starts_with("mcp_") {
         "mcp"
+    } else if name.starts_with(crate::a2a::TOOL_PREFIX) {
+        "a2a"
     } else {
         "standard_tool_use"
     }

@@ -25,6 +25,9 @@ use crate::usage::{self, Usage};
 /// Tools the gateway runs are offered to the model under this prefix.
 pub const GATEWAY_TOOL_PREFIX: &str = "mcp_";
 
+/// Prefix of the A2A agents' skills the gateway runs (`a2a_<agent>_<skill>`).
+pub const A2A_TOOL_PREFIX: &str = "a2a_";
+
 /// Most tool calls one streamed round may carry: a provider's `index` sizes the accumulator, so
 /// it must be bounded (a hostile or broken upstream could send `"index": 4000000000`).
 pub const MAX_CALLS_PER_ROUND: usize = 128;
@@ -44,7 +47,8 @@ impl ToolOwnership {
     }
 
     pub fn is_gateway_tool(&self, name: &str) -> bool {
-        name.starts_with(GATEWAY_TOOL_PREFIX) && !self.client_tools.contains(name)
+        (name.starts_with(GATEWAY_TOOL_PREFIX) || name.starts_with(A2A_TOOL_PREFIX))
+            && !self.client_tools.contains(name)
     }
 
     pub fn is_client_tool(&self, name: &str) -> bool {

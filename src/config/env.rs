@@ -206,6 +206,7 @@ pub(super) fn apply(cfg: &mut Config, getenv: GetEnv) -> Result<(), ConfigError>
     set!(cfg.models.disallowed, list(getenv, "DISALLOWED_MODELS"));
 
     apply_mcp(&mut cfg.mcp, getenv)?;
+    apply_a2a(&mut cfg.a2a, getenv)?;
     set!(cfg.auth.enable, flag(getenv, "AUTH")?);
     if let Some(v) = get(getenv, "AUTH_OIDC_ISSUER") {
         cfg.auth.oidc_issuer = Some(v.trim().to_string());
@@ -359,6 +360,22 @@ fn apply_mcp(m: &mut super::McpConfig, getenv: GetEnv) -> Result<(), ConfigError
                 .any(|s| s.url.as_deref() == Some(u.as_str()))
             {
                 m.servers.push(super::McpServerConfig::from_url(&u));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `A2A_*` (seed 001's names). `A2A_AGENTS` adds base URLs after the agents of the TOML.
+fn apply_a2a(a: &mut super::a2a::A2aConfig, getenv: GetEnv) -> Result<(), ConfigError> {
+    set!(a.enable, flag(getenv, "A2A")?);
+    set!(a.expose, bool_var(getenv, "A2A_EXPOSE")?);
+    set!(a.client_timeout, duration(getenv, "A2A_CLIENT_TIMEOUT")?);
+    if let Some(urls) = list(getenv, "A2A_AGENTS") {
+        for u in urls {
+            let u = u.trim_end_matches('/').to_string();
+            if !a.agents.iter().any(|x| x.url.trim_end_matches('/') == u) {
+                a.agents.push(super::a2a::A2aAgentConfig::from_url(&u));
             }
         }
     }

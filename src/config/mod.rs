@@ -4,6 +4,7 @@
 //! Parsing is strict: an unknown TOML key or an invalid value stops the process with a message
 //! that names the key, so a typo never silently falls back to a default.
 
+pub mod a2a;
 pub mod auth;
 mod duration;
 mod env;
@@ -67,6 +68,8 @@ pub struct Config {
     pub log: LogConfig,
     /// MCP servers and the server-side tool loop.
     pub mcp: McpConfig,
+    /// A2A agents whose skills become tools.
+    pub a2a: a2a::A2aConfig,
     /// Retries within a provider's pool (providers may override). Unset: two tries for pools
     /// of two or more backends, one for a single backend.
     pub retry: Option<resilience::RetryConfig>,
@@ -477,6 +480,7 @@ impl Default for Config {
             telemetry: TelemetryConfig::default(),
             log: LogConfig::default(),
             mcp: McpConfig::default(),
+            a2a: a2a::A2aConfig::default(),
             retry: None,
             auth: auth::AuthConfig::default(),
             keys: Vec::new(),
@@ -716,6 +720,7 @@ impl Config {
             p.validate(name)?;
         }
         self.mcp.validate()?;
+        self.a2a.validate()?;
         if let Some(r) = &self.retry {
             r.validate("retry")?;
         }

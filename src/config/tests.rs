@@ -506,3 +506,31 @@ fn store_and_admin_settings() {
         7 * 86400
     );
 }
+
+#[test]
+fn a2a_settings() {
+    let cfg = load(
+        "[a2a]\nclient_timeout = \"5s\"\n[[a2a.agents]]\nurl = \"https://agents.example.com/travel/\"\nname = \"travel\"\ninclude_skills = [\"book\"]\n",
+        &[
+            ("A2A_ENABLE", "true"),
+            ("A2A_EXPOSE", "true"),
+            ("A2A_AGENTS", "http://a:9999,https://agents.example.com/travel"),
+        ],
+    )
+    .unwrap();
+    assert!(cfg.a2a.enable && cfg.a2a.expose);
+    assert_eq!(cfg.a2a.client_timeout.get().as_secs(), 5);
+    let urls: Vec<&str> = cfg.a2a.agents.iter().map(|a| a.url.as_str()).collect();
+    assert_eq!(
+        urls,
+        ["https://agents.example.com/travel/", "http://a:9999"]
+    );
+    assert_eq!(
+        load("", &[]).unwrap().a2a.client_timeout.get().as_secs(),
+        30
+    );
+    let e = load("", &[("A2A_AGENTS", "ftp://x")]).unwrap_err();
+    assert!(e.0.contains("A2A_AGENTS"), "{e:?}");
+    let e = load("", &[("A2A_CLIENT_TIMEOUT", "0s")]).unwrap_err();
+    assert!(e.0.contains("A2A_CLIENT_TIMEOUT"), "{e:?}");
+}

@@ -250,7 +250,7 @@ impl<'g> Exchange<'g, '_> {
         }
         if ep == Endpoint::Chat {
             // The hub check is a pointer test when MCP is off; the body is looked at only after.
-            if let Some(mcp) = tool_loop::active_hub(self.gw, self.session) {
+            if let Some(tools) = tool_loop::active_tools(self.gw, self.session) {
                 if tool_loop::wants_tools(&obj) {
                     // The loop works on the canonical exchange: no relay in the door's own API.
                     if let Some(o) = &mut self.ctx.original {
@@ -261,7 +261,7 @@ impl<'g> Exchange<'g, '_> {
                         self.gw,
                         self.session,
                         self.ctx,
-                        mcp,
+                        tools,
                         obj,
                         &route,
                     ))

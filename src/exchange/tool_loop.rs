@@ -42,23 +42,38 @@ const ROUNDS_HEADER: &str = "x-mcp-rounds";
 /// balancers with idle timeouts do not cut a client that is only waiting.
 const KEEPALIVE: Duration = Duration::from_secs(10);
 
-/// The hub and its tool catalogue, when this request should run the loop: MCP enabled, no
-/// `X-MCP-Bypass`, at least one tool available. The request uses this one snapshot throughout,
-/// so names cannot change under it mid-loop.
-pub fn active_hub(gw: &Gateway, session: &Session) -> Option<(Arc<McpHub>, Arc<Catalog>)> {
-    let hub = gw.mcp.as_ref().filter(|_| gw.cfg.mcp.enable)?;
-    let bypass = session
-        .req_header()
-        .headers
-        .get("x-mcp-bypass")
-        .is_some_and(|v| !v.is_empty());
-    if bypass {
+/// The gateway's tools one request may use: MCP servers' and A2A agents' snapshots. The
+/// request uses these snapshots throughout, so names cannot change under it mid-loop.
+pub struct LoopTools {
+    mcp: Option<(Arc<McpHub>, Arc<Catalog>)>,
+    a2a: Option<(Arc<crate::a2a::A2aHub>, Arc<crate::a2a::A2aCatalog>)>,
+}
+
+/// The tools, when this request should run the loop: MCP (`MCP_ENABLE`) or A2A (`A2A_ENABLE`)
+/// on with a tool available, no `X-MCP-Bypass` (the client runs its own loop); `X-A2A-Bypass`
+/// leaves the agents out.
+pub fn active_tools(gw: &Gateway, session: &Session) -> Option<LoopTools> {
+    if gw.mcp.is_none() && gw.a2a.is_none() {
         return None;
     }
-    let catalog = hub.catalog();
-    catalog
-        .has_available_tools()
-        .then(|| (hub.clone(), catalog))
+    let headers = &session.req_header().headers;
+    let set = |name: &str| headers.get(name).is_some_and(|v| !v.is_empty());
+    if set("x-mcp-bypass") {
+        return None;
+    }
+    let mcp = gw
+        .mcp
+        .as_ref()
+        .filter(|_| gw.cfg.mcp.enable)
+        .map(|h| (h.clone(), h.catalog()))
+        .filter(|(_, c)| c.has_available_tools());
+    let a2a = gw
+        .a2a
+        .as_ref()
+        .filter(|_| gw.cfg.a2a.enable && !set("x-a2a-bypass"))
+        .map(|h| (h.clone(), h.catalog()))
+        .filter(|(_, c)| !c.tools().is_empty());
+    (mcp.is_some() || a2a.is_some()).then_some(LoopTools { mcp, a2a })
 }
 
 /// Whether the client's request leaves room for tools (`tool_choice: "none"` does not).
@@ -119,11 +134,11 @@ pub async fn run(
     gw: &Gateway,
     session: &mut Session,
     ctx: &mut RequestCtx,
-    (hub, catalog): (Arc<McpHub>, Arc<Catalog>),
+    tools: LoopTools,
     mut obj: RawObject<'_>,
     route: &Route,
 ) -> Result<(), ApiError> {
-    let mut lp = Loop::new(gw, ctx, hub, catalog, &mut obj, route)?;
+    let mut lp = Loop::new(gw, ctx, tools, &mut obj, route)?;
     let result = lp.rounds(session, ctx, &mut obj).await;
     lp.record(ctx);
     lp.answer(session, ctx, result).await
@@ -132,8 +147,7 @@ pub async fn run(
 /// One MCP loop: what its rounds share besides the connection and the request's record.
 struct Loop<'a> {
     gw: &'a Gateway,
-    hub: Arc<McpHub>,
-    catalog: Arc<Catalog>,
+    tools: LoopTools,
     /// The route the client asked for (a round may be served by one of its fallbacks).
     route: &'a Route,
     st: LoopState,
@@ -155,8 +169,7 @@ impl<'a> Loop<'a> {
     fn new(
         gw: &'a Gateway,
         ctx: &RequestCtx,
-        hub: Arc<McpHub>,
-        catalog: Arc<Catalog>,
+        loop_tools: LoopTools,
         obj: &mut RawObject<'_>,
         route: &'a Route,
     ) -> Result<Self, ApiError> {
@@ -201,22 +214,33 @@ impl<'a> Loop<'a> {
             .unwrap_or_default();
         let mut tools = client_tools;
         let before = tools.len();
-        tools.extend(
-            catalog
-                .openai_tools()
-                .filter(|t| owner.is_gateway_tool(&t.name))
-                .filter(|t| {
-                    crate::mcp::exposed::allowed(&allow, crate::mcp::exposed::exposed_name(t))
-                })
-                .map(|t| t.definition.clone()),
-        );
+        if let Some((_, catalog)) = &loop_tools.mcp {
+            tools.extend(
+                catalog
+                    .openai_tools()
+                    .filter(|t| owner.is_gateway_tool(&t.name))
+                    .filter(|t| {
+                        crate::mcp::exposed::allowed(&allow, crate::mcp::exposed::exposed_name(t))
+                    })
+                    .map(|t| t.definition.clone()),
+            );
+        }
+        if let Some((_, catalog)) = &loop_tools.a2a {
+            tools.extend(
+                catalog
+                    .tools()
+                    .iter()
+                    .filter(|t| owner.is_gateway_tool(&t.name))
+                    .filter(|t| crate::mcp::exposed::allowed(&allow, &t.name))
+                    .map(|t| t.definition.clone()),
+            );
+        }
         if tools.len() > before {
             obj.set("tools", &tools);
         }
         Ok(Loop {
             gw,
-            hub,
-            catalog,
+            tools: loop_tools,
             route,
             st: LoopState {
                 owner,
@@ -695,19 +719,33 @@ impl<'a> Loop<'a> {
     ) -> Option<Vec<ToolOutcome>> {
         let started = Instant::now();
         let allow = &self.allow;
-        let catalog = &self.catalog;
-        let hub = &self.hub;
+        let tools = &self.tools;
         let all = futures::future::join_all(calls.iter().map(|c| async move {
             // A tool the key may not use was never offered: as unknown as any other name.
+            let unknown = || crate::mcp::ToolOutcome {
+                content: format!("Error: unknown tool {:?}", c.name),
+                error: Some("unknown_tool"),
+                duration: Duration::ZERO,
+            };
+            if c.name.starts_with(crate::a2a::TOOL_PREFIX) {
+                let Some((hub, catalog)) = &tools.a2a else {
+                    return unknown();
+                };
+                return match catalog.get(&c.name) {
+                    Some(t) if crate::mcp::exposed::allowed(allow, &t.name) => {
+                        hub.call(t, &c.arguments).await
+                    }
+                    _ => unknown(),
+                };
+            }
+            let Some((hub, catalog)) = &tools.mcp else {
+                return unknown();
+            };
             let permitted = catalog.get(&c.name).is_some_and(|t| {
                 crate::mcp::exposed::allowed(allow, crate::mcp::exposed::exposed_name(t))
             });
             if !permitted {
-                return crate::mcp::ToolOutcome {
-                    content: format!("Error: unknown tool {:?}", c.name),
-                    error: Some("unknown_tool"),
-                    duration: Duration::ZERO,
-                };
+                return unknown();
             }
             hub.call_tool(catalog, &c.name, &c.arguments).await
         }));
@@ -748,7 +786,7 @@ impl<'a> Loop<'a> {
             let model = crate::proxy::record::bounded_model(&route.upstream_model);
             for (call, r) in calls.iter().zip(&results) {
                 let name = crate::proxy::record::bounded_tool(&call.name);
-                let labels = [provider, model, "mcp", name];
+                let labels = [provider, model, crate::metrics::tool_type(&call.name), name];
                 m.tool_call_duration
                     .with_label_values(&labels)
                     .observe(r.duration.as_secs_f64() * 1000.0);
@@ -756,7 +794,13 @@ impl<'a> Loop<'a> {
                     None => m.tool_calls_success.with_label_values(&labels).inc(),
                     Some(e) => m
                         .tool_calls_failure
-                        .with_label_values(&[provider, model, "mcp", name, e])
+                        .with_label_values(&[
+                            provider,
+                            model,
+                            crate::metrics::tool_type(&call.name),
+                            name,
+                            e,
+                        ])
                         .inc(),
                 }
             }

@@ -1,7 +1,8 @@
 //! What the gateway offers its own MCP clients (`/mcp`): every MCP server's tools under the
 //! names the servers give them (the loop's clash rule, without the `mcp_` prefix the loop adds
-//! for models), then the gateway's own tools (`gateway_chat`, `gateway_list_models`); on a
-//! clash the servers win. A key's tool allowlist (`tools = ["add", "fs_*"]`) filters it, here
+//! for models), then every A2A agent's skills (`a2a_<agent>_<skill>`, as in the loop), then the
+//! gateway's own tools (`gateway_chat`, `gateway_list_models`); on a clash MCP servers win, then
+//! A2A, then the gateway's tools. A key's tool allowlist (`tools = ["add", "fs_*"]`) filters it, here
 //! and in the server-side loop alike.
 
 use std::sync::Arc;
@@ -65,6 +66,8 @@ impl GatewayTool {
 pub enum Target {
     /// A tool of one of the MCP servers (index into the catalogue snapshot).
     Mcp(usize),
+    /// A skill of an A2A agent (index into the A2A catalogue snapshot).
+    A2a(usize),
     Gateway(GatewayTool),
 }
 
@@ -73,6 +76,7 @@ impl Target {
     pub fn tool_type(&self) -> &'static str {
         match self {
             Target::Mcp(_) => "mcp",
+            Target::A2a(_) => "a2a",
             Target::Gateway(_) => "gateway",
         }
     }
@@ -89,11 +93,16 @@ pub struct ExposedTool {
 /// gateway's), after the allowlist.
 pub struct Exposed {
     pub catalog: Arc<Catalog>,
+    pub a2a: Arc<crate::a2a::A2aCatalog>,
     pub tools: Vec<ExposedTool>,
 }
 
 impl Exposed {
-    pub fn build(catalog: Arc<Catalog>, allow: &[String]) -> Exposed {
+    pub fn build(
+        catalog: Arc<Catalog>,
+        a2a: Arc<crate::a2a::A2aCatalog>,
+        allow: &[String],
+    ) -> Exposed {
         let mut tools = Vec::new();
         for (i, t) in catalog.all().iter().enumerate() {
             if !t.healthy {
@@ -111,6 +120,16 @@ impl Exposed {
                 definition,
             });
         }
+        for (i, t) in a2a.tools().iter().enumerate() {
+            let taken = tools.iter().any(|x| x.name == t.name);
+            if !taken && allowed(allow, &t.name) {
+                tools.push(ExposedTool {
+                    name: t.name.clone(),
+                    target: Target::A2a(i),
+                    definition: t.mcp_definition.clone(),
+                });
+            }
+        }
         for g in GatewayTool::ALL {
             let taken = tools.iter().any(|t| t.name == g.name());
             if !taken && allowed(allow, g.name()) {
@@ -121,7 +140,11 @@ impl Exposed {
                 });
             }
         }
-        Exposed { catalog, tools }
+        Exposed {
+            catalog,
+            a2a,
+            tools,
+        }
     }
 
     pub fn get(&self, name: &str) -> Option<&ExposedTool> {

@@ -702,7 +702,13 @@ fn exposed(caller: &Caller<'_>) -> Exposed {
         .as_ref()
         .map(|p| p.limits.tools.as_slice())
         .unwrap_or(&[]);
-    Exposed::build(catalog, allow)
+    let a2a = caller
+        .gw
+        .a2a
+        .as_ref()
+        .map(|h| h.catalog())
+        .unwrap_or_default();
+    Exposed::build(catalog, a2a, allow)
 }
 
 /// One request's result.
@@ -843,6 +849,13 @@ async fn call(
                     .map_err(|e| RpcError::new(INTERNAL_ERROR, e.to_string())),
                 Err(e) => Ok(tool_error(&e)),
             }
+        }
+        Target::A2a(i) => {
+            let hub = gw.a2a.as_ref().expect("an A2A tool has a hub");
+            let args = Value::Object(arguments).to_string();
+            let out = hub.call(&tools.a2a.tools()[*i], &args).await;
+            Ok(json!({"content": [{"type": "text", "text": out.content}],
+                "isError": out.error.is_some()}))
         }
         Target::Gateway(g) => Ok(gateway_tool(caller, *g, &arguments).await),
     };
@@ -1010,6 +1023,7 @@ async fn notify_changes(
     closed: &mut tokio::sync::watch::Receiver<bool>,
 ) {
     let mut changes = gw.mcp.as_ref().map(|h| h.subscribe());
+    let mut agent_changes = gw.a2a.as_ref().map(|h| h.subscribe());
     let mut keepalive = tokio::time::interval(KEEPALIVE);
     keepalive.tick().await;
     let mut drain_check = tokio::time::interval(Duration::from_secs(1));
@@ -1023,6 +1037,12 @@ async fn notify_changes(
         let ev = tokio::select! {
             r = async {
                 match changes.as_mut() {
+                    Some(c) => c.changed().await.is_ok(),
+                    None => std::future::pending().await,
+                }
+            } => if r { Ev::Changed } else { Ev::End },
+            r = async {
+                match agent_changes.as_mut() {
                     Some(c) => c.changed().await.is_ok(),
                     None => std::future::pending().await,
                 }

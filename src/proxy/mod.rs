@@ -46,6 +46,8 @@ pub struct Gateway {
     pub metrics: Option<Arc<Metrics>>,
     /// Present when MCP servers are configured.
     pub mcp: Option<Arc<crate::mcp::McpHub>>,
+    /// Present when A2A agents are configured.
+    pub a2a: Option<Arc<crate::a2a::A2aHub>>,
     /// Providers' model lists for `GET /v1/models`.
     pub models_cache: crate::model_list::ModelsCache,
     /// Reasoning state kept for clients that echo only the standard fields.
@@ -69,6 +71,7 @@ impl Gateway {
         providers: Arc<Providers>,
         metrics: Option<Arc<Metrics>>,
         mcp: Option<Arc<crate::mcp::McpHub>>,
+        a2a: Option<Arc<crate::a2a::A2aHub>>,
         pools: Arc<crate::pool::Pools>,
         control: Option<crate::control::Start>,
     ) -> Self {
@@ -100,6 +103,7 @@ impl Gateway {
             stats,
             limiter,
             mcp,
+            a2a,
             models_cache: Default::default(),
             vault: crate::vault::Vault::from_config(&cfg),
             responses,
@@ -252,7 +256,7 @@ const CALLER_CREDENTIALS: &[&str] = &[
 ];
 
 /// The paths the gateway answers itself, as their own (bounded) metrics label.
-const ROUTES: [&str; 14] = [
+const ROUTES: [&str; 15] = [
     "/health",
     "/mcp",
     "/.well-known/oauth-protected-resource/mcp",
@@ -261,6 +265,7 @@ const ROUTES: [&str; 14] = [
     "/v1/embeddings",
     "/v1/models",
     "/v1/mcp/tools",
+    "/v1/a2a/agents",
     "/v1/usage",
     "/v1/messages",
     "/v1/messages/count_tokens",
@@ -463,6 +468,10 @@ impl ProxyHttp for Gateway {
                 // Boxed: its state (a tool call, an SSE stream) must not grow every request's
                 // future (debug builds put futures on the stack when they start).
                 Box::pin(crate::mcp::server::handle(self, session, ctx)).await;
+                true
+            }
+            (Method::GET, "/v1/a2a/agents") => {
+                self.a2a_agents(session, ctx).await;
                 true
             }
             (Method::GET, "/v1/mcp/tools") => {
@@ -877,6 +886,24 @@ impl Gateway {
             "tokens_this_minute": counts.tokens,
             "limits": {"rpm": l.rpm, "tpm": l.tpm, "max_concurrent": l.max_concurrent, "models": l.models},
         });
+        let body = Bytes::from(serde_json::to_vec(&body).unwrap_or_default());
+        let _ = respond::json(session, ctx, 200, body).await;
+    }
+
+    /// `GET /v1/a2a/agents`: the A2A agents, their skills and health, when `A2A_EXPOSE` allows.
+    async fn a2a_agents(&self, session: &mut Session, ctx: &mut RequestCtx) {
+        if !self.cfg.a2a.expose {
+            let err = ApiError::of(
+                Code::A2aNotExposed,
+                "A2A agents are not exposed (set A2A_EXPOSE=true)",
+            );
+            respond::error(session, ctx, &err).await;
+            return;
+        }
+        let body = match &self.a2a {
+            Some(hub) => hub.listing(),
+            None => serde_json::json!({"object": "list", "data": []}),
+        };
         let body = Bytes::from(serde_json::to_vec(&body).unwrap_or_default());
         let _ = respond::json(session, ctx, 200, body).await;
     }

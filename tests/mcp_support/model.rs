@@ -50,6 +50,20 @@ fn script(prompt: &str, round: usize, results: &[String]) -> Act {
         ]),
         ("late", 0) => Act::Calls(vec![("mcp_late", json!({}))]),
         ("plain", _) => Act::Text("no tools needed".into()),
+        // A2A agents' skills (tests/sdk/a2a_agent.py).
+        ("agent", 0) => Act::Calls(vec![(
+            "a2a_echo_agent_echo",
+            json!({"message": "hello agent"}),
+        )]),
+        ("agent-old", 0) => Act::Calls(vec![(
+            "a2a_old_agent_echo",
+            json!({"message": "hello old"}),
+        )]),
+        ("agent-ask", 0) => Act::Calls(vec![("a2a_echo_agent_ask", json!({"message": "ask me"}))]),
+        ("agent-slow", 0) => Act::Calls(vec![(
+            "a2a_echo_agent_slow",
+            json!({"message": "slow please"}),
+        )]),
         // Codex's freeform tool: one string argument.
         ("patch", 0) => Act::Calls(vec![(
             "apply_patch",

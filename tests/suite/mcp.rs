@@ -1897,3 +1897,180 @@ async fn mcp_listeners_hear_list_changed() {
     let r = mcp_modern(a, "", 5, "tools/list", json!({})).await;
     assert!(r.text().contains("\"late\""), "{}", r.text());
 }
+
+// ---------------------------------------------------------------------------------------------
+// A2A agents as tools
+// ---------------------------------------------------------------------------------------------
+
+/// An A2A agent built on the official a2a-sdk (tests/sdk/a2a_agent.py); stopped on drop.
+struct Agent(std::process::Child);
+
+impl Agent {
+    fn start(port: u16, name: &str, versions: &str) -> Agent {
+        let path = format!("{}/tests/sdk/a2a_agent.py", env!("CARGO_MANIFEST_DIR"));
+        let child = std::process::Command::new("python3")
+            .arg(path)
+            .arg(port.to_string())
+            .arg(name)
+            .arg(versions)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("python3 runs the test agent");
+        Agent(child)
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Waits until `/v1/a2a/agents` shows agent `i` healthy; its entry.
+async fn wait_for_agent(gw: &GatewayProcess, i: usize) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let v = raw_request(gw.addr(), "GET", "/v1/a2a/agents", &[], b"")
+            .await
+            .json();
+        if v["data"][i]["healthy"] == true {
+            return v["data"][i].clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "agent {i} never came up: {v}\n{}",
+            gw.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Agents' skills become tools the loop runs (A2A 1.0 and 0.3, chosen from the card), an
+/// agent down at start is picked up when it comes, input-required and timeouts come back as
+/// tool results, X-A2A-Bypass leaves the agents out, and /mcp federates them.
+#[tokio::test(flavor = "multi_thread")]
+async fn a2a_agents_are_tools() {
+    let check = std::process::Command::new("python3")
+        .args(["-c", "import a2a.server.routes, uvicorn"])
+        .output()
+        .expect("python3 is needed");
+    assert!(
+        check.status.success(),
+        "the a2a-sdk Python package is missing: run `make test` (it installs it)"
+    );
+    let (p1, p2) = (free_port(), free_port());
+    let _echo = Agent::start(p1, "Echo Agent", "1.0,0.3");
+    let model = MockUpstream::start(openai_model).await;
+    let mut env = provider_env(&[("openai", model.url("/v1"))]);
+    env.push(("A2A_ENABLE", "true".into()));
+    env.push(("A2A_EXPOSE", "true".into()));
+    env.push(("MCP_EXPOSE", "true".into()));
+    env.push((
+        "A2A_AGENTS",
+        format!("http://127.0.0.1:{p1},http://127.0.0.1:{p2}"),
+    ));
+    env.push(("A2A_CLIENT_TIMEOUT", "2s".into()));
+    let gw = GatewayProcess::start(&env, None);
+    let a = gw.addr();
+    let first = wait_for_agent(&gw, 0).await;
+    assert_eq!(first["protocol_version"], "1.0", "{first}");
+    let names: Vec<&str> = first["skills"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s["name"].as_str())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "a2a_echo_agent_echo",
+            "a2a_echo_agent_ask",
+            "a2a_echo_agent_slow"
+        ]
+    );
+    let listing = raw_request(a, "GET", "/v1/a2a/agents", &[], b"")
+        .await
+        .json();
+    assert_eq!(listing["data"][1]["healthy"], false, "{listing}");
+
+    // A skill in the loop (A2A 1.0).
+    let r = post_chat(a, &chat("agent", false)).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        r.json()["choices"][0]["message"]["content"],
+        "result: echo: hello agent",
+        "{}",
+        r.text()
+    );
+    assert_eq!(r.headers.get("x-mcp-rounds").map(String::as_str), Some("2"));
+    let offered = model.requests()[0].json()["tools"].to_string();
+    assert!(offered.contains("a2a_echo_agent_ask"), "{offered}");
+
+    // The second agent comes up later and speaks only 0.3: a streamed loop through it.
+    let _old = Agent::start(p2, "Old Agent", "0.3");
+    let second = wait_for_agent(&gw, 1).await;
+    assert_eq!(second["protocol_version"], "0.3", "{second}");
+    let r = post_chat(a, &chat("agent-old", true)).await;
+    let text = r.text();
+    let content: String = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+        .filter_map(|v| {
+            v["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(str::to_string)
+        })
+        .collect();
+    assert_eq!(content, "result: echo: hello old", "{text}");
+    assert_eq!(text.matches("data: [DONE]").count(), 1, "{text}");
+
+    // input-required comes back at once, saying so; a slow task times out (A2A_CLIENT_TIMEOUT).
+    let r = post_chat(a, &chat("agent-ask", false)).await;
+    let answer = r.json()["choices"][0]["message"]["content"].to_string();
+    assert!(answer.contains("needs more input: Which city?"), "{answer}");
+    let t = Instant::now();
+    let r = post_chat(a, &chat("agent-slow", false)).await;
+    let answer = r.json()["choices"][0]["message"]["content"].to_string();
+    assert!(answer.contains("did not finish within 2000 ms"), "{answer}");
+    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+
+    // X-A2A-Bypass: no agents offered, the model's call goes back to the client.
+    let before = model.count();
+    let r = raw_request(
+        a,
+        "POST",
+        "/v1/chat/completions",
+        &[("x-a2a-bypass", "1")],
+        &chat("agent", false),
+    )
+    .await;
+    assert_eq!(
+        r.json()["choices"][0]["finish_reason"],
+        "tool_calls",
+        "{}",
+        r.text()
+    );
+    assert_eq!(model.count(), before + 1);
+    assert!(model.last().json().get("tools").is_none());
+
+    // /mcp federates the skills.
+    let r = mcp_modern(a, "", 1, "tools/list", json!({})).await;
+    assert!(r.text().contains("\"a2a_old_agent_echo\""), "{}", r.text());
+    let r = mcp_modern(
+        a,
+        "",
+        2,
+        "tools/call",
+        json!({"name": "a2a_old_agent_echo", "arguments": {"message": "via mcp"}}),
+    )
+    .await;
+    assert_eq!(
+        r.json()["result"]["content"][0]["text"],
+        "echo: via mcp",
+        "{}",
+        r.text()
+    );
+}
