@@ -302,6 +302,7 @@ fn health(gw: &Gateway, req: &AdminRequest<'_>) -> Result<Value, ApiError> {
         "uptime_seconds": crate::drain::uptime().as_secs(),
         "providers": providers,
         "mcp_servers": mcp,
+        "a2a_agents": gw.a2a.as_ref().map_or(Value::Array(Vec::new()), |h| h.listing()["data"].clone()),
         "store": gw.control.as_deref().map(ControlPlane::describe),
     }))
 }

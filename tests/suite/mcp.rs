@@ -2074,3 +2074,91 @@ async fn a2a_agents_are_tools() {
         r.text()
     );
 }
+
+/// A key's tool allowlist holds in the server-side loop too: only its tools are offered, and a
+/// call to another (a model may name any) is answered "unknown tool" without reaching a server.
+#[tokio::test(flavor = "multi_thread")]
+async fn tool_allowlists_hold_in_the_loop() {
+    let mcp = HttpMcpServer::start(0).await;
+    let model = MockUpstream::start(openai_model).await;
+    let env = mcp_env("openai", &model, &mcp);
+    let toml = format!(
+        "[[keys]]\nname = \"echo-only\"\nhash = \"{}\"\ntools = [\"echo\"]\n",
+        key_hash("sk-echo-only")
+    );
+    let gw = GatewayProcess::start(&env, Some(&toml));
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !raw_request(
+        gw.addr(),
+        "GET",
+        "/v1/mcp/tools",
+        &[("authorization", "Bearer sk-echo-only")],
+        b"",
+    )
+    .await
+    .text()
+    .contains("mcp_add")
+    {
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let r = raw_request(
+        gw.addr(),
+        "POST",
+        "/v1/chat/completions",
+        &[("authorization", "Bearer sk-echo-only")],
+        &chat("add", false),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let content = r.json()["choices"][0]["message"]["content"].to_string();
+    assert!(content.contains("unknown tool"), "{content}");
+    let offered: Vec<String> = model.requests()[0].json()["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["function"]["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(offered, ["mcp_echo"]);
+    assert_eq!(
+        mcp.observed.calls.load(Ordering::SeqCst),
+        0,
+        "no server was called"
+    );
+}
+
+/// A `/mcp` client that hangs up mid-call cancels the call on the upstream MCP server.
+#[tokio::test(flavor = "multi_thread")]
+async fn mcp_client_hang_up_cancels_the_upstream_call() {
+    use tokio::io::AsyncWriteExt;
+    let s = setup(&[]).await;
+    let call = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {
+        "name": "sleep", "arguments": {"ms": 10000},
+        "_meta": {"io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                  "io.modelcontextprotocol/clientCapabilities": {}}}})
+    .to_string();
+    let mut conn = tokio::net::TcpStream::connect(s.gw.addr()).await.unwrap();
+    conn.write_all(
+        format!(
+            "POST /mcp HTTP/1.1\r\nhost: gw\r\ncontent-type: application/json\r\nmcp-protocol-version: 2026-07-28\r\nmcp-method: tools/call\r\nmcp-name: sleep\r\ncontent-length: {}\r\n\r\n{call}",
+            call.len()
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while s.mcp.observed.running.load(Ordering::SeqCst) == 0 {
+        assert!(Instant::now() < deadline, "the call never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(conn);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while s.mcp.observed.cancelled.load(Ordering::SeqCst) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the upstream call was not cancelled"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
