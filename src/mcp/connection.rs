@@ -55,15 +55,10 @@ impl ClientHandler for Handler {
             rmcp::model::NumberOrString::String(s) => s.to_string(),
             rmcp::model::NumberOrString::Number(n) => n.to_string(),
         };
-        let tx = self
-            .progress
+        self.progress
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .get(&token)
-            .cloned();
-        if let Some(tx) = tx {
-            let _ = tx.send(params);
-        }
+            .deliver(token, params);
     }
 }
 

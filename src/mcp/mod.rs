@@ -99,13 +99,54 @@ pub struct ToolOutcome {
     pub duration: Duration,
 }
 
+type Progress = rmcp::model::ProgressNotificationParam;
+
 /// Where a server's `notifications/progress` go: the `/mcp` call that asked for them, by the
-/// progress token the gateway put on the upstream call.
-pub type ProgressRoutes = Arc<
-    std::sync::Mutex<
-        HashMap<String, tokio::sync::mpsc::UnboundedSender<rmcp::model::ProgressNotificationParam>>,
-    >,
->;
+/// progress token rmcp gave the upstream call. The token is known only once the request is
+/// sent, and a fast server may report progress before the route exists: such notifications
+/// wait briefly (bounded) and are delivered, in order, when the route is added.
+#[derive(Default)]
+pub struct ProgressTable {
+    routes: HashMap<String, tokio::sync::mpsc::UnboundedSender<Progress>>,
+    early: std::collections::VecDeque<(Instant, String, Progress)>,
+}
+
+impl ProgressTable {
+    const EARLY_MAX: usize = 256;
+    const EARLY_TTL: Duration = Duration::from_secs(5);
+
+    pub fn deliver(&mut self, token: String, p: Progress) {
+        if let Some(tx) = self.routes.get(&token) {
+            let _ = tx.send(p);
+            return;
+        }
+        // Progress of calls nobody listens to (the loop's) ages out.
+        let now = Instant::now();
+        while self
+            .early
+            .front()
+            .is_some_and(|(t, _, _)| now.duration_since(*t) > Self::EARLY_TTL)
+            || self.early.len() >= Self::EARLY_MAX
+        {
+            self.early.pop_front();
+        }
+        self.early.push_back((now, token, p));
+    }
+
+    fn route(&mut self, token: String, tx: tokio::sync::mpsc::UnboundedSender<Progress>) {
+        let early = std::mem::take(&mut self.early);
+        for (t, tok, p) in early {
+            if tok == token {
+                let _ = tx.send(p);
+            } else {
+                self.early.push_back((t, tok, p));
+            }
+        }
+        self.routes.insert(token, tx);
+    }
+}
+
+pub type ProgressRoutes = Arc<std::sync::Mutex<ProgressTable>>;
 
 pub struct McpHub {
     pub cfg: McpConfig,
@@ -309,6 +350,7 @@ impl McpHub {
                     self.routes
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
+                        .routes
                         .remove(t);
                 }
                 if let Some((peer, id)) = self.pending.take() {
@@ -336,7 +378,7 @@ impl McpHub {
             self.progress
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .insert(token.clone(), tx);
+                .route(token.clone(), tx);
             guard.token = Some(token);
         }
         let r = tokio::time::timeout(slot.call_timeout, &mut handle.rx).await;
@@ -581,6 +623,30 @@ fn render(result: &CallToolResult) -> (String, Option<&'static str>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn progress_before_its_route_is_delivered_in_order() {
+        let p = |n: f64| {
+            rmcp::model::ProgressNotificationParam::new(
+                rmcp::model::ProgressToken(rmcp::model::NumberOrString::Number(7)),
+                n,
+            )
+        };
+        let mut t = ProgressTable::default();
+        t.deliver("7".into(), p(1.0));
+        t.deliver("8".into(), p(9.0));
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        t.route("7".into(), tx);
+        t.deliver("7".into(), p(2.0));
+        assert_eq!(rx.try_recv().unwrap().progress, 1.0);
+        assert_eq!(rx.try_recv().unwrap().progress, 2.0);
+        assert!(rx.try_recv().is_err());
+        assert_eq!(t.early.len(), 1, "another call's progress still waits");
+        for i in 0..1000 {
+            t.deliver(format!("x{i}"), p(0.0));
+        }
+        assert!(t.early.len() <= ProgressTable::EARLY_MAX, "bounded");
+    }
 
     #[test]
     fn urls_lose_credentials() {
