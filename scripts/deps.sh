@@ -5,7 +5,8 @@
 #          `prometheus`) to validate the metrics exposition, systemd-analyze (package `systemd`)
 #          to verify the unit file, redis-server (shared limits across replicas), openssl
 #          (RSA keys for the OIDC tests), the PostgreSQL server (the store's tests start a
-#          cluster of their own on a free port, run as the `postgres` user)
+#          cluster of their own on a free port, run as the `postgres` user), Chromium and
+#          ChromeDriver (the web UI's tests drive a headless browser through WebDriver)
 # Usage: scripts/deps.sh build|test
 set -euo pipefail
 what="${1:-build}"
@@ -25,6 +26,8 @@ if [ "$what" = "test" ]; then
   command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
   command -v openssl >/dev/null 2>&1 || missing+=(openssl)
   ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
+  command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+  command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
 fi
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "deps: installing ${missing[*]}"
@@ -61,6 +64,16 @@ if [ "$what" = "test" ]; then
       || python3 -m pip install -q --disable-pip-version-check --break-system-packages "a2a-sdk[http-server]>=1.3,<2" uvicorn
   fi
   python3 -c "from importlib.metadata import version; print('deps: a2a-sdk', version('a2a-sdk'))"
+  # The browser must be a real one: Ubuntu's `chromium` package is a stub that wants snapd.
+  for b in chromium chromedriver; do
+    p="$(readlink -f "$(command -v "$b")")"
+    case "$p" in /snap/*) echo "deps: $b is a snap ($p); install Debian's chromium and chromium-driver" >&2; exit 1 ;; esac
+  done
+  chromium --version 2>/dev/null | grep -q '^Chromium [0-9]' \
+    || { echo "deps: 'chromium --version' does not name a Chromium: $(chromium --version 2>&1 | head -1)" >&2; exit 1; }
+  chromedriver --version 2>/dev/null | grep -q '^ChromeDriver [0-9]' \
+    || { echo "deps: 'chromedriver --version' does not name a ChromeDriver" >&2; exit 1; }
+  chromium --version | sed 's/^/deps: /'
   # PostgreSQL refuses to run as root: the tests run it as this user.
   id postgres >/dev/null 2>&1 || $sudo_cmd useradd --system --no-create-home --shell /usr/sbin/nologin postgres
   ls -d /usr/lib/postgresql/*/bin | tail -1 | sed 's/^/deps: postgresql /'

@@ -33,6 +33,7 @@ pub mod seal;
 pub mod stats;
 pub mod store;
 pub mod testing;
+pub mod ui;
 pub mod upstream;
 pub mod vault;
 

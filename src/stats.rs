@@ -7,6 +7,7 @@
 //! `SAMPLES` per interval, later ones overwrite in turn), so memory does not grow with load.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -14,6 +15,17 @@ use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use serde_json::{json, Value};
+
+/// Streams being answered by this process (the UI's "active streams").
+static ACTIVE_STREAMS: AtomicUsize = AtomicUsize::new(0);
+
+pub fn stream_started() {
+    ACTIVE_STREAMS.fetch_add(1, Ordering::Relaxed);
+}
+
+pub fn stream_ended() {
+    ACTIVE_STREAMS.fetch_sub(1, Ordering::Relaxed);
+}
 
 pub const INTERVAL: Duration = Duration::from_secs(10);
 /// 15 minutes of points.
@@ -163,6 +175,7 @@ impl Stats {
             "scope": "this replica",
             "interval_seconds": INTERVAL.as_secs(),
             "in_flight": crate::drain::in_flight(),
+            "active_streams": ACTIVE_STREAMS.load(Ordering::Relaxed),
             "data": series,
             "current": self.point(false),
         })

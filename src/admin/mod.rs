@@ -292,9 +292,13 @@ fn health(gw: &Gateway, req: &AdminRequest<'_>) -> Result<Value, ApiError> {
         .filter(|p| p.slots.iter().any(|s| s.provider.configured))
         .map(|p| (p.name.clone(), p.describe()))
         .collect();
-    let mcp = gw.mcp.as_ref().map_or(Value::Array(Vec::new()), |hub| {
-        hub.tools_listing()["servers"].clone()
-    });
+    let (mcp, mcp_tools) = gw.mcp.as_ref().map_or_else(
+        || (Value::Array(Vec::new()), Value::Array(Vec::new())),
+        |hub| {
+            let mut listing = hub.tools_listing();
+            (listing["servers"].take(), listing["data"].take())
+        },
+    );
     Ok(serde_json::json!({
         "object": "health",
         "status": if crate::drain::draining() { "draining" } else { "ok" },
@@ -302,6 +306,7 @@ fn health(gw: &Gateway, req: &AdminRequest<'_>) -> Result<Value, ApiError> {
         "uptime_seconds": crate::drain::uptime().as_secs(),
         "providers": providers,
         "mcp_servers": mcp,
+        "mcp_tools": mcp_tools,
         "a2a_agents": gw.a2a.as_ref().map_or(Value::Array(Vec::new()), |h| h.listing()["data"].clone()),
         "store": gw.control.as_deref().map(ControlPlane::describe),
     }))

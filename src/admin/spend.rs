@@ -1,4 +1,4 @@
-//! `GET /admin/v1/spend?group_by=key|team|model|day&from=&to=`: spend and tokens from the
+//! `GET /admin/v1/spend?group_by=key|team|model|day|hour&from=&to=`: spend and tokens from the
 //! store's ledger (hourly totals; a request is in it within about a second of its end).
 
 use serde_json::{json, Value};
@@ -37,10 +37,11 @@ pub(super) async fn report(gw: &Gateway, req: &AdminRequest<'_>) -> Result<Value
         "team" => (GroupBy::Team, "team"),
         "model" => (GroupBy::Model, "model"),
         "day" => (GroupBy::Day, "day"),
+        "hour" => (GroupBy::Hour, "hour"),
         _ => {
             return Err(ApiError::of(
                 Code::InvalidValue,
-                "group_by: expected key, team, model or day",
+                "group_by: expected key, team, model, day or hour",
             )
             .param("group_by"))
         }
@@ -76,6 +77,11 @@ pub(super) async fn report(gw: &Gateway, req: &AdminRequest<'_>) -> Result<Value
                     let day = g.group.parse::<u64>().unwrap_or(0);
                     let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(day * 86_400);
                     Value::String(humantime::format_rfc3339(t).to_string()[..10].to_string())
+                }
+                GroupBy::Hour => {
+                    let hour = g.group.parse::<u64>().unwrap_or(0);
+                    let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(hour * 3600);
+                    Value::String(humantime::format_rfc3339(t).to_string())
                 }
                 GroupBy::Key => Value::String(
                     g.group

@@ -37,24 +37,30 @@ pub(super) fn mark_client_gone(session: &mut Session, ctx: &mut RequestCtx) {
     session.set_keepalive(None);
 }
 
-/// Counts a stream in `llm_active_streams` while it lives.
-pub(super) struct ActiveStream(prometheus::IntGauge);
+/// Counts a stream in `llm_active_streams` (when metrics are on) and in the admin API's stats
+/// while it lives.
+pub(super) struct ActiveStream(Option<prometheus::IntGauge>);
 
 impl ActiveStream {
-    pub(super) fn new(gw: &Gateway, provider: &str) -> Option<Self> {
+    pub(super) fn new(gw: &Gateway, provider: &str) -> Self {
         let g = gw
             .metrics
-            .as_ref()?
-            .active_streams
-            .with_label_values(&[provider]);
-        g.inc();
-        Some(ActiveStream(g))
+            .as_ref()
+            .map(|m| m.active_streams.with_label_values(&[provider]));
+        if let Some(g) = &g {
+            g.inc();
+        }
+        crate::stats::stream_started();
+        ActiveStream(g)
     }
 }
 
 impl Drop for ActiveStream {
     fn drop(&mut self) {
-        self.0.dec();
+        if let Some(g) = &self.0 {
+            g.dec();
+        }
+        crate::stats::stream_ended();
     }
 }
 

@@ -43,6 +43,9 @@ pub struct Slot {
     /// Result of the active health check (true until a check says otherwise).
     pub(crate) active_healthy: AtomicBool,
     outstanding: AtomicUsize,
+    /// Time to the backend's response headers, a moving average in microseconds (0: none yet),
+    /// for `/admin/v1/health` and the UI.
+    latency_us: AtomicU64,
     /// Answered 429 with `Retry-After`: avoided until then (milliseconds since [`BASE`]) while
     /// another backend can take the request.
     busy_until_ms: AtomicU64,
@@ -58,6 +61,21 @@ fn ms(t: Instant) -> u64 {
 impl Slot {
     pub fn outstanding(&self) -> usize {
         self.outstanding.load(Ordering::Relaxed)
+    }
+
+    /// Moving average of the time to response headers (milliseconds), once one was seen.
+    pub fn latency_ms(&self) -> Option<f64> {
+        let us = self.latency_us.load(Ordering::Relaxed);
+        (us > 0).then(|| (us as f64 / 10.0).round() / 100.0)
+    }
+
+    /// Adds one answer's time to the average (weight 1/8; racing updates may lose one sample,
+    /// which an average does not mind).
+    fn record_latency(&self, took: Duration) {
+        let x = (took.as_micros() as u64).max(1);
+        let old = self.latency_us.load(Ordering::Relaxed);
+        let new = if old == 0 { x } else { old - old / 8 + x / 8 };
+        self.latency_us.store(new.max(1), Ordering::Relaxed);
     }
 
     fn usable(&self, now: Instant) -> bool {
@@ -113,6 +131,7 @@ pub struct InFlight {
     pool: Arc<Pool>,
     slot: usize,
     probe: bool,
+    started: Instant,
 }
 
 impl InFlight {
@@ -122,6 +141,7 @@ impl InFlight {
 
     pub fn success(&mut self) {
         self.slot().success();
+        self.slot().record_latency(self.started.elapsed());
         self.probe = false;
     }
 
@@ -305,6 +325,7 @@ impl Pool {
                 pool: self.clone(),
                 slot: pick,
                 probe,
+                started: now,
             },
         ))
     }
@@ -390,6 +411,7 @@ impl Pool {
                     "status": s.status(),
                     "outstanding": s.outstanding(),
                     "ejections": s.breaker().map_or(0, |b| b.ejections),
+                    "latency_ms": s.latency_ms(),
                 })
             })
             .collect();
@@ -419,6 +441,7 @@ impl Slot {
                 .map(|c| Mutex::new(Breaker::new(Some(c)))),
             active_healthy: AtomicBool::new(true),
             outstanding: AtomicUsize::new(0),
+            latency_us: AtomicU64::new(0),
             busy_until_ms: AtomicU64::new(0),
         }
     }

@@ -282,6 +282,9 @@ fn route_label(path: &str) -> &'static str {
     if path.starts_with("/admin/") {
         return "/admin/v1";
     }
+    if path == "/ui" || path.starts_with("/ui/") {
+        return "/ui";
+    }
     if let Some(rest) = path.strip_prefix("/v1/responses/") {
         return match rest.split_once('/') {
             None if !rest.is_empty() => "/v1/responses/{id}",
@@ -396,6 +399,11 @@ impl ProxyHttp for Gateway {
         if ctx.route == "/admin/v1" {
             // The admin API has its own credential (never an API key).
             crate::admin::handle(self, session, ctx).await;
+            return Ok(true);
+        }
+        if ctx.route == "/ui" {
+            // Static pages: the admin key is entered in them, so they need no credential.
+            crate::ui::serve(self, session, ctx).await;
             return Ok(true);
         }
         if ctx.route == "/.well-known/oauth-protected-resource/mcp" {

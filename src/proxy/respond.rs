@@ -19,6 +19,10 @@ pub fn header(status: u16, content_type: &str, ctx: &RequestCtx) -> ResponseHead
     if let Some(r) = &ctx.caller.rate_headers {
         rate_headers(&mut h, r);
     }
+    if ctx.route == "/ui" {
+        // Every answer under /ui (errors too) carries the UI's policy.
+        crate::ui::guard(&mut h);
+    }
     h
 }
 

@@ -24,6 +24,7 @@ pub enum GroupBy {
     Team,
     Model,
     Day,
+    Hour,
 }
 
 impl GroupBy {
@@ -33,6 +34,7 @@ impl GroupBy {
             GroupBy::Team => "team",
             GroupBy::Model => "model",
             GroupBy::Day => "hour / 24",
+            GroupBy::Hour => "hour",
         }
     }
 }
@@ -40,7 +42,7 @@ impl GroupBy {
 /// One group of a spend report.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SpendGroup {
-    /// The principal, team, model, or the day (Unix days).
+    /// The principal, team, model, the day (Unix days) or the hour (Unix hours).
     pub group: String,
     pub requests: i64,
     pub prompt_tokens: i64,

@@ -2,6 +2,8 @@
 //! controls every byte and every TCP write of a provider's answer.
 #![allow(dead_code)]
 
+pub mod webdriver;
+
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream as StdStream};
@@ -467,6 +469,11 @@ pub struct RawResponse {
 }
 
 impl RawResponse {
+    /// A header's value (names are kept lowercase).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).map(String::as_str)
+    }
+
     pub fn text(&self) -> String {
         String::from_utf8(self.body.clone()).expect("utf-8 body")
     }

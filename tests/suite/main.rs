@@ -23,3 +23,4 @@ mod operations;
 mod resilience;
 mod responses;
 mod sdk;
+mod ui;
