@@ -10,7 +10,8 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
-RUN cargo build --release --locked --bin inference-gateway
+# The gateway and its command line, igw (for `docker exec ... igw status`).
+RUN cargo build --release --locked -p inference-gateway -p igw
 
 FROM debian:bookworm-slim
 # ca-certificates: TLS to providers; curl: the HEALTHCHECK.
@@ -19,6 +20,7 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin gateway
 COPY --from=build /src/target/release/inference-gateway /usr/local/bin/inference-gateway
+COPY --from=build /src/target/release/igw /usr/local/bin/igw
 COPY conf/gateway.toml /etc/inference-gateway/gateway.toml
 # The control plane's store (SQLite): keys issued at run time and the spend ledger. Mount a
 # volume here to keep them, or set DATABASE_URL=postgres://... for several replicas.

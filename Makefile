@@ -4,13 +4,13 @@ ARGS ?=
 
 .PHONY: run build release test lint fmt bench deps clean
 
-## Build (release) and run the gateway with zero configuration on :8080.
+## Build (release) the gateway and igw, and run the gateway with zero configuration on :8080.
 run: release
 	./target/release/inference-gateway $(ARGS)
 
 release:
 	@scripts/deps.sh build
-	$(CARGO) build --release --locked
+	$(CARGO) build --release --locked -p inference-gateway -p igw
 
 build:
 	@scripts/deps.sh build

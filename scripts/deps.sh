@@ -6,7 +6,8 @@
 #          to verify the unit file, redis-server (shared limits across replicas), openssl
 #          (RSA keys for the OIDC tests), the PostgreSQL server (the store's tests start a
 #          cluster of their own on a free port, run as the `postgres` user), Chromium and
-#          ChromeDriver (the web UI's tests drive a headless browser through WebDriver)
+#          ChromeDriver (the web UI's tests drive a headless browser through WebDriver), tmux
+#          (igw's interactive chat is tested in a real terminal)
 # Usage: scripts/deps.sh build|test
 set -euo pipefail
 what="${1:-build}"
@@ -28,6 +29,7 @@ if [ "$what" = "test" ]; then
   ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
   command -v chromium >/dev/null 2>&1 || missing+=(chromium)
   command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
+  command -v tmux >/dev/null 2>&1 || missing+=(tmux)
 fi
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "deps: installing ${missing[*]}"

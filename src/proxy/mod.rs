@@ -853,6 +853,13 @@ impl Gateway {
                 // Serving from the last snapshot when the store is unreachable.
                 v["store"] = cp.describe();
             }
+            // Tool servers only where they are published (the admin health lists them all).
+            if let Some(hub) = self.mcp.as_ref().filter(|_| self.cfg.mcp.expose) {
+                v["mcp_servers"] = hub.tools_listing()["servers"].take();
+            }
+            if let Some(hub) = self.a2a.as_ref().filter(|_| self.cfg.a2a.expose) {
+                v["a2a_agents"] = hub.listing()["data"].take();
+            }
             Bytes::from(serde_json::to_vec(&v).unwrap_or_default())
         } else if draining {
             Bytes::from_static(br#"{"status":"draining"}"#)

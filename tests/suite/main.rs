@@ -17,6 +17,7 @@ mod cli;
 mod dialects;
 mod doors;
 mod gateway;
+mod igw;
 mod mcp;
 mod metrics;
 mod operations;

@@ -609,8 +609,9 @@ fn dockerfile_and_compose_agree_with_the_readme() {
     let readme = std::fs::read_to_string(repo("README.md")).unwrap();
     for needle in [
         "FROM rust:",
-        "cargo build --release --locked",
+        "cargo build --release --locked -p inference-gateway -p igw",
         "USER 10001",
+        "/usr/local/bin/igw",
         "HEALTHCHECK",
         "/health",
         "ENTRYPOINT [\"/usr/local/bin/inference-gateway\"]",
