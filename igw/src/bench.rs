@@ -46,7 +46,17 @@ async fn one(gw: &Gateway, http: &reqwest::Client, args: &BenchArgs, model: &str
     let started = Instant::now();
     let messages = [json!({"role": "user", "content": args.prompt})];
     if args.stream {
-        return match stream_chat(gw, http, model, &messages, Some(args.max_tokens), |_| {}).await {
+        return match stream_chat(
+            gw,
+            http,
+            model,
+            &messages,
+            Some(args.max_tokens),
+            true,
+            |_| {},
+        )
+        .await
+        {
             Ok(a) => Outcome::Ok {
                 latency: started.elapsed(),
                 ttft: a.ttft,

@@ -26,13 +26,15 @@ pub struct Answer {
     pub finish_reason: Option<String>,
 }
 
-/// Streams one chat completion, handing each piece of content to `on_text` as it arrives.
+/// Streams one chat completion, handing each piece of content to `on_text` as it arrives
+/// (`lean`: a load test's call, which keeps no text).
 pub async fn stream_chat(
     gw: &Gateway,
     http: &reqwest::Client,
     model: &str,
     messages: &[Value],
     max_tokens: Option<u32>,
+    lean: bool,
     mut on_text: impl FnMut(&str),
 ) -> Result<Answer, Failure> {
     let mut body = json!({"model": model, "messages": messages, "stream": true,
@@ -75,6 +77,15 @@ pub async fn stream_chat(
                 return Ok(answer);
             }
             let Some(data) = ev.data else { continue };
+            // A load test keeps no text: once the first token is timed, only usage, errors and
+            // the end matter, and parsing every chunk would make the client the bottleneck.
+            if lean
+                && answer.ttft.is_some()
+                && memchr::memmem::find(&data, b"\"usage\":{").is_none()
+                && memchr::memmem::find(&data, b"\"error\"").is_none()
+            {
+                continue;
+            }
             let Ok(v) = serde_json::from_slice::<Value>(&data) else {
                 continue;
             };
@@ -164,7 +175,7 @@ pub async fn run(gw: &Gateway, args: ChatArgs) -> Result<(), Failure> {
                 messages.push(json!({"role": "system", "content": s}));
             }
             messages.push(json!({"role": "user", "content": p}));
-            let a = stream_chat(gw, &gw.http, &model, &messages, None, print_now).await;
+            let a = stream_chat(gw, &gw.http, &model, &messages, None, false, print_now).await;
             println!();
             let a = a?;
             if args.verbose {
@@ -254,7 +265,7 @@ async fn interactive(
             messages.push(json!({"role": "system", "content": s}));
         }
         messages.extend(history.iter().cloned());
-        let answer = stream_chat(gw, &gw.http, &model, &messages, None, print_now);
+        let answer = stream_chat(gw, &gw.http, &model, &messages, None, false, print_now);
         tokio::select! {
             r = answer => {
                 println!();

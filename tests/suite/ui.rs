@@ -319,6 +319,39 @@ async fn web_ui_in_a_real_browser() {
         "{models}"
     );
     screenshot(&b, "models").await;
+    // Errors from the API are shown to the person: the same name again is 409.
+    b.type_text(&b.labelled("Alias name").await, "fast").await;
+    b.type_text(&b.labelled("Target").await, "openai/gpt-4o")
+        .await;
+    b.click(&b.button("Add alias").await).await;
+    b.wait_text("(409 already_exists)", Duration::from_secs(10))
+        .await;
+    let seen = b.console().await;
+    assert!(
+        seen.iter()
+            .filter(|(l, _)| l == "SEVERE")
+            .all(|(_, m)| m.contains("409")),
+        "{seen:?}"
+    );
+    b.click(&b.button("Dismiss message").await).await;
+    // Edit: fallbacks added to the alias.
+    b.click(&b.button("Edit fast").await).await;
+    let fallbacks = b.labelled("Fallbacks").await;
+    b.clear(&fallbacks).await;
+    b.type_text(&fallbacks, "openai/gpt-4o").await;
+    b.click(&b.button("Save alias").await).await;
+    b.wait_text("Alias fast saved.", Duration::from_secs(10))
+        .await;
+    let models = admin_get(a, "/admin/v1/models").await;
+    let fast = models["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "fast")
+        .cloned()
+        .unwrap();
+    assert_eq!(fast["fallbacks"], json!(["openai/gpt-4o"]), "{fast}");
+    assert_eq!(fast["target"], "openai/gpt-4o-mini", "{fast}");
 
     // Playground: a key minted for the session, a streamed answer with TTFT, tokens and cost.
     open(&b, "Playground", "Playground").await;
