@@ -23,6 +23,8 @@ pub struct KvStore {
     /// The shared tier is the truth when it answers (a delete on one replica holds for all);
     /// memory is the fallback while it does not. Otherwise memory is read first (a cache).
     redis_first: bool,
+    /// See `Bounds::lru`.
+    lru: bool,
     ttl: Duration,
     max_bytes: usize,
     max_entries: usize,
@@ -78,16 +80,29 @@ pub struct Bounds {
     pub max_value: usize,
     /// See `KvStore::redis_first`.
     pub redis_first: bool,
+    /// A read moves the entry to the back of the eviction order (least recently used goes
+    /// first); otherwise the oldest write goes first.
+    pub lru: bool,
 }
 
 impl KvStore {
     /// A store in memory, and in Redis under `namespace` when `REDIS_URL` is set.
     pub fn new(cfg: &Config, namespace: &str, b: Bounds) -> KvStore {
+        let url = cfg
+            .limits
+            .redis_url
+            .as_ref()
+            .map(|u| u.expose().to_string());
+        KvStore::with_redis(cfg, url, namespace, b)
+    }
+
+    /// As [`new`](Self::new), with the Redis server at `url` (none: memory only).
+    pub fn with_redis(cfg: &Config, url: Option<String>, namespace: &str, b: Bounds) -> KvStore {
         KvStore {
             memory: Mutex::new(Memory::default()),
-            redis: cfg.limits.redis_url.as_ref().map(|u| {
+            redis: url.map(|u| {
                 Arc::new(Shared::Redis(RedisKv {
-                    url: u.expose().to_string(),
+                    url: u,
                     prefix: format!("{}:{namespace}:", cfg.limits.redis_prefix),
                     timeout: cfg.limits.redis_timeout.get(),
                     conn: OnceCell::new(),
@@ -95,6 +110,7 @@ impl KvStore {
                 }))
             }),
             redis_first: b.redis_first,
+            lru: b.lru,
             ttl: b.ttl,
             max_bytes: b.max_bytes,
             max_entries: b.max_entries,
@@ -202,12 +218,24 @@ impl KvStore {
         let now = Instant::now();
         let mut missing = Vec::new();
         {
-            let m = self.memory.lock().unwrap_or_else(|e| e.into_inner());
+            let mut m = self.memory.lock().unwrap_or_else(|e| e.into_inner());
             for (i, k) in keys.iter().enumerate() {
                 match m.entries.get(k) {
                     Some((exp, v, _)) if *exp > now => found[i] = Some(v.clone()),
                     _ => missing.push(i),
                 }
+                if self.lru && found[i].is_some() {
+                    // To the back of the eviction order: its older record goes stale.
+                    m.generation += 1;
+                    let g = m.generation;
+                    if let Some(e) = m.entries.get_mut(k) {
+                        e.2 = g;
+                    }
+                    m.order.push_back((k.clone(), g));
+                }
+            }
+            if self.lru {
+                m.compact();
             }
         }
         if self.redis_first {
@@ -393,6 +421,7 @@ mod tests {
                 max_entries,
                 max_value: 1 << 20,
                 redis_first: false,
+                lru: false,
             },
         )
     }
@@ -402,6 +431,25 @@ mod tests {
             s.put(vec![(k.into(), Arc::from(v))]).is_none(),
             "no Redis here"
         );
+    }
+
+    #[tokio::test]
+    async fn with_lru_a_read_keeps_an_entry() {
+        let mut s = store(1 << 20, 2);
+        s.lru = true;
+        put(&s, "a", "1");
+        put(&s, "b", "2");
+        assert!(s.get(&["a".into()]).await[0].is_some()); // a is now the most recently used
+        put(&s, "c", "3"); // evicts b, the least recently used
+        let got = s.get(&["a".into(), "b".into(), "c".into()]).await;
+        assert_eq!(got[0].as_deref(), Some("1"));
+        assert_eq!(got[1], None);
+        assert_eq!(got[2].as_deref(), Some("3"));
+        // Many reads leave a bounded eviction queue.
+        for _ in 0..10_000 {
+            s.get(&["a".into()]).await;
+        }
+        assert!(s.memory.lock().unwrap().order.len() < 2 * 2 + 1024 + 2);
     }
 
     #[tokio::test]

@@ -7,6 +7,7 @@ pub mod a2a;
 pub mod access_log;
 pub mod admin;
 pub mod auth;
+pub mod cache;
 pub mod catalog;
 pub mod config;
 pub mod control;

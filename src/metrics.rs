@@ -83,6 +83,12 @@ pub struct Metrics {
     pub upstream_attempts: IntCounterVec,
     pub upstream_failures: IntCounterVec,
     pub upstream_retries: IntCounterVec,
+    /// The response cache: lookups by result (hit, miss, bypass), bytes stored, and what hits
+    /// saved (tokens by type, dollars).
+    pub cache_lookups: IntCounterVec,
+    pub cache_stored_bytes: IntCounterVec,
+    pub cache_tokens_saved: IntCounterVec,
+    pub cache_saved_usd: prometheus::Counter,
     pub gateway_overhead: HistogramVec,
     pub request_body_bytes: HistogramVec,
     pub response_body_bytes: HistogramVec,
@@ -192,6 +198,14 @@ impl Metrics {
             upstream_attempts: counter(&r, "llm_upstream_attempts_total", "Requests sent to providers", &["provider"]),
             upstream_failures: counter(&r, "llm_upstream_failures_total", "Failed provider requests by reason", &["provider", "reason"]),
             upstream_retries: counter(&r, "llm_upstream_retries_total", "Provider requests retried by reason", &["provider", "reason"]),
+            cache_lookups: counter(&r, "llm_cache_lookups_total", "Response cache lookups by result (hit, miss, bypass)", &["result"]),
+            cache_stored_bytes: counter(&r, "llm_cache_stored_bytes_total", "Bytes of answers stored in the response cache", &[]),
+            cache_tokens_saved: counter(&r, "llm_cache_tokens_saved_total", "Tokens served from the response cache instead of a provider", &["type"]),
+            cache_saved_usd: {
+                let c = prometheus::Counter::new("llm_cache_saved_usd_total", "Dollars not spent thanks to response cache hits (at the model table's prices)").expect("valid metric");
+                r.register(Box::new(c.clone())).expect("unique metric");
+                c
+            },
             gateway_overhead: histogram(&r, "llm_gateway_overhead_seconds",
                 "Request time not spent waiting for the provider", &["request_path"], OVERHEAD_BUCKETS),
             request_body_bytes: histogram(&r, "llm_request_body_bytes", "Request body size", &["request_path"], BYTES_BUCKETS),

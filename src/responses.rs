@@ -54,6 +54,7 @@ impl ResponseStore {
                     max_value: r.max_bytes / 4,
                     // A delete on one replica holds for all.
                     redis_first: true,
+                    lru: false,
                 },
             ),
             seal: Arc::new(

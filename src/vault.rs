@@ -36,6 +36,7 @@ impl Vault {
                     max_entries: usize::MAX,
                     max_value: MAX_ENTRY_BYTES,
                     redis_first: false,
+                    lru: false,
                 },
             ),
         }
@@ -99,6 +100,7 @@ mod tests {
                 max_entries: usize::MAX,
                 max_value: MAX_ENTRY_BYTES,
                 redis_first: false,
+                lru: false,
             },
         );
         v

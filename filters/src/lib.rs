@@ -3,6 +3,7 @@
 //! Nothing in this crate performs I/O or depends on an async runtime: every type is fed bytes and
 //! returns bytes or values, so the same code runs in the proxy, in tests and in benchmarks.
 
+pub mod cache;
 pub mod dialects;
 pub mod doors;
 pub mod json_object;

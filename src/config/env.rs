@@ -207,6 +207,7 @@ pub(super) fn apply(cfg: &mut Config, getenv: GetEnv) -> Result<(), ConfigError>
 
     apply_mcp(&mut cfg.mcp, getenv)?;
     apply_a2a(&mut cfg.a2a, getenv)?;
+    apply_cache(&mut cfg.cache, getenv)?;
     set!(cfg.auth.enable, flag(getenv, "AUTH")?);
     if let Some(v) = get(getenv, "AUTH_OIDC_ISSUER") {
         cfg.auth.oidc_issuer = Some(v.trim().to_string());
@@ -378,6 +379,31 @@ fn apply_a2a(a: &mut super::a2a::A2aConfig, getenv: GetEnv) -> Result<(), Config
                 a.agents.push(super::a2a::A2aAgentConfig::from_url(&u));
             }
         }
+    }
+    Ok(())
+}
+
+/// `CACHE_*`: the response cache.
+fn apply_cache(c: &mut super::cache::CacheConfig, getenv: GetEnv) -> Result<(), ConfigError> {
+    set!(c.enable, flag(getenv, "CACHE")?);
+    set!(c.ttl, duration(getenv, "CACHE_TTL")?);
+    set!(c.max_bytes, parse(getenv, "CACHE_MAX_BYTES")?);
+    set!(c.max_entry_bytes, parse(getenv, "CACHE_MAX_ENTRY_BYTES")?);
+    if let Some(v) = get(getenv, "CACHE_REDIS_URL") {
+        c.redis_url = Some(Secret::new(v.trim()));
+    }
+    if let Some(v) = get(getenv, "CACHE_SCOPE") {
+        use super::cache::CacheScope;
+        c.scope = match v.trim().to_ascii_lowercase().as_str() {
+            "auto" => CacheScope::Auto,
+            "principal" => CacheScope::Principal,
+            "shared" => CacheScope::Shared,
+            _ => {
+                return Err(ConfigError(format!(
+                    "CACHE_SCOPE={v:?}: expected auto, principal or shared"
+                )))
+            }
+        };
     }
     Ok(())
 }

@@ -6,6 +6,7 @@
 
 pub mod a2a;
 pub mod auth;
+pub mod cache;
 mod duration;
 mod env;
 pub mod mcp;
@@ -70,6 +71,8 @@ pub struct Config {
     pub mcp: McpConfig,
     /// A2A agents whose skills become tools.
     pub a2a: a2a::A2aConfig,
+    /// The response cache.
+    pub cache: cache::CacheConfig,
     /// Retries within a provider's pool (providers may override). Unset: two tries for pools
     /// of two or more backends, one for a single backend.
     pub retry: Option<resilience::RetryConfig>,
@@ -481,6 +484,7 @@ impl Default for Config {
             log: LogConfig::default(),
             mcp: McpConfig::default(),
             a2a: a2a::A2aConfig::default(),
+            cache: Default::default(),
             retry: None,
             auth: auth::AuthConfig::default(),
             keys: Vec::new(),
@@ -721,6 +725,7 @@ impl Config {
         }
         self.mcp.validate()?;
         self.a2a.validate()?;
+        self.cache.validate()?;
         if let Some(r) = &self.retry {
             r.validate("retry")?;
         }

@@ -534,3 +534,30 @@ fn a2a_settings() {
     let e = load("", &[("A2A_CLIENT_TIMEOUT", "0s")]).unwrap_err();
     assert!(e.0.contains("A2A_CLIENT_TIMEOUT"), "{e:?}");
 }
+
+#[test]
+fn cache_settings() {
+    let cfg = load(
+        "[cache]\nmax_bytes = 1048576\n",
+        &[
+            ("CACHE_ENABLE", "true"),
+            ("CACHE_TTL", "10m"),
+            ("CACHE_SCOPE", "principal"),
+            ("CACHE_REDIS_URL", "redis://127.0.0.1:6379"),
+        ],
+    )
+    .unwrap();
+    assert!(cfg.cache.enable);
+    assert_eq!(cfg.cache.ttl.get().as_secs(), 600);
+    assert_eq!(cfg.cache.max_bytes, 1 << 20);
+    assert_eq!(cfg.cache.scope, super::cache::CacheScope::Principal);
+    assert!(cfg.cache.redis_url.is_some());
+    let e = load("", &[("CACHE_SCOPE", "everyone")]).unwrap_err();
+    assert!(e.0.contains("CACHE_SCOPE"), "{}", e.0);
+    let e = load("[cache]\nenable = true\nttl = \"0s\"\n", &[]).unwrap_err();
+    assert!(e.0.contains("cache.ttl"), "{}", e.0);
+    assert!(
+        load("[cache]\nsize = 1\n", &[]).is_err(),
+        "unknown keys refused"
+    );
+}

@@ -193,16 +193,25 @@ impl<'g> Exchange<'g, '_> {
     /// before any upstream call; on success the admission is kept for settlement when the request
     /// ends.
     pub(super) async fn admit(&mut self, route: &Route) -> Result<(), ApiError> {
-        let Some(p) = &self.ctx.caller.principal else {
-            return Ok(());
-        };
-        // Every principal is admitted (its spend is recorded even without limits).
         let reserve = reserve_for(
             self.gw,
             route,
             self.ctx.prompt_bytes.unwrap_or(self.ctx.bytes_in),
             self.ctx.caller.completion_reserve,
         );
+        self.admit_reserve(reserve).await
+    }
+
+    /// As [`admit`](Self::admit) for a given reserve (a cache hit reserves nothing: it counts
+    /// as a request, never as tokens or spend).
+    pub(super) async fn admit_reserve(
+        &mut self,
+        reserve: crate::limits::Reserve,
+    ) -> Result<(), ApiError> {
+        let Some(p) = &self.ctx.caller.principal else {
+            return Ok(());
+        };
+        // Every principal is admitted (its spend is recorded even without limits).
         // The concurrency lease is named by the gateway, never by the client's X-Request-Id (a
         // reused id would share one slot).
         match self

@@ -9,6 +9,7 @@
 //! `client`'s writer); `tool_loop` repeats plan/dispatch/relay per round.
 
 pub(crate) mod admission;
+mod cached;
 mod client;
 mod dispatch;
 mod plan;
@@ -226,6 +227,15 @@ impl<'g> Exchange<'g, '_> {
                 return Ok(());
             }
         } else {
+            // The cache answers before admission; a hit is admitted as a request only.
+            let will_loop = ep == Endpoint::Chat
+                && tool_loop::active_tools(self.gw, self.session).is_some()
+                && tool_loop::wants_tools(&obj);
+            if let Some(entry) = self.cache_lookup(ep, &raw, &obj, &route, will_loop).await {
+                self.admit_reserve(crate::limits::Reserve::default())
+                    .await?;
+                return self.serve_hit(&obj, &route, entry).await;
+            }
             self.admit(&route).await?;
         }
         let missing_key = self

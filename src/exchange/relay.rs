@@ -252,6 +252,9 @@ impl<'g> Exchange<'g, '_> {
             }
             self.ctx.answer.usage = usage::from_response_body(&body);
             self.ctx.answer.tool_calls = usage::tool_calls_from_body(&body);
+            if status == 200 {
+                super::cached::keep(self.gw, self.ctx, &body);
+            }
         }
         let body = door_body(self.ctx, plan, body)?;
         let mut h = respond::header(status, &content_type, self.ctx);
@@ -283,6 +286,10 @@ impl<'g> Exchange<'g, '_> {
         let mut relay = stream_translator(self.gw, route, plan, false);
         let _active = ActiveStream::new(self.gw, provider);
         let mut clean = false;
+        // A miss the cache may keep: the canonical stream is copied as it goes (bounded), and
+        // folded into a whole answer once it ends cleanly.
+        let mut kept = (self.ctx.cache_key.is_some() && plan.relayed.is_none()).then(BytesMut::new);
+        let keep_limit = self.gw.cfg.cache.max_entry_bytes.saturating_mul(4);
         loop {
             let waited = Instant::now();
             let next = unless_client_leaves(self.session, resp.read_chunk()).await;
@@ -301,11 +308,24 @@ impl<'g> Exchange<'g, '_> {
                     self.ctx.answer.error = Some("upstream_stream_error");
                 }
             }
+            if let Some(k) = &mut kept {
+                if k.len() + out.buf.len() > keep_limit {
+                    kept = None;
+                } else {
+                    k.extend_from_slice(&out.buf);
+                }
+            }
             if !out.flush(self.session, self.ctx, last).await || last {
                 break;
             }
         }
         self.ctx.answer.generation = out.generation();
+        if let Some(k) = kept.filter(|_| clean && !self.ctx.answer.client_gone) {
+            let usage = relay.usage().and_then(|u| serde_json::to_value(u).ok());
+            if let Some(body) = filters::cache::completion_from_stream(&k, usage) {
+                super::cached::keep(self.gw, self.ctx, &body);
+            }
+        }
         if plan.relayed.is_some() && self.ctx.responses.is_some() {
             self.ctx.answer.document = relay.document().map(Bytes::from);
         }

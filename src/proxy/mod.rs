@@ -60,6 +60,8 @@ pub struct Gateway {
     pub stats: Option<Arc<crate::stats::Stats>>,
     /// `/mcp`: the gateway as an MCP server.
     pub mcp_server: crate::mcp::server::McpServer,
+    /// The response cache (`cache.enable`).
+    pub cache: Option<Arc<crate::cache::ResponseCache>>,
     log_format: LogFormat,
     /// `store.log_bodies` with a request log to keep them in.
     log_bodies: bool,
@@ -97,6 +99,7 @@ impl Gateway {
             responses.use_store(cp.store.clone());
         }
         Gateway {
+            cache: crate::cache::ResponseCache::from_config(&cfg).map(Arc::new),
             mcp_server: crate::mcp::server::McpServer::new(&cfg),
             control,
             auth,
@@ -137,6 +140,10 @@ pub struct RequestCtx {
     pub responses: Option<Box<crate::responses::Turn>>,
     /// Model as the client named it.
     pub model: Option<String>,
+    /// What the response cache did (`x-gateway-cache`), while the cache is on.
+    pub cache: Option<crate::cache::Status>,
+    /// A miss that may be stored: the entry's key, taken when the answer is complete.
+    pub cache_key: Option<String>,
     pub bytes_in: usize,
     /// The prompt's size when the door added to what the client sent (a stored conversation
     /// expanded from `previous_response_id`): what limits and estimates count.
@@ -322,6 +329,8 @@ impl ProxyHttp for Gateway {
             original: None,
             responses: None,
             model: None,
+            cache: None,
+            cache_key: None,
             bytes_in: 0,
             prompt_bytes: None,
             tool_wait: std::time::Duration::ZERO,
@@ -362,6 +371,10 @@ impl ProxyHttp for Gateway {
         let method = session.req_header().method.clone();
         let path = session.req_header().uri.path().to_string();
         ctx.route = route_label(&path);
+        if self.cache.is_some() && ctx.route.starts_with("/v1/") {
+            // Every API answer says what the cache did (errors before a lookup: bypass).
+            ctx.cache = Some(crate::cache::Status::Bypass);
+        }
         if ctx.route.starts_with("/v1/messages") {
             // Every answer from here on, errors included, is in Anthropic's shape.
             ctx.door = filters::doors::Door::Messages;

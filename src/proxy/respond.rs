@@ -19,6 +19,9 @@ pub fn header(status: u16, content_type: &str, ctx: &RequestCtx) -> ResponseHead
     if let Some(r) = &ctx.caller.rate_headers {
         rate_headers(&mut h, r);
     }
+    if let Some(c) = ctx.cache {
+        let _ = h.insert_header("x-gateway-cache", c.as_str());
+    }
     if ctx.route == "/ui" {
         // Every answer under /ui (errors too) carries the UI's policy.
         crate::ui::guard(&mut h);

@@ -13,6 +13,7 @@ mod model;
 
 mod admin;
 mod auth;
+mod cache;
 mod cli;
 mod dialects;
 mod doors;
