@@ -45,6 +45,10 @@ pub enum Code {
     ProxyNotAllowed,
     /// 403: `GET /v1/mcp/tools` without `MCP_EXPOSE`.
     McpNotExposed,
+    /// 400: an input guardrail refused the request.
+    ContentBlocked,
+    /// 503: the guardrail webhook could not answer and its failure mode is `fail_closed`.
+    GuardrailUnavailable,
     A2aNotExposed,
     /// 404: unknown path.
     NotFound,
@@ -115,7 +119,8 @@ impl Code {
             | InvalidPath
             | InvalidBody
             | UnsupportedTool
-            | InvalidEncryptedContent => 400,
+            | InvalidEncryptedContent
+            | ContentBlocked => 400,
             MissingApiKey | InvalidApiKey | ExpiredApiKey | InvalidToken | InvalidAdminKey => 401,
             ReadOnly | AlreadyExists => 409,
             InvalidField => 422,
@@ -134,9 +139,8 @@ impl Code {
             | UpstreamResponseTooLarge
             | UpstreamInvalidOutput
             | UpstreamIdleTimeout => 502,
-            Overloaded | NoHealthyBackend | LimitsUnavailable | ServerBusy | StoreUnavailable => {
-                503
-            }
+            Overloaded | NoHealthyBackend | LimitsUnavailable | ServerBusy | StoreUnavailable
+            | GuardrailUnavailable => 503,
             UpstreamTimeout | Deadline => 504,
         }
     }
@@ -164,6 +168,8 @@ impl Code {
             ModelNotPriced => "model_not_priced",
             ProxyNotAllowed => "proxy_not_allowed",
             McpNotExposed => "mcp_not_exposed",
+            ContentBlocked => "content_blocked",
+            GuardrailUnavailable => "guardrail_unavailable",
             A2aNotExposed => "a2a_not_exposed",
             NotFound => "not_found",
             InvalidAdminKey => "invalid_admin_key",

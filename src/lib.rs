@@ -16,6 +16,7 @@ pub mod door;
 pub mod drain;
 pub mod errors;
 pub mod exchange;
+pub mod guardrails;
 pub mod kv;
 pub mod ledger;
 pub mod limits;

@@ -89,6 +89,9 @@ pub struct Metrics {
     pub cache_stored_bytes: IntCounterVec,
     pub cache_tokens_saved: IntCounterVec,
     pub cache_saved_usd: prometheus::Counter,
+    /// Guardrail decisions: `guardrail` (deny_patterns, pii, output_patterns, webhook),
+    /// `action` (block, redact, allow, rewrite, error).
+    pub guardrail_actions: IntCounterVec,
     pub gateway_overhead: HistogramVec,
     pub request_body_bytes: HistogramVec,
     pub response_body_bytes: HistogramVec,
@@ -198,6 +201,7 @@ impl Metrics {
             upstream_attempts: counter(&r, "llm_upstream_attempts_total", "Requests sent to providers", &["provider"]),
             upstream_failures: counter(&r, "llm_upstream_failures_total", "Failed provider requests by reason", &["provider", "reason"]),
             upstream_retries: counter(&r, "llm_upstream_retries_total", "Provider requests retried by reason", &["provider", "reason"]),
+            guardrail_actions: counter(&r, "llm_guardrail_actions_total", "Guardrail decisions by guardrail and action", &["guardrail", "action"]),
             cache_lookups: counter(&r, "llm_cache_lookups_total", "Response cache lookups by result (hit, miss, bypass)", &["result"]),
             cache_stored_bytes: counter(&r, "llm_cache_stored_bytes_total", "Bytes of answers stored in the response cache", &[]),
             cache_tokens_saved: counter(&r, "llm_cache_tokens_saved_total", "Tokens served from the response cache instead of a provider", &["type"]),

@@ -61,6 +61,7 @@ fn key_json(k: &Listed) -> Value {
                 "rpm": l.rpm, "tpm": l.tpm, "max_concurrent": l.max_concurrent,
                 "budget_usd": l.budget_usd, "budget_period": l.budget_period,
                 "expires_at": c.expires, "metadata": c.metadata, "tools": l.tools,
+                "guardrails": l.guardrails,
                 "created_at": null, "updated_at": null, "revoked_at": null, "source": "config"})
         }
         Listed::Store(k) => {
@@ -69,7 +70,8 @@ fn key_json(k: &Listed) -> Value {
                 "owner": k.owner, "team": k.team, "models": s.models, "rpm": s.rpm, "tpm": s.tpm,
                 "max_concurrent": s.max_concurrent, "budget_usd": s.budget_usd,
                 "budget_period": s.budget_period, "expires_at": k.expires_at.map(rfc3339),
-                "metadata": s.metadata, "tools": s.tools, "created_at": rfc3339(k.created_at),
+                "metadata": s.metadata, "tools": s.tools, "guardrails": s.guardrails,
+                "created_at": rfc3339(k.created_at),
                 "updated_at": rfc3339(k.updated_at), "revoked_at": k.revoked_at.map(rfc3339),
                 "source": "store"})
         }
@@ -143,6 +145,7 @@ pub(super) struct Fields {
     pub(super) expires_at: Option<Option<i64>>,
     pub(super) metadata: Option<BTreeMap<String, String>>,
     pub(super) tools: Option<Vec<String>>,
+    pub(super) guardrails: Option<Option<String>>,
 }
 
 pub(super) fn invalid(field: &'static str, what: &str) -> ApiError {
@@ -212,7 +215,7 @@ pub(super) fn fields(body: Map<String, Value>, object: Object) -> Result<Fields,
         if object == Object::Team && key_only {
             return Err(ApiError::of(
                 Code::InvalidField,
-                format!("Unknown field {k:?} (a team has name, rpm, tpm, max_concurrent, budget_usd, budget_period, metadata)"),
+                format!("Unknown field {k:?} (a team has name, rpm, tpm, max_concurrent, budget_usd, budget_period, metadata, guardrails)"),
             ));
         }
         match k.as_str() {
@@ -279,6 +282,7 @@ pub(super) fn fields(body: Map<String, Value>, object: Object) -> Result<Fields,
                 f.metadata = Some(out);
             }
             "tools" => f.tools = Some(strings("tools", v)?),
+            "guardrails" => f.guardrails = Some(opt_string("guardrails", v)?),
             other => {
                 let mut e = ApiError::of(Code::InvalidField, format!("Unknown field {other:?}"));
                 e.param = None;
@@ -329,6 +333,20 @@ impl Fields {
         if let Some(v) = self.tools {
             s.tools = v;
         }
+        if let Some(v) = self.guardrails {
+            s.guardrails = v;
+        }
+    }
+}
+
+/// A guardrail profile named by a key or team must be configured.
+pub(super) fn guardrails_exist(gw: &Gateway, f: &Fields) -> Result<(), ApiError> {
+    match &f.guardrails {
+        Some(Some(p)) if !gw.cfg.guardrails.profiles.contains_key(p) => Err(invalid(
+            "guardrails",
+            &format!("no [guardrails.profiles.{p}] is configured"),
+        )),
+        _ => Ok(()),
     }
 }
 
@@ -379,6 +397,7 @@ async fn create(
     let given: Vec<String> = body.keys().cloned().collect();
     let f = fields(body, Object::Key)?;
     team_exists(gw, &f)?;
+    guardrails_exist(gw, &f)?;
     let Some(name) = f.name.clone() else {
         return Err(invalid("name", "required"));
     };
@@ -439,6 +458,7 @@ async fn update(
     let given: Vec<String> = body.keys().cloned().collect();
     let f = fields(body, Object::Key)?;
     team_exists(gw, &f)?;
+    guardrails_exist(gw, &f)?;
     if let Some(n) = &f.name {
         if *n != key.name && name_taken(gw, n, Some(&key.id)) {
             return Err(duplicate(n));
@@ -496,6 +516,7 @@ async fn usage(gw: &Gateway, id: &str) -> Result<Value, ApiError> {
                 k.name.clone(),
                 LimitsSpec {
                     tools: k.spec.tools.clone(),
+                    guardrails: k.spec.guardrails.clone(),
                     models: s.models.clone(),
                     rpm: s.rpm,
                     tpm: s.tpm,

@@ -46,7 +46,7 @@ fn team_json(t: &StoredTeam) -> Value {
     let s = &t.spec;
     json!({"id": t.id, "object": "team", "name": t.name, "rpm": s.rpm, "tpm": s.tpm,
         "max_concurrent": s.max_concurrent, "budget_usd": s.budget_usd,
-        "budget_period": s.budget_period, "metadata": s.metadata,
+        "budget_period": s.budget_period, "metadata": s.metadata, "guardrails": s.guardrails,
         "created_at": rfc3339(t.created_at), "updated_at": rfc3339(t.updated_at),
         "deleted_at": t.deleted_at.map(rfc3339)})
 }
@@ -79,8 +79,13 @@ fn list(gw: &Gateway, req: &AdminRequest<'_>) -> Result<Value, ApiError> {
 }
 
 /// Applies a body's fields (a team takes the shared limits only) to a team's spec.
-fn apply(body: Map<String, Value>, t: &mut StoredTeam) -> Result<Option<String>, ApiError> {
+fn apply(
+    gw: &Gateway,
+    body: Map<String, Value>,
+    t: &mut StoredTeam,
+) -> Result<Option<String>, ApiError> {
     let f = fields(body, Object::Team)?;
+    super::keys::guardrails_exist(gw, &f)?;
     let name = f.name.clone();
     let mut key = crate::store::keys::StoredKey {
         id: String::new(),
@@ -124,7 +129,7 @@ async fn create(
         updated_at: now,
         deleted_at: None,
     };
-    let Some(name) = apply(body, &mut team)? else {
+    let Some(name) = apply(gw, body, &mut team)? else {
         return Err(invalid("name", "required"));
     };
     team.name = name.clone();
@@ -166,7 +171,7 @@ async fn update(
         ));
     }
     let given: Vec<String> = body.keys().cloned().collect();
-    if let Some(n) = apply(body, &mut team)? {
+    if let Some(n) = apply(gw, body, &mut team)? {
         if n != team.name {
             // Keys name their team: renaming would strand them.
             return Err(invalid(

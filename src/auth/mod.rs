@@ -120,6 +120,7 @@ pub fn limits_of(s: &crate::store::keys::KeySpec) -> LimitsSpec {
         budget_usd: s.budget_usd,
         budget_period: s.budget_period,
         tools: s.tools.clone(),
+        guardrails: s.guardrails.clone(),
     }
 }
 

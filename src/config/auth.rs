@@ -65,6 +65,9 @@ pub struct LimitsSpec {
     /// Tools allowed on `/mcp` and in the server-side MCP loop: `/mcp` names (the loop's
     /// `mcp_` prefix stripped), `*` for any run of characters. Empty: all.
     pub tools: Vec<String>,
+    /// The guardrail profile (`[guardrails.profiles.<name>]`) for this key's requests; unset:
+    /// the top-level rules (or its team's profile).
+    pub guardrails: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]

@@ -208,6 +208,7 @@ pub(super) fn apply(cfg: &mut Config, getenv: GetEnv) -> Result<(), ConfigError>
     apply_mcp(&mut cfg.mcp, getenv)?;
     apply_a2a(&mut cfg.a2a, getenv)?;
     apply_cache(&mut cfg.cache, getenv)?;
+    apply_guardrails(&mut cfg.guardrails, getenv)?;
     set!(cfg.auth.enable, flag(getenv, "AUTH")?);
     if let Some(v) = get(getenv, "AUTH_OIDC_ISSUER") {
         cfg.auth.oidc_issuer = Some(v.trim().to_string());
@@ -379,6 +380,62 @@ fn apply_a2a(a: &mut super::a2a::A2aConfig, getenv: GetEnv) -> Result<(), Config
                 a.agents.push(super::a2a::A2aAgentConfig::from_url(&u));
             }
         }
+    }
+    Ok(())
+}
+
+/// Patterns from the environment: a JSON array of strings, or one pattern when the value is
+/// not JSON.
+fn patterns(getenv: GetEnv, key: &str) -> Result<Option<Vec<String>>, ConfigError> {
+    let Some(v) = get(getenv, key) else {
+        return Ok(None);
+    };
+    if v.trim_start().starts_with('[') {
+        if let Ok(list) = serde_json::from_str::<Vec<String>>(&v) {
+            return Ok(Some(list));
+        }
+        if serde_json::from_str::<serde_json::Value>(&v).is_ok() {
+            return Err(ConfigError(format!(
+                "{key}: expected a JSON array of strings"
+            )));
+        }
+    }
+    Ok(Some(vec![v]))
+}
+
+/// `GUARDRAILS_*`: the top-level rules.
+fn apply_guardrails(
+    g: &mut super::guardrails::GuardrailsConfig,
+    getenv: GetEnv,
+) -> Result<(), ConfigError> {
+    set!(
+        g.deny_patterns,
+        patterns(getenv, "GUARDRAILS_DENY_PATTERNS")?
+    );
+    set!(g.redact_pii, bool_var(getenv, "GUARDRAILS_REDACT_PII")?);
+    set!(
+        g.output_deny_patterns,
+        patterns(getenv, "GUARDRAILS_OUTPUT_DENY_PATTERNS")?
+    );
+    set!(g.output_window, parse(getenv, "GUARDRAILS_OUTPUT_WINDOW")?);
+    if let Some(v) = get(getenv, "GUARDRAILS_WEBHOOK_URL") {
+        g.webhook_url = Some(v.trim().to_string());
+    }
+    set!(
+        g.webhook_timeout,
+        duration(getenv, "GUARDRAILS_WEBHOOK_TIMEOUT")?
+    );
+    if let Some(v) = get(getenv, "GUARDRAILS_WEBHOOK_FAILURE_MODE") {
+        use super::guardrails::WebhookFailureMode;
+        g.webhook_failure_mode = match v.trim().to_ascii_lowercase().as_str() {
+            "fail_closed" => WebhookFailureMode::FailClosed,
+            "fail_open" => WebhookFailureMode::FailOpen,
+            _ => {
+                return Err(ConfigError(format!(
+                    "GUARDRAILS_WEBHOOK_FAILURE_MODE={v:?}: expected fail_closed or fail_open"
+                )))
+            }
+        };
     }
     Ok(())
 }

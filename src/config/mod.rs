@@ -9,6 +9,7 @@ pub mod auth;
 pub mod cache;
 mod duration;
 mod env;
+pub mod guardrails;
 pub mod mcp;
 pub mod models;
 pub mod providers;
@@ -73,6 +74,8 @@ pub struct Config {
     pub a2a: a2a::A2aConfig,
     /// The response cache.
     pub cache: cache::CacheConfig,
+    /// Input and output checks.
+    pub guardrails: guardrails::GuardrailsConfig,
     /// Retries within a provider's pool (providers may override). Unset: two tries for pools
     /// of two or more backends, one for a single backend.
     pub retry: Option<resilience::RetryConfig>,
@@ -485,6 +488,7 @@ impl Default for Config {
             mcp: McpConfig::default(),
             a2a: a2a::A2aConfig::default(),
             cache: Default::default(),
+            guardrails: Default::default(),
             retry: None,
             auth: auth::AuthConfig::default(),
             keys: Vec::new(),
@@ -726,6 +730,17 @@ impl Config {
         self.mcp.validate()?;
         self.a2a.validate()?;
         self.cache.validate()?;
+        self.guardrails.validate()?;
+        for k in &self.keys {
+            if let Some(g) = &k.limits.guardrails {
+                if !self.guardrails.profiles.contains_key(g) {
+                    return Err(ConfigError(format!(
+                        "keys.{}: guardrails = {g:?} names no [guardrails.profiles.{g}]",
+                        k.name
+                    )));
+                }
+            }
+        }
         if let Some(r) = &self.retry {
             r.validate("retry")?;
         }

@@ -561,3 +561,39 @@ fn cache_settings() {
         "unknown keys refused"
     );
 }
+
+#[test]
+fn guardrail_settings() {
+    let cfg = load(
+        "[guardrails]\nredact_pii = true\n[guardrails.profiles.strict]\ndeny_patterns = [\"x\"]\n[[keys]]\nname = \"k\"\nhash = \"sha256:0000000000000000000000000000000000000000000000000000000000000000\"\nguardrails = \"strict\"\n",
+        &[
+            ("GUARDRAILS_DENY_PATTERNS", r#"["a+", "b"]"#),
+            ("GUARDRAILS_OUTPUT_DENY_PATTERNS", "[0-9]{4} secret"),
+            ("GUARDRAILS_WEBHOOK_FAILURE_MODE", "fail_open"),
+        ],
+    )
+    .unwrap();
+    let g = &cfg.guardrails;
+    assert_eq!(g.deny_patterns, ["a+", "b"]);
+    assert_eq!(
+        g.output_deny_patterns,
+        ["[0-9]{4} secret"],
+        "one pattern when not JSON"
+    );
+    assert!(g.redact_pii && g.profiles.contains_key("strict"));
+    assert_eq!(
+        g.webhook_failure_mode,
+        super::guardrails::WebhookFailureMode::FailOpen
+    );
+    // A bad regex, an unknown profile, a bad failure mode: refused, naming the setting.
+    let e = load("[guardrails]\ndeny_patterns = [\"(\"]\n", &[]).unwrap_err();
+    assert!(e.0.contains("guardrails.deny_patterns"), "{}", e.0);
+    let e = load(
+        "[[keys]]\nname = \"k\"\nhash = \"sha256:0000000000000000000000000000000000000000000000000000000000000000\"\nguardrails = \"nope\"\n",
+        &[],
+    )
+    .unwrap_err();
+    assert!(e.0.contains("guardrails.profiles.nope"), "{}", e.0);
+    let e = load("", &[("GUARDRAILS_WEBHOOK_FAILURE_MODE", "maybe")]).unwrap_err();
+    assert!(e.0.contains("GUARDRAILS_WEBHOOK_FAILURE_MODE"), "{}", e.0);
+}

@@ -12,6 +12,7 @@ pub(crate) mod admission;
 mod cached;
 mod client;
 mod dispatch;
+mod guarded;
 mod plan;
 mod relay;
 pub mod tool_loop;
@@ -227,6 +228,8 @@ impl<'g> Exchange<'g, '_> {
                 return Ok(());
             }
         } else {
+            // Input guardrails, then the cache, then admission.
+            self.input_guardrails(&mut obj, &model).await?;
             // The cache answers before admission; a hit is admitted as a request only.
             let will_loop = ep == Endpoint::Chat
                 && tool_loop::active_tools(self.gw, self.session).is_some()

@@ -242,6 +242,15 @@ impl<'g> Exchange<'g, '_> {
     ) -> Result<(), ApiError> {
         let (status, body, content_type) =
             read_openai_body(self.gw, self.ctx, resp, route, plan).await?;
+        // Output guardrails see the answer before it is kept or sent.
+        let body = match self.ctx.output_guard.clone() {
+            Some(p) if plan.relayed.is_none() && status == 200 => {
+                super::guarded::check_whole(self.gw, self.ctx, &p, body)
+                    .await
+                    .0
+            }
+            _ => body,
+        };
         if let Some(door) = plan.relayed {
             (self.ctx.answer.usage, self.ctx.answer.tool_calls) = door.relay_usage(&body);
         } else {
@@ -290,6 +299,16 @@ impl<'g> Exchange<'g, '_> {
         // folded into a whole answer once it ends cleanly.
         let mut kept = (self.ctx.cache_key.is_some() && plan.relayed.is_none()).then(BytesMut::new);
         let keep_limit = self.gw.cfg.cache.max_entry_bytes.saturating_mul(4);
+        // Output guardrails: text held back by a window and checked before it is written.
+        let mut guard = self
+            .ctx
+            .output_guard
+            .as_ref()
+            .filter(|_| plan.relayed.is_none())
+            .and_then(|p| {
+                let set = p.output.clone()?;
+                Some(filters::guard::StreamGuard::new(set, p.window))
+            });
         loop {
             let waited = Instant::now();
             let next = unless_client_leaves(self.session, resp.read_chunk()).await;
@@ -301,11 +320,26 @@ impl<'g> Exchange<'g, '_> {
                 break;
             };
             let end = feed_read(self.ctx, provider, relay.as_mut(), next, &mut out.buf);
-            let last = end.is_some();
+            let mut last = end.is_some();
             if let Some(end) = end {
                 clean = end == StreamEnd::Clean;
                 if !clean {
                     self.ctx.answer.error = Some("upstream_stream_error");
+                }
+            }
+            if let Some(g) = &mut guard {
+                let input = out.buf.split();
+                if g.feed(&input, &mut out.buf) == filters::guard::Verdict::Blocked {
+                    // Ended here with content_filter: nothing more is read or kept.
+                    last = true;
+                    clean = false;
+                    kept = None;
+                    self.ctx.cache_key = None;
+                    if let Some(m) = &self.gw.metrics {
+                        m.guardrail_actions
+                            .with_label_values(&["output_patterns", "block"])
+                            .inc();
+                    }
                 }
             }
             if let Some(k) = &mut kept {

@@ -62,6 +62,8 @@ pub struct Gateway {
     pub mcp_server: crate::mcp::server::McpServer,
     /// The response cache (`cache.enable`).
     pub cache: Option<Arc<crate::cache::ResponseCache>>,
+    /// Input and output checks (any `[guardrails]` rule).
+    pub guardrails: Option<Arc<crate::guardrails::Guardrails>>,
     log_format: LogFormat,
     /// `store.log_bodies` with a request log to keep them in.
     log_bodies: bool,
@@ -100,6 +102,7 @@ impl Gateway {
         }
         Gateway {
             cache: crate::cache::ResponseCache::from_config(&cfg).map(Arc::new),
+            guardrails: crate::guardrails::Guardrails::from_config(&cfg).map(Arc::new),
             mcp_server: crate::mcp::server::McpServer::new(&cfg),
             control,
             auth,
@@ -144,6 +147,8 @@ pub struct RequestCtx {
     pub cache: Option<crate::cache::Status>,
     /// A miss that may be stored: the entry's key, taken when the answer is complete.
     pub cache_key: Option<String>,
+    /// The caller's guardrail profile when it checks answers.
+    pub output_guard: Option<Arc<crate::guardrails::Profile>>,
     pub bytes_in: usize,
     /// The prompt's size when the door added to what the client sent (a stored conversation
     /// expanded from `previous_response_id`): what limits and estimates count.
@@ -331,6 +336,7 @@ impl ProxyHttp for Gateway {
             model: None,
             cache: None,
             cache_key: None,
+            output_guard: None,
             bytes_in: 0,
             prompt_bytes: None,
             tool_wait: std::time::Duration::ZERO,

@@ -27,6 +27,9 @@ pub struct KeySpec {
     /// MCP/A2A tool allowlist (names as `/mcp` lists them; `*` wildcards).
     #[serde(default)]
     pub tools: Vec<String>,
+    /// Guardrail profile name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guardrails: Option<String>,
     #[serde(default)]
     pub metadata: BTreeMap<String, String>,
 }

@@ -18,6 +18,7 @@ mod cli;
 mod dialects;
 mod doors;
 mod gateway;
+mod guardrails;
 mod igw;
 mod mcp;
 mod metrics;
