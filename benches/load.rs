@@ -17,6 +17,9 @@
 //! - `auth`: the cost of keys and limits (open, key, key + limits in memory, in Redis; with a
 //!   store: a file key against the same key from the admin API, and the request log), each
 //!   cell BENCH_REPEATS (3) times round robin, medians;
+//! - `features`: the response cache (every request a hit) and guardrails (input patterns, PII
+//!   redaction, output patterns) against the plain gateway, non-stream 1 KB and 200-chunk
+//!   streams, BENCH_REPEATS (3) rounds, medians;
 //! - `soak`: non-stream 1 KB load on the gateway for BENCH_SOAK_SECONDS (60) or until
 //!   BENCH_SOAK_REQUESTS (1,000,000), RSS sampled every second: start, peak, end (memory must
 //!   plateau);
@@ -45,6 +48,7 @@ fn main() {
         _ => match std::env::var("BENCH_MODE").as_deref() {
             Ok("soak") => soak(),
             Ok("auth") => auth(),
+            Ok("features") => features(),
             Ok("scale") => scale(),
             _ => drive(),
         },
@@ -539,6 +543,91 @@ fn drive() {
     let doc = serde_json::json!({"concurrency": concurrency, "seconds": seconds, "threads": threads, "results": results});
     std::fs::write(&path, serde_json::to_string_pretty(&doc).unwrap()).unwrap();
     println!("results written to {}", path.display());
+}
+
+// ------------------------------------------------------------------------------ features
+
+/// The cost of the response cache and of guardrails: the same loads on a plain gateway, one
+/// with the cache on (every request after the first is a hit: the bench sends one request
+/// body) and one with guardrails (input deny patterns, PII redaction, output patterns with the
+/// stream window), each cell `BENCH_REPEATS` (3) times round robin, medians, ratios to plain.
+/// One round of a cell: RPS, p50, p99, TTFT p50 (µs), errors.
+type Round = (f64, u64, u64, u64, u64);
+
+fn features() {
+    let concurrency = env_num("BENCH_CONCURRENCY", 32);
+    let seconds = env_num("BENCH_SECONDS", 5);
+    let threads = env_num("BENCH_GATEWAY_THREADS", 1);
+    let mock = spawn_role("mock (direct)", "mock", &[]);
+    let guard_env = [
+        (
+            "GUARDRAILS_DENY_PATTERNS",
+            r#"["(?i)forbidden topic","(?i)rm -rf /"]"#.to_string(),
+        ),
+        ("GUARDRAILS_REDACT_PII", "true".to_string()),
+        (
+            "GUARDRAILS_OUTPUT_DENY_PATTERNS",
+            "(?i)secret plan".to_string(),
+        ),
+    ];
+    let cells: Vec<(&str, Proc)> = vec![
+        ("plain", spawn_gateway(mock.port, threads, false)),
+        (
+            "cache (hits)",
+            spawn_gateway_with(
+                mock.port,
+                threads,
+                false,
+                &[("CACHE_ENABLE", "true".to_string())],
+                None,
+            ),
+        ),
+        (
+            "guardrails",
+            spawn_gateway_with(mock.port, threads, false, &guard_env, None),
+        ),
+    ];
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let repeats = env_num("BENCH_REPEATS", 3).max(1) as usize;
+    println!("features: concurrency {concurrency}, {seconds} s per cell, median of {repeats} rounds, {threads} gateway thread(s)\n");
+    println!(
+        "{:<20} {:<14} {:>10} {:>9} {:>9} {:>10} {:>7} {:>9}",
+        "scenario", "gateway", "RPS", "p50 us", "p99 us", "TTFT p50", "errors", "vs plain"
+    );
+    for scenario in [SCENARIOS[0], SCENARIOS[2]] {
+        let mut runs: Vec<Vec<Round>> = vec![Vec::new(); cells.len()];
+        for _ in 0..repeats {
+            for (i, (_, p)) in cells.iter().enumerate() {
+                let (mut st, secs) = rt.block_on(load(p.port, scenario, concurrency, seconds));
+                let rps = st.latencies_us.len() as f64 / secs;
+                let (p50, p99) = (
+                    pct(&mut st.latencies_us, 0.5),
+                    pct(&mut st.latencies_us, 0.99),
+                );
+                let t50 = pct(&mut st.ttft_us, 0.5);
+                runs[i].push((rps, p50, p99, t50, st.errors));
+            }
+        }
+        let median = |v: &[Round]| {
+            let mut v = v.to_vec();
+            v.sort_by(|a, b| a.0.total_cmp(&b.0));
+            v[v.len() / 2]
+        };
+        let plain = median(&runs[0]).0;
+        for ((name, _), r) in cells.iter().zip(&runs) {
+            let (rps, p50, p99, t50, errors) = median(r);
+            println!(
+                "{:<20} {name:<14} {rps:>10.0} {p50:>9} {p99:>9} {t50:>10} {errors:>7} {:>9.2}",
+                scenario.name,
+                rps / plain
+            );
+        }
+        println!();
+    }
 }
 
 // ---------------------------------------------------------------------------------- auth

@@ -172,12 +172,13 @@ pub struct StreamGuard {
     patterns: RegexSet,
     window: usize,
     decoder: SseDecoder,
-    /// Text received and not yet released.
-    held: String,
-    /// The last `window` characters released (a match may start in them).
-    released_tail: String,
-    /// The last chunk seen, as a template for the chunks written here.
-    template: Option<serde_json::Map<String, Value>>,
+    /// The last `window` characters released (a match may start in them), then the text
+    /// received and not yet released (from `held_from`): one buffer, searched as it is.
+    text: String,
+    held_from: usize,
+    /// The stream's chunk fields other than `choices` and `usage` (`id`, `model`, ...) as the
+    /// start of the chunks written here: `{...,"choices":`. Taken from the first chunk.
+    head: Option<Vec<u8>>,
     blocked: bool,
 }
 
@@ -187,68 +188,78 @@ impl StreamGuard {
             patterns,
             window: window.max(1),
             decoder: SseDecoder::new(),
-            held: String::new(),
-            released_tail: String::new(),
-            template: None,
+            text: String::new(),
+            held_from: 0,
+            head: None,
             blocked: false,
         }
     }
 
     fn matches(&self) -> bool {
-        let mut probe = String::with_capacity(self.released_tail.len() + self.held.len());
-        probe.push_str(&self.released_tail);
-        probe.push_str(&self.held);
-        self.patterns.is_match(&probe)
+        self.patterns.is_match(&self.text)
+    }
+
+    fn set_head(&mut self, chunk: &serde_json::Map<String, Value>) {
+        if self.head.is_some() {
+            return;
+        }
+        let mut h = chunk.clone();
+        h.remove("choices");
+        h.remove("usage");
+        let mut bytes = serde_json::to_vec(&h).unwrap_or_else(|_| b"{}".to_vec());
+        bytes.pop();
+        if bytes.len() > 1 {
+            bytes.push(b',');
+        }
+        bytes.extend_from_slice(b"\"choices\":");
+        self.head = Some(bytes);
     }
 
     fn chunk_with(&self, delta: Value, finish: Value) -> Vec<u8> {
-        let mut c = self.template.clone().unwrap_or_default();
-        c.insert(
-            "object".into(),
-            Value::String("chat.completion.chunk".into()),
-        );
-        c.remove("usage");
-        c.insert(
-            "choices".into(),
-            serde_json::json!([{"index": 0, "delta": delta, "finish_reason": finish}]),
-        );
-        serde_json::to_vec(&c).unwrap_or_default()
+        let mut c = self
+            .head
+            .clone()
+            .unwrap_or_else(|| b"{\"object\":\"chat.completion.chunk\",\"choices\":".to_vec());
+        let choices = serde_json::json!([{"index": 0, "delta": delta, "finish_reason": finish}]);
+        let _ = serde_json::to_writer(&mut c, &choices);
+        c.push(b'}');
+        c
     }
 
     /// Releases held text down to the window (`all`: everything).
     fn release(&mut self, all: bool, out: &mut bytes::BytesMut) {
         let keep = if all { 0 } else { self.window };
-        let chars = self.held.chars().count();
+        let held = &self.text[self.held_from..];
+        let chars = held.chars().count();
         if chars <= keep {
             return;
         }
-        let cut = self
-            .held
-            .char_indices()
-            .nth(chars - keep)
-            .map_or(self.held.len(), |(i, _)| i);
-        let text: String = self.held.drain(..cut).collect();
-        self.released_tail.push_str(&text);
-        let extra = self
-            .released_tail
-            .chars()
-            .count()
-            .saturating_sub(self.window);
-        if extra > 0 {
-            let at = self
-                .released_tail
+        let cut = self.held_from
+            + held
                 .char_indices()
-                .nth(extra)
-                .map_or(self.released_tail.len(), |(i, _)| i);
-            self.released_tail.drain(..at);
+                .nth(chars - keep)
+                .map_or(held.len(), |(i, _)| i);
+        let released = self.text[self.held_from..cut].to_string();
+        self.held_from = cut;
+        // What was released before the window is no longer needed.
+        let tail_chars = self.text[..self.held_from].chars().count();
+        if tail_chars > self.window {
+            let at = self
+                .text
+                .char_indices()
+                .nth(tail_chars - self.window)
+                .map_or(self.held_from, |(i, _)| i);
+            self.text.drain(..at);
+            self.held_from -= at;
         }
-        let chunk = self.chunk_with(serde_json::json!({"content": text}), Value::Null);
+        let chunk = self.chunk_with(serde_json::json!({"content": released}), Value::Null);
         sse::encode_data(&chunk, out);
     }
 
     fn block(&mut self, out: &mut bytes::BytesMut) -> Verdict {
         self.blocked = true;
-        self.held.clear();
+        self.text.clear();
+        self.held_from = 0;
         let chunk = self.chunk_with(
             serde_json::json!({}),
             Value::String("content_filter".into()),
@@ -283,9 +294,7 @@ impl StreamGuard {
                 out.extend_from_slice(&ev.raw);
                 continue;
             };
-            let mut template = chunk.clone();
-            template.remove("choices");
-            self.template = Some(template);
+            self.set_head(&chunk);
             let choice0 = chunk
                 .get_mut("choices")
                 .and_then(Value::as_array_mut)
@@ -307,7 +316,7 @@ impl StreamGuard {
                 .filter(|f| !f.is_null())
                 .cloned();
             if let Some(t) = text.filter(|t| !t.is_empty()) {
-                self.held.push_str(&t);
+                self.text.push_str(&t);
                 if let Some(d) = choice.get_mut("delta").and_then(Value::as_object_mut) {
                     d.remove("content");
                 }

@@ -97,9 +97,15 @@ impl<'g> Exchange<'g, '_> {
         }
         let (no_cache, no_store) = cache_control(self.session);
         let principal = self.ctx.caller.principal.as_ref().map(|p| p.id.as_str());
+        // Answers checked by one guardrail profile never serve callers of another (a shared
+        // scope mixes callers).
+        let label = match &self.ctx.output_guard {
+            Some(p) => format!("{label}|guardrails:{}", p.name),
+            None => label.to_string(),
+        };
         let Some(key) = cache.key(
             principal,
-            label,
+            &label,
             &route.provider.name,
             &route.upstream_model,
             raw,
