@@ -174,15 +174,16 @@ pub async fn models(gw: &Gateway, provider: Option<&str>, as_json: bool) -> Resu
     Ok(())
 }
 
+/// Everything but RFC 3986's unreserved characters (`/` included: an id never climbs a path).
+const ENCODED: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
+
+/// A query value or path segment, percent-encoded.
 fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
+    percent_encoding::utf8_percent_encode(s, ENCODED).to_string()
 }
 
 #[derive(Args, Debug)]

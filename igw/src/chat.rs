@@ -95,7 +95,12 @@ pub async fn stream_chat(
                     .unwrap_or("the stream failed")
                     .to_string();
                 return Err(if answer.text.is_empty() {
-                    Failure::Gateway { status, message }
+                    // An error event before any text: an answer the gateway would have given
+                    // with an error status had the stream not started (an upstream failure).
+                    Failure::Gateway {
+                        status: e["status"].as_u64().map_or(502, |s| s as u16),
+                        message,
+                    }
                 } else {
                     Failure::Transport(format!("the stream broke off mid-answer: {message}"))
                 });

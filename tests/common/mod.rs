@@ -430,6 +430,15 @@ pub fn chat_completion(model: &str, content: &str) -> String {
     .to_string()
 }
 
+/// A provider's `GET /v1/models` answer listing `gpt-4o-mini` (for mocks that also answer
+/// the gateway's model listing).
+pub fn models_list() -> Vec<Step> {
+    json_response(
+        200,
+        r#"{"object":"list","data":[{"id":"gpt-4o-mini","object":"model","owned_by":"openai"}]}"#,
+    )
+}
+
 /// An OpenAI stream: role chunk, one chunk per piece of content, finish chunk, optional usage
 /// chunk, `[DONE]`.
 pub fn chat_stream(model: &str, pieces: &[&str], usage: bool) -> String {

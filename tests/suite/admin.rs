@@ -191,6 +191,11 @@ async fn key_lifecycle_on_sqlite() {
         ),
         (json!({"name": "b c"}), json!("name")),
         (json!({"rpm": 1}), json!("name")),
+        // A guardrail profile the configuration does not have.
+        (
+            json!({"name": "b", "guardrails": "nope"}),
+            json!("guardrails"),
+        ),
         (json!({"name": "b", "colour": "red"}), Value::Null),
     ] {
         let r = admin(a, "POST", "/admin/v1/keys", &body).await;

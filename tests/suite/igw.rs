@@ -64,10 +64,7 @@ fn code(o: &Output) -> i32 {
 async fn upstream() -> MockUpstream {
     MockUpstream::start(|req| {
         if req.body.is_empty() {
-            return json_response(
-                200,
-                r#"{"object":"list","data":[{"id":"gpt-4o-mini","object":"model","owned_by":"openai"}]}"#,
-            );
+            return models_list();
         }
         let body = req.json();
         let model = body["model"].as_str().unwrap_or("").to_string();
