@@ -33,6 +33,36 @@ pub fn free_port() -> u16 {
     inference_gateway::testing::free_port()
 }
 
+/// A port where connections are refused, held until dropped or released: the socket is bound
+/// but never listens. A port from [`free_port`] alone may be handed by the kernel to a
+/// concurrent test's mock (bound to port 0), which then receives this test's retries and
+/// probes (an A2A agent "down at start" is polled for its card, for instance).
+pub struct DeadPort {
+    socket: Option<tokio::net::TcpSocket>,
+    pub port: u16,
+}
+
+impl DeadPort {
+    pub fn new() -> Self {
+        // No SO_REUSEADDR: every other bind to this port conflicts while we hold it.
+        let socket = tokio::net::TcpSocket::new_v4().expect("a TCP socket");
+        socket
+            .bind("127.0.0.1:0".parse().unwrap())
+            .expect("bind 127.0.0.1:0");
+        let port = socket.local_addr().unwrap().port();
+        DeadPort {
+            socket: Some(socket),
+            port,
+        }
+    }
+
+    /// Frees the port for a server the test starts on it.
+    pub fn release(&mut self) -> u16 {
+        self.socket = None;
+        self.port
+    }
+}
+
 pub fn temp_dir(tag: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("igw-{tag}-{}-{}", std::process::id(), free_port()));
     std::fs::create_dir_all(&d).unwrap();
@@ -162,7 +192,15 @@ impl Recorded {
             .map(|(_, v)| v.as_str())
     }
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body).expect("upstream got JSON")
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "upstream got no JSON ({e}): {} {} {:?} body {:?}",
+                self.method,
+                self.path,
+                self.headers,
+                String::from_utf8_lossy(&self.body)
+            )
+        })
     }
 }
 

@@ -100,8 +100,22 @@ fn openai_state(req: &Value) -> (String, usize, Vec<String>) {
 
 const USAGE: (u64, u64) = (10, 5);
 
+/// What a provider answers to a request for a route it does not have. The model mocks answer
+/// anything but their chat route with it instead of panicking on a missing body.
+fn not_found(req: &Recorded) -> Vec<Step> {
+    json_response(
+        404,
+        &json!({"error": {"message": format!("no route {} {}", req.method, req.path),
+            "type": "not_found_error"}})
+        .to_string(),
+    )
+}
+
 /// An OpenAI-compatible model that follows [`script`], streaming or not as asked.
 pub fn openai_model(req: &Recorded) -> Vec<Step> {
+    if req.method != "POST" || !req.path.ends_with("/chat/completions") {
+        return not_found(req);
+    }
     let body = req.json();
     let (prompt, round, results) = openai_state(&body);
     let act = script(&prompt, round, &results);
@@ -176,6 +190,9 @@ pub fn openai_model(req: &Recorded) -> Vec<Step> {
 
 /// An Anthropic Messages model that follows [`script`].
 pub fn anthropic_model(req: &Recorded) -> Vec<Step> {
+    if req.method != "POST" || !req.path.ends_with("/messages") {
+        return not_found(req);
+    }
     let body = req.json();
     let msgs = body["messages"].as_array().unwrap();
     let prompt = match &msgs[0]["content"] {
@@ -365,6 +382,9 @@ pub fn anthropic_model(req: &Recorded) -> Vec<Step> {
 /// thought signatures: every model turn with function calls must come back with the signature
 /// it was sent with on its first call (or Google's documented placeholder), else 400.
 pub fn gemini_model(req: &Recorded) -> Vec<Step> {
+    if req.method != "POST" || !req.path.contains(":") {
+        return not_found(req);
+    }
     let body = req.json();
     let contents = body["contents"].as_array().unwrap();
     let prompt = contents[0]["parts"][0]["text"]
@@ -448,6 +468,9 @@ pub fn gemini_model(req: &Recorded) -> Vec<Step> {
 /// A Cohere v2 chat model that follows [`script`] in Cohere's wire format, enforcing its
 /// rules: `p` within 0.01-0.99, tool results as `tool` messages naming a call id it sent.
 pub fn cohere_model(req: &Recorded) -> Vec<Step> {
+    if req.method != "POST" || !req.path.ends_with("/chat") {
+        return not_found(req);
+    }
     let body = req.json();
     if let Some(p) = body["p"].as_f64() {
         if !(0.01..=0.99).contains(&p) {

@@ -443,7 +443,8 @@ async fn upstream_errors_pass_through_in_the_envelope() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn connect_failure_is_502_and_slow_first_byte_is_504() {
-    let dead = free_port(); // nothing listens here
+    let dead = DeadPort::new();
+    let dead = dead.port;
     let slow =
         MockUpstream::start(|_| vec![Step::Sleep(Duration::from_secs(5)), Step::Close]).await;
     let mut env = provider_env(&[
@@ -735,7 +736,8 @@ async fn raw_proxy_pass_through() {
     assert_eq!(r.status, 404);
     // Upstream down: JSON 502.
     drop(gw);
-    let dead = free_port();
+    let dead = DeadPort::new();
+    let dead = dead.port;
     let gw = GatewayProcess::start(
         &provider_env(&[("openai", format!("http://127.0.0.1:{dead}/v1"))]),
         None,

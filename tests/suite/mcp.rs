@@ -492,8 +492,8 @@ async fn client_disconnect_mid_loop_cancels_the_tool_and_the_loop() {
 
 #[tokio::test]
 async fn server_down_at_start_then_up_reconnects_and_tools_appear() {
-    let port = free_port();
-    let url = format!("http://127.0.0.1:{port}/mcp");
+    let mut dead = DeadPort::new();
+    let url = format!("http://127.0.0.1:{}/mcp", dead.port);
     let model = MockUpstream::start(openai_model).await;
     let mut env = provider_env(&[("openai", model.url("/v1"))]);
     env.extend([
@@ -524,7 +524,7 @@ async fn server_down_at_start_then_up_reconnects_and_tools_appear() {
     }
     // Past the retries, into the reconnect interval, the server comes up.
     tokio::time::sleep(Duration::from_millis(800)).await;
-    let mcp = HttpMcpServer::start(port).await;
+    let mcp = HttpMcpServer::start(dead.release()).await;
     let v = wait_for_tools(&gw, 4).await;
     assert_eq!(v["servers"][0]["healthy"], true);
     let r = post_chat(gw.addr(), &chat("add", false)).await;
@@ -1960,7 +1960,7 @@ async fn a2a_agents_are_tools() {
         check.status.success(),
         "the a2a-sdk Python package is missing: run `make test` (it installs it)"
     );
-    let (p1, p2) = (free_port(), free_port());
+    let (p1, mut p2) = (free_port(), DeadPort::new());
     let _echo = Agent::start(p1, "Echo Agent", "1.0,0.3");
     let model = MockUpstream::start(openai_model).await;
     let mut env = provider_env(&[("openai", model.url("/v1"))]);
@@ -1969,7 +1969,7 @@ async fn a2a_agents_are_tools() {
     env.push(("MCP_EXPOSE", "true".into()));
     env.push((
         "A2A_AGENTS",
-        format!("http://127.0.0.1:{p1},http://127.0.0.1:{p2}"),
+        format!("http://127.0.0.1:{p1},http://127.0.0.1:{}", p2.port),
     ));
     env.push(("A2A_CLIENT_TIMEOUT", "2s".into()));
     let gw = GatewayProcess::start(&env, None);
@@ -2009,7 +2009,7 @@ async fn a2a_agents_are_tools() {
     assert!(offered.contains("a2a_echo_agent_ask"), "{offered}");
 
     // The second agent comes up later and speaks only 0.3: a streamed loop through it.
-    let _old = Agent::start(p2, "Old Agent", "0.3");
+    let _old = Agent::start(p2.release(), "Old Agent", "0.3");
     let second = wait_for_agent(&gw, 1).await;
     assert_eq!(second["protocol_version"], "0.3", "{second}");
     let r = post_chat(a, &chat("agent-old", true)).await;

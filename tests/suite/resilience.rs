@@ -54,7 +54,8 @@ fn status_of(v: &Value, provider: &str, i: usize) -> String {
 #[tokio::test]
 async fn one_of_two_backends_down_every_request_succeeds() {
     let a = MockUpstream::start(ok_backend("a")).await;
-    let dead = format!("http://127.0.0.1:{}/v1", free_port());
+    let dead_port = DeadPort::new();
+    let dead = format!("http://127.0.0.1:{}/v1", dead_port.port);
     let toml = pool_toml(&[(a.url("/v1"), 1), (dead, 1)], "");
     let gw = GatewayProcess::start(&[], Some(&toml));
     for i in 0..20 {
@@ -220,9 +221,10 @@ async fn whole_pool_down_falls_back_along_the_chain() {
     );
     // openai is configured at a dead address: the chain goes past it too.
     let mut env = provider_env(&[("anthropic", claude.url("/v1"))]);
+    let dead = DeadPort::new();
     env.push((
         "OPENAI_API_URL",
-        format!("http://127.0.0.1:{}/v1", free_port()),
+        format!("http://127.0.0.1:{}/v1", dead.port),
     ));
     env.push(("OPENAI_API_KEY", "sk-test".into()));
     let gw = GatewayProcess::start(&env, Some(&toml));
