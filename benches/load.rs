@@ -17,8 +17,9 @@
 //! - `auth`: the cost of keys and limits (open, key, key + limits in memory, in Redis; with a
 //!   store: a file key against the same key from the admin API, and the request log), each
 //!   cell BENCH_REPEATS (3) times round robin, medians;
-//! - `features`: the response cache (every request a hit) and guardrails (input patterns, PII
-//!   redaction, output patterns) against the plain gateway, non-stream 1 KB and 200-chunk
+//! - `features`: the response cache (every request a hit), guardrails (input patterns, PII
+//!   redaction, output patterns) and tracing (every request, and 1%, exported to a sink)
+//!   against the plain gateway, non-stream 1 KB and 200-chunk
 //!   streams, BENCH_REPEATS (3) rounds, medians;
 //! - `soak`: non-stream 1 KB load on the gateway for BENCH_SOAK_SECONDS (60) or until
 //!   BENCH_SOAK_REQUESTS (1,000,000), RSS sampled every second: start, peak, end (memory must
@@ -570,8 +571,38 @@ fn features() {
             "(?i)secret plan".to_string(),
         ),
     ];
+    // Where traced gateways export (another mock: it answers any POST with 200).
+    let sink = spawn_role("OTLP sink", "mock", &[]);
+    let otlp = |sampler: &[(&'static str, &str)]| {
+        let mut env = vec![
+            (
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+                format!("http://127.0.0.1:{}", sink.port),
+            ),
+            ("OTEL_BSP_SCHEDULE_DELAY", "1000".to_string()),
+        ];
+        env.extend(sampler.iter().map(|(k, v)| (*k, v.to_string())));
+        env
+    };
     let cells: Vec<(&str, Proc)> = vec![
         ("plain", spawn_gateway(mock.port, threads, false)),
+        (
+            "tracing 100%",
+            spawn_gateway_with(mock.port, threads, false, &otlp(&[]), None),
+        ),
+        (
+            "tracing 1%",
+            spawn_gateway_with(
+                mock.port,
+                threads,
+                false,
+                &otlp(&[
+                    ("OTEL_TRACES_SAMPLER", "traceidratio"),
+                    ("OTEL_TRACES_SAMPLER_ARG", "0.01"),
+                ]),
+                None,
+            ),
+        ),
         (
             "cache (hits)",
             spawn_gateway_with(

@@ -7,7 +7,8 @@
 #          (RSA keys for the OIDC tests), the PostgreSQL server (the store's tests start a
 #          cluster of their own on a free port, run as the `postgres` user), Chromium and
 #          ChromeDriver (the web UI's tests drive a headless browser through WebDriver), tmux
-#          (igw's interactive chat is tested in a real terminal)
+#          (igw's interactive chat is tested in a real terminal), opentelemetry-proto (the
+#          OTLP receiver of the tracing tests decodes spans with OpenTelemetry's own bindings)
 # Usage: scripts/deps.sh build|test
 set -euo pipefail
 what="${1:-build}"
@@ -66,6 +67,14 @@ if [ "$what" = "test" ]; then
       || python3 -m pip install -q --disable-pip-version-check --break-system-packages "a2a-sdk[http-server]>=1.3,<2" uvicorn
   fi
   python3 -c "from importlib.metadata import version; print('deps: a2a-sdk', version('a2a-sdk'))"
+  # OpenTelemetry's published protobuf bindings: the tests' OTLP receiver decodes the exported
+  # spans with them (not with the gateway's own message types).
+  if ! python3 -c "import opentelemetry.proto.collector.trace.v1.trace_service_pb2" >/dev/null 2>&1; then
+    echo "deps: installing opentelemetry-proto"
+    python3 -m pip install -q --disable-pip-version-check "opentelemetry-proto>=1.30" 2>/dev/null \
+      || python3 -m pip install -q --disable-pip-version-check --break-system-packages "opentelemetry-proto>=1.30"
+  fi
+  python3 -c "from importlib.metadata import version; print('deps: opentelemetry-proto', version('opentelemetry-proto'))"
   # The browser must be a real one: Ubuntu's `chromium` package is a stub that wants snapd.
   for b in chromium chromedriver; do
     p="$(readlink -f "$(command -v "$b")")"

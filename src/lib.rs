@@ -23,6 +23,7 @@ pub mod limits;
 pub mod mcp;
 pub mod metrics;
 pub mod model_list;
+pub mod otel;
 pub mod pool;
 pub mod providers;
 pub mod proxy;
@@ -222,6 +223,21 @@ pub fn build_server(cfg: Config, launch: Launch) -> Result<(Server, String), Str
         pools.clone(),
         control,
     );
+    if let Some(t) = &gateway.tracer {
+        server.add_service(background_service(
+            "otel-export",
+            otel::export::ExportService(t.clone()),
+        ));
+        info!(
+            "tracing: OTLP {:?} to {} (sampler {}{})",
+            cfg.otel.exporter_otlp_protocol,
+            store::redacted(&t.url()),
+            cfg.otel.traces_sampler,
+            cfg.otel
+                .traces_sampler_arg
+                .map_or(String::new(), |r| format!(", ratio {r}"))
+        );
+    }
     if let Some(s) = &gateway.stats {
         server.add_service(background_service(
             "admin-stats",

@@ -35,6 +35,34 @@ const BYTES_BUCKETS: &[f64] = &[
     256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0, 4194304.0, 16777216.0,
 ];
 
+// The GenAI semantic conventions' advised bucket boundaries.
+const GENAI_TOKEN_BUCKETS: &[f64] = &[
+    1.0, 4.0, 16.0, 64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0, 4194304.0,
+    16777216.0, 67108864.0,
+];
+const GENAI_DURATION_BUCKETS: &[f64] = &[
+    0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92,
+];
+const GENAI_TTFT_BUCKETS: &[f64] = &[
+    0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+];
+/// The conventions' attributes as labels (dots become underscores, as their Prometheus
+/// exporter writes them).
+const GENAI_LABELS: &[&str] = &[
+    "gen_ai_operation_name",
+    "gen_ai_provider_name",
+    "gen_ai_request_model",
+    "gen_ai_response_model",
+    "error_type",
+];
+const GENAI_TOKEN_LABELS: &[&str] = &[
+    "gen_ai_operation_name",
+    "gen_ai_provider_name",
+    "gen_ai_request_model",
+    "gen_ai_response_model",
+    "gen_ai_token_type",
+];
+
 pub const REQUEST_LABELS: &[&str] = &["provider", "request_method", "request_path", "status_code"];
 const TOKEN_LABELS: &[&str] = &["provider", "model"];
 const TOOL_LABELS: &[&str] = &["provider", "model", "tool_type", "tool_name"];
@@ -93,6 +121,12 @@ pub struct Metrics {
     /// `action` (block, redact, allow, rewrite, error).
     pub guardrail_actions: IntCounterVec,
     pub gateway_overhead: HistogramVec,
+    /// Spans handed to the OTLP receiver (`exported`) or dropped (queue full, export failed).
+    pub trace_spans: IntCounterVec,
+    /// The OpenTelemetry GenAI metrics, under their Prometheus names.
+    pub genai_token_usage: HistogramVec,
+    pub genai_request_duration: HistogramVec,
+    pub genai_ttft: HistogramVec,
     pub request_body_bytes: HistogramVec,
     pub response_body_bytes: HistogramVec,
 }
@@ -212,6 +246,10 @@ impl Metrics {
             },
             gateway_overhead: histogram(&r, "llm_gateway_overhead_seconds",
                 "Request time not spent waiting for the provider", &["request_path"], OVERHEAD_BUCKETS),
+            trace_spans: counter(&r, "llm_trace_spans_total", "Trace spans exported to the OTLP receiver or dropped", &["outcome"]),
+            genai_token_usage: histogram(&r, "gen_ai_client_token_usage", "Tokens used per model call (OpenTelemetry gen_ai.client.token.usage)", GENAI_TOKEN_LABELS, GENAI_TOKEN_BUCKETS),
+            genai_request_duration: histogram(&r, "gen_ai_server_request_duration_seconds", "Time to the last byte of model calls (OpenTelemetry gen_ai.server.request.duration)", GENAI_LABELS, GENAI_DURATION_BUCKETS),
+            genai_ttft: histogram(&r, "gen_ai_server_time_to_first_token_seconds", "Time to the first token of streamed model calls (OpenTelemetry gen_ai.server.time_to_first_token)", GENAI_LABELS, GENAI_TTFT_BUCKETS),
             request_body_bytes: histogram(&r, "llm_request_body_bytes", "Request body size", &["request_path"], BYTES_BUCKETS),
             response_body_bytes: histogram(&r, "llm_response_body_bytes", "Response body size", &["request_path"], BYTES_BUCKETS),
             registry: r,

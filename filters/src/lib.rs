@@ -6,6 +6,7 @@
 pub mod cache;
 pub mod dialects;
 pub mod doors;
+pub mod genai;
 pub mod guard;
 pub mod json_object;
 pub mod openai;

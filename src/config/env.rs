@@ -208,6 +208,7 @@ pub(super) fn apply(cfg: &mut Config, getenv: GetEnv) -> Result<(), ConfigError>
     apply_mcp(&mut cfg.mcp, getenv)?;
     apply_a2a(&mut cfg.a2a, getenv)?;
     apply_cache(&mut cfg.cache, getenv)?;
+    apply_otel(&mut cfg.otel, getenv)?;
     apply_guardrails(&mut cfg.guardrails, getenv)?;
     set!(cfg.auth.enable, flag(getenv, "AUTH")?);
     if let Some(v) = get(getenv, "AUTH_OIDC_ISSUER") {
@@ -462,6 +463,88 @@ fn apply_cache(c: &mut super::cache::CacheConfig, getenv: GetEnv) -> Result<(), 
             }
         };
     }
+    Ok(())
+}
+
+/// A duration in the specification's unit (a bare number is milliseconds) or a human one.
+fn otel_duration(getenv: GetEnv, key: &str) -> Result<Option<HumanDuration>, ConfigError> {
+    match get(getenv, key) {
+        Some(v) if v.trim().bytes().all(|b| b.is_ascii_digit()) => Ok(Some(HumanDuration(
+            std::time::Duration::from_millis(v.trim().parse().unwrap_or(0)),
+        ))),
+        _ => duration(getenv, key),
+    }
+}
+
+/// `OTEL_*`: OpenTelemetry traces, with the specification's variable names.
+fn apply_otel(c: &mut super::otel::OtelConfig, getenv: GetEnv) -> Result<(), ConfigError> {
+    use super::otel::OtlpProtocol;
+    let text = |key: &str| get(getenv, key).map(|v| v.trim().to_string());
+    set!(
+        c.exporter_otlp_endpoint,
+        text("OTEL_EXPORTER_OTLP_ENDPOINT").map(Some)
+    );
+    set!(
+        c.exporter_otlp_traces_endpoint,
+        text("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").map(Some)
+    );
+    // The traces-specific variable wins over the general one, as in the specification.
+    let protocol =
+        text("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL").or(text("OTEL_EXPORTER_OTLP_PROTOCOL"));
+    if let Some(p) = protocol {
+        c.exporter_otlp_protocol = match p.as_str() {
+            "http/protobuf" => OtlpProtocol::HttpProtobuf,
+            "http/json" => OtlpProtocol::HttpJson,
+            "grpc" => {
+                return Err(ConfigError(
+                    "OTEL_EXPORTER_OTLP_PROTOCOL=grpc: not supported; use http/protobuf (a collector's port 4318)".into(),
+                ))
+            }
+            _ => {
+                return Err(ConfigError(format!(
+                    "OTEL_EXPORTER_OTLP_PROTOCOL={p:?}: expected http/protobuf or http/json"
+                )))
+            }
+        };
+    }
+    let headers = text("OTEL_EXPORTER_OTLP_TRACES_HEADERS").or(text("OTEL_EXPORTER_OTLP_HEADERS"));
+    if let Some(h) = headers {
+        c.exporter_otlp_headers = Some(Secret::new(h));
+    }
+    let timeout = match otel_duration(getenv, "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT")? {
+        Some(t) => Some(t),
+        None => otel_duration(getenv, "OTEL_EXPORTER_OTLP_TIMEOUT")?,
+    };
+    set!(c.exporter_otlp_timeout, timeout);
+    set!(c.service_name, text("OTEL_SERVICE_NAME").map(Some));
+    set!(
+        c.resource_attributes,
+        text("OTEL_RESOURCE_ATTRIBUTES").map(Some)
+    );
+    if let Some(s) = text("OTEL_TRACES_SAMPLER") {
+        c.traces_sampler = s.to_ascii_lowercase();
+    }
+    set!(
+        c.traces_sampler_arg,
+        parse(getenv, "OTEL_TRACES_SAMPLER_ARG")?.map(Some)
+    );
+    set!(
+        c.instrumentation_genai_capture_message_content,
+        bool_var(getenv, "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT")?
+    );
+    set!(
+        c.bsp_schedule_delay,
+        otel_duration(getenv, "OTEL_BSP_SCHEDULE_DELAY")?
+    );
+    set!(
+        c.bsp_max_queue_size,
+        parse(getenv, "OTEL_BSP_MAX_QUEUE_SIZE")?
+    );
+    set!(
+        c.bsp_max_export_batch_size,
+        parse(getenv, "OTEL_BSP_MAX_EXPORT_BATCH_SIZE")?
+    );
+    set!(c.sdk_disabled, bool_var(getenv, "OTEL_SDK_DISABLED")?);
     Ok(())
 }
 

@@ -12,6 +12,7 @@ mod env;
 pub mod guardrails;
 pub mod mcp;
 pub mod models;
+pub mod otel;
 pub mod providers;
 pub mod resilience;
 
@@ -76,6 +77,8 @@ pub struct Config {
     pub cache: cache::CacheConfig,
     /// Input and output checks.
     pub guardrails: guardrails::GuardrailsConfig,
+    /// OpenTelemetry traces (the standard `OTEL_*` variables).
+    pub otel: otel::OtelConfig,
     /// Retries within a provider's pool (providers may override). Unset: two tries for pools
     /// of two or more backends, one for a single backend.
     pub retry: Option<resilience::RetryConfig>,
@@ -488,6 +491,7 @@ impl Default for Config {
             mcp: McpConfig::default(),
             a2a: a2a::A2aConfig::default(),
             cache: Default::default(),
+            otel: Default::default(),
             guardrails: Default::default(),
             retry: None,
             auth: auth::AuthConfig::default(),
@@ -730,6 +734,7 @@ impl Config {
         self.mcp.validate()?;
         self.a2a.validate()?;
         self.cache.validate()?;
+        self.otel.validate()?;
         self.guardrails.validate()?;
         for k in &self.keys {
             if let Some(g) = &k.limits.guardrails {

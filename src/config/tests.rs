@@ -597,3 +597,80 @@ fn guardrail_settings() {
     let e = load("", &[("GUARDRAILS_WEBHOOK_FAILURE_MODE", "maybe")]).unwrap_err();
     assert!(e.0.contains("GUARDRAILS_WEBHOOK_FAILURE_MODE"), "{}", e.0);
 }
+
+#[test]
+fn otel_settings() {
+    let c = load("", &[]).unwrap();
+    assert_eq!(c.otel.traces_url(), None, "off without an endpoint");
+    let c = load(
+        "",
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318/"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"),
+            ("OTEL_EXPORTER_OTLP_TIMEOUT", "2500"),
+            ("OTEL_BSP_SCHEDULE_DELAY", "250ms"),
+            ("OTEL_TRACES_SAMPLER", "ParentBased_TraceIdRatio"),
+            ("OTEL_TRACES_SAMPLER_ARG", "0.25"),
+            ("OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT", "true"),
+            ("OTEL_EXPORTER_OTLP_HEADERS", "x-token=a%20b"),
+        ],
+    )
+    .unwrap();
+    let o = &c.otel;
+    assert_eq!(
+        o.traces_url().as_deref(),
+        Some("http://collector:4318/v1/traces")
+    );
+    assert_eq!(
+        o.exporter_otlp_protocol,
+        super::otel::OtlpProtocol::HttpJson
+    );
+    assert_eq!(
+        o.exporter_otlp_timeout.get(),
+        std::time::Duration::from_millis(2500)
+    );
+    assert_eq!(
+        o.bsp_schedule_delay.get(),
+        std::time::Duration::from_millis(250)
+    );
+    assert_eq!(o.traces_sampler, "parentbased_traceidratio");
+    assert_eq!(o.traces_sampler_arg, Some(0.25));
+    assert!(o.instrumentation_genai_capture_message_content);
+    let headers =
+        super::otel::OtelConfig::pairs(o.exporter_otlp_headers.as_ref().unwrap().expose());
+    assert_eq!(headers, [("x-token".to_string(), "a b".to_string())]);
+    // The traces endpoint is used as is; OTEL_SDK_DISABLED wins.
+    let c = load(
+        "[otel]\nexporter_otlp_traces_endpoint = \"https://x.example/otlp/traces\"\n",
+        &[],
+    )
+    .unwrap();
+    assert_eq!(
+        c.otel.traces_url().as_deref(),
+        Some("https://x.example/otlp/traces")
+    );
+    let c = load(
+        "",
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318"),
+            ("OTEL_SDK_DISABLED", "true"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(c.otel.traces_url(), None);
+    for (env, named) in [
+        (("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"), "grpc"),
+        (("OTEL_TRACES_SAMPLER", "sometimes"), "OTEL_TRACES_SAMPLER"),
+        (
+            ("OTEL_TRACES_SAMPLER_ARG", "1.5"),
+            "OTEL_TRACES_SAMPLER_ARG",
+        ),
+        (
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4318"),
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+        ),
+    ] {
+        let e = load("", &[env]).unwrap_err();
+        assert!(e.0.contains(named), "{env:?}: {}", e.0);
+    }
+}

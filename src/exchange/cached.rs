@@ -1,7 +1,8 @@
 //! The response cache in the exchange: the lookup after permissions and before admission, a
 //! hit answered in the door's format (as a stream when one was asked for), and the answer
 //! kept once it is complete (`relay` calls [`keep`] for whole bodies and finished streams).
-//! Errors, relays in a door's own API and tool-loop answers are never kept.
+//! Errors, Responses relays and tool-loop answers are never kept; Messages relays to Anthropic
+//! are kept in canonical form (translated beside the relay).
 
 use std::sync::Arc;
 
@@ -92,6 +93,18 @@ impl<'g> Exchange<'g, '_> {
         };
         // Legacy completions are kept whole only (their stream has no canonical fold).
         if will_loop || (ep == Endpoint::Completions && stream_requested(obj)) {
+            count(self.gw, self.ctx, Status::Bypass);
+            return None;
+        }
+        // Relayed in its door's own API with fields the canonical form cannot carry, the request
+        // is more than its canonical form: neither looked up nor kept under it.
+        let door = self.ctx.door;
+        let beyond_canonical = self
+            .ctx
+            .original
+            .as_ref()
+            .is_some_and(|o| o.relays_to(door, &route.provider) && !o.dropped.is_empty());
+        if beyond_canonical {
             count(self.gw, self.ctx, Status::Bypass);
             return None;
         }

@@ -412,7 +412,8 @@ impl<'g> Exchange<'g, '_> {
                 }
             },
         };
-        match self.send_to(&backend, plan, timeouts).await {
+        let span = self.attempt_span(route, &backend);
+        match self.send_to(&backend, plan, timeouts, span).await {
             Ok(None) => Attempt::Done(Outcome::ClientGone),
             Err(UpstreamError::Deadline) => Attempt::Deadline,
             Err(e) => {
@@ -480,6 +481,92 @@ impl<'g> Exchange<'g, '_> {
         }
     }
 
+    /// A client span for one attempt (traced requests only). An attempt still open (an earlier
+    /// round of the MCP loop, whose answer has been read by now) ends here.
+    fn attempt_span(
+        &mut self,
+        route: &Route,
+        backend: &crate::providers::Provider,
+    ) -> Option<usize> {
+        let op = filters::genai::operation(self.ctx.route).unwrap_or("chat");
+        let trace = self.ctx.trace.as_mut()?;
+        let now = Instant::now();
+        trace.end_open_attempt(now);
+        let i = trace.child(
+            format!("{op} {}", route.upstream_model),
+            crate::otel::Kind::Client,
+            now,
+        );
+        let s = &mut trace.children[i];
+        s.set("gen_ai.operation.name", op);
+        s.set(
+            "gen_ai.provider.name",
+            filters::genai::provider_name(&route.provider.name),
+        );
+        s.set("gen_ai.request.model", route.upstream_model.as_str());
+        s.set("server.address", backend.host.as_str());
+        s.set("server.port", i64::from(backend.port));
+        Some(i)
+    }
+
+    /// Ends an attempt's span, unless it is the answer being relayed (2xx): that one stays open
+    /// until the answer has been read.
+    fn end_attempt(&mut self, span: Option<usize>, status: Option<u16>, error: Option<&str>) {
+        let (Some(i), Some(trace)) = (span, self.ctx.trace.as_mut()) else {
+            return;
+        };
+        let s = &mut trace.children[i];
+        if let Some(code) = status {
+            s.set("http.response.status_code", i64::from(code));
+            if (200..300).contains(&code) {
+                trace.open_attempt = Some(i);
+                return;
+            }
+        }
+        let e = error.map_or_else(|| status.unwrap_or(0).to_string(), str::to_string);
+        s.set("error.type", e.as_str());
+        s.error = Some(e);
+        s.end = Some(Instant::now());
+    }
+
+    /// W3C trace context for the provider, with tracing on: this attempt's span as the parent
+    /// when the request is traced, else the caller's headers as they came. With tracing off
+    /// nothing is forwarded (`baggage` may carry user ids a provider has no business seeing).
+    /// Empty, and no allocation, when there is nothing to send.
+    fn trace_headers(&self, span: Option<usize>) -> Vec<(HeaderName, HeaderValue)> {
+        let mut out = Vec::new();
+        if self.gw.tracer.is_none() {
+            return out;
+        }
+        let client = &self.session.req_header().headers;
+        match (span, &self.ctx.trace) {
+            (Some(i), Some(t)) => {
+                let parent = t.traceparent(&t.children[i].span_id);
+                if let Ok(v) = HeaderValue::from_str(&parent) {
+                    out.push((HeaderName::from_static("traceparent"), v));
+                }
+                if let Some(v) = t
+                    .trace_state
+                    .as_deref()
+                    .and_then(|s| HeaderValue::from_str(s).ok())
+                {
+                    out.push((HeaderName::from_static("tracestate"), v));
+                }
+                if let Some(v) = client.get("baggage") {
+                    out.push((HeaderName::from_static("baggage"), v.clone()));
+                }
+            }
+            _ => {
+                for name in crate::otel::CONTEXT_HEADERS {
+                    if let Some(v) = client.get(name) {
+                        out.push((HeaderName::from_static(name), v.clone()));
+                    }
+                }
+            }
+        }
+        out
+    }
+
     /// Sends the planned call to one backend and waits for the response head while watching the
     /// client: if it hangs up, the upstream call is dropped (its connection closed) instead of
     /// generating tokens nobody reads, and `Ok(None)` is returned. Non-2xx responses are returned
@@ -489,6 +576,7 @@ impl<'g> Exchange<'g, '_> {
         backend: &crate::providers::Provider,
         plan: &Plan,
         timeouts: &crate::upstream::Timeouts,
+        span: Option<usize>,
     ) -> Result<Option<UpstreamResponse>, UpstreamError> {
         let accept = if plan.stream {
             "text/event-stream"
@@ -511,13 +599,15 @@ impl<'g> Exchange<'g, '_> {
                 HeaderValue::from_static(concat!("inference-gateway/", env!("CARGO_PKG_VERSION"))),
             ),
         ];
-        let with_door_headers;
-        let headers: &[(HeaderName, HeaderValue)] = if plan.headers.is_empty() {
-            &headers
-        } else {
-            with_door_headers = [&headers[..], &plan.headers[..]].concat();
-            &with_door_headers
-        };
+        let trace_headers = self.trace_headers(span);
+        let with_more_headers;
+        let headers: &[(HeaderName, HeaderValue)] =
+            if plan.headers.is_empty() && trace_headers.is_empty() {
+                &headers
+            } else {
+                with_more_headers = [&headers[..], &plan.headers[..], &trace_headers[..]].concat();
+                &with_more_headers
+            };
         let req = UpstreamRequest {
             method: Method::POST,
             path: &plan.path,
@@ -531,6 +621,7 @@ impl<'g> Exchange<'g, '_> {
         let sent = unless_client_leaves(self.session, self.gw.client.send(backend, &req)).await;
         self.ctx.upstream.wait += waited.elapsed();
         let Some(sent) = sent else {
+            self.end_attempt(span, None, Some("client_disconnected"));
             self.ctx.client_left();
             // The body was (being) sent: the provider bills the prompt it processed, so the
             // caller is charged at least the prompt estimate.
@@ -540,10 +631,18 @@ impl<'g> Exchange<'g, '_> {
             }
             return Ok(None);
         };
-        let resp = sent.inspect_err(|e| self.ctx.upstream.failure = Some(e.reason()))?;
+        let resp = match sent {
+            Ok(r) => r,
+            Err(e) => {
+                self.ctx.upstream.failure = Some(e.reason());
+                self.end_attempt(span, None, Some(e.reason()));
+                return Err(e);
+            }
+        };
         self.ctx.upstream.addr = Some(resp.addr);
         self.ctx.upstream.retries += resp.retries;
         let status = resp.status();
+        self.end_attempt(span, Some(status), None);
         if !(200..300).contains(&status) {
             self.ctx.upstream.failure = Some(match status {
                 429 => "status_429",

@@ -203,6 +203,9 @@ impl<'g> Exchange<'g, '_> {
                 .filter(|_| !self.gw.router.resolves(&model))
         });
         let route = self.gw.router.route(&model, provider_param.as_deref())?;
+        if self.ctx.trace.is_some() {
+            self.trace_request(&obj);
+        }
         let provider = route.provider.clone();
         self.ctx.upstream.provider = Some(provider.name.clone());
         self.ctx.upstream.model = Some(route.upstream_model.clone());
@@ -234,7 +237,10 @@ impl<'g> Exchange<'g, '_> {
             let will_loop = ep == Endpoint::Chat
                 && tool_loop::active_tools(self.gw, self.session).is_some()
                 && tool_loop::wants_tools(&obj);
-            if let Some(entry) = self.cache_lookup(ep, &raw, &obj, &route, will_loop).await {
+            let looked_up = std::time::Instant::now();
+            let hit = self.cache_lookup(ep, &raw, &obj, &route, will_loop).await;
+            self.trace_cache_lookup(looked_up);
+            if let Some(entry) = hit {
                 self.admit_reserve(crate::limits::Reserve::default())
                     .await?;
                 return self.serve_hit(&obj, &route, entry).await;
@@ -329,6 +335,58 @@ impl<'g> Exchange<'g, '_> {
             obj.set("messages", &messages);
         }
         Ok(())
+    }
+
+    /// The request's parameters on its server span (GenAI conventions), and its messages when
+    /// content capture is on.
+    fn trace_request(&mut self, obj: &RawObject<'_>) {
+        let Some(trace) = self.ctx.trace.as_mut() else {
+            return;
+        };
+        let max_tokens = obj
+            .get_as::<u64>("max_completion_tokens")
+            .ok()
+            .flatten()
+            .or_else(|| obj.get_as::<u64>("max_tokens").ok().flatten());
+        if let Some(n) = max_tokens {
+            trace.set("gen_ai.request.max_tokens", n);
+        }
+        for (field, key) in [
+            ("temperature", "gen_ai.request.temperature"),
+            ("top_p", "gen_ai.request.top_p"),
+            ("frequency_penalty", "gen_ai.request.frequency_penalty"),
+            ("presence_penalty", "gen_ai.request.presence_penalty"),
+        ] {
+            if let Ok(Some(v)) = obj.get_as::<f64>(field) {
+                trace.set(key, v);
+            }
+        }
+        if let Ok(Some(n)) = obj.get_as::<u64>("n") {
+            trace.set("gen_ai.request.choice.count", n);
+        }
+        if trace.capture_content {
+            if let Some(m) = obj
+                .get("messages")
+                .and_then(|m| filters::genai::input_messages(m.get()))
+            {
+                trace.set("gen_ai.input.messages", m);
+            }
+        }
+    }
+
+    /// A span for the cache lookup that just ended (traced requests with the cache on).
+    fn trace_cache_lookup(&mut self, started: std::time::Instant) {
+        let (Some(trace), Some(status)) = (self.ctx.trace.as_mut(), self.ctx.cache) else {
+            return;
+        };
+        let i = trace.child(
+            "gateway.cache lookup".into(),
+            crate::otel::Kind::Internal,
+            started,
+        );
+        let s = &mut trace.children[i];
+        s.set("gateway.cache", status.as_str());
+        s.end = Some(std::time::Instant::now());
     }
 
     /// `count_tokens` where the provider cannot count: the door's estimate, marked as one.

@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use filters::dialects::{self, Dialect, StreamTranslator};
+use filters::doors::Door;
 use filters::stream_relay::{OpenAiStreamRelay, StreamEnd};
 use filters::usage;
 
@@ -14,6 +15,9 @@ use super::plan::Plan;
 use super::unix_now;
 use super::Exchange;
 use crate::errors::{ApiError, Code};
+
+/// Most of a streamed answer kept for `gen_ai.output.messages` (content capture only).
+const CAPTURE_LIMIT: usize = 1 << 20;
 use crate::proxy::{respond, Gateway, RequestCtx};
 use crate::routing::Route;
 use crate::upstream::{UpstreamError, UpstreamResponse};
@@ -253,6 +257,19 @@ impl<'g> Exchange<'g, '_> {
         };
         if let Some(door) = plan.relayed {
             (self.ctx.answer.usage, self.ctx.answer.tool_calls) = door.relay_usage(&body);
+            // A Messages answer relayed from an Anthropic provider is kept in canonical form
+            // (any door can then be served from it).
+            if status == 200 && self.ctx.cache_key.is_some() && door == Door::Messages {
+                let canonical = dialects::translate_response(
+                    Dialect::Anthropic,
+                    &body,
+                    &route.upstream_model,
+                    unix_now(),
+                );
+                if let Ok(c) = canonical {
+                    super::cached::keep(self.gw, self.ctx, &c.body);
+                }
+            }
         } else {
             if super::needs_reasoning_state(plan.dialect) {
                 if let Some(state) = filters::reasoning::TurnState::from_completion(&body) {
@@ -261,6 +278,15 @@ impl<'g> Exchange<'g, '_> {
             }
             self.ctx.answer.usage = usage::from_response_body(&body);
             self.ctx.answer.tool_calls = usage::tool_calls_from_body(&body);
+            if let Some(trace) = self.ctx.trace.as_mut() {
+                self.ctx.answer.finish_reasons = filters::genai::finish_reasons(&body);
+                self.ctx.answer.model = filters::genai::response_model(&body);
+                if trace.capture_content {
+                    if let Some(out) = filters::genai::output_messages(&body) {
+                        trace.set("gen_ai.output.messages", out);
+                    }
+                }
+            }
             if status == 200 {
                 super::cached::keep(self.gw, self.ctx, &body);
             }
@@ -297,8 +323,31 @@ impl<'g> Exchange<'g, '_> {
         let mut clean = false;
         // A miss the cache may keep: the canonical stream is copied as it goes (bounded), and
         // folded into a whole answer once it ends cleanly.
-        let mut kept = (self.ctx.cache_key.is_some() && plan.relayed.is_none()).then(BytesMut::new);
+        // A Messages stream relayed from an Anthropic provider is translated beside the relay
+        // into the canonical stream the cache keeps.
+        let mut fold =
+            (self.ctx.cache_key.is_some() && plan.relayed == Some(Door::Messages)).then(|| {
+                dialects::stream_translator(
+                    Dialect::Anthropic,
+                    &route.upstream_model,
+                    unix_now(),
+                    true,
+                    self.gw.cfg.client.max_response_body_size,
+                )
+            });
+        let mut kept = (self.ctx.cache_key.is_some() && (plan.relayed.is_none() || fold.is_some()))
+            .then(BytesMut::new);
         let keep_limit = self.gw.cfg.cache.max_entry_bytes.saturating_mul(4);
+        // A traced request: finish reasons and model read from the canonical chunks as they
+        // pass; with content capture, the answer itself, folded when it ends.
+        let mut facts = (self.ctx.trace.is_some() && plan.relayed.is_none())
+            .then(filters::genai::StreamFacts::default);
+        let mut captured = self
+            .ctx
+            .trace
+            .as_ref()
+            .filter(|t| t.capture_content && plan.relayed.is_none())
+            .map(|_| BytesMut::new());
         // Output guardrails: text held back by a window and checked before it is written.
         let mut guard = self
             .ctx
@@ -342,9 +391,24 @@ impl<'g> Exchange<'g, '_> {
                     }
                 }
             }
+            if let Some(f) = &mut facts {
+                f.observe(&out.buf);
+            }
+            if let Some(c) = &mut captured {
+                if c.len() + out.buf.len() <= CAPTURE_LIMIT {
+                    c.extend_from_slice(&out.buf);
+                } else {
+                    // Not a gap in the middle: no capture at all.
+                    captured = None;
+                }
+            }
             if let Some(k) = &mut kept {
                 if k.len() + out.buf.len() > keep_limit {
                     kept = None;
+                } else if let Some(f) = &mut fold {
+                    if f.feed(&out.buf, k).is_err() {
+                        kept = None;
+                    }
                 } else {
                     k.extend_from_slice(&out.buf);
                 }
@@ -354,7 +418,10 @@ impl<'g> Exchange<'g, '_> {
             }
         }
         self.ctx.answer.generation = out.generation();
-        if let Some(k) = kept.filter(|_| clean && !self.ctx.answer.client_gone) {
+        if let Some(mut k) = kept.filter(|_| clean && !self.ctx.answer.client_gone) {
+            if let Some(f) = &mut fold {
+                f.finish(StreamEnd::Clean, &mut k);
+            }
             let usage = relay.usage().and_then(|u| serde_json::to_value(u).ok());
             if let Some(body) = filters::cache::completion_from_stream(&k, usage) {
                 super::cached::keep(self.gw, self.ctx, &body);
@@ -369,6 +436,16 @@ impl<'g> Exchange<'g, '_> {
             super::keep_reasoning_state(self.gw, self.ctx, &stats.reasoning);
         }
         self.ctx.answer.tool_calls = stats.tool_calls.clone();
+        if let Some(trace) = self.ctx.trace.as_mut() {
+            if let Some(f) = facts {
+                self.ctx.answer.finish_reasons = f.finish_reasons;
+                self.ctx.answer.model = f.model;
+            }
+            let folded = captured.and_then(|c| filters::cache::completion_from_stream(&c, None));
+            if let Some(out) = folded.and_then(|b| filters::genai::output_messages(&b)) {
+                trace.set("gen_ai.output.messages", out);
+            }
+        }
         if self.ctx.answer.usage.is_none() {
             // The stream ended (disconnect, failure, or a provider without stream usage) before any
             // usage report: record an estimate rather than nothing (see README "Metrics").

@@ -161,6 +161,8 @@ struct Loop<'a> {
     forced_choice: bool,
     /// The key's tool allowlist (`/mcp` names; empty: all).
     allow: Vec<String>,
+    /// Output guardrails on a streamed loop: one window across its rounds.
+    guard: Option<filters::guard::StreamGuard>,
 }
 
 impl<'a> Loop<'a> {
@@ -263,6 +265,10 @@ impl<'a> Loop<'a> {
             include_usage,
             forced_choice,
             allow,
+            guard: ctx.output_guard.as_ref().filter(|_| stream).and_then(|p| {
+                let set = p.output.clone()?;
+                Some(filters::guard::StreamGuard::new(set, p.window))
+            }),
         })
     }
 
@@ -436,9 +442,22 @@ impl<'a> Loop<'a> {
             // Unchanged, or not a chat.completion we can edit: as the provider sent it.
             Ok(None) | Err(_) => body,
         };
+        // Output guardrails see the loop's answer like any other (before it is sent).
+        let body = match ctx.output_guard.clone() {
+            Some(p) if status == 200 => super::guarded::check_whole(self.gw, ctx, &p, body).await.0,
+            _ => body,
+        };
         ctx.answer
             .tool_calls
             .extend(filters::usage::tool_calls_from_body(&body));
+        if let Some(trace) = ctx.trace.as_mut() {
+            ctx.answer.finish_reasons = filters::genai::finish_reasons(&body);
+            if trace.capture_content {
+                if let Some(out) = filters::genai::output_messages(&body) {
+                    trace.set("gen_ai.output.messages", out);
+                }
+            }
+        }
         let door_body = match relay::door_body(ctx, plan, body.clone()) {
             Ok(b) => b,
             Err(e) => {
@@ -602,6 +621,26 @@ impl<'a> Loop<'a> {
             let ended = end.is_some();
             if let Some(end) = end {
                 clean = end == StreamEnd::Clean;
+            }
+            if let Some(g) = &mut self.guard {
+                // Checked before the round relay sees it; a round's finish chunk releases what
+                // the window holds, so nothing is held across rounds.
+                let input = mid.split();
+                if g.feed(&input, &mut mid) == filters::guard::Verdict::Blocked {
+                    // Ended with content_filter (and its own [DONE]): nothing more is read.
+                    self.out.buf.extend_from_slice(&mid);
+                    if let Some(m) = &self.gw.metrics {
+                        m.guardrail_actions
+                            .with_label_values(&["output_patterns", "block"])
+                            .inc();
+                    }
+                    self.out.flush(session, ctx, true).await;
+                    self.st.add_estimate(
+                        plan.body.len(),
+                        translator.stats().estimated_completion_tokens(),
+                    );
+                    return Step::Stop;
+                }
             }
             if !mid.is_empty() {
                 // The translator's output is well-formed SSE of bounded events; the relay keeps
@@ -781,6 +820,9 @@ impl<'a> Loop<'a> {
             }
         };
         ctx.tool_wait += started.elapsed();
+        if let Some(trace) = ctx.trace.as_mut() {
+            trace_tool_calls(trace, started, calls, &results);
+        }
         if let Some(m) = &self.gw.metrics {
             let provider = route.provider.name.as_str();
             let model = crate::proxy::record::bounded_model(&route.upstream_model);
@@ -903,4 +945,44 @@ async fn read_whole(
     };
     let (status, body, _) = read?;
     Ok(Some((status, body)))
+}
+
+/// An `execute_tool` span per tool call the gateway ran (they run together, from `started`).
+fn trace_tool_calls(
+    trace: &mut crate::otel::Trace,
+    started: Instant,
+    calls: &[PendingCall],
+    results: &[ToolOutcome],
+) {
+    // The round that asked for the tools was read before they started.
+    trace.end_open_attempt(started);
+    for (call, r) in calls.iter().zip(results) {
+        let i = trace.child(
+            format!("execute_tool {}", call.name),
+            crate::otel::Kind::Internal,
+            started,
+        );
+        let capture = trace.capture_content;
+        let s = &mut trace.children[i];
+        s.set("gen_ai.operation.name", "execute_tool");
+        s.set("gen_ai.tool.name", call.name.as_str());
+        s.set("gen_ai.tool.call.id", call.id.as_str());
+        // Run by the gateway on the model's behalf (the conventions' "extension").
+        s.set("gen_ai.tool.type", "extension");
+        if call.name.starts_with(crate::a2a::TOOL_PREFIX) {
+            s.set("gateway.tool.source", "a2a");
+        } else {
+            s.set("gateway.tool.source", "mcp");
+            s.set("mcp.method.name", "tools/call");
+        }
+        if capture {
+            s.set("gen_ai.tool.call.arguments", call.arguments.as_str());
+            s.set("gen_ai.tool.call.result", r.content.as_str());
+        }
+        if let Some(e) = r.error {
+            s.set("error.type", e);
+            s.error = Some(e.to_string());
+        }
+        s.end = Some(started + r.duration);
+    }
 }

@@ -64,6 +64,8 @@ pub struct Gateway {
     pub cache: Option<Arc<crate::cache::ResponseCache>>,
     /// Input and output checks (any `[guardrails]` rule).
     pub guardrails: Option<Arc<crate::guardrails::Guardrails>>,
+    /// OpenTelemetry traces (an OTLP endpoint is configured).
+    pub tracer: Option<Arc<crate::otel::Tracer>>,
     log_format: LogFormat,
     /// `store.log_bodies` with a request log to keep them in.
     log_bodies: bool,
@@ -103,6 +105,7 @@ impl Gateway {
         Gateway {
             cache: crate::cache::ResponseCache::from_config(&cfg).map(Arc::new),
             guardrails: crate::guardrails::Guardrails::from_config(&cfg).map(Arc::new),
+            tracer: crate::otel::Tracer::from_config(&cfg.otel, metrics.clone()),
             mcp_server: crate::mcp::server::McpServer::new(&cfg),
             control,
             auth,
@@ -149,6 +152,8 @@ pub struct RequestCtx {
     pub cache_key: Option<String>,
     /// The caller's guardrail profile when it checks answers.
     pub output_guard: Option<Arc<crate::guardrails::Profile>>,
+    /// The request's trace, when it is sampled.
+    pub trace: Option<Box<crate::otel::Trace>>,
     pub bytes_in: usize,
     /// The prompt's size when the door added to what the client sent (a stored conversation
     /// expanded from `previous_response_id`): what limits and estimates count.
@@ -229,6 +234,10 @@ pub struct AnswerRecord {
     pub estimated_usage: Option<(u64, u64)>,
     /// Tool calls the model returned.
     pub tool_calls: Vec<String>,
+    /// Finish reasons of the answer, one per choice (recorded for traces).
+    pub finish_reasons: Vec<String>,
+    /// The model the answer names (recorded for traces; a provider may name a dated version).
+    pub model: Option<String>,
     /// Request start to the first streamed event.
     pub ttft: Option<std::time::Duration>,
     /// First streamed event to the end of the stream.
@@ -337,6 +346,7 @@ impl ProxyHttp for Gateway {
             cache: None,
             cache_key: None,
             output_guard: None,
+            trace: None,
             bytes_in: 0,
             prompt_bytes: None,
             tool_wait: std::time::Duration::ZERO,
@@ -361,6 +371,12 @@ impl ProxyHttp for Gateway {
     ) -> Result<()> {
         ctx.start = Instant::now();
         ctx.request_id = request_id(session);
+        if let Some(t) = &self.tracer {
+            // Health probes (every few seconds from every load balancer) are not traced.
+            if session.req_header().uri.path() != "/health" {
+                ctx.trace = t.start(session.req_header(), ctx.start);
+            }
+        }
         let s = &self.cfg.server;
         session.set_read_timeout(Some(s.read_timeout.get()));
         session.set_write_timeout(Some(s.write_timeout.get()));
@@ -730,6 +746,10 @@ impl ProxyHttp for Gateway {
         }
         if let Some(m) = &self.metrics {
             crate::proxy::record::metrics(m, session, ctx);
+        }
+        if let (Some(t), Some(mut trace)) = (&self.tracer, ctx.trace.take()) {
+            let server = crate::proxy::record::server_span(session, ctx, &mut trace);
+            t.finish(trace, server);
         }
         if let Some(stats) = &self.stats {
             let (prompt, completion) = match (&ctx.answer.usage, ctx.answer.estimated_usage) {

@@ -366,3 +366,59 @@ async fn cache_shared_through_redis() {
     assert_eq!(cache_header(&r), "hit");
     assert_eq!(up.count(), before);
 }
+
+/// Messages relayed untouched to an Anthropic provider are kept in canonical form, whole and
+/// streamed: the same request again is a hit in Messages form, and the chat door finds the same
+/// entry. A request with fields the canonical form cannot carry is not cached.
+#[tokio::test(flavor = "multi_thread")]
+async fn messages_relayed_to_anthropic_are_cached() {
+    let up = MockUpstream::start(crate::model::anthropic_model).await;
+    let mut env = provider_env(&[("anthropic", up.url("/v1"))]);
+    env.push(("CACHE_ENABLE", "true".into()));
+    let gw = InProcessGateway::start(&env, None);
+    let a = gw.addr;
+    for stream in [false, true] {
+        // A different max_tokens per form: two entries.
+        let max_tokens = if stream { 60 } else { 50 };
+        let msg = json!({"model": "anthropic/claude-sonnet-4-5", "max_tokens": max_tokens,
+            "stream": stream, "messages": [{"role": "user", "content": "plain"}]});
+        let r = post(a, "/v1/messages", &[], msg.to_string().as_bytes()).await;
+        assert_eq!((r.status, cache_header(&r)), (200, "miss"), "{}", r.text());
+        // Relayed: the provider got the Messages request itself.
+        assert!(up.last().path.ends_with("/messages"));
+        let calls = up.count();
+        let r = post(a, "/v1/messages", &[], msg.to_string().as_bytes()).await;
+        assert_eq!(cache_header(&r), "hit", "stream={stream}");
+        if stream {
+            let t = r.text();
+            assert!(
+                t.contains("event: message_start") && t.contains("no tools needed"),
+                "{t}"
+            );
+        } else {
+            assert_eq!(r.json()["type"], "message");
+            assert_eq!(r.json()["content"][0]["text"], "no tools needed");
+        }
+        let chat = json!({"model": "anthropic/claude-sonnet-4-5", "max_tokens": max_tokens,
+            "messages": [{"role": "user", "content": "plain"}]});
+        let r = post(a, "/v1/chat/completions", &[], chat.to_string().as_bytes()).await;
+        assert_eq!(cache_header(&r), "hit", "{}", r.text());
+        assert_eq!(
+            r.json()["choices"][0]["message"]["content"],
+            "no tools needed"
+        );
+        assert_eq!(up.count(), calls, "hits reach no provider");
+    }
+    // `top_k` has no Chat Completions field: relayed, and not cached.
+    let native = json!({"model": "anthropic/claude-sonnet-4-5", "max_tokens": 70, "top_k": 5,
+        "messages": [{"role": "user", "content": "plain"}]});
+    for _ in 0..2 {
+        let r = post(a, "/v1/messages", &[], native.to_string().as_bytes()).await;
+        assert_eq!(
+            (r.status, cache_header(&r)),
+            (200, "bypass"),
+            "{}",
+            r.text()
+        );
+    }
+}

@@ -248,3 +248,64 @@ async fn guardrail_webhook_and_profiles() {
     assert_eq!(r.status, 200);
     assert_eq!(hook.count(), before, "no webhook for it");
 }
+
+/// The server-side MCP loop's answers are checked too: the final answer whole (content removed)
+/// and streamed (ended with content_filter and one `[DONE]`), the window kept across rounds; an
+/// answer that does not match streams in full.
+#[tokio::test(flavor = "multi_thread")]
+async fn output_guardrails_check_the_mcp_loop() {
+    let mcp = crate::mcp_support::HttpMcpServer::start(0).await;
+    let model = MockUpstream::start(crate::model::openai_model).await;
+    let mut env = provider_env(&[("openai", model.url("/v1"))]);
+    env.push(("MCP_ENABLE", "true".into()));
+    env.push(("MCP_EXPOSE", "true".into()));
+    env.push(("MCP_SERVERS", mcp.url.clone()));
+    // The loop's answer to "add" is "result: 5"; to "multi", "result: 13".
+    env.push(("GUARDRAILS_OUTPUT_DENY_PATTERNS", "result: 5".into()));
+    let gw = InProcessGateway::start(&env, None);
+    let a = gw.addr;
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while raw_request(a, "GET", "/v1/mcp/tools", &[], b"")
+        .await
+        .json()["data"]
+        .as_array()
+        .is_none_or(|d| d.is_empty())
+    {
+        assert!(std::time::Instant::now() < deadline, "no MCP tools");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let ask = |prompt: &str, stream: bool| {
+        json!({"model": "openai/gpt-4o", "stream": stream,
+            "messages": [{"role": "user", "content": prompt}]})
+        .to_string()
+        .into_bytes()
+    };
+    let r = post_chat(a, &ask("add", false)).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("x-mcp-rounds"), Some("2"));
+    let v = r.json();
+    assert_eq!(v["choices"][0]["finish_reason"], "content_filter", "{v}");
+    assert_eq!(v["choices"][0]["message"]["content"], "");
+
+    let r = post_chat(a, &ask("add", true)).await;
+    assert_eq!(r.status, 200);
+    let (text, chunks) = streamed_text(&r);
+    assert!(!text.contains("result: 5"), "{text}");
+    assert_eq!(
+        chunks.last().unwrap()["choices"][0]["finish_reason"],
+        "content_filter",
+        "{}",
+        r.text()
+    );
+    assert_eq!(r.text().matches("data: [DONE]").count(), 1);
+
+    let r = post_chat(a, &ask("multi", true)).await;
+    let (text, _) = streamed_text(&r);
+    assert_eq!(text, "result: 13");
+    assert_eq!(r.text().matches("data: [DONE]").count(), 1);
+    assert!(
+        r.text().contains("\"finish_reason\":\"stop\""),
+        "{}",
+        r.text()
+    );
+}

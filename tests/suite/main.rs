@@ -23,6 +23,7 @@ mod igw;
 mod mcp;
 mod metrics;
 mod operations;
+mod otel;
 mod resilience;
 mod responses;
 mod sdk;
