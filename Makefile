@@ -2,7 +2,7 @@
 CARGO ?= cargo
 ARGS ?=
 
-.PHONY: run build release test lint fmt bench deps clean
+.PHONY: run build release test lint fmt bench bench-peers deps clean
 
 ## Build (release) the gateway and igw, and run the gateway with zero configuration on :8080.
 run: release
@@ -34,6 +34,10 @@ fmt:
 bench: release
 	$(CARGO) build --release --locked --example mock_upstream
 	benches/load.sh
+
+## The gateway beside LiteLLM and Portkey on the same mock (installs them into target/peers).
+bench-peers:
+	scripts/bench-peers.sh
 
 clean:
 	$(CARGO) clean

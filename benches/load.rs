@@ -24,6 +24,12 @@
 //! - `soak`: non-stream 1 KB load on the gateway for BENCH_SOAK_SECONDS (60) or until
 //!   BENCH_SOAK_REQUESTS (1,000,000), RSS sampled every second: start, peak, end (memory must
 //!   plateau);
+//! - `targets`: issue 22's targets with PASS/FAIL on medians of BENCH_REPEATS (3) rounds: the
+//!   plain gateway against bare Pingora (throughput, TTFT p99 added, latency added at
+//!   concurrency 1, BENCH_IDLE_STREAMS (1,000) idle streams' memory) and the "features on"
+//!   gateways (keys + memory limits, keys + Redis limits, all on) against the plain one;
+//! - `peers`: the gateway beside LiteLLM and Portkey on the same mock (`make bench-peers`
+//!   installs them and sets PEERS_DIR);
 //! - `scale`: BENCH_STREAMS (5,000) concurrent streams held open, each trickling one chunk per
 //!   second for BENCH_STREAM_SECONDS (10); reports the gateway's peak RSS and CPU time.
 
@@ -51,6 +57,8 @@ fn main() {
             Ok("auth") => auth(),
             Ok("features") => features(),
             Ok("scale") => scale(),
+            Ok("targets") => targets(),
+            Ok("peers") => peers(),
             _ => drive(),
         },
     }
@@ -1005,4 +1013,482 @@ fn scale_one(gateway: &Proc) {
         peak as f64 / 1024.0,
         cpu / secs * 100.0
     );
+}
+
+// ------------------------------------------------------------------------------- targets
+
+/// One round of a cell: RPS, p50, p99, TTFT p99 (µs).
+type Cell = (f64, u64, u64, u64);
+
+fn median_of(v: &[Cell]) -> Cell {
+    let mut v = v.to_vec();
+    v.sort_by(|a, b| a.0.total_cmp(&b.0));
+    v[v.len() / 2]
+}
+
+fn median_u64(mut v: Vec<u64>) -> u64 {
+    v.sort_unstable();
+    v[v.len() / 2]
+}
+
+/// The RPS spread of a cell's rounds, for the printout.
+fn spread(v: &[Cell]) -> String {
+    let lo = v.iter().map(|c| c.0).fold(f64::MAX, f64::min);
+    let hi = v.iter().map(|c| c.0).fold(0.0, f64::max);
+    format!("{lo:.0}-{hi:.0}")
+}
+
+/// Kilobytes of RSS each of `n` concurrent idle streams costs a proxy (streams trickling one
+/// chunk a second for `seconds`; RSS sampled at the peak, against before).
+fn idle_stream_kb(p: &Proc, n: u64, seconds: u64) -> f64 {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let before = p.rss_kb();
+    let body = format!(
+        r#"{{"model":"openai/gpt-4o","messages":[{{"role":"user","content":"hi"}}],"stream":true,"trickle":{seconds}}}"#
+    );
+    let req = Arc::new(
+        format!("POST /v1/chat/completions HTTP/1.1\r\nhost: bench\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}", body.len())
+            .into_bytes(),
+    );
+    let port = p.port;
+    let peak = rt.block_on(async {
+        let mut tasks = Vec::with_capacity(n as usize);
+        for _ in 0..n {
+            let req = req.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut s = TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+                s.write_all(&req).await.ok()?;
+                // Until the chunked body's terminator (the connection stays open).
+                let mut tail = Vec::with_capacity(8);
+                let mut tmp = [0u8; 4096];
+                loop {
+                    let n = s.read(&mut tmp).await.ok()?;
+                    if n == 0 {
+                        return None;
+                    }
+                    tail.extend_from_slice(&tmp[..n]);
+                    if tail.ends_with(b"0\r\n\r\n") {
+                        return Some(());
+                    }
+                    let keep = tail.len().saturating_sub(5);
+                    tail.drain(..keep);
+                }
+            }));
+        }
+        let mut peak = 0;
+        while tasks.iter().any(|t| !t.is_finished()) {
+            peak = peak.max(p.rss_kb());
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        peak
+    });
+    peak.saturating_sub(before) as f64 / n as f64
+}
+
+/// Issue 22's targets: the plain gateway against bare Pingora (1 KB and 100 KB non-stream,
+/// 200-chunk streams at concurrency 32, TTFT p99 added, latency added at concurrency 1, memory
+/// per idle stream) and the "features on" gateways against the plain one (keys + memory
+/// limits, keys + Redis limits, all on); every cell `BENCH_REPEATS` (3) rounds round robin,
+/// medians, each target printed with PASS or FAIL on the median.
+fn targets() {
+    let concurrency = env_num("BENCH_CONCURRENCY", 32);
+    let seconds = env_num("BENCH_SECONDS", 5);
+    let threads = env_num("BENCH_GATEWAY_THREADS", 1);
+    let repeats = env_num("BENCH_REPEATS", 3).max(1) as usize;
+    let mock = spawn_role("mock (direct)", "mock", &[]);
+    let bare = spawn_role(
+        "bare pingora",
+        "bare",
+        &[
+            ("BENCH_UPSTREAM", format!("127.0.0.1:{}", mock.port)),
+            ("BENCH_GATEWAY_THREADS", threads.to_string()),
+        ],
+    );
+    let gateway = spawn_gateway(mock.port, threads, false);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let round = |p: &Proc, scenario: Scenario, c: u64, headers: &str| -> Cell {
+        let (mut st, secs) = rt.block_on(load_with(p.port, scenario, c, seconds, headers));
+        let rps = st.latencies_us.len() as f64 / secs;
+        (
+            rps,
+            pct(&mut st.latencies_us, 0.5),
+            pct(&mut st.latencies_us, 0.99),
+            pct(&mut st.ttft_us, 0.99),
+        )
+    };
+    println!("targets: concurrency {concurrency}, {seconds} s per cell, median of {repeats} rounds, {threads} gateway thread(s)\n");
+    let mut verdicts: Vec<(String, String, String, bool)> = Vec::new();
+    let mut verdict = |name: String, value: String, target: String, pass: bool| {
+        println!(
+            "  -> {name}: {value} (target {target}) {}",
+            if pass { "PASS" } else { "FAIL" }
+        );
+        verdicts.push((name, value, target, pass));
+    };
+
+    // Throughput and TTFT against bare Pingora.
+    for (scenario, target) in [
+        (SCENARIOS[0], 0.95),
+        (SCENARIOS[1], 0.95),
+        (SCENARIOS[2], 0.90),
+    ] {
+        let (mut b, mut g) = (Vec::new(), Vec::new());
+        for _ in 0..repeats {
+            b.push(round(&bare, scenario, concurrency, ""));
+            g.push(round(&gateway, scenario, concurrency, ""));
+        }
+        let (bm, gm) = (median_of(&b), median_of(&g));
+        println!(
+            "{:<20} bare {:>8.0} RPS ({}), p99 {} us | gateway {:>8.0} RPS ({}), p99 {} us",
+            scenario.name,
+            bm.0,
+            spread(&b),
+            bm.2,
+            gm.0,
+            spread(&g),
+            gm.2
+        );
+        verdict(
+            format!("{} gateway/bare", scenario.name),
+            format!("{:.2}", gm.0 / bm.0),
+            format!(">= {target:.2}"),
+            gm.0 / bm.0 >= target,
+        );
+        if scenario.stream {
+            let added = median_u64(
+                b.iter()
+                    .zip(&g)
+                    .map(|(b, g)| g.3.saturating_sub(b.3))
+                    .collect(),
+            );
+            verdict(
+                format!("stream TTFT p99 added at concurrency {concurrency}"),
+                format!("{added} us"),
+                "<= 1000 us".into(),
+                added <= 1000,
+            );
+        }
+    }
+    // Latency added at concurrency 1.
+    let (mut b, mut g) = (Vec::new(), Vec::new());
+    for _ in 0..repeats {
+        b.push(round(&bare, SCENARIOS[0], 1, ""));
+        g.push(round(&gateway, SCENARIOS[0], 1, ""));
+    }
+    let added = median_u64(
+        b.iter()
+            .zip(&g)
+            .map(|(b, g)| g.1.saturating_sub(b.1))
+            .collect(),
+    );
+    println!(
+        "concurrency 1        bare p50 {} us | gateway p50 {} us",
+        median_of(&b).1,
+        median_of(&g).1
+    );
+    verdict(
+        "latency added at concurrency 1 (p50)".into(),
+        format!("{added} us"),
+        "<= 60 us".into(),
+        added <= 60,
+    );
+    // Memory per idle stream.
+    let n = env_num("BENCH_IDLE_STREAMS", 1000);
+    let (bk, gk) = (idle_stream_kb(&bare, n, 5), idle_stream_kb(&gateway, n, 5));
+    println!("idle streams ({n})    bare {bk:.1} KB each | gateway {gk:.1} KB each");
+    verdict(
+        "memory per idle stream over bare".into(),
+        format!("{:.1} KB", gk - bk),
+        "<= 4 KB".into(),
+        gk - bk <= 4.0,
+    );
+
+    // Features on, against the plain gateway.
+    let hash = {
+        use std::io::Write;
+        let mut child = Command::new(env!("CARGO_BIN_EXE_inference-gateway"))
+            .args(["hash-key", "--stdin"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        writeln!(child.stdin.take().unwrap(), "igw-bench").unwrap();
+        let out = child.wait_with_output().unwrap();
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("hash: "))
+            .unwrap()
+            .to_string()
+    };
+    let key = format!(
+        "[[keys]]\nname = \"k\"\nhash = \"{hash}\"\nrpm = 100000000\ntpm = 100000000000\nmax_concurrent = 100000\nbudget_usd = 1000000000.0\n"
+    );
+    let bearer = "authorization: Bearer igw-bench\r\n";
+    let redis_port = free_port();
+    let redis = Command::new("redis-server")
+        .args([
+            "--port",
+            &redis_port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok();
+    if redis.is_some() {
+        wait_listening(redis_port);
+    }
+    let sink = spawn_role("OTLP sink", "mock", &[]);
+    let store_dir = std::env::temp_dir().join(format!("igw-bench-targets-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&store_dir);
+    std::fs::create_dir_all(&store_dir).unwrap();
+    let all_on = [
+        ("LOG_LEVEL", "info".to_string()),
+        ("LOG_FORMAT", "json".to_string()),
+        ("TELEMETRY_ENABLE", "true".to_string()),
+        (
+            "DATABASE_URL",
+            format!("sqlite://{}", store_dir.join("all.db").display()),
+        ),
+        ("ADMIN_API_KEY", "bench-admin-key-0123456789".to_string()),
+        ("STORE_REQUEST_LOG_RETENTION", "7d".to_string()),
+        (
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            format!("http://127.0.0.1:{}", sink.port),
+        ),
+        ("OTEL_TRACES_SAMPLER", "traceidratio".to_string()),
+        ("OTEL_TRACES_SAMPLER_ARG", "0.01".to_string()),
+    ];
+    let mut cells: Vec<(&str, Proc, f64)> = vec![(
+        "keys + memory limits",
+        spawn_gateway_with(mock.port, threads, false, &[], Some(&key)),
+        0.95,
+    )];
+    if redis.is_some() {
+        cells.push((
+            "keys + Redis limits",
+            spawn_gateway_with(
+                mock.port,
+                threads,
+                false,
+                &[("REDIS_URL", format!("redis://127.0.0.1:{redis_port}/"))],
+                Some(&key),
+            ),
+            0.75,
+        ));
+    } else {
+        println!("redis-server not installed: no Redis row");
+    }
+    cells.push((
+        "all on",
+        spawn_gateway_with(mock.port, threads, false, &all_on, Some(&key)),
+        0.85,
+    ));
+    let mut plain = Vec::new();
+    let mut runs: Vec<Vec<Cell>> = vec![Vec::new(); cells.len()];
+    for _ in 0..repeats {
+        plain.push(round(&gateway, SCENARIOS[0], concurrency, ""));
+        for (i, (_, p, _)) in cells.iter().enumerate() {
+            runs[i].push(round(p, SCENARIOS[0], concurrency, bearer));
+        }
+    }
+    let pm = median_of(&plain);
+    println!(
+        "\nfeatures on, non-stream 1 KB: plain gateway {:.0} RPS ({})",
+        pm.0,
+        spread(&plain)
+    );
+    for ((name, _, target), r) in cells.iter().zip(&runs) {
+        let m = median_of(r);
+        println!(
+            "{name:<22} {:>8.0} RPS ({}), p99 {} us",
+            m.0,
+            spread(r),
+            m.2
+        );
+        verdict(
+            format!("{name} / plain"),
+            format!("{:.2}", m.0 / pm.0),
+            format!(">= {target:.2}"),
+            m.0 / pm.0 >= *target,
+        );
+    }
+    drop(cells);
+    let _ = std::fs::remove_dir_all(&store_dir);
+    if let Some(mut r) = redis {
+        let _ = r.kill();
+        let _ = r.wait();
+    }
+    println!("\n| target | measured | goal | |\n|---|---|---|---|");
+    for (name, value, target, pass) in &verdicts {
+        println!(
+            "| {name} | {value} | {target} | {} |",
+            if *pass { "pass" } else { "FAIL" }
+        );
+    }
+}
+
+// --------------------------------------------------------------------------------- peers
+
+/// Waits up to `secs` for `port` to listen (Python peers take seconds to start).
+fn wait_listening_for(port: u16, secs: u64, child: &mut Child, name: &str) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("{name} exited ({status}) before listening");
+        }
+        assert!(Instant::now() < deadline, "{name} never listened on {port}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+}
+
+fn spawn_peer(name: &'static str, mut cmd: Command, port: u16) -> Proc {
+    cmd.stdout(Stdio::null()).stderr(Stdio::null());
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("{name}: {e} (run `make bench-peers`)"));
+    wait_listening_for(port, 120, &mut child, name);
+    Proc { name, child, port }
+}
+
+/// The gateway beside the peers users would pick instead, all against the same in-tree mock:
+/// LiteLLM's proxy (PyPI) and the Portkey gateway (npm), installed by `make bench-peers` into
+/// PEERS_DIR. Each with one worker (the gateway one thread, LiteLLM `--num_workers 1`, Portkey
+/// one Node process); RPS at concurrency 32 (median of BENCH_REPEATS rounds, 3), p50/p99,
+/// stream TTFT, latency added to the mock's at concurrency 1, peak RSS.
+fn peers() {
+    let dir = std::path::PathBuf::from(
+        std::env::var("PEERS_DIR").expect("PEERS_DIR is not set: run `make bench-peers`"),
+    );
+    let concurrency = env_num("BENCH_CONCURRENCY", 32);
+    let seconds = env_num("BENCH_SECONDS", 5);
+    let repeats = env_num("BENCH_REPEATS", 3).max(1) as usize;
+    let litellm_version = std::env::var("PEERS_LITELLM_VERSION").unwrap_or_default();
+    let portkey_version = std::env::var("PEERS_PORTKEY_VERSION").unwrap_or_default();
+    let mock = spawn_role("mock (direct)", "mock", &[]);
+    let gateway = spawn_gateway(mock.port, 1, false);
+    let master = "sk-bench-master-0123456789abcdef";
+    let litellm = {
+        let port = free_port();
+        let cfg = dir.join("litellm.yaml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "model_list:\n  - model_name: openai/gpt-4o\n    litellm_params:\n      model: openai/gpt-4o\n      api_base: http://127.0.0.1:{}/v1\n      api_key: sk-bench\nlitellm_settings:\n  telemetry: false\n",
+                mock.port
+            ),
+        )
+        .unwrap();
+        let mut cmd = Command::new(dir.join("venv/bin/litellm"));
+        cmd.args(["--config", cfg.to_str().unwrap(), "--host", "127.0.0.1"])
+            .args(["--port", &port.to_string(), "--num_workers", "1"])
+            .env("LITELLM_MASTER_KEY", master)
+            // Nothing fetched at start (the model price map is the bundled one).
+            .env("LITELLM_LOCAL_MODEL_COST_MAP", "True");
+        spawn_peer("LiteLLM", cmd, port)
+    };
+    let portkey = {
+        let port = free_port();
+        let mut cmd = Command::new("node");
+        cmd.arg(dir.join("portkey/node_modules/@portkey-ai/gateway/build/start-server.js"))
+            .arg(format!("--port={port}"))
+            .arg("--headless");
+        spawn_peer("Portkey", cmd, port)
+    };
+    let litellm_headers = format!("authorization: Bearer {master}\r\n");
+    let portkey_headers = format!(
+        "x-portkey-provider: openai\r\nx-portkey-custom-host: http://127.0.0.1:{}/v1\r\nauthorization: Bearer sk-bench\r\n",
+        mock.port
+    );
+    let litellm_name = format!("LiteLLM {litellm_version}");
+    let portkey_name = format!("Portkey {portkey_version}");
+    let targets: [(&str, &Proc, &str); 4] = [
+        ("mock (direct)", &mock, ""),
+        ("inference-gateway", &gateway, ""),
+        (&litellm_name, &litellm, &litellm_headers),
+        (&portkey_name, &portkey, &portkey_headers),
+    ];
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let round = |p: &Proc, scenario: Scenario, c: u64, headers: &str| -> (Cell, u64, u64) {
+        let (mut st, secs) = rt.block_on(load_with(p.port, scenario, c, seconds, headers));
+        let rps = st.latencies_us.len() as f64 / secs;
+        (
+            (
+                rps,
+                pct(&mut st.latencies_us, 0.5),
+                pct(&mut st.latencies_us, 0.99),
+                pct(&mut st.ttft_us, 0.5),
+            ),
+            st.errors,
+            st.latencies_us.len() as u64,
+        )
+    };
+    println!("peers: concurrency {concurrency}, {seconds} s per cell, median of {repeats} rounds, one worker each\n");
+    // Per target: non-stream cell, stream cell, p50 at concurrency 1, errors.
+    let mut results: Vec<(Cell, Cell, u64, u64)> = Vec::new();
+    for (name, p, headers) in targets.iter() {
+        let (mut plain, mut stream, mut single, mut errors) =
+            (Vec::new(), Vec::new(), Vec::new(), 0);
+        for _ in 0..repeats {
+            let (c, e, _) = round(p, SCENARIOS[0], concurrency, headers);
+            plain.push(c);
+            errors += e;
+            let (c, e, n) = round(p, SCENARIOS[2], concurrency, headers);
+            if n > 0 {
+                stream.push(c);
+            }
+            errors += e;
+            let (c, e, _) = round(p, SCENARIOS[0], 1, headers);
+            single.push(c.1);
+            errors += e;
+        }
+        let s = if stream.is_empty() {
+            (0.0, 0, 0, 0)
+        } else {
+            median_of(&stream)
+        };
+        let r = (median_of(&plain), s, median_u64(single), errors);
+        println!(
+            "{name:<24} 1 KB {:>8.0} RPS (p50 {} us, p99 {} us) | stream {:>7.0} RPS (TTFT p50 {} us) | c=1 p50 {} us | errors {} | peak RSS {:.0} MB",
+            r.0 .0, r.0 .1, r.0 .2, r.1 .0, r.1 .3, r.2, r.3, p.peak_rss_kb() as f64 / 1024.0
+        );
+        results.push(r);
+    }
+    let mock_single = results[0].2;
+    println!("\n| | RPS 1 KB (c=32) | p50 / p99 | RPS stream 200 chunks | stream TTFT p50 | added latency (c=1, p50) | peak RSS | errors |\n|---|---|---|---|---|---|---|---|");
+    for ((name, p, _), (plain, stream, single, errors)) in targets.iter().zip(&results) {
+        let added = if *name == "mock (direct)" {
+            "-".to_string()
+        } else {
+            format!("{} us", single.saturating_sub(mock_single))
+        };
+        println!(
+            "| {name} | {:.0} | {:.1} / {:.1} ms | {:.0} | {:.1} ms | {added} | {:.0} MB | {errors} |",
+            plain.0,
+            plain.1 as f64 / 1000.0,
+            plain.2 as f64 / 1000.0,
+            stream.0,
+            stream.3 as f64 / 1000.0,
+            p.peak_rss_kb() as f64 / 1024.0
+        );
+    }
 }
