@@ -33,6 +33,34 @@ impl Drop for InFlight {
     }
 }
 
+/// Requests admitted under `server.max_connections`, counted apart from `IN_FLIGHT`: a request
+/// is counted there from its start, before it is admitted, so concurrent arrivals would see
+/// each other and refuse more than the cap requires.
+static ADMITTED: AtomicUsize = AtomicUsize::new(0);
+
+/// One admitted request (given back when dropped).
+#[derive(Debug)]
+pub struct Admitted(());
+
+impl Admitted {
+    /// Admits a request while fewer than `cap` are admitted (one atomic step: exactly `cap`
+    /// requests run at once, whatever the interleaving).
+    pub fn try_new(cap: usize) -> Option<Admitted> {
+        ADMITTED
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < cap).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Admitted(()))
+    }
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        ADMITTED.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 static STARTED: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
 
 /// Marks the process start (for `uptime`); called once from `main`.
@@ -77,5 +105,30 @@ impl BackgroundService for DrainService {
         tokio::time::sleep(Duration::from_millis(100)).await;
         info!("drained: exiting");
         std::process::exit(0);
+    }
+}
+
+#[cfg(test)]
+mod admission_tests {
+    use super::Admitted;
+
+    #[test]
+    fn exactly_the_cap_is_admitted_by_concurrent_arrivals() {
+        let barrier = std::sync::Arc::new(std::sync::Barrier::new(8));
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let b = barrier.clone();
+                std::thread::spawn(move || {
+                    b.wait();
+                    Admitted::try_new(3)
+                })
+            })
+            .collect();
+        let held: Vec<Option<Admitted>> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+        assert_eq!(held.iter().filter(|a| a.is_some()).count(), 3);
+        drop(held);
+        // Given back when dropped.
+        let again: Vec<_> = (0..3).filter_map(|_| Admitted::try_new(3)).collect();
+        assert_eq!(again.len(), 3);
     }
 }

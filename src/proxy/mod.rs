@@ -179,6 +179,8 @@ pub struct RequestCtx {
     body_seen: usize,
     /// Counts this request as in flight until the context is dropped.
     _in_flight: crate::drain::InFlight,
+    /// Admitted under `server.max_connections` (held until the context is dropped).
+    admitted: Option<crate::drain::Admitted>,
 }
 
 /// Who is calling, and what the request may spend (written by authentication and admission).
@@ -361,6 +363,7 @@ impl ProxyHttp for Gateway {
             passthrough: None,
             body_seen: 0,
             _in_flight: crate::drain::InFlight::start(),
+            admitted: None,
         }
     }
 
@@ -412,7 +415,8 @@ impl ProxyHttp for Gateway {
             if in_flight > cap / 2 {
                 session.set_keepalive(None);
             }
-            if in_flight > cap {
+            ctx.admitted = crate::drain::Admitted::try_new(cap);
+            if ctx.admitted.is_none() {
                 let mut err = ApiError::of(
                     Code::ServerBusy,
                     "The gateway is at its request limit; retry shortly",
