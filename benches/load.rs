@@ -669,6 +669,42 @@ fn features() {
     }
 }
 
+/// The SHA-256 hash `inference-gateway hash-key` prints for `key` (given on standard input,
+/// never on a command line).
+fn key_hash(key: &str) -> String {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_inference-gateway"))
+        .args(["hash-key", "--stdin"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    writeln!(child.stdin.take().unwrap(), "{key}").unwrap();
+    let out = child.wait_with_output().unwrap();
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("hash: "))
+        .unwrap()
+        .to_string()
+}
+
+/// A throwaway `redis-server` on a free port (no persistence), when one is installed.
+fn spawn_redis() -> (Option<Child>, u16) {
+    let port = free_port();
+    let redis = Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--save", "", "--appendonly", "no"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok();
+    if redis.is_some() {
+        wait_listening(port);
+    }
+    (redis, port)
+}
+
 // ---------------------------------------------------------------------------------- auth
 
 /// Cost of authentication and limits: the same non-stream 1 KB load on an open gateway, with
@@ -679,47 +715,15 @@ fn auth() {
     let seconds = env_num("BENCH_SECONDS", 5);
     let threads = env_num("BENCH_GATEWAY_THREADS", 1);
     let mock = spawn_role("mock (direct)", "mock", &[]);
-    let hash = |k: &str| {
-        use std::io::Write;
-        // The key on standard input (never on a command line).
-        let mut child = Command::new(env!("CARGO_BIN_EXE_inference-gateway"))
-            .args(["hash-key", "--stdin"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        writeln!(child.stdin.take().unwrap(), "{k}").unwrap();
-        let out = child.wait_with_output().unwrap();
-        let text = String::from_utf8(out.stdout).unwrap();
-        text.lines()
-            .find_map(|l| l.strip_prefix("hash: "))
-            .unwrap()
-            .to_string()
-    };
-    let plain_key = format!("[[keys]]\nname = \"k\"\nhash = \"{}\"\n", hash("igw-bench"));
+    let plain_key = format!(
+        "[[keys]]\nname = \"k\"\nhash = \"{}\"\n",
+        key_hash("igw-bench")
+    );
     // Limits far above what the bench reaches, so every request passes every check.
     let limited_key = format!(
         "{plain_key}rpm = 100000000\ntpm = 100000000000\nmax_concurrent = 100000\nbudget_usd = 1000000000.0\n"
     );
-    let redis_port = free_port();
-    let redis = Command::new("redis-server")
-        .args([
-            "--port",
-            &redis_port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .ok();
-    if redis.is_some() {
-        wait_listening(redis_port);
-    }
+    let (redis, redis_port) = spawn_redis();
     let bearer = "authorization: Bearer igw-bench\r\n".to_string();
     let mut cells: Vec<(&str, Proc, String)> = vec![
         (
@@ -1212,46 +1216,12 @@ fn targets() {
     );
 
     // Features on, against the plain gateway.
-    let hash = {
-        use std::io::Write;
-        let mut child = Command::new(env!("CARGO_BIN_EXE_inference-gateway"))
-            .args(["hash-key", "--stdin"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        writeln!(child.stdin.take().unwrap(), "igw-bench").unwrap();
-        let out = child.wait_with_output().unwrap();
-        String::from_utf8(out.stdout)
-            .unwrap()
-            .lines()
-            .find_map(|l| l.strip_prefix("hash: "))
-            .unwrap()
-            .to_string()
-    };
+    let hash = key_hash("igw-bench");
     let key = format!(
         "[[keys]]\nname = \"k\"\nhash = \"{hash}\"\nrpm = 100000000\ntpm = 100000000000\nmax_concurrent = 100000\nbudget_usd = 1000000000.0\n"
     );
     let bearer = "authorization: Bearer igw-bench\r\n";
-    let redis_port = free_port();
-    let redis = Command::new("redis-server")
-        .args([
-            "--port",
-            &redis_port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .ok();
-    if redis.is_some() {
-        wait_listening(redis_port);
-    }
+    let (redis, redis_port) = spawn_redis();
     let sink = spawn_role("OTLP sink", "mock", &[]);
     let store_dir = std::env::temp_dir().join(format!("igw-bench-targets-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&store_dir);

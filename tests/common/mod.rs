@@ -562,6 +562,21 @@ pub async fn try_request(
 }
 
 /// `POST /v1/chat/completions` with `body`, no extra headers (the most common test request).
+/// Waits (up to 15 s) until `GET /v1/mcp/tools` lists a tool (`MCP_EXPOSE` must be on).
+pub async fn wait_for_any_mcp_tool(addr: SocketAddr) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let v = raw_request(addr, "GET", "/v1/mcp/tools", &[], b"")
+            .await
+            .json();
+        if v["data"].as_array().is_some_and(|d| !d.is_empty()) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "no MCP tools: {v}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 pub async fn post_chat(addr: SocketAddr, body: &[u8]) -> RawResponse {
     raw_request(addr, "POST", "/v1/chat/completions", &[], body).await
 }

@@ -264,16 +264,7 @@ async fn output_guardrails_check_the_mcp_loop() {
     env.push(("GUARDRAILS_OUTPUT_DENY_PATTERNS", "result: 5".into()));
     let gw = InProcessGateway::start(&env, None);
     let a = gw.addr;
-    let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    while raw_request(a, "GET", "/v1/mcp/tools", &[], b"")
-        .await
-        .json()["data"]
-        .as_array()
-        .is_none_or(|d| d.is_empty())
-    {
-        assert!(std::time::Instant::now() < deadline, "no MCP tools");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for_any_mcp_tool(a).await;
     let ask = |prompt: &str, stream: bool| {
         json!({"model": "openai/gpt-4o", "stream": stream,
             "messages": [{"role": "user", "content": prompt}]})

@@ -393,17 +393,7 @@ async fn json_export_content_capture_tool_spans_and_an_unsampled_caller() {
         "true".into(),
     ));
     let gw = GatewayProcess::start(&env, None);
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let v = raw_request(gw.addr(), "GET", "/v1/mcp/tools", &[], b"")
-            .await
-            .json();
-        if v["data"].as_array().is_some_and(|d| !d.is_empty()) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "no MCP tools: {v}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for_any_mcp_tool(gw.addr()).await;
     let body = json!({"model": "openai/gpt-4o", "messages": [{"role": "user", "content": "add"}]});
     let r = post_chat(gw.addr(), body.to_string().as_bytes()).await;
     assert_eq!(r.status, 200, "{}", r.text());
