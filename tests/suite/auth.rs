@@ -40,7 +40,8 @@ async fn fresh_minute() {
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_secs();
-    if s % 60 > 50 {
+    // A burst on a loaded CI box can take well over ten seconds: leave it half a minute.
+    if s % 60 > 30 {
         tokio::time::sleep(Duration::from_secs(61 - s % 60)).await;
     }
 }
