@@ -98,6 +98,25 @@ impl SseDecoder {
         }
     }
 
+    /// Every complete event buffered, as one run of raw bytes (a relay that forwards events
+    /// untouched looks at a whole read at once instead of event by event); split it with
+    /// [`events`] when the events themselves matter.
+    pub fn take_complete(&mut self) -> Option<Bytes> {
+        let mut end = 0;
+        let mut from = self.scanned;
+        while let Some(e) = find_event_end(&self.buf, from, false) {
+            end = e;
+            from = e;
+        }
+        if end == 0 {
+            self.scanned = last_line_start(&self.buf, self.scanned);
+            return None;
+        }
+        let run = self.buf.split_to(end).freeze();
+        self.scanned = last_line_start(&self.buf, 0);
+        Some(run)
+    }
+
     /// End of stream: returns the trailing event that was not terminated by a blank line, if it
     /// has any content. Per the SSE spec such an event would be discarded, but LLM upstreams often
     /// omit the final blank line after `data: [DONE]`, so we hand it out and let the caller decide.
@@ -115,6 +134,25 @@ impl SseDecoder {
         }
         Some(parse_event(raw))
     }
+}
+
+/// In a run from [`SseDecoder::take_complete`] (which ends where an event ends), the bounds of
+/// the event holding offset `inside`, walking events from `from` (an event's start).
+pub fn event_around(run: &[u8], from: usize, inside: usize) -> (usize, usize) {
+    let mut start = from;
+    // `eof`: the run ends at an event's end, so a final lone `\r` is complete.
+    while let Some(end) = find_event_end(run, start, true) {
+        if end > inside {
+            return (start, end);
+        }
+        start = end;
+    }
+    (start, run.len())
+}
+
+/// The event at `start..end` of a run.
+pub fn event_at(run: &Bytes, start: usize, end: usize) -> SseEvent {
+    parse_event(run.slice(start..end))
 }
 
 /// Finds the end (exclusive) of the first complete event in `buf`, scanning lines from `from`.
@@ -293,6 +331,34 @@ mod tests {
             d.push(b).unwrap();
             got.extend(all(&mut d));
             assert_eq!(got, expected, "split at {split}");
+        }
+    }
+
+    #[test]
+    fn complete_runs_split_into_the_same_events_at_every_split_point() {
+        let input = "data: {\"a\":\"h\u{e9}llo\"}\r\n\r\n: keepalive\n\nevent: x\ndata: 1\ndata: 2\r\rdata: [DONE]\n\n";
+        let mut whole = SseDecoder::new();
+        whole.push(input.as_bytes()).unwrap();
+        let expected = all(&mut whole);
+        assert_eq!(expected.len(), 4);
+        for split in 0..=input.len() {
+            let mut d = SseDecoder::new();
+            let (a, b) = input.as_bytes().split_at(split);
+            let mut got = vec![];
+            for part in [a, b] {
+                d.push(part).unwrap();
+                if let Some(run) = d.take_complete() {
+                    let mut at = 0;
+                    while at < run.len() {
+                        let (start, end) = event_around(&run, at, at);
+                        assert_eq!(start, at);
+                        got.push(event_at(&run, start, end));
+                        at = end;
+                    }
+                }
+            }
+            assert_eq!(got, expected, "split at {split}");
+            assert!(d.finish().is_none());
         }
     }
 

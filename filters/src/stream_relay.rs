@@ -51,8 +51,25 @@ impl OpenAiStreamRelay {
     /// Feeds one upstream chunk; whatever should reach the client is appended to `out`.
     pub fn feed(&mut self, chunk: &[u8], out: &mut BytesMut) -> Result<(), EventTooLarge> {
         self.decoder.push(chunk)?;
-        while let Some(ev) = self.decoder.next_event() {
-            self.handle(ev, out, false);
+        let Some(run) = self.decoder.take_complete() else {
+            return Ok(());
+        };
+        // Plain content chunks are forwarded in runs, their text counted in one pass; only the
+        // events holding a mark (the end, a usage report, tool calls) are taken one by one. A
+        // false alarm, such as `[DONE]` in generated text, costs only that event's parse.
+        let mut marks = usage::Lookouts::new(&run);
+        let mut at = 0;
+        while at < run.len() && !self.done_sent {
+            let Some(mark) = marks.first_from(at) else {
+                self.stats.observe_text(&run[at..]);
+                out.extend_from_slice(&run[at..]);
+                break;
+            };
+            let (start, end) = sse::event_around(&run, at, mark);
+            self.stats.observe_text(&run[at..start]);
+            out.extend_from_slice(&run[at..start]);
+            self.handle(sse::event_at(&run, start, end), out, false);
+            at = end;
         }
         Ok(())
     }
@@ -187,6 +204,40 @@ mod tests {
         let (out, _) = run(false, &input, StreamEnd::Clean);
         assert_eq!(out.matches("[DONE]").count(), 1, "{out}");
         assert!(out.ends_with("data: [DONE]\n\n"));
+    }
+
+    #[test]
+    fn runs_and_single_events_relay_the_same_at_every_split_point() {
+        const TOOL: &str = "data: {\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":0,\"function\":{\"name\":\"get_weather\",\"arguments\":\"\"}}]}}]}\n\n";
+        const REASONING: &str =
+            "data: {\"choices\":[{\"delta\":{\"reasoning_content\":\"a\\\"b\"}}]}\r\n\r\n";
+        let input = format!(
+            "{CHUNK}: keep-alive\n\n{REASONING}{TOOL}{CHUNK}{USAGE}data: [DONE]\n\n{CHUNK}"
+        );
+        let (whole, r) = run(true, &input, StreamEnd::Clean);
+        assert_eq!(
+            whole,
+            format!("{CHUNK}: keep-alive\n\n{REASONING}{TOOL}{CHUNK}data: [DONE]\n\n")
+        );
+        let stats = r.stats().clone();
+        assert_eq!(stats.tool_calls, ["get_weather"]);
+        // "hi" twice, `a"b` once (an escape counts as one byte).
+        assert_eq!(stats.text_bytes, 7);
+        for split in 0..=input.len() {
+            let mut r = OpenAiStreamRelay::new(true, 0);
+            let mut out = BytesMut::new();
+            let (a, b) = input.as_bytes().split_at(split);
+            r.feed(a, &mut out).unwrap();
+            r.feed(b, &mut out).unwrap();
+            r.finish(StreamEnd::Clean, &mut out);
+            assert_eq!(
+                String::from_utf8(out.to_vec()).unwrap(),
+                whole,
+                "split {split}"
+            );
+            assert_eq!(r.stats(), &stats, "split {split}");
+            assert_eq!(r.usage().unwrap().total_tokens, 7);
+        }
     }
 
     #[test]

@@ -131,15 +131,21 @@ impl StreamStats {
         estimate_tokens(self.text_bytes as usize)
     }
 
+    /// Records the text of a run of whole OpenAI chunk events (raw SSE bytes) that
+    /// [`Lookouts`] found no mark in.
+    pub fn observe_text(&mut self, run: &[u8]) {
+        for key in [&*CONTENT_KEY, &*REASONING_KEY] {
+            let len = key.needle().len();
+            for at in key.find_iter(run) {
+                self.text_bytes += json_string_len(&run[at + len..]) as u64;
+            }
+        }
+    }
+
     /// Records the text and tool-call names of one OpenAI chunk payload. Cheap when the chunk has
     /// neither: two substring searches.
     pub fn observe_chunk(&mut self, data: &[u8]) {
-        for key in [&*CONTENT_KEY, &*REASONING_KEY] {
-            let len = key.needle().len();
-            for at in key.find_iter(data) {
-                self.text_bytes += json_string_len(&data[at + len..]) as u64;
-            }
-        }
+        self.observe_text(data);
         if TOOL_CALLS_KEY.find(data).is_some() {
             #[derive(Deserialize)]
             struct P {
@@ -228,15 +234,66 @@ static REASONING_KEY: LazyLock<Finder<'static>> =
     LazyLock::new(|| Finder::new(b"\"reasoning_content\":"));
 static TOOL_CALLS_KEY: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"tool_calls\""));
 
-fn has_non_null_usage(data: &[u8]) -> bool {
-    USAGE_KEY.find_iter(data).any(|at| {
-        let rest = &data[at + 7..];
-        let mut i = 0;
-        while i < rest.len() && (rest[i].is_ascii_whitespace() || rest[i] == b':') {
-            i += 1;
+/// The places in raw OpenAI stream bytes that a relay must see event by event: the end
+/// (`[DONE]`), a usage report, tool calls. Everything between them is plain content it forwards
+/// as it came. Each kind of mark is searched for again only once the relay has passed the last
+/// one found, so a run is scanned once per kind however many marks it holds.
+pub struct Lookouts<'a> {
+    run: &'a [u8],
+    /// Next offset of each kind of mark; `None` when there is none further on.
+    next: [Option<usize>; 3],
+}
+
+impl<'a> Lookouts<'a> {
+    pub fn new(run: &'a [u8]) -> Self {
+        let mut l = Self {
+            run,
+            next: [None; 3],
+        };
+        for kind in 0..3 {
+            l.next[kind] = l.find(kind, 0);
         }
-        !rest[i..].starts_with(b"null")
-    })
+        l
+    }
+
+    /// The first mark at or after `from`.
+    pub fn first_from(&mut self, from: usize) -> Option<usize> {
+        for kind in 0..3 {
+            if self.next[kind].is_some_and(|at| at < from) {
+                self.next[kind] = self.find(kind, from);
+            }
+        }
+        self.next.iter().flatten().min().copied()
+    }
+
+    fn find(&self, kind: usize, from: usize) -> Option<usize> {
+        let hay = &self.run[from..];
+        let at = match kind {
+            0 => DONE_MARK.find(hay),
+            1 => TOOL_CALLS_KEY.find(hay),
+            _ => USAGE_KEY
+                .find_iter(hay)
+                .find(|&at| value_is_not_null(&hay[at + USAGE_KEY.needle().len()..])),
+        };
+        at.map(|at| from + at)
+    }
+}
+
+static DONE_MARK: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"[DONE]"));
+
+fn has_non_null_usage(data: &[u8]) -> bool {
+    USAGE_KEY
+        .find_iter(data)
+        .any(|at| value_is_not_null(&data[at + USAGE_KEY.needle().len()..]))
+}
+
+/// After a key: whether the value that follows the colon is anything but `null`.
+fn value_is_not_null(rest: &[u8]) -> bool {
+    let mut i = 0;
+    while i < rest.len() && (rest[i].is_ascii_whitespace() || rest[i] == b':') {
+        i += 1;
+    }
+    !rest[i..].starts_with(b"null")
 }
 
 #[cfg(test)]
