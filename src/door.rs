@@ -40,11 +40,11 @@ async fn serve(
             estimate: None,
         },
         Door::Messages => decode_messages(gw, session, ctx, ep, raw)?,
-        Door::Responses => crate::responses::decode(gw, ctx, raw).await?,
+        Door::Responses => Box::pin(crate::responses::decode(gw, ctx, raw)).await?,
     };
     exchange::run(gw, session, ctx, ep, inbound).await?;
     if ctx.door == Door::Responses {
-        crate::responses::keep(gw, ctx).await;
+        Box::pin(crate::responses::keep(gw, ctx)).await;
     }
     Ok(())
 }

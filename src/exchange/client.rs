@@ -120,8 +120,7 @@ impl ClientStream {
         }
         ctx.answer.status = 200;
         self.headers_sent = true;
-        if session
-            .write_response_header(Box::new(h), false)
+        if Box::pin(session.write_response_header(Box::new(h), false))
             .await
             .is_err()
         {
@@ -184,7 +183,11 @@ impl ClientStream {
             }
             self.last_write = now;
         }
-        if session.write_response_body(Some(data), last).await.is_err() {
+        // Boxed: a stream's state (which holds this future between writes) stays small.
+        if Box::pin(session.write_response_body(Some(data), last))
+            .await
+            .is_err()
+        {
             mark_client_gone(session, ctx);
             return false;
         }

@@ -227,7 +227,7 @@ impl<'g> Exchange<'g, '_> {
                 .as_ref()
                 .is_some_and(|o| o.relays_to(self.ctx.door, &provider));
             if !relayed {
-                self.answer_estimate(&provider.name, inbound.estimate).await;
+                Box::pin(self.answer_estimate(&provider.name, inbound.estimate)).await;
                 return Ok(());
             }
         } else {
@@ -238,14 +238,22 @@ impl<'g> Exchange<'g, '_> {
                 && tool_loop::active_tools(self.gw, self.session).is_some()
                 && tool_loop::wants_tools(&obj);
             let looked_up = std::time::Instant::now();
-            let hit = self.cache_lookup(ep, &raw, &obj, &route, will_loop).await;
+            // Every large step but the stream relay is boxed: this future lives as long as the
+            // request (a stream's whole life) at the size of its largest step (issue 22: memory
+            // per idle stream; the call's step alone is over 20 KB).
+            let hit = match self.gw.cache.is_some() {
+                true => Box::pin(self.cache_lookup(ep, &raw, &obj, &route, will_loop)).await,
+                false => None,
+            };
             self.trace_cache_lookup(looked_up);
             if let Some(entry) = hit {
-                self.admit_reserve(crate::limits::Reserve::default())
-                    .await?;
-                return self.serve_hit(&obj, &route, entry).await;
+                Box::pin(self.admit_reserve(crate::limits::Reserve::default())).await?;
+                return Box::pin(self.serve_hit(&obj, &route, entry)).await;
             }
-            self.admit(&route).await?;
+            if self.ctx.caller.principal.is_some() {
+                // Only callers are admitted (an open gateway has no one to count).
+                Box::pin(self.admit(&route)).await?;
+            }
         }
         let missing_key = self
             .gw
@@ -264,7 +272,7 @@ impl<'g> Exchange<'g, '_> {
         }
         if ep == Endpoint::Chat {
             if let Some(needed) = reasoning_needed(provider.dialect) {
-                self.restore_reasoning_state(&mut obj, needed).await?;
+                Box::pin(self.restore_reasoning_state(&mut obj, needed)).await?;
             }
         }
         if ep == Endpoint::Chat {
@@ -288,11 +296,11 @@ impl<'g> Exchange<'g, '_> {
                 }
             }
         }
-        let served = match self.dispatch(&mut obj, &route, ep).await? {
+        let served = match Box::pin(self.dispatch(&mut obj, &route, ep)).await? {
             Outcome::Ok(s) => s,
             Outcome::Error(s) => {
                 let name = s.route.provider.name.clone();
-                return self.relay_error(&name, s.plan.dialect, s.resp).await;
+                return Box::pin(self.relay_error(&name, s.plan.dialect, s.resp)).await;
             }
             Outcome::ClientGone => return Ok(()),
         };
@@ -302,7 +310,7 @@ impl<'g> Exchange<'g, '_> {
             self.relay_stream(resp, &route, &plan).await;
             return Ok(());
         }
-        self.relay_whole(resp, &route, &plan).await
+        Box::pin(self.relay_whole(resp, &route, &plan)).await
     }
 
     /// Puts kept reasoning state back into assistant turns the client sent without it (SDK stream

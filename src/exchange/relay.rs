@@ -9,6 +9,7 @@ use filters::dialects::{self, Dialect, StreamTranslator};
 use filters::doors::Door;
 use filters::stream_relay::{OpenAiStreamRelay, StreamEnd};
 use filters::usage;
+use futures::FutureExt;
 
 use super::client::{gateway_headers, unless_client_leaves, ActiveStream, ClientStream};
 use super::plan::Plan;
@@ -18,6 +19,8 @@ use crate::errors::{ApiError, Code};
 
 /// Most of a streamed answer kept for `gen_ai.output.messages` (content capture only).
 const CAPTURE_LIMIT: usize = 1 << 20;
+/// Most bytes of already-arrived upstream reads gathered into one client write.
+const COALESCE_BYTES: usize = 64 * 1024;
 use crate::proxy::{respond, Gateway, RequestCtx};
 use crate::routing::Route;
 use crate::upstream::{UpstreamError, UpstreamResponse};
@@ -360,7 +363,9 @@ impl<'g> Exchange<'g, '_> {
             });
         loop {
             let waited = Instant::now();
-            let next = unless_client_leaves(self.session, resp.read_chunk()).await;
+            // Boxed, as the writes below: a stream's state lives as long as it does, and these
+            // I/O futures would otherwise size it (issue 22: memory per idle stream).
+            let next = Box::pin(unless_client_leaves(self.session, resp.read_chunk())).await;
             self.ctx.upstream.wait += waited.elapsed();
             // Client hung up: `resp` is dropped below, closing the upstream connection so
             // generation stops.
@@ -368,7 +373,16 @@ impl<'g> Exchange<'g, '_> {
                 self.ctx.client_left();
                 break;
             };
-            let end = feed_read(self.ctx, provider, relay.as_mut(), next, &mut out.buf);
+            let mut end = feed_read(self.ctx, provider, relay.as_mut(), next, &mut out.buf);
+            // What the upstream has already delivered goes out in the same write: one write for
+            // a burst of events rather than one per read. Never waits (a read that would is
+            // dropped before it takes anything), so no event is held back.
+            while end.is_none() && out.buf.len() < COALESCE_BYTES {
+                let Some(more) = resp.read_chunk().now_or_never() else {
+                    break;
+                };
+                end = feed_read(self.ctx, provider, relay.as_mut(), more, &mut out.buf);
+            }
             let mut last = end.is_some();
             if let Some(end) = end {
                 clean = end == StreamEnd::Clean;
@@ -455,7 +469,7 @@ impl<'g> Exchange<'g, '_> {
             ));
         }
         if clean && !self.ctx.answer.client_gone {
-            self.gw.client.release(resp).await;
+            Box::pin(self.gw.client.release(resp)).await;
         }
         // Otherwise `resp` is dropped here, closing the upstream connection.
     }

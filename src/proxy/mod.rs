@@ -437,16 +437,16 @@ impl ProxyHttp for Gateway {
         // unknown paths do not).
         if ctx.route == "/admin/v1" {
             // The admin API has its own credential (never an API key).
-            crate::admin::handle(self, session, ctx).await;
+            Box::pin(crate::admin::handle(self, session, ctx)).await;
             return Ok(true);
         }
         if ctx.route == "/ui" {
             // Static pages: the admin key is entered in them, so they need no credential.
-            crate::ui::serve(self, session, ctx).await;
+            Box::pin(crate::ui::serve(self, session, ctx)).await;
             return Ok(true);
         }
         if ctx.route == "/.well-known/oauth-protected-resource/mcp" {
-            crate::mcp::server::resource_metadata(self, session, ctx).await;
+            Box::pin(crate::mcp::server::resource_metadata(self, session, ctx)).await;
             return Ok(true);
         }
         // `/mcp` is refused before anything else unless MCP_EXPOSE says so (as the Go gateway).
@@ -458,12 +458,15 @@ impl ProxyHttp for Gateway {
             respond::error(session, ctx, &err).await;
             return Ok(true);
         }
-        if ctx.route != "/health" && ctx.route != "other" {
-            match self.auth.authenticate(&session.req_header().headers).await {
+        // Boxed, like every handler but the front doors': this future lives (on the heap, boxed
+        // by Pingora's trait) as long as the request, a stream's whole life included, at the size
+        // of its largest branch (issue 22: memory per idle stream).
+        if ctx.route != "/health" && ctx.route != "other" && self.auth.required() {
+            match Box::pin(self.auth.authenticate(&session.req_header().headers)).await {
                 Ok(p) => ctx.caller.principal = p,
                 Err(e) => {
                     if ctx.route == "/mcp" {
-                        crate::mcp::server::unauthorized(self, session, ctx, &e).await;
+                        Box::pin(crate::mcp::server::unauthorized(self, session, ctx, &e)).await;
                     } else {
                         respond::error(session, ctx, &e).await;
                     }
@@ -473,7 +476,7 @@ impl ProxyHttp for Gateway {
         }
         let answered = match (method, path.as_str()) {
             (Method::GET | Method::HEAD, "/health") => {
-                self.health(session, ctx).await;
+                Box::pin(self.health(session, ctx)).await;
                 true
             }
             (Method::POST, "/v1/chat/completions") => {
@@ -504,32 +507,32 @@ impl ProxyHttp for Gateway {
                 if p.starts_with("/v1/responses/") && crate::responses::route(&m, p).is_some() =>
             {
                 let (action, id) = crate::responses::route(&m, p).expect("matched");
-                crate::responses::serve(self, session, ctx, action, &id).await;
+                Box::pin(crate::responses::serve(self, session, ctx, action, &id)).await;
                 true
             }
             (Method::GET, "/v1/models") => {
-                crate::model_list::handle(self, session, ctx).await;
+                Box::pin(crate::model_list::handle(self, session, ctx)).await;
                 true
             }
             (_, "/mcp") => {
-                // Boxed: its state (a tool call, an SSE stream) must not grow every request's
-                // future (debug builds put futures on the stack when they start).
                 Box::pin(crate::mcp::server::handle(self, session, ctx)).await;
                 true
             }
             (Method::GET, "/v1/a2a/agents") => {
-                self.a2a_agents(session, ctx).await;
+                Box::pin(self.a2a_agents(session, ctx)).await;
                 true
             }
             (Method::GET, "/v1/mcp/tools") => {
-                self.mcp_tools(session, ctx).await;
+                Box::pin(self.mcp_tools(session, ctx)).await;
                 true
             }
             (Method::GET, "/v1/usage") => {
-                self.usage(session, ctx).await;
+                Box::pin(self.usage(session, ctx)).await;
                 true
             }
-            (_, p) if p.starts_with("/proxy/") => self.start_passthrough(session, ctx).await,
+            (_, p) if p.starts_with("/proxy/") => {
+                Box::pin(self.start_passthrough(session, ctx)).await
+            }
             (m, p) => {
                 let err = if ctx.route != "other" {
                     ApiError::of(
