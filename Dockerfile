@@ -11,7 +11,11 @@ RUN apt-get update \
 WORKDIR /src
 COPY . .
 # The gateway and its command line, igw (for `docker exec ... igw status`).
-RUN cargo build --release --locked -p inference-gateway -p igw
+RUN cargo build --release --locked -p inference-gateway -p igw \
+ && for b in inference-gateway igw; do \
+      objcopy --only-keep-debug target/release/$b target/release/$b.debug \
+      && objcopy --strip-all --add-gnu-debuglink=target/release/$b.debug target/release/$b; \
+    done
 
 FROM debian:bookworm-slim
 # ca-certificates: TLS to providers; curl: the HEALTHCHECK.

@@ -2,7 +2,7 @@
 CARGO ?= cargo
 ARGS ?=
 
-.PHONY: run build release test lint fmt bench bench-peers deps clean
+.PHONY: run build release dist test lint fmt bench bench-peers deps clean
 
 ## Build (release) the gateway and igw, and run the gateway with zero configuration on :8080.
 run: release
@@ -11,6 +11,15 @@ run: release
 release:
 	@scripts/deps.sh build
 	$(CARGO) build --release --locked -p inference-gateway -p igw
+
+## The binaries as shipped: stripped, their debug info split off beside them (target/dist).
+dist: release
+	mkdir -p target/dist
+	for b in inference-gateway igw; do \
+	  objcopy --only-keep-debug target/release/$$b target/dist/$$b.debug && \
+	  objcopy --strip-all --add-gnu-debuglink=target/dist/$$b.debug target/release/$$b target/dist/$$b; \
+	done
+	@ls -l target/dist
 
 build:
 	@scripts/deps.sh build
