@@ -123,8 +123,10 @@ pub struct Timeouts {
 /// An upstream response whose headers have arrived; the body is read with
 /// [`read_chunk`](UpstreamResponse::read_chunk).
 pub struct UpstreamResponse {
-    session: HttpSession,
-    peer: HttpPeer,
+    // Boxed: a response moves through several layers (attempt, pool, dispatch, relay) and is
+    // held by every open stream; inline, these two are over a kilobyte.
+    session: Box<HttpSession>,
+    peer: Box<HttpPeer>,
     idle_timeout: Duration,
     deadline: Option<tokio::time::Instant>,
     pub addr: std::net::SocketAddr,
@@ -251,9 +253,9 @@ impl UpstreamClient {
             match self.exchange(&mut session, &header, &req.body, &t).await {
                 Ok(()) => {
                     return Ok(UpstreamResponse {
-                        session,
+                        session: Box::new(session),
                         addr,
-                        peer,
+                        peer: Box::new(peer),
                         idle_timeout: t.stream_idle,
                         deadline: t.deadline,
                         retries: attempt - 1,
@@ -329,7 +331,7 @@ impl UpstreamClient {
         if resp.session.response_done() {
             let idle = Some(self.cfg.idle_conn_timeout.get());
             self.connector
-                .release_http_session(resp.session, &resp.peer, idle)
+                .release_http_session(*resp.session, &*resp.peer, idle)
                 .await;
         } else {
             resp.session.shutdown().await;

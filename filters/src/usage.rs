@@ -146,6 +146,11 @@ impl StreamStats {
     /// neither: two substring searches.
     pub fn observe_chunk(&mut self, data: &[u8]) {
         self.observe_text(data);
+        self.observe_tool_calls(data);
+    }
+
+    /// Records the tool-call names of one OpenAI chunk payload or whole response body.
+    fn observe_tool_calls(&mut self, data: &[u8]) {
         if TOOL_CALLS_KEY.find(data).is_some() {
             #[derive(Deserialize)]
             struct P {
@@ -222,8 +227,9 @@ fn json_string_len(s: &[u8]) -> usize {
 
 /// Tool-call names in a non-streaming `chat.completion` body.
 pub fn tool_calls_from_body(body: &[u8]) -> Vec<String> {
+    // Only the names: a whole answer's text needs no estimate.
     let mut s = StreamStats::default();
-    s.observe_chunk(body);
+    s.observe_tool_calls(body);
     s.tool_calls
 }
 
