@@ -123,10 +123,9 @@ pub struct Timeouts {
 /// An upstream response whose headers have arrived; the body is read with
 /// [`read_chunk`](UpstreamResponse::read_chunk).
 pub struct UpstreamResponse {
-    // Boxed: a response moves through several layers (attempt, pool, dispatch, relay) and is
-    // held by every open stream; inline, these two are over a kilobyte.
-    session: Box<HttpSession>,
-    peer: Box<HttpPeer>,
+    // Boxed (one allocation): a response moves through several layers (attempt, pool,
+    // dispatch, relay) and is held by every open stream; inline, these are over a kilobyte.
+    conn: Box<Connection>,
     idle_timeout: Duration,
     deadline: Option<tokio::time::Instant>,
     pub addr: std::net::SocketAddr,
@@ -253,9 +252,8 @@ impl UpstreamClient {
             match self.exchange(&mut session, &header, &req.body, &t).await {
                 Ok(()) => {
                     return Ok(UpstreamResponse {
-                        session: Box::new(session),
+                        conn: Box::new(Connection { session, peer }),
                         addr,
-                        peer: Box::new(peer),
                         idle_timeout: t.stream_idle,
                         deadline: t.deadline,
                         retries: attempt - 1,
@@ -328,20 +326,28 @@ impl UpstreamClient {
 
     /// Returns a fully read response's connection to the pool.
     pub async fn release(&self, mut resp: UpstreamResponse) {
-        if resp.session.response_done() {
+        if resp.conn.session.response_done() {
             let idle = Some(self.cfg.idle_conn_timeout.get());
+            let Connection { session, peer } = *resp.conn;
             self.connector
-                .release_http_session(*resp.session, &*resp.peer, idle)
+                .release_http_session(session, &peer, idle)
                 .await;
         } else {
-            resp.session.shutdown().await;
+            resp.conn.session.shutdown().await;
         }
     }
 }
 
+/// The connection a response arrived on, and the peer it returns to the pool under.
+struct Connection {
+    session: HttpSession,
+    peer: HttpPeer,
+}
+
 impl UpstreamResponse {
     pub fn header(&self) -> &ResponseHeader {
-        self.session
+        self.conn
+            .session
             .response_header()
             .expect("response header was read")
     }
@@ -373,7 +379,7 @@ impl UpstreamResponse {
             Some(d) if d < idle => (d, UpstreamError::Deadline),
             _ => (idle, UpstreamError::IdleTimeout),
         };
-        match tokio::time::timeout_at(until, self.session.read_response_body()).await {
+        match tokio::time::timeout_at(until, self.conn.session.read_response_body()).await {
             Err(_) => Err(on_timeout),
             Ok(Err(e)) => Err(UpstreamError::Io(e.to_string())),
             Ok(Ok(b)) => Ok(b),

@@ -132,7 +132,8 @@ impl StreamStats {
     }
 
     /// Records the text of a run of whole OpenAI chunk events (raw SSE bytes) that
-    /// [`Lookouts`] found no mark in.
+    /// [`Lookouts`] found no mark in. Read from the raw bytes, a `"content":` in an SSE comment
+    /// line would count too: this feeds only the estimate for streams that report no usage.
     pub fn observe_text(&mut self, run: &[u8]) {
         for key in [&*CONTENT_KEY, &*REASONING_KEY] {
             let len = key.needle().len();

@@ -16,14 +16,14 @@ use super::plan::Plan;
 use super::unix_now;
 use super::Exchange;
 use crate::errors::{ApiError, Code};
+use crate::proxy::{respond, Gateway, RequestCtx};
+use crate::routing::Route;
+use crate::upstream::{UpstreamError, UpstreamResponse};
 
 /// Most of a streamed answer kept for `gen_ai.output.messages` (content capture only).
 const CAPTURE_LIMIT: usize = 1 << 20;
 /// Most bytes of already-arrived upstream reads gathered into one client write.
 const COALESCE_BYTES: usize = 64 * 1024;
-use crate::proxy::{respond, Gateway, RequestCtx};
-use crate::routing::Route;
-use crate::upstream::{UpstreamError, UpstreamResponse};
 
 /// Reads a whole successful response and returns it as an OpenAI body (translated from the
 /// provider's native format when needed): `(status, body, content type)`.
