@@ -23,7 +23,10 @@ pub struct Provider {
     pub base_path: String,
     pub auth: AuthStyle,
     api_key: Option<Secret>,
-    auth_value: Option<HeaderValue>,
+    /// The credential header, built once (marked sensitive).
+    auth_header: Option<(HeaderName, HeaderValue)>,
+    /// `authority` as a `Host` value, built once.
+    pub host_value: HeaderValue,
     pub headers: Vec<(HeaderName, HeaderValue)>,
     /// Extra query string (already encoded, no leading `?`), possibly empty.
     pub query: String,
@@ -80,13 +83,20 @@ impl Provider {
         }
         let api_key = p.api_key.clone().filter(|k| !k.is_empty());
         let auth = p.auth_style();
-        let auth_value = match (&auth, &api_key) {
+        let auth_header = match (&auth, &api_key) {
             (AuthStyle::None, _) | (_, None) => None,
-            (AuthStyle::Bearer, Some(k)) => {
-                Some(secret_header(&format!("Bearer {}", k.expose()), name)?)
-            }
-            (AuthStyle::Header(_), Some(k)) => Some(secret_header(k.expose(), name)?),
+            (AuthStyle::Bearer, Some(k)) => Some((
+                http::header::AUTHORIZATION,
+                secret_header(&format!("Bearer {}", k.expose()), name)?,
+            )),
+            (AuthStyle::Header(h), Some(k)) => Some((
+                HeaderName::from_bytes(h.as_bytes())
+                    .map_err(|_| bad("invalid auth header name"))?,
+                secret_header(k.expose(), name)?,
+            )),
         };
+        let host_value =
+            HeaderValue::from_str(authority).map_err(|_| bad("invalid host in the URL"))?;
         let headers = p
             .headers
             .iter()
@@ -114,7 +124,8 @@ impl Provider {
             host,
             auth,
             api_key,
-            auth_value,
+            auth_header,
+            host_value,
             headers,
             query,
             chat_path: p.chat_path.clone().unwrap_or_default(),
@@ -138,14 +149,8 @@ impl Provider {
     }
 
     /// The credential header to send, if the provider needs one and has a key.
-    pub fn auth_header(&self) -> Option<(HeaderName, &HeaderValue)> {
-        let value = self.auth_value.as_ref()?;
-        let name = match &self.auth {
-            AuthStyle::Bearer => http::header::AUTHORIZATION,
-            AuthStyle::Header(h) => HeaderName::from_bytes(h.as_bytes()).ok()?,
-            AuthStyle::None => return None,
-        };
-        Some((name, value))
+    pub fn auth_header(&self) -> Option<(&HeaderName, &HeaderValue)> {
+        self.auth_header.as_ref().map(|(n, v)| (n, v))
     }
 
     /// True when the provider needs a key and none is configured.

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http::{HeaderName, HeaderValue, Method};
-use pingora::connectors::http::Connector;
+use pingora::connectors::http::v1::Connector;
 use pingora::connectors::ConnectorOptions;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::protocols::http::client::HttpSession;
@@ -93,6 +93,8 @@ impl UpstreamError {
 }
 
 pub struct UpstreamClient {
+    /// HTTP/1.1 only (peers ask for no ALPN): the version's own connector, whose pool lookup
+    /// is a small future apart from the connect (TLS handshake included), which is kilobytes.
     connector: Connector,
     cfg: ClientConfig,
 }
@@ -181,31 +183,58 @@ impl UpstreamClient {
 
     /// Builds the upstream request header: provider path, Host, auth, configured headers,
     /// request id. Nothing from the caller is copied unless passed in `extra`.
+    ///
+    /// A plain `HeaderMap` of typed names, converted once (see `respond::header`: Pingora's
+    /// `insert_header` re-parses and copies every name for its case map, which HTTP/1.1
+    /// upstreams do not need).
     pub fn request_header(
         provider: &Provider,
         req: &UpstreamRequest<'_>,
     ) -> Result<RequestHeader, UpstreamError> {
-        let mut h = RequestHeader::build(
-            req.method.clone(),
-            req.path.as_bytes(),
-            Some(8 + req.headers.len()),
-        )
-        .map_err(|e| UpstreamError::Connect(format!("invalid upstream request: {e}")))?;
-        let _ = h.insert_header(http::header::HOST, provider.authority.as_str());
+        let invalid = |e: String| UpstreamError::Connect(format!("invalid upstream request: {e}"));
+        let mut map =
+            http::HeaderMap::with_capacity(8 + provider.headers.len() + req.headers.len());
+        map.insert(http::header::HOST, provider.host_value.clone());
         if let Some((name, value)) = provider.auth_header() {
-            let _ = h.insert_header(name, value.clone());
+            map.insert(name.clone(), value.clone());
         }
         for (k, v) in &provider.headers {
-            let _ = h.insert_header(k.clone(), v.clone());
+            map.insert(k.clone(), v.clone());
         }
         for (k, v) in req.headers {
-            let _ = h.insert_header(k.clone(), v.clone());
+            map.insert(k.clone(), v.clone());
         }
-        let _ = h.insert_header("x-request-id", req.request_id);
+        map.insert(
+            crate::proxy::respond::X_REQUEST_ID,
+            HeaderValue::from_str(req.request_id).map_err(|e| invalid(e.to_string()))?,
+        );
         if req.method != Method::GET || !req.body.is_empty() {
-            let _ = h.insert_header(http::header::CONTENT_LENGTH, req.body.len());
+            map.insert(http::header::CONTENT_LENGTH, req.body.len().into());
         }
-        Ok(h)
+        match http::uri::PathAndQuery::try_from(req.path) {
+            Ok(pq) => {
+                let (mut parts, ()) = http::Request::new(()).into_parts();
+                parts.method = req.method.clone();
+                parts.uri = http::Uri::from(pq);
+                parts.headers = map;
+                Ok(RequestHeader::from(parts))
+            }
+            // A path the URI type refuses is still sent as it is (Pingora keeps raw paths).
+            Err(_) => {
+                let mut h = RequestHeader::build_no_case(
+                    req.method.clone(),
+                    req.path.as_bytes(),
+                    Some(map.len()),
+                )
+                .map_err(|e| invalid(e.to_string()))?;
+                for (k, v) in map {
+                    if let Some(k) = k {
+                        let _ = h.insert_header(k, v);
+                    }
+                }
+                Ok(h)
+            }
+        }
     }
 
     /// Sends the request and waits for the response headers.
@@ -239,17 +268,23 @@ impl UpstreamClient {
         let mut peer = self.peer_for(provider, addr);
         peer.options.connection_timeout = Some(t.connect);
         peer.options.total_connection_timeout = Some(t.connect);
-        let header = Self::request_header(provider, req)?;
+        // Built before connecting (an invalid request never takes a connection); rebuilt only
+        // for the rare re-send on a fresh connection, never cloned.
+        let mut header = Some(Self::request_header(provider, req)?);
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let (mut session, reused) = match self.connector.get_http_session(&peer).await {
+            let header = match header.take() {
+                Some(h) => h,
+                None => Self::request_header(provider, req)?,
+            };
+            let (mut session, reused) = match self.connect(&peer).await {
                 Ok(s) => s,
                 Err(_) if past_deadline(&t) => return Err(UpstreamError::Deadline),
                 Err(e) => return Err(UpstreamError::Connect(e.to_string())),
             };
             let sent_at = std::time::Instant::now();
-            match self.exchange(&mut session, &header, &req.body, &t).await {
+            match self.exchange(&mut session, header, &req.body, &t).await {
                 Ok(()) => {
                     return Ok(UpstreamResponse {
                         conn: Box::new(Connection { session, peer }),
@@ -279,18 +314,30 @@ impl UpstreamClient {
         }
     }
 
+    /// A pooled connection to `peer`, else a new one. The connect is boxed while it runs: its
+    /// future (the TLS handshake's state) is most of a request's, and the future of every call
+    /// would otherwise carry it, and be copied whole into each box and select around it, even
+    /// when the pool answers (issue 22: a 20 KB copy per move, several moves per request).
+    async fn connect(&self, peer: &HttpPeer) -> pingora::Result<(HttpSession, bool)> {
+        if let Some(h1) = self.connector.reused_http_session(peer).await {
+            return Ok((HttpSession::H1(h1), true));
+        }
+        let (h1, reused) = Box::pin(self.connector.get_http_session(peer)).await?;
+        Ok((HttpSession::H1(h1), reused))
+    }
+
     /// Sends the request and reads the final response head. The error's flag says whether the
     /// connection looked stale (failed while writing, or closed before any response byte).
     async fn exchange(
         &self,
         session: &mut HttpSession,
-        header: &RequestHeader,
+        header: RequestHeader,
         body: &Bytes,
         t: &Timeouts,
     ) -> Result<(), (UpstreamError, bool)> {
         let write_err = |e: Box<pingora::Error>| (UpstreamError::Io(e.to_string()), true);
         session
-            .write_request_header(Box::new(header.clone()))
+            .write_request_header(Box::new(header))
             .await
             .map_err(write_err)?;
         if !body.is_empty() {
@@ -329,9 +376,9 @@ impl UpstreamClient {
         if resp.conn.session.response_done() {
             let idle = Some(self.cfg.idle_conn_timeout.get());
             let Connection { session, peer } = *resp.conn;
-            self.connector
-                .release_http_session(session, &peer, idle)
-                .await;
+            if let HttpSession::H1(h1) = session {
+                self.connector.release_http_session(h1, &peer, idle).await;
+            }
         } else {
             resp.conn.session.shutdown().await;
         }

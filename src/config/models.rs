@@ -159,8 +159,21 @@ impl ModelTable {
     /// suffix (`gpt-4o-2024-08-06` as `gpt-4o`; only digits and dashes are stripped, so
     /// `o3-pro` is not `o3`), else the longest matching pattern.
     pub fn find(&self, provider: &str, model: &str) -> Option<&ModelEntry> {
-        let full = format!("{provider}/{model}");
-        if let Some(e) = self.exact.get(&full) {
+        // The key is put together on the stack: this runs several times per request with limits
+        // on (permission, reserve, settlement), and `format!` was a visible part of its cost.
+        let mut stack = [0u8; 160];
+        let heap: String;
+        let n = provider.len() + 1 + model.len();
+        let full: &str = if n <= stack.len() {
+            stack[..provider.len()].copy_from_slice(provider.as_bytes());
+            stack[provider.len()] = b'/';
+            stack[provider.len() + 1..n].copy_from_slice(model.as_bytes());
+            std::str::from_utf8(&stack[..n]).expect("two strings and a slash")
+        } else {
+            heap = format!("{provider}/{model}");
+            &heap
+        };
+        if let Some(e) = self.exact.get(full) {
             return Some(e);
         }
         let mut cut = full.len();

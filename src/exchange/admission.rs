@@ -13,18 +13,18 @@ use crate::routing::Route;
 
 /// Whether `p` may use `route` (requested as `requested`): its model list, and a price when it
 /// has a budget (a budget cannot hold if a model costs nothing by omission). `what` names the
-/// model in the message. Also checked for every fallback.
+/// model in the message (built only for a refusal). Also checked for every fallback.
 pub(super) fn model_permitted(
     gw: &Gateway,
     p: &crate::auth::Principal,
     requested: &str,
     route: &Route,
-    what: &str,
+    what: impl Fn() -> String,
 ) -> Result<(), ApiError> {
     if !p.allows(requested, route) {
         return Err(ApiError::of(
             Code::ModelNotAllowed,
-            format!("{what} is not allowed for {}", p.name),
+            format!("{} is not allowed for {}", what(), p.name),
         )
         .param("model"));
     }
@@ -35,8 +35,8 @@ pub(super) fn model_permitted(
             .has(&route.provider.name, &route.upstream_model)
     {
         return Err(ApiError::of(Code::ModelNotPriced, format!(
-                "{what} ({}/{}) has no price, so it cannot be charged to {}'s budget (add it to [models.\"provider/model\"] or [prices])",
-                route.provider.name, route.upstream_model, p.name
+                "{} ({}/{}) has no price, so it cannot be charged to {}'s budget (add it to [models.\"provider/model\"] or [prices])",
+                what(), route.provider.name, route.upstream_model, p.name
             ))
         .param("model"));
     }

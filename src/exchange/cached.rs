@@ -196,8 +196,9 @@ impl<'g> Exchange<'g, '_> {
         if !stream {
             let body =
                 super::relay::door_body(self.ctx, &plan, Bytes::copy_from_slice(entry.as_bytes()))?;
-            let mut h = respond::header(200, "application/json", self.ctx);
-            gateway_headers(&mut h, self.ctx, route, &plan);
+            let mut map = respond::header_map("application/json", self.ctx);
+            gateway_headers(&mut map, self.ctx, route, &plan);
+            let h = respond::finish_header(200, map, self.ctx);
             if respond::full(self.session, self.ctx, h, body)
                 .await
                 .is_err()

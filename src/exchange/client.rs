@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use bytes::BytesMut;
 use filters::doors::StreamEncoder;
-use http::{HeaderName, HeaderValue};
+use http::HeaderValue;
 use pingora::proxy::Session;
 
 use super::plan::Plan;
@@ -86,7 +86,8 @@ impl ClientStream {
         ClientStream {
             headers_sent: false,
             closed: false,
-            buf: BytesMut::with_capacity(4096),
+            // A few events' worth (grown when a read brings more): an idle stream holds it.
+            buf: BytesMut::with_capacity(1024),
             first_write: None,
             last_write: Instant::now(),
             itl: None,
@@ -111,13 +112,20 @@ impl ClientStream {
                 crate::proxy::record::bounded_model(&route.upstream_model),
             ])
         });
-        let mut h = respond::header(200, "text/event-stream", ctx);
-        let _ = h.insert_header(http::header::CACHE_CONTROL, "no-cache");
-        let _ = h.insert_header("x-accel-buffering", "no");
-        gateway_headers(&mut h, ctx, route, plan);
+        let mut map = respond::header_map("text/event-stream", ctx);
+        map.insert(
+            http::header::CACHE_CONTROL,
+            HeaderValue::from_static("no-cache"),
+        );
+        map.insert(respond::X_ACCEL_BUFFERING, HeaderValue::from_static("no"));
+        gateway_headers(&mut map, ctx, route, plan);
         if !session.is_http2() {
-            let _ = h.insert_header(http::header::TRANSFER_ENCODING, "chunked");
+            map.insert(
+                http::header::TRANSFER_ENCODING,
+                HeaderValue::from_static("chunked"),
+            );
         }
+        let h = respond::finish_header(200, map, ctx);
         ctx.answer.status = 200;
         self.headers_sent = true;
         if Box::pin(session.write_response_header(Box::new(h), false))
@@ -214,12 +222,14 @@ impl ClientStream {
 }
 
 pub(super) fn gateway_headers(
-    h: &mut pingora::http::ResponseHeader,
+    h: &mut http::HeaderMap,
     ctx: &RequestCtx,
     route: &Route,
     plan: &Plan,
 ) {
-    let _ = h.insert_header("x-gateway-provider", route.provider.name.as_str());
+    if let Ok(v) = HeaderValue::from_str(&route.provider.name) {
+        h.insert(respond::X_GATEWAY_PROVIDER, v);
+    }
     // What the door could not carry (unless relayed as sent), then what the dialect could not.
     let door_dropped = ctx
         .original
@@ -232,9 +242,11 @@ pub(super) fn gateway_headers(
             .chain(&plan.dropped)
             .map(String::as_str)
             .collect();
-        let _ = h.insert_header("x-gateway-dropped-params", all.join(","));
+        if let Ok(v) = HeaderValue::from_str(&all.join(",")) {
+            h.insert(respond::X_GATEWAY_DROPPED_PARAMS, v);
+        }
     }
     if let Ok(v) = HeaderValue::from_str(&route.upstream_model) {
-        let _ = h.insert_header(HeaderName::from_static("x-gateway-model"), v);
+        h.insert(respond::X_GATEWAY_MODEL, v);
     }
 }

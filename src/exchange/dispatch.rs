@@ -92,16 +92,12 @@ fn fallback_allowed(gw: &Gateway, ctx: &RequestCtx, candidate: &Route) -> Result
         return Ok(());
     };
     let requested = ctx.model.as_deref().unwrap_or("");
-    super::admission::model_permitted(
-        gw,
-        p,
-        requested,
-        candidate,
-        &format!(
+    super::admission::model_permitted(gw, p, requested, candidate, || {
+        format!(
             "The fallback {}/{}",
             candidate.provider.name, candidate.upstream_model
-        ),
-    )
+        )
+    })
 }
 
 /// Why a pool gave up.

@@ -213,7 +213,9 @@ impl<'g> Exchange<'g, '_> {
         // Permission first: a caller who may not use a model learns nothing more. Then what
         // cannot be served at all, before anything is counted against the caller's limits.
         if let Some(p) = &self.ctx.caller.principal {
-            model_permitted(self.gw, p, &model, &route, &format!("The model {model:?}"))?;
+            model_permitted(self.gw, p, &model, &route, || {
+                format!("The model {model:?}")
+            })?;
         }
         if !provider.configured {
             return Err(not_configured(&provider.name));

@@ -295,8 +295,9 @@ impl<'g> Exchange<'g, '_> {
             }
         }
         let body = door_body(self.ctx, plan, body)?;
-        let mut h = respond::header(status, &content_type, self.ctx);
-        gateway_headers(&mut h, self.ctx, route, plan);
+        let mut map = respond::header_map(&content_type, self.ctx);
+        gateway_headers(&mut map, self.ctx, route, plan);
+        let h = respond::finish_header(status, map, self.ctx);
         if respond::full(self.session, self.ctx, h, body)
             .await
             .is_err()

@@ -471,13 +471,16 @@ impl<'a> Loop<'a> {
                 keep_reasoning_state(self.gw, ctx, &state);
             }
         }
-        let mut h = respond::header(status, "application/json", ctx);
-        gateway_headers(&mut h, ctx, self.route, plan);
+        let mut map = respond::header_map("application/json", ctx);
+        gateway_headers(&mut map, ctx, self.route, plan);
         // Who served the last round (a fallback may have).
-        let _ = h.insert_header("x-gateway-provider", st.serving.0.as_str());
-        if let Ok(v) = http::HeaderValue::from_str(&st.serving.1) {
-            let _ = h.insert_header("x-gateway-model", v);
+        if let Ok(v) = http::HeaderValue::from_str(&st.serving.0) {
+            map.insert(respond::X_GATEWAY_PROVIDER, v);
         }
+        if let Ok(v) = http::HeaderValue::from_str(&st.serving.1) {
+            map.insert(respond::X_GATEWAY_MODEL, v);
+        }
+        let mut h = respond::finish_header(status, map, ctx);
         let _ = h.insert_header(ROUNDS_HEADER, st.rounds.to_string());
         if limit {
             let _ = h.insert_header(LIMIT_HEADER, "true");

@@ -59,6 +59,10 @@ const PRUNE_EVERY: u64 = 10_000;
 impl Memory {
     fn with<R>(&self, id: &str, f: impl FnOnce(&mut Entry) -> R) -> R {
         let mut map = self.by_id.lock().unwrap_or_else(|e| e.into_inner());
+        // Looked up before inserting: the id is copied only for a principal's first request.
+        if let Some(e) = map.get_mut(id) {
+            return f(e);
+        }
         f(map.entry(id.to_string()).or_default())
     }
 

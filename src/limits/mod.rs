@@ -119,17 +119,35 @@ fn unix_secs() -> u64 {
 
 /// The budget period's key part: `d<days>`, `w<weeks>`, `m<yyyymm>`, `all`.
 pub fn period_key(p: BudgetPeriod, now_secs: u64) -> String {
+    // Written digit by digit: two of these per admitted request (`format!` was measurable).
+    fn push_digits(s: &mut String, n: u64, width: usize) {
+        let digits = n.checked_ilog10().unwrap_or(0) as usize + 1;
+        s.extend(std::iter::repeat_n('0', width.saturating_sub(digits)));
+        for i in (0..digits as u32).rev() {
+            s.push(char::from(b'0' + (n / 10u64.pow(i) % 10) as u8));
+        }
+    }
     let days = now_secs / 86_400;
+    let mut s = String::with_capacity(12);
     match p {
-        BudgetPeriod::Daily => format!("d{days}"),
+        BudgetPeriod::Daily => {
+            s.push('d');
+            push_digits(&mut s, days, 1);
+        }
         // Weeks start on Monday (1970-01-01 was a Thursday).
-        BudgetPeriod::Weekly => format!("w{}", (days + 3) / 7),
+        BudgetPeriod::Weekly => {
+            s.push('w');
+            push_digits(&mut s, (days + 3) / 7, 1);
+        }
         BudgetPeriod::Monthly => {
             let (y, m) = civil_month(days as i64);
-            format!("m{y:04}{m:02}")
+            s.push('m');
+            push_digits(&mut s, y.max(0) as u64, 4);
+            push_digits(&mut s, u64::from(m), 2);
         }
-        BudgetPeriod::Total => "all".into(),
+        BudgetPeriod::Total => s.push_str("all"),
     }
+    s
 }
 
 /// When the budget period containing `now_secs` began (Unix seconds; 0 for `total`).

@@ -1,27 +1,63 @@
 //! Writing gateway-originated responses to the client.
 
 use bytes::Bytes;
+use http::header::{HeaderMap, HeaderName, HeaderValue};
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 
 use crate::errors::ApiError;
 use crate::proxy::RequestCtx;
 
+// The gateway's own header names, built at compile time (`from_static` in a function body
+// checks every byte on every call).
+pub(crate) const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const REQUEST_ID: HeaderName = HeaderName::from_static("request-id");
+const X_GATEWAY_CACHE: HeaderName = HeaderName::from_static("x-gateway-cache");
+pub(crate) const X_GATEWAY_PROVIDER: HeaderName = HeaderName::from_static("x-gateway-provider");
+pub(crate) const X_GATEWAY_MODEL: HeaderName = HeaderName::from_static("x-gateway-model");
+pub(crate) const X_GATEWAY_DROPPED_PARAMS: HeaderName =
+    HeaderName::from_static("x-gateway-dropped-params");
+pub(crate) const X_ACCEL_BUFFERING: HeaderName = HeaderName::from_static("x-accel-buffering");
+
 /// A response header with the gateway's standard headers.
+///
+/// Built as a plain `HeaderMap` of typed names and converted once: Pingora's `insert_header`
+/// turns every name into its case-preserving form and parses it back, allocating for each
+/// custom one (issue 22: header building was the largest item of the gateway's own work per
+/// request). Names go out title-cased for standard headers, lower-case otherwise, as before.
 pub fn header(status: u16, content_type: &str, ctx: &RequestCtx) -> ResponseHeader {
-    let mut h = ResponseHeader::build(status, Some(6)).expect("valid status");
-    let _ = h.insert_header(http::header::CONTENT_TYPE, content_type);
-    let _ = h.insert_header("x-request-id", ctx.request_id.as_str());
-    if ctx.door == filters::doors::Door::Messages {
-        // Where Anthropic's SDKs look for it (`request_id` on errors and messages).
-        let _ = h.insert_header("request-id", ctx.request_id.as_str());
+    finish_header(status, header_map(content_type, ctx), ctx)
+}
+
+/// The gateway's standard headers as a map, for a caller adding its own before
+/// [`finish_header`].
+pub fn header_map(content_type: &str, ctx: &RequestCtx) -> HeaderMap {
+    let mut map = HeaderMap::with_capacity(12);
+    if let Some(v) = known_value(content_type) {
+        map.insert(http::header::CONTENT_TYPE, v);
+    }
+    if let Ok(id) = HeaderValue::from_str(&ctx.request_id) {
+        if ctx.door == filters::doors::Door::Messages {
+            // Where Anthropic's SDKs look for it (`request_id` on errors and messages).
+            map.insert(REQUEST_ID, id.clone());
+        }
+        map.insert(X_REQUEST_ID, id);
     }
     if let Some(r) = &ctx.caller.rate_headers {
-        rate_headers(&mut h, r);
+        rate_headers(&mut map, r);
     }
     if let Some(c) = ctx.cache {
-        let _ = h.insert_header("x-gateway-cache", c.as_str());
+        map.insert(X_GATEWAY_CACHE, HeaderValue::from_static(c.as_str()));
     }
+    map
+}
+
+/// The response header of `status` with `map`'s headers.
+pub fn finish_header(status: u16, map: HeaderMap, ctx: &RequestCtx) -> ResponseHeader {
+    let (mut parts, ()) = http::Response::new(()).into_parts();
+    parts.status = http::StatusCode::from_u16(status).expect("valid status");
+    parts.headers = map;
+    let mut h = ResponseHeader::from(parts);
     if ctx.route == "/ui" {
         // Every answer under /ui (errors too) carries the UI's policy.
         crate::ui::guard(&mut h);
@@ -29,18 +65,42 @@ pub fn header(status: u16, content_type: &str, ctx: &RequestCtx) -> ResponseHead
     h
 }
 
+/// A header value, without a copy for the content types the gateway itself answers with.
+fn known_value(s: &str) -> Option<HeaderValue> {
+    match s {
+        "application/json" => Some(HeaderValue::from_static("application/json")),
+        "text/event-stream" => Some(HeaderValue::from_static("text/event-stream")),
+        _ => HeaderValue::from_str(s).ok(),
+    }
+}
+
 /// OpenAI's `x-ratelimit-*` headers.
-fn rate_headers(h: &mut ResponseHeader, r: &crate::limits::RateHeaders) {
-    let reset = format!("{}s", r.reset);
+fn rate_headers(map: &mut HeaderMap, r: &crate::limits::RateHeaders) {
+    // Names built at compile time (`from_static` outside a constant checks every byte per call).
+    const LIMIT_REQUESTS: HeaderName = HeaderName::from_static("x-ratelimit-limit-requests");
+    const REMAINING_REQUESTS: HeaderName =
+        HeaderName::from_static("x-ratelimit-remaining-requests");
+    const RESET_REQUESTS: HeaderName = HeaderName::from_static("x-ratelimit-reset-requests");
+    const LIMIT_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-limit-tokens");
+    const REMAINING_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-remaining-tokens");
+    const RESET_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-reset-tokens");
+    // "<seconds>s", at most 60 seconds.
+    let mut reset = [0u8; 21];
+    let digits = r.reset.checked_ilog10().unwrap_or(0) as usize + 1;
+    for i in 0..digits {
+        reset[digits - 1 - i] = b'0' + (r.reset / 10u64.pow(i as u32) % 10) as u8;
+    }
+    reset[digits] = b's';
+    let reset = HeaderValue::from_bytes(&reset[..=digits]).expect("digits and s");
     if let Some(l) = r.limit_requests {
-        let _ = h.insert_header("x-ratelimit-limit-requests", l);
-        let _ = h.insert_header("x-ratelimit-remaining-requests", r.remaining_requests);
-        let _ = h.insert_header("x-ratelimit-reset-requests", reset.as_str());
+        map.insert(LIMIT_REQUESTS, l.into());
+        map.insert(REMAINING_REQUESTS, r.remaining_requests.into());
+        map.insert(RESET_REQUESTS, reset.clone());
     }
     if let Some(l) = r.limit_tokens {
-        let _ = h.insert_header("x-ratelimit-limit-tokens", l);
-        let _ = h.insert_header("x-ratelimit-remaining-tokens", r.remaining_tokens);
-        let _ = h.insert_header("x-ratelimit-reset-tokens", reset.as_str());
+        map.insert(LIMIT_TOKENS, l.into());
+        map.insert(REMAINING_TOKENS, r.remaining_tokens.into());
+        map.insert(RESET_TOKENS, reset);
     }
 }
 
