@@ -241,6 +241,32 @@ mod tests {
     }
 
     #[test]
+    fn text_in_a_marked_event_is_counted_once() {
+        // Content beside tool calls, and content beside a usage report, in the same events:
+        // the one-pass scan must not count them both as plain text and in the event's handling.
+        const BOTH: &str = "data: {\"choices\":[{\"delta\":{\"content\":\"xyz\",\"tool_calls\":[{\"index\":0,\"function\":{\"name\":\"f2\",\"arguments\":\"\"}}]}}]}\n\n";
+        const LAST: &str = "data: {\"choices\":[{\"delta\":{\"content\":\"abcd\"}}],\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":2,\"total_tokens\":3}}\n\n";
+        let input = format!("{CHUNK}{BOTH}{CHUNK}{LAST}data: [DONE]\n\n");
+        for split in 0..=input.len() {
+            let mut r = OpenAiStreamRelay::new(false, 0);
+            let mut out = BytesMut::new();
+            let (a, b) = input.as_bytes().split_at(split);
+            r.feed(a, &mut out).unwrap();
+            r.feed(b, &mut out).unwrap();
+            r.finish(StreamEnd::Clean, &mut out);
+            assert_eq!(
+                String::from_utf8(out.to_vec()).unwrap(),
+                input,
+                "split {split}"
+            );
+            // "hi" twice, "xyz", "abcd".
+            assert_eq!(r.stats().text_bytes, 11, "split {split}");
+            assert_eq!(r.stats().tool_calls, ["f2"], "split {split}");
+            assert_eq!(r.usage().unwrap().total_tokens, 3, "split {split}");
+        }
+    }
+
+    #[test]
     fn failure_ends_with_error_event_then_done() {
         let input = format!("{CHUNK}data: {{\"id\":\"trunc");
         let end = StreamEnd::Failed {
