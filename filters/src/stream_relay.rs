@@ -223,20 +223,27 @@ mod tests {
         assert_eq!(stats.tool_calls, ["get_weather"]);
         // "hi" twice, `a"b` once (an escape counts as one byte).
         assert_eq!(stats.text_bytes, 7);
+        for_every_split(true, &input, |split, out, r| {
+            assert_eq!(out, whole, "split {split}");
+            assert_eq!(r.stats(), &stats, "split {split}");
+            assert_eq!(r.usage().unwrap().total_tokens, 7);
+        });
+    }
+
+    /// Relays `input` fed in two reads split at every byte, and checks each relay.
+    fn for_every_split(
+        strip_usage_only: bool,
+        input: &str,
+        check: impl Fn(usize, &str, &OpenAiStreamRelay),
+    ) {
         for split in 0..=input.len() {
-            let mut r = OpenAiStreamRelay::new(true, 0);
+            let mut r = OpenAiStreamRelay::new(strip_usage_only, 0);
             let mut out = BytesMut::new();
             let (a, b) = input.as_bytes().split_at(split);
             r.feed(a, &mut out).unwrap();
             r.feed(b, &mut out).unwrap();
             r.finish(StreamEnd::Clean, &mut out);
-            assert_eq!(
-                String::from_utf8(out.to_vec()).unwrap(),
-                whole,
-                "split {split}"
-            );
-            assert_eq!(r.stats(), &stats, "split {split}");
-            assert_eq!(r.usage().unwrap().total_tokens, 7);
+            check(split, std::str::from_utf8(&out).unwrap(), &r);
         }
     }
 
@@ -247,23 +254,13 @@ mod tests {
         const BOTH: &str = "data: {\"choices\":[{\"delta\":{\"content\":\"xyz\",\"tool_calls\":[{\"index\":0,\"function\":{\"name\":\"f2\",\"arguments\":\"\"}}]}}]}\n\n";
         const LAST: &str = "data: {\"choices\":[{\"delta\":{\"content\":\"abcd\"}}],\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":2,\"total_tokens\":3}}\n\n";
         let input = format!("{CHUNK}{BOTH}{CHUNK}{LAST}data: [DONE]\n\n");
-        for split in 0..=input.len() {
-            let mut r = OpenAiStreamRelay::new(false, 0);
-            let mut out = BytesMut::new();
-            let (a, b) = input.as_bytes().split_at(split);
-            r.feed(a, &mut out).unwrap();
-            r.feed(b, &mut out).unwrap();
-            r.finish(StreamEnd::Clean, &mut out);
-            assert_eq!(
-                String::from_utf8(out.to_vec()).unwrap(),
-                input,
-                "split {split}"
-            );
+        for_every_split(false, &input, |split, out, r| {
+            assert_eq!(out, input, "split {split}");
             // "hi" twice, "xyz", "abcd".
             assert_eq!(r.stats().text_bytes, 11, "split {split}");
             assert_eq!(r.stats().tool_calls, ["f2"], "split {split}");
             assert_eq!(r.usage().unwrap().total_tokens, 3, "split {split}");
-        }
+        });
     }
 
     #[test]
