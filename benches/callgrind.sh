@@ -13,6 +13,10 @@
 # `callgrind_annotate` on the printed file shows where the instructions go.
 set -euo pipefail
 what=${1:?bare or gateway}; feat=${2:-plain}; N=${N:-2000}
+case "$what/$feat" in
+  bare/plain | gateway/plain | gateway/keys | gateway/all) ;;
+  *) echo "usage: $0 bare|gateway [keys|all]" >&2; exit 2 ;;
+esac
 cd "$(dirname "$0")/.."
 load=$(ls -t target/release/deps/load-* | grep -v '\.d$' | head -1)
 gw=target/release/inference-gateway

@@ -90,8 +90,11 @@ impl Provider {
                 secret_header(&format!("Bearer {}", k.expose()), name)?,
             )),
             (AuthStyle::Header(h), Some(k)) => Some((
-                HeaderName::from_bytes(h.as_bytes())
-                    .map_err(|_| bad("invalid auth header name"))?,
+                HeaderName::from_bytes(h.as_bytes()).map_err(|_| {
+                    ConfigError(format!(
+                        "providers.{name}.auth_header: {h:?} is not a valid header name"
+                    ))
+                })?,
                 secret_header(k.expose(), name)?,
             )),
         };
@@ -277,6 +280,38 @@ mod tests {
         assert_eq!(p.cached_addr(), Some("[::1]:8000".parse().unwrap()));
         assert_eq!(p.authority, "[::1]:8000");
         let p = provider("http://127.0.0.1:9/v1");
-        assert_eq!(p.auth_header().unwrap().1.to_str().unwrap(), "Bearer k");
+        let (name, value) = p.auth_header().unwrap();
+        assert_eq!(
+            (name.as_str(), value.to_str().unwrap()),
+            ("authorization", "Bearer k")
+        );
+        assert!(value.is_sensitive());
+        assert_eq!(p.host_value, "127.0.0.1:9");
+    }
+
+    #[test]
+    fn auth_header_names_are_checked_at_start() {
+        let with = |auth: &str, header: Option<&str>| {
+            let p = crate::config::ProviderConfig {
+                url: Some("https://api.example.com".into()),
+                api_key: Some(Secret::new("k")),
+                auth: Some(auth.into()),
+                auth_header: header.map(Into::into),
+                ..Default::default()
+            };
+            Provider::from_config("t", &p)
+        };
+        let p = with("header", Some("X-Goog-Api-Key")).unwrap();
+        let (name, value) = p.auth_header().unwrap();
+        assert_eq!(
+            (name.as_str(), value.to_str().unwrap()),
+            ("x-goog-api-key", "k")
+        );
+        // Was skipped silently before: every call went out without its credential.
+        let Err(e) = with("header", Some("bad name")) else {
+            panic!("an invalid auth header name must not start");
+        };
+        assert!(e.0.contains("providers.t.auth_header"), "{}", e.0);
+        assert!(with("none", None).unwrap().auth_header().is_none());
     }
 }

@@ -314,7 +314,9 @@ impl UpstreamClient {
         }
     }
 
-    /// A pooled connection to `peer`, else a new one. The connect is boxed while it runs: its
+    /// A pooled connection to `peer`, else a new one (always HTTP/1: `release` relies on it).
+    /// On a miss Pingora looks in the pool once more before connecting. The connect is boxed
+    /// while it runs: its
     /// future (the TLS handshake's state) is most of a request's, and the future of every call
     /// would otherwise carry it, and be copied whole into each box and select around it, even
     /// when the pool answers (issue 22: a 20 KB copy per move, several moves per request).
@@ -376,6 +378,7 @@ impl UpstreamClient {
         if resp.conn.session.response_done() {
             let idle = Some(self.cfg.idle_conn_timeout.get());
             let Connection { session, peer } = *resp.conn;
+            // `connect` makes HTTP/1 sessions only.
             if let HttpSession::H1(h1) = session {
                 self.connector.release_http_session(h1, &peer, idle).await;
             }

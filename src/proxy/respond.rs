@@ -84,14 +84,13 @@ fn rate_headers(map: &mut HeaderMap, r: &crate::limits::RateHeaders) {
     const LIMIT_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-limit-tokens");
     const REMAINING_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-remaining-tokens");
     const RESET_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-reset-tokens");
-    // "<seconds>s", at most 60 seconds.
+    // "<seconds>s", without `format!`.
+    let mut b = itoa::Buffer::new();
+    let digits = b.format(r.reset).as_bytes();
     let mut reset = [0u8; 21];
-    let digits = r.reset.checked_ilog10().unwrap_or(0) as usize + 1;
-    for i in 0..digits {
-        reset[digits - 1 - i] = b'0' + (r.reset / 10u64.pow(i as u32) % 10) as u8;
-    }
-    reset[digits] = b's';
-    let reset = HeaderValue::from_bytes(&reset[..=digits]).expect("digits and s");
+    reset[..digits.len()].copy_from_slice(digits);
+    reset[digits.len()] = b's';
+    let reset = HeaderValue::from_bytes(&reset[..=digits.len()]).expect("digits and s");
     if let Some(l) = r.limit_requests {
         map.insert(LIMIT_REQUESTS, l.into());
         map.insert(REMAINING_REQUESTS, r.remaining_requests.into());
@@ -150,5 +149,44 @@ pub async fn error(session: &mut Session, ctx: &mut RequestCtx, err: &ApiError) 
     }
     if let Err(e) = full(session, ctx, h, body).await {
         log::debug!("client gone while sending error: {e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_headers_carry_limits_remaining_and_reset() {
+        let mut map = HeaderMap::new();
+        rate_headers(
+            &mut map,
+            &crate::limits::RateHeaders {
+                limit_requests: Some(100),
+                remaining_requests: 99,
+                limit_tokens: None,
+                remaining_tokens: 0,
+                reset: 60,
+            },
+        );
+        let get = |n: &str| map.get(n).map(|v| v.to_str().unwrap().to_string());
+        assert_eq!(get("x-ratelimit-limit-requests").as_deref(), Some("100"));
+        assert_eq!(get("x-ratelimit-remaining-requests").as_deref(), Some("99"));
+        assert_eq!(get("x-ratelimit-reset-requests").as_deref(), Some("60s"));
+        // No token limit: no token headers.
+        assert_eq!(map.len(), 3);
+        let mut map = HeaderMap::new();
+        rate_headers(
+            &mut map,
+            &crate::limits::RateHeaders {
+                limit_requests: None,
+                remaining_requests: 0,
+                limit_tokens: Some(5),
+                remaining_tokens: 0,
+                reset: 7,
+            },
+        );
+        assert_eq!(map.get("x-ratelimit-reset-tokens").unwrap(), "7s");
+        assert_eq!(map.get("x-ratelimit-remaining-tokens").unwrap(), "0");
     }
 }
