@@ -482,11 +482,13 @@ async fn igw_chat_in_a_terminal() {
     tmux.wait(|s| s.contains("you> "), Duration::from_secs(10))
         .await;
 
-    // A prompt and its streamed answer.
+    // A prompt and its streamed answer, then (-v) its numbers: the stats line is drawn after
+    // the answer, so the screen is read once both are there (reading it as soon as the answer
+    // showed raced with it). A missing line fails the wait with the screen.
     tmux.keys(&["Say hello", "Enter"]);
     let s = tmux
         .wait(
-            |s| s.contains("Hello from the mock."),
+            |s| s.contains("Hello from the mock.") && s.contains("TTFT"),
             Duration::from_secs(10),
         )
         .await;
