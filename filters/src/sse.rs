@@ -117,6 +117,89 @@ impl SseDecoder {
         Some(run)
     }
 
+    /// Appends a chunk the caller owns and returns the complete events buffered, as up to two
+    /// runs of raw bytes in stream order (see [`take_complete`](Self::take_complete)). Unlike
+    /// [`push`](Self::push), the events that lie wholly inside `chunk` are handed out as a slice
+    /// of it, not copied: only an event split across reads and the unfinished tail are copied
+    /// into the decoder. A relay that reads its upstream in large reads (a burst of events)
+    /// forwards them without a copy.
+    pub fn push_bytes(&mut self, chunk: Bytes) -> Result<[Option<Bytes>; 2], EventTooLarge> {
+        let mut runs = [None, None];
+        let mut rest = chunk;
+        if !self.buf.is_empty() {
+            // Finish the pending event from the head of the chunk. Everything up to the chunk's
+            // first `\n` is copied first, so that the pending bytes end where a line ends and no
+            // `\r` in them is left ambiguous (a `\r` at the end of the buffer may be the first
+            // half of a `\r\n` split across reads).
+            let first_line = memchr::memchr(b'\n', &rest).map_or(rest.len(), |t| t + 1);
+            if first_line == rest.len() {
+                self.push(&rest)?;
+                runs[0] = self.take_complete();
+                return Ok(runs);
+            }
+            self.buf.extend_from_slice(&rest[..first_line]);
+            let mut last_end = None;
+            let mut from = self.scanned;
+            while let Some(end) = find_event_end(&self.buf, from, false) {
+                last_end = Some(end);
+                from = end;
+            }
+            let head_end = match last_end {
+                // The pending event ended with the line just completed.
+                Some(end) if end == self.buf.len() => first_line,
+                // Complete events were left in the buffer (`push` without taking them) and
+                // another one started: the plain path.
+                Some(_) => {
+                    self.buf.extend_from_slice(&rest[first_line..]);
+                    runs[0] = self.take_complete();
+                    return Ok(runs);
+                }
+                None => match find_event_end(&rest, first_line, false) {
+                    Some(end) => {
+                        self.buf.extend_from_slice(&rest[first_line..end]);
+                        end
+                    }
+                    None => {
+                        // The whole chunk belongs to the pending event.
+                        self.buf.extend_from_slice(&rest[first_line..]);
+                        self.check_limit()?;
+                        self.scanned = last_line_start(&self.buf, self.scanned);
+                        return Ok(runs);
+                    }
+                },
+            };
+            self.scanned = 0;
+            runs[0] = Some(self.buf.split().freeze());
+            rest = rest.slice(head_end..);
+        }
+        // The decoder is empty: `rest` starts where an event starts.
+        match last_event_end(&rest) {
+            Some(end) => {
+                self.buf.extend_from_slice(&rest[end..]);
+                rest.truncate(end);
+                runs[usize::from(runs[0].is_some())] = Some(rest);
+            }
+            None => {
+                self.buf.extend_from_slice(&rest);
+                // Oversized only when nothing complete came with it (as in `push`); otherwise
+                // the next read finds it.
+                if runs[0].is_none() {
+                    self.check_limit()?;
+                }
+            }
+        }
+        self.scanned = last_line_start(&self.buf, 0);
+        Ok(runs)
+    }
+
+    /// Whether the buffer (holding no complete event) is past the limit.
+    fn check_limit(&self) -> Result<(), EventTooLarge> {
+        if self.max_event_bytes != 0 && self.buf.len() > self.max_event_bytes {
+            return Err(EventTooLarge);
+        }
+        Ok(())
+    }
+
     /// End of stream: returns the trailing event that was not terminated by a blank line, if it
     /// has any content. Per the SSE spec such an event would be discarded, but LLM upstreams often
     /// omit the final blank line after `data: [DONE]`, so we hand it out and let the caller decide.
@@ -139,15 +222,14 @@ impl SseDecoder {
 /// In a run from [`SseDecoder::take_complete`] (which ends where an event ends), the bounds of
 /// the event holding offset `inside`, walking events from `from` (an event's start).
 pub fn event_around(run: &[u8], from: usize, inside: usize) -> (usize, usize) {
-    let mut start = from;
+    // The last event end before `inside`, found backwards: a mark far into a long run costs
+    // the lines around it, not a walk over every event before it. (A lone `\r` right before
+    // `inside` is left ambiguous there and the event before it is returned instead; the caller
+    // moves on to `inside` and asks again.)
+    let start = last_event_end(&run[from..inside]).map_or(from, |e| from + e);
     // `eof`: the run ends at an event's end, so a final lone `\r` is complete.
-    while let Some(end) = find_event_end(run, start, true) {
-        if end > inside {
-            return (start, end);
-        }
-        start = end;
-    }
-    (start, run.len())
+    let end = find_event_end(run, start, true).unwrap_or(run.len());
+    (start, end)
 }
 
 /// The event at `start..end` of a run.
@@ -183,6 +265,30 @@ fn find_event_end(buf: &[u8], from: usize, eof: bool) -> Option<usize> {
             return Some(next);
         }
         line_start = next;
+    }
+}
+
+/// End (exclusive) of the last complete event in `buf`, which starts at a line start; found
+/// backwards from the end, so a run of many events costs a look at its last few lines only.
+fn last_event_end(buf: &[u8]) -> Option<usize> {
+    let mut limit = buf.len();
+    if buf.last() == Some(&b'\r') {
+        // Ambiguous: a `\n` may follow in the next read.
+        limit -= 1;
+    }
+    loop {
+        let t = memchr::memrchr2(b'\n', b'\r', &buf[..limit])?;
+        // Where this line's terminator starts (`\r\n` is one terminator).
+        let start = if buf[t] == b'\n' && t > 0 && buf[t - 1] == b'\r' {
+            t - 1
+        } else {
+            t
+        };
+        // An empty line (its terminator starts the line) ends an event.
+        if start == 0 || matches!(buf[start - 1], b'\n' | b'\r') {
+            return Some(t + 1);
+        }
+        limit = start;
     }
 }
 
@@ -360,6 +466,89 @@ mod tests {
             assert_eq!(got, expected, "split at {split}");
             assert!(d.finish().is_none());
         }
+    }
+
+    /// The events a decoder fed by `push_bytes` hands out, split from its runs.
+    fn events_of_runs(runs: &[Bytes]) -> Vec<SseEvent> {
+        let mut got = vec![];
+        for run in runs {
+            let mut at = 0;
+            while at < run.len() {
+                let (start, end) = event_around(run, at, at);
+                assert_eq!(start, at);
+                got.push(event_at(run, start, end));
+                at = end;
+            }
+        }
+        got
+    }
+
+    #[test]
+    fn owned_chunks_give_the_same_events_at_every_pair_of_split_points() {
+        // Every line ending, a lone `\r` before a `\n`-ended line, a `\r\r` event end, split
+        // UTF-8, a comment.
+        let input = "data: {\"a\":\"h\u{e9}llo\"}\r\n\r\n: keepalive\n\nevent: x\ndata: 1\rdata: 2\r\rdata: 3\r\ndata: 4\n\ndata: [DONE]\n\n";
+        let mut whole = SseDecoder::new();
+        whole.push(input.as_bytes()).unwrap();
+        let expected = all(&mut whole);
+        assert_eq!(expected.len(), 5);
+        let bytes = Bytes::from(input);
+        for i in 0..=input.len() {
+            for j in i..=input.len() {
+                let mut d = SseDecoder::new();
+                let mut runs = vec![];
+                for part in [bytes.slice(..i), bytes.slice(i..j), bytes.slice(j..)] {
+                    runs.extend(d.push_bytes(part).unwrap().into_iter().flatten());
+                }
+                runs.extend(d.finish().map(|e| e.raw));
+                let joined: Vec<u8> = runs.iter().flat_map(|r| r.to_vec()).collect();
+                assert_eq!(joined, input.as_bytes(), "splits at {i}, {j}");
+                assert_eq!(events_of_runs(&runs), expected, "splits at {i}, {j}");
+            }
+        }
+    }
+
+    #[test]
+    fn owned_chunks_of_whole_events_are_not_copied() {
+        let mut d = SseDecoder::new();
+        let chunk = Bytes::from_static(b"data: 1\n\ndata: 2\n\n");
+        let [run, none] = d.push_bytes(chunk.clone()).unwrap();
+        assert_eq!(run.as_ref().unwrap().as_ptr(), chunk.as_ptr());
+        assert_eq!(run.unwrap().len(), chunk.len());
+        assert!(none.is_none());
+        // A read that ends inside an event: the whole events before it are a slice of it.
+        let chunk = Bytes::from_static(b"data: 3\n\ndata: 4\n\ndata: 5");
+        let [run, _] = d.push_bytes(chunk.clone()).unwrap();
+        assert_eq!(run.unwrap(), chunk.slice(..18));
+        // The next read completes that event (copied) and brings two more (not copied).
+        let chunk = Bytes::from_static(b"6\n\ndata: 7\n\ndata: 8\n\n");
+        let [head, run] = d.push_bytes(chunk.clone()).unwrap();
+        assert_eq!(head.unwrap(), &b"data: 56\n\n"[..]);
+        let run = run.unwrap();
+        assert_eq!(run.as_ptr(), chunk[3..].as_ptr());
+        assert_eq!(run, &b"data: 7\n\ndata: 8\n\n"[..]);
+        assert!(d.finish().is_none());
+    }
+
+    #[test]
+    fn owned_chunks_respect_the_event_limit() {
+        let mut d = SseDecoder::with_limit(16);
+        assert!(d
+            .push_bytes(Bytes::from_static(b"data: 0123456789abcdef"))
+            .is_err());
+        // Complete events are handed out first; the oversized tail is refused on the next read.
+        let mut d = SseDecoder::with_limit(16);
+        let [run, _] = d
+            .push_bytes(Bytes::from_static(b"data: ok\n\ndata: 0123456789abcdef"))
+            .unwrap();
+        assert_eq!(run.unwrap(), &b"data: ok\n\n"[..]);
+        assert!(d.push_bytes(Bytes::from_static(b"more")).is_err());
+        // Pending bytes plus a read still inside the same event.
+        let mut d = SseDecoder::with_limit(16);
+        d.push_bytes(Bytes::from_static(b"data: 0123")).unwrap();
+        assert!(d
+            .push_bytes(Bytes::from_static(b"4567\ndata: 89abcdef"))
+            .is_err());
     }
 
     #[test]

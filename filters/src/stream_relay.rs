@@ -11,7 +11,7 @@
 //! - a stream the upstream broke off ends with an OpenAI error event, then `[DONE]`, never a
 //!   silent truncation.
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 
 use crate::openai::ErrorEnvelope;
 use crate::sse::{self, EventTooLarge, SseDecoder, SseEvent};
@@ -51,13 +51,41 @@ impl OpenAiStreamRelay {
     /// Feeds one upstream chunk; whatever should reach the client is appended to `out`.
     pub fn feed(&mut self, chunk: &[u8], out: &mut BytesMut) -> Result<(), EventTooLarge> {
         self.decoder.push(chunk)?;
-        let Some(run) = self.decoder.take_complete() else {
-            return Ok(());
-        };
+        if let Some(run) = self.decoder.take_complete() {
+            self.relay_run(run, out);
+        }
+        Ok(())
+    }
+
+    /// [`feed`](Self::feed) with a chunk the caller gives away: the whole events in it are
+    /// relayed without being copied into the decoder, and a read with nothing to change
+    /// becomes the output itself when `out` is empty (no copy at all).
+    pub fn feed_bytes(&mut self, chunk: Bytes, out: &mut BytesMut) -> Result<(), EventTooLarge> {
+        for run in self.decoder.push_bytes(chunk)?.into_iter().flatten() {
+            self.relay_run(run, out);
+        }
+        Ok(())
+    }
+
+    /// Relays a run of whole events.
+    fn relay_run(&mut self, run: Bytes, out: &mut BytesMut) {
+        if self.done_sent {
+            return;
+        }
         // Plain content chunks are forwarded in runs, their text counted in one pass; only the
         // events holding a mark (the end, a usage report, tool calls) are taken one by one. A
         // false alarm, such as `[DONE]` in generated text, costs only that event's parse.
         let mut marks = usage::Lookouts::new(&run);
+        if marks.first_from(0).is_none() {
+            self.stats.observe_text(&run);
+            if out.is_empty() {
+                // Takes the read's buffer over when nothing else holds it.
+                *out = BytesMut::from(run);
+            } else {
+                out.extend_from_slice(&run);
+            }
+            return;
+        }
         let mut at = 0;
         while at < run.len() && !self.done_sent {
             let Some(mark) = marks.first_from(at) else {
@@ -71,7 +99,6 @@ impl OpenAiStreamRelay {
             self.handle(sse::event_at(&run, start, end), out, false);
             at = end;
         }
-        Ok(())
     }
 
     /// Ends the stream, appending the closing bytes (error event and/or `[DONE]`) to `out`.
@@ -230,21 +257,48 @@ mod tests {
         });
     }
 
-    /// Relays `input` fed in two reads split at every byte, and checks each relay.
+    /// Relays `input` fed in two reads split at every byte, borrowed (`feed`) and given away
+    /// (`feed_bytes`), and checks each relay.
     fn for_every_split(
         strip_usage_only: bool,
         input: &str,
         check: impl Fn(usize, &str, &OpenAiStreamRelay),
     ) {
+        let input = Bytes::copy_from_slice(input.as_bytes());
         for split in 0..=input.len() {
-            let mut r = OpenAiStreamRelay::new(strip_usage_only, 0);
-            let mut out = BytesMut::new();
-            let (a, b) = input.as_bytes().split_at(split);
-            r.feed(a, &mut out).unwrap();
-            r.feed(b, &mut out).unwrap();
-            r.finish(StreamEnd::Clean, &mut out);
-            check(split, std::str::from_utf8(&out).unwrap(), &r);
+            for owned in [false, true] {
+                let mut r = OpenAiStreamRelay::new(strip_usage_only, 0);
+                let mut out = BytesMut::new();
+                for part in [input.slice(..split), input.slice(split..)] {
+                    if owned {
+                        r.feed_bytes(part, &mut out).unwrap();
+                    } else {
+                        r.feed(&part, &mut out).unwrap();
+                    }
+                }
+                r.finish(StreamEnd::Clean, &mut out);
+                check(split, std::str::from_utf8(&out).unwrap(), &r);
+            }
         }
+    }
+
+    #[test]
+    fn a_read_with_nothing_to_change_becomes_the_output() {
+        let mut r = OpenAiStreamRelay::new(false, 0);
+        let chunk = Bytes::from(format!("{CHUNK}{CHUNK}"));
+        let at = chunk.as_ptr();
+        let mut out = BytesMut::new();
+        r.feed_bytes(chunk, &mut out).unwrap();
+        assert_eq!(out.as_ptr(), at, "the read's buffer, not a copy");
+        assert_eq!(out, format!("{CHUNK}{CHUNK}").as_bytes());
+        assert_eq!(r.stats().text_bytes, 4);
+        // With output already waiting, the next read is appended after it.
+        let chunk = Bytes::from(format!("{CHUNK}{USAGE}data: [DONE]\n\n"));
+        r.feed_bytes(chunk, &mut out).unwrap();
+        assert_eq!(
+            out,
+            format!("{CHUNK}{CHUNK}{CHUNK}{USAGE}data: [DONE]\n\n").as_bytes()
+        );
     }
 
     #[test]

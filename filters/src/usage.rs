@@ -135,9 +135,11 @@ impl StreamStats {
     /// [`Lookouts`] found no mark in. Read from the raw bytes, a `"content":` in an SSE comment
     /// line would count too: this feeds only the estimate for streams that report no usage.
     pub fn observe_text(&mut self, run: &[u8]) {
-        for key in [&*CONTENT_KEY, &*REASONING_KEY] {
-            let len = key.needle().len();
-            for at in key.find_iter(run) {
+        // One pass for both keys: `"content":` and `"reasoning_content":` share a tail.
+        let len = CONTENT_TAIL.needle().len();
+        for at in CONTENT_TAIL.find_iter(run) {
+            let key = &run[..at];
+            if key.ends_with(b"\"") || key.ends_with(b"\"reasoning_") {
                 self.text_bytes += json_string_len(&run[at + len..]) as u64;
             }
         }
@@ -236,9 +238,9 @@ pub fn tool_calls_from_body(body: &[u8]) -> Vec<String> {
 
 // Substring searchers are built once: building one costs more than searching a chunk.
 static USAGE_KEY: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"usage\""));
-static CONTENT_KEY: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"content\":"));
-static REASONING_KEY: LazyLock<Finder<'static>> =
-    LazyLock::new(|| Finder::new(b"\"reasoning_content\":"));
+/// The end of the keys whose string values are generated text: `"content":` and
+/// `"reasoning_content":`.
+static CONTENT_TAIL: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"content\":"));
 static TOOL_CALLS_KEY: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"tool_calls\""));
 
 /// The places in raw OpenAI stream bytes that a relay must see event by event: the end
@@ -396,6 +398,9 @@ mod tests {
         s.observe_chunk(br#"{"choices":[{"delta":{"content":null}}]}"#);
         s.observe_chunk(br#"{"choices":[{"delta":{"reasoning_content":"abcd"}}]}"#);
         assert_eq!(s.text_bytes, 13);
+        // Another key with the same ending is not generated text.
+        s.observe_chunk(br#"{"choices":[{"delta":{"x_content":"zz","content":"y"}}]}"#);
+        assert_eq!(s.text_bytes, 14);
         assert_eq!(s.estimated_completion_tokens(), 4);
         s.observe_chunk(br#"{"choices":[{"delta":{"tool_calls":[{"index":0,"id":"c","function":{"name":"get_weather","arguments":""}}]}}]}"#);
         s.observe_chunk(br#"{"choices":[{"delta":{"tool_calls":[{"index":0,"function":{"arguments":"{}"}}]}}]}"#);

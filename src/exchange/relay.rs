@@ -122,7 +122,7 @@ pub(super) fn feed_read(
     out: &mut BytesMut,
 ) -> Option<StreamEnd> {
     let end = match next {
-        Ok(Some(chunk)) => match translator.feed(&chunk, out) {
+        Ok(Some(chunk)) => match translator.feed_bytes(chunk, out) {
             Ok(()) => return None,
             Err(_) => {
                 ctx.upstream.failure = Some("oversized_event");

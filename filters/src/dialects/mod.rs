@@ -11,7 +11,7 @@ pub mod cohere;
 pub mod google;
 pub mod model_list;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -145,6 +145,11 @@ pub struct OpenAiResponse {
 pub trait StreamTranslator: Send {
     /// Feeds one chunk of the upstream body; output is appended to `out`.
     fn feed(&mut self, chunk: &[u8], out: &mut BytesMut) -> Result<(), EventTooLarge>;
+    /// [`feed`](Self::feed) with a chunk the caller gives away: a relay that forwards events
+    /// unchanged may hand them on without copying them.
+    fn feed_bytes(&mut self, chunk: Bytes, out: &mut BytesMut) -> Result<(), EventTooLarge> {
+        self.feed(&chunk, out)
+    }
     /// Ends the stream; always leaves exactly one `[DONE]` behind it.
     fn finish(&mut self, end: StreamEnd, out: &mut BytesMut);
     /// Usage as reported so far (cumulative).
@@ -161,6 +166,9 @@ pub trait StreamTranslator: Send {
 impl StreamTranslator for OpenAiStreamRelay {
     fn feed(&mut self, chunk: &[u8], out: &mut BytesMut) -> Result<(), EventTooLarge> {
         OpenAiStreamRelay::feed(self, chunk, out)
+    }
+    fn feed_bytes(&mut self, chunk: Bytes, out: &mut BytesMut) -> Result<(), EventTooLarge> {
+        OpenAiStreamRelay::feed_bytes(self, chunk, out)
     }
     fn finish(&mut self, end: StreamEnd, out: &mut BytesMut) {
         OpenAiStreamRelay::finish(self, end, out)
