@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use redis::aio::ConnectionManager;
-use redis::Script;
+use redis::{Cmd, ErrorKind, FromRedisValue, Script};
 use tokio::sync::OnceCell;
 
 use super::{Ask, BackendError, Counts, Refusal, Settlement};
@@ -103,6 +103,15 @@ const LEASE: Duration = Duration::from_secs(600);
 /// instead of each waiting for a timeout).
 const PAUSE_AFTER_FAILURE: Duration = Duration::from_secs(1);
 
+/// What follows a key's kind in its name.
+enum KeyPart<'a> {
+    None,
+    /// A minute's number.
+    Number(u64),
+    /// A budget period (`d2026-12-02`...).
+    Text(&'a str),
+}
+
 fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -193,6 +202,57 @@ impl Redis {
         format!("{}:{{{id}}}:{what}", self.prefix)
     }
 
+    /// Appends the caller's key `<prefix>:{<id>}:<what><n>` to `cmd`, written in `buf` (one
+    /// buffer for all of a command's keys: these run twice per request).
+    fn push_key(&self, cmd: &mut Cmd, buf: &mut Vec<u8>, id: &str, what: &str, n: KeyPart) {
+        buf.clear();
+        buf.extend_from_slice(self.prefix.as_bytes());
+        buf.extend_from_slice(b":{");
+        buf.extend_from_slice(id.as_bytes());
+        buf.extend_from_slice(b"}:");
+        buf.extend_from_slice(what.as_bytes());
+        match n {
+            KeyPart::None => {}
+            KeyPart::Number(n) => buf.extend_from_slice(itoa::Buffer::new().format(n).as_bytes()),
+            KeyPart::Text(t) => buf.extend_from_slice(t.as_bytes()),
+        }
+        cmd.arg(&buf[..]);
+    }
+
+    /// `EVALSHA` of `script` with its six keys and the arguments `cmd` gets from `args`, built
+    /// as one command (redis-rs's `ScriptInvocation` allocates every key and argument apart and
+    /// copies them again into the command). Loads the script on Redis's `NOSCRIPT` (a new or
+    /// restarted server) and runs it again, as `invoke_async` does.
+    async fn run_script<T: FromRedisValue>(
+        &self,
+        script: &Script,
+        source: &str,
+        keys: [(&str, KeyPart<'_>); 6],
+        id: &str,
+        args: impl FnOnce(&mut Cmd),
+    ) -> Result<T, BackendError> {
+        let mut conn = self.conn().await?;
+        let mut cmd = Cmd::with_capacity(20, 512);
+        cmd.arg("EVALSHA").arg(script.get_hash()).arg(keys.len());
+        let mut buf = Vec::with_capacity(64);
+        for (what, n) in keys {
+            self.push_key(&mut cmd, &mut buf, id, what, n);
+        }
+        args(&mut cmd);
+        let r = match cmd.query_async(&mut conn).await {
+            Err(e) if e.kind() == ErrorKind::NoScriptError => {
+                let mut load = redis::cmd("SCRIPT");
+                load.arg("LOAD").arg(source);
+                load.query_async::<String>(&mut conn)
+                    .await
+                    .map_err(|e| BackendError(e.to_string()))?;
+                cmd.query_async(&mut conn).await
+            }
+            r => r,
+        };
+        r.map_err(|e| BackendError(e.to_string()))
+    }
+
     pub async fn admit(&self, a: &Ask) -> Result<Result<Counts, (Refusal, Counts)>, BackendError> {
         self.guarded(self.admit_inner(a)).await
     }
@@ -201,29 +261,29 @@ impl Redis {
         &self,
         a: &Ask,
     ) -> Result<Result<Counts, (Refusal, Counts)>, BackendError> {
-        let mut conn = self.conn().await?;
         let opt = |v: Option<u64>| v.map_or(-1, |x| x as i64);
-        let mut inv = self.admit.prepare_invoke();
-        inv.key(self.key(&a.id, &format!("r:{}", a.minute)))
-            .key(self.key(&a.id, &format!("t:{}", a.minute)))
-            .key(self.key(&a.id, "c"))
-            .key(self.key(&a.id, &format!("s:{}", a.period)))
-            .key(self.key(&a.id, "sr"))
-            .key(self.key(&a.id, "srx"))
-            .arg(opt(a.rpm))
-            .arg(opt(a.tpm))
-            .arg(opt(a.concurrent))
-            .arg(a.budget_micro.unwrap_or(-1))
-            .arg(a.tokens)
-            .arg(now_ms())
-            .arg(LEASE.as_millis() as u64)
-            .arg(&a.lease)
-            .arg(a.cost_micro)
-            .arg(if a.counts_request { "1" } else { "0" });
-        let r: Vec<i64> = inv
-            .invoke_async(&mut conn)
-            .await
-            .map_err(|e| BackendError(e.to_string()))?;
+        let keys = [
+            ("r:", KeyPart::Number(a.minute)),
+            ("t:", KeyPart::Number(a.minute)),
+            ("c", KeyPart::None),
+            ("s:", KeyPart::Text(&a.period)),
+            ("sr", KeyPart::None),
+            ("srx", KeyPart::None),
+        ];
+        let r: Vec<i64> = self
+            .run_script(&self.admit, ADMIT, keys, &a.id, |cmd| {
+                cmd.arg(opt(a.rpm))
+                    .arg(opt(a.tpm))
+                    .arg(opt(a.concurrent))
+                    .arg(a.budget_micro.unwrap_or(-1))
+                    .arg(a.tokens)
+                    .arg(now_ms())
+                    .arg(LEASE.as_millis() as u64)
+                    .arg(&a.lease)
+                    .arg(a.cost_micro)
+                    .arg(if a.counts_request { "1" } else { "0" });
+            })
+            .await?;
         let c = Counts {
             requests: r.get(1).copied().unwrap_or(0).max(0) as u64,
             tokens: r.get(2).copied().unwrap_or(0).max(0) as u64,
@@ -264,26 +324,26 @@ impl Redis {
     }
 
     async fn settle_inner(&self, a: &Ask, at: &Settlement) -> Result<(), BackendError> {
-        let mut conn = self.conn().await?;
         let ttl = spend_ttl(&at.period);
-        let mut inv = self.settle.prepare_invoke();
-        inv.key(self.key(&a.id, &format!("t:{}", a.minute)))
-            .key(self.key(&a.id, &format!("t:{}", at.minute)))
-            .key(self.key(&a.id, "c"))
-            .key(self.key(&a.id, &format!("s:{}", at.period)))
-            .key(self.key(&a.id, "sr"))
-            .key(self.key(&a.id, "srx"))
-            .arg(a.tokens)
-            .arg(at.tokens)
-            .arg(if a.concurrent.is_some() { "1" } else { "0" })
-            .arg(at.micro)
-            .arg(ttl)
-            .arg(if a.cost_micro > 0 { "1" } else { "0" })
-            .arg(&a.lease);
-        let _: i64 = inv
-            .invoke_async(&mut conn)
-            .await
-            .map_err(|e| BackendError(e.to_string()))?;
+        let keys = [
+            ("t:", KeyPart::Number(a.minute)),
+            ("t:", KeyPart::Number(at.minute)),
+            ("c", KeyPart::None),
+            ("s:", KeyPart::Text(&at.period)),
+            ("sr", KeyPart::None),
+            ("srx", KeyPart::None),
+        ];
+        let _: i64 = self
+            .run_script(&self.settle, SETTLE, keys, &a.id, |cmd| {
+                cmd.arg(a.tokens)
+                    .arg(at.tokens)
+                    .arg(if a.concurrent.is_some() { "1" } else { "0" })
+                    .arg(at.micro)
+                    .arg(ttl)
+                    .arg(if a.cost_micro > 0 { "1" } else { "0" })
+                    .arg(&a.lease);
+            })
+            .await?;
         Ok(())
     }
 
