@@ -316,10 +316,10 @@ impl UpstreamClient {
 
     /// A pooled connection to `peer`, else a new one (always HTTP/1: `release` relies on it).
     /// On a miss Pingora looks in the pool once more before connecting. The connect is boxed
-    /// while it runs: its
-    /// future (the TLS handshake's state) is most of a request's, and the future of every call
-    /// would otherwise carry it, and be copied whole into each box and select around it, even
-    /// when the pool answers (issue 22: a 20 KB copy per move, several moves per request).
+    /// while it runs: its future (the TLS handshake's state) is most of a request's, and the
+    /// future of every call would otherwise carry it, and be copied whole into each box and
+    /// select around it, even when the pool answers (issue 22: a 20 KB copy per move, several
+    /// moves per request).
     async fn connect(&self, peer: &HttpPeer) -> pingora::Result<(HttpSession, bool)> {
         if let Some(h1) = self.connector.reused_http_session(peer).await {
             return Ok((HttpSession::H1(h1), true));

@@ -219,8 +219,9 @@ impl SseDecoder {
     }
 }
 
-/// In a run from [`SseDecoder::take_complete`] (which ends where an event ends), the bounds of
-/// the event holding offset `inside`, walking events from `from` (an event's start).
+/// In a run of whole events (from [`SseDecoder::take_complete`] or
+/// [`SseDecoder::push_bytes`]), the bounds of the event holding offset `inside`; `from` is the
+/// start of an event at or before it.
 pub fn event_around(run: &[u8], from: usize, inside: usize) -> (usize, usize) {
     // The last event end before `inside`, found backwards: a mark far into a long run costs
     // the lines around it, not a walk over every event before it. (A lone `\r` right before

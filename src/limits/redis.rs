@@ -198,13 +198,9 @@ impl Redis {
         Ok(c.clone())
     }
 
-    fn key(&self, id: &str, what: &str) -> String {
-        format!("{}:{{{id}}}:{what}", self.prefix)
-    }
-
-    /// Appends the caller's key `<prefix>:{<id>}:<what><n>` to `cmd`, written in `buf` (one
-    /// buffer for all of a command's keys: these run twice per request).
-    fn push_key(&self, cmd: &mut Cmd, buf: &mut Vec<u8>, id: &str, what: &str, n: KeyPart) {
+    /// The caller's key `<prefix>:{<id>}:<what><n>`, written into `buf` (cleared first). Every
+    /// key name is made here, so the scripts that write counters and the reads of them agree.
+    fn write_key(&self, buf: &mut Vec<u8>, id: &str, what: &str, n: KeyPart) {
         buf.clear();
         buf.extend_from_slice(self.prefix.as_bytes());
         buf.extend_from_slice(b":{");
@@ -216,7 +212,13 @@ impl Redis {
             KeyPart::Number(n) => buf.extend_from_slice(itoa::Buffer::new().format(n).as_bytes()),
             KeyPart::Text(t) => buf.extend_from_slice(t.as_bytes()),
         }
-        cmd.arg(&buf[..]);
+    }
+
+    /// A key as its own value (calls made once, off the request path).
+    fn key(&self, id: &str, what: &str, n: KeyPart) -> Vec<u8> {
+        let mut buf = Vec::with_capacity(64);
+        self.write_key(&mut buf, id, what, n);
+        buf
     }
 
     /// `EVALSHA` of `script` with its six keys and the arguments `cmd` gets from `args`, built
@@ -235,8 +237,10 @@ impl Redis {
         let mut cmd = Cmd::with_capacity(20, 512);
         cmd.arg("EVALSHA").arg(script.get_hash()).arg(keys.len());
         let mut buf = Vec::with_capacity(64);
+        // One buffer for all of a command's keys (two commands per request).
         for (what, n) in keys {
-            self.push_key(&mut cmd, &mut buf, id, what, n);
+            self.write_key(&mut buf, id, what, n);
+            cmd.arg(&buf[..]);
         }
         args(&mut cmd);
         let r = match cmd.query_async(&mut conn).await {
@@ -308,7 +312,7 @@ impl Redis {
         self.guarded(async {
             let mut conn = self.conn().await?;
             let mut cmd = redis::cmd("SET");
-            cmd.arg(self.key(id, &format!("s:{period}")))
+            cmd.arg(self.key(id, "s:", KeyPart::Text(period)))
                 .arg(micro)
                 .arg("NX");
             let ttl = spend_ttl(period);
@@ -355,9 +359,9 @@ impl Redis {
     ) -> Result<Counts, BackendError> {
         let mut conn = self.conn().await?;
         let keys = [
-            self.key(id, &format!("r:{minute}")),
-            self.key(id, &format!("t:{minute}")),
-            self.key(id, &format!("s:{period}")),
+            self.key(id, "r:", KeyPart::Number(minute)),
+            self.key(id, "t:", KeyPart::Number(minute)),
+            self.key(id, "s:", KeyPart::Text(period)),
         ];
         let v: Vec<Option<i64>> = redis::cmd("MGET")
             .arg(&keys)
@@ -370,5 +374,30 @@ impl Redis {
             tokens: get(1).max(0) as u64,
             spend_micro: get(2),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_names_keep_their_form() {
+        // Counters already in Redis (and other replicas during an upgrade) use these names: the
+        // id in braces is the cluster hash tag, so one caller's keys share a slot.
+        let r = Redis::new("redis://127.0.0.1:1", Duration::from_millis(10), "igw");
+        assert_eq!(
+            r.key("k1", "r:", KeyPart::Number(29_000_123)),
+            b"igw:{k1}:r:29000123"
+        );
+        assert_eq!(
+            r.key("k1", "s:", KeyPart::Text("d20424")),
+            b"igw:{k1}:s:d20424"
+        );
+        assert_eq!(r.key("team:a", "srx", KeyPart::None), b"igw:{team:a}:srx");
+        // The shared buffer is cleared for each key.
+        let mut buf = b"leftover".to_vec();
+        r.write_key(&mut buf, "k2", "c", KeyPart::None);
+        assert_eq!(buf, b"igw:{k2}:c");
     }
 }
